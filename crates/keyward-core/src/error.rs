@@ -1,0 +1,69 @@
+//! One error type for the domain and its ports.
+//!
+//! Each error carries a stable snake_case `code` (part of the public API contract), a
+//! human sentence, and a [`ErrorKind`] that the HTTP layer maps to a status code. Messages
+//! must never contain secret material: they are shown to callers and written to logs.
+
+use std::fmt;
+
+/// What class of failure this is; the HTTP crate owns the mapping to status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed or violates a rule (bad name, bad format, …).
+    Invalid,
+    /// The thing asked for does not exist (or is not visible to the caller).
+    NotFound,
+    /// The request conflicts with current state (duplicate alias, concurrent edit, …).
+    Conflict,
+    /// No or bad credentials.
+    Unauthenticated,
+    /// Credentials are fine but do not allow this.
+    Forbidden,
+    /// A dependency (the database) cannot be reached right now.
+    Unavailable,
+    /// A bug or an unexpected state; details are logged, not returned.
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub kind: ErrorKind,
+    /// Stable, documented, snake_case.
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Invalid, code, message)
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, code, message)
+    }
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, code, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, "store_unavailable", message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, "internal_error", message)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,144 @@
+//! The store ports: what Keyward needs from persistence, stated in domain terms.
+//!
+//! `keyward-store` implements these for SQLite and PostgreSQL and runs one conformance suite
+//! against both. Contract shared by every method: an unreachable database is
+//! [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable); uniqueness violations are
+//! [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) with the code named in the doc; a
+//! method returns only after its write is durable (committed, and on SQLite fsynced).
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+
+use crate::Result;
+use crate::catalog::BaseUrlOverride;
+use crate::id::{KeyId, TokenId};
+use crate::key::{Key, KeyFilter, KeyVersion, Page, PageRequest, SealedSecret};
+use crate::master_key::{KekUsage, MasterKeyRecord};
+use crate::service::{Category, Environment, ServiceDefinition};
+use crate::token::ManagementToken;
+use crate::user::User;
+
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Stores a new key with its first version, atomically. `alias_taken` if a live key of
+    /// the same service and environment already has the alias.
+    async fn insert_key(&self, key: &Key, first: &KeyVersion) -> Result<()>;
+
+    /// The key, deleted or not.
+    async fn key(&self, id: &KeyId) -> Result<Option<Key>>;
+
+    /// Keys matching `filter`, newest first. Without a status filter deleted keys are left
+    /// out; `status = deleted` lists only them. `now` decides what has expired.
+    async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        page: &PageRequest,
+        now: Timestamp,
+    ) -> Result<Page<Key>>;
+
+    /// Writes the key's metadata (everything but id, service, environment, versions and
+    /// creation fields) if nobody changed it since `expected_updated_at`; otherwise
+    /// `concurrent_update`. `alias_taken` as for insert.
+    async fn update_key(&self, key: &Key, expected_updated_at: Timestamp) -> Result<()>;
+
+    /// Adds a version. A `current` version demotes the old current to `previous` and any
+    /// older `previous` to `retired`, and updates the key's current version and hint.
+    /// `concurrent_update` if the version number is taken.
+    async fn add_version(&self, version: &KeyVersion, now: Timestamp) -> Result<()>;
+
+    /// All versions of a key, newest first.
+    async fn versions(&self, key_id: &KeyId) -> Result<Vec<KeyVersion>>;
+
+    /// Destroys a key and its versions. Returns whether it existed.
+    async fn purge_key(&self, id: &KeyId) -> Result<bool>;
+
+    /// Destroys every key deleted before `cutoff`; returns their ids.
+    async fn purge_deleted_before(&self, cutoff: Timestamp) -> Result<Vec<KeyId>>;
+}
+
+#[async_trait]
+pub trait CatalogStore: Send + Sync {
+    async fn custom_services(&self) -> Result<Vec<ServiceDefinition>>;
+    /// `service_exists` if the id is taken.
+    async fn insert_custom_service(
+        &self,
+        service: &ServiceDefinition,
+        now: Timestamp,
+    ) -> Result<()>;
+    async fn base_url_overrides(&self) -> Result<Vec<BaseUrlOverride>>;
+    /// Sets (or with `None`, removes) the base-URL override of a service.
+    async fn set_base_url_override(
+        &self,
+        service_id: &str,
+        base_url: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()>;
+    async fn environments(&self) -> Result<Vec<Environment>>;
+    /// `environment_exists` if the id is taken.
+    async fn insert_environment(&self, environment: &Environment, now: Timestamp) -> Result<()>;
+    async fn categories(&self) -> Result<Vec<Category>>;
+    /// `category_exists` if the id is taken.
+    async fn insert_category(&self, category: &Category, now: Timestamp) -> Result<()>;
+}
+
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    async fn insert_token(&self, token: &ManagementToken) -> Result<()>;
+    async fn token_by_public_id(&self, public_id: &str) -> Result<Option<ManagementToken>>;
+    async fn touch_token(&self, id: &TokenId, at: Timestamp) -> Result<()>;
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// `username_taken` if the name is in use.
+    async fn insert_user(&self, user: &User) -> Result<()>;
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>>;
+    async fn count_users(&self) -> Result<u64>;
+}
+
+/// Master-key bookkeeping and the rewrap that master-key rotation needs.
+#[async_trait]
+pub trait VaultStore: Send + Sync {
+    async fn master_keys(&self) -> Result<Vec<MasterKeyRecord>>;
+    /// Records a KEK; if `record.current`, every other KEK stops being current.
+    async fn register_master_key(&self, record: &MasterKeyRecord) -> Result<()>;
+    /// Makes a recorded KEK the current one.
+    async fn make_master_key_current(&self, kek_id: &str) -> Result<()>;
+    /// Key versions per KEK that wraps their data key.
+    async fn kek_usage(&self) -> Result<Vec<KekUsage>>;
+    /// Up to `limit` versions whose data key is wrapped by `kek_id`.
+    async fn versions_wrapped_by(&self, kek_id: &str, limit: u32) -> Result<Vec<KeyVersion>>;
+    /// Replaces a version's wrapped data key if it is still wrapped by `old_kek_id`
+    /// (the ciphertext is untouched). Returns whether it changed.
+    async fn rewrap_version(
+        &self,
+        key_id: &KeyId,
+        version: u32,
+        old_kek_id: &str,
+        sealed: &SealedSecret,
+    ) -> Result<bool>;
+    /// Forgets a KEK; `kek_in_use` while any version still references it, `kek_current`
+    /// for the current one.
+    async fn remove_master_key(&self, kek_id: &str) -> Result<()>;
+    /// A vault-wide setting (e.g. the passphrase KDF salt).
+    async fn setting(&self, name: &str) -> Result<Option<String>>;
+    /// Stores `value` unless the setting exists; returns the stored value either way.
+    async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String>;
+}
+
+/// Everything a Keyward server needs from its database.
+#[async_trait]
+pub trait Store:
+    KeyStore + CatalogStore + TokenStore + UserStore + VaultStore + std::fmt::Debug
+{
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// Whether the schema exists (read-only; used before deciding to migrate).
+    async fn initialized(&self) -> Result<bool>;
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<()>;
+    /// Cheap liveness check for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+    /// Closes connections (SQLite checkpoints its WAL).
+    async fn close(&self);
+}

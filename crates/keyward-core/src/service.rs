@@ -1,0 +1,319 @@
+//! Services: the third-party APIs whose keys Keyward stores and injects.
+//!
+//! A [`ServiceDefinition`] says everything Keyward needs to know about a provider without
+//! talking to it: where requests go, where the key goes, what a key looks like, how to check
+//! one cheaply, and what limits a typical plan has. Built-in definitions come from the
+//! compiled-in catalog (`catalog/services.toml`); users add custom ones and may override a
+//! built-in's base URL (e.g. Azure OpenAI, a regional endpoint, or a test double).
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::label;
+
+/// Built-in categories; users may add their own.
+pub const BUILTIN_CATEGORIES: [(&str, &str); 3] = [
+    ("financial-data", "Financial Data"),
+    ("llm-providers", "LLM Providers"),
+    ("other", "Other"),
+];
+
+/// Built-in environments; users may add their own.
+pub const BUILTIN_ENVIRONMENTS: [(&str, &str); 3] = [
+    ("development", "Development"),
+    ("staging", "Staging"),
+    ("production", "Production"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Category {
+    pub id: String,
+    pub name: String,
+    pub builtin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    pub id: String,
+    pub name: String,
+    pub builtin: bool,
+}
+
+/// Where the provider expects its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "in", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeyPlacement {
+    /// A request header, e.g. `authorization: Bearer <key>` or `x-api-key: <key>`.
+    Header {
+        name: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        prefix: String,
+    },
+    /// A query parameter, e.g. `?apikey=<key>`.
+    Query { name: String },
+}
+
+impl KeyPlacement {
+    fn validate(&self) -> Result<(), Error> {
+        let name = match self {
+            Self::Header { name, .. } | Self::Query { name } => name,
+        };
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "invalid_key_placement",
+                "the key's header or query parameter name must be 1–64 characters of letters, digits, `-`, `_` and `.`",
+            ))
+        }
+    }
+}
+
+/// A cheap request that proves a key works (and, for rotation, that an old one is dead).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationRequest {
+    #[serde(default = "default_get")]
+    pub method: String,
+    /// Path and query relative to the base URL, e.g. `/v1/models`.
+    pub path: String,
+    /// Extra headers the provider requires (e.g. `anthropic-version`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    /// Whether this request spends quota (Alpha Vantage has no free "whoami" call).
+    #[serde(default)]
+    pub costs_quota: bool,
+}
+
+fn default_get() -> String {
+    "GET".to_owned()
+}
+
+/// What a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitUnit {
+    Requests,
+    Credits,
+    Tokens,
+    Symbols,
+}
+
+/// One limit of a plan, e.g. 25 requests per 86,400 s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub max: u64,
+    pub unit: LimitUnit,
+    pub window_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanLimits {
+    pub plan: String,
+    #[serde(default)]
+    pub limits: Vec<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// When a provider's fixed-window quotas (per day, per month) start over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reset", rename_all = "snake_case", deny_unknown_fields)]
+pub enum QuotaCalendar {
+    /// Windows slide; nothing resets at a wall-clock time.
+    Rolling,
+    /// Daily windows reset at `time` (HH:MM) in the IANA `time_zone`.
+    Daily { time: String, time_zone: String },
+    /// Monthly windows reset on the first day of the month at 00:00 in `time_zone`.
+    Monthly { time_zone: String },
+    /// Monthly windows follow the account's billing cycle (unknown to Keyward).
+    BillingCycle,
+}
+
+/// Everything Keyward knows about one provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDefinition {
+    /// Stable slug used in URLs (`/proxy/{id}/…`).
+    pub id: String,
+    pub name: String,
+    pub category: String,
+    /// Scheme and host (plus a fixed path prefix if any); the proxy appends the client's path.
+    pub base_url: String,
+    pub auth: KeyPlacement,
+    /// Other places the provider (and so the proxy) also accepts a key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternate_auth: Vec<KeyPlacement>,
+    /// Regular expression a well-formed key matches in full; `None` accepts anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_format: Option<String>,
+    /// The same rule in words, for error messages and the UI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_format_description: Option<String>,
+    /// Regular expression for the key's non-secret structural prefix (`sk-proj-`), shown in hints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationRequest>,
+    #[serde(default)]
+    pub plans: Vec<PlanLimits>,
+    pub quota_calendar: QuotaCalendar,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docs_url: Option<String>,
+    /// Where in the provider's console to create a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_url: Option<String>,
+    /// A short "where to get this key" text for the add-key wizard.
+    #[serde(default)]
+    pub where_to_get: String,
+    /// `true` for catalog entries, `false` for services users added.
+    #[serde(default)]
+    pub builtin: bool,
+}
+
+impl ServiceDefinition {
+    /// Checks every field; used for custom services and, in tests, for the whole catalog.
+    pub fn validate(&self) -> Result<(), Error> {
+        label::slug("service id", &self.id)?;
+        label::name("service name", &self.name)?;
+        label::slug("category", &self.category)?;
+        validate_base_url(&self.base_url)?;
+        self.auth.validate()?;
+        for placement in &self.alternate_auth {
+            placement.validate()?;
+        }
+        for (field, pattern) in [
+            ("key_format", &self.key_format),
+            ("public_prefix", &self.public_prefix),
+        ] {
+            if let Some(pattern) = pattern {
+                compile_pattern(field, pattern)?;
+            }
+        }
+        if let Some(validation) = &self.validation {
+            if !validation.path.starts_with('/') {
+                return Err(Error::invalid(
+                    "invalid_validation_request",
+                    "the validation request's path must start with `/`",
+                ));
+            }
+            if !matches!(validation.method.as_str(), "GET" | "POST" | "HEAD") {
+                return Err(Error::invalid(
+                    "invalid_validation_request",
+                    "the validation request's method must be GET, POST or HEAD",
+                ));
+            }
+        }
+        for url in [&self.docs_url, &self.key_url].into_iter().flatten() {
+            validate_link(url)?;
+        }
+        label::text(
+            "where_to_get",
+            Some(&self.where_to_get),
+            label::DESCRIPTION_MAX,
+        )?;
+        Ok(())
+    }
+
+    /// Compiles this service's key-format rule. A definition is validated before it is
+    /// stored, so a failure here means a corrupted store and is reported as such.
+    pub fn key_format_regex(&self) -> Result<Option<Regex>, Error> {
+        self.key_format
+            .as_deref()
+            .map(|p| compile_pattern("key_format", p))
+            .transpose()
+    }
+
+    pub fn public_prefix_regex(&self) -> Result<Option<Regex>, Error> {
+        self.public_prefix
+            .as_deref()
+            .map(|p| compile_pattern("public_prefix", p))
+            .transpose()
+    }
+}
+
+fn compile_pattern(field: &'static str, pattern: &str) -> Result<Regex, Error> {
+    if pattern.len() > 512 {
+        return Err(Error::invalid(
+            "invalid_pattern",
+            format!("{field} must be at most 512 characters"),
+        ));
+    }
+    // Anchor so that a pattern always describes the whole key.
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+        Error::invalid(
+            "invalid_pattern",
+            format!("{field} is not a valid regular expression: {e}"),
+        )
+    })
+}
+
+/// A documentation link: absolute http(s), no credentials (query and fragment allowed).
+pub fn validate_link(value: &str) -> Result<(), Error> {
+    let ok = value.len() <= 2048
+        && url::Url::parse(value).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.has_host()
+                && u.username().is_empty()
+                && u.password().is_none()
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "invalid_url",
+            format!("`{}` is not an http(s) link", label::printable(value)),
+        ))
+    }
+}
+
+/// A base URL must be absolute http(s) with a host, and carry no credentials, query or
+/// fragment: the proxy builds upstream URLs from it and nothing else.
+pub fn validate_base_url(value: &str) -> Result<(), Error> {
+    let invalid = |why: &str| {
+        Error::invalid(
+            "invalid_url",
+            format!("`{}` is not a usable URL: {why}", label::printable(value)),
+        )
+    };
+    if value.len() > 2048 {
+        return Err(invalid("longer than 2,048 characters"));
+    }
+    let url = url::Url::parse(value).map_err(|e| invalid(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("the scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("it has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("it must not contain credentials"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("it must not have a query or fragment"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_must_be_plain_http() {
+        assert!(validate_base_url("https://api.openai.com").is_ok());
+        assert!(validate_base_url("http://127.0.0.1:9000/prefix").is_ok());
+        assert!(validate_base_url("ftp://example.com").is_err());
+        assert!(validate_base_url("https://user:pw@example.com").is_err());
+        assert!(validate_base_url("https://example.com/?a=1").is_err());
+        assert!(validate_base_url("/relative").is_err());
+    }
+}
