@@ -1,1 +1,19 @@
-//! placeholder
+//! Keyward's cryptography: envelope encryption of key values, the master keys (KEKs) that
+//! wrap data keys, management-token hashing and password hashing.
+//!
+//! Architecture invariant: this is the only crate that handles key material as bytes.
+//! Everything secret lives in `secrecy`/`zeroize` types here, and leaves only as a
+//! [`SecretString`](secrecy::SecretString) through a loudly named call
+//! ([`Keyring::unseal`]). Errors never contain plaintext or key bytes.
+
+mod envelope;
+mod error;
+pub mod password;
+mod provider;
+mod random;
+pub mod token;
+
+pub use envelope::{ALGORITHM, Keyring, MasterKey};
+pub use error::CryptoError;
+pub use provider::{KeyringFile, derive_from_passphrase, parse_master_key};
+pub use random::OsRandomness;
