@@ -1,0 +1,60 @@
+//! The scale-out backend: any number of Keyward instances share one PostgreSQL database.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres};
+
+use keyward_core::Error;
+
+type Db = Postgres;
+type DbRow = sqlx::postgres::PgRow;
+type ThisStore = PostgresStore;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "vault",
+    include_str!("../migrations/postgres/0001_vault.sql"),
+)];
+
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| {
+                Error::unavailable(format!(
+                    "cannot connect to PostgreSQL at {}: {e}",
+                    crate::redact_url(url)
+                ))
+            })?;
+        Ok(Self { pool })
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Db>, Error> {
+        self.pool.begin().await.map_err(|e| db_error(e, None))
+    }
+
+    async fn schema_exists(&self) -> Result<bool, Error> {
+        let found: Option<(String,)> = sqlx::query_as(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        Ok(found.is_some())
+    }
+
+    fn backend_name() -> &'static str {
+        "postgres"
+    }
+}
+
+include!("queries.rs");

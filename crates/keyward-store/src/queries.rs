@@ -1,0 +1,791 @@
+// The store implementation shared by both backends. This file is `include!`d by
+// `sqlite.rs` and `postgres.rs`, each of which defines `Db`, `DbRow`, `ThisStore`,
+// `MIGRATIONS`, `begin_write()`, `schema_exists()` and `backend_name()` first. SQL here must
+// be valid in both dialects (`$n` placeholders work in both).
+
+use std::borrow::Cow;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use keyward_core::access::Role;
+use keyward_core::catalog::BaseUrlOverride;
+use keyward_core::id::{KeyId, TokenId};
+use keyward_core::key::{
+    Key, KeyFilter, KeyStatus, KeyVersion, Page, PageRequest, SealedSecret, VersionState,
+};
+use keyward_core::master_key::{KekUsage, MasterKeyRecord};
+use keyward_core::ports::{CatalogStore, KeyStore, Store, TokenStore, UserStore, VaultStore};
+use keyward_core::service::{Category, Environment, ServiceDefinition};
+use keyward_core::token::ManagementToken;
+use keyward_core::user::User;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{QueryBuilder, Row, SqlSafeStr};
+
+use crate::{corrupt, db_error};
+
+const KEY_COLUMNS: &str = "id, service_id, environment, alias, description, owner, tags, criticality, enabled, \
+    expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by";
+
+const VERSION_COLUMNS: &str =
+    "key_id, version, state, hint, algorithm, kek_id, wrapped_dek, nonce, ciphertext, created_by, created_at";
+
+fn millis(at: Timestamp) -> i64 {
+    at.as_millisecond()
+}
+
+fn timestamp(ms: i64) -> Result<Timestamp, Error> {
+    Timestamp::from_millisecond(ms).map_err(|e| corrupt("timestamp", e))
+}
+
+fn opt_timestamp(ms: Option<i64>) -> Result<Option<Timestamp>, Error> {
+    ms.map(timestamp).transpose()
+}
+
+fn version_number(v: i64) -> Result<u32, Error> {
+    u32::try_from(v).map_err(|e| corrupt("version number", e))
+}
+
+fn get<'r, T>(row: &'r DbRow, column: &str) -> Result<T, Error>
+where
+    T: sqlx::Decode<'r, Db> + sqlx::Type<Db>,
+{
+    row.try_get(column).map_err(|e| corrupt(column, e))
+}
+
+fn parse<T: FromStr<Err = Error>>(what: &str, text: &str) -> Result<T, Error> {
+    text.parse().map_err(|e: Error| corrupt(what, e.message))
+}
+
+fn key_from_row(row: &DbRow) -> Result<Key, Error> {
+    let tags: String = get(row, "tags")?;
+    Ok(Key {
+        id: parse("key id", &get::<String>(row, "id")?)?,
+        service_id: get(row, "service_id")?,
+        environment: get(row, "environment")?,
+        alias: get(row, "alias")?,
+        description: get(row, "description")?,
+        owner: get(row, "owner")?,
+        tags: serde_json::from_str(&tags).map_err(|e| corrupt("tags", e))?,
+        criticality: parse("criticality", &get::<String>(row, "criticality")?)?,
+        enabled: get(row, "enabled")?,
+        expires_at: opt_timestamp(get(row, "expires_at")?)?,
+        current_version: version_number(get(row, "current_version")?)?,
+        current_hint: get(row, "current_hint")?,
+        created_by: get(row, "created_by")?,
+        created_at: timestamp(get(row, "created_at")?)?,
+        updated_at: timestamp(get(row, "updated_at")?)?,
+        last_used_at: opt_timestamp(get(row, "last_used_at")?)?,
+        deleted_at: opt_timestamp(get(row, "deleted_at")?)?,
+        deleted_by: get(row, "deleted_by")?,
+    })
+}
+
+fn version_from_row(row: &DbRow) -> Result<KeyVersion, Error> {
+    Ok(KeyVersion {
+        key_id: parse("key id", &get::<String>(row, "key_id")?)?,
+        version: version_number(get(row, "version")?)?,
+        state: parse("version state", &get::<String>(row, "state")?)?,
+        hint: get(row, "hint")?,
+        sealed: SealedSecret {
+            algorithm: get(row, "algorithm")?,
+            kek_id: get(row, "kek_id")?,
+            wrapped_dek: get(row, "wrapped_dek")?,
+            nonce: get(row, "nonce")?,
+            ciphertext: get(row, "ciphertext")?,
+        },
+        created_by: get(row, "created_by")?,
+        created_at: timestamp(get(row, "created_at")?)?,
+    })
+}
+
+fn token_from_row(row: &DbRow) -> Result<ManagementToken, Error> {
+    Ok(ManagementToken {
+        id: parse::<TokenId>("token id", &get::<String>(row, "id")?)?,
+        public_id: get(row, "public_id")?,
+        name: get(row, "name")?,
+        role: parse::<Role>("role", &get::<String>(row, "role")?)?,
+        secret_hash: get(row, "secret_hash")?,
+        created_by: get(row, "created_by")?,
+        created_at: timestamp(get(row, "created_at")?)?,
+        expires_at: opt_timestamp(get(row, "expires_at")?)?,
+        last_used_at: opt_timestamp(get(row, "last_used_at")?)?,
+        revoked_at: opt_timestamp(get(row, "revoked_at")?)?,
+    })
+}
+
+fn tags_json(tags: &[String]) -> Result<String, Error> {
+    serde_json::to_string(tags).map_err(|e| Error::internal(format!("cannot encode tags: {e}")))
+}
+
+const ALIAS_TAKEN: (&str, &str) = (
+    "alias_taken",
+    "another key of this service and environment already has this alias",
+);
+
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
+fn like_pattern(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+impl ThisStore {
+    async fn write_tags(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        key_id: &KeyId,
+        tags: &[String],
+    ) -> Result<(), Error> {
+        sqlx::query("DELETE FROM key_tags WHERE key_id = $1")
+            .bind(key_id.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        for tag in tags {
+            sqlx::query("INSERT INTO key_tags (key_id, tag) VALUES ($1, $2)")
+                .bind(key_id.as_str())
+                .bind(tag)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        }
+        Ok(())
+    }
+
+    async fn insert_version(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        v: &KeyVersion,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO key_versions (key_id, version, state, hint, algorithm, kek_id, wrapped_dek, nonce, ciphertext, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(v.key_id.as_str())
+        .bind(i64::from(v.version))
+        .bind(v.state.as_str())
+        .bind(&v.hint)
+        .bind(&v.sealed.algorithm)
+        .bind(&v.sealed.kek_id)
+        .bind(&v.sealed.wrapped_dek)
+        .bind(&v.sealed.nonce)
+        .bind(&v.sealed.ciphertext)
+        .bind(&v.created_by)
+        .bind(millis(v.created_at))
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| {
+            db_error(
+                e,
+                Some(("concurrent_update", "this version number was just taken; retry")),
+            )
+        })?;
+        Ok(())
+    }
+}
+
+async fn commit(tx: sqlx::Transaction<'static, Db>) -> Result<(), Error> {
+    tx.commit().await.map_err(|e| db_error(e, None))
+}
+
+#[async_trait]
+impl KeyStore for ThisStore {
+    async fn insert_key(&self, key: &Key, first: &KeyVersion) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO keys (id, service_id, environment, alias, alias_lower, description, owner, tags, criticality, enabled, \
+             expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+        )
+        .bind(key.id.as_str())
+        .bind(&key.service_id)
+        .bind(&key.environment)
+        .bind(&key.alias)
+        .bind(key.alias.to_lowercase())
+        .bind(&key.description)
+        .bind(&key.owner)
+        .bind(tags_json(&key.tags)?)
+        .bind(key.criticality.as_str())
+        .bind(key.enabled)
+        .bind(key.expires_at.map(millis))
+        .bind(i64::from(key.current_version))
+        .bind(&key.current_hint)
+        .bind(&key.created_by)
+        .bind(millis(key.created_at))
+        .bind(millis(key.updated_at))
+        .bind(key.last_used_at.map(millis))
+        .bind(key.deleted_at.map(millis))
+        .bind(&key.deleted_by)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, Some(ALIAS_TAKEN)))?;
+        Self::write_tags(&mut tx, &key.id, &key.tags).await?;
+        Self::insert_version(&mut tx, first).await?;
+        commit(tx).await
+    }
+
+    async fn key(&self, id: &KeyId) -> Result<Option<Key>, Error> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?
+            .as_ref()
+            .map(key_from_row)
+            .transpose()
+    }
+
+    async fn list_keys(&self, filter: &KeyFilter, page: &PageRequest, now: Timestamp) -> Result<Page<Key>, Error> {
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(format!("SELECT {KEY_COLUMNS} FROM keys WHERE "));
+        match filter.status {
+            None => q.push("deleted_at IS NULL"),
+            Some(KeyStatus::Deleted) => q.push("deleted_at IS NOT NULL"),
+            Some(KeyStatus::Disabled) => q.push("deleted_at IS NULL AND enabled = ").push_bind(false),
+            Some(KeyStatus::Expired) => q
+                .push("deleted_at IS NULL AND enabled = ")
+                .push_bind(true)
+                .push(" AND expires_at <= ")
+                .push_bind(millis(now)),
+            Some(KeyStatus::Active) => q
+                .push("deleted_at IS NULL AND enabled = ")
+                .push_bind(true)
+                .push(" AND (expires_at IS NULL OR expires_at > ")
+                .push_bind(millis(now))
+                .push(")"),
+        };
+        if let Some(services) = &filter.service_ids {
+            if services.is_empty() {
+                return Ok(Page { items: vec![], next: None });
+            }
+            q.push(" AND service_id IN (");
+            let mut list = q.separated(", ");
+            for service in services {
+                list.push_bind(service.clone());
+            }
+            q.push(")");
+        }
+        if let Some(environment) = &filter.environment {
+            q.push(" AND environment = ").push_bind(environment.clone());
+        }
+        if let Some(tag) = &filter.tag {
+            q.push(" AND id IN (SELECT key_id FROM key_tags WHERE tag = ").push_bind(tag.clone()).push(")");
+        }
+        if let Some(text) = filter.text.as_deref().filter(|t| !t.is_empty()) {
+            let pattern = like_pattern(text);
+            q.push(" AND (alias_lower LIKE ")
+                .push_bind(pattern.clone())
+                .push(" ESCAPE '\\' OR LOWER(COALESCE(description, '')) LIKE ")
+                .push_bind(pattern)
+                .push(" ESCAPE '\\')");
+        }
+        if let Some(after) = &page.after {
+            q.push(" AND id < ").push_bind(after.as_str().to_owned());
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(page.limit) + 1);
+        let rows = q.build().fetch_all(&self.pool).await.map_err(|e| db_error(e, None))?;
+        let mut items = rows.iter().map(key_from_row).collect::<Result<Vec<_>, _>>()?;
+        let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|k| k.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn update_key(&self, key: &Key, expected_updated_at: Timestamp) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE keys SET alias = $1, alias_lower = $2, description = $3, owner = $4, tags = $5, criticality = $6, \
+             enabled = $7, expires_at = $8, updated_at = $9, last_used_at = $10, deleted_at = $11, deleted_by = $12 \
+             WHERE id = $13 AND updated_at = $14",
+        )
+        .bind(&key.alias)
+        .bind(key.alias.to_lowercase())
+        .bind(&key.description)
+        .bind(&key.owner)
+        .bind(tags_json(&key.tags)?)
+        .bind(key.criticality.as_str())
+        .bind(key.enabled)
+        .bind(key.expires_at.map(millis))
+        .bind(millis(key.updated_at))
+        .bind(key.last_used_at.map(millis))
+        .bind(key.deleted_at.map(millis))
+        .bind(&key.deleted_by)
+        .bind(key.id.as_str())
+        .bind(millis(expected_updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, Some(ALIAS_TAKEN)))?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::conflict(
+                "concurrent_update",
+                format!("key {} was changed or removed by someone else; reload and retry", key.id),
+            ));
+        }
+        Self::write_tags(&mut tx, &key.id, &key.tags).await?;
+        commit(tx).await
+    }
+
+    async fn add_version(&self, version: &KeyVersion, now: Timestamp) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        if version.state == VersionState::Current {
+            for (from, to) in [(VersionState::Previous, VersionState::Retired), (VersionState::Current, VersionState::Previous)] {
+                sqlx::query("UPDATE key_versions SET state = $1 WHERE key_id = $2 AND state = $3")
+                    .bind(to.as_str())
+                    .bind(version.key_id.as_str())
+                    .bind(from.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| db_error(e, None))?;
+            }
+            let updated = sqlx::query(
+                "UPDATE keys SET current_version = $1, current_hint = $2, updated_at = $3 WHERE id = $4 AND deleted_at IS NULL",
+            )
+            .bind(i64::from(version.version))
+            .bind(&version.hint)
+            .bind(millis(now))
+            .bind(version.key_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+            if updated.rows_affected() == 0 {
+                return Err(Error::not_found("key_not_found", format!("there is no live key {}", version.key_id)));
+            }
+        }
+        Self::insert_version(&mut tx, version).await?;
+        commit(tx).await
+    }
+
+    async fn versions(&self, key_id: &KeyId) -> Result<Vec<KeyVersion>, Error> {
+        let sql = format!("SELECT {VERSION_COLUMNS} FROM key_versions WHERE key_id = $1 ORDER BY version DESC");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(key_id.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?
+            .iter()
+            .map(version_from_row)
+            .collect()
+    }
+
+    async fn purge_key(&self, id: &KeyId) -> Result<bool, Error> {
+        let mut tx = self.begin_write().await?;
+        // Explicit deletes rather than relying on ON DELETE CASCADE being enabled.
+        for sql in ["DELETE FROM key_versions WHERE key_id = $1", "DELETE FROM key_tags WHERE key_id = $1"] {
+            sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await.map_err(|e| db_error(e, None))?;
+        }
+        let deleted = sqlx::query("DELETE FROM keys WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        commit(tx).await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn purge_deleted_before(&self, cutoff: Timestamp) -> Result<Vec<KeyId>, Error> {
+        let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM keys WHERE deleted_at IS NOT NULL AND deleted_at <= $1")
+            .bind(millis(cutoff))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        let mut purged = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            let id: KeyId = parse("key id", &id)?;
+            if self.purge_key(&id).await? {
+                purged.push(id);
+            }
+        }
+        Ok(purged)
+    }
+}
+
+fn labels_from_rows<T>(rows: &[DbRow], make: impl Fn(String, String, bool) -> T) -> Result<Vec<T>, Error> {
+    rows.iter()
+        .map(|r| Ok(make(get(r, "id")?, get(r, "name")?, get(r, "builtin")?)))
+        .collect()
+}
+
+#[async_trait]
+impl CatalogStore for ThisStore {
+    async fn custom_services(&self) -> Result<Vec<ServiceDefinition>, Error> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT definition FROM custom_services ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        rows.into_iter()
+            .map(|(json,)| serde_json::from_str(&json).map_err(|e| corrupt("custom service", e)))
+            .collect()
+    }
+
+    async fn insert_custom_service(&self, service: &ServiceDefinition, now: Timestamp) -> Result<(), Error> {
+        let json = serde_json::to_string(service).map_err(|e| Error::internal(format!("cannot encode service: {e}")))?;
+        sqlx::query("INSERT INTO custom_services (id, definition, created_at) VALUES ($1, $2, $3)")
+            .bind(&service.id)
+            .bind(json)
+            .bind(millis(now))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, Some(("service_exists", "a service with this id already exists"))))?;
+        Ok(())
+    }
+
+    async fn base_url_overrides(&self) -> Result<Vec<BaseUrlOverride>, Error> {
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT service_id, base_url FROM base_url_overrides")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(rows
+            .into_iter()
+            .map(|(service_id, base_url)| BaseUrlOverride { service_id, base_url })
+            .collect())
+    }
+
+    async fn set_base_url_override(&self, service_id: &str, base_url: Option<&str>, now: Timestamp) -> Result<(), Error> {
+        let query = match base_url {
+            Some(url) => sqlx::query(
+                "INSERT INTO base_url_overrides (service_id, base_url, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (service_id) DO UPDATE SET base_url = excluded.base_url, updated_at = excluded.updated_at",
+            )
+            .bind(service_id)
+            .bind(url)
+            .bind(millis(now)),
+            None => sqlx::query("DELETE FROM base_url_overrides WHERE service_id = $1").bind(service_id),
+        };
+        query.execute(&self.pool).await.map_err(|e| db_error(e, None))?;
+        Ok(())
+    }
+
+    async fn environments(&self) -> Result<Vec<Environment>, Error> {
+        let rows = sqlx::query("SELECT id, name, builtin FROM environments ORDER BY builtin DESC, created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        labels_from_rows(&rows, |id, name, builtin| Environment { id, name, builtin })
+    }
+
+    async fn insert_environment(&self, e: &Environment, now: Timestamp) -> Result<(), Error> {
+        sqlx::query("INSERT INTO environments (id, name, builtin, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&e.id)
+            .bind(&e.name)
+            .bind(e.builtin)
+            .bind(millis(now))
+            .execute(&self.pool)
+            .await
+            .map_err(|err| db_error(err, Some(("environment_exists", "an environment with this id already exists"))))?;
+        Ok(())
+    }
+
+    async fn categories(&self) -> Result<Vec<Category>, Error> {
+        let rows = sqlx::query("SELECT id, name, builtin FROM categories ORDER BY builtin DESC, created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        labels_from_rows(&rows, |id, name, builtin| Category { id, name, builtin })
+    }
+
+    async fn insert_category(&self, c: &Category, now: Timestamp) -> Result<(), Error> {
+        sqlx::query("INSERT INTO categories (id, name, builtin, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&c.id)
+            .bind(&c.name)
+            .bind(c.builtin)
+            .bind(millis(now))
+            .execute(&self.pool)
+            .await
+            .map_err(|err| db_error(err, Some(("category_exists", "a category with this id already exists"))))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TokenStore for ThisStore {
+    async fn insert_token(&self, t: &ManagementToken) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO management_tokens (id, public_id, name, role, secret_hash, created_by, created_at, expires_at, last_used_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(t.id.as_str())
+        .bind(&t.public_id)
+        .bind(&t.name)
+        .bind(t.role.as_str())
+        .bind(&t.secret_hash)
+        .bind(&t.created_by)
+        .bind(millis(t.created_at))
+        .bind(t.expires_at.map(millis))
+        .bind(t.last_used_at.map(millis))
+        .bind(t.revoked_at.map(millis))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, Some(("token_exists", "a token with this id already exists"))))?;
+        Ok(())
+    }
+
+    async fn token_by_public_id(&self, public_id: &str) -> Result<Option<ManagementToken>, Error> {
+        sqlx::query(
+            "SELECT id, public_id, name, role, secret_hash, created_by, created_at, expires_at, last_used_at, revoked_at \
+             FROM management_tokens WHERE public_id = $1",
+        )
+        .bind(public_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?
+        .as_ref()
+        .map(token_from_row)
+        .transpose()
+    }
+
+    async fn touch_token(&self, id: &TokenId, at: Timestamp) -> Result<(), Error> {
+        sqlx::query("UPDATE management_tokens SET last_used_at = $1 WHERE id = $2")
+            .bind(millis(at))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl UserStore for ThisStore {
+    async fn insert_user(&self, u: &User) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO users (id, username, username_lower, password_hash, role, disabled, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(u.id.as_str())
+        .bind(&u.username)
+        .bind(u.username.to_lowercase())
+        .bind(&u.password_hash)
+        .bind(u.role.as_str())
+        .bind(u.disabled)
+        .bind(millis(u.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, Some(("username_taken", "a user with this name already exists"))))?;
+        Ok(())
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>, Error> {
+        let row = sqlx::query(
+            "SELECT id, username, password_hash, role, disabled, created_at FROM users WHERE username_lower = $1",
+        )
+        .bind(username.to_lowercase())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        row.map(|r| {
+            Ok(User {
+                id: parse("user id", &get::<String>(&r, "id")?)?,
+                username: get(&r, "username")?,
+                password_hash: get(&r, "password_hash")?,
+                role: parse("role", &get::<String>(&r, "role")?)?,
+                disabled: get(&r, "disabled")?,
+                created_at: timestamp(get(&r, "created_at")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn count_users(&self) -> Result<u64, Error> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl VaultStore for ThisStore {
+    async fn master_keys(&self) -> Result<Vec<MasterKeyRecord>, Error> {
+        let rows = sqlx::query("SELECT kek_id, is_current, verifier, created_at FROM master_keys ORDER BY created_at, kek_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        rows.iter()
+            .map(|r| {
+                Ok(MasterKeyRecord {
+                    kek_id: get(r, "kek_id")?,
+                    current: get(r, "is_current")?,
+                    verifier: get(r, "verifier")?,
+                    created_at: timestamp(get(r, "created_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn register_master_key(&self, record: &MasterKeyRecord) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        if record.current {
+            sqlx::query("UPDATE master_keys SET is_current = $1")
+                .bind(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        }
+        sqlx::query("INSERT INTO master_keys (kek_id, is_current, verifier, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&record.kek_id)
+            .bind(record.current)
+            .bind(&record.verifier)
+            .bind(millis(record.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, Some(("kek_exists", "this master key is already registered"))))?;
+        commit(tx).await
+    }
+
+    async fn make_master_key_current(&self, kek_id: &str) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query("UPDATE master_keys SET is_current = (kek_id = $1)")
+            .bind(kek_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        let (found,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM master_keys WHERE kek_id = $1")
+            .bind(kek_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        if updated.rows_affected() == 0 || found == 0 {
+            return Err(Error::not_found("kek_not_found", format!("master key {kek_id} is not registered")));
+        }
+        commit(tx).await
+    }
+
+    async fn kek_usage(&self) -> Result<Vec<KekUsage>, Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT m.kek_id, COUNT(v.key_id) FROM master_keys m LEFT JOIN key_versions v ON v.kek_id = m.kek_id \
+             GROUP BY m.kek_id ORDER BY m.kek_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        Ok(rows
+            .into_iter()
+            .map(|(kek_id, n)| KekUsage { kek_id, versions: u64::try_from(n).unwrap_or(0) })
+            .collect())
+    }
+
+    async fn versions_wrapped_by(&self, kek_id: &str, limit: u32) -> Result<Vec<KeyVersion>, Error> {
+        let sql = format!("SELECT {VERSION_COLUMNS} FROM key_versions WHERE kek_id = $1 ORDER BY key_id, version LIMIT $2");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kek_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?
+            .iter()
+            .map(version_from_row)
+            .collect()
+    }
+
+    async fn rewrap_version(&self, key_id: &KeyId, version: u32, old_kek_id: &str, sealed: &SealedSecret) -> Result<bool, Error> {
+        let updated = sqlx::query(
+            "UPDATE key_versions SET kek_id = $1, wrapped_dek = $2 WHERE key_id = $3 AND version = $4 AND kek_id = $5",
+        )
+        .bind(&sealed.kek_id)
+        .bind(&sealed.wrapped_dek)
+        .bind(key_id.as_str())
+        .bind(i64::from(version))
+        .bind(old_kek_id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        Ok(updated.rows_affected() > 0)
+    }
+
+    async fn remove_master_key(&self, kek_id: &str) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        let current: Option<(bool,)> = sqlx::query_as("SELECT is_current FROM master_keys WHERE kek_id = $1")
+            .bind(kek_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        match current {
+            None => return Err(Error::not_found("kek_not_found", format!("master key {kek_id} is not registered"))),
+            Some((true,)) => {
+                return Err(Error::conflict("kek_current", format!("master key {kek_id} is current; rotate first")));
+            }
+            Some((false,)) => {}
+        }
+        let (refs,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM key_versions WHERE kek_id = $1")
+            .bind(kek_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        if refs > 0 {
+            return Err(Error::conflict(
+                "kek_in_use",
+                format!("master key {kek_id} still wraps {refs} key version(s); run `keyward master-key rotate` first"),
+            ));
+        }
+        sqlx::query("DELETE FROM master_keys WHERE kek_id = $1")
+            .bind(kek_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        commit(tx).await
+    }
+
+    async fn setting(&self, name: &str) -> Result<Option<String>, Error> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT value FROM vault_settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(row.map(|(v,)| v))
+    }
+
+    async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, Error> {
+        sqlx::query("INSERT INTO vault_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        self.setting(name)
+            .await?
+            .ok_or_else(|| Error::internal(format!("setting {name} vanished after insert")))
+    }
+}
+
+#[async_trait]
+impl Store for ThisStore {
+    fn backend(&self) -> &'static str {
+        Self::backend_name()
+    }
+
+    async fn initialized(&self) -> Result<bool, Error> {
+        self.schema_exists().await
+    }
+
+    async fn migrate(&self) -> Result<(), Error> {
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, (*sql).into_sql_str(), false)
+            })
+            .collect();
+        Migrator::with_migrations(migrations).run(&self.pool).await.map_err(|e| {
+            tracing::error!(error = %e, "migration failed");
+            Error::internal(format!("database migration failed: {e}"))
+        })
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(|e| db_error(e, None))?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,70 @@
+//! The embedded default backend.
+//!
+//! WAL journal with `synchronous=FULL`: every acknowledged management write survives a
+//! process kill *and* a power loss (NORMAL only survives the former). Write transactions
+//! start with `BEGIN IMMEDIATE` so they queue on the busy timeout instead of failing when two
+//! writers meet.
+
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool};
+
+use keyward_core::Error;
+
+type Db = Sqlite;
+type DbRow = sqlx::sqlite::SqliteRow;
+type ThisStore = SqliteStore;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "vault",
+    include_str!("../migrations/sqlite/0001_vault.sql"),
+)];
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::invalid("invalid_database_url", format!("bad SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| Error::unavailable(format!("cannot open the SQLite database: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Db>, Error> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| db_error(e, None))
+    }
+
+    async fn schema_exists(&self) -> Result<bool, Error> {
+        let found: Option<(String,)> = sqlx::query_as(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        Ok(found.is_some())
+    }
+
+    fn backend_name() -> &'static str {
+        "sqlite"
+    }
+}
+
+include!("queries.rs");

@@ -1,0 +1,151 @@
+//! Test fixtures: a fresh, migrated database per test.
+//!
+//! PostgreSQL tests need a server; where none answers they skip with a loud message, unless
+//! `KEYWARD_TEST_REQUIRE_SERVICES=1` (set by `.ci/run`) turns the skip into a failure.
+
+use std::sync::Arc;
+
+use keyward_core::ports::Store;
+use sqlx::{Connection, PgConnection};
+
+/// The server used for PostgreSQL tests; override with `KEYWARD_TEST_POSTGRES_URL`
+/// (a URL whose user may create databases; the database part is ignored).
+pub fn postgres_admin_url() -> String {
+    std::env::var("KEYWARD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn services_required() -> bool {
+    std::env::var("KEYWARD_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Reports a missing service: panics when services are required, otherwise prints a loud
+/// skip notice and lets the caller return early.
+pub fn service_missing(service: &str, why: &str) {
+    assert!(
+        !services_required(),
+        "{service} is required (KEYWARD_TEST_REQUIRE_SERVICES=1) but unavailable: {why}"
+    );
+    #[expect(clippy::print_stderr, reason = "a skipped test must be loud")]
+    {
+        eprintln!("\n!!!!!!!! SKIPPED: {service} is not reachable ({why}).");
+        eprintln!(
+            "!!!!!!!! Start it (see shared ci-services) or set KEYWARD_TEST_REQUIRE_SERVICES=1 to fail instead.\n"
+        );
+    }
+}
+
+/// A database that exists for one test.
+#[derive(Debug)]
+pub enum TestDatabase {
+    Sqlite { dir: tempfile::TempDir, url: String },
+    Postgres { name: String, url: String },
+}
+
+impl TestDatabase {
+    pub fn sqlite() -> Self {
+        #[expect(clippy::expect_used, reason = "test fixture")]
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("keyward.db").display());
+        Self::Sqlite { dir, url }
+    }
+
+    /// A fresh `kw_test_<random>` database, or `None` (after a loud notice) when PostgreSQL is
+    /// unreachable and not required.
+    pub async fn postgres() -> Option<Self> {
+        let admin = postgres_admin_url();
+        let mut conn = match PgConnection::connect(&admin).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                service_missing("PostgreSQL", &format!("{}: {e}", crate::redact_url(&admin)));
+                return None;
+            }
+        };
+        let name = format!("kw_test_{}", random_suffix());
+        #[expect(clippy::expect_used, reason = "test fixture")]
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let _ = conn.close().await;
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base);
+        Some(Self::Postgres {
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            Self::Sqlite { url, .. } | Self::Postgres { url, .. } => url,
+        }
+    }
+
+    /// The SQLite file's directory (for tests that inspect the files on disk).
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Sqlite { dir, .. } => Some(dir.path()),
+            Self::Postgres { .. } => None,
+        }
+    }
+
+    pub fn postgres_name(&self) -> Option<&str> {
+        match self {
+            Self::Postgres { name, .. } => Some(name),
+            Self::Sqlite { .. } => None,
+        }
+    }
+
+    /// Opens and migrates the store.
+    pub async fn store(&self) -> Arc<dyn Store> {
+        #[expect(clippy::expect_used, reason = "test fixture")]
+        let store = crate::open(self.url()).await.expect("open test store");
+        #[expect(clippy::expect_used, reason = "test fixture")]
+        store.migrate().await.expect("migrate test store");
+        store
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Self::Postgres { name, .. } = self {
+            let name = name.clone();
+            // Drop the database from a separate thread with its own runtime: Drop cannot await
+            // and may run inside another runtime.
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    if let Ok(mut conn) = PgConnection::connect(&postgres_admin_url()).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut conn)
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+fn random_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut bytes = [0u8; 8];
+    // Uniqueness only (not security): time plus the thread id is enough, no RNG needed here.
+    let tid = format!("{:?}", std::thread::current().id());
+    for (i, b) in tid.bytes().chain(nanos.to_le_bytes()).enumerate() {
+        bytes[i % 8] = bytes[i % 8].wrapping_mul(31).wrapping_add(b);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,751 @@
+//! One conformance suite, run against every backend: each case below becomes a test in
+//! `sqlite::` and in `postgres::` (a fresh database per test).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use keyward_core::access::Role;
+use keyward_core::id::{KeyId, TokenId, UserId};
+use keyward_core::key::{
+    Criticality, Key, KeyFilter, KeyStatus, KeyVersion, PageRequest, SealedSecret, VersionState,
+};
+use keyward_core::master_key::MasterKeyRecord;
+use keyward_core::ports::Store;
+use keyward_core::service::{Category, Environment};
+use keyward_core::token::ManagementToken;
+use keyward_core::user::User;
+use keyward_core::{ErrorKind, Randomness, Timestamp};
+use keyward_store::testing::TestDatabase;
+
+#[derive(Debug)]
+struct Counter(std::sync::atomic::AtomicU64);
+impl Randomness for Counter {
+    fn fill(&self, dest: &mut [u8]) {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for (i, b) in dest.iter_mut().enumerate() {
+            *b = n.to_le_bytes()[i % 8] ^ (i as u8);
+        }
+    }
+}
+
+fn rng() -> Counter {
+    Counter(std::sync::atomic::AtomicU64::new(1))
+}
+
+fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(ms).expect("timestamp")
+}
+
+fn sealed(kek: &str, marker: u8) -> SealedSecret {
+    SealedSecret {
+        algorithm: "test-alg".into(),
+        kek_id: kek.into(),
+        wrapped_dek: vec![0, marker, 255, 0],
+        nonce: vec![marker; 12],
+        ciphertext: vec![0, 1, 2, marker, 0],
+    }
+}
+
+fn new_key(id: KeyId, service: &str, env: &str, alias: &str, at: i64) -> (Key, KeyVersion) {
+    let key = Key {
+        id: id.clone(),
+        service_id: service.into(),
+        environment: env.into(),
+        alias: alias.into(),
+        description: Some(format!("{alias} description")),
+        owner: Some("team-data".into()),
+        tags: vec!["prod".into(), "team:data".into()],
+        criticality: Criticality::High,
+        enabled: true,
+        expires_at: None,
+        current_version: 1,
+        current_hint: "sk-…0001".into(),
+        created_by: "tester".into(),
+        created_at: ts(at),
+        updated_at: ts(at),
+        last_used_at: None,
+        deleted_at: None,
+        deleted_by: None,
+    };
+    let version = KeyVersion {
+        key_id: id,
+        version: 1,
+        state: VersionState::Current,
+        hint: "sk-…0001".into(),
+        sealed: sealed("kek_a", 1),
+        created_by: "tester".into(),
+        created_at: ts(at),
+    };
+    (key, version)
+}
+
+async fn add(
+    store: &Arc<dyn Store>,
+    r: &Counter,
+    service: &str,
+    env: &str,
+    alias: &str,
+    at: i64,
+) -> Key {
+    let (key, version) = new_key(KeyId::generate(ts(at), r), service, env, alias, at);
+    store.insert_key(&key, &version).await.expect("insert");
+    key
+}
+
+async fn migrations_are_idempotent(store: Arc<dyn Store>) {
+    assert!(store.initialized().await.expect("initialized"));
+    store.migrate().await.expect("second migrate is a no-op");
+    store.ping().await.expect("ping");
+}
+
+async fn keys_round_trip_with_their_first_version(store: Arc<dyn Store>) {
+    let r = rng();
+    let (mut key, version) = new_key(
+        KeyId::generate(ts(1_000), &r),
+        "openai",
+        "production",
+        "Main",
+        1_000,
+    );
+    key.expires_at = Some(ts(9_999_999));
+    store.insert_key(&key, &version).await.expect("insert");
+    assert_eq!(store.key(&key.id).await.expect("get"), Some(key.clone()));
+    assert_eq!(
+        store.versions(&key.id).await.expect("versions"),
+        vec![version]
+    );
+    let missing = KeyId::generate(ts(1), &r);
+    assert_eq!(store.key(&missing).await.expect("get"), None);
+}
+
+async fn aliases_are_unique_per_service_and_environment_among_live_keys(store: Arc<dyn Store>) {
+    let r = rng();
+    let first = add(&store, &r, "openai", "production", "Main", 1).await;
+    let (dup, v) = new_key(
+        KeyId::generate(ts(2), &r),
+        "openai",
+        "production",
+        "main",
+        2,
+    );
+    let err = store
+        .insert_key(&dup, &v)
+        .await
+        .expect_err("duplicate alias");
+    assert_eq!((err.kind, err.code), (ErrorKind::Conflict, "alias_taken"));
+    assert_eq!(
+        store.key(&dup.id).await.expect("get"),
+        None,
+        "a refused insert leaves nothing"
+    );
+    add(&store, &r, "openai", "staging", "main", 3).await;
+    add(&store, &r, "anthropic", "production", "main", 4).await;
+
+    let mut deleted = first.clone();
+    deleted.deleted_at = Some(ts(5));
+    deleted.deleted_by = Some("tester".into());
+    deleted.updated_at = ts(5);
+    store
+        .update_key(&deleted, first.updated_at)
+        .await
+        .expect("soft delete");
+    add(&store, &r, "openai", "production", "main", 6).await;
+
+    // Restoring the deleted key now collides with the new live one.
+    let mut restored = deleted.clone();
+    restored.deleted_at = None;
+    restored.updated_at = ts(7);
+    let err = store
+        .update_key(&restored, deleted.updated_at)
+        .await
+        .expect_err("collides");
+    assert_eq!(err.code, "alias_taken");
+}
+
+async fn listings_filter_and_paginate(store: Arc<dyn Store>) {
+    let r = rng();
+    let now = 1_000_000;
+    let mut all = Vec::new();
+    for i in 0..23 {
+        let service = ["openai", "alpha-vantage", "finnhub"][i % 3];
+        let env = ["production", "staging"][i % 2];
+        all.push(
+            add(
+                &store,
+                &r,
+                service,
+                env,
+                &format!("key {i}"),
+                1_000 + i as i64,
+            )
+            .await,
+        );
+    }
+    // One disabled, one expired, one deleted, one with a special tag and text.
+    let mut disabled = all[0].clone();
+    disabled.enabled = false;
+    store
+        .update_key(&disabled, all[0].updated_at)
+        .await
+        .expect("disable");
+    let mut expired = all[1].clone();
+    expired.expires_at = Some(ts(now - 1));
+    store
+        .update_key(&expired, all[1].updated_at)
+        .await
+        .expect("expire");
+    let mut deleted = all[2].clone();
+    deleted.deleted_at = Some(ts(now - 5));
+    store
+        .update_key(&deleted, all[2].updated_at)
+        .await
+        .expect("delete");
+    let mut special = all[3].clone();
+    special.tags = vec!["earnings".into()];
+    special.description = Some("100% for the_summariser".into());
+    store
+        .update_key(&special, all[3].updated_at)
+        .await
+        .expect("tag");
+
+    let list = |filter: KeyFilter, after: Option<KeyId>, limit: u32| {
+        let store = store.clone();
+        async move {
+            store
+                .list_keys(
+                    &filter,
+                    &PageRequest::new(after, Some(limit)).expect("page"),
+                    ts(now),
+                )
+                .await
+                .expect("list")
+        }
+    };
+
+    // Pagination visits every live key exactly once, newest first.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = list(KeyFilter::default(), after, 5).await;
+        seen.extend(page.items.iter().map(|k| k.id.clone()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let mut expected: Vec<KeyId> = all
+        .iter()
+        .filter(|k| k.id != deleted.id)
+        .map(|k| k.id.clone())
+        .collect();
+    expected.sort();
+    expected.reverse();
+    assert_eq!(seen, expected);
+
+    let ids = |keys: &[Key]| keys.iter().map(|k| k.id.clone()).collect::<BTreeSet<_>>();
+    let statuses = [
+        (KeyStatus::Disabled, vec![disabled.id.clone()]),
+        (KeyStatus::Expired, vec![expired.id.clone()]),
+        (KeyStatus::Deleted, vec![deleted.id.clone()]),
+    ];
+    for (status, want) in statuses {
+        let page = list(
+            KeyFilter {
+                status: Some(status),
+                ..Default::default()
+            },
+            None,
+            50,
+        )
+        .await;
+        assert_eq!(ids(&page.items), want.into_iter().collect(), "{status}");
+    }
+    let active = list(
+        KeyFilter {
+            status: Some(KeyStatus::Active),
+            ..Default::default()
+        },
+        None,
+        50,
+    )
+    .await;
+    assert_eq!(active.items.len(), 20);
+
+    let by_service = list(
+        KeyFilter {
+            service_ids: Some(vec!["openai".into(), "finnhub".into()]),
+            environment: Some("production".into()),
+            ..Default::default()
+        },
+        None,
+        50,
+    )
+    .await;
+    assert!(
+        by_service
+            .items
+            .iter()
+            .all(|k| k.service_id != "alpha-vantage" && k.environment == "production")
+    );
+    assert!(!by_service.items.is_empty());
+    let none = list(
+        KeyFilter {
+            service_ids: Some(vec![]),
+            ..Default::default()
+        },
+        None,
+        50,
+    )
+    .await;
+    assert!(none.items.is_empty());
+
+    let tagged = list(
+        KeyFilter {
+            tag: Some("earnings".into()),
+            ..Default::default()
+        },
+        None,
+        50,
+    )
+    .await;
+    assert_eq!(
+        ids(&tagged.items),
+        [special.id.clone()].into_iter().collect()
+    );
+    // LIKE wildcards in the search text are literal.
+    let text = list(
+        KeyFilter {
+            text: Some("100%".into()),
+            ..Default::default()
+        },
+        None,
+        50,
+    )
+    .await;
+    assert_eq!(ids(&text.items), [special.id.clone()].into_iter().collect());
+    let underscore = list(
+        KeyFilter {
+            text: Some("the_s".into()),
+            ..Default::default()
+        },
+        None,
+        50,
+    )
+    .await;
+    assert_eq!(underscore.items.len(), 1);
+    let wildcard = list(
+        KeyFilter {
+            text: Some("_".into()),
+            ..Default::default()
+        },
+        None,
+        50,
+    )
+    .await;
+    assert_eq!(
+        wildcard.items.len(),
+        1,
+        "`_` must not match every character"
+    );
+    let by_alias = list(
+        KeyFilter {
+            text: Some("KEY 1".into()),
+            ..Default::default()
+        },
+        None,
+        50,
+    )
+    .await;
+    assert!(by_alias.items.len() >= 10, "case-insensitive alias search");
+}
+
+async fn updates_are_optimistic(store: Arc<dyn Store>) {
+    let r = rng();
+    let key = add(&store, &r, "openai", "production", "main", 1).await;
+    let mut a = key.clone();
+    a.alias = "renamed".into();
+    a.updated_at = ts(2);
+    store
+        .update_key(&a, key.updated_at)
+        .await
+        .expect("first writer wins");
+    let mut b = key.clone();
+    b.owner = None;
+    b.updated_at = ts(3);
+    let err = store
+        .update_key(&b, key.updated_at)
+        .await
+        .expect_err("second writer loses");
+    assert_eq!(err.code, "concurrent_update");
+    assert_eq!(
+        store.key(&key.id).await.expect("get").map(|k| k.alias),
+        Some("renamed".into())
+    );
+}
+
+async fn new_current_versions_demote_older_ones(store: Arc<dyn Store>) {
+    let r = rng();
+    use VersionState::*;
+    let key = add(&store, &r, "openai", "production", "main", 1).await;
+    for n in 2..=4u32 {
+        let v = KeyVersion {
+            key_id: key.id.clone(),
+            version: n,
+            state: Current,
+            hint: format!("sk-…000{n}"),
+            sealed: sealed("kek_a", n as u8),
+            created_by: "tester".into(),
+            created_at: ts(i64::from(n)),
+        };
+        store
+            .add_version(&v, ts(i64::from(n)))
+            .await
+            .expect("add version");
+    }
+    let pending = KeyVersion {
+        key_id: key.id.clone(),
+        version: 5,
+        state: Pending,
+        hint: "sk-…0005".into(),
+        sealed: sealed("kek_a", 5),
+        created_by: "tester".into(),
+        created_at: ts(5),
+    };
+    store.add_version(&pending, ts(5)).await.expect("pending");
+    let states: Vec<(u32, VersionState)> = store
+        .versions(&key.id)
+        .await
+        .expect("versions")
+        .iter()
+        .map(|v| (v.version, v.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (5, Pending),
+            (4, Current),
+            (3, Previous),
+            (2, Retired),
+            (1, Retired)
+        ]
+    );
+    let stored = store.key(&key.id).await.expect("get").expect("exists");
+    assert_eq!(
+        (stored.current_version, stored.current_hint.as_str()),
+        (4, "sk-…0004")
+    );
+    let err = store
+        .add_version(&pending, ts(6))
+        .await
+        .expect_err("number taken");
+    assert_eq!(err.code, "concurrent_update");
+}
+
+async fn purging_destroys_keys_and_versions(store: Arc<dyn Store>) {
+    let r = rng();
+    let old = add(&store, &r, "openai", "production", "old", 1).await;
+    let recent = add(&store, &r, "openai", "production", "recent", 2).await;
+    let live = add(&store, &r, "openai", "production", "live", 3).await;
+    for (key, at) in [(&old, 100), (&recent, 900)] {
+        let mut k = key.clone();
+        k.deleted_at = Some(ts(at));
+        store.update_key(&k, key.updated_at).await.expect("delete");
+    }
+    let purged = store.purge_deleted_before(ts(500)).await.expect("purge");
+    assert_eq!(purged, vec![old.id.clone()]);
+    assert_eq!(store.key(&old.id).await.expect("get"), None);
+    assert!(store.versions(&old.id).await.expect("versions").is_empty());
+    assert!(store.key(&recent.id).await.expect("get").is_some());
+    assert!(store.purge_key(&recent.id).await.expect("purge"));
+    assert!(!store.purge_key(&recent.id).await.expect("purge twice"));
+    assert!(store.key(&live.id).await.expect("get").is_some());
+}
+
+async fn catalog_labels_services_and_overrides(store: Arc<dyn Store>) {
+    let envs: Vec<String> = store
+        .environments()
+        .await
+        .expect("envs")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(envs, vec!["development", "staging", "production"]);
+    let qa = Environment {
+        id: "qa".into(),
+        name: "QA".into(),
+        builtin: false,
+    };
+    store
+        .insert_environment(&qa, ts(1))
+        .await
+        .expect("insert env");
+    assert_eq!(
+        store
+            .insert_environment(&qa, ts(2))
+            .await
+            .map_err(|e| e.code),
+        Err("environment_exists")
+    );
+    assert!(store.environments().await.expect("envs").contains(&qa));
+
+    assert_eq!(store.categories().await.expect("cats").len(), 3);
+    let crypto = Category {
+        id: "crypto".into(),
+        name: "Crypto data".into(),
+        builtin: false,
+    };
+    store
+        .insert_category(&crypto, ts(1))
+        .await
+        .expect("insert cat");
+    assert_eq!(
+        store
+            .insert_category(&crypto, ts(1))
+            .await
+            .map_err(|e| e.code),
+        Err("category_exists")
+    );
+
+    let mut service = keyward_core::catalog::builtin_services().expect("catalog")[0].clone();
+    service.id = "my-llm".into();
+    service.builtin = false;
+    store
+        .insert_custom_service(&service, ts(1))
+        .await
+        .expect("insert service");
+    assert_eq!(
+        store
+            .insert_custom_service(&service, ts(1))
+            .await
+            .map_err(|e| e.code),
+        Err("service_exists")
+    );
+    assert_eq!(
+        store.custom_services().await.expect("services"),
+        vec![service]
+    );
+
+    store
+        .set_base_url_override("openai", Some("http://127.0.0.1:1"), ts(1))
+        .await
+        .expect("override");
+    store
+        .set_base_url_override("openai", Some("http://127.0.0.1:2"), ts(2))
+        .await
+        .expect("override again");
+    let overrides = store.base_url_overrides().await.expect("overrides");
+    assert_eq!(overrides.len(), 1);
+    assert_eq!(overrides[0].base_url, "http://127.0.0.1:2");
+    store
+        .set_base_url_override("openai", None, ts(3))
+        .await
+        .expect("clear");
+    assert!(
+        store
+            .base_url_overrides()
+            .await
+            .expect("overrides")
+            .is_empty()
+    );
+}
+
+async fn tokens_and_users(store: Arc<dyn Store>) {
+    let r = rng();
+    let token = ManagementToken {
+        id: TokenId::generate(ts(1), &r),
+        public_id: "abcdefghijkl".into(),
+        name: "ci".into(),
+        role: Role::KeyManager,
+        secret_hash: vec![1, 2, 3, 0, 255],
+        created_by: "cli".into(),
+        created_at: ts(1),
+        expires_at: Some(ts(100)),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    store.insert_token(&token).await.expect("insert token");
+    assert_eq!(
+        store.token_by_public_id("abcdefghijkl").await.expect("get"),
+        Some(token.clone())
+    );
+    assert_eq!(store.token_by_public_id("nope").await.expect("get"), None);
+    store.touch_token(&token.id, ts(50)).await.expect("touch");
+    let touched = store
+        .token_by_public_id("abcdefghijkl")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(touched.last_used_at, Some(ts(50)));
+
+    assert_eq!(store.count_users().await.expect("count"), 0);
+    let user = User {
+        id: UserId::generate(ts(1), &r),
+        username: "Alice".into(),
+        password_hash: "$argon2id$v=19$…".into(),
+        role: Role::Owner,
+        disabled: false,
+        created_at: ts(1),
+    };
+    store.insert_user(&user).await.expect("insert user");
+    let dup = User {
+        id: UserId::generate(ts(2), &r),
+        username: "alice".into(),
+        ..user.clone()
+    };
+    assert_eq!(
+        store.insert_user(&dup).await.map_err(|e| e.code),
+        Err("username_taken")
+    );
+    assert_eq!(
+        store.user_by_username("ALICE").await.expect("get"),
+        Some(user)
+    );
+    assert_eq!(store.count_users().await.expect("count"), 1);
+}
+
+async fn master_keys_rewrap_and_retire(store: Arc<dyn Store>) {
+    let r = rng();
+    let record = |id: &str, current: bool| MasterKeyRecord {
+        kek_id: id.into(),
+        current,
+        verifier: vec![9, 0, 9],
+        created_at: ts(1),
+    };
+    store
+        .register_master_key(&record("kek_a", true))
+        .await
+        .expect("register a");
+    let key = add(&store, &r, "openai", "production", "main", 1).await;
+    store
+        .register_master_key(&record("kek_b", true))
+        .await
+        .expect("register b");
+    let current: Vec<(String, bool)> = store
+        .master_keys()
+        .await
+        .expect("keys")
+        .into_iter()
+        .map(|k| (k.kek_id, k.current))
+        .collect();
+    assert_eq!(
+        current,
+        vec![("kek_a".into(), false), ("kek_b".into(), true)]
+    );
+
+    let usage = store.kek_usage().await.expect("usage");
+    assert_eq!(
+        usage
+            .iter()
+            .map(|u| (u.kek_id.as_str(), u.versions))
+            .collect::<Vec<_>>(),
+        vec![("kek_a", 1), ("kek_b", 0)]
+    );
+    assert_eq!(
+        store.remove_master_key("kek_a").await.map_err(|e| e.code),
+        Err("kek_in_use")
+    );
+    assert_eq!(
+        store.remove_master_key("kek_b").await.map_err(|e| e.code),
+        Err("kek_current")
+    );
+
+    let pending = store
+        .versions_wrapped_by("kek_a", 10)
+        .await
+        .expect("wrapped by a");
+    assert_eq!(pending.len(), 1);
+    let rewrapped = SealedSecret {
+        kek_id: "kek_b".into(),
+        wrapped_dek: vec![7; 60],
+        ..pending[0].sealed.clone()
+    };
+    assert!(
+        store
+            .rewrap_version(&key.id, 1, "kek_a", &rewrapped)
+            .await
+            .expect("rewrap")
+    );
+    assert!(
+        !store
+            .rewrap_version(&key.id, 1, "kek_a", &rewrapped)
+            .await
+            .expect("rewrap twice is a no-op")
+    );
+    let versions = store.versions(&key.id).await.expect("versions");
+    assert_eq!(versions[0].sealed, rewrapped);
+    assert!(
+        store
+            .versions_wrapped_by("kek_a", 10)
+            .await
+            .expect("none left")
+            .is_empty()
+    );
+    store.remove_master_key("kek_a").await.expect("retire a");
+    assert_eq!(
+        store.remove_master_key("kek_a").await.map_err(|e| e.code),
+        Err("kek_not_found")
+    );
+
+    store
+        .make_master_key_current("kek_b")
+        .await
+        .expect("current");
+    assert_eq!(
+        store
+            .make_master_key_current("kek_zzz")
+            .await
+            .map_err(|e| e.code),
+        Err("kek_not_found")
+    );
+
+    assert_eq!(store.setting("salt").await.expect("setting"), None);
+    assert_eq!(
+        store
+            .setting_or_insert("salt", "one")
+            .await
+            .expect("insert"),
+        "one"
+    );
+    assert_eq!(
+        store.setting_or_insert("salt", "two").await.expect("keep"),
+        "one"
+    );
+}
+
+macro_rules! conformance {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = super::TestDatabase::sqlite();
+                    super::$case(db.store().await).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(db) = super::TestDatabase::postgres().await else { return };
+                    let store = db.store().await;
+                    super::$case(store.clone()).await;
+                    store.close().await;
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    migrations_are_idempotent,
+    keys_round_trip_with_their_first_version,
+    aliases_are_unique_per_service_and_environment_among_live_keys,
+    listings_filter_and_paginate,
+    updates_are_optimistic,
+    new_current_versions_demote_older_ones,
+    purging_destroys_keys_and_versions,
+    catalog_labels_services_and_overrides,
+    tokens_and_users,
+    master_keys_rewrap_and_retire,
+);
