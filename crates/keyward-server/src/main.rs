@@ -1,2 +1,5 @@
-//! placeholder
-fn main() {}
+//! `keyward`: self-hosted API key vault and key-injecting proxy.
+
+fn main() -> std::process::ExitCode {
+    keyward_server::cli::main()
+}

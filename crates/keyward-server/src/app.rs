@@ -1,0 +1,475 @@
+//! The management operations, one method per use case, free of HTTP: validate with the
+//! domain, seal with the keyring, persist through the store port. The HTTP handlers and the
+//! CLI are thin adapters over this.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use keyward_core::access::Role;
+use keyward_core::catalog::{ServiceCatalog, builtin_services};
+use keyward_core::id::{KeyId, TokenId};
+use keyward_core::key::{
+    Key, KeyChanges, KeyDraft, KeyDraftInput, KeyFilter, KeyVersion, Page, PageRequest,
+    RecoveryWindow, SealContext, VersionState,
+};
+use keyward_core::ports::Store;
+use keyward_core::service::{Category, Environment, ServiceDefinition, validate_base_url};
+use keyward_core::token::ManagementToken;
+use keyward_core::{Clock, Error, ErrorKind, Randomness, label, secret};
+use keyward_crypto::{Keyring, token};
+use secrecy::SecretString;
+
+/// Who is acting, as recorded in `created_by`/`deleted_by` (and the audit trail later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Debug)]
+pub struct App {
+    pub store: Arc<dyn Store>,
+    keyring: Keyring,
+    pub clock: Arc<dyn Clock>,
+    pub random: Arc<dyn Randomness>,
+    pub recovery_window: RecoveryWindow,
+    builtin: Vec<ServiceDefinition>,
+}
+
+/// Input for a new key: metadata plus the secret and whether to skip the format check.
+#[derive(Debug)]
+pub struct NewKey {
+    pub draft: KeyDraftInput,
+    pub secret: SecretString,
+    pub force: bool,
+}
+
+impl App {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Keyring,
+        clock: Arc<dyn Clock>,
+        random: Arc<dyn Randomness>,
+        recovery_window: RecoveryWindow,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            store,
+            keyring,
+            clock,
+            random,
+            recovery_window,
+            builtin: builtin_services()?,
+        })
+    }
+
+    /// Now, at the store's millisecond precision, so a response shows exactly what was stored.
+    pub fn now(&self) -> Timestamp {
+        let now = self.clock.now();
+        Timestamp::from_millisecond(now.as_millisecond()).unwrap_or(now)
+    }
+
+    /// The catalog as stored now (built-ins + custom services + overrides). Read per request
+    /// so every instance sharing the database sees the same catalog.
+    pub async fn catalog(&self) -> Result<ServiceCatalog, Error> {
+        let custom = self.store.custom_services().await?;
+        let overrides = self.store.base_url_overrides().await?;
+        Ok(ServiceCatalog::assemble(
+            self.builtin.clone(),
+            custom,
+            &overrides,
+        ))
+    }
+
+    // ------------------------------------------------------------------ keys
+
+    pub async fn create_key(&self, actor: &Actor, new: NewKey) -> Result<Key, Error> {
+        let now = self.now();
+        let draft = KeyDraft::validate(new.draft, now)?;
+        let catalog = self.catalog().await?;
+        let service = catalog.get(&draft.service_id).ok_or_else(|| {
+            Error::invalid(
+                "unknown_service",
+                format!("there is no service `{}`", draft.service_id),
+            )
+        })?;
+        self.require_environment(&draft.environment).await?;
+        let value = secret::normalize(&new.secret)?;
+        secret::check_format(service, &value, new.force)?;
+        let hint = secret::hint(service, &value)?;
+        let id = KeyId::generate(now, &*self.random);
+        let sealed = self
+            .keyring
+            .seal(&*self.random, &value, &SealContext::key_secret(&id, 1))?;
+        drop(value);
+        let key = Key {
+            id: id.clone(),
+            service_id: draft.service_id,
+            environment: draft.environment,
+            alias: draft.alias,
+            description: draft.description,
+            owner: draft.owner,
+            tags: draft.tags,
+            criticality: draft.criticality,
+            enabled: draft.enabled,
+            expires_at: draft.expires_at,
+            current_version: 1,
+            current_hint: hint.clone(),
+            created_by: actor.name.clone(),
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            deleted_at: None,
+            deleted_by: None,
+        };
+        let version = KeyVersion {
+            key_id: id,
+            version: 1,
+            state: VersionState::Current,
+            hint,
+            sealed,
+            created_by: actor.name.clone(),
+            created_at: now,
+        };
+        self.store.insert_key(&key, &version).await?;
+        tracing::info!(key = %key.id, service = %key.service_id, environment = %key.environment, actor = %actor.name, "key created");
+        Ok(key)
+    }
+
+    async fn require_environment(&self, id: &str) -> Result<(), Error> {
+        if self.store.environments().await?.iter().any(|e| e.id == id) {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "unknown_environment",
+                format!("there is no environment `{}`", label::printable(id)),
+            ))
+        }
+    }
+
+    pub async fn key(&self, id: &KeyId) -> Result<Key, Error> {
+        self.store
+            .key(id)
+            .await?
+            .ok_or_else(|| Error::not_found("key_not_found", format!("there is no key {id}")))
+    }
+
+    /// Filters by category become the category's list of services.
+    pub async fn list_keys(
+        &self,
+        mut filter: KeyFilter,
+        category: Option<&str>,
+        page: PageRequest,
+    ) -> Result<Page<Key>, Error> {
+        if let Some(category) = category {
+            let in_category = self.catalog().await?.ids_in_category(category);
+            filter.service_ids = Some(match filter.service_ids.take() {
+                Some(services) => services
+                    .into_iter()
+                    .filter(|s| in_category.contains(s))
+                    .collect(),
+                None => in_category,
+            });
+        }
+        self.store.list_keys(&filter, &page, self.now()).await
+    }
+
+    async fn save(&self, mut key: Key, before: Timestamp) -> Result<Key, Error> {
+        // Timestamps are millisecond-precise in the store; make sure an update is visible as one.
+        let now = self.now();
+        key.updated_at = if now.as_millisecond() > before.as_millisecond() {
+            now
+        } else {
+            Timestamp::from_millisecond(before.as_millisecond() + 1).unwrap_or(now)
+        };
+        self.store.update_key(&key, before).await?;
+        Ok(key)
+    }
+
+    pub async fn update_key(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        changes: KeyChanges,
+    ) -> Result<Key, Error> {
+        let mut key = self.key(id).await?;
+        let before = key.updated_at;
+        if !changes.apply(&mut key, self.now())? {
+            return Ok(key);
+        }
+        let key = self.save(key, before).await?;
+        tracing::info!(key = %id, actor = %actor.name, "key metadata updated");
+        Ok(key)
+    }
+
+    pub async fn set_enabled(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        enabled: bool,
+    ) -> Result<Key, Error> {
+        let mut key = self.key(id).await?;
+        key.ensure_not_deleted()?;
+        if key.enabled == enabled {
+            return Ok(key);
+        }
+        let before = key.updated_at;
+        key.enabled = enabled;
+        let key = self.save(key, before).await?;
+        tracing::info!(key = %id, actor = %actor.name, enabled, "key enabled state changed");
+        Ok(key)
+    }
+
+    /// Adds a version. `current` (the default) makes it the injected value at once;
+    /// `pending` stores it for a rotation to promote later.
+    pub async fn add_version(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        secret_value: SecretString,
+        force: bool,
+        state: VersionState,
+    ) -> Result<KeyVersion, Error> {
+        if !matches!(state, VersionState::Current | VersionState::Pending) {
+            return Err(Error::invalid(
+                "invalid_version_state",
+                "a new version is either current or pending",
+            ));
+        }
+        let key = self.key(id).await?;
+        key.ensure_not_deleted()?;
+        let catalog = self.catalog().await?;
+        let service = catalog.require(&key.service_id)?;
+        let value = secret::normalize(&secret_value)?;
+        secret::check_format(service, &value, force)?;
+        let number = self
+            .store
+            .versions(id)
+            .await?
+            .iter()
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let now = self.now();
+        let version = KeyVersion {
+            key_id: id.clone(),
+            version: number,
+            state,
+            hint: secret::hint(service, &value)?,
+            sealed: self.keyring.seal(
+                &*self.random,
+                &value,
+                &SealContext::key_secret(id, number),
+            )?,
+            created_by: actor.name.clone(),
+            created_at: now,
+        };
+        self.store.add_version(&version, now).await?;
+        tracing::info!(key = %id, version = number, state = %state, actor = %actor.name, "key version added");
+        Ok(version)
+    }
+
+    pub async fn versions(&self, id: &KeyId) -> Result<Vec<KeyVersion>, Error> {
+        self.key(id).await?;
+        self.store.versions(id).await
+    }
+
+    pub async fn delete_key(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
+        let mut key = self.key(id).await?;
+        key.ensure_not_deleted()?;
+        let before = key.updated_at;
+        key.deleted_at = Some(self.now());
+        key.deleted_by = Some(actor.name.clone());
+        let key = self.save(key, before).await?;
+        tracing::info!(key = %id, actor = %actor.name, "key soft-deleted");
+        Ok(key)
+    }
+
+    pub async fn restore_key(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
+        let mut key = self.key(id).await?;
+        if key.deleted_at.is_none() {
+            return Err(Error::conflict(
+                "key_not_deleted",
+                format!("key {id} is not deleted"),
+            ));
+        }
+        let before = key.updated_at;
+        key.deleted_at = None;
+        key.deleted_by = None;
+        let key = self.save(key, before).await?;
+        tracing::info!(key = %id, actor = %actor.name, "key restored");
+        Ok(key)
+    }
+
+    /// Destroys a deleted key. Inside the recovery window the caller must confirm by
+    /// repeating the key's alias.
+    pub async fn purge_key(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        confirm_alias: Option<&str>,
+    ) -> Result<(), Error> {
+        let key = self.key(id).await?;
+        let Some(deleted_at) = key.deleted_at else {
+            return Err(Error::conflict(
+                "key_not_deleted",
+                format!("key {id} is not deleted; delete it first"),
+            ));
+        };
+        let purgeable_at = self.recovery_window.purgeable_at(deleted_at);
+        if self.now() < purgeable_at && confirm_alias != Some(key.alias.as_str()) {
+            return Err(Error::conflict(
+                "confirmation_required",
+                format!(
+                    "key {id} is inside its recovery window until {purgeable_at}; to purge it now send {{\"confirm\": \"<the key's alias>\"}}"
+                ),
+            ));
+        }
+        self.store.purge_key(id).await?;
+        tracing::warn!(key = %id, actor = %actor.name, "key purged");
+        Ok(())
+    }
+
+    /// Purges keys whose recovery window has passed; run periodically.
+    pub async fn purge_expired(&self) -> Result<usize, Error> {
+        let cutoff = self
+            .now()
+            .saturating_sub(self.recovery_window.duration())
+            .unwrap_or(Timestamp::MIN);
+        let purged = self.store.purge_deleted_before(cutoff).await?;
+        for id in &purged {
+            tracing::info!(key = %id, "key purged after its recovery window");
+        }
+        Ok(purged.len())
+    }
+
+    // --------------------------------------------------------------- catalog
+
+    pub async fn create_service(
+        &self,
+        actor: &Actor,
+        mut service: ServiceDefinition,
+    ) -> Result<ServiceDefinition, Error> {
+        service.builtin = false;
+        service.validate()?;
+        if self.builtin.iter().any(|b| b.id == service.id) {
+            return Err(Error::conflict(
+                "service_exists",
+                format!("`{}` is a built-in service", service.id),
+            ));
+        }
+        if !self
+            .store
+            .categories()
+            .await?
+            .iter()
+            .any(|c| c.id == service.category)
+        {
+            return Err(Error::invalid(
+                "unknown_category",
+                format!("there is no category `{}`", service.category),
+            ));
+        }
+        self.store
+            .insert_custom_service(&service, self.now())
+            .await?;
+        tracing::info!(service = %service.id, actor = %actor.name, "custom service added");
+        Ok(service)
+    }
+
+    /// Overrides (or with `None` resets) a service's base URL.
+    pub async fn set_base_url(
+        &self,
+        actor: &Actor,
+        id: &str,
+        base_url: Option<&str>,
+    ) -> Result<ServiceDefinition, Error> {
+        self.catalog().await?.require(id)?;
+        if let Some(url) = base_url {
+            validate_base_url(url)?;
+        }
+        self.store
+            .set_base_url_override(id, base_url, self.now())
+            .await?;
+        tracing::info!(service = %id, actor = %actor.name, base_url = ?base_url, "service base URL changed");
+        self.catalog().await?.require(id).cloned()
+    }
+
+    pub async fn create_environment(&self, id: &str, name: &str) -> Result<Environment, Error> {
+        let env = Environment {
+            id: label::slug("environment id", id)?,
+            name: label::name("environment name", name)?,
+            builtin: false,
+        };
+        self.store.insert_environment(&env, self.now()).await?;
+        Ok(env)
+    }
+
+    pub async fn create_category(&self, id: &str, name: &str) -> Result<Category, Error> {
+        let category = Category {
+            id: label::slug("category id", id)?,
+            name: label::name("category name", name)?,
+            builtin: false,
+        };
+        self.store.insert_category(&category, self.now()).await?;
+        Ok(category)
+    }
+
+    // ---------------------------------------------------------------- tokens
+
+    /// Issues a management API token; the returned secret is shown once and never stored.
+    pub async fn issue_token(
+        &self,
+        name: &str,
+        role: Role,
+        created_by: &str,
+        expires_at: Option<Timestamp>,
+    ) -> Result<(ManagementToken, SecretString), Error> {
+        let now = self.now();
+        let issued = token::issue(token::MANAGEMENT_PREFIX, &*self.random);
+        let record = ManagementToken {
+            id: TokenId::generate(now, &*self.random),
+            public_id: issued.public_id,
+            name: label::name("token name", name)?,
+            role,
+            secret_hash: issued.secret_hash,
+            created_by: created_by.to_owned(),
+            created_at: now,
+            expires_at,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        self.store.insert_token(&record).await?;
+        Ok((record, issued.token))
+    }
+
+    /// Resolves a presented bearer token to its record, or `Unauthenticated`. Every failure
+    /// looks the same to the caller.
+    pub async fn authenticate_token(&self, presented: &str) -> Result<ManagementToken, Error> {
+        let denied = || {
+            Error::new(
+                ErrorKind::Unauthenticated,
+                "invalid_token",
+                "the token is missing, malformed, unknown, expired or revoked",
+            )
+        };
+        let parsed = token::parse(token::MANAGEMENT_PREFIX, presented).ok_or_else(denied)?;
+        let record = self
+            .store
+            .token_by_public_id(&parsed.public_id)
+            .await?
+            .ok_or_else(denied)?;
+        let now = self.now();
+        if !parsed.matches(&record.secret_hash) || !record.usable_at(now) {
+            return Err(denied());
+        }
+        // Record use at most once a minute: a write per API call would serialise SQLite.
+        if record
+            .last_used_at
+            .is_none_or(|at| now.duration_since(at).as_secs() >= 60)
+        {
+            self.store.touch_token(&record.id, now).await?;
+        }
+        Ok(record)
+    }
+}

@@ -1,0 +1,405 @@
+//! The command line: `keyward serve`, `admin create`, `token create`, `master-key …`.
+//!
+//! Everything a command prints goes through this module; errors are one line on stderr and
+//! a non-zero exit status.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "this module is the CLI's output"
+)]
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use jiff::{SignedDuration, Timestamp};
+use keyward_core::access::Role;
+use keyward_core::id::UserId;
+use keyward_core::user::{User, check_password_length, validate_username};
+use keyward_core::{Clock, SystemClock};
+use keyward_crypto::{MasterKey, OsRandomness, password};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::app::App;
+use crate::config::{self, FlagOverrides, LogFormat, Settings};
+use crate::server;
+use crate::vault::{self, RotationProgress};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyward",
+    version,
+    about = "Self-hosted API key vault and key-injecting proxy.",
+    long_about = "Self-hosted API key vault and key-injecting proxy.\n\n\
+    Settings come from defaults, then keyward.toml (or --config), then KEYWARD_* environment variables, then flags.\n\
+    See README.md for the list."
+)]
+pub struct Cli {
+    /// Configuration file (default: ./keyward.toml if it exists, or $KEYWARD_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the server (API, and later the proxy and UI).
+    Serve(ServeArgs),
+    /// Manage human administrators.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Manage management API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Rotate and retire the master key that wraps every data key.
+    #[command(subcommand, name = "master-key")]
+    MasterKey(MasterKeyCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8080; port 0 picks a free port).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Data directory for the SQLite database and master key file (default ./data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create a user; the password is read from standard input (12–256 characters).
+    Create {
+        #[arg(long)]
+        username: String,
+        /// owner, admin, key_manager, auditor or viewer.
+        #[arg(long, default_value = "owner")]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a management API token and print it once.
+    Create {
+        /// A name that says what uses the token, e.g. "ci-deploy".
+        #[arg(long)]
+        name: String,
+        /// owner, admin, key_manager, auditor or viewer.
+        #[arg(long)]
+        role: String,
+        /// Expire the token after this many days (default: never).
+        #[arg(long, value_name = "DAYS")]
+        expires_in_days: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MasterKeyCommand {
+    /// Make a new master key current and rewrap every data key under it.
+    ///
+    /// Key-file source: a new key is generated and appended to the key file. Env and
+    /// passphrase sources: configure the new key as KEYWARD_MASTER_KEY (or
+    /// KEYWARD_MASTER_PASSPHRASE) and the old one in the matching *_PREVIOUS variable first.
+    /// Stop running servers first, or restart them afterwards.
+    Rotate,
+    /// Forget an old master key that no longer wraps any data key.
+    Retire {
+        /// The key id shown by `status`, e.g. kek_3f9a0c1d2e4b5a6f.
+        kek_id: String,
+    },
+    /// Show the master keys this vault knows and how many key versions each wraps.
+    Status,
+    /// Print a new random master key (base64) for KEYWARD_MASTER_KEY.
+    Generate,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_settings(
+    config_file: Option<&std::path::Path>,
+    flags: FlagOverrides,
+) -> Result<Settings, String> {
+    let (settings, warnings) = config::load(config_file, flags).map_err(|e| e.to_string())?;
+    init_tracing(&settings);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(settings)
+}
+
+fn init_tracing(settings: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| EnvFilter::try_new(&settings.log))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match settings.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let config_file = cli.config.as_deref();
+    match cli.command {
+        Command::Serve(args) => {
+            let flags = FlagOverrides {
+                listen: args.listen,
+                data_dir: args.data_dir,
+                database_url: args.database_url,
+            };
+            serve(load_settings(config_file, flags)?).await
+        }
+        Command::Admin(AdminCommand::Create { username, role }) => {
+            let settings = load_settings(config_file, FlagOverrides::default())?;
+            admin_create(&settings, &username, &role).await
+        }
+        Command::Token(TokenCommand::Create {
+            name,
+            role,
+            expires_in_days,
+        }) => {
+            let settings = load_settings(config_file, FlagOverrides::default())?;
+            token_create(&settings, &name, &role, expires_in_days).await
+        }
+        Command::MasterKey(command) => {
+            let settings = load_settings(config_file, FlagOverrides::default())?;
+            master_key(&settings, command).await
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> Result<(), String> {
+    let started = server::start(&settings).await.map_err(|e| e.to_string())?;
+    if let Some(path) = &started.created_key_file {
+        warn_new_master_key(path);
+    }
+    println!(
+        "Keyward {} listening on http://{} (store: {})",
+        env!("CARGO_PKG_VERSION"),
+        started.addr,
+        started.app.store.backend()
+    );
+    started
+        .run(server::shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn warn_new_master_key(path: &std::path::Path) {
+    let line = "!".repeat(78);
+    eprintln!(
+        "\n{line}\n!! A new master key was created: {}\n\
+         !! It encrypts every key in this vault. LOSING THIS FILE MAKES EVERY STORED KEY\n\
+         !! UNREADABLE, and anyone holding it plus the database can read them all.\n\
+         !! Back it up now, somewhere other than next to the database.\n{line}\n",
+        path.display()
+    );
+}
+
+/// Opens the vault (verifying the master key) for a one-shot command.
+async fn open_app(settings: &Settings) -> Result<App, String> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let vault = vault::open(settings, &OsRandomness, &*clock)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(path) = &vault.created_key_file {
+        warn_new_master_key(path);
+    }
+    App::new(
+        vault.store,
+        vault.keyring,
+        clock,
+        Arc::new(OsRandomness),
+        settings.recovery_window,
+    )
+    .map_err(|e| e.message)
+}
+
+fn read_password() -> Result<SecretString, String> {
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        rpassword::prompt_password("Password (12–256 characters): ")
+            .map_err(|e| format!("cannot read the password: {e}"))?
+    } else {
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    Ok(SecretString::from(password))
+}
+
+async fn admin_create(settings: &Settings, username: &str, role: &str) -> Result<(), String> {
+    let username = validate_username(username).map_err(|e| e.message)?;
+    let role: Role = role.parse().map_err(|e: keyward_core::Error| e.message)?;
+    let password = read_password()?;
+    check_password_length(password.expose_secret()).map_err(|e| e.message)?;
+    let app = open_app(settings).await?;
+    let hash = tokio::task::spawn_blocking(move || password::hash(&password, &OsRandomness))
+        .await
+        .map_err(|e| format!("password hashing failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    let now = app.now();
+    let user = User {
+        id: UserId::generate(now, &OsRandomness),
+        username,
+        password_hash: hash,
+        role,
+        disabled: false,
+        created_at: now,
+    };
+    app.store.insert_user(&user).await.map_err(|e| e.message)?;
+    app.store.close().await;
+    println!(
+        "created user {} ({}) with role {}",
+        user.username, user.id, user.role
+    );
+    Ok(())
+}
+
+async fn token_create(
+    settings: &Settings,
+    name: &str,
+    role: &str,
+    expires_in_days: Option<u32>,
+) -> Result<(), String> {
+    let role: Role = role.parse().map_err(|e: keyward_core::Error| e.message)?;
+    let app = open_app(settings).await?;
+    let expires_at = match expires_in_days {
+        Some(days) => Some(
+            app.now()
+                .checked_add(SignedDuration::from_hours(i64::from(days) * 24))
+                .map_err(|_| "--expires-in-days is too large".to_owned())?,
+        ),
+        None => None,
+    };
+    let (record, token) = app
+        .issue_token(name, role, "cli", expires_at)
+        .await
+        .map_err(|e| e.message)?;
+    app.store.close().await;
+    eprintln!(
+        "Created management token {} \"{}\" with role {}. It is shown only this once:",
+        record.id, record.name, record.role
+    );
+    println!("{}", token.expose_secret());
+    Ok(())
+}
+
+struct PrintProgress {
+    last: Option<Timestamp>,
+}
+
+impl RotationProgress for PrintProgress {
+    fn started(&mut self, new_kek: &str, to_rewrap: u64) {
+        println!("master key {new_kek} is now current; {to_rewrap} data key(s) to rewrap");
+    }
+    fn rewrapped(&mut self, done: u64, total: u64) {
+        let now = Timestamp::now();
+        let due = self
+            .last
+            .is_none_or(|at| now.duration_since(at) >= SignedDuration::from_secs(1));
+        if due || done == total {
+            println!("rewrapped {done}/{total}");
+            self.last = Some(now);
+        }
+    }
+}
+
+async fn master_key(settings: &Settings, command: MasterKeyCommand) -> Result<(), String> {
+    match command {
+        MasterKeyCommand::Rotate => {
+            let report = vault::rotate(
+                settings,
+                &OsRandomness,
+                &SystemClock,
+                &mut PrintProgress { last: None },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            println!(
+                "rotation complete: {} data key(s) rewrapped under {}",
+                report.rewrapped, report.new_kek
+            );
+            for kek in report.retirable {
+                println!(
+                    "master key {kek} no longer wraps anything; retire it with `keyward master-key retire {kek}`"
+                );
+            }
+            println!("restart running Keyward servers so they load the new master key");
+            Ok(())
+        }
+        MasterKeyCommand::Retire { kek_id } => {
+            vault::retire(settings, &kek_id, &OsRandomness, &SystemClock)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("master key {kek_id} retired");
+            Ok(())
+        }
+        MasterKeyCommand::Status => {
+            let app = open_app(settings).await?;
+            let records = app.store.master_keys().await.map_err(|e| e.message)?;
+            let usage = app.store.kek_usage().await.map_err(|e| e.message)?;
+            for record in records {
+                let versions = usage
+                    .iter()
+                    .find(|u| u.kek_id == record.kek_id)
+                    .map_or(0, |u| u.versions);
+                println!(
+                    "{} {:8} wraps {versions} key version(s), registered {}",
+                    record.kek_id,
+                    if record.current {
+                        "current"
+                    } else {
+                        "previous"
+                    },
+                    record.created_at
+                );
+            }
+            app.store.close().await;
+            Ok(())
+        }
+        MasterKeyCommand::Generate => {
+            let key = MasterKey::generate(&OsRandomness);
+            eprintln!(
+                "New master key {} (set it as KEYWARD_MASTER_KEY; store it like a password):",
+                key.id()
+            );
+            println!("{}", key.to_base64().expose_secret());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! Configuration: built-in defaults → `keyward.toml` (or `--config FILE`) → `KEYWARD_*`
+//! environment variables (with `*_FILE` variants for secrets) → command-line flags.
+//!
+//! Raw layers are merged by figment into [`RawSettings`] (every field optional, unknown keys
+//! in a file are an error), then resolved into [`Settings`] with defaults filled in and
+//! every value checked, so the rest of the program never sees an invalid setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use keyward_core::key::RecoveryWindow;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+pub const ENV_PREFIX: &str = "KEYWARD_";
+
+/// Settings that may come from a file, the environment or flags (lower-case names; the
+/// environment variable is `KEYWARD_` + the upper-cased name).
+const KNOWN_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "redis_url",
+    "master_key_source",
+    "master_key_path",
+    "master_key",
+    "master_key_previous",
+    "master_passphrase",
+    "master_passphrase_previous",
+    "recovery_window_days",
+    "log_format",
+    "log",
+];
+
+/// Settings that hold secrets: each also accepts `KEYWARD_<NAME>_FILE` (the value is read
+/// from that file, e.g. a Docker or systemd secret).
+const SECRET_KEYS: &[&str] = &[
+    "database_url",
+    "redis_url",
+    "master_key",
+    "master_key_previous",
+    "master_passphrase",
+    "master_passphrase_previous",
+];
+
+/// Variables that are not settings but are still ours.
+const OTHER_VARIABLES: &[&str] = &["KEYWARD_CONFIG"];
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub database_url: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub redis_url: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub master_key_source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_key_path: Option<PathBuf>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub master_key: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub master_key_previous: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub master_passphrase: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub master_passphrase_previous: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub recovery_window_days: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub log_format: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub log: Option<String>,
+}
+
+/// figment parses environment values (`123` becomes a number, `true` a boolean); a string
+/// setting such as a passphrase must keep the text whatever it looks like.
+fn scalar_as_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Scalar;
+    impl serde::de::Visitor<'_> for Scalar {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i128<E>(self, v: i128) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_u128<E>(self, v: u128) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_char<E>(self, v: char) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+    }
+    d.deserialize_any(Scalar)
+}
+
+/// Where the master key comes from.
+#[derive(Debug)]
+pub enum MasterKeySource {
+    /// A keyring file Keyward creates (mode 0600) and rotates.
+    File(PathBuf),
+    /// `KEYWARD_MASTER_KEY` (current) and `KEYWARD_MASTER_KEY_PREVIOUS` (comma-separated,
+    /// still needed until rotation has rewrapped everything).
+    Env {
+        current: SecretString,
+        previous: Vec<SecretString>,
+    },
+    /// `KEYWARD_MASTER_PASSPHRASE`, stretched with Argon2id; `…_PREVIOUS` as above.
+    Passphrase {
+        current: SecretString,
+        previous: Vec<SecretString>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Resolved, validated settings.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; secret because it may carry a password.
+    pub database_url: SecretString,
+    /// Whether `database_url` is the default SQLite file in `data_dir`.
+    pub database_is_default: bool,
+    pub redis_url: Option<SecretString>,
+    pub master_key: MasterKeySource,
+    pub recovery_window: RecoveryWindow,
+    pub log_format: LogFormat,
+    pub log: String,
+}
+
+/// A problem with the configuration, said in one sentence.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+/// Flags given on the command line (highest precedence).
+#[derive(Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub database_url: Option<String>,
+}
+
+/// Loads settings from every layer. `config_file` is `--config`; without it
+/// `KEYWARD_CONFIG` or `./keyward.toml` (if present) is used. Returns the settings and
+/// warnings to print (e.g. unknown `KEYWARD_*` variables).
+pub fn load(
+    config_file: Option<&Path>,
+    flags: FlagOverrides,
+) -> Result<(Settings, Vec<String>), ConfigError> {
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    let mut warnings = unknown_variables(&env);
+
+    let explicit = config_file.map(Path::to_path_buf).or_else(|| {
+        env.iter()
+            .find(|(k, _)| k == "KEYWARD_CONFIG")
+            .map(|(_, v)| PathBuf::from(v))
+    });
+    let mut figment = Figment::new();
+    match explicit {
+        Some(path) => {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        None if Path::new("keyward.toml").is_file() => {
+            figment = figment.merge(Toml::file_exact("keyward.toml"));
+        }
+        None => {}
+    }
+    // Environment values are taken verbatim as strings (figment's own Env provider would
+    // parse `0000111122223333` as a number and lose a passphrase's leading zeros).
+    for (var, value) in &env {
+        let key = var[ENV_PREFIX.len()..].to_lowercase();
+        if let Some(known) = KNOWN_KEYS.iter().find(|k| **k == key) {
+            figment = figment.merge(Serialized::default(known, value.clone()));
+        }
+    }
+    for key in SECRET_KEYS {
+        let var = format!("{ENV_PREFIX}{}_FILE", key.to_uppercase());
+        let Some((_, path)) = env.iter().find(|(k, _)| *k == var) else {
+            continue;
+        };
+        if env
+            .iter()
+            .any(|(k, _)| *k == format!("{ENV_PREFIX}{}", key.to_uppercase()))
+        {
+            return Err(ConfigError(format!(
+                "both {ENV_PREFIX}{} and {var} are set; use one",
+                key.to_uppercase()
+            )));
+        }
+        let value = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {var} ({path}): {e}")))?;
+        figment = figment.merge(Serialized::default(
+            key,
+            value.trim_end_matches(['\n', '\r']).to_owned(),
+        ));
+    }
+    figment = figment.merge(Serialized::defaults(flags));
+    let raw: RawSettings = figment
+        .extract()
+        .map_err(|e| ConfigError(clean_figment_error(&e)))?;
+    let settings = resolve(raw)?;
+    if settings.redis_url.is_some() {
+        warnings.push(
+            "KEYWARD_REDIS_URL is set but not used yet: limits are kept in-process".to_owned(),
+        );
+    }
+    Ok((settings, warnings))
+}
+
+/// figment errors can quote values; never let a secret's value reach the terminal.
+fn clean_figment_error(e: &figment::Error) -> String {
+    let mut out = Vec::new();
+    for error in e.clone() {
+        let path = error.path.join(".");
+        let what = match &error.kind {
+            figment::error::Kind::InvalidType(actual, expected) => {
+                format!("has the wrong type ({actual}; expected {expected})")
+            }
+            figment::error::Kind::UnknownField(field, _) => format!("unknown setting `{field}`"),
+            figment::error::Kind::InvalidValue(_, expected) => {
+                format!("has an invalid value (expected {expected})")
+            }
+            other => format!("{other}"),
+        };
+        let source = error
+            .metadata
+            .as_ref()
+            .map(|m| format!(" (from {})", m.name))
+            .unwrap_or_default();
+        out.push(if path.is_empty() {
+            format!("{what}{source}")
+        } else {
+            format!("`{path}` {what}{source}")
+        });
+    }
+    out.join("; ")
+}
+
+/// Names of `KEYWARD_*` variables that are not settings (typos, stale settings).
+pub fn unknown_variables(env: &[(String, String)]) -> Vec<String> {
+    env.iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| !k.starts_with("KEYWARD_TEST_") && !OTHER_VARIABLES.contains(k))
+        .filter(|k| {
+            let name = k[ENV_PREFIX.len()..].to_lowercase();
+            let base = name
+                .strip_suffix("_file")
+                .filter(|b| SECRET_KEYS.contains(b));
+            !KNOWN_KEYS.contains(&name.as_str()) && base.is_none()
+        })
+        .map(|k| {
+            format!(
+                "ignoring unknown environment variable {k} (known: {})",
+                known_variable_list()
+            )
+        })
+        .collect()
+}
+
+fn known_variable_list() -> String {
+    KNOWN_KEYS
+        .iter()
+        .map(|k| format!("{ENV_PREFIX}{}", k.to_uppercase()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn secret_list(value: Option<String>) -> Vec<SecretString> {
+    value
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| SecretString::from(s.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
+    let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        ConfigError(format!(
+            "listen address `{listen_text}` is not HOST:PORT (e.g. 127.0.0.1:8080)"
+        ))
+    })?;
+    let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("data"));
+    let database_is_default = raw.database_url.is_none();
+    let database_url = SecretString::from(
+        raw.database_url
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("keyward.db").display())),
+    );
+    let url = database_url.expose_secret();
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://"))
+    {
+        return Err(ConfigError(
+            "KEYWARD_DATABASE_URL must start with sqlite:// or postgres://".into(),
+        ));
+    }
+    let source = raw.master_key_source.clone().unwrap_or_else(|| {
+        if raw.master_key.is_some() {
+            "env".into()
+        } else if raw.master_passphrase.is_some() {
+            "passphrase".into()
+        } else {
+            "file".into()
+        }
+    });
+    let missing = |var: &str| {
+        ConfigError(format!(
+            "master key source `{source}` needs {var} (or {var}_FILE)"
+        ))
+    };
+    let master_key = match source.as_str() {
+        "file" => MasterKeySource::File(
+            raw.master_key_path
+                .unwrap_or_else(|| data_dir.join("master.key")),
+        ),
+        "env" => MasterKeySource::Env {
+            current: SecretString::from(
+                raw.master_key
+                    .ok_or_else(|| missing("KEYWARD_MASTER_KEY"))?,
+            ),
+            previous: secret_list(raw.master_key_previous),
+        },
+        "passphrase" => MasterKeySource::Passphrase {
+            current: SecretString::from(
+                raw.master_passphrase
+                    .ok_or_else(|| missing("KEYWARD_MASTER_PASSPHRASE"))?,
+            ),
+            previous: secret_list(raw.master_passphrase_previous),
+        },
+        other => {
+            return Err(ConfigError(format!(
+                "master_key_source must be file, env or passphrase, not `{}`",
+                keyward_core::label::printable(other)
+            )));
+        }
+    };
+    let days = match raw.recovery_window_days.as_deref() {
+        None => 30,
+        Some(text) => text.trim().parse::<u16>().map_err(|_| {
+            ConfigError(format!(
+                "recovery_window_days must be a whole number of days, not `{}`",
+                keyward_core::label::printable(text)
+            ))
+        })?,
+    };
+    let recovery_window = RecoveryWindow::days(days).map_err(|e| ConfigError(e.message))?;
+    let log_format = match raw.log_format.as_deref().unwrap_or("text") {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(ConfigError(format!(
+                "log_format must be text or json, not `{}`",
+                keyward_core::label::printable(other)
+            )));
+        }
+    };
+    Ok(Settings {
+        listen,
+        data_dir,
+        database_url,
+        database_is_default,
+        redis_url: raw.redis_url.map(SecretString::from),
+        master_key,
+        recovery_window,
+        log_format,
+        log: raw.log.unwrap_or_else(|| "info".to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let s = resolve(RawSettings::default()).expect("defaults resolve");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.data_dir, PathBuf::from("data"));
+        assert_eq!(s.database_url.expose_secret(), "sqlite://data/keyward.db");
+        assert!(s.database_is_default);
+        assert!(
+            matches!(s.master_key, MasterKeySource::File(ref p) if p == Path::new("data/master.key"))
+        );
+        assert_eq!(s.recovery_window.in_days(), 30);
+    }
+
+    #[test]
+    fn master_key_source_is_inferred_and_checked() {
+        let env = resolve(RawSettings {
+            master_key: Some("k".into()),
+            master_key_previous: Some("a, b".into()),
+            ..Default::default()
+        })
+        .expect("env source");
+        assert!(
+            matches!(env.master_key, MasterKeySource::Env { ref previous, .. } if previous.len() == 2)
+        );
+        let err = resolve(RawSettings {
+            master_key_source: Some("passphrase".into()),
+            ..Default::default()
+        })
+        .expect_err("missing passphrase");
+        assert!(err.0.contains("KEYWARD_MASTER_PASSPHRASE"));
+        assert!(
+            resolve(RawSettings {
+                master_key_source: Some("hsm".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_sentence() {
+        assert!(
+            resolve(RawSettings {
+                listen: Some("localhost".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            resolve(RawSettings {
+                recovery_window_days: Some("5".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            resolve(RawSettings {
+                database_url: Some("mysql://x".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            resolve(RawSettings {
+                log_format: Some("xml".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn unknown_variables_are_reported_but_file_variants_and_test_knobs_are_not() {
+        let env: Vec<(String, String)> = [
+            "KEYWARD_LISTEN",
+            "KEYWARD_DATABSE_URL",
+            "KEYWARD_MASTER_KEY_FILE",
+            "KEYWARD_LISTEN_FILE",
+            "KEYWARD_TEST_REQUIRE_SERVICES",
+            "KEYWARD_CONFIG",
+        ]
+        .iter()
+        .map(|k| ((*k).to_owned(), String::new()))
+        .collect();
+        let warnings = unknown_variables(&env);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("KEYWARD_DATABSE_URL"));
+        assert!(warnings[1].contains("KEYWARD_LISTEN_FILE"));
+    }
+}

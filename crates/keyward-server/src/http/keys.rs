@@ -1,0 +1,453 @@
+//! `/api/v1/keys`: create, list, read, edit, enable/disable, versions, delete, restore,
+//! purge. No response ever carries a key's value — only its hint.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use jiff::Timestamp;
+use keyward_core::id::KeyId;
+use keyward_core::key::{
+    Criticality, Key, KeyChanges, KeyDraftInput, KeyFilter, KeyStatus, KeyVersion, PageRequest,
+    VersionState,
+};
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{Authorized, perm};
+use super::error::{ApiResult, ErrorBody};
+use super::extract::{ApiJson, ApiPath, ApiQuery, optional_json};
+use crate::app::{App, NewKey};
+
+/// Distinguishes "field absent" (`None`) from "field: null" (`Some(None)`) in PATCH bodies.
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// Service id from `/api/v1/services`, e.g. `openai`.
+    pub service: String,
+    /// Environment id, e.g. `production`.
+    pub environment: String,
+    /// 1–64 characters; unique per service and environment (case-insensitive).
+    pub alias: String,
+    /// The key's value. Write-only: never returned.
+    #[schema(value_type = String, format = Password, write_only)]
+    pub secret: SecretString,
+    /// Up to 1,000 characters.
+    pub description: Option<String>,
+    /// Person or team responsible; up to 128 characters.
+    pub owner: Option<String>,
+    /// Up to 20 tags of 1–40 characters (`a-z 0-9 . - _ :`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// low, medium (default), high or critical.
+    #[schema(value_type = Option<String>)]
+    pub criticality: Option<Criticality>,
+    /// Defaults to true.
+    pub enabled: Option<bool>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    /// Store the value even if it does not match the service's key format.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyRequest {
+    pub alias: Option<String>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub owner: Option<Option<String>>,
+    /// Replaces all tags.
+    pub tags: Option<Vec<String>>,
+    #[schema(value_type = Option<String>)]
+    pub criticality: Option<Criticality>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Option<Timestamp>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddVersionRequest {
+    #[schema(value_type = String, format = Password, write_only)]
+    pub secret: SecretString,
+    #[serde(default)]
+    pub force: bool,
+    /// `current` (default) replaces the injected value now; `pending` stores it for a rotation.
+    #[schema(value_type = Option<String>)]
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// The key's alias; required while the key is inside its recovery window.
+    pub confirm: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListKeysQuery {
+    /// Service id.
+    pub service: Option<String>,
+    /// Category id (e.g. `financial-data`).
+    pub category: Option<String>,
+    pub environment: Option<String>,
+    /// active, disabled, expired or deleted. Without it, deleted keys are left out.
+    pub status: Option<String>,
+    pub tag: Option<String>,
+    /// Case-insensitive text in alias or description.
+    pub q: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// 1–200, default 50.
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyResponse {
+    pub id: String,
+    pub service: String,
+    pub environment: String,
+    pub alias: String,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub tags: Vec<String>,
+    #[schema(value_type = String)]
+    pub criticality: Criticality,
+    pub enabled: bool,
+    /// active, disabled, expired or deleted.
+    #[schema(value_type = String)]
+    pub status: KeyStatus,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    pub current_version: u32,
+    /// E.g. `sk-proj-…WXYZ`: the only part of the value ever shown.
+    pub hint: String,
+    pub created_by: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub deleted_at: Option<Timestamp>,
+    pub deleted_by: Option<String>,
+    /// For deleted keys: when the recovery window ends and the key is purged.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub purge_after: Option<Timestamp>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyPage {
+    pub items: Vec<KeyResponse>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionResponse {
+    pub version: u32,
+    /// current, previous, pending or retired.
+    #[schema(value_type = String)]
+    pub state: VersionState,
+    pub hint: String,
+    /// Encryption algorithm and the master key that wraps this version's data key.
+    pub algorithm: String,
+    pub kek_id: String,
+    pub created_by: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+fn key_response(app: &App, key: Key) -> KeyResponse {
+    let status = key.status(app.now());
+    KeyResponse {
+        purge_after: key
+            .deleted_at
+            .map(|at| app.recovery_window.purgeable_at(at)),
+        id: key.id.to_string(),
+        service: key.service_id,
+        environment: key.environment,
+        alias: key.alias,
+        description: key.description,
+        owner: key.owner,
+        tags: key.tags,
+        criticality: key.criticality,
+        enabled: key.enabled,
+        status,
+        expires_at: key.expires_at,
+        current_version: key.current_version,
+        hint: key.current_hint,
+        created_by: key.created_by,
+        created_at: key.created_at,
+        updated_at: key.updated_at,
+        last_used_at: key.last_used_at,
+        deleted_at: key.deleted_at,
+        deleted_by: key.deleted_by,
+    }
+}
+
+fn version_response(v: KeyVersion) -> VersionResponse {
+    VersionResponse {
+        version: v.version,
+        state: v.state,
+        hint: v.hint,
+        algorithm: v.sealed.algorithm,
+        kek_id: v.sealed.kek_id,
+        created_by: v.created_by,
+        created_at: v.created_at,
+    }
+}
+
+/// Store a new key.
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = CreateKeyRequest,
+    responses((status = 201, body = KeyResponse), (status = 400, body = ErrorBody), (status = 409, description = "alias_taken", body = ErrorBody),
+        (status = 422, description = "validation failed, e.g. secret_format_mismatch, secret_masked, unknown_service", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_key(
+    auth: Authorized<perm::KeysWrite>,
+    State(app): State<Arc<App>>,
+    ApiJson(req): ApiJson<CreateKeyRequest>,
+) -> ApiResult<(StatusCode, Json<KeyResponse>)> {
+    let new = NewKey {
+        draft: KeyDraftInput {
+            service_id: req.service,
+            environment: req.environment,
+            alias: req.alias,
+            description: req.description,
+            owner: req.owner,
+            tags: req.tags,
+            criticality: req.criticality,
+            enabled: req.enabled,
+            expires_at: req.expires_at,
+        },
+        secret: req.secret,
+        force: req.force,
+    };
+    let key = app.create_key(auth.actor(), new).await?;
+    Ok((StatusCode::CREATED, Json(key_response(&app, key))))
+}
+
+/// List keys, newest first, with filters and cursor pagination.
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys", params(ListKeysQuery),
+    responses((status = 200, body = KeyPage), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_keys(
+    _auth: Authorized<perm::KeysRead>,
+    State(app): State<Arc<App>>,
+    ApiQuery(query): ApiQuery<ListKeysQuery>,
+) -> ApiResult<Json<KeyPage>> {
+    let status = query
+        .status
+        .as_deref()
+        .map(str::parse::<KeyStatus>)
+        .transpose()?;
+    list(&app, query, status).await
+}
+
+/// List soft-deleted keys that can still be restored.
+#[utoipa::path(get, path = "/api/v1/deleted-keys", tag = "keys", params(ListKeysQuery),
+    responses((status = 200, body = KeyPage), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_deleted_keys(
+    _auth: Authorized<perm::KeysRead>,
+    State(app): State<Arc<App>>,
+    ApiQuery(query): ApiQuery<ListKeysQuery>,
+) -> ApiResult<Json<KeyPage>> {
+    list(&app, query, Some(KeyStatus::Deleted)).await
+}
+
+async fn list(
+    app: &App,
+    query: ListKeysQuery,
+    status: Option<KeyStatus>,
+) -> ApiResult<Json<KeyPage>> {
+    let after = query
+        .cursor
+        .as_deref()
+        .map(str::parse::<KeyId>)
+        .transpose()
+        .map_err(|_| {
+            keyward_core::Error::invalid(
+                "invalid_cursor",
+                "the cursor is not one this API returned",
+            )
+        })?;
+    let page = PageRequest::new(after, query.limit)?;
+    let filter = KeyFilter {
+        service_ids: query.service.map(|s| vec![s]),
+        environment: query.environment,
+        status,
+        tag: query.tag.map(|t| t.to_lowercase()),
+        text: query.q,
+    };
+    let page = app
+        .list_keys(filter, query.category.as_deref(), page)
+        .await?;
+    Ok(Json(KeyPage {
+        next_cursor: page.next.map(|id| id.to_string()),
+        items: page
+            .items
+            .into_iter()
+            .map(|k| key_response(app, k))
+            .collect(),
+    }))
+}
+
+/// Read one key's metadata (deleted keys included).
+#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
+    responses((status = 200, body = KeyResponse), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_key(
+    _auth: Authorized<perm::KeysRead>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<KeyResponse>> {
+    let key = app.key(&key_id(&id)?).await?;
+    Ok(Json(key_response(&app, key)))
+}
+
+/// Key ids in paths: a malformed one is simply not found.
+fn key_id(text: &str) -> Result<KeyId, keyward_core::Error> {
+    text.parse().map_err(|_| {
+        keyward_core::Error::not_found(
+            "key_not_found",
+            format!("there is no key `{}`", keyward_core::label::printable(text)),
+        )
+    })
+}
+
+/// Change a key's metadata.
+#[utoipa::path(patch, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path)), request_body = UpdateKeyRequest,
+    responses((status = 200, body = KeyResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_key(
+    auth: Authorized<perm::KeysWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateKeyRequest>,
+) -> ApiResult<Json<KeyResponse>> {
+    let changes = KeyChanges {
+        alias: req.alias,
+        description: req.description,
+        owner: req.owner,
+        tags: req.tags,
+        criticality: req.criticality,
+        expires_at: req.expires_at,
+    };
+    let key = app.update_key(auth.actor(), &key_id(&id)?, changes).await?;
+    Ok(Json(key_response(&app, key)))
+}
+
+/// Enable a key (the proxy may inject it again).
+#[utoipa::path(post, path = "/api/v1/keys/{id}/enable", tag = "keys", params(("id" = String, Path)),
+    responses((status = 200, body = KeyResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn enable_key(
+    auth: Authorized<perm::KeysWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<KeyResponse>> {
+    let key = app.set_enabled(auth.actor(), &key_id(&id)?, true).await?;
+    Ok(Json(key_response(&app, key)))
+}
+
+/// Disable a key (kept, but never injected).
+#[utoipa::path(post, path = "/api/v1/keys/{id}/disable", tag = "keys", params(("id" = String, Path)),
+    responses((status = 200, body = KeyResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn disable_key(
+    auth: Authorized<perm::KeysWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<KeyResponse>> {
+    let key = app.set_enabled(auth.actor(), &key_id(&id)?, false).await?;
+    Ok(Json(key_response(&app, key)))
+}
+
+/// List a key's versions (hints and states, never values).
+#[utoipa::path(get, path = "/api/v1/keys/{id}/versions", tag = "keys", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<VersionResponse>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_versions(
+    _auth: Authorized<perm::KeysRead>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Vec<VersionResponse>>> {
+    let versions = app.versions(&key_id(&id)?).await?;
+    Ok(Json(versions.into_iter().map(version_response).collect()))
+}
+
+/// Add a new value for a key.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/versions", tag = "keys", params(("id" = String, Path)), request_body = AddVersionRequest,
+    responses((status = 201, body = VersionResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn add_version(
+    auth: Authorized<perm::KeysWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<AddVersionRequest>,
+) -> ApiResult<(StatusCode, Json<VersionResponse>)> {
+    let state = req
+        .state
+        .as_deref()
+        .map(str::parse::<VersionState>)
+        .transpose()?
+        .unwrap_or(VersionState::Current);
+    let version = app
+        .add_version(auth.actor(), &key_id(&id)?, req.secret, req.force, state)
+        .await?;
+    Ok((StatusCode::CREATED, Json(version_response(version))))
+}
+
+/// Soft-delete a key: it stops working at once and can be restored during the recovery window.
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
+    responses((status = 200, body = KeyResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn delete_key(
+    auth: Authorized<perm::KeysDelete>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<KeyResponse>> {
+    let key = app.delete_key(auth.actor(), &key_id(&id)?).await?;
+    Ok(Json(key_response(&app, key)))
+}
+
+/// Restore a soft-deleted key.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/restore", tag = "keys", params(("id" = String, Path)),
+    responses((status = 200, body = KeyResponse), (status = 404, body = ErrorBody), (status = 409, description = "key_not_deleted or alias_taken", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn restore_key(
+    auth: Authorized<perm::KeysDelete>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<KeyResponse>> {
+    let key = app.restore_key(auth.actor(), &key_id(&id)?).await?;
+    Ok(Json(key_response(&app, key)))
+}
+
+/// Destroy a deleted key and all its versions. Inside the recovery window, confirm with the alias.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/purge", tag = "keys", params(("id" = String, Path)), request_body = PurgeRequest,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, description = "key_not_deleted or confirmation_required", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn purge_key(
+    auth: Authorized<perm::KeysPurge>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    let confirm = optional_json::<PurgeRequest>(&body)?.confirm;
+    app.purge_key(auth.actor(), &key_id(&id)?, confirm.as_deref())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

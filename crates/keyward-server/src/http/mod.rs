@@ -1,0 +1,174 @@
+//! The HTTP surface: routes, middleware, health endpoints and the OpenAPI document.
+//!
+//! Architecture invariant: this module (and only this crate) knows status codes. Handlers
+//! are thin: extract, call [`App`], map the result.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use utoipa::OpenApi;
+
+use crate::app::App;
+
+pub mod auth;
+mod catalog;
+pub mod error;
+pub mod extract;
+mod keys;
+
+use error::ApiError;
+
+/// Largest accepted API request body. Keys are at most 4 KiB; 64 KiB leaves ample room for
+/// metadata and custom service definitions while bounding memory per request.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Keyward management API", description = "Self-hosted API key vault and key-injecting proxy. Errors are `{\"error\":{\"code\",\"message\"}}`."),
+    paths(
+        keys::create_key, keys::list_keys, keys::list_deleted_keys, keys::get_key, keys::update_key,
+        keys::enable_key, keys::disable_key, keys::list_versions, keys::add_version, keys::delete_key,
+        keys::restore_key, keys::purge_key,
+        catalog::list_services, catalog::get_service, catalog::create_service, catalog::update_service,
+        catalog::list_categories, catalog::create_category, catalog::list_environments, catalog::create_environment,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"))
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("kwm_<public id>_<secret>")
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/keys", post(keys::create_key).get(keys::list_keys))
+        .route("/deleted-keys", get(keys::list_deleted_keys))
+        .route(
+            "/keys/{id}",
+            get(keys::get_key)
+                .patch(keys::update_key)
+                .delete(keys::delete_key),
+        )
+        .route("/keys/{id}/enable", post(keys::enable_key))
+        .route("/keys/{id}/disable", post(keys::disable_key))
+        .route(
+            "/keys/{id}/versions",
+            get(keys::list_versions).post(keys::add_version),
+        )
+        .route("/keys/{id}/restore", post(keys::restore_key))
+        .route("/keys/{id}/purge", post(keys::purge_key))
+        .route(
+            "/services",
+            get(catalog::list_services).post(catalog::create_service),
+        )
+        .route(
+            "/services/{id}",
+            get(catalog::get_service).patch(catalog::update_service),
+        )
+        .route(
+            "/categories",
+            get(catalog::list_categories).post(catalog::create_category),
+        )
+        .route(
+            "/environments",
+            get(catalog::list_environments).post(catalog::create_environment),
+        )
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(api_headers));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(middleware::from_fn(access_log))
+        .with_state(app)
+}
+
+async fn openapi() -> Response {
+    match ApiDoc::openapi().to_pretty_json() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => ApiError::from(keyward_core::Error::internal(format!(
+            "cannot render OpenAPI: {e}"
+        )))
+        .into_response(),
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match app.store.ping().await {
+        Ok(()) => Json(serde_json::json!({"status": "ready", "store": app.store.backend()}))
+            .into_response(),
+        Err(e) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.message).into_response()
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+        "no such endpoint; see /api/v1/openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
+    )
+}
+
+/// API responses describe secrets' metadata: never cache them, never sniff them.
+async fn api_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// One line per request: method, path (never the query string, which can carry keys on
+/// the proxy), status and duration.
+async fn access_log(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    tracing::info!(%method, %path, status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+    response
+}

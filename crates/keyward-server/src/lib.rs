@@ -1,0 +1,12 @@
+//! The `keyward` binary's library: configuration, vault start-up, the management
+//! operations ([`app`]), the HTTP API ([`http`]) and the CLI ([`cli`]).
+//!
+//! Architecture invariant: this is the only crate that knows HTTP status codes, and it has
+//! no SQL; persistence goes through `keyward_core::ports::Store`.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod vault;

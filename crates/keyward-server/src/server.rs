@@ -1,0 +1,95 @@
+//! Starting and running `keyward serve`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward_core::SystemClock;
+use keyward_crypto::OsRandomness;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::config::Settings;
+use crate::vault::{self, VaultError};
+
+/// A server whose vault is open and whose socket is bound, not yet serving.
+#[derive(Debug)]
+pub struct Started {
+    pub app: Arc<App>,
+    pub listener: TcpListener,
+    pub addr: SocketAddr,
+    /// The master key file this start created (first run), to warn about.
+    pub created_key_file: Option<std::path::PathBuf>,
+}
+
+pub async fn start(settings: &Settings) -> Result<Started, VaultError> {
+    let clock = Arc::new(SystemClock);
+    let random = Arc::new(OsRandomness);
+    let vault = vault::open(settings, &*random, &*clock).await?;
+    let app = Arc::new(App::new(
+        vault.store,
+        vault.keyring,
+        clock,
+        random,
+        settings.recovery_window,
+    )?);
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| VaultError(format!("cannot listen on {}: {e}", settings.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| VaultError(format!("cannot read the bound address: {e}")))?;
+    Ok(Started {
+        app,
+        listener,
+        addr,
+        created_key_file: vault.created_key_file,
+    })
+}
+
+impl Started {
+    /// Serves until `shutdown` resolves, then closes the store cleanly (SQLite checkpoints
+    /// its WAL into the database file).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), VaultError> {
+        let purger = tokio::spawn(purge_loop(self.app.clone()));
+        let result = axum::serve(self.listener, crate::http::router(self.app.clone()))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| VaultError(format!("server error: {e}")));
+        purger.abort();
+        self.app.store.close().await;
+        result
+    }
+}
+
+/// Purges keys whose recovery window has passed, at start and then hourly.
+async fn purge_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.purge_expired().await {
+            tracing::warn!(error = %e, "scheduled purge failed; will retry");
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,399 @@
+//! Opening the vault: connect to the store, load the master keyring from its source, prove
+//! it is the key this vault was sealed with, and only then migrate and write anything.
+//!
+//! The order is the point: a wrong master key must refuse to start and touch nothing, and
+//! a missing key file next to an existing vault must never be "fixed" by generating a new
+//! one. Master-key rotation and retirement live here too, because they are the same dance.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use keyward_core::key::SealContext;
+use keyward_core::master_key::MasterKeyRecord;
+use keyward_core::ports::Store;
+use keyward_core::{Clock, Randomness};
+use keyward_crypto::{Keyring, KeyringFile, MasterKey, derive_from_passphrase, parse_master_key};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{MasterKeySource, Settings};
+
+/// Why the vault could not be opened; printed as one line before exiting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct VaultError(pub String);
+
+impl From<keyward_core::Error> for VaultError {
+    fn from(e: keyward_core::Error) -> Self {
+        Self(e.message)
+    }
+}
+
+impl From<keyward_crypto::CryptoError> for VaultError {
+    fn from(e: keyward_crypto::CryptoError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// An open, verified, migrated vault.
+#[derive(Debug)]
+pub struct Vault {
+    pub store: Arc<dyn Store>,
+    pub keyring: Keyring,
+    /// Set when this start created the master key (first run): the caller prints the
+    /// warning about keeping it safe.
+    pub created_key_file: Option<std::path::PathBuf>,
+}
+
+const PASSPHRASE_SALT: &str = "master_passphrase_salt";
+
+/// Opens the store named by the settings and verifies the master key against it.
+pub async fn open(
+    settings: &Settings,
+    random: &dyn Randomness,
+    clock: &dyn Clock,
+) -> Result<Vault, VaultError> {
+    if settings.database_is_default {
+        create_private_dir(&settings.data_dir)?;
+    }
+    let store = keyward_store::open(settings.database_url.expose_secret())
+        .await
+        .map_err(|e| VaultError(format!("cannot open the database: {}", e.message)))?;
+    open_store(store, &settings.master_key, random, clock).await
+}
+
+/// The part of [`open`] after connecting; separate so tests can pass their own store.
+pub async fn open_store(
+    store: Arc<dyn Store>,
+    source: &MasterKeySource,
+    random: &dyn Randomness,
+    clock: &dyn Clock,
+) -> Result<Vault, VaultError> {
+    let initialized = store.initialized().await?;
+    let records = if initialized {
+        store.master_keys().await?
+    } else {
+        Vec::new()
+    };
+    let sealed_by = records.iter().find(|r| r.current).map(|r| r.kek_id.clone());
+
+    let (mut keyring, created_key_file, new_salt) =
+        load_keyring(&*store, source, sealed_by.as_deref(), initialized, random).await?;
+
+    if let Some(current) = records.iter().find(|r| r.current) {
+        verify(&keyring, current, source)?;
+        for older in records
+            .iter()
+            .filter(|r| !r.current && keyring.contains(&r.kek_id))
+        {
+            verify(&keyring, older, source)?;
+        }
+        keyring.set_current(&current.kek_id)?;
+        if let Some(newer) = keyring.ids().last().filter(|id| *id != current.kek_id) {
+            tracing::info!(configured = newer, current = %current.kek_id,
+                "a newer master key is configured but not yet current; run `keyward master-key rotate` to rewrap data keys under it");
+        }
+    }
+
+    // Verified (or brand new): from here on we may write.
+    store.migrate().await?;
+    if let Some(salt) = new_salt {
+        let stored = store.setting_or_insert(PASSPHRASE_SALT, &salt).await?;
+        if stored != salt {
+            return Err(VaultError(
+                "another instance initialised this vault at the same moment; start again".into(),
+            ));
+        }
+    }
+    if records.iter().all(|r| !r.current) {
+        register(&*store, &keyring, keyring.current_id(), true, random, clock).await?;
+    }
+    Ok(Vault {
+        store,
+        keyring,
+        created_key_file,
+    })
+}
+
+fn verify(
+    keyring: &Keyring,
+    record: &MasterKeyRecord,
+    source: &MasterKeySource,
+) -> Result<(), VaultError> {
+    let matches = keyring.contains(&record.kek_id)
+        && keyring
+            .check_verifier(&record.kek_id, &record.verifier)
+            .is_ok();
+    if matches {
+        return Ok(());
+    }
+    let configured: Vec<&str> = keyring.ids().collect();
+    Err(VaultError(format!(
+        "the master key from {} ({}) is not the key this vault is sealed with ({}). \
+         Keyward refuses to start and has changed nothing. Restore the original master key; \
+         without it the stored keys cannot be read.",
+        describe(source),
+        configured.join(", "),
+        record.kek_id
+    )))
+}
+
+fn describe(source: &MasterKeySource) -> String {
+    match source {
+        MasterKeySource::File(path) => format!("key file {}", path.display()),
+        MasterKeySource::Env { .. } => "KEYWARD_MASTER_KEY".into(),
+        MasterKeySource::Passphrase { .. } => "KEYWARD_MASTER_PASSPHRASE".into(),
+    }
+}
+
+/// Returns the keyring, the key file it created (first run only), and a passphrase salt
+/// generated for a new vault (to be stored once the schema exists).
+async fn load_keyring(
+    store: &dyn Store,
+    source: &MasterKeySource,
+    sealed_by: Option<&str>,
+    initialized: bool,
+    random: &dyn Randomness,
+) -> Result<(Keyring, Option<std::path::PathBuf>, Option<String>), VaultError> {
+    match source {
+        MasterKeySource::File(path) => {
+            let file = KeyringFile::new(path);
+            if file.exists() {
+                if file.permissions_too_open() {
+                    tracing::warn!(path = %path.display(), "the master key file is readable by other users; run `chmod 600` on it");
+                }
+                return Ok((Keyring::new(file.load()?)?, None, None));
+            }
+            if let Some(kek) = sealed_by {
+                return Err(VaultError(format!(
+                    "the master key file {} is missing, but this vault is sealed with master key {kek}. \
+                     Keyward refuses to start and will not create a new key (that would make every stored key unreadable). \
+                     Restore the file from your backup.",
+                    path.display()
+                )));
+            }
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                create_private_dir(dir)?;
+            }
+            let key = file.create(random)?;
+            Ok((Keyring::new(vec![key])?, Some(path.clone()), None))
+        }
+        MasterKeySource::Env { current, previous } => {
+            let mut keys = previous
+                .iter()
+                .map(parse_master_key)
+                .collect::<Result<Vec<_>, _>>()?;
+            keys.push(parse_master_key(current)?);
+            Ok((Keyring::new(keys)?, None, None))
+        }
+        MasterKeySource::Passphrase { current, previous } => {
+            let stored = if initialized {
+                store.setting(PASSPHRASE_SALT).await?
+            } else {
+                None
+            };
+            let (salt, new_salt) = match stored {
+                Some(encoded) => (
+                    STANDARD.decode(encoded).map_err(|_| {
+                        VaultError("the stored passphrase salt is corrupted".into())
+                    })?,
+                    None,
+                ),
+                None if sealed_by.is_some() => {
+                    return Err(VaultError(
+                        "this vault is not sealed with a passphrase (no salt is stored)".into(),
+                    ));
+                }
+                None => {
+                    let mut salt = vec![0u8; 16];
+                    random.fill(&mut salt);
+                    let encoded = STANDARD.encode(&salt);
+                    (salt, Some(encoded))
+                }
+            };
+            let derive = |p: &SecretString| derive_from_passphrase(p, &salt);
+            let mut keys: Vec<MasterKey> = previous.iter().map(derive).collect::<Result<_, _>>()?;
+            keys.push(derive(current)?);
+            Ok((Keyring::new(keys)?, None, new_salt))
+        }
+    }
+}
+
+async fn register(
+    store: &dyn Store,
+    keyring: &Keyring,
+    kek_id: &str,
+    current: bool,
+    random: &dyn Randomness,
+    clock: &dyn Clock,
+) -> Result<(), VaultError> {
+    store
+        .register_master_key(&MasterKeyRecord {
+            kek_id: kek_id.to_owned(),
+            current,
+            verifier: keyring.verifier(random, kek_id)?,
+            created_at: clock.now(),
+        })
+        .await?;
+    Ok(())
+}
+
+fn create_private_dir(dir: &std::path::Path) -> Result<(), VaultError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            VaultError(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })
+}
+
+/// Progress of a rotation, reported as it goes.
+pub trait RotationProgress {
+    fn started(&mut self, new_kek: &str, to_rewrap: u64);
+    fn rewrapped(&mut self, done: u64, total: u64);
+}
+
+/// What a finished rotation did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RotationReport {
+    pub new_kek: String,
+    pub rewrapped: u64,
+    /// KEKs that no longer wrap anything and may be retired.
+    pub retirable: Vec<String>,
+}
+
+/// Makes a new master key current and rewraps every data key under it.
+///
+/// With the key-file source a new key is generated and appended to the file (or, if an
+/// earlier rotation was interrupted, the unregistered newest key is reused). With the env
+/// and passphrase sources the operator configures the new key as current and the old one as
+/// `…_PREVIOUS` first. Idempotent: running it again finishes an interrupted rewrap.
+pub async fn rotate(
+    settings: &Settings,
+    random: &dyn Randomness,
+    clock: &dyn Clock,
+    progress: &mut dyn RotationProgress,
+) -> Result<RotationReport, VaultError> {
+    let vault = open(settings, random, clock).await?;
+    let store = vault.store.clone();
+    let registered = store.master_keys().await?;
+    let db_current = registered
+        .iter()
+        .find(|r| r.current)
+        .map(|r| r.kek_id.clone())
+        .ok_or_else(|| VaultError("the vault has no current master key".into()))?;
+
+    let mut keyring = match &settings.master_key {
+        MasterKeySource::File(path) => {
+            let file = KeyringFile::new(path);
+            let newest_registered = vault
+                .keyring
+                .ids()
+                .last()
+                .is_some_and(|id| registered.iter().any(|r| r.kek_id == id));
+            if newest_registered {
+                file.append_new(random)?;
+            }
+            Keyring::new(file.load()?)?
+        }
+        _ => vault.keyring,
+    };
+    let new_kek = keyring
+        .ids()
+        .last()
+        .map(str::to_owned)
+        .ok_or_else(|| VaultError("no master key configured".into()))?;
+    if new_kek == db_current && !matches!(settings.master_key, MasterKeySource::File(_)) {
+        let var = match settings.master_key {
+            MasterKeySource::Passphrase { .. } => "KEYWARD_MASTER_PASSPHRASE",
+            _ => "KEYWARD_MASTER_KEY",
+        };
+        return Err(VaultError(format!(
+            "the configured master key is already current. Set the new key as {var} and the current one in {var}_PREVIOUS, then run rotate again"
+        )));
+    }
+    if registered.iter().any(|r| r.kek_id == new_kek) {
+        store.make_master_key_current(&new_kek).await?;
+    } else {
+        register(&*store, &keyring, &new_kek, true, random, clock).await?;
+    }
+    keyring.set_current(&new_kek)?;
+
+    let usage = store.kek_usage().await?;
+    let total: u64 = usage
+        .iter()
+        .filter(|u| u.kek_id != new_kek)
+        .map(|u| u.versions)
+        .sum();
+    progress.started(&new_kek, total);
+    let mut done = 0;
+    for old in usage.iter().filter(|u| u.kek_id != new_kek) {
+        if !keyring.contains(&old.kek_id) {
+            if old.versions > 0 {
+                return Err(VaultError(format!(
+                    "{} key versions are wrapped by master key {}, which is not configured; add it to the previous keys and run rotate again",
+                    old.versions, old.kek_id
+                )));
+            }
+            continue;
+        }
+        loop {
+            let batch = store.versions_wrapped_by(&old.kek_id, 500).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for version in batch {
+                let context = SealContext::key_secret(&version.key_id, version.version);
+                let rewrapped = keyring.rewrap(random, &version.sealed, &context)?;
+                if store
+                    .rewrap_version(&version.key_id, version.version, &old.kek_id, &rewrapped)
+                    .await?
+                {
+                    done += 1;
+                    progress.rewrapped(done, total);
+                }
+            }
+        }
+    }
+    let retirable = store
+        .kek_usage()
+        .await?
+        .into_iter()
+        .filter(|u| u.versions == 0 && u.kek_id != new_kek)
+        .map(|u| u.kek_id)
+        .collect();
+    store.close().await;
+    Ok(RotationReport {
+        new_kek,
+        rewrapped: done,
+        retirable,
+    })
+}
+
+/// Forgets a master key that no longer wraps anything (and, for the key-file source,
+/// removes it from the file). Refused while any key version still references it.
+pub async fn retire(
+    settings: &Settings,
+    kek_id: &str,
+    random: &dyn Randomness,
+    clock: &dyn Clock,
+) -> Result<(), VaultError> {
+    let vault = open(settings, random, clock).await?;
+    vault.store.remove_master_key(kek_id).await?;
+    if let MasterKeySource::File(path) = &settings.master_key {
+        let file = KeyringFile::new(path);
+        if file.load()?.iter().any(|k| k.id() == kek_id) {
+            file.remove(kek_id)?;
+        }
+    }
+    vault.store.close().await;
+    Ok(())
+}
