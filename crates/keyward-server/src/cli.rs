@@ -116,6 +116,8 @@ enum MasterKeyCommand {
     },
     /// Show the master keys this vault knows and how many key versions each wraps.
     Status,
+    /// Decrypt every stored key version in memory to prove the vault is readable.
+    Verify,
     /// Print a new random master key (base64) for KEYWARD_MASTER_KEY.
     Generate,
 }
@@ -391,6 +393,24 @@ async fn master_key(settings: &Settings, command: MasterKeyCommand) -> Result<()
             }
             app.store.close().await;
             Ok(())
+        }
+        MasterKeyCommand::Verify => {
+            let report = vault::verify_readable(settings, &OsRandomness, &SystemClock)
+                .await
+                .map_err(|e| e.to_string())?;
+            for problem in &report.unreadable {
+                eprintln!("unreadable: {problem}");
+            }
+            println!(
+                "{} key version(s) readable, {} unreadable",
+                report.readable,
+                report.unreadable.len()
+            );
+            if report.unreadable.is_empty() {
+                Ok(())
+            } else {
+                Err("some key versions cannot be decrypted with the configured master keys".into())
+            }
         }
         MasterKeyCommand::Generate => {
             let key = MasterKey::generate(&OsRandomness);

@@ -397,3 +397,43 @@ pub async fn retire(
     vault.store.close().await;
     Ok(())
 }
+
+/// What `keyward master-key verify` found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub readable: u64,
+    /// `key id vN: reason` for every version that could not be opened.
+    pub unreadable: Vec<String>,
+}
+
+/// Opens every stored key version in memory (and drops the plaintext at once) to prove the
+/// configured master keys can read the whole vault — e.g. before retiring an old key or
+/// after restoring a backup.
+pub async fn verify_readable(
+    settings: &Settings,
+    random: &dyn Randomness,
+    clock: &dyn Clock,
+) -> Result<VerifyReport, VaultError> {
+    let vault = open(settings, random, clock).await?;
+    let mut report = VerifyReport {
+        readable: 0,
+        unreadable: Vec::new(),
+    };
+    for usage in vault.store.kek_usage().await? {
+        for version in vault
+            .store
+            .versions_wrapped_by(&usage.kek_id, u32::MAX)
+            .await?
+        {
+            let context = SealContext::key_secret(&version.key_id, version.version);
+            match vault.keyring.unseal(&version.sealed, &context) {
+                Ok(_plaintext) => report.readable += 1,
+                Err(e) => report
+                    .unreadable
+                    .push(format!("{} v{}: {e}", version.key_id, version.version)),
+            }
+        }
+    }
+    vault.store.close().await;
+    Ok(report)
+}

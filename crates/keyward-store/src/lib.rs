@@ -49,10 +49,10 @@ pub fn redact_url(url: &str) -> String {
 /// Maps a driver error to the domain's. `conflict` names the code a uniqueness violation
 /// means for the calling operation. Details are logged, not returned: they may quote SQL.
 pub(crate) fn db_error(e: sqlx::Error, conflict: Option<(&'static str, &str)>) -> Error {
-    if let (Some((code, message)), sqlx::Error::Database(db)) = (conflict, &e) {
-        if db.is_unique_violation() {
-            return Error::conflict(code, message.to_owned());
-        }
+    if let (Some((code, message)), sqlx::Error::Database(db)) = (conflict, &e)
+        && db.is_unique_violation()
+    {
+        return Error::conflict(code, message.to_owned());
     }
     match e {
         sqlx::Error::Io(_)

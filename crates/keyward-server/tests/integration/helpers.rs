@@ -1,0 +1,313 @@
+//! Test harness: spawn Keyward with a fresh database, talk to it over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward_core::access::Role;
+use keyward_server::app::App;
+use keyward_server::config::{RawSettings, resolve};
+use keyward_server::server;
+use keyward_store::testing::TestDatabase;
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+pub const OPENAI_KEY: &str =
+    "sk-proj-Abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_-0123456789WXYZ";
+
+/// A running in-process server with an owner token.
+pub struct TestApp {
+    pub base: String,
+    pub token: String,
+    pub app: Arc<App>,
+    pub client: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+    _db: TestDatabase,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl TestApp {
+    /// `None` when the backend is PostgreSQL and it is unavailable (a loud skip).
+    pub async fn spawn(backend: Backend) -> Option<Self> {
+        let db = match backend {
+            Backend::Sqlite => TestDatabase::sqlite(),
+            Backend::Postgres => TestDatabase::postgres().await?,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let settings = resolve(RawSettings {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(dir.path().to_path_buf()),
+            database_url: Some(db.url().to_owned()),
+            ..Default::default()
+        })
+        .unwrap();
+        let started = server::start(&settings).await.unwrap();
+        let app = started.app.clone();
+        let base = format!("http://{}", started.addr);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(started.run(async {
+            let _ = rx.await;
+        }));
+        let (_, token) = app
+            .issue_token("test-owner", Role::Owner, "test", None)
+            .await
+            .unwrap();
+        Some(Self {
+            base,
+            token: token.expose_secret().to_owned(),
+            app,
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            _dir: dir,
+            _db: db,
+        })
+    }
+
+    pub async fn token_with_role(&self, role: Role) -> String {
+        let (_, token) = self
+            .app
+            .issue_token(&format!("test-{role}"), role, "test", None)
+            .await
+            .unwrap();
+        token.expose_secret().to_owned()
+    }
+
+    /// Sends a request with the owner token; returns status and JSON body (or Null).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call_as(&self.token, method, path, body).await
+    }
+
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", content_type)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn create_key(&self, service: &str, env: &str, alias: &str, secret: &str) -> Value {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/api/v1/keys",
+                Some(json!({"service": service, "environment": env, "alias": alias, "secret": secret, "force": true})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    pub async fn key_count(&self) -> usize {
+        let (_, live) = self.call(Method::GET, "/api/v1/keys?limit=200", None).await;
+        let (_, deleted) = self
+            .call(Method::GET, "/api/v1/deleted-keys?limit=200", None)
+            .await;
+        live["items"].as_array().unwrap().len() + deleted["items"].as_array().unwrap().len()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Asserts an error response: status, `error.code`, and a non-empty message.
+pub fn assert_error(result: &(StatusCode, Value), status: StatusCode, code: &str) {
+    assert_eq!(result.0, status, "{}", result.1);
+    assert_eq!(result.1["error"]["code"], code, "{}", result.1);
+    assert!(
+        result.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        result.1
+    );
+}
+
+/// Runs each async test case against SQLite and PostgreSQL.
+#[macro_export]
+macro_rules! both_backends {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let app = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await.unwrap();
+                    super::$case(&app).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(app) = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres).await else { return };
+                    super::$case(&app).await;
+                }
+            )+
+        }
+    };
+}
+
+/// The real `keyward` binary as a child process, output captured to files.
+pub struct Process {
+    child: Child,
+    pub base: String,
+    pub stdout_path: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_keyward")
+}
+
+/// A command for the binary running in `dir`, with no inherited `KEYWARD_*` settings.
+pub fn command(dir: &Path, envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.current_dir(dir);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEYWARD_")) {
+        cmd.env_remove(k);
+    }
+    cmd.env_remove("RUST_LOG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Process {
+    /// Starts `keyward serve --listen 127.0.0.1:0` in `dir` and waits until it listens.
+    pub fn serve(dir: &Path, envs: &[(&str, &str)], log_name: &str) -> Self {
+        let stdout_path = dir.join(format!("{log_name}.stdout"));
+        let stderr_path = dir.join(format!("{log_name}.stderr"));
+        let mut child = command(dir, envs)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let copy_to = stdout_path.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(copy_to).unwrap();
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(file, "{line}");
+                if !sent
+                    && let Some(addr) = line
+                        .split("listening on http://")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                {
+                    let _ = tx.send(addr.to_owned());
+                    sent = true;
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(base) => base,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "keyward did not start: {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+        };
+        Self {
+            child,
+            base,
+            stdout_path,
+            stderr_path,
+        }
+    }
+
+    /// SIGTERM and wait: a clean shutdown.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill(mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    pub fn output(&self) -> String {
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&self.stdout_path).unwrap_or_default(),
+            std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        )
+    }
+}
+
+/// Creates a management token with the CLI in `dir`.
+pub fn cli_token(dir: &Path, envs: &[(&str, &str)]) -> String {
+    let out = command(dir, envs)
+        .args(["token", "create", "--name", "test", "--role", "owner"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

@@ -1,0 +1,19 @@
+//! End-to-end tests against the real server: in-process on port 0 for the API, and the
+//! real `keyward` binary as a child process where restarts, kills and output matter.
+//! One test binary with modules, so the (large) link happens once.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests"
+)]
+
+mod helpers;
+
+mod auth;
+mod catalog;
+mod durability;
+mod keys;
+mod leaks;
+mod vault;
