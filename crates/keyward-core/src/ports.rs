@@ -22,7 +22,14 @@ use crate::user::User;
 pub trait KeyStore: Send + Sync {
     /// Stores a new key with its first version, atomically. `alias_taken` if a live key of
     /// the same service and environment already has the alias.
-    async fn insert_key(&self, key: &Key, first: &KeyVersion) -> Result<()>;
+    async fn insert_key(&self, key: &Key, first: &KeyVersion) -> Result<()> {
+        self.insert_keys(std::slice::from_ref(&(key.clone(), first.clone())))
+            .await
+    }
+
+    /// Stores many keys with their first versions in one transaction (imports, restores):
+    /// all or nothing, with the same conflicts as [`insert_key`](Self::insert_key).
+    async fn insert_keys(&self, batch: &[(Key, KeyVersion)]) -> Result<()>;
 
     /// The key, deleted or not.
     async fn key(&self, id: &KeyId) -> Result<Option<Key>>;
@@ -137,6 +144,9 @@ pub trait Store:
     async fn initialized(&self) -> Result<bool>;
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<()>;
+    /// Refreshes the query planner's statistics (`ANALYZE`; SQLite `PRAGMA optimize`) so
+    /// filtered listings stay index-driven after bulk imports. Run after imports and hourly.
+    async fn maintain(&self) -> Result<()>;
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> Result<()>;
     /// Closes connections (SQLite checkpoints its WAL).

@@ -66,13 +66,17 @@ impl Started {
     }
 }
 
-/// Purges keys whose recovery window has passed, at start and then hourly.
+/// Hourly housekeeping, first run at start: purge keys whose recovery window has passed,
+/// then refresh planner statistics.
 async fn purge_loop(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tick.tick().await;
         if let Err(e) = app.purge_expired().await {
             tracing::warn!(error = %e, "scheduled purge failed; will retry");
+        }
+        if let Err(e) = app.store.maintain().await {
+            tracing::warn!(error = %e, "store maintenance failed; will retry");
         }
     }
 }

@@ -11,6 +11,8 @@ type Db = Postgres;
 type DbRow = sqlx::postgres::PgRow;
 type ThisStore = PostgresStore;
 
+const MAINTAIN_SQL: &str = "ANALYZE";
+
 const MIGRATIONS: &[(i64, &str, &str)] = &[(
     1,
     "vault",

@@ -27,8 +27,7 @@ use crate::{corrupt, db_error};
 const KEY_COLUMNS: &str = "id, service_id, environment, alias, description, owner, tags, criticality, enabled, \
     expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by";
 
-const VERSION_COLUMNS: &str =
-    "key_id, version, state, hint, algorithm, kek_id, wrapped_dek, nonce, ciphertext, created_by, created_at";
+const VERSION_COLUMNS: &str = "key_id, version, state, hint, algorithm, kek_id, wrapped_dek, nonce, ciphertext, created_by, created_at";
 
 fn millis(at: Timestamp) -> i64 {
     at.as_millisecond()
@@ -196,37 +195,39 @@ async fn commit(tx: sqlx::Transaction<'static, Db>) -> Result<(), Error> {
 
 #[async_trait]
 impl KeyStore for ThisStore {
-    async fn insert_key(&self, key: &Key, first: &KeyVersion) -> Result<(), Error> {
+    async fn insert_keys(&self, batch: &[(Key, KeyVersion)]) -> Result<(), Error> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO keys (id, service_id, environment, alias, alias_lower, description, owner, tags, criticality, enabled, \
-             expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
-        )
-        .bind(key.id.as_str())
-        .bind(&key.service_id)
-        .bind(&key.environment)
-        .bind(&key.alias)
-        .bind(key.alias.to_lowercase())
-        .bind(&key.description)
-        .bind(&key.owner)
-        .bind(tags_json(&key.tags)?)
-        .bind(key.criticality.as_str())
-        .bind(key.enabled)
-        .bind(key.expires_at.map(millis))
-        .bind(i64::from(key.current_version))
-        .bind(&key.current_hint)
-        .bind(&key.created_by)
-        .bind(millis(key.created_at))
-        .bind(millis(key.updated_at))
-        .bind(key.last_used_at.map(millis))
-        .bind(key.deleted_at.map(millis))
-        .bind(&key.deleted_by)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db_error(e, Some(ALIAS_TAKEN)))?;
-        Self::write_tags(&mut tx, &key.id, &key.tags).await?;
-        Self::insert_version(&mut tx, first).await?;
+        for (key, first) in batch {
+            sqlx::query(
+                "INSERT INTO keys (id, service_id, environment, alias, alias_lower, description, owner, tags, criticality, enabled, \
+                 expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+            )
+            .bind(key.id.as_str())
+            .bind(&key.service_id)
+            .bind(&key.environment)
+            .bind(&key.alias)
+            .bind(key.alias.to_lowercase())
+            .bind(&key.description)
+            .bind(&key.owner)
+            .bind(tags_json(&key.tags)?)
+            .bind(key.criticality.as_str())
+            .bind(key.enabled)
+            .bind(key.expires_at.map(millis))
+            .bind(i64::from(key.current_version))
+            .bind(&key.current_hint)
+            .bind(&key.created_by)
+            .bind(millis(key.created_at))
+            .bind(millis(key.updated_at))
+            .bind(key.last_used_at.map(millis))
+            .bind(key.deleted_at.map(millis))
+            .bind(&key.deleted_by)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, Some(ALIAS_TAKEN)))?;
+            Self::write_tags(&mut tx, &key.id, &key.tags).await?;
+            Self::insert_version(&mut tx, first).await?;
+        }
         commit(tx).await
     }
 
@@ -242,12 +243,20 @@ impl KeyStore for ThisStore {
             .transpose()
     }
 
-    async fn list_keys(&self, filter: &KeyFilter, page: &PageRequest, now: Timestamp) -> Result<Page<Key>, Error> {
-        let mut q: QueryBuilder<Db> = QueryBuilder::new(format!("SELECT {KEY_COLUMNS} FROM keys WHERE "));
+    async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        page: &PageRequest,
+        now: Timestamp,
+    ) -> Result<Page<Key>, Error> {
+        let mut q: QueryBuilder<Db> =
+            QueryBuilder::new(format!("SELECT {KEY_COLUMNS} FROM keys WHERE "));
         match filter.status {
             None => q.push("deleted_at IS NULL"),
             Some(KeyStatus::Deleted) => q.push("deleted_at IS NOT NULL"),
-            Some(KeyStatus::Disabled) => q.push("deleted_at IS NULL AND enabled = ").push_bind(false),
+            Some(KeyStatus::Disabled) => {
+                q.push("deleted_at IS NULL AND enabled = ").push_bind(false)
+            }
             Some(KeyStatus::Expired) => q
                 .push("deleted_at IS NULL AND enabled = ")
                 .push_bind(true)
@@ -262,7 +271,10 @@ impl KeyStore for ThisStore {
         };
         if let Some(services) = &filter.service_ids {
             if services.is_empty() {
-                return Ok(Page { items: vec![], next: None });
+                return Ok(Page {
+                    items: vec![],
+                    next: None,
+                });
             }
             q.push(" AND service_id IN (");
             let mut list = q.separated(", ");
@@ -275,7 +287,9 @@ impl KeyStore for ThisStore {
             q.push(" AND environment = ").push_bind(environment.clone());
         }
         if let Some(tag) = &filter.tag {
-            q.push(" AND id IN (SELECT key_id FROM key_tags WHERE tag = ").push_bind(tag.clone()).push(")");
+            q.push(" AND id IN (SELECT key_id FROM key_tags WHERE tag = ")
+                .push_bind(tag.clone())
+                .push(")");
         }
         if let Some(text) = filter.text.as_deref().filter(|t| !t.is_empty()) {
             let pattern = like_pattern(text);
@@ -288,9 +302,17 @@ impl KeyStore for ThisStore {
         if let Some(after) = &page.after {
             q.push(" AND id < ").push_bind(after.as_str().to_owned());
         }
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(page.limit) + 1);
-        let rows = q.build().fetch_all(&self.pool).await.map_err(|e| db_error(e, None))?;
-        let mut items = rows.iter().map(key_from_row).collect::<Result<Vec<_>, _>>()?;
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(page.limit) + 1);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        let mut items = rows
+            .iter()
+            .map(key_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
         let next = if items.len() > limit {
             items.truncate(limit);
@@ -328,7 +350,10 @@ impl KeyStore for ThisStore {
         if updated.rows_affected() == 0 {
             return Err(Error::conflict(
                 "concurrent_update",
-                format!("key {} was changed or removed by someone else; reload and retry", key.id),
+                format!(
+                    "key {} was changed or removed by someone else; reload and retry",
+                    key.id
+                ),
             ));
         }
         Self::write_tags(&mut tx, &key.id, &key.tags).await?;
@@ -338,7 +363,10 @@ impl KeyStore for ThisStore {
     async fn add_version(&self, version: &KeyVersion, now: Timestamp) -> Result<(), Error> {
         let mut tx = self.begin_write().await?;
         if version.state == VersionState::Current {
-            for (from, to) in [(VersionState::Previous, VersionState::Retired), (VersionState::Current, VersionState::Previous)] {
+            for (from, to) in [
+                (VersionState::Previous, VersionState::Retired),
+                (VersionState::Current, VersionState::Previous),
+            ] {
                 sqlx::query("UPDATE key_versions SET state = $1 WHERE key_id = $2 AND state = $3")
                     .bind(to.as_str())
                     .bind(version.key_id.as_str())
@@ -358,7 +386,10 @@ impl KeyStore for ThisStore {
             .await
             .map_err(|e| db_error(e, None))?;
             if updated.rows_affected() == 0 {
-                return Err(Error::not_found("key_not_found", format!("there is no live key {}", version.key_id)));
+                return Err(Error::not_found(
+                    "key_not_found",
+                    format!("there is no live key {}", version.key_id),
+                ));
             }
         }
         Self::insert_version(&mut tx, version).await?;
@@ -366,7 +397,9 @@ impl KeyStore for ThisStore {
     }
 
     async fn versions(&self, key_id: &KeyId) -> Result<Vec<KeyVersion>, Error> {
-        let sql = format!("SELECT {VERSION_COLUMNS} FROM key_versions WHERE key_id = $1 ORDER BY version DESC");
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions WHERE key_id = $1 ORDER BY version DESC"
+        );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(key_id.as_str())
             .fetch_all(&self.pool)
@@ -380,8 +413,15 @@ impl KeyStore for ThisStore {
     async fn purge_key(&self, id: &KeyId) -> Result<bool, Error> {
         let mut tx = self.begin_write().await?;
         // Explicit deletes rather than relying on ON DELETE CASCADE being enabled.
-        for sql in ["DELETE FROM key_versions WHERE key_id = $1", "DELETE FROM key_tags WHERE key_id = $1"] {
-            sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await.map_err(|e| db_error(e, None))?;
+        for sql in [
+            "DELETE FROM key_versions WHERE key_id = $1",
+            "DELETE FROM key_tags WHERE key_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
         }
         let deleted = sqlx::query("DELETE FROM keys WHERE id = $1")
             .bind(id.as_str())
@@ -393,11 +433,12 @@ impl KeyStore for ThisStore {
     }
 
     async fn purge_deleted_before(&self, cutoff: Timestamp) -> Result<Vec<KeyId>, Error> {
-        let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM keys WHERE deleted_at IS NOT NULL AND deleted_at <= $1")
-            .bind(millis(cutoff))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error(e, None))?;
+        let ids: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM keys WHERE deleted_at IS NOT NULL AND deleted_at <= $1")
+                .bind(millis(cutoff))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error(e, None))?;
         let mut purged = Vec::with_capacity(ids.len());
         for (id,) in ids {
             let id: KeyId = parse("key id", &id)?;
@@ -409,7 +450,10 @@ impl KeyStore for ThisStore {
     }
 }
 
-fn labels_from_rows<T>(rows: &[DbRow], make: impl Fn(String, String, bool) -> T) -> Result<Vec<T>, Error> {
+fn labels_from_rows<T>(
+    rows: &[DbRow],
+    make: impl Fn(String, String, bool) -> T,
+) -> Result<Vec<T>, Error> {
     rows.iter()
         .map(|r| Ok(make(get(r, "id")?, get(r, "name")?, get(r, "builtin")?)))
         .collect()
@@ -418,39 +462,59 @@ fn labels_from_rows<T>(rows: &[DbRow], make: impl Fn(String, String, bool) -> T)
 #[async_trait]
 impl CatalogStore for ThisStore {
     async fn custom_services(&self) -> Result<Vec<ServiceDefinition>, Error> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT definition FROM custom_services ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error(e, None))?;
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT definition FROM custom_services ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error(e, None))?;
         rows.into_iter()
             .map(|(json,)| serde_json::from_str(&json).map_err(|e| corrupt("custom service", e)))
             .collect()
     }
 
-    async fn insert_custom_service(&self, service: &ServiceDefinition, now: Timestamp) -> Result<(), Error> {
-        let json = serde_json::to_string(service).map_err(|e| Error::internal(format!("cannot encode service: {e}")))?;
+    async fn insert_custom_service(
+        &self,
+        service: &ServiceDefinition,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let json = serde_json::to_string(service)
+            .map_err(|e| Error::internal(format!("cannot encode service: {e}")))?;
         sqlx::query("INSERT INTO custom_services (id, definition, created_at) VALUES ($1, $2, $3)")
             .bind(&service.id)
             .bind(json)
             .bind(millis(now))
             .execute(&self.pool)
             .await
-            .map_err(|e| db_error(e, Some(("service_exists", "a service with this id already exists"))))?;
+            .map_err(|e| {
+                db_error(
+                    e,
+                    Some(("service_exists", "a service with this id already exists")),
+                )
+            })?;
         Ok(())
     }
 
     async fn base_url_overrides(&self) -> Result<Vec<BaseUrlOverride>, Error> {
-        let rows: Vec<(String, String)> = sqlx::query_as("SELECT service_id, base_url FROM base_url_overrides")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error(e, None))?;
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT service_id, base_url FROM base_url_overrides")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error(e, None))?;
         Ok(rows
             .into_iter()
-            .map(|(service_id, base_url)| BaseUrlOverride { service_id, base_url })
+            .map(|(service_id, base_url)| BaseUrlOverride {
+                service_id,
+                base_url,
+            })
             .collect())
     }
 
-    async fn set_base_url_override(&self, service_id: &str, base_url: Option<&str>, now: Timestamp) -> Result<(), Error> {
+    async fn set_base_url_override(
+        &self,
+        service_id: &str,
+        base_url: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), Error> {
         let query = match base_url {
             Some(url) => sqlx::query(
                 "INSERT INTO base_url_overrides (service_id, base_url, updated_at) VALUES ($1, $2, $3) \
@@ -461,47 +525,71 @@ impl CatalogStore for ThisStore {
             .bind(millis(now)),
             None => sqlx::query("DELETE FROM base_url_overrides WHERE service_id = $1").bind(service_id),
         };
-        query.execute(&self.pool).await.map_err(|e| db_error(e, None))?;
+        query
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
         Ok(())
     }
 
     async fn environments(&self) -> Result<Vec<Environment>, Error> {
-        let rows = sqlx::query("SELECT id, name, builtin FROM environments ORDER BY builtin DESC, created_at, id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error(e, None))?;
+        let rows = sqlx::query(
+            "SELECT id, name, builtin FROM environments ORDER BY builtin DESC, created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
         labels_from_rows(&rows, |id, name, builtin| Environment { id, name, builtin })
     }
 
     async fn insert_environment(&self, e: &Environment, now: Timestamp) -> Result<(), Error> {
-        sqlx::query("INSERT INTO environments (id, name, builtin, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(&e.id)
-            .bind(&e.name)
-            .bind(e.builtin)
-            .bind(millis(now))
-            .execute(&self.pool)
-            .await
-            .map_err(|err| db_error(err, Some(("environment_exists", "an environment with this id already exists"))))?;
+        sqlx::query(
+            "INSERT INTO environments (id, name, builtin, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&e.id)
+        .bind(&e.name)
+        .bind(e.builtin)
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await
+        .map_err(|err| {
+            db_error(
+                err,
+                Some((
+                    "environment_exists",
+                    "an environment with this id already exists",
+                )),
+            )
+        })?;
         Ok(())
     }
 
     async fn categories(&self) -> Result<Vec<Category>, Error> {
-        let rows = sqlx::query("SELECT id, name, builtin FROM categories ORDER BY builtin DESC, created_at, id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error(e, None))?;
+        let rows = sqlx::query(
+            "SELECT id, name, builtin FROM categories ORDER BY builtin DESC, created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
         labels_from_rows(&rows, |id, name, builtin| Category { id, name, builtin })
     }
 
     async fn insert_category(&self, c: &Category, now: Timestamp) -> Result<(), Error> {
-        sqlx::query("INSERT INTO categories (id, name, builtin, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(&c.id)
-            .bind(&c.name)
-            .bind(c.builtin)
-            .bind(millis(now))
-            .execute(&self.pool)
-            .await
-            .map_err(|err| db_error(err, Some(("category_exists", "a category with this id already exists"))))?;
+        sqlx::query(
+            "INSERT INTO categories (id, name, builtin, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&c.id)
+        .bind(&c.name)
+        .bind(c.builtin)
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await
+        .map_err(|err| {
+            db_error(
+                err,
+                Some(("category_exists", "a category with this id already exists")),
+            )
+        })?;
         Ok(())
     }
 }
@@ -655,7 +743,10 @@ impl VaultStore for ThisStore {
             .await
             .map_err(|e| db_error(e, None))?;
         if updated.rows_affected() == 0 || found == 0 {
-            return Err(Error::not_found("kek_not_found", format!("master key {kek_id} is not registered")));
+            return Err(Error::not_found(
+                "kek_not_found",
+                format!("master key {kek_id} is not registered"),
+            ));
         }
         commit(tx).await
     }
@@ -670,12 +761,21 @@ impl VaultStore for ThisStore {
         .map_err(|e| db_error(e, None))?;
         Ok(rows
             .into_iter()
-            .map(|(kek_id, n)| KekUsage { kek_id, versions: u64::try_from(n).unwrap_or(0) })
+            .map(|(kek_id, n)| KekUsage {
+                kek_id,
+                versions: u64::try_from(n).unwrap_or(0),
+            })
             .collect())
     }
 
-    async fn versions_wrapped_by(&self, kek_id: &str, limit: u32) -> Result<Vec<KeyVersion>, Error> {
-        let sql = format!("SELECT {VERSION_COLUMNS} FROM key_versions WHERE kek_id = $1 ORDER BY key_id, version LIMIT $2");
+    async fn versions_wrapped_by(
+        &self,
+        kek_id: &str,
+        limit: u32,
+    ) -> Result<Vec<KeyVersion>, Error> {
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions WHERE kek_id = $1 ORDER BY key_id, version LIMIT $2"
+        );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(kek_id)
             .bind(i64::from(limit))
@@ -687,7 +787,13 @@ impl VaultStore for ThisStore {
             .collect()
     }
 
-    async fn rewrap_version(&self, key_id: &KeyId, version: u32, old_kek_id: &str, sealed: &SealedSecret) -> Result<bool, Error> {
+    async fn rewrap_version(
+        &self,
+        key_id: &KeyId,
+        version: u32,
+        old_kek_id: &str,
+        sealed: &SealedSecret,
+    ) -> Result<bool, Error> {
         let updated = sqlx::query(
             "UPDATE key_versions SET kek_id = $1, wrapped_dek = $2 WHERE key_id = $3 AND version = $4 AND kek_id = $5",
         )
@@ -704,15 +810,24 @@ impl VaultStore for ThisStore {
 
     async fn remove_master_key(&self, kek_id: &str) -> Result<(), Error> {
         let mut tx = self.begin_write().await?;
-        let current: Option<(bool,)> = sqlx::query_as("SELECT is_current FROM master_keys WHERE kek_id = $1")
-            .bind(kek_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| db_error(e, None))?;
+        let current: Option<(bool,)> =
+            sqlx::query_as("SELECT is_current FROM master_keys WHERE kek_id = $1")
+                .bind(kek_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
         match current {
-            None => return Err(Error::not_found("kek_not_found", format!("master key {kek_id} is not registered"))),
+            None => {
+                return Err(Error::not_found(
+                    "kek_not_found",
+                    format!("master key {kek_id} is not registered"),
+                ));
+            }
             Some((true,)) => {
-                return Err(Error::conflict("kek_current", format!("master key {kek_id} is current; rotate first")));
+                return Err(Error::conflict(
+                    "kek_current",
+                    format!("master key {kek_id} is current; rotate first"),
+                ));
             }
             Some((false,)) => {}
         }
@@ -724,7 +839,9 @@ impl VaultStore for ThisStore {
         if refs > 0 {
             return Err(Error::conflict(
                 "kek_in_use",
-                format!("master key {kek_id} still wraps {refs} key version(s); run `keyward master-key rotate` first"),
+                format!(
+                    "master key {kek_id} still wraps {refs} key version(s); run `keyward master-key rotate` first"
+                ),
             ));
         }
         sqlx::query("DELETE FROM master_keys WHERE kek_id = $1")
@@ -736,11 +853,12 @@ impl VaultStore for ThisStore {
     }
 
     async fn setting(&self, name: &str) -> Result<Option<String>, Error> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT value FROM vault_settings WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| db_error(e, None))?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM vault_settings WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error(e, None))?;
         Ok(row.map(|(v,)| v))
     }
 
@@ -771,17 +889,37 @@ impl Store for ThisStore {
         let migrations = MIGRATIONS
             .iter()
             .map(|(version, description, sql)| {
-                Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, (*sql).into_sql_str(), false)
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    (*sql).into_sql_str(),
+                    false,
+                )
             })
             .collect();
-        Migrator::with_migrations(migrations).run(&self.pool).await.map_err(|e| {
-            tracing::error!(error = %e, "migration failed");
-            Error::internal(format!("database migration failed: {e}"))
-        })
+        Migrator::with_migrations(migrations)
+            .run(&self.pool)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "migration failed");
+                Error::internal(format!("database migration failed: {e}"))
+            })
+    }
+
+    async fn maintain(&self) -> Result<(), Error> {
+        sqlx::query(MAINTAIN_SQL)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(|e| db_error(e, None))?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
         Ok(())
     }
 

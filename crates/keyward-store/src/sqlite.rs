@@ -16,6 +16,9 @@ type Db = Sqlite;
 type DbRow = sqlx::sqlite::SqliteRow;
 type ThisStore = SqliteStore;
 
+/// Analyses tables whose statistics are stale (bounded work; see SQLite's PRAGMA optimize).
+const MAINTAIN_SQL: &str = "PRAGMA optimize=0x10002";
+
 const MIGRATIONS: &[(i64, &str, &str)] = &[(
     1,
     "vault",

@@ -96,6 +96,7 @@ async fn migrations_are_idempotent(store: Arc<dyn Store>) {
     assert!(store.initialized().await.expect("initialized"));
     store.migrate().await.expect("second migrate is a no-op");
     store.ping().await.expect("ping");
+    store.maintain().await.expect("maintain");
 }
 
 async fn keys_round_trip_with_their_first_version(store: Arc<dyn Store>) {
@@ -160,6 +161,60 @@ async fn aliases_are_unique_per_service_and_environment_among_live_keys(store: A
         .await
         .expect_err("collides");
     assert_eq!(err.code, "alias_taken");
+}
+
+async fn batch_inserts_are_all_or_nothing(store: Arc<dyn Store>) {
+    let r = rng();
+    let batch: Vec<_> = (0..50)
+        .map(|i| {
+            new_key(
+                KeyId::generate(ts(i), &r),
+                "openai",
+                "production",
+                &format!("k{i}"),
+                i,
+            )
+        })
+        .collect();
+    store.insert_keys(&batch).await.expect("batch insert");
+    let count = |store: Arc<dyn Store>| async move {
+        let page = PageRequest::new(None, Some(200)).expect("page");
+        store
+            .list_keys(&KeyFilter::default(), &page, ts(0))
+            .await
+            .expect("list")
+            .items
+            .len()
+    };
+    assert_eq!(count(store.clone()).await, 50);
+    let mut bad: Vec<_> = (50..60)
+        .map(|i| {
+            new_key(
+                KeyId::generate(ts(i), &r),
+                "openai",
+                "production",
+                &format!("k{i}"),
+                i,
+            )
+        })
+        .collect();
+    bad.push(new_key(
+        KeyId::generate(ts(99), &r),
+        "openai",
+        "production",
+        "K3",
+        99,
+    ));
+    let err = store
+        .insert_keys(&bad)
+        .await
+        .expect_err("duplicate alias in batch");
+    assert_eq!(err.code, "alias_taken");
+    assert_eq!(
+        count(store.clone()).await,
+        50,
+        "a failed batch stores nothing"
+    );
 }
 
 async fn listings_filter_and_paginate(store: Arc<dyn Store>) {
@@ -740,6 +795,7 @@ macro_rules! conformance {
 conformance!(
     migrations_are_idempotent,
     keys_round_trip_with_their_first_version,
+    batch_inserts_are_all_or_nothing,
     aliases_are_unique_per_service_and_environment_among_live_keys,
     listings_filter_and_paginate,
     updates_are_optimistic,
