@@ -406,3 +406,47 @@ async fn configuration_layers_file_variants_and_unknown_variables() {
     );
     server.stop();
 }
+
+#[test]
+fn admin_create_reads_the_password_from_stdin_and_checks_it() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let create = |name: &str, password: &str| {
+        let mut child = command(dir.path(), &[])
+            .args(["admin", "create", "--username", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{password}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = create("alice", "a sufficiently long passphrase");
+    assert!(
+        ok && out.contains("created user alice") && out.contains("owner"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = create("bob", "too short");
+    assert!(!ok && err.contains("at least 12 characters"), "{err}");
+    let (ok, _, err) = create("ALICE", "another long passphrase");
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, _, err) = create("bad name!", "a sufficiently long passphrase");
+    assert!(!ok && err.contains("username"), "{err}");
+    let db = std::fs::read(dir.path().join("data/keyward.db")).unwrap();
+    assert!(
+        !db.windows(10).any(|w| w == b"sufficient"),
+        "only the Argon2id hash is stored"
+    );
+}
