@@ -450,15 +450,6 @@ impl KeyStore for ThisStore {
     }
 }
 
-fn labels_from_rows<T>(
-    rows: &[DbRow],
-    make: impl Fn(String, String, bool) -> T,
-) -> Result<Vec<T>, Error> {
-    rows.iter()
-        .map(|r| Ok(make(get(r, "id")?, get(r, "name")?, get(r, "builtin")?)))
-        .collect()
-}
-
 #[async_trait]
 impl CatalogStore for ThisStore {
     async fn custom_services(&self) -> Result<Vec<ServiceDefinition>, Error> {
@@ -533,63 +524,90 @@ impl CatalogStore for ThisStore {
     }
 
     async fn environments(&self) -> Result<Vec<Environment>, Error> {
-        let rows = sqlx::query(
-            "SELECT id, name, builtin FROM environments ORDER BY builtin DESC, created_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db_error(e, None))?;
-        labels_from_rows(&rows, |id, name, builtin| Environment { id, name, builtin })
+        let rows = self.labels(LabelTable::Environments).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, builtin)| Environment { id, name, builtin })
+            .collect())
     }
 
     async fn insert_environment(&self, e: &Environment, now: Timestamp) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO environments (id, name, builtin, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&e.id)
-        .bind(&e.name)
-        .bind(e.builtin)
-        .bind(millis(now))
-        .execute(&self.pool)
-        .await
-        .map_err(|err| {
-            db_error(
-                err,
-                Some((
-                    "environment_exists",
-                    "an environment with this id already exists",
-                )),
-            )
-        })?;
-        Ok(())
+        self.insert_label(LabelTable::Environments, &e.id, &e.name, e.builtin, now)
+            .await
     }
 
     async fn categories(&self) -> Result<Vec<Category>, Error> {
-        let rows = sqlx::query(
-            "SELECT id, name, builtin FROM categories ORDER BY builtin DESC, created_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db_error(e, None))?;
-        labels_from_rows(&rows, |id, name, builtin| Category { id, name, builtin })
+        let rows = self.labels(LabelTable::Categories).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, builtin)| Category { id, name, builtin })
+            .collect())
     }
 
     async fn insert_category(&self, c: &Category, now: Timestamp) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO categories (id, name, builtin, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&c.id)
-        .bind(&c.name)
-        .bind(c.builtin)
-        .bind(millis(now))
-        .execute(&self.pool)
-        .await
-        .map_err(|err| {
-            db_error(
-                err,
-                Some(("category_exists", "a category with this id already exists")),
-            )
-        })?;
+        self.insert_label(LabelTable::Categories, &c.id, &c.name, c.builtin, now)
+            .await
+    }
+}
+
+/// Environments and categories are the same kind of row: an id, a name, built in or not.
+#[derive(Clone, Copy)]
+enum LabelTable {
+    Environments,
+    Categories,
+}
+
+impl LabelTable {
+    fn table(self) -> &'static str {
+        match self {
+            Self::Environments => "environments",
+            Self::Categories => "categories",
+        }
+    }
+
+    fn exists(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Environments => (
+                "environment_exists",
+                "an environment with this id already exists",
+            ),
+            Self::Categories => ("category_exists", "a category with this id already exists"),
+        }
+    }
+}
+
+impl ThisStore {
+    async fn labels(&self, table: LabelTable) -> Result<Vec<(String, String, bool)>, Error> {
+        let sql = format!(
+            "SELECT id, name, builtin FROM {} ORDER BY builtin DESC, created_at, id",
+            table.table()
+        );
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))
+    }
+
+    async fn insert_label(
+        &self,
+        table: LabelTable,
+        id: &str,
+        name: &str,
+        builtin: bool,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let sql = format!(
+            "INSERT INTO {} (id, name, builtin, created_at) VALUES ($1, $2, $3, $4)",
+            table.table()
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(name)
+            .bind(builtin)
+            .bind(millis(now))
+            .execute(&self.pool)
+            .await
+            .map_err(|err| db_error(err, Some(table.exists())))?;
         Ok(())
     }
 }
