@@ -86,6 +86,10 @@ prefixed_id!(
     TokenId, "tok_", "token"
 );
 prefixed_id!(
+    /// An app token (the handle; the secret is never stored).
+    AppTokenId, "atk_", "app token"
+);
+prefixed_id!(
     /// A human user.
     UserId, "usr_", "user"
 );

@@ -8,6 +8,7 @@
 //! implementations elsewhere can await; nothing in here awaits anything.
 
 pub mod access;
+pub mod app_token;
 pub mod catalog;
 pub mod clock;
 pub mod error;

@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 
 use crate::Result;
+use crate::app_token::AppToken;
 use crate::catalog::BaseUrlOverride;
-use crate::id::{KeyId, TokenId};
+use crate::id::{AppTokenId, KeyId, TokenId};
 use crate::key::{Key, KeyFilter, KeyVersion, Page, PageRequest, SealedSecret};
 use crate::master_key::{KekUsage, MasterKeyRecord};
 use crate::service::{Category, Environment, ServiceDefinition};
@@ -96,6 +97,19 @@ pub trait TokenStore: Send + Sync {
 }
 
 #[async_trait]
+pub trait AppTokenStore: Send + Sync {
+    /// `app_token_exists` if the id or public id is taken.
+    async fn insert_app_token(&self, token: &AppToken) -> Result<()>;
+    async fn app_token(&self, id: &AppTokenId) -> Result<Option<AppToken>>;
+    async fn app_token_by_public_id(&self, public_id: &str) -> Result<Option<AppToken>>;
+    /// Every app token, newest first (revoked ones included).
+    async fn app_tokens(&self) -> Result<Vec<AppToken>>;
+    /// Marks the token revoked unless it already is; returns whether it changed.
+    async fn revoke_app_token(&self, id: &AppTokenId, at: Timestamp) -> Result<bool>;
+    async fn touch_app_token(&self, id: &AppTokenId, at: Timestamp) -> Result<()>;
+}
+
+#[async_trait]
 pub trait UserStore: Send + Sync {
     /// `username_taken` if the name is in use.
     async fn insert_user(&self, user: &User) -> Result<()>;
@@ -136,7 +150,7 @@ pub trait VaultStore: Send + Sync {
 /// Everything a Keyward server needs from its database.
 #[async_trait]
 pub trait Store:
-    KeyStore + CatalogStore + TokenStore + UserStore + VaultStore + std::fmt::Debug
+    KeyStore + CatalogStore + TokenStore + AppTokenStore + UserStore + VaultStore + std::fmt::Debug
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

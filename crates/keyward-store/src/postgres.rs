@@ -13,11 +13,18 @@ type ThisStore = PostgresStore;
 
 const MAINTAIN_SQL: &str = "ANALYZE";
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "vault",
-    include_str!("../migrations/postgres/0001_vault.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "vault",
+        include_str!("../migrations/postgres/0001_vault.sql"),
+    ),
+    (
+        2,
+        "app tokens",
+        include_str!("../migrations/postgres/0002_app_tokens.sql"),
+    ),
+];
 
 #[derive(Debug, Clone)]
 pub struct PostgresStore {

@@ -19,11 +19,18 @@ type ThisStore = SqliteStore;
 /// Analyses tables whose statistics are stale (bounded work; see SQLite's PRAGMA optimize).
 const MAINTAIN_SQL: &str = "PRAGMA optimize=0x10002";
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "vault",
-    include_str!("../migrations/sqlite/0001_vault.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "vault",
+        include_str!("../migrations/sqlite/0001_vault.sql"),
+    ),
+    (
+        2,
+        "app tokens",
+        include_str!("../migrations/sqlite/0002_app_tokens.sql"),
+    ),
+];
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {

@@ -658,6 +658,112 @@ async fn tokens_and_users(store: Arc<dyn Store>) {
     assert_eq!(store.count_users().await.expect("count"), 1);
 }
 
+async fn app_tokens_round_trip_and_revoke_once(store: Arc<dyn Store>) {
+    use keyward_core::app_token::{AppToken, Budget, BudgetPeriod, RateLimit, parse_network};
+    use keyward_core::id::AppTokenId;
+    let r = rng();
+    let key = add(&store, &r, "openai", "production", "main", 1).await;
+    let token = AppToken {
+        id: AppTokenId::generate(ts(1), &r),
+        public_id: "pubidpubid01".into(),
+        name: "summariser".into(),
+        secret_hash: vec![0, 1, 2, 255],
+        services: vec!["openai".into(), "anthropic".into()],
+        environments: vec!["production".into()],
+        key_ids: vec![key.id.clone()],
+        allowed_networks: vec![
+            parse_network("10.0.0.0/8").expect("net"),
+            parse_network("::1").expect("net"),
+        ],
+        rate_limit: Some(RateLimit {
+            requests: 10,
+            per_seconds: 60,
+        }),
+        budget: Some(Budget {
+            limit_micros: 25_000_000,
+            period: BudgetPeriod::Month,
+        }),
+        created_by: "tester".into(),
+        created_at: ts(1),
+        expires_at: Some(ts(1_000_000)),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    store.insert_app_token(&token).await.expect("insert");
+    assert_eq!(
+        store.app_token(&token.id).await.expect("get"),
+        Some(token.clone())
+    );
+    assert_eq!(
+        store
+            .app_token_by_public_id("pubidpubid01")
+            .await
+            .expect("get"),
+        Some(token.clone())
+    );
+    assert_eq!(
+        store.app_token_by_public_id("nope").await.expect("get"),
+        None
+    );
+    let dup = AppToken {
+        id: AppTokenId::generate(ts(2), &r),
+        ..token.clone()
+    };
+    assert_eq!(
+        store.insert_app_token(&dup).await.map_err(|e| e.code),
+        Err("app_token_exists")
+    );
+    let second = AppToken {
+        id: AppTokenId::generate(ts(3), &r),
+        public_id: "pubidpubid02".into(),
+        rate_limit: None,
+        budget: None,
+        ..token.clone()
+    };
+    store
+        .insert_app_token(&second)
+        .await
+        .expect("insert second");
+    let listed: Vec<_> = store
+        .app_tokens()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(
+        listed,
+        vec![second.id.clone(), token.id.clone()],
+        "newest first"
+    );
+
+    store
+        .touch_app_token(&token.id, ts(50))
+        .await
+        .expect("touch");
+    assert!(
+        store
+            .revoke_app_token(&token.id, ts(60))
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        !store
+            .revoke_app_token(&token.id, ts(70))
+            .await
+            .expect("revoke twice")
+    );
+    let stored = store
+        .app_token(&token.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (stored.last_used_at, stored.revoked_at),
+        (Some(ts(50)), Some(ts(60)))
+    );
+}
+
 async fn master_keys_rewrap_and_retire(store: Arc<dyn Store>) {
     let r = rng();
     let record = |id: &str, current: bool| MasterKeyRecord {
@@ -803,5 +909,6 @@ conformance!(
     purging_destroys_keys_and_versions,
     catalog_labels_services_and_overrides,
     tokens_and_users,
+    app_tokens_round_trip_and_revoke_once,
     master_keys_rewrap_and_retire,
 );

@@ -1,0 +1,14 @@
+-- App tokens: what applications present to the proxy. Keep in step with ../postgres/.
+-- `scope` is JSON: services, environments, key_ids, allowed_networks, rate_limit, budget.
+CREATE TABLE app_tokens (
+    id           TEXT PRIMARY KEY,
+    public_id    TEXT NOT NULL UNIQUE,
+    name         TEXT NOT NULL,
+    secret_hash  BLOB NOT NULL,
+    scope        TEXT NOT NULL,
+    created_by   TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER,
+    last_used_at INTEGER,
+    revoked_at   INTEGER
+);
