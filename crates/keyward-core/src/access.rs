@@ -24,6 +24,10 @@ pub enum Permission {
     KeysDelete,
     /// Destroy deleted keys for good.
     KeysPurge,
+    /// See app tokens (never their secrets).
+    AppTokensRead,
+    /// Create and revoke app tokens.
+    AppTokensWrite,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -59,10 +63,13 @@ impl Role {
         use Permission::*;
         match self {
             Role::Owner | Role::Admin => true,
-            Role::KeyManager => {
-                matches!(permission, CatalogRead | KeysRead | KeysWrite | KeysDelete)
+            Role::KeyManager => matches!(
+                permission,
+                CatalogRead | KeysRead | KeysWrite | KeysDelete | AppTokensRead | AppTokensWrite
+            ),
+            Role::Auditor | Role::Viewer => {
+                matches!(permission, CatalogRead | KeysRead | AppTokensRead)
             }
-            Role::Auditor | Role::Viewer => matches!(permission, CatalogRead | KeysRead),
         }
     }
 }

@@ -14,6 +14,8 @@ use subtle::ConstantTimeEq;
 
 /// Prefix of management API tokens.
 pub const MANAGEMENT_PREFIX: &str = "kwm";
+/// Prefix of app tokens (what applications present to the proxy).
+pub const APP_PREFIX: &str = "kwp";
 const PUBLIC_ID_LEN: usize = 12;
 const SECRET_BYTES: usize = 32;
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use keyward_core::access::Role;
+use keyward_core::app_token::{AppToken, AppTokenDraft};
 use keyward_core::catalog::{ServiceCatalog, builtin_services};
-use keyward_core::id::{KeyId, TokenId};
+use keyward_core::id::{AppTokenId, KeyId, TokenId};
 use keyward_core::key::{
     Key, KeyChanges, KeyDraft, KeyDraftInput, KeyFilter, KeyVersion, Page, PageRequest,
     RecoveryWindow, SealContext, VersionState,
@@ -413,6 +414,92 @@ impl App {
         };
         self.store.insert_category(&category, self.now()).await?;
         Ok(category)
+    }
+
+    // ------------------------------------------------------------ app tokens
+
+    /// Issues an app token after checking its scope names real services, environments and
+    /// live keys that fall inside it. The secret is returned once and never stored.
+    pub async fn create_app_token(
+        &self,
+        actor: &Actor,
+        draft: AppTokenDraft,
+    ) -> Result<(AppToken, SecretString), Error> {
+        let now = self.now();
+        let draft = draft.validate(now)?;
+        let catalog = self.catalog().await?;
+        for service in &draft.services {
+            if catalog.get(service).is_none() {
+                return Err(Error::invalid(
+                    "unknown_service",
+                    format!("there is no service `{service}`"),
+                ));
+            }
+        }
+        for environment in &draft.environments {
+            self.require_environment(environment).await?;
+        }
+        for key_id in &draft.key_ids {
+            let key = self
+                .store
+                .key(key_id)
+                .await?
+                .filter(|k| k.deleted_at.is_none())
+                .ok_or_else(|| {
+                    Error::invalid("unknown_key", format!("there is no live key {key_id}"))
+                })?;
+            if !draft.services.contains(&key.service_id)
+                || !draft.environments.contains(&key.environment)
+            {
+                return Err(Error::invalid(
+                    "key_out_of_scope",
+                    format!(
+                        "key {key_id} ({} in {}) is outside the token's services and environments",
+                        key.service_id, key.environment
+                    ),
+                ));
+            }
+        }
+        let issued = token::issue(token::APP_PREFIX, &*self.random);
+        let record = AppToken {
+            id: AppTokenId::generate(now, &*self.random),
+            public_id: issued.public_id,
+            name: draft.name,
+            secret_hash: issued.secret_hash,
+            services: draft.services,
+            environments: draft.environments,
+            key_ids: draft.key_ids,
+            allowed_networks: draft.allowed_networks,
+            rate_limit: draft.rate_limit,
+            budget: draft.budget,
+            created_by: actor.name.clone(),
+            created_at: now,
+            expires_at: draft.expires_at,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        self.store.insert_app_token(&record).await?;
+        tracing::info!(app_token = %record.id, actor = %actor.name, "app token created");
+        Ok((record, issued.token))
+    }
+
+    pub async fn app_token(&self, id: &AppTokenId) -> Result<AppToken, Error> {
+        self.store.app_token(id).await?.ok_or_else(|| {
+            Error::not_found("app_token_not_found", format!("there is no app token {id}"))
+        })
+    }
+
+    /// Revokes a token; revoking a revoked token changes nothing and is not an error.
+    pub async fn revoke_app_token(
+        &self,
+        actor: &Actor,
+        id: &AppTokenId,
+    ) -> Result<AppToken, Error> {
+        self.app_token(id).await?;
+        if self.store.revoke_app_token(id, self.now()).await? {
+            tracing::warn!(app_token = %id, actor = %actor.name, "app token revoked");
+        }
+        self.app_token(id).await
     }
 
     // ---------------------------------------------------------------- tokens

@@ -48,7 +48,9 @@ pub mod perm {
         KeysRead,
         KeysWrite,
         KeysDelete,
-        KeysPurge
+        KeysPurge,
+        AppTokensRead,
+        AppTokensWrite
     );
 }
 

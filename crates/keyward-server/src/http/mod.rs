@@ -16,6 +16,7 @@ use utoipa::OpenApi;
 
 use crate::app::App;
 
+mod app_tokens;
 pub mod auth;
 mod catalog;
 pub mod error;
@@ -37,9 +38,11 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         keys::restore_key, keys::purge_key,
         catalog::list_services, catalog::get_service, catalog::create_service, catalog::update_service,
         catalog::list_categories, catalog::create_category, catalog::list_environments, catalog::create_environment,
+        app_tokens::create_app_token, app_tokens::list_app_tokens, app_tokens::get_app_token, app_tokens::revoke_app_token,
     ),
     modifiers(&BearerAuth),
-    tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"))
+    tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
+        (name = "app-tokens", description = "Credentials applications present to the proxy"))
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -95,6 +98,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/environments",
             get(catalog::list_environments).post(catalog::create_environment),
+        )
+        .route(
+            "/app-tokens",
+            post(app_tokens::create_app_token).get(app_tokens::list_app_tokens),
+        )
+        .route("/app-tokens/{id}", get(app_tokens::get_app_token))
+        .route(
+            "/app-tokens/{id}/revoke",
+            post(app_tokens::revoke_app_token),
         )
         .route("/openapi.json", get(openapi))
         .fallback(not_found)

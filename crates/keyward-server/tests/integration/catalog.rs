@@ -239,6 +239,9 @@ async fn openapi_document_is_3_1_and_covers_every_route() {
         ("/api/v1/services/{id}", &["get", "patch"]),
         ("/api/v1/categories", &["get", "post"]),
         ("/api/v1/environments", &["get", "post"]),
+        ("/api/v1/app-tokens", &["get", "post"]),
+        ("/api/v1/app-tokens/{id}", &["get"]),
+        ("/api/v1/app-tokens/{id}/revoke", &["post"]),
     ] {
         for method in methods {
             assert!(

@@ -11,6 +11,7 @@
 
 mod helpers;
 
+mod app_tokens;
 mod auth;
 mod catalog;
 mod durability;
