@@ -54,6 +54,10 @@ pub trait KeyStore: Send + Sync {
     /// `concurrent_update` if the version number is taken.
     async fn add_version(&self, version: &KeyVersion, now: Timestamp) -> Result<()>;
 
+    /// Every key that is not deleted, with its current version: what the proxy's in-memory
+    /// snapshot is built from. Ordered by key id.
+    async fn live_keys(&self) -> Result<Vec<(Key, KeyVersion)>>;
+
     /// All versions of a key, newest first.
     async fn versions(&self, key_id: &KeyId) -> Result<Vec<KeyVersion>>;
 

@@ -399,6 +399,46 @@ impl KeyStore for ThisStore {
         commit(tx).await
     }
 
+    async fn live_keys(&self) -> Result<Vec<(Key, KeyVersion)>, Error> {
+        let keys_sql =
+            format!("SELECT {KEY_COLUMNS} FROM keys WHERE deleted_at IS NULL ORDER BY id");
+        let versions_sql = format!(
+            "SELECT {} FROM key_versions v JOIN keys k ON k.id = v.key_id \
+             WHERE k.deleted_at IS NULL AND v.version = k.current_version ORDER BY v.key_id",
+            VERSION_COLUMNS
+                .split(", ")
+                .map(|c| format!("v.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // One read transaction, so keys and versions come from the same instant.
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, None))?;
+        let keys = sqlx::query(sqlx::AssertSqlSafe(keys_sql))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        let versions = sqlx::query(sqlx::AssertSqlSafe(versions_sql))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        tx.commit().await.map_err(|e| db_error(e, None))?;
+        let mut versions = versions
+            .iter()
+            .map(version_from_row)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .peekable();
+        let mut out = Vec::with_capacity(keys.len());
+        for row in &keys {
+            let key = key_from_row(row)?;
+            match versions.next_if(|v| v.key_id == key.id) {
+                Some(version) => out.push((key, version)),
+                None => return Err(corrupt("key", format!("{} has no current version", key.id))),
+            }
+        }
+        Ok(out)
+    }
+
     async fn versions(&self, key_id: &KeyId) -> Result<Vec<KeyVersion>, Error> {
         let sql = format!(
             "SELECT {VERSION_COLUMNS} FROM key_versions WHERE key_id = $1 ORDER BY version DESC"

@@ -414,6 +414,50 @@ async fn listings_filter_and_paginate(store: Arc<dyn Store>) {
     assert!(by_alias.items.len() >= 10, "case-insensitive alias search");
 }
 
+async fn live_keys_come_with_their_current_version(store: Arc<dyn Store>) {
+    let r = rng();
+    let a = add(&store, &r, "openai", "production", "a", 1).await;
+    let b = add(&store, &r, "finnhub", "staging", "b", 2).await;
+    let gone = add(&store, &r, "openai", "production", "gone", 3).await;
+    let mut deleted = gone.clone();
+    deleted.deleted_at = Some(ts(4));
+    store
+        .update_key(&deleted, gone.updated_at)
+        .await
+        .expect("delete");
+    let v2 = KeyVersion {
+        key_id: a.id.clone(),
+        version: 2,
+        state: VersionState::Current,
+        hint: "sk-…0002".into(),
+        sealed: sealed("kek_a", 2),
+        created_by: "tester".into(),
+        created_at: ts(5),
+    };
+    store.add_version(&v2, ts(5)).await.expect("v2");
+    let live = store.live_keys().await.expect("live keys");
+    let summary: Vec<(KeyId, u32)> = live
+        .iter()
+        .map(|(k, v)| (k.id.clone(), v.version))
+        .collect();
+    let mut expected = vec![(a.id.clone(), 2), (b.id.clone(), 1)];
+    expected.sort();
+    assert_eq!(
+        summary, expected,
+        "deleted keys are left out; each key comes with its current version"
+    );
+    assert!(
+        live.iter()
+            .all(|(k, v)| k.id == v.key_id && v.state == VersionState::Current)
+    );
+    assert_eq!(
+        live.iter()
+            .find(|(k, _)| k.id == a.id)
+            .map(|(_, v)| v.sealed.clone()),
+        Some(sealed("kek_a", 2))
+    );
+}
+
 async fn updates_are_optimistic(store: Arc<dyn Store>) {
     let r = rng();
     let key = add(&store, &r, "openai", "production", "main", 1).await;
@@ -904,6 +948,7 @@ conformance!(
     batch_inserts_are_all_or_nothing,
     aliases_are_unique_per_service_and_environment_among_live_keys,
     listings_filter_and_paginate,
+    live_keys_come_with_their_current_version,
     updates_are_optimistic,
     new_current_versions_demote_older_ones,
     purging_destroys_keys_and_versions,
