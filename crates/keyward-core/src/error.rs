@@ -21,6 +21,14 @@ pub enum ErrorKind {
     Forbidden,
     /// A dependency (the database) cannot be reached right now.
     Unavailable,
+    /// A local limit (rate, quota, budget) refuses the request for now.
+    Limited,
+    /// The request is larger than allowed.
+    TooLarge,
+    /// The upstream provider failed or answered with garbage.
+    UpstreamFailed,
+    /// The upstream provider did not answer in time.
+    UpstreamTimeout,
     /// A bug or an unexpected state; details are logged, not returned.
     Internal,
 }

@@ -1,8 +1,10 @@
 //! Keyward's data plane: routing `/proxy/{service}/…`, app-token checks, key injection,
 //! limits, cache, retries, streaming and metering.
 //!
-//! Architecture invariant: the request path never awaits the database; it serves from an
-//! in-memory snapshot kept current by a change feed.
-//!
-//! Empty on purpose until the proxy issue: the foundation (vault, store, management API)
-//! lands first, and this crate is where the data plane will live.
+//! Architecture invariant: the request path never awaits the database. It reads an
+//! immutable [`Snapshot`] of services, app tokens and keys (values still sealed), which the
+//! server rebuilds from the store whenever something changes and swaps in atomically.
+
+mod snapshot;
+
+pub use snapshot::{LiveKey, Route, Snapshot};

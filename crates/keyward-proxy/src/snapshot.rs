@@ -1,0 +1,376 @@
+//! The proxy's view of the vault at one instant, and every decision that needs only it:
+//! which app token is presented, whether it may call this service from this address in
+//! this environment, and which key to inject.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use jiff::Timestamp;
+use keyward_core::app_token::{AppToken, AppTokenStatus};
+use keyward_core::catalog::ServiceCatalog;
+use keyward_core::key::{Key, KeyStatus, KeyVersion};
+use keyward_core::service::ServiceDefinition;
+use keyward_core::{Error, ErrorKind};
+use keyward_crypto::token;
+
+/// A key the proxy may inject, with its current version (still sealed).
+#[derive(Debug)]
+pub struct LiveKey {
+    pub key: Key,
+    pub current: KeyVersion,
+}
+
+/// The keys of one service in one environment, used in turn.
+#[derive(Debug, Default)]
+struct Pool {
+    keys: Vec<Arc<LiveKey>>,
+    next: AtomicUsize,
+}
+
+/// Where a request goes: the service, the environment, the key to inject, the token.
+#[derive(Debug, Clone)]
+pub struct Route<'a> {
+    pub service: &'a ServiceDefinition,
+    pub environment: String,
+    pub key: Arc<LiveKey>,
+    pub token: Arc<AppToken>,
+}
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    services: HashMap<String, ServiceDefinition>,
+    /// By public id, the part of the token that is not secret.
+    tokens: HashMap<String, Arc<AppToken>>,
+    pools: HashMap<(String, String), Pool>,
+}
+
+fn denied(code: &'static str, message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Unauthenticated, code, message)
+}
+
+fn forbidden(code: &'static str, message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Forbidden, code, message)
+}
+
+impl Snapshot {
+    pub fn build(
+        catalog: &ServiceCatalog,
+        tokens: Vec<AppToken>,
+        keys: Vec<(Key, KeyVersion)>,
+    ) -> Self {
+        let mut pools: HashMap<(String, String), Pool> = HashMap::new();
+        for (key, current) in keys {
+            pools
+                .entry((key.service_id.clone(), key.environment.clone()))
+                .or_default()
+                .keys
+                .push(Arc::new(LiveKey { key, current }));
+        }
+        Self {
+            services: catalog.iter().map(|s| (s.id.clone(), s.clone())).collect(),
+            tokens: tokens
+                .into_iter()
+                .map(|t| (t.public_id.clone(), Arc::new(t)))
+                .collect(),
+            pools,
+        }
+    }
+
+    pub fn service(&self, id: &str) -> Result<&ServiceDefinition, Error> {
+        self.services.get(id).ok_or_else(|| {
+            Error::not_found(
+                "service_not_found",
+                format!(
+                    "there is no service `{}`",
+                    keyward_core::label::printable(id)
+                ),
+            )
+        })
+    }
+
+    /// Checks a presented app token. Unknown, malformed, expired and revoked tokens all
+    /// answer `invalid_token`; the hash comparison is constant-time.
+    pub fn authenticate(
+        &self,
+        presented: &str,
+        now: Timestamp,
+        source: IpAddr,
+    ) -> Result<Arc<AppToken>, Error> {
+        let invalid = || {
+            denied(
+                "invalid_token",
+                "the app token is unknown, malformed, expired or revoked",
+            )
+        };
+        let parsed = token::parse(token::APP_PREFIX, presented).ok_or_else(invalid)?;
+        let record = self.tokens.get(&parsed.public_id).ok_or_else(invalid)?;
+        if !parsed.matches(&record.secret_hash) || record.status(now) != AppTokenStatus::Active {
+            return Err(invalid());
+        }
+        if !record.allows_address(source) {
+            return Err(forbidden(
+                "network_not_allowed",
+                format!("app token {} may not be used from {source}", record.id),
+            ));
+        }
+        Ok(record.clone())
+    }
+
+    /// Picks the key for a token calling `service_id`, in the requested environment or the
+    /// token's default (its first).
+    pub fn route<'a>(
+        &'a self,
+        token: Arc<AppToken>,
+        service_id: &str,
+        environment: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Route<'a>, Error> {
+        let service = self.service(service_id)?;
+        if !token.services.iter().any(|s| s == service_id) {
+            return Err(forbidden(
+                "token_out_of_scope",
+                format!("app token {} may not call {service_id}", token.id),
+            ));
+        }
+        let environment =
+            match environment {
+                Some(env) if token.environments.iter().any(|e| e == env) => env.to_owned(),
+                Some(env) => {
+                    return Err(forbidden(
+                        "token_out_of_scope",
+                        format!(
+                            "app token {} may not use environment `{}`",
+                            token.id,
+                            keyward_core::label::printable(env)
+                        ),
+                    ));
+                }
+                None => token.environments.first().cloned().ok_or_else(|| {
+                    forbidden("token_out_of_scope", "the token has no environment")
+                })?,
+            };
+        let pool = self
+            .pools
+            .get(&(service_id.to_owned(), environment.clone()));
+        let candidates: Vec<&Arc<LiveKey>> = pool
+            .map(|p| {
+                p.keys
+                    .iter()
+                    .filter(|k| token.key_ids.is_empty() || token.key_ids.contains(&k.key.id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let active: Vec<&Arc<LiveKey>> = candidates
+            .iter()
+            .copied()
+            .filter(|k| k.key.status(now) == KeyStatus::Active)
+            .collect();
+        if active.is_empty() {
+            return Err(match candidates.first().map(|k| k.key.status(now)) {
+                None => Error::not_found(
+                    "no_key_available",
+                    format!(
+                        "there is no {service_id} key for environment {environment} that this token may use"
+                    ),
+                ),
+                Some(KeyStatus::Expired) => forbidden(
+                    "key_expired",
+                    format!("the {service_id} key for {environment} has expired"),
+                ),
+                Some(_) => forbidden(
+                    "key_disabled",
+                    format!("the {service_id} key for {environment} is disabled"),
+                ),
+            });
+        }
+        let turn = pool.map_or(0, |p| p.next.fetch_add(1, Ordering::Relaxed));
+        let key = active[turn % active.len()].clone();
+        Ok(Route {
+            service,
+            environment,
+            key: key.clone(),
+            token,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keyward_core::app_token::parse_network;
+    use keyward_core::catalog::builtin_services;
+    use keyward_core::id::{AppTokenId, KeyId};
+    use keyward_core::key::{Criticality, SealedSecret, VersionState};
+    use keyward_crypto::OsRandomness;
+
+    use super::*;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).expect("ts")
+    }
+
+    fn key(service: &str, env: &str, n: u8) -> (Key, KeyVersion) {
+        let id = KeyId::generate(ts(i64::from(n)), &OsRandomness);
+        let key = Key {
+            id: id.clone(),
+            service_id: service.into(),
+            environment: env.into(),
+            alias: format!("k{n}"),
+            description: None,
+            owner: None,
+            tags: vec![],
+            criticality: Criticality::Medium,
+            enabled: true,
+            expires_at: None,
+            current_version: 1,
+            current_hint: "…".into(),
+            created_by: "t".into(),
+            created_at: ts(0),
+            updated_at: ts(0),
+            last_used_at: None,
+            deleted_at: None,
+            deleted_by: None,
+        };
+        let version = KeyVersion {
+            key_id: id,
+            version: 1,
+            state: VersionState::Current,
+            hint: "…".into(),
+            sealed: SealedSecret {
+                algorithm: "a".into(),
+                kek_id: "k".into(),
+                wrapped_dek: vec![],
+                nonce: vec![],
+                ciphertext: vec![n],
+            },
+            created_by: "t".into(),
+            created_at: ts(0),
+        };
+        (key, version)
+    }
+
+    fn app_token(services: &[&str], envs: &[&str]) -> (AppToken, String) {
+        let issued = token::issue(token::APP_PREFIX, &OsRandomness);
+        let record = AppToken {
+            id: AppTokenId::generate(ts(0), &OsRandomness),
+            public_id: issued.public_id,
+            name: "app".into(),
+            secret_hash: issued.secret_hash,
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+            environments: envs.iter().map(|s| (*s).to_owned()).collect(),
+            key_ids: vec![],
+            allowed_networks: vec![],
+            rate_limit: None,
+            budget: None,
+            created_by: "t".into(),
+            created_at: ts(0),
+            expires_at: None,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        (
+            record,
+            secrecy::ExposeSecret::expose_secret(&issued.token).to_owned(),
+        )
+    }
+
+    fn catalog() -> ServiceCatalog {
+        ServiceCatalog::assemble(builtin_services().expect("catalog"), vec![], &[])
+    }
+
+    const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn tokens_are_checked_by_hash_status_and_network() {
+        let (token, secret) = app_token(&["openai"], &["production"]);
+        let (mut revoked, revoked_secret) = app_token(&["openai"], &["production"]);
+        revoked.revoked_at = Some(ts(1));
+        let (mut fenced, fenced_secret) = app_token(&["openai"], &["production"]);
+        fenced.allowed_networks = vec![parse_network("10.0.0.0/8").expect("net")];
+        let snapshot = Snapshot::build(&catalog(), vec![token, revoked, fenced], vec![]);
+        assert!(snapshot.authenticate(&secret, ts(2), HOME).is_ok());
+        let code = |s: &str| {
+            snapshot
+                .authenticate(s, ts(2), HOME)
+                .map(|_| ())
+                .map_err(|e| e.code)
+        };
+        assert_eq!(code(&revoked_secret), Err("invalid_token"));
+        assert_eq!(
+            code(&format!("{}x", &secret[..secret.len() - 1])),
+            Err("invalid_token")
+        );
+        assert_eq!(code("sk-proj-not-a-keyward-token"), Err("invalid_token"));
+        assert_eq!(code(&fenced_secret), Err("network_not_allowed"));
+        assert!(
+            snapshot
+                .authenticate(&fenced_secret, ts(2), "10.9.8.7".parse().expect("ip"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn routes_respect_scope_environment_and_key_state() {
+        let (token, _) = app_token(&["openai", "finnhub"], &["production", "staging"]);
+        let token = Arc::new(token);
+        let (a, va) = key("openai", "production", 1);
+        let (b, vb) = key("openai", "production", 2);
+        let (mut off, voff) = key("finnhub", "production", 3);
+        off.enabled = false;
+        let (mut old, vold) = key("finnhub", "staging", 4);
+        old.expires_at = Some(ts(1));
+        let snapshot = Snapshot::build(
+            &catalog(),
+            vec![],
+            vec![(a.clone(), va), (b.clone(), vb), (off, voff), (old, vold)],
+        );
+
+        let first = snapshot
+            .route(token.clone(), "openai", None, ts(5))
+            .expect("route");
+        let second = snapshot
+            .route(token.clone(), "openai", None, ts(5))
+            .expect("route");
+        assert_eq!(
+            first.environment, "production",
+            "the token's first environment is its default"
+        );
+        assert_ne!(
+            first.key.key.id, second.key.key.id,
+            "a pool is used in turn"
+        );
+
+        let code = |service: &str, env: Option<&str>| {
+            snapshot
+                .route(token.clone(), service, env, ts(5))
+                .map(|_| ())
+                .map_err(|e| e.code)
+        };
+        assert_eq!(code("anthropic", None), Err("token_out_of_scope"));
+        assert_eq!(
+            code("openai", Some("development")),
+            Err("token_out_of_scope")
+        );
+        assert_eq!(code("openai", Some("staging")), Err("no_key_available"));
+        assert_eq!(code("finnhub", None), Err("key_disabled"));
+        assert_eq!(code("finnhub", Some("staging")), Err("key_expired"));
+        assert_eq!(code("nope", None), Err("service_not_found"));
+
+        let pinned = Arc::new(AppToken {
+            key_ids: vec![b.id.clone()],
+            ..(*token).clone()
+        });
+        for _ in 0..3 {
+            assert_eq!(
+                snapshot
+                    .route(pinned.clone(), "openai", None, ts(5))
+                    .expect("route")
+                    .key
+                    .key
+                    .id,
+                b.id
+            );
+        }
+    }
+}
