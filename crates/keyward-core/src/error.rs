@@ -9,8 +9,10 @@ use std::fmt;
 /// What class of failure this is; the HTTP crate owns the mapping to status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// The request is malformed or violates a rule (bad name, bad format, …).
+    /// The request violates a rule (bad name, bad format, …).
     Invalid,
+    /// The request itself is malformed (unusable path, header or query).
+    Malformed,
     /// The thing asked for does not exist (or is not visible to the caller).
     NotFound,
     /// The request conflicts with current state (duplicate alias, concurrent edit, …).

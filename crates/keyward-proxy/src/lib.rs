@@ -5,6 +5,8 @@
 //! immutable [`Snapshot`] of services, app tokens and keys (values still sealed), which the
 //! server rebuilds from the store whenever something changes and swaps in atomically.
 
+mod forward;
 mod snapshot;
 
+pub use forward::{ENVIRONMENT_HEADER, Inbound, Proxy, ProxyConfig, TOKEN_HEADER};
 pub use snapshot::{LiveKey, Route, Snapshot};

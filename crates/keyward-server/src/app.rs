@@ -18,6 +18,7 @@ use keyward_core::service::{Category, Environment, ServiceDefinition, validate_b
 use keyward_core::token::ManagementToken;
 use keyward_core::{Clock, Error, ErrorKind, Randomness, label, secret};
 use keyward_crypto::{Keyring, token};
+use keyward_proxy::{Proxy, ProxyConfig, Snapshot};
 use secrecy::SecretString;
 
 /// Who is acting, as recorded in `created_by`/`deleted_by` (and the audit trail later).
@@ -30,7 +31,9 @@ pub struct Actor {
 #[derive(Debug)]
 pub struct App {
     pub store: Arc<dyn Store>,
-    keyring: Keyring,
+    keyring: Arc<Keyring>,
+    /// The data plane; its snapshot is rebuilt after every write here.
+    pub proxy: Arc<Proxy>,
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Randomness>,
     pub recovery_window: RecoveryWindow,
@@ -53,9 +56,16 @@ impl App {
         random: Arc<dyn Randomness>,
         recovery_window: RecoveryWindow,
     ) -> Result<Self, Error> {
+        let keyring = Arc::new(keyring);
+        let proxy = Arc::new(Proxy::new(
+            keyring.clone(),
+            clock.clone(),
+            ProxyConfig::default(),
+        )?);
         Ok(Self {
             store,
             keyring,
+            proxy,
             clock,
             random,
             recovery_window,
@@ -79,6 +89,24 @@ impl App {
             custom,
             &overrides,
         ))
+    }
+
+    /// Rebuilds the proxy's snapshot from the store and swaps it in.
+    pub async fn refresh_proxy(&self) -> Result<(), Error> {
+        let catalog = self.catalog().await?;
+        let tokens = self.store.app_tokens().await?;
+        let keys = self.store.live_keys().await?;
+        self.proxy.install(Snapshot::build(&catalog, tokens, keys));
+        Ok(())
+    }
+
+    /// After a write: the proxy must see it before the caller hears it succeeded (a revoked
+    /// token or disabled key stops working at once). A failed refresh is logged; the
+    /// write itself stands.
+    async fn changed(&self) {
+        if let Err(e) = self.refresh_proxy().await {
+            tracing::error!(error = %e, "could not refresh the proxy snapshot after a change");
+        }
     }
 
     // ------------------------------------------------------------------ keys
@@ -132,6 +160,7 @@ impl App {
             created_at: now,
         };
         self.store.insert_key(&key, &version).await?;
+        self.changed().await;
         tracing::info!(key = %key.id, service = %key.service_id, environment = %key.environment, actor = %actor.name, "key created");
         Ok(key)
     }
@@ -183,6 +212,7 @@ impl App {
             Timestamp::from_millisecond(before.as_millisecond() + 1).unwrap_or(now)
         };
         self.store.update_key(&key, before).await?;
+        self.changed().await;
         Ok(key)
     }
 
@@ -266,6 +296,7 @@ impl App {
             created_at: now,
         };
         self.store.add_version(&version, now).await?;
+        self.changed().await;
         tracing::info!(key = %id, version = number, state = %state, actor = %actor.name, "key version added");
         Ok(version)
     }
@@ -327,6 +358,7 @@ impl App {
             ));
         }
         self.store.purge_key(id).await?;
+        self.changed().await;
         tracing::warn!(key = %id, actor = %actor.name, "key purged");
         Ok(())
     }
@@ -338,6 +370,9 @@ impl App {
             .saturating_sub(self.recovery_window.duration())
             .unwrap_or(Timestamp::MIN);
         let purged = self.store.purge_deleted_before(cutoff).await?;
+        if !purged.is_empty() {
+            self.changed().await;
+        }
         for id in &purged {
             tracing::info!(key = %id, "key purged after its recovery window");
         }
@@ -374,6 +409,7 @@ impl App {
         self.store
             .insert_custom_service(&service, self.now())
             .await?;
+        self.changed().await;
         tracing::info!(service = %service.id, actor = %actor.name, "custom service added");
         Ok(service)
     }
@@ -392,6 +428,7 @@ impl App {
         self.store
             .set_base_url_override(id, base_url, self.now())
             .await?;
+        self.changed().await;
         tracing::info!(service = %id, actor = %actor.name, base_url = ?base_url, "service base URL changed");
         self.catalog().await?.require(id).cloned()
     }
@@ -479,6 +516,7 @@ impl App {
             revoked_at: None,
         };
         self.store.insert_app_token(&record).await?;
+        self.changed().await;
         tracing::info!(app_token = %record.id, actor = %actor.name, "app token created");
         Ok((record, issued.token))
     }
@@ -497,6 +535,7 @@ impl App {
     ) -> Result<AppToken, Error> {
         self.app_token(id).await?;
         if self.store.revoke_app_token(id, self.now()).await? {
+            self.changed().await;
             tracing::warn!(app_token = %id, actor = %actor.name, "app token revoked");
         }
         self.app_token(id).await

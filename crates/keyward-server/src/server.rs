@@ -34,6 +34,7 @@ pub async fn start(settings: &Settings) -> Result<Started, VaultError> {
         random,
         settings.recovery_window,
     )?);
+    app.refresh_proxy().await?;
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| VaultError(format!("cannot listen on {}: {e}", settings.listen)))?;
@@ -56,7 +57,9 @@ impl Started {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), VaultError> {
         let purger = tokio::spawn(purge_loop(self.app.clone()));
-        let result = axum::serve(self.listener, crate::http::router(self.app.clone()))
+        let router = crate::http::router(self.app.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(|e| VaultError(format!("server error: {e}")));

@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use utoipa::OpenApi;
 
@@ -22,6 +22,7 @@ mod catalog;
 pub mod error;
 pub mod extract;
 mod keys;
+mod proxy;
 
 use error::ApiError;
 
@@ -117,6 +118,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .nest("/api/v1", api)
+        .route("/proxy/{service}", any(proxy::proxy))
+        .route("/proxy/{service}/{*path}", any(proxy::proxy))
         .fallback(not_found)
         .layer(middleware::from_fn(access_log))
         .with_state(app)

@@ -17,4 +17,5 @@ mod catalog;
 mod durability;
 mod keys;
 mod leaks;
+mod proxy;
 mod vault;

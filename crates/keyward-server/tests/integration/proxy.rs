@@ -1,0 +1,458 @@
+//! The proxy end to end against a fake provider that accepts only the real key and records
+//! everything Keyward sends it.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{Backend, OPENAI_KEY, TestApp, assert_error};
+
+const AV_KEY: &str = "ABCDEFGH12345678";
+
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    query: String,
+    headers: HeaderMap,
+}
+
+#[derive(Clone, Default)]
+struct Upstream {
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    async fn start() -> (Self, String) {
+        let upstream = Self::default();
+        let recorder = upstream.clone();
+        let app = axum::Router::new().fallback(move |request: Request| {
+            let recorder = recorder.clone();
+            async move { recorder.answer(request).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (upstream, base)
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn last(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().unwrap()
+    }
+
+    async fn answer(&self, request: Request) -> Response {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        let seen = Seen {
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            headers: parts.headers.clone(),
+        };
+        self.seen.lock().unwrap().push(seen.clone());
+        if seen.path == "/query" {
+            return if seen.query.contains(&format!("apikey={AV_KEY}")) {
+                axum::Json(json!({"Global Quote": {"01. symbol": "IBM", "05. price": "231.10"}}))
+                    .into_response()
+            } else {
+                axum::Json(json!({"Error Message": "the parameter apikey is invalid or missing."}))
+                    .into_response()
+            };
+        }
+        if seen
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            != Some(&format!("Bearer {OPENAI_KEY}"))
+        {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"error": {"code": "invalid_api_key"}})),
+            )
+                .into_response();
+        }
+        let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if request["stream"] == true {
+            let events = "data: {\"choices\":[{\"delta\":{\"content\":\"Bull\"}}]}\n\n\
+                          data: {\"choices\":[{\"delta\":{\"content\":\"ish\"}}]}\n\n\
+                          data: [DONE]\n\n";
+            return ([("content-type", "text/event-stream")], events).into_response();
+        }
+        axum::Json(json!({"id": "chatcmpl-1", "choices": [{"message": {"content": "Bullish"}}], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}))
+            .into_response()
+    }
+}
+
+struct Setup {
+    app: TestApp,
+    upstream: Upstream,
+    token: String,
+    openai_key: String,
+}
+
+async fn setup() -> Setup {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let (upstream, base) = Upstream::start().await;
+    for service in ["openai", "alpha-vantage"] {
+        let (status, _) = app
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/services/{service}"),
+                Some(json!({"base_url": base})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let key = app
+        .create_key("openai", "production", "main", OPENAI_KEY)
+        .await;
+    app.create_key("alpha-vantage", "production", "av", AV_KEY)
+        .await;
+    let (status, created) = app
+        .call(Method::POST, "/api/v1/app-tokens", Some(json!({"name": "app", "services": ["openai", "alpha-vantage"], "environments": ["production"]})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    Setup {
+        app,
+        upstream,
+        token: created["token"].as_str().unwrap().to_owned(),
+        openai_key: key["id"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn proxy_url(s: &Setup, rest: &str) -> String {
+    format!("{}/proxy/{rest}", s.app.base)
+}
+
+async fn chat(s: &Setup, token: &str, stream: bool) -> reqwest::Response {
+    s.app
+        .client
+        .post(proxy_url(s, "openai/v1/chat/completions"))
+        .bearer_auth(token)
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "connection-specific")
+        .header("cookie", "session=client")
+        .header("x-custom", "kept")
+        .json(&json!({"model": "gpt-5.4-mini", "stream": stream, "messages": [{"role": "user", "content": "AAPL?"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A GET sent as raw bytes, so the path reaches the server exactly as written.
+async fn raw_get(base: &str, path: &str, token: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+async fn error_of(response: reqwest::Response) -> (StatusCode, serde_json::Value) {
+    let status = response.status();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn injects_the_real_key_where_the_provider_expects_it_and_strips_the_rest() {
+    let s = setup().await;
+    let response = chat(&s, &s.token, false).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Bullish");
+    let seen = s.upstream.last();
+    assert_eq!(seen.path, "/v1/chat/completions");
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {OPENAI_KEY}").as_str()
+    );
+    assert_eq!(seen.headers["x-custom"], "kept");
+    for gone in ["cookie", "x-hop", "x-keyward-token"] {
+        assert!(
+            seen.headers.get(gone).is_none(),
+            "{gone} reached the upstream"
+        );
+    }
+    let all = format!("{:?}{}", seen.headers, seen.query);
+    assert!(
+        !all.contains(&s.token) && !all.contains("kwp_"),
+        "the app token reached the upstream: {all}"
+    );
+
+    let streamed = chat(&s, &s.token, true).await;
+    assert_eq!(streamed.status(), StatusCode::OK);
+    assert_eq!(streamed.headers()["content-type"], "text/event-stream");
+    let text = streamed.text().await.unwrap();
+    assert!(
+        text.contains("\"Bull\"") && text.contains("[DONE]"),
+        "{text}"
+    );
+
+    // Market data: the token in `apikey=` is swapped for the real key.
+    let url = format!(
+        "{}?function=GLOBAL_QUOTE&symbol=IBM&apikey={}",
+        proxy_url(&s, "alpha-vantage/query"),
+        s.token
+    );
+    let quote: serde_json::Value = s
+        .app
+        .client
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(quote["Global Quote"]["05. price"], "231.10");
+    assert_eq!(
+        s.upstream.last().query,
+        format!("function=GLOBAL_QUOTE&symbol=IBM&apikey={AV_KEY}")
+    );
+
+    // X-Keyward-Token works for any service.
+    let response = s
+        .app
+        .client
+        .get(format!(
+            "{}?function=X",
+            proxy_url(&s, "alpha-vantage/query")
+        ))
+        .header("x-keyward-token", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        s.upstream
+            .last()
+            .query
+            .ends_with(&format!("apikey={AV_KEY}"))
+    );
+}
+
+#[tokio::test]
+async fn refused_requests_never_reach_the_upstream() {
+    let s = setup().await;
+    let before = s.upstream.count();
+    let refuse = |response: (StatusCode, serde_json::Value), status: StatusCode, code: &str| {
+        assert_error(&response, status, code)
+    };
+
+    let anonymous = s
+        .app
+        .client
+        .post(proxy_url(&s, "openai/v1/chat/completions"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    refuse(
+        error_of(anonymous).await,
+        StatusCode::UNAUTHORIZED,
+        "missing_token",
+    );
+    let forged = format!("{}AAAA", &s.token[..s.token.len() - 4]);
+    refuse(
+        error_of(chat(&s, &forged, false).await).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    );
+    let unknown = s
+        .app
+        .client
+        .get(proxy_url(&s, "nope/x"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    refuse(
+        error_of(unknown).await,
+        StatusCode::NOT_FOUND,
+        "service_not_found",
+    );
+    let out_of_scope = s
+        .app
+        .client
+        .get(proxy_url(&s, "finnhub/api/v1/quote"))
+        .header("x-keyward-token", &s.token)
+        .send()
+        .await
+        .unwrap();
+    refuse(
+        error_of(out_of_scope).await,
+        StatusCode::FORBIDDEN,
+        "token_out_of_scope",
+    );
+    let wrong_env = s
+        .app
+        .client
+        .get(proxy_url(&s, "openai/v1/models"))
+        .bearer_auth(&s.token)
+        .header("x-keyward-environment", "staging")
+        .send()
+        .await
+        .unwrap();
+    refuse(
+        error_of(wrong_env).await,
+        StatusCode::FORBIDDEN,
+        "token_out_of_scope",
+    );
+    // Sent byte for byte: an HTTP client library would normalise these paths itself.
+    for evil in [
+        "/proxy/openai/../../admin",
+        "/proxy/openai/v1/../../x",
+        "/proxy/openai/%2e%2e/%2e%2e/admin",
+        "/proxy/openai/v1/%2E%2E/x",
+        "/proxy/openai/%252e%252e/x",
+        "/proxy/openai/v1/..%2f..%2fadmin",
+        "/proxy/openai/v1/%5c..%5cadmin",
+    ] {
+        let (status, body) = raw_get(&s.app.base, evil, &s.token).await;
+        assert!(status == 400 || status == 404, "{evil}: {status} {body}");
+        if status == 400 {
+            assert!(body.contains("invalid_path"), "{evil}: {body}");
+        }
+    }
+    let scheme_relative = s
+        .app
+        .client
+        .get(proxy_url(&s, "openai//evil.example/x"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    refuse(
+        error_of(scheme_relative).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+    );
+    let huge = s
+        .app
+        .client
+        .post(proxy_url(&s, "openai/v1/chat/completions"))
+        .bearer_auth(&s.token)
+        .body(vec![b'x'; 10 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    refuse(
+        error_of(huge).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+    );
+    assert_eq!(
+        s.upstream.count(),
+        before,
+        "no refused request reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn revoking_a_token_or_disabling_a_key_takes_effect_at_once() {
+    let s = setup().await;
+    assert_eq!(chat(&s, &s.token, false).await.status(), StatusCode::OK);
+    let before = s.upstream.count();
+
+    s.app
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{}/disable", s.openai_key),
+            None,
+        )
+        .await;
+    assert_error(
+        &error_of(chat(&s, &s.token, false).await).await,
+        StatusCode::FORBIDDEN,
+        "key_disabled",
+    );
+    s.app
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{}/enable", s.openai_key),
+            None,
+        )
+        .await;
+    assert_eq!(chat(&s, &s.token, false).await.status(), StatusCode::OK);
+
+    let (_, tokens) = s.app.call(Method::GET, "/api/v1/app-tokens", None).await;
+    let id = tokens[0]["id"].as_str().unwrap();
+    s.app
+        .call(
+            Method::POST,
+            &format!("/api/v1/app-tokens/{id}/revoke"),
+            None,
+        )
+        .await;
+    assert_error(
+        &error_of(chat(&s, &s.token, false).await).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    );
+    s.app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/keys/{}", s.openai_key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        s.upstream.count(),
+        before + 1,
+        "only the call between enable and revoke went upstream"
+    );
+}
+
+#[tokio::test]
+async fn upstream_failures_are_clear_errors_and_upstream_errors_pass_through() {
+    let s = setup().await;
+    // Rotate in a wrong value: the provider's own 401 comes back unchanged.
+    s.app
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{}/versions", s.openai_key),
+            Some(json!({"secret": OPENAI_KEY.replace("WXYZ", "NOPE")})),
+        )
+        .await;
+    let (status, body) = error_of(chat(&s, &s.token, false).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body["error"]["code"], "invalid_api_key",
+        "the upstream's body, not Keyward's"
+    );
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    s.app
+        .call(
+            Method::PATCH,
+            "/api/v1/services/openai",
+            Some(json!({"base_url": dead})),
+        )
+        .await;
+    assert_error(
+        &error_of(chat(&s, &s.token, false).await).await,
+        StatusCode::BAD_GATEWAY,
+        "upstream_unavailable",
+    );
+}
