@@ -41,6 +41,8 @@ pub struct Error {
     /// Stable, documented, snake_case.
     pub code: &'static str,
     pub message: String,
+    /// For `Limited`: when trying again can succeed (sent as `Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -51,6 +53,18 @@ impl Error {
             kind,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// A local limit refuses the request; `retry_after` says when it would pass.
+    pub fn limited(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after: std::time::Duration,
+    ) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(ErrorKind::Limited, code, message)
         }
     }
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {

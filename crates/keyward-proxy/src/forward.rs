@@ -17,7 +17,7 @@ use keyward_core::{Clock, Error, ErrorKind};
 use keyward_crypto::Keyring;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::Snapshot;
+use crate::{Snapshot, TokenRateLimits};
 
 /// Where clients may always put their app token, whatever the service.
 pub const TOKEN_HEADER: &str = "x-keyward-token";
@@ -90,6 +90,7 @@ pub struct Proxy {
     client: reqwest::Client,
     clock: Arc<dyn Clock>,
     config: ProxyConfig,
+    rate_limits: TokenRateLimits,
 }
 
 fn bad_request(code: &'static str, message: impl Into<String>) -> Error {
@@ -117,11 +118,14 @@ impl Proxy {
             client,
             clock,
             config,
+            rate_limits: TokenRateLimits::default(),
         })
     }
 
     /// Replaces the snapshot; requests already running keep the one they started with.
     pub fn install(&self, snapshot: Snapshot) {
+        let live: std::collections::HashSet<_> = snapshot.token_ids().cloned().collect();
+        self.rate_limits.retain(|id| live.contains(id));
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
     }
 
@@ -155,6 +159,7 @@ impl Proxy {
                 None => None,
             };
         let route = snapshot.route(token, &inbound.service, environment, now)?;
+        self.rate_limits.check(&route.token)?;
         if let Some(length) = content_length(&inbound.headers)?
             && length > self.config.max_request_body as u64
         {

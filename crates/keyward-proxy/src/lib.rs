@@ -6,7 +6,9 @@
 //! server rebuilds from the store whenever something changes and swaps in atomically.
 
 mod forward;
+mod limits;
 mod snapshot;
 
 pub use forward::{ENVIRONMENT_HEADER, Inbound, Proxy, ProxyConfig, TOKEN_HEADER};
+pub use limits::TokenRateLimits;
 pub use snapshot::{LiveKey, Route, Snapshot};

@@ -78,6 +78,11 @@ impl Snapshot {
         }
     }
 
+    /// Ids of every token in the snapshot.
+    pub fn token_ids(&self) -> impl Iterator<Item = &keyward_core::id::AppTokenId> {
+        self.tokens.values().map(|t| &t.id)
+    }
+
     pub fn service(&self, id: &str) -> Result<&ServiceDefinition, Error> {
         self.services.get(id).ok_or_else(|| {
             Error::not_found(

@@ -26,6 +26,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -34,6 +35,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -71,7 +73,10 @@ impl From<Error> for ApiError {
                 "an internal error occurred; the server log has details",
             );
         }
-        Self::new(status, e.code, e.message)
+        Self {
+            retry_after: e.retry_after,
+            ..Self::new(status, e.code, e.message)
+        }
     }
 }
 
@@ -84,6 +89,13 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            // Whole seconds, rounded up, at least 1: a client retrying earlier would be refused.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

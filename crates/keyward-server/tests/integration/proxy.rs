@@ -423,6 +423,48 @@ async fn revoking_a_token_or_disabling_a_key_takes_effect_at_once() {
 }
 
 #[tokio::test]
+async fn a_token_over_its_rate_limit_is_refused_locally_with_retry_after() {
+    let s = setup().await;
+    let (_, created) = s
+        .app
+        .call(
+            Method::POST,
+            "/api/v1/app-tokens",
+            Some(json!({"name": "slow", "services": ["openai"], "environments": ["production"], "rate_limit": {"requests": 2, "per_seconds": 60}})),
+        )
+        .await;
+    let limited = created["token"].as_str().unwrap().to_owned();
+    assert_eq!(chat(&s, &limited, false).await.status(), StatusCode::OK);
+    assert_eq!(chat(&s, &limited, false).await.status(), StatusCode::OK);
+    let before = s.upstream.count();
+    let refused = chat(&s, &limited, false).await;
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=30).contains(&retry_after),
+        "one request comes back every 30 s: {retry_after}"
+    );
+    assert_error(
+        &error_of(refused).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    );
+    assert_eq!(
+        s.upstream.count(),
+        before,
+        "a rate-limited request never reaches the upstream"
+    );
+    assert_eq!(
+        chat(&s, &s.token, false).await.status(),
+        StatusCode::OK,
+        "other tokens are unaffected"
+    );
+}
+
+#[tokio::test]
 async fn upstream_failures_are_clear_errors_and_upstream_errors_pass_through() {
     let s = setup().await;
     // Rotate in a wrong value: the provider's own 401 comes back unchanged.
