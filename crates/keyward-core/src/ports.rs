@@ -162,6 +162,10 @@ pub trait Store:
     async fn initialized(&self) -> Result<bool>;
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<()>;
+    /// A cheap fingerprint of everything the proxy snapshot is built from (keys, versions,
+    /// app tokens, custom services, base-URL overrides): it differs after any change made by
+    /// any instance. Polled every second to keep every instance's snapshot fresh.
+    async fn change_marker(&self) -> Result<Vec<i64>>;
     /// Refreshes the query planner's statistics (`ANALYZE`; SQLite `PRAGMA optimize`) so
     /// filtered listings stay index-driven after bulk imports. Run after imports and hourly.
     async fn maintain(&self) -> Result<()>;

@@ -100,6 +100,22 @@ impl App {
         Ok(())
     }
 
+    /// Rebuilds the snapshot if the store changed since `last` (e.g. through another
+    /// instance sharing the database). The marker is read before the rebuild, so a change
+    /// that lands during it is caught by the next poll.
+    pub async fn refresh_proxy_if_changed(
+        &self,
+        last: &mut Option<Vec<i64>>,
+    ) -> Result<bool, Error> {
+        let marker = self.store.change_marker().await?;
+        if last.as_ref() == Some(&marker) {
+            return Ok(false);
+        }
+        self.refresh_proxy().await?;
+        *last = Some(marker);
+        Ok(true)
+    }
+
     /// After a write: the proxy must see it before the caller hears it succeeded (a revoked
     /// token or disabled key stops working at once). A failed refresh is logged; the
     /// write itself stands.

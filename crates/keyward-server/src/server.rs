@@ -57,6 +57,7 @@ impl Started {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), VaultError> {
         let purger = tokio::spawn(purge_loop(self.app.clone()));
+        let watcher = tokio::spawn(snapshot_loop(self.app.clone()));
         let router = crate::http::router(self.app.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
         let result = axum::serve(self.listener, router)
@@ -64,6 +65,7 @@ impl Started {
             .await
             .map_err(|e| VaultError(format!("server error: {e}")));
         purger.abort();
+        watcher.abort();
         self.app.store.close().await;
         result
     }
@@ -80,6 +82,22 @@ async fn purge_loop(app: Arc<App>) {
         }
         if let Err(e) = app.store.maintain().await {
             tracing::warn!(error = %e, "store maintenance failed; will retry");
+        }
+    }
+}
+
+/// Keeps the proxy snapshot current with changes made by other instances: polls the
+/// store's change marker twice a second and rebuilds only when it moved, so a revocation
+/// anywhere takes effect everywhere within a second. (Changes made through
+/// this instance are applied before their API call returns.)
+async fn snapshot_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.refresh_proxy_if_changed(&mut last).await {
+            tracing::warn!(error = %e, "could not check for changes; the proxy keeps its current snapshot");
         }
     }
 }

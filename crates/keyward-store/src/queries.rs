@@ -1093,6 +1093,24 @@ impl Store for ThisStore {
             })
     }
 
+    async fn change_marker(&self) -> Result<Vec<i64>, Error> {
+        // Sums, not maxima: an update stamped earlier than the latest (clock skew between
+        // instances) still changes a sum.
+        let row: (i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM keys), \
+                    (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM keys), \
+                    (SELECT COUNT(*) FROM key_versions), \
+                    (SELECT COUNT(*) FROM app_tokens), \
+                    (SELECT CAST(COALESCE(SUM(revoked_at % 1000000007), 0) AS BIGINT) FROM app_tokens), \
+                    (SELECT COUNT(*) FROM custom_services), \
+                    (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM base_url_overrides)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        Ok(vec![row.0, row.1, row.2, row.3, row.4, row.5, row.6])
+    }
+
     async fn maintain(&self) -> Result<(), Error> {
         sqlx::query(MAINTAIN_SQL)
             .execute(&self.pool)

@@ -458,6 +458,87 @@ async fn live_keys_come_with_their_current_version(store: Arc<dyn Store>) {
     );
 }
 
+async fn the_change_marker_moves_with_every_change_the_proxy_cares_about(store: Arc<dyn Store>) {
+    use keyward_core::app_token::AppToken;
+    use keyward_core::id::AppTokenId;
+    let r = rng();
+    let mut last = store.change_marker().await.expect("marker");
+    let mut expect_change = |what: &str, marker: Vec<i64>| {
+        assert_ne!(marker, last, "{what} did not change the marker");
+        last = marker;
+    };
+    let key = add(&store, &r, "openai", "production", "a", 1).await;
+    expect_change("insert", store.change_marker().await.expect("marker"));
+    let mut disabled = key.clone();
+    disabled.enabled = false;
+    disabled.updated_at = ts(2);
+    store
+        .update_key(&disabled, key.updated_at)
+        .await
+        .expect("update");
+    expect_change("update", store.change_marker().await.expect("marker"));
+    let v2 = KeyVersion {
+        version: 2,
+        created_at: ts(3),
+        ..store.versions(&key.id).await.expect("v")[0].clone()
+    };
+    store
+        .add_version(
+            &KeyVersion {
+                state: VersionState::Pending,
+                ..v2
+            },
+            ts(3),
+        )
+        .await
+        .expect("version");
+    expect_change(
+        "pending version",
+        store.change_marker().await.expect("marker"),
+    );
+    let token = AppToken {
+        id: AppTokenId::generate(ts(4), &r),
+        public_id: "markermarker".into(),
+        name: "t".into(),
+        secret_hash: vec![1],
+        services: vec!["openai".into()],
+        environments: vec!["production".into()],
+        key_ids: vec![],
+        allowed_networks: vec![],
+        rate_limit: None,
+        budget: None,
+        created_by: "t".into(),
+        created_at: ts(4),
+        expires_at: None,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    store.insert_app_token(&token).await.expect("token");
+    expect_change("app token", store.change_marker().await.expect("marker"));
+    store
+        .revoke_app_token(&token.id, ts(5))
+        .await
+        .expect("revoke");
+    expect_change("revocation", store.change_marker().await.expect("marker"));
+    store
+        .set_base_url_override("openai", Some("http://127.0.0.1:1"), ts(6))
+        .await
+        .expect("override");
+    expect_change("override", store.change_marker().await.expect("marker"));
+    store
+        .set_base_url_override("openai", Some("http://127.0.0.1:2"), ts(7))
+        .await
+        .expect("override");
+    expect_change(
+        "override change",
+        store.change_marker().await.expect("marker"),
+    );
+    store.purge_key(&key.id).await.expect("purge");
+    expect_change("purge", store.change_marker().await.expect("marker"));
+    let same = store.change_marker().await.expect("marker");
+    assert_eq!(same, last, "no change, same marker");
+}
+
 async fn updates_are_optimistic(store: Arc<dyn Store>) {
     let r = rng();
     let key = add(&store, &r, "openai", "production", "main", 1).await;
@@ -949,6 +1030,7 @@ conformance!(
     aliases_are_unique_per_service_and_environment_among_live_keys,
     listings_filter_and_paginate,
     live_keys_come_with_their_current_version,
+    the_change_marker_moves_with_every_change_the_proxy_cares_about,
     updates_are_optimistic,
     new_current_versions_demote_older_ones,
     purging_destroys_keys_and_versions,

@@ -25,6 +25,7 @@ pub struct TestApp {
     pub app: Arc<App>,
     pub client: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    settings: RawSettings,
     _dir: tempfile::TempDir,
     _db: TestDatabase,
 }
@@ -43,20 +44,13 @@ impl TestApp {
             Backend::Postgres => TestDatabase::postgres().await?,
         };
         let dir = tempfile::tempdir().unwrap();
-        let settings = resolve(RawSettings {
+        let raw = RawSettings {
             listen: Some("127.0.0.1:0".into()),
             data_dir: Some(dir.path().to_path_buf()),
             database_url: Some(db.url().to_owned()),
             ..Default::default()
-        })
-        .unwrap();
-        let started = server::start(&settings).await.unwrap();
-        let app = started.app.clone();
-        let base = format!("http://{}", started.addr);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(started.run(async {
-            let _ = rx.await;
-        }));
+        };
+        let (app, base, tx) = start(&raw).await;
         let (_, token) = app
             .issue_token("test-owner", Role::Owner, "test", None)
             .await
@@ -67,9 +61,25 @@ impl TestApp {
             app,
             client: reqwest::Client::new(),
             shutdown: Some(tx),
+            settings: raw,
             _dir: dir,
             _db: db,
         })
+    }
+
+    /// A second server on the same database and master key, as another instance would be.
+    pub async fn sibling(&self) -> Sibling {
+        let raw = RawSettings {
+            listen: self.settings.listen.clone(),
+            data_dir: self.settings.data_dir.clone(),
+            database_url: self.settings.database_url.clone(),
+            ..Default::default()
+        };
+        let (_, base, tx) = start(&raw).await;
+        Sibling {
+            base,
+            _shutdown: tx,
+        }
     }
 
     pub async fn token_with_role(&self, role: Role) -> String {
@@ -150,6 +160,30 @@ impl TestApp {
             .await;
         live["items"].as_array().unwrap().len() + deleted["items"].as_array().unwrap().len()
     }
+}
+
+async fn start(raw: &RawSettings) -> (Arc<App>, String, tokio::sync::oneshot::Sender<()>) {
+    let settings = resolve(RawSettings {
+        listen: raw.listen.clone(),
+        data_dir: raw.data_dir.clone(),
+        database_url: raw.database_url.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let started = server::start(&settings).await.unwrap();
+    let app = started.app.clone();
+    let base = format!("http://{}", started.addr);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(started.run(async {
+        let _ = rx.await;
+    }));
+    (app, base, tx)
+}
+
+/// Another instance sharing a [`TestApp`]'s database; stops when dropped.
+pub struct Sibling {
+    pub base: String,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Drop for TestApp {

@@ -97,7 +97,11 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    setup_on(Backend::Sqlite).await.unwrap()
+}
+
+async fn setup_on(backend: Backend) -> Option<Setup> {
+    let app = TestApp::spawn(backend).await?;
     let (upstream, base) = Upstream::start().await;
     for service in ["openai", "alpha-vantage"] {
         let (status, _) = app
@@ -118,12 +122,12 @@ async fn setup() -> Setup {
         .call(Method::POST, "/api/v1/app-tokens", Some(json!({"name": "app", "services": ["openai", "alpha-vantage"], "environments": ["production"]})))
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    Setup {
+    Some(Setup {
         app,
         upstream,
         token: created["token"].as_str().unwrap().to_owned(),
         openai_key: key["id"].as_str().unwrap().to_owned(),
-    }
+    })
 }
 
 fn proxy_url(s: &Setup, rest: &str) -> String {
@@ -420,6 +424,61 @@ async fn revoking_a_token_or_disabling_a_key_takes_effect_at_once() {
         before + 1,
         "only the call between enable and revoke went upstream"
     );
+}
+
+/// Two instances share one database; a token revoked through one stops working on the
+/// other within a second (it polls the store's change marker).
+async fn revocation_reaches_every_instance_within_a_second(backend: Backend) {
+    let Some(s) = setup_on(backend).await else {
+        return;
+    };
+    let other = s.app.sibling().await;
+    let call_other = || {
+        s.app
+            .client
+            .post(format!("{}/proxy/openai/v1/chat/completions", other.base))
+            .bearer_auth(&s.token)
+            .json(&json!({"model": "m", "messages": []}))
+            .send()
+    };
+    assert_eq!(call_other().await.unwrap().status(), StatusCode::OK);
+    let (_, tokens) = s.app.call(Method::GET, "/api/v1/app-tokens", None).await;
+    let id = tokens[0]["id"].as_str().unwrap();
+    s.app
+        .call(
+            Method::POST,
+            &format!("/api/v1/app-tokens/{id}/revoke"),
+            None,
+        )
+        .await;
+    let revoked_at = std::time::Instant::now();
+    loop {
+        let status = call_other().await.unwrap().status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        // Generous for a loaded CI machine; the poll interval is 500 ms.
+        assert!(
+            revoked_at.elapsed() < std::time::Duration::from_millis(1500),
+            "the other instance still accepts the token"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    println!(
+        "revocation reached the other instance after {:?}",
+        revoked_at.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_reaches_other_instances_sqlite() {
+    revocation_reaches_every_instance_within_a_second(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_reaches_other_instances_postgres() {
+    revocation_reaches_every_instance_within_a_second(Backend::Postgres).await;
 }
 
 #[tokio::test]
