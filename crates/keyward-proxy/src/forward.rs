@@ -17,6 +17,7 @@ use keyward_core::{Clock, Error, ErrorKind};
 use keyward_crypto::Keyring;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::redact::redact_stream;
 use crate::{Snapshot, TokenRateLimits};
 
 /// Where clients may always put their app token, whatever the service.
@@ -177,7 +178,6 @@ impl Proxy {
             &secret,
         )?;
         let headers = upstream_headers(route.service, &inbound.headers, &secret)?;
-        drop(secret);
 
         let limit = self.config.max_request_body;
         let mut seen = 0usize;
@@ -197,9 +197,17 @@ impl Proxy {
             .send()
             .await
             .map_err(|e| upstream_error(&e, limit, &route.service.name))?;
-        let mut response: Response<reqwest::Body> = response.into();
-        strip_hop_by_hop(response.headers_mut());
-        Ok(response)
+        let mut out = Response::builder()
+            .status(response.status())
+            .version(response.version());
+        if let Some(headers) = out.headers_mut() {
+            *headers = response.headers().clone();
+            strip_hop_by_hop(headers);
+        }
+        let body = reqwest::Body::wrap_stream(redact_stream(response.bytes_stream(), &secret));
+        drop(secret);
+        out.body(body)
+            .map_err(|e| Error::internal(format!("cannot build the response: {e}")))
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod forward;
 mod limits;
+mod redact;
 mod snapshot;
 
 pub use forward::{ENVIRONMENT_HEADER, Inbound, Proxy, ProxyConfig, TOKEN_HEADER};

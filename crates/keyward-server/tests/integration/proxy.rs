@@ -23,6 +23,8 @@ struct Seen {
 #[derive(Clone, Default)]
 struct Upstream {
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Lets `/v1/slow-stream` send its second event.
+    release: Arc<tokio::sync::Notify>,
 }
 
 impl Upstream {
@@ -56,6 +58,49 @@ impl Upstream {
             headers: parts.headers.clone(),
         };
         self.seen.lock().unwrap().push(seen.clone());
+        if seen.path == "/v1/slow-stream" {
+            let release = self.release.clone();
+            let events = futures_util::stream::unfold(0u8, move |step| {
+                let release = release.clone();
+                async move {
+                    match step {
+                        0 => Some((
+                            Ok::<_, std::io::Error>(axum::body::Bytes::from_static(
+                                b"data: first\n\n",
+                            )),
+                            1,
+                        )),
+                        1 => {
+                            release.notified().await;
+                            Some((Ok(axum::body::Bytes::from_static(b"data: second\n\n")), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            return (
+                [("content-type", "text/event-stream")],
+                axum::body::Body::from_stream(events),
+            )
+                .into_response();
+        }
+        if seen.path == "/v1/echo" {
+            // Like a provider quoting the key it was given in an error message.
+            let given = seen
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body =
+                format!("{{\"error\":{{\"message\":\"Incorrect API key provided: {given}\"}}}}");
+            return (
+                StatusCode::UNAUTHORIZED,
+                [("content-type", "application/json")],
+                body,
+            )
+                .into_response();
+        }
         if seen.path == "/query" {
             return if seen.query.contains(&format!("apikey={AV_KEY}")) {
                 axum::Json(json!({"Global Quote": {"01. symbol": "IBM", "05. price": "231.10"}}))
@@ -521,6 +566,56 @@ async fn a_token_over_its_rate_limit_is_refused_locally_with_retry_after() {
         StatusCode::OK,
         "other tokens are unaffected"
     );
+}
+
+#[tokio::test]
+async fn server_sent_events_pass_through_without_buffering() {
+    let s = setup().await;
+    let mut response = s
+        .app
+        .client
+        .get(proxy_url(&s, "openai/v1/slow-stream"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    // The upstream holds its second event until we have the first: a buffering proxy would hang here.
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk())
+        .await
+        .expect("the first event arrived while the upstream stream was still open")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b"data: first\n\n");
+    s.upstream.release.notify_one();
+    let rest = response.text().await.unwrap();
+    assert_eq!(rest, "data: second\n\n");
+}
+
+#[tokio::test]
+async fn a_response_that_echoes_the_key_has_it_masked() {
+    let s = setup().await;
+    let response = s
+        .app
+        .client
+        .get(proxy_url(&s, "openai/v1/echo"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let length: usize = response.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = response.text().await.unwrap();
+    assert!(!body.contains(OPENAI_KEY), "the key came back: {body}");
+    assert!(
+        body.contains(&format!("Bearer {}", "*".repeat(OPENAI_KEY.len()))),
+        "{body}"
+    );
+    assert_eq!(body.len(), length, "the mask keeps Content-Length true");
 }
 
 #[tokio::test]
