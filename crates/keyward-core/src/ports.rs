@@ -44,8 +44,9 @@ pub trait KeyStore: Send + Sync {
         now: Timestamp,
     ) -> Result<Page<Key>>;
 
-    /// Writes the key's metadata (everything but id, service, environment, versions and
-    /// creation fields) if nobody changed it since `expected_updated_at`; otherwise
+    /// Writes the key's metadata (everything but id, service, environment, versions,
+    /// creation fields and `last_used_at`, which only [`record_key_use`](Self::record_key_use)
+    /// writes) if nobody changed it since `expected_updated_at`; otherwise
     /// `concurrent_update`. `alias_taken` as for insert.
     async fn update_key(&self, key: &Key, expected_updated_at: Timestamp) -> Result<()>;
 
@@ -53,6 +54,10 @@ pub trait KeyStore: Send + Sync {
     /// older `previous` to `retired`, and updates the key's current version and hint.
     /// `concurrent_update` if the version number is taken.
     async fn add_version(&self, version: &KeyVersion, now: Timestamp) -> Result<()>;
+
+    /// Moves each key's `last_used_at` forward to the given time (never back), in one
+    /// transaction: the proxy's use records arrive in batches.
+    async fn record_key_use(&self, uses: &[(KeyId, Timestamp)]) -> Result<()>;
 
     /// Every key that is not deleted, with its current version: what the proxy's in-memory
     /// snapshot is built from. Ordered by key id.
@@ -110,7 +115,8 @@ pub trait AppTokenStore: Send + Sync {
     async fn app_tokens(&self) -> Result<Vec<AppToken>>;
     /// Marks the token revoked unless it already is; returns whether it changed.
     async fn revoke_app_token(&self, id: &AppTokenId, at: Timestamp) -> Result<bool>;
-    async fn touch_app_token(&self, id: &AppTokenId, at: Timestamp) -> Result<()>;
+    /// Moves each token's `last_used_at` forward (never back), in one transaction.
+    async fn record_app_token_use(&self, uses: &[(AppTokenId, Timestamp)]) -> Result<()>;
 }
 
 #[async_trait]

@@ -83,6 +83,18 @@ impl Default for ProxyConfig {
     }
 }
 
+/// That an app token used a key at a time: sent off the request path, written in batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUse {
+    pub key: keyward_core::id::KeyId,
+    pub token: keyward_core::id::AppTokenId,
+    pub at: jiff::Timestamp,
+}
+
+/// Bound of the use channel: when the writer falls this far behind, uses are dropped (and
+/// counted) rather than slowing requests down.
+pub const USE_CHANNEL_CAPACITY: usize = 10_000;
+
 /// The data plane: a snapshot to decide with, the keyring to unseal with, a pooled client.
 #[derive(Debug)]
 pub struct Proxy {
@@ -92,6 +104,8 @@ pub struct Proxy {
     clock: Arc<dyn Clock>,
     config: ProxyConfig,
     rate_limits: TokenRateLimits,
+    uses: tokio::sync::mpsc::Sender<KeyUse>,
+    dropped_uses: std::sync::atomic::AtomicU64,
 }
 
 fn bad_request(code: &'static str, message: impl Into<String>) -> Error {
@@ -99,11 +113,12 @@ fn bad_request(code: &'static str, message: impl Into<String>) -> Error {
 }
 
 impl Proxy {
+    /// The proxy and the receiving end of its use records (for the batch writer).
     pub fn new(
         keyring: Arc<Keyring>,
         clock: Arc<dyn Clock>,
         config: ProxyConfig,
-    ) -> Result<Self, Error> {
+    ) -> Result<(Self, tokio::sync::mpsc::Receiver<KeyUse>), Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
@@ -113,14 +128,18 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self {
+        let (uses, receiver) = tokio::sync::mpsc::channel(USE_CHANNEL_CAPACITY);
+        let proxy = Self {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             keyring,
             client,
             clock,
             config,
             rate_limits: TokenRateLimits::default(),
-        })
+            uses,
+            dropped_uses: std::sync::atomic::AtomicU64::new(0),
+        };
+        Ok((proxy, receiver))
     }
 
     /// Replaces the snapshot; requests already running keep the one they started with.
@@ -197,6 +216,15 @@ impl Proxy {
             .send()
             .await
             .map_err(|e| upstream_error(&e, limit, &route.service.name))?;
+        let used = KeyUse {
+            key: route.key.key.id.clone(),
+            token: route.token.id.clone(),
+            at: now,
+        };
+        if self.uses.try_send(used).is_err() {
+            self.dropped_uses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut out = Response::builder()
             .status(response.status())
             .version(response.version());

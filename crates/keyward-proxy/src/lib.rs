@@ -10,6 +10,8 @@ mod limits;
 mod redact;
 mod snapshot;
 
-pub use forward::{ENVIRONMENT_HEADER, Inbound, Proxy, ProxyConfig, TOKEN_HEADER};
+pub use forward::{
+    ENVIRONMENT_HEADER, Inbound, KeyUse, Proxy, ProxyConfig, TOKEN_HEADER, USE_CHANNEL_CAPACITY,
+};
 pub use limits::TokenRateLimits;
 pub use snapshot::{LiveKey, Route, Snapshot};

@@ -18,7 +18,7 @@ use keyward_core::service::{Category, Environment, ServiceDefinition, validate_b
 use keyward_core::token::ManagementToken;
 use keyward_core::{Clock, Error, ErrorKind, Randomness, label, secret};
 use keyward_crypto::{Keyring, token};
-use keyward_proxy::{Proxy, ProxyConfig, Snapshot};
+use keyward_proxy::{KeyUse, Proxy, ProxyConfig, Snapshot};
 use secrecy::SecretString;
 
 /// Who is acting, as recorded in `created_by`/`deleted_by` (and the audit trail later).
@@ -34,6 +34,8 @@ pub struct App {
     keyring: Arc<Keyring>,
     /// The data plane; its snapshot is rebuilt after every write here.
     pub proxy: Arc<Proxy>,
+    /// The proxy's use records, until the server's batch writer takes them.
+    uses: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<KeyUse>>>,
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Randomness>,
     pub recovery_window: RecoveryWindow,
@@ -57,15 +59,12 @@ impl App {
         recovery_window: RecoveryWindow,
     ) -> Result<Self, Error> {
         let keyring = Arc::new(keyring);
-        let proxy = Arc::new(Proxy::new(
-            keyring.clone(),
-            clock.clone(),
-            ProxyConfig::default(),
-        )?);
+        let (proxy, uses) = Proxy::new(keyring.clone(), clock.clone(), ProxyConfig::default())?;
         Ok(Self {
             store,
             keyring,
-            proxy,
+            proxy: Arc::new(proxy),
+            uses: std::sync::Mutex::new(Some(uses)),
             clock,
             random,
             recovery_window,
@@ -89,6 +88,32 @@ impl App {
             custom,
             &overrides,
         ))
+    }
+
+    /// Hands the proxy's use records to the (single) batch writer.
+    pub fn take_key_uses(&self) -> Option<tokio::sync::mpsc::Receiver<KeyUse>> {
+        self.uses.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Writes a batch of uses: the latest time per key and per token.
+    pub async fn record_uses(&self, uses: &[KeyUse]) -> Result<(), Error> {
+        let mut keys: std::collections::HashMap<&KeyId, Timestamp> =
+            std::collections::HashMap::new();
+        let mut tokens: std::collections::HashMap<&AppTokenId, Timestamp> =
+            std::collections::HashMap::new();
+        for used in uses {
+            let k = keys.entry(&used.key).or_insert(used.at);
+            *k = (*k).max(used.at);
+            let t = tokens.entry(&used.token).or_insert(used.at);
+            *t = (*t).max(used.at);
+        }
+        let keys: Vec<_> = keys.into_iter().map(|(id, at)| (id.clone(), at)).collect();
+        let tokens: Vec<_> = tokens
+            .into_iter()
+            .map(|(id, at)| (id.clone(), at))
+            .collect();
+        self.store.record_key_use(&keys).await?;
+        self.store.record_app_token_use(&tokens).await
     }
 
     /// Rebuilds the proxy's snapshot from the store and swaps it in.

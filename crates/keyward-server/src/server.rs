@@ -58,6 +58,10 @@ impl Started {
     ) -> Result<(), VaultError> {
         let purger = tokio::spawn(purge_loop(self.app.clone()));
         let watcher = tokio::spawn(snapshot_loop(self.app.clone()));
+        let recorder = self
+            .app
+            .take_key_uses()
+            .map(|uses| tokio::spawn(record_uses(self.app.clone(), uses)));
         let router = crate::http::router(self.app.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
         let result = axum::serve(self.listener, router)
@@ -66,6 +70,9 @@ impl Started {
             .map_err(|e| VaultError(format!("server error: {e}")));
         purger.abort();
         watcher.abort();
+        if let Some(recorder) = recorder {
+            recorder.abort();
+        }
         self.app.store.close().await;
         result
     }
@@ -98,6 +105,28 @@ async fn snapshot_loop(app: Arc<App>) {
         tick.tick().await;
         if let Err(e) = app.refresh_proxy_if_changed(&mut last).await {
             tracing::warn!(error = %e, "could not check for changes; the proxy keeps its current snapshot");
+        }
+    }
+}
+
+/// Writes the proxy's use records (`last_used_at` of keys and tokens) in batches: whatever
+/// arrives within a second of the first record goes in one transaction per table.
+async fn record_uses(app: Arc<App>, mut uses: tokio::sync::mpsc::Receiver<keyward_proxy::KeyUse>) {
+    while let Some(first) = uses.recv().await {
+        let mut batch = vec![first];
+        let window = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                () = &mut window => break,
+                next = uses.recv() => match next {
+                    Some(used) => batch.push(used),
+                    None => break,
+                },
+            }
+        }
+        if let Err(e) = app.record_uses(&batch).await {
+            tracing::warn!(error = %e, uses = batch.len(), "could not record key use");
         }
     }
 }

@@ -330,8 +330,8 @@ impl KeyStore for ThisStore {
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE keys SET alias = $1, alias_lower = $2, description = $3, owner = $4, tags = $5, criticality = $6, \
-             enabled = $7, expires_at = $8, updated_at = $9, last_used_at = $10, deleted_at = $11, deleted_by = $12 \
-             WHERE id = $13 AND updated_at = $14",
+             enabled = $7, expires_at = $8, updated_at = $9, deleted_at = $10, deleted_by = $11 \
+             WHERE id = $12 AND updated_at = $13",
         )
         .bind(&key.alias)
         .bind(key.alias.to_lowercase())
@@ -342,7 +342,6 @@ impl KeyStore for ThisStore {
         .bind(key.enabled)
         .bind(key.expires_at.map(millis))
         .bind(millis(key.updated_at))
-        .bind(key.last_used_at.map(millis))
         .bind(key.deleted_at.map(millis))
         .bind(&key.deleted_by)
         .bind(key.id.as_str())
@@ -396,6 +395,21 @@ impl KeyStore for ThisStore {
             }
         }
         Self::insert_version(&mut tx, version).await?;
+        commit(tx).await
+    }
+
+    async fn record_key_use(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        for (id, at) in uses {
+            sqlx::query(
+                "UPDATE keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+            )
+            .bind(millis(*at))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        }
         commit(tx).await
     }
 
@@ -817,14 +831,19 @@ impl AppTokenStore for ThisStore {
         Ok(updated.rows_affected() > 0)
     }
 
-    async fn touch_app_token(&self, id: &AppTokenId, at: Timestamp) -> Result<(), Error> {
-        sqlx::query("UPDATE app_tokens SET last_used_at = $1 WHERE id = $2")
-            .bind(millis(at))
+    async fn record_app_token_use(&self, uses: &[(AppTokenId, Timestamp)]) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        for (id, at) in uses {
+            sqlx::query(
+                "UPDATE app_tokens SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+            )
+            .bind(millis(*at))
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, None))?;
-        Ok(())
+        }
+        commit(tx).await
     }
 }
 

@@ -539,6 +539,51 @@ async fn the_change_marker_moves_with_every_change_the_proxy_cares_about(store: 
     assert_eq!(same, last, "no change, same marker");
 }
 
+async fn key_use_only_moves_forward_and_survives_metadata_updates(store: Arc<dyn Store>) {
+    let r = rng();
+    let key = add(&store, &r, "openai", "production", "a", 1).await;
+    store
+        .record_key_use(&[(key.id.clone(), ts(100)), (key.id.clone(), ts(50))])
+        .await
+        .expect("use");
+    assert_eq!(
+        store
+            .key(&key.id)
+            .await
+            .expect("get")
+            .expect("key")
+            .last_used_at,
+        Some(ts(100))
+    );
+    // A metadata update made from a copy loaded before the use does not erase it.
+    let mut stale = key.clone();
+    stale.alias = "renamed".into();
+    stale.updated_at = ts(200);
+    store
+        .update_key(&stale, key.updated_at)
+        .await
+        .expect("update");
+    assert_eq!(
+        store
+            .key(&key.id)
+            .await
+            .expect("get")
+            .expect("key")
+            .last_used_at,
+        Some(ts(100))
+    );
+    let marker = store.change_marker().await.expect("marker");
+    store
+        .record_key_use(&[(key.id.clone(), ts(300))])
+        .await
+        .expect("use");
+    assert_eq!(
+        store.change_marker().await.expect("marker"),
+        marker,
+        "use is not a change the snapshot needs"
+    );
+}
+
 async fn updates_are_optimistic(store: Arc<dyn Store>) {
     let r = rng();
     let key = add(&store, &r, "openai", "production", "main", 1).await;
@@ -863,9 +908,13 @@ async fn app_tokens_round_trip_and_revoke_once(store: Arc<dyn Store>) {
     );
 
     store
-        .touch_app_token(&token.id, ts(50))
+        .record_app_token_use(&[(token.id.clone(), ts(50))])
         .await
-        .expect("touch");
+        .expect("use");
+    store
+        .record_app_token_use(&[(token.id.clone(), ts(40))])
+        .await
+        .expect("older use");
     assert!(
         store
             .revoke_app_token(&token.id, ts(60))
@@ -1030,6 +1079,7 @@ conformance!(
     aliases_are_unique_per_service_and_environment_among_live_keys,
     listings_filter_and_paginate,
     live_keys_come_with_their_current_version,
+    key_use_only_moves_forward_and_survives_metadata_updates,
     the_change_marker_moves_with_every_change_the_proxy_cares_about,
     updates_are_optimistic,
     new_current_versions_demote_older_ones,

@@ -593,6 +593,33 @@ async fn server_sent_events_pass_through_without_buffering() {
 }
 
 #[tokio::test]
+async fn last_use_of_key_and_token_is_recorded_off_the_request_path() {
+    let s = setup().await;
+    let (_, before) = s
+        .app
+        .call(Method::GET, &format!("/api/v1/keys/{}", s.openai_key), None)
+        .await;
+    assert!(before["last_used_at"].is_null());
+    assert_eq!(chat(&s, &s.token, false).await.status(), StatusCode::OK);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, key) = s
+            .app
+            .call(Method::GET, &format!("/api/v1/keys/{}", s.openai_key), None)
+            .await;
+        let (_, tokens) = s.app.call(Method::GET, "/api/v1/app-tokens", None).await;
+        if key["last_used_at"].is_string() && tokens[0]["last_used_at"].is_string() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "use was not recorded: {key} {tokens}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_response_that_echoes_the_key_has_it_masked() {
     let s = setup().await;
     let response = s
