@@ -399,18 +399,8 @@ impl KeyStore for ThisStore {
     }
 
     async fn record_key_use(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), Error> {
-        let mut tx = self.begin_write().await?;
-        for (id, at) in uses {
-            sqlx::query(
-                "UPDATE keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
-            )
-            .bind(millis(*at))
-            .bind(id.as_str())
-            .execute(&mut *tx)
+        self.record_use("keys", uses.iter().map(|(id, at)| (id.as_str(), *at)))
             .await
-            .map_err(|e| db_error(e, None))?;
-        }
-        commit(tx).await
     }
 
     async fn live_keys(&self) -> Result<Vec<(Key, KeyVersion)>, Error> {
@@ -634,6 +624,28 @@ impl LabelTable {
 }
 
 impl ThisStore {
+    /// Moves `last_used_at` of rows in `table` (a fixed name, never input) forward, in one
+    /// transaction.
+    async fn record_use<'a>(
+        &self,
+        table: &'static str,
+        uses: impl Iterator<Item = (&'a str, Timestamp)>,
+    ) -> Result<(), Error> {
+        let sql = format!(
+            "UPDATE {table} SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)"
+        );
+        let mut tx = self.begin_write().await?;
+        for (id, at) in uses {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(millis(at))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        }
+        commit(tx).await
+    }
+
     async fn labels(&self, table: LabelTable) -> Result<Vec<(String, String, bool)>, Error> {
         let sql = format!(
             "SELECT id, name, builtin FROM {} ORDER BY builtin DESC, created_at, id",
@@ -832,18 +844,8 @@ impl AppTokenStore for ThisStore {
     }
 
     async fn record_app_token_use(&self, uses: &[(AppTokenId, Timestamp)]) -> Result<(), Error> {
-        let mut tx = self.begin_write().await?;
-        for (id, at) in uses {
-            sqlx::query(
-                "UPDATE app_tokens SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
-            )
-            .bind(millis(*at))
-            .bind(id.as_str())
-            .execute(&mut *tx)
+        self.record_use("app_tokens", uses.iter().map(|(id, at)| (id.as_str(), *at)))
             .await
-            .map_err(|e| db_error(e, None))?;
-        }
-        commit(tx).await
     }
 }
 
