@@ -18,7 +18,7 @@ use keyward_crypto::Keyring;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::redact::redact_stream;
-use crate::{Snapshot, TokenRateLimits};
+use crate::{LiveKey, Snapshot, TokenRateLimits};
 
 /// Where clients may always put their app token, whatever the service.
 pub const TOKEN_HEADER: &str = "x-keyward-token";
@@ -71,6 +71,13 @@ pub struct ProxyConfig {
     /// streams may run for minutes).
     pub read_timeout: Duration,
     pub max_request_body: usize,
+    /// Tries per request that is safe to repeat (idempotent), across the key pool.
+    pub max_attempts: usize,
+    /// First backoff step; doubles per attempt, with full jitter.
+    pub retry_base: Duration,
+    /// Longest wait before a retry; a `Retry-After` beyond it fails over to the next key
+    /// (or returns the upstream's answer) instead of waiting.
+    pub retry_wait_cap: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -79,6 +86,9 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(120),
             max_request_body: 10 * 1024 * 1024,
+            max_attempts: 3,
+            retry_base: Duration::from_millis(200),
+            retry_wait_cap: Duration::from_secs(5),
         }
     }
 }
@@ -102,6 +112,7 @@ pub struct Proxy {
     keyring: Arc<Keyring>,
     client: reqwest::Client,
     clock: Arc<dyn Clock>,
+    random: Arc<dyn keyward_core::Randomness>,
     config: ProxyConfig,
     rate_limits: TokenRateLimits,
     uses: tokio::sync::mpsc::Sender<KeyUse>,
@@ -117,6 +128,7 @@ impl Proxy {
     pub fn new(
         keyring: Arc<Keyring>,
         clock: Arc<dyn Clock>,
+        random: Arc<dyn keyward_core::Randomness>,
         config: ProxyConfig,
     ) -> Result<(Self, tokio::sync::mpsc::Receiver<KeyUse>), Error> {
         let client = reqwest::Client::builder()
@@ -134,6 +146,7 @@ impl Proxy {
             keyring,
             client,
             clock,
+            random,
             config,
             rate_limits: TokenRateLimits::default(),
             uses,
@@ -186,57 +199,211 @@ impl Proxy {
             return Err(too_large(self.config.max_request_body));
         }
 
-        let secret = self.keyring.unseal(
-            &route.key.current.sealed,
-            &SealContext::key_secret(&route.key.key.id, route.key.current.version),
-        )?;
-        let url = upstream_url(
-            route.service,
-            &inbound.path,
-            inbound.query.as_deref(),
-            &secret,
-        )?;
-        let headers = upstream_headers(route.service, &inbound.headers, &secret)?;
-
         let limit = self.config.max_request_body;
-        let mut seen = 0usize;
-        let body = inbound.body.map(move |chunk| {
-            let chunk = chunk.map_err(Into::into)?;
-            seen += chunk.len();
-            if seen > limit {
-                return Err(Box::new(BodyTooLarge) as Box<dyn std::error::Error + Send + Sync>);
+        // A request that is safe to repeat is buffered (within the size limit) so a retry or
+        // a failover can send it again; anything else streams through exactly once.
+        let repeatable = is_idempotent(&inbound.method);
+        let mut body = if repeatable {
+            Outgoing::Buffered(collect_limited(inbound.body, limit).await?)
+        } else {
+            Outgoing::Streaming(Some(reqwest::Body::wrap_stream(limited(
+                inbound.body,
+                limit,
+            ))))
+        };
+        let candidates: Vec<Arc<LiveKey>> = std::iter::once(route.key.clone())
+            .chain(route.fallbacks.iter().cloned())
+            .collect();
+        let attempts = if repeatable {
+            self.config.max_attempts.max(1)
+        } else {
+            1
+        };
+        let mut attempt = 0;
+        loop {
+            let key = &candidates[attempt % candidates.len()];
+            attempt += 1;
+            let last = attempt >= attempts;
+            let secret = self.keyring.unseal(
+                &key.current.sealed,
+                &SealContext::key_secret(&key.key.id, key.current.version),
+            )?;
+            let url = upstream_url(
+                route.service,
+                &inbound.path,
+                inbound.query.as_deref(),
+                &secret,
+            )?;
+            let headers = upstream_headers(route.service, &inbound.headers, &secret)?;
+            let request_body = match &mut body {
+                Outgoing::Buffered(bytes) => reqwest::Body::from(bytes.clone()),
+                Outgoing::Streaming(stream) => stream.take().ok_or_else(|| {
+                    Error::internal("a streamed request body cannot be sent twice")
+                })?,
+            };
+            let sent = self
+                .client
+                .request(inbound.method.clone(), url)
+                .headers(headers)
+                .body(request_body)
+                .send()
+                .await;
+            let response = match sent {
+                Ok(response) => response,
+                Err(e) => {
+                    let error = upstream_error(&e, limit, &route.service.name);
+                    if last || error.kind == ErrorKind::TooLarge {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    continue;
+                }
+            };
+            self.record_use(&key.key.id, &route.token.id, now);
+            let status = response.status();
+            if !last && (status == 401 || status == 403) && candidates.len() > 1 {
+                tracing::warn!(key = %key.key.id, status = status.as_u16(), "upstream refused the key; failing over");
+                continue;
             }
-            Ok(chunk)
-        });
-        let response = self
-            .client
-            .request(inbound.method, url)
-            .headers(headers)
-            .body(reqwest::Body::wrap_stream(body))
-            .send()
-            .await
-            .map_err(|e| upstream_error(&e, limit, &route.service.name))?;
+            if !last && (status == 429 || status.is_server_error()) {
+                let wait = retry_after(response.headers()).unwrap_or_else(|| self.backoff(attempt));
+                if wait <= self.config.retry_wait_cap {
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                if candidates.len() > 1 {
+                    continue; // a long wait: try the next key now instead
+                }
+            }
+            return into_response(response, &secret);
+        }
+    }
+
+    fn record_use(
+        &self,
+        key: &keyward_core::id::KeyId,
+        token: &keyward_core::id::AppTokenId,
+        at: jiff::Timestamp,
+    ) {
         let used = KeyUse {
-            key: route.key.key.id.clone(),
-            token: route.token.id.clone(),
-            at: now,
+            key: key.clone(),
+            token: token.clone(),
+            at,
         };
         if self.uses.try_send(used).is_err() {
             self.dropped_uses
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let mut out = Response::builder()
-            .status(response.status())
-            .version(response.version());
-        if let Some(headers) = out.headers_mut() {
-            *headers = response.headers().clone();
-            strip_hop_by_hop(headers);
-        }
-        let body = reqwest::Body::wrap_stream(redact_stream(response.bytes_stream(), &secret));
-        drop(secret);
-        out.body(body)
-            .map_err(|e| Error::internal(format!("cannot build the response: {e}")))
     }
+
+    /// Exponential backoff with full jitter: a random wait up to `base × 2^(attempt-1)`,
+    /// capped.
+    fn backoff(&self, attempt: usize) -> Duration {
+        let exponent = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(16);
+        let ceiling = self
+            .config
+            .retry_base
+            .saturating_mul(1 << exponent)
+            .min(self.config.retry_wait_cap);
+        let mut bytes = [0u8; 8];
+        self.random.fill(&mut bytes);
+        let fraction = f64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+            / f64::from(u32::MAX);
+        ceiling.mul_f64(fraction)
+    }
+}
+
+/// The request body as it will be sent: kept for retries, or a one-shot stream.
+enum Outgoing {
+    Buffered(Bytes),
+    Streaming(Option<reqwest::Body>),
+}
+
+/// Methods RFC 9110 defines as idempotent: repeating them is safe.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// `retry-after-ms` (OpenAI) or `retry-after` in seconds.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let number = |name: &str| {
+        headers
+            .get(name)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite() && *n >= 0.0)
+    };
+    number("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| number("retry-after").map(Duration::from_secs_f64))
+}
+
+/// A body stream that fails once it has carried more than `limit` bytes.
+fn limited<S, E>(
+    body: S,
+    limit: usize,
+) -> impl Stream<Item = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let mut seen = 0usize;
+    body.map(move |chunk| {
+        let chunk = chunk.map_err(Into::into)?;
+        seen += chunk.len();
+        if seen > limit {
+            return Err(Box::new(BodyTooLarge) as Box<dyn std::error::Error + Send + Sync>);
+        }
+        Ok(chunk)
+    })
+}
+
+/// Reads a whole body (for requests that may be sent more than once), within `limit`.
+async fn collect_limited<S, E>(body: S, limit: usize) -> Result<Bytes, Error>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let mut body = std::pin::pin!(limited(body, limit));
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(chunk) => buffer.extend_from_slice(&chunk),
+            Err(e) if e.is::<BodyTooLarge>() => return Err(too_large(limit)),
+            Err(_) => {
+                return Err(bad_request(
+                    "body_unreadable",
+                    "the request body could not be read",
+                ));
+            }
+        }
+    }
+    Ok(buffer.freeze())
+}
+
+/// The upstream's answer, passed on with hop-by-hop headers removed and the key masked.
+fn into_response(
+    response: reqwest::Response,
+    secret: &SecretString,
+) -> Result<Response<reqwest::Body>, Error> {
+    let mut out = Response::builder()
+        .status(response.status())
+        .version(response.version());
+    if let Some(headers) = out.headers_mut() {
+        *headers = response.headers().clone();
+        strip_hop_by_hop(headers);
+    }
+    let body = reqwest::Body::wrap_stream(redact_stream(response.bytes_stream(), secret));
+    out.body(body)
+        .map_err(|e| Error::internal(format!("cannot build the response: {e}")))
 }
 
 #[derive(Debug)]
@@ -626,6 +793,28 @@ mod tests {
             bearer.get("authorization").and_then(|v| v.to_str().ok()),
             Some("Bearer REAL-KEY")
         );
+    }
+
+    #[test]
+    fn retry_after_and_idempotency() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert("retry-after-ms", HeaderValue::from_static("250"));
+        assert_eq!(
+            retry_after(&headers),
+            Some(Duration::from_millis(250)),
+            "OpenAI's millisecond header wins"
+        );
+        headers.insert("retry-after-ms", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+        assert!(
+            is_idempotent(&Method::GET)
+                && is_idempotent(&Method::PUT)
+                && is_idempotent(&Method::DELETE)
+        );
+        assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
     }
 
     #[test]

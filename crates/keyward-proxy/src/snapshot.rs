@@ -34,7 +34,10 @@ struct Pool {
 pub struct Route<'a> {
     pub service: &'a ServiceDefinition,
     pub environment: String,
+    /// The pool's turn: the key to try first.
     pub key: Arc<LiveKey>,
+    /// The other active keys of the pool, in the order to fail over to.
+    pub fallbacks: Vec<Arc<LiveKey>>,
     pub token: Arc<AppToken>,
 }
 
@@ -191,11 +194,16 @@ impl Snapshot {
             });
         }
         let turn = pool.map_or(0, |p| p.next.fetch_add(1, Ordering::Relaxed));
-        let key = active[turn % active.len()].clone();
+        let first = turn % active.len();
+        let key = active[first].clone();
+        let fallbacks = (1..active.len())
+            .map(|i| active[(first + i) % active.len()].clone())
+            .collect();
         Ok(Route {
             service,
             environment,
-            key: key.clone(),
+            key,
+            fallbacks,
             token,
         })
     }

@@ -59,7 +59,12 @@ impl App {
         recovery_window: RecoveryWindow,
     ) -> Result<Self, Error> {
         let keyring = Arc::new(keyring);
-        let (proxy, uses) = Proxy::new(keyring.clone(), clock.clone(), ProxyConfig::default())?;
+        let (proxy, uses) = Proxy::new(
+            keyring.clone(),
+            clock.clone(),
+            random.clone(),
+            ProxyConfig::default(),
+        )?;
         Ok(Self {
             store,
             keyring,

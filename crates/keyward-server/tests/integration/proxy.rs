@@ -12,6 +12,10 @@ use serde_json::json;
 use crate::helpers::{Backend, OPENAI_KEY, TestApp, assert_error};
 
 const AV_KEY: &str = "ABCDEFGH12345678";
+/// A second valid OpenAI key, for pools.
+fn openai_key_b() -> String {
+    OPENAI_KEY.replace("WXYZ", "BBBB")
+}
 
 #[derive(Debug, Clone)]
 struct Seen {
@@ -25,6 +29,8 @@ struct Upstream {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// Lets `/v1/slow-stream` send its second event.
     release: Arc<tokio::sync::Notify>,
+    /// How many more times `/v1/flaky` answers 503.
+    flaky: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Upstream {
@@ -84,6 +90,36 @@ impl Upstream {
             )
                 .into_response();
         }
+        let auth = seen
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if seen.path == "/v1/limited" {
+            return if auth == format!("Bearer {OPENAI_KEY}") {
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "3600")],
+                    "daily quota used",
+                )
+                    .into_response()
+            } else {
+                axum::Json(json!({"served_by": "b"})).into_response()
+            };
+        }
+        if seen.path == "/v1/flaky"
+            && self
+                .flaky
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
+        {
+            return (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response();
+        }
         if seen.path == "/v1/echo" {
             // Like a provider quoting the key it was given in an error message.
             let given = seen
@@ -110,12 +146,7 @@ impl Upstream {
                     .into_response()
             };
         }
-        if seen
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            != Some(&format!("Bearer {OPENAI_KEY}"))
-        {
+        if auth != format!("Bearer {OPENAI_KEY}") && auth != format!("Bearer {}", openai_key_b()) {
             return (
                 StatusCode::UNAUTHORIZED,
                 axum::Json(json!({"error": {"code": "invalid_api_key"}})),
@@ -616,6 +647,79 @@ async fn last_use_of_key_and_token_is_recorded_off_the_request_path() {
             "use was not recorded: {key} {tokens}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn safe_requests_are_retried_and_fail_over_while_others_are_sent_once() {
+    let s = setup().await;
+    let get = |path: &str| {
+        s.app
+            .client
+            .get(proxy_url(&s, &format!("openai/v1/{path}")))
+            .bearer_auth(&s.token)
+            .send()
+    };
+
+    // Two 503s, then success: a GET is retried with backoff.
+    s.upstream
+        .flaky
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let before = s.upstream.count();
+    assert_eq!(get("flaky").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(s.upstream.count(), before + 3);
+
+    // A POST is not safe to repeat: the 503 comes back after one try.
+    s.upstream
+        .flaky
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let before = s.upstream.count();
+    let post = s
+        .app
+        .client
+        .post(proxy_url(&s, "openai/v1/flaky"))
+        .bearer_auth(&s.token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(s.upstream.count(), before + 1);
+
+    // A pool: key A answers 429 with a day-long Retry-After, so the proxy fails over to B
+    // at once instead of waiting.
+    s.app
+        .create_key("openai", "production", "b", &openai_key_b())
+        .await;
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let response = get("limited").await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.json::<serde_json::Value>().await.unwrap()["served_by"],
+            "b"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "no waiting out a long Retry-After"
+        );
+    }
+
+    // A key the provider rejects: the next key in the pool is tried.
+    s.app
+        .create_key(
+            "openai",
+            "production",
+            "rejected",
+            &OPENAI_KEY.replace("WXYZ", "BAAD"),
+        )
+        .await;
+    for _ in 0..3 {
+        assert_eq!(
+            get("models").await.unwrap().status(),
+            StatusCode::OK,
+            "every turn of the pool ends on a valid key"
+        );
     }
 }
 
