@@ -94,6 +94,64 @@ async fn exercise(base: &str, token: &str, secret: &str, second: &str) -> Vec<St
     responses
 }
 
+/// Proxies a market-data call whose key goes in the query string (so the upstream URL holds
+/// the real key) to a local fake; returns the key and the app token used.
+async fn exercise_proxy(base: &str, token: &str) -> (String, String, Vec<String>) {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_base = format!("http://{}", upstream.local_addr().unwrap());
+    let fake = axum::Router::new().fallback(|| async { axum::Json(json!({"Global Quote": {}})) });
+    tokio::spawn(async move { axum::serve(upstream, fake).await });
+    let client = reqwest::Client::new();
+    let api = |path: &str| format!("http://{base}/api/v1/{path}");
+    let av_secret = format!(
+        "CANARYQ{:09}",
+        u64::from(std::process::id()) % 1_000_000_000
+    );
+    client
+        .patch(api("services/alpha-vantage"))
+        .bearer_auth(token)
+        .json(&json!({"base_url": upstream_base}))
+        .send()
+        .await
+        .unwrap();
+    let key = client
+        .post(api("keys"))
+        .bearer_auth(token)
+        .json(&json!({"service": "alpha-vantage", "environment": "production", "alias": "av", "secret": av_secret}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(key.status(), 201);
+    let created: serde_json::Value = client
+        .post(api("app-tokens"))
+        .bearer_auth(token)
+        .json(&json!({"name": "leak-check", "services": ["alpha-vantage"], "environments": ["production"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let app_token = created["token"].as_str().unwrap().to_owned();
+    let mut responses = Vec::new();
+    for query in [
+        format!("function=GLOBAL_QUOTE&symbol=IBM&apikey={app_token}"),
+        "function=GLOBAL_QUOTE&apikey=kwp_bad_token".to_owned(),
+    ] {
+        let response = client
+            .get(format!("http://{base}/proxy/alpha-vantage/query?{query}"))
+            .send()
+            .await
+            .unwrap();
+        responses.push(format!(
+            "{:?}\n{}",
+            response.headers().clone(),
+            response.text().await.unwrap()
+        ));
+    }
+    (av_secret, app_token, responses)
+}
+
 fn assert_clean(what: &str, bytes: &[u8], secrets: &[&str]) {
     for s in secrets {
         assert!(!contains(bytes, s), "canary `{s}` leaked into {what}");
@@ -126,12 +184,25 @@ async fn canary_secret_never_leaves_the_encrypted_store_sqlite() {
     let envs = [("KEYWARD_LOG", "trace")];
     let token = cli_token(dir.path(), &envs);
     let server = Process::serve(dir.path(), &envs, "canary");
-    let responses = exercise(&server.base, &token, &secret, &second).await;
+    let mut responses = exercise(&server.base, &token, &secret, &second).await;
     assert!(
         responses[0].contains("sk-proj-…WXYZ"),
         "the hint is shown instead: {}",
         responses[0]
     );
+    // The proxy, with the real key in the upstream URL's query string.
+    let (av_secret, app_token, proxied) = exercise_proxy(&server.base, &token).await;
+    assert!(
+        proxied[0].contains("Global Quote"),
+        "the proxied call went through: {}",
+        proxied[0]
+    );
+    responses.extend(proxied);
+    let secrets = [
+        secrets.as_slice(),
+        &[av_secret.as_str(), app_token.as_str()],
+    ]
+    .concat();
     for (i, r) in responses.iter().enumerate() {
         assert_clean(&format!("API response {i}"), r.as_bytes(), &secrets);
     }
