@@ -11,8 +11,10 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::app_token::Budget;
 use crate::id::KeyId;
 use crate::label;
+use crate::service::{Limit, validate_limits};
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
@@ -103,6 +105,11 @@ pub struct Key {
     pub last_used_at: Option<Timestamp>,
     pub deleted_at: Option<Timestamp>,
     pub deleted_by: Option<String>,
+    /// The provider plan's limits this key is held to (copied from a catalog plan or set by
+    /// hand); the proxy refuses locally instead of spending a request the provider refuses.
+    pub limits: Vec<Limit>,
+    /// Spending cap for this key, whichever tokens use it.
+    pub budget: Option<Budget>,
 }
 
 impl Key {
@@ -196,6 +203,8 @@ pub struct KeyDraft {
     pub criticality: Criticality,
     pub enabled: bool,
     pub expires_at: Option<Timestamp>,
+    pub limits: Vec<Limit>,
+    pub budget: Option<Budget>,
 }
 
 /// Raw, unvalidated key metadata as it arrives from the API or CLI.
@@ -210,6 +219,8 @@ pub struct KeyDraftInput {
     pub criticality: Option<Criticality>,
     pub enabled: Option<bool>,
     pub expires_at: Option<Timestamp>,
+    pub limits: Vec<Limit>,
+    pub budget: Option<Budget>,
 }
 
 impl KeyDraft {
@@ -228,6 +239,8 @@ impl KeyDraft {
             criticality: input.criticality.unwrap_or_default(),
             enabled: input.enabled.unwrap_or(true),
             expires_at: validate_expiry(input.expires_at, now)?,
+            limits: validate_limits(input.limits)?,
+            budget: input.budget,
         })
     }
 }
@@ -255,6 +268,8 @@ pub struct KeyChanges {
     pub tags: Option<Vec<String>>,
     pub criticality: Option<Criticality>,
     pub expires_at: Option<Option<Timestamp>>,
+    pub limits: Option<Vec<Limit>>,
+    pub budget: Option<Option<Budget>>,
 }
 
 impl KeyChanges {
@@ -283,6 +298,12 @@ impl KeyChanges {
         }
         if let Some(expires_at) = self.expires_at {
             key.expires_at = validate_expiry(expires_at, now)?;
+        }
+        if let Some(limits) = self.limits {
+            key.limits = validate_limits(limits)?;
+        }
+        if let Some(budget) = self.budget {
+            key.budget = budget;
         }
         Ok(*key != before)
     }
@@ -405,6 +426,8 @@ mod tests {
             last_used_at: None,
             deleted_at: None,
             deleted_by: None,
+            limits: vec![],
+            budget: None,
         }
     }
 

@@ -20,6 +20,7 @@ pub mod ports;
 pub mod secret;
 pub mod service;
 pub mod token;
+pub mod usage;
 pub mod user;
 
 pub use clock::{Clock, ManualClock, Randomness, SystemClock};

@@ -17,6 +17,7 @@ use crate::key::{Key, KeyFilter, KeyVersion, Page, PageRequest, SealedSecret};
 use crate::master_key::{KekUsage, MasterKeyRecord};
 use crate::service::{Category, Environment, ServiceDefinition};
 use crate::token::ManagementToken;
+use crate::usage::{HourlyUse, KeyFlag, PoolSetting, UsageBucket, UsageQuery, UsageRecord};
 use crate::user::User;
 
 #[async_trait]
@@ -71,6 +72,15 @@ pub trait KeyStore: Send + Sync {
 
     /// Destroys every key deleted before `cutoff`; returns their ids.
     async fn purge_deleted_before(&self, cutoff: Timestamp) -> Result<Vec<KeyId>>;
+
+    /// Every key flag the proxy has raised (lapsed ones included; readers check `until`).
+    async fn key_flags(&self) -> Result<Vec<KeyFlag>>;
+
+    /// Raises or replaces each key's flag, in one transaction.
+    async fn set_key_flags(&self, flags: &[KeyFlag]) -> Result<()>;
+
+    /// Removes a key's flag; returns whether there was one.
+    async fn clear_key_flag(&self, key_id: &KeyId) -> Result<bool>;
 }
 
 #[async_trait]
@@ -96,6 +106,25 @@ pub trait CatalogStore: Send + Sync {
     async fn categories(&self) -> Result<Vec<Category>>;
     /// `category_exists` if the id is taken.
     async fn insert_category(&self, category: &Category, now: Timestamp) -> Result<()>;
+    /// Pools with a strategy other than the default.
+    async fn pool_settings(&self) -> Result<Vec<PoolSetting>>;
+    /// Sets a pool's strategy.
+    async fn set_pool_strategy(&self, setting: &PoolSetting, now: Timestamp) -> Result<()>;
+}
+
+/// Metering: the proxy's usage records, their hourly sums, and queries over both.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Stores a batch of records and adds them to the hourly sums, in one transaction.
+    async fn record_usage(&self, records: &[UsageRecord]) -> Result<()>;
+    /// Buckets of `query.granularity` in `[from, to)`, oldest first, empty buckets left out.
+    /// Minutes come from the records, hours and days from the hourly sums.
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageBucket>>;
+    /// Hourly consumption per key and per token since `since`: what quota and budget
+    /// counters are restored from at start-up.
+    async fn hourly_use_since(&self, since: Timestamp) -> Result<Vec<HourlyUse>>;
+    /// Deletes records (not hourly sums) older than `before`; returns how many.
+    async fn prune_usage(&self, before: Timestamp) -> Result<u64>;
 }
 
 #[async_trait]
@@ -160,7 +189,14 @@ pub trait VaultStore: Send + Sync {
 /// Everything a Keyward server needs from its database.
 #[async_trait]
 pub trait Store:
-    KeyStore + CatalogStore + TokenStore + AppTokenStore + UserStore + VaultStore + std::fmt::Debug
+    KeyStore
+    + CatalogStore
+    + TokenStore
+    + AppTokenStore
+    + UserStore
+    + VaultStore
+    + UsageStore
+    + std::fmt::Debug
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

@@ -114,6 +114,30 @@ pub struct Limit {
     pub window_seconds: u64,
 }
 
+/// At most this many limits per key.
+pub const LIMITS_MAX: usize = 10;
+
+/// Checks the limits a key is held to: 1–10 of them, each with a positive maximum and a
+/// window from one second to 31 days.
+pub fn validate_limits(limits: Vec<Limit>) -> Result<Vec<Limit>, Error> {
+    if limits.len() > LIMITS_MAX {
+        return Err(Error::invalid(
+            "invalid_limits",
+            format!("a key can have at most {LIMITS_MAX} limits"),
+        ));
+    }
+    if limits
+        .iter()
+        .any(|l| l.max == 0 || l.window_seconds == 0 || l.window_seconds > 31 * 86_400)
+    {
+        return Err(Error::invalid(
+            "invalid_limits",
+            "each limit needs max ≥ 1 and window_seconds between 1 and 2,678,400 (31 days)",
+        ));
+    }
+    Ok(limits)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanLimits {
@@ -177,6 +201,160 @@ pub struct ServiceDefinition {
     /// `true` for catalog entries, `false` for services users added.
     #[serde(default)]
     pub builtin: bool,
+    /// How to read LLM token usage (and the model) from responses, JSON or SSE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageFormat>,
+    /// GET endpoints whose successful answers may be served from the proxy's cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache: Vec<CacheRule>,
+    /// Answers that look successful (HTTP 200) but mean throttled or failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub soft_errors: Vec<SoftErrorRule>,
+    /// Provider credits a request spends when not 1 (e.g. Twelve Data's endpoint weights).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credits: Vec<CreditRule>,
+}
+
+/// The response shape an LLM provider reports token usage in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageFormat {
+    /// `usage.prompt_tokens`/`completion_tokens` (Chat Completions) or
+    /// `usage.input_tokens`/`output_tokens` (Responses); also Mistral, Groq.
+    Openai,
+    /// `usage` on the message, `message_start` and `message_delta` events.
+    Anthropic,
+    /// `usageMetadata`.
+    Gemini,
+}
+
+/// A path pattern: exact (`/query`), or a prefix when it ends in `*` (`/v2/aggs/*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PathPattern(pub String);
+
+impl PathPattern {
+    pub fn matches(&self, path: &str) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix),
+            None => path == self.0,
+        }
+    }
+
+    fn validate(&self, what: &str) -> Result<(), Error> {
+        if self.0.starts_with('/') && self.0.len() <= 512 {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "invalid_path_pattern",
+                format!("{what} paths must start with `/` and be at most 512 characters"),
+            ))
+        }
+    }
+}
+
+/// Which query parameters (and values) a rule requires; an empty list accepts any value.
+pub type QueryMatch = std::collections::BTreeMap<String, Vec<String>>;
+
+fn query_matches(rule: &QueryMatch, query: &[(String, String)]) -> bool {
+    rule.iter().all(|(name, allowed)| {
+        query
+            .iter()
+            .any(|(k, v)| k == name && (allowed.is_empty() || allowed.contains(v)))
+    })
+}
+
+/// Successful GET answers to matching requests are cached for `ttl_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRule {
+    pub path: PathPattern,
+    #[serde(default, skip_serializing_if = "QueryMatch::is_empty")]
+    pub query: QueryMatch,
+    pub ttl_seconds: u32,
+}
+
+/// Longest cache lifetime a rule may ask for: one week.
+pub const CACHE_TTL_MAX_SECONDS: u32 = 7 * 24 * 3600;
+
+/// What a soft error means for the key that got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SoftErrorKind {
+    /// The provider refused for quota or rate: the key shows as quota-limited.
+    Throttled,
+    /// Any other failure wrapped in a 200 (bad parameters, premium-only endpoint).
+    Failed,
+}
+
+/// An HTTP 200 JSON object with this top-level `key` (and, if given, this string value)
+/// is an error, e.g. Alpha Vantage's `{"Note": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftErrorRule {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<String>,
+    pub means: SoftErrorKind,
+}
+
+impl SoftErrorRule {
+    pub fn matches(&self, body: &serde_json::Map<String, serde_json::Value>) -> bool {
+        match (body.get(&self.key), &self.equals) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(value), Some(expected)) => value.as_str() == Some(expected.as_str()),
+        }
+    }
+}
+
+/// Requests to matching paths spend `credits`, times the number of comma-separated values
+/// of `per_symbol` (e.g. `symbol=AAPL,MSFT` counts twice) when given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreditRule {
+    pub path: PathPattern,
+    pub credits: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_symbol: Option<String>,
+}
+
+impl ServiceDefinition {
+    /// How long a GET to `path` with `query` may be cached, if at all.
+    pub fn cache_ttl(&self, path: &str, query: &[(String, String)]) -> Option<u32> {
+        self.cache
+            .iter()
+            .find(|r| r.path.matches(path) && query_matches(&r.query, query))
+            .map(|r| r.ttl_seconds)
+    }
+
+    /// Credits a request spends: the first matching rule's weight, else 1.
+    pub fn credits(&self, path: &str, query: &[(String, String)]) -> u32 {
+        let Some(rule) = self.credits.iter().find(|r| r.path.matches(path)) else {
+            return 1;
+        };
+        let symbols = rule.per_symbol.as_ref().map_or(1, |param| {
+            query
+                .iter()
+                .filter(|(k, _)| k == param)
+                .map(|(_, v)| v.split(',').filter(|s| !s.trim().is_empty()).count())
+                .sum::<usize>()
+                .max(1)
+        });
+        rule.credits
+            .saturating_mul(u32::try_from(symbols).unwrap_or(u32::MAX))
+    }
+
+    /// The first soft-error rule a 200 JSON object matches.
+    pub fn soft_error(
+        &self,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<SoftErrorKind> {
+        self.soft_errors
+            .iter()
+            .find(|r| r.matches(body))
+            .map(|r| r.means)
+    }
 }
 
 impl ServiceDefinition {
@@ -214,6 +392,34 @@ impl ServiceDefinition {
         }
         for url in [&self.docs_url, &self.key_url].into_iter().flatten() {
             validate_link(url)?;
+        }
+        for rule in &self.cache {
+            rule.path.validate("cache")?;
+            if rule.ttl_seconds == 0 || rule.ttl_seconds > CACHE_TTL_MAX_SECONDS {
+                return Err(Error::invalid(
+                    "invalid_cache_rule",
+                    format!("a cache rule's ttl_seconds must be 1–{CACHE_TTL_MAX_SECONDS}"),
+                ));
+            }
+        }
+        for rule in &self.credits {
+            rule.path.validate("credit")?;
+            if rule.credits > 100_000 {
+                return Err(Error::invalid(
+                    "invalid_credit_rule",
+                    "a credit rule's credits must be 0–100,000",
+                ));
+            }
+        }
+        if self
+            .soft_errors
+            .iter()
+            .any(|r| r.key.is_empty() || r.key.len() > 128)
+        {
+            return Err(Error::invalid(
+                "invalid_soft_error_rule",
+                "a soft-error rule's key must be 1–128 characters",
+            ));
         }
         label::text(
             "where_to_get",

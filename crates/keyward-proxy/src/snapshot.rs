@@ -244,6 +244,8 @@ mod tests {
             last_used_at: None,
             deleted_at: None,
             deleted_by: None,
+            limits: vec![],
+            budget: None,
         };
         let version = KeyVersion {
             key_id: id,

@@ -79,6 +79,8 @@ fn seed(rt: &tokio::runtime::Runtime, db: &TestDatabase) -> (Arc<App>, KeyId) {
                     last_used_at: None,
                     deleted_at: None,
                     deleted_by: None,
+                    limits: vec![],
+                    budget: None,
                 };
                 let version = KeyVersion {
                     key_id: id,

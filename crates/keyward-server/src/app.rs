@@ -195,6 +195,8 @@ impl App {
             last_used_at: None,
             deleted_at: None,
             deleted_by: None,
+            limits: draft.limits,
+            budget: draft.budget,
         };
         let version = KeyVersion {
             key_id: id,

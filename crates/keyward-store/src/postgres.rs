@@ -24,6 +24,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "app tokens",
         include_str!("../migrations/postgres/0002_app_tokens.sql"),
     ),
+    (
+        3,
+        "metering",
+        include_str!("../migrations/postgres/0003_metering.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

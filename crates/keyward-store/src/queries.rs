@@ -17,10 +17,15 @@ use keyward_core::key::{
 };
 use keyward_core::master_key::{KekUsage, MasterKeyRecord};
 use keyward_core::ports::{
-    AppTokenStore, CatalogStore, KeyStore, Store, TokenStore, UserStore, VaultStore,
+    AppTokenStore, CatalogStore, KeyStore, Store, TokenStore, UsageStore, UserStore, VaultStore,
 };
+use keyward_core::service::Limit;
 use keyward_core::service::{Category, Environment, ServiceDefinition};
 use keyward_core::token::ManagementToken;
+use keyward_core::usage::{
+    HourlyUse, KeyFlag, Outcome, PoolSetting, Subject, UsageBucket, UsageQuery, UsageRecord,
+    UsageTotals,
+};
 use keyward_core::user::User;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{QueryBuilder, Row, SqlSafeStr};
@@ -28,7 +33,24 @@ use sqlx::{QueryBuilder, Row, SqlSafeStr};
 use crate::{corrupt, db_error};
 
 const KEY_COLUMNS: &str = "id, service_id, environment, alias, description, owner, tags, criticality, enabled, \
-    expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by";
+    expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by, controls";
+
+/// A key's limits and budget, stored as one JSON column.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Controls {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    limits: Vec<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    budget: Option<Budget>,
+}
+
+fn controls_json(key: &Key) -> Result<String, Error> {
+    serde_json::to_string(&Controls {
+        limits: key.limits.clone(),
+        budget: key.budget,
+    })
+    .map_err(|e| Error::internal(format!("cannot encode key controls: {e}")))
+}
 
 const VERSION_COLUMNS: &str = "key_id, version, state, hint, algorithm, kek_id, wrapped_dek, nonce, ciphertext, created_by, created_at";
 
@@ -61,6 +83,8 @@ fn parse<T: FromStr<Err = Error>>(what: &str, text: &str) -> Result<T, Error> {
 
 fn key_from_row(row: &DbRow) -> Result<Key, Error> {
     let tags: String = get(row, "tags")?;
+    let controls: Controls = serde_json::from_str(&get::<String>(row, "controls")?)
+        .map_err(|e| corrupt("controls", e))?;
     Ok(Key {
         id: parse("key id", &get::<String>(row, "id")?)?,
         service_id: get(row, "service_id")?,
@@ -80,6 +104,8 @@ fn key_from_row(row: &DbRow) -> Result<Key, Error> {
         last_used_at: opt_timestamp(get(row, "last_used_at")?)?,
         deleted_at: opt_timestamp(get(row, "deleted_at")?)?,
         deleted_by: get(row, "deleted_by")?,
+        limits: controls.limits,
+        budget: controls.budget,
     })
 }
 
@@ -203,8 +229,8 @@ impl KeyStore for ThisStore {
         for (key, first) in batch {
             sqlx::query(
                 "INSERT INTO keys (id, service_id, environment, alias, alias_lower, description, owner, tags, criticality, enabled, \
-                 expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+                 expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by, controls) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
             )
             .bind(key.id.as_str())
             .bind(&key.service_id)
@@ -225,6 +251,7 @@ impl KeyStore for ThisStore {
             .bind(key.last_used_at.map(millis))
             .bind(key.deleted_at.map(millis))
             .bind(&key.deleted_by)
+            .bind(controls_json(key)?)
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, Some(ALIAS_TAKEN)))?;
@@ -330,7 +357,7 @@ impl KeyStore for ThisStore {
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE keys SET alias = $1, alias_lower = $2, description = $3, owner = $4, tags = $5, criticality = $6, \
-             enabled = $7, expires_at = $8, updated_at = $9, deleted_at = $10, deleted_by = $11 \
+             enabled = $7, expires_at = $8, updated_at = $9, deleted_at = $10, deleted_by = $11, controls = $14 \
              WHERE id = $12 AND updated_at = $13",
         )
         .bind(&key.alias)
@@ -346,6 +373,7 @@ impl KeyStore for ThisStore {
         .bind(&key.deleted_by)
         .bind(key.id.as_str())
         .bind(millis(expected_updated_at))
+        .bind(controls_json(key)?)
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error(e, Some(ALIAS_TAKEN)))?;
@@ -463,6 +491,7 @@ impl KeyStore for ThisStore {
         for sql in [
             "DELETE FROM key_versions WHERE key_id = $1",
             "DELETE FROM key_tags WHERE key_id = $1",
+            "DELETE FROM key_flags WHERE key_id = $1",
         ] {
             sqlx::query(sql)
                 .bind(id.as_str())
@@ -494,6 +523,56 @@ impl KeyStore for ThisStore {
             }
         }
         Ok(purged)
+    }
+
+    async fn key_flags(&self) -> Result<Vec<KeyFlag>, Error> {
+        let rows =
+            sqlx::query("SELECT key_id, kind, reason, since, until FROM key_flags ORDER BY key_id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        rows.iter()
+            .map(|row| {
+                Ok(KeyFlag {
+                    key_id: parse("key id", &get::<String>(row, "key_id")?)?,
+                    kind: parse("flag kind", &get::<String>(row, "kind")?)?,
+                    reason: get(row, "reason")?,
+                    since: timestamp(get(row, "since")?)?,
+                    until: opt_timestamp(get(row, "until")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_key_flags(&self, flags: &[KeyFlag]) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        for flag in flags {
+            sqlx::query(
+                "INSERT INTO key_flags (key_id, kind, reason, since, until) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (key_id) DO UPDATE SET kind = excluded.kind, reason = excluded.reason, \
+                 since = excluded.since, until = excluded.until",
+            )
+            .bind(flag.key_id.as_str())
+            .bind(flag.kind.as_str())
+            .bind(&flag.reason)
+            .bind(millis(flag.since))
+            .bind(flag.until.map(millis))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        }
+        commit(tx).await
+    }
+
+    async fn clear_key_flag(&self, key_id: &KeyId) -> Result<bool, Error> {
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM key_flags WHERE key_id = $1")
+            .bind(key_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        commit(tx).await?;
+        Ok(deleted.rows_affected() > 0)
     }
 }
 
@@ -594,6 +673,40 @@ impl CatalogStore for ThisStore {
     async fn insert_category(&self, c: &Category, now: Timestamp) -> Result<(), Error> {
         self.insert_label(LabelTable::Categories, &c.id, &c.name, c.builtin, now)
             .await
+    }
+
+    async fn pool_settings(&self) -> Result<Vec<PoolSetting>, Error> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT service_id, environment, strategy FROM pool_strategies ORDER BY service_id, environment",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.into_iter()
+            .map(|(service_id, environment, strategy)| {
+                Ok(PoolSetting {
+                    service_id,
+                    environment,
+                    strategy: parse("pool strategy", &strategy)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_pool_strategy(&self, setting: &PoolSetting, now: Timestamp) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO pool_strategies (service_id, environment, strategy, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (service_id, environment) DO UPDATE SET strategy = excluded.strategy, updated_at = excluded.updated_at",
+        )
+        .bind(&setting.service_id)
+        .bind(&setting.environment)
+        .bind(setting.strategy.as_str())
+        .bind(millis(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        commit(tx).await
     }
 }
 
@@ -1082,6 +1195,241 @@ impl VaultStore for ThisStore {
     }
 }
 
+/// The change marker's columns.
+type MarkerRow = (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64);
+
+/// Integers the database stores as signed 64-bit.
+fn db_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn from_db_int(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// The sums a usage query returns, in the column order of `USAGE_SUMS`.
+type SumsRow = (i64, i64, i64, i64, i64, i64, i64, i64, i64);
+
+fn totals(row: &SumsRow) -> UsageTotals {
+    UsageTotals {
+        requests: from_db_int(row.1),
+        errors: from_db_int(row.2),
+        cache_hits: from_db_int(row.3),
+        input_tokens: from_db_int(row.4),
+        cached_tokens: from_db_int(row.5),
+        output_tokens: from_db_int(row.6),
+        credits: from_db_int(row.7),
+        cost_nanos: from_db_int(row.8),
+    }
+}
+
+/// One hourly-sum row being accumulated from a batch.
+#[derive(Default)]
+struct HourlySums {
+    requests: i64,
+    errors: i64,
+    cache_hits: i64,
+    input_tokens: i64,
+    cached_tokens: i64,
+    output_tokens: i64,
+    credits: i64,
+    cost_nanos: i64,
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+#[async_trait]
+impl UsageStore for ThisStore {
+    async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), Error> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        // 23 binds per row; SQLite allows 32,766 per statement.
+        for chunk in records.chunks(1_000) {
+            let mut insert = QueryBuilder::<Db>::new(
+                "INSERT INTO usage_records (at, token_id, key_id, service_id, environment, method, endpoint, status, \
+                 outcome, error_code, latency_ms, request_bytes, response_bytes, cache, retries, model, input_tokens, \
+                 cached_tokens, cache_write_tokens, output_tokens, credits, cost_nanos) ",
+            );
+            insert.push_values(chunk, |mut row, r| {
+                row.push_bind(millis(r.at))
+                    .push_bind(r.token_id.as_ref().map(|t| t.as_str().to_owned()))
+                    .push_bind(r.key_id.as_ref().map(|k| k.as_str().to_owned()))
+                    .push_bind(r.service_id.clone())
+                    .push_bind(r.environment.clone())
+                    .push_bind(r.method.clone())
+                    .push_bind(r.endpoint.clone())
+                    .push_bind(i64::from(r.status))
+                    .push_bind(r.outcome.as_str())
+                    .push_bind(r.error_code.clone())
+                    .push_bind(i64::from(r.latency_ms))
+                    .push_bind(db_int(r.request_bytes))
+                    .push_bind(db_int(r.response_bytes))
+                    .push_bind(r.cache.as_str())
+                    .push_bind(i64::from(r.retries))
+                    .push_bind(r.model.clone())
+                    .push_bind(db_int(r.tokens.input))
+                    .push_bind(db_int(r.tokens.cached_input))
+                    .push_bind(db_int(r.tokens.cache_write))
+                    .push_bind(db_int(r.tokens.output))
+                    .push_bind(i64::from(r.credits))
+                    .push_bind(db_int(r.cost_nanos));
+            });
+            insert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        }
+        let mut hourly: std::collections::BTreeMap<(i64, &str, &str, &str), HourlySums> =
+            std::collections::BTreeMap::new();
+        for r in records {
+            let hour = millis(r.at).div_euclid(HOUR_MS) * HOUR_MS;
+            let key = r.key_id.as_ref().map_or("", |k| k.as_str());
+            let token = r.token_id.as_ref().map_or("", |t| t.as_str());
+            let sums = hourly
+                .entry((hour, r.service_id.as_str(), key, token))
+                .or_default();
+            sums.requests += 1;
+            sums.errors += i64::from(r.outcome != Outcome::Success);
+            sums.cache_hits += i64::from(r.cache == keyward_core::usage::CacheOutcome::Hit);
+            sums.input_tokens += db_int(r.tokens.input.saturating_add(r.tokens.cache_write));
+            sums.cached_tokens += db_int(r.tokens.cached_input);
+            sums.output_tokens += db_int(r.tokens.output);
+            sums.credits += i64::from(r.credits);
+            sums.cost_nanos = sums.cost_nanos.saturating_add(db_int(r.cost_nanos));
+        }
+        for ((hour, service, key, token), s) in hourly {
+            sqlx::query(
+                "INSERT INTO usage_hourly (hour, service_id, key_id, token_id, requests, errors, cache_hits, input_tokens, \
+                 cached_tokens, output_tokens, credits, cost_nanos) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (hour, service_id, key_id, token_id) DO UPDATE SET \
+                 requests = usage_hourly.requests + excluded.requests, errors = usage_hourly.errors + excluded.errors, \
+                 cache_hits = usage_hourly.cache_hits + excluded.cache_hits, \
+                 input_tokens = usage_hourly.input_tokens + excluded.input_tokens, \
+                 cached_tokens = usage_hourly.cached_tokens + excluded.cached_tokens, \
+                 output_tokens = usage_hourly.output_tokens + excluded.output_tokens, \
+                 credits = usage_hourly.credits + excluded.credits, cost_nanos = usage_hourly.cost_nanos + excluded.cost_nanos",
+            )
+            .bind(hour)
+            .bind(service)
+            .bind(key)
+            .bind(token)
+            .bind(s.requests)
+            .bind(s.errors)
+            .bind(s.cache_hits)
+            .bind(s.input_tokens)
+            .bind(s.cached_tokens)
+            .bind(s.output_tokens)
+            .bind(s.credits)
+            .bind(s.cost_nanos)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        }
+        commit(tx).await
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageBucket>, Error> {
+        let sums = |time: &str, requests: &str, errors: &str, hits: &str| {
+            format!(
+                "SELECT ({time} / $3) * $3 AS bucket, CAST(COALESCE({requests}, 0) AS BIGINT), \
+                 CAST(COALESCE({errors}, 0) AS BIGINT), CAST(COALESCE({hits}, 0) AS BIGINT), \
+                 CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT), \
+                 CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(credits), 0) AS BIGINT), \
+                 CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT)"
+            )
+        };
+        let (select, table, time) = if query.granularity == keyward_core::usage::Granularity::Minute
+        {
+            (
+                sums(
+                    "at",
+                    "COUNT(*)",
+                    "SUM(CASE WHEN outcome <> 'success' THEN 1 ELSE 0 END)",
+                    "SUM(CASE WHEN cache = 'hit' THEN 1 ELSE 0 END)",
+                ),
+                "usage_records",
+                "at",
+            )
+        } else {
+            (
+                sums("hour", "SUM(requests)", "SUM(errors)", "SUM(cache_hits)"),
+                "usage_hourly",
+                "hour",
+            )
+        };
+        let sql = format!(
+            "{select} FROM {table} WHERE {time} >= $1 AND {time} < $2 \
+             AND ($4 IS NULL OR key_id = $4) AND ($5 IS NULL OR token_id = $5) AND ($6 IS NULL OR service_id = $6) \
+             GROUP BY bucket ORDER BY bucket"
+        );
+        let rows: Vec<SumsRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(millis(query.from))
+            .bind(millis(query.to))
+            .bind(query.granularity.millis())
+            .bind(query.key_id.as_ref().map(|k| k.as_str().to_owned()))
+            .bind(query.token_id.as_ref().map(|t| t.as_str().to_owned()))
+            .bind(query.service_id.clone())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        rows.iter()
+            .map(|row| {
+                Ok(UsageBucket {
+                    start: timestamp(row.0)?,
+                    totals: totals(row),
+                })
+            })
+            .collect()
+    }
+
+    async fn hourly_use_since(&self, since: Timestamp) -> Result<Vec<HourlyUse>, Error> {
+        let mut out = Vec::new();
+        for column in ["key_id", "token_id"] {
+            let sql = format!(
+                "SELECT {column}, hour, CAST(SUM(requests) AS BIGINT), CAST(SUM(credits) AS BIGINT), \
+                 CAST(SUM(input_tokens + cached_tokens + output_tokens) AS BIGINT), CAST(SUM(cost_nanos) AS BIGINT) \
+                 FROM usage_hourly WHERE hour >= $1 AND {column} <> '' GROUP BY {column}, hour"
+            );
+            let rows: Vec<(String, i64, i64, i64, i64, i64)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(millis(since).div_euclid(HOUR_MS) * HOUR_MS)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| db_error(e, None))?;
+            for (id, hour, requests, credits, tokens, cost) in rows {
+                let subject = if column == "key_id" {
+                    Subject::Key(parse("key id", &id)?)
+                } else {
+                    Subject::Token(parse("app token id", &id)?)
+                };
+                out.push(HourlyUse {
+                    subject,
+                    hour: timestamp(hour)?,
+                    requests: from_db_int(requests),
+                    credits: from_db_int(credits),
+                    tokens: from_db_int(tokens),
+                    cost_nanos: from_db_int(cost),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn prune_usage(&self, before: Timestamp) -> Result<u64, Error> {
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM usage_records WHERE at < $1")
+            .bind(millis(before))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        commit(tx).await?;
+        Ok(deleted.rows_affected())
+    }
+}
+
 #[async_trait]
 impl Store for ThisStore {
     fn backend(&self) -> &'static str {
@@ -1117,19 +1465,24 @@ impl Store for ThisStore {
     async fn change_marker(&self) -> Result<Vec<i64>, Error> {
         // Sums, not maxima: an update stamped earlier than the latest (clock skew between
         // instances) still changes a sum.
-        let row: (i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+        let row: MarkerRow = sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM keys), \
                     (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM keys), \
                     (SELECT COUNT(*) FROM key_versions), \
                     (SELECT COUNT(*) FROM app_tokens), \
                     (SELECT CAST(COALESCE(SUM(revoked_at % 1000000007), 0) AS BIGINT) FROM app_tokens), \
                     (SELECT COUNT(*) FROM custom_services), \
-                    (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM base_url_overrides)",
+                    (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM base_url_overrides), \
+                    (SELECT COUNT(*) FROM key_flags), \
+                    (SELECT CAST(COALESCE(SUM((since + COALESCE(until, 0)) % 1000000007), 0) AS BIGINT) FROM key_flags), \
+                    (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM pool_strategies)",
         )
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error(e, None))?;
-        Ok(vec![row.0, row.1, row.2, row.3, row.4, row.5, row.6])
+        Ok(vec![
+            row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9,
+        ])
     }
 
     async fn maintain(&self) -> Result<(), Error> {

@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "app tokens",
         include_str!("../migrations/sqlite/0002_app_tokens.sql"),
     ),
+    (
+        3,
+        "metering",
+        include_str!("../migrations/sqlite/0003_metering.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

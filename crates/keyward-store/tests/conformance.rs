@@ -5,14 +5,20 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use keyward_core::access::Role;
-use keyward_core::id::{KeyId, TokenId, UserId};
+use keyward_core::app_token::{Budget, BudgetPeriod};
+use keyward_core::id::{AppTokenId, KeyId, TokenId, UserId};
 use keyward_core::key::{
     Criticality, Key, KeyFilter, KeyStatus, KeyVersion, PageRequest, SealedSecret, VersionState,
 };
 use keyward_core::master_key::MasterKeyRecord;
 use keyward_core::ports::Store;
 use keyward_core::service::{Category, Environment};
+use keyward_core::service::{Limit, LimitUnit};
 use keyward_core::token::ManagementToken;
+use keyward_core::usage::{
+    CacheOutcome, Granularity, HourlyUse, KeyFlag, KeyFlagKind, Outcome, PoolSetting, PoolStrategy,
+    Subject, TokenUsage, UsageQuery, UsageRecord, UsageTotals,
+};
 use keyward_core::user::User;
 use keyward_core::{ErrorKind, Randomness, Timestamp};
 use keyward_store::testing::TestDatabase;
@@ -66,6 +72,8 @@ fn new_key(id: KeyId, service: &str, env: &str, alias: &str, at: i64) -> (Key, K
         last_used_at: None,
         deleted_at: None,
         deleted_by: None,
+        limits: vec![],
+        budget: None,
     };
     let version = KeyVersion {
         key_id: id,
@@ -92,6 +100,227 @@ async fn add(
     key
 }
 
+async fn key_flags_and_pool_strategies(store: Arc<dyn Store>) {
+    let r = rng();
+    let a = add(&store, &r, "alpha-vantage", "production", "a", 1_000).await;
+    let b = add(&store, &r, "alpha-vantage", "production", "b", 2_000).await;
+    let before = store.change_marker().await.expect("marker");
+    let flag = |key: &Key, kind, until| KeyFlag {
+        key_id: key.id.clone(),
+        kind,
+        reason: "HTTP 200 with a Note".into(),
+        since: ts(5_000),
+        until,
+    };
+    store
+        .set_key_flags(&[
+            flag(&a, KeyFlagKind::QuotaLimited, Some(ts(9_000))),
+            flag(&b, KeyFlagKind::Rejected, None),
+        ])
+        .await
+        .expect("flag");
+    let marked = store.change_marker().await.expect("marker");
+    assert_ne!(before, marked, "flags reach other instances' snapshots");
+    store
+        .set_key_flags(&[flag(&a, KeyFlagKind::QuotaLimited, Some(ts(12_000)))])
+        .await
+        .expect("re-flag");
+    let flags = store.key_flags().await.expect("flags");
+    assert_eq!(flags.len(), 2);
+    assert_eq!(
+        flags[0].until,
+        Some(ts(12_000)),
+        "a flag is replaced, not duplicated"
+    );
+    assert!(store.clear_key_flag(&b.id).await.expect("clear"));
+    assert!(!store.clear_key_flag(&b.id).await.expect("clear twice"));
+    store.purge_key(&a.id).await.expect("purge");
+    assert!(
+        store.key_flags().await.expect("flags").is_empty(),
+        "purge removes flags"
+    );
+
+    let setting = PoolSetting {
+        service_id: "openai".into(),
+        environment: "production".into(),
+        strategy: PoolStrategy::LeastUsed,
+    };
+    let before = store.change_marker().await.expect("marker");
+    store.set_pool_strategy(&setting, ts(1)).await.expect("set");
+    store
+        .set_pool_strategy(
+            &PoolSetting {
+                strategy: PoolStrategy::QuotaAware,
+                ..setting.clone()
+            },
+            ts(2),
+        )
+        .await
+        .expect("replace");
+    assert_eq!(
+        store.pool_settings().await.expect("pools"),
+        vec![PoolSetting {
+            strategy: PoolStrategy::QuotaAware,
+            ..setting
+        }]
+    );
+    assert_ne!(before, store.change_marker().await.expect("marker"));
+}
+
+fn usage(
+    at: i64,
+    key: Option<&KeyId>,
+    token: Option<&AppTokenId>,
+    outcome: Outcome,
+) -> UsageRecord {
+    UsageRecord {
+        at: ts(at),
+        token_id: token.cloned(),
+        key_id: key.cloned(),
+        service_id: "openai".into(),
+        environment: Some("production".into()),
+        method: "POST".into(),
+        endpoint: "/v1/chat/completions".into(),
+        status: 200,
+        outcome,
+        error_code: None,
+        latency_ms: 12,
+        request_bytes: 100,
+        response_bytes: 900,
+        cache: CacheOutcome::None,
+        retries: 0,
+        model: Some("gpt-5.4-mini".into()),
+        tokens: TokenUsage {
+            input: 10,
+            cached_input: 5,
+            cache_write: 1,
+            output: 20,
+        },
+        credits: 1,
+        cost_nanos: 1_500,
+    }
+}
+
+async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
+    let r = rng();
+    let key = KeyId::generate(ts(1), &r);
+    let token = AppTokenId::generate(ts(1), &r);
+    const HOUR: i64 = 3_600_000;
+    let base = 1_764_028_800_000; // 2025-11-25T00:00:00Z
+    let records = vec![
+        usage(base + 1_000, Some(&key), Some(&token), Outcome::Success),
+        usage(
+            base + 61_000,
+            Some(&key),
+            Some(&token),
+            Outcome::UpstreamError,
+        ),
+        usage(base + HOUR + 5, Some(&key), Some(&token), Outcome::Success),
+        usage(base + HOUR + 6, None, None, Outcome::Refused),
+    ];
+    store.record_usage(&records[..2]).await.expect("batch 1");
+    store.record_usage(&records[2..]).await.expect("batch 2");
+    store.record_usage(&[]).await.expect("empty batch");
+
+    let query = |g, key: Option<&KeyId>| {
+        UsageQuery::new(ts(base), ts(base + 2 * HOUR), g, key.cloned(), None, None).expect("query")
+    };
+    let minutes = store
+        .usage(&query(Granularity::Minute, None))
+        .await
+        .expect("minutes");
+    assert_eq!(
+        minutes
+            .iter()
+            .map(|b| (b.start, b.totals.requests, b.totals.errors))
+            .collect::<Vec<_>>(),
+        vec![
+            (ts(base), 1, 0),
+            (ts(base + 60_000), 1, 1),
+            (ts(base + HOUR), 2, 1)
+        ]
+    );
+    let hours = store
+        .usage(&query(Granularity::Hour, Some(&key)))
+        .await
+        .expect("hours");
+    assert_eq!(hours.len(), 2);
+    assert_eq!(
+        hours[0].totals,
+        UsageTotals {
+            requests: 2,
+            errors: 1,
+            cache_hits: 0,
+            input_tokens: 22,
+            cached_tokens: 10,
+            output_tokens: 40,
+            credits: 2,
+            cost_nanos: 3_000,
+        },
+        "cache-write tokens count as input in the hourly sums"
+    );
+    let days = store
+        .usage(&query(Granularity::Day, None))
+        .await
+        .expect("days");
+    assert_eq!(days.len(), 1);
+    assert_eq!(days[0].totals.requests, 4);
+    let by_token = store
+        .usage(
+            &UsageQuery::new(
+                ts(base),
+                ts(base + 2 * HOUR),
+                Granularity::Day,
+                None,
+                Some(token.clone()),
+                None,
+            )
+            .expect("q"),
+        )
+        .await
+        .expect("by token");
+    assert_eq!(by_token[0].totals.requests, 3);
+
+    let mut restored = store
+        .hourly_use_since(ts(base + HOUR))
+        .await
+        .expect("hourly");
+    restored.sort_by_key(|h| matches!(h.subject, Subject::Token(_)));
+    assert_eq!(
+        restored,
+        vec![
+            HourlyUse {
+                subject: Subject::Key(key.clone()),
+                hour: ts(base + HOUR),
+                requests: 1,
+                credits: 1,
+                tokens: 36,
+                cost_nanos: 1_500
+            },
+            HourlyUse {
+                subject: Subject::Token(token.clone()),
+                hour: ts(base + HOUR),
+                requests: 1,
+                credits: 1,
+                tokens: 36,
+                cost_nanos: 1_500
+            },
+        ]
+    );
+
+    assert_eq!(store.prune_usage(ts(base + HOUR)).await.expect("prune"), 2);
+    let minutes = store
+        .usage(&query(Granularity::Minute, None))
+        .await
+        .expect("minutes");
+    assert_eq!(minutes.len(), 1, "pruning removes old records");
+    let hours = store
+        .usage(&query(Granularity::Hour, None))
+        .await
+        .expect("hours");
+    assert_eq!(hours.len(), 2, "hourly sums outlive the records");
+}
+
 async fn migrations_are_idempotent(store: Arc<dyn Store>) {
     assert!(store.initialized().await.expect("initialized"));
     store.migrate().await.expect("second migrate is a no-op");
@@ -109,6 +338,15 @@ async fn keys_round_trip_with_their_first_version(store: Arc<dyn Store>) {
         1_000,
     );
     key.expires_at = Some(ts(9_999_999));
+    key.limits = vec![Limit {
+        max: 25,
+        unit: LimitUnit::Requests,
+        window_seconds: 86_400,
+    }];
+    key.budget = Some(Budget {
+        limit_micros: 5_000_000,
+        period: BudgetPeriod::Month,
+    });
     store.insert_key(&key, &version).await.expect("insert");
     assert_eq!(store.key(&key.id).await.expect("get"), Some(key.clone()));
     assert_eq!(
@@ -1088,4 +1326,6 @@ conformance!(
     tokens_and_users,
     app_tokens_round_trip_and_revoke_once,
     master_keys_rewrap_and_retire,
+    key_flags_and_pool_strategies,
+    usage_is_recorded_summed_and_queried,
 );

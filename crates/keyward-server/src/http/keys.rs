@@ -236,6 +236,8 @@ pub async fn create_key(
             criticality: req.criticality,
             enabled: req.enabled,
             expires_at: req.expires_at,
+            limits: vec![],
+            budget: None,
         },
         secret: req.secret,
         force: req.force,
@@ -348,6 +350,8 @@ pub async fn update_key(
         tags: req.tags,
         criticality: req.criticality,
         expires_at: req.expires_at,
+        limits: None,
+        budget: None,
     };
     let key = app.update_key(auth.actor(), &key_id(&id)?, changes).await?;
     Ok(Json(key_response(&app, key)))

@@ -1,0 +1,677 @@
+//! Usage and cost: what one proxied call consumed, how it is priced, the calendar windows
+//! quotas and budgets count in, and what the proxy learned about a key (flags).
+//!
+//! Money is integers: budgets in micro-dollars, recorded costs in nano-dollars (a cached
+//! token can cost $0.005 per million, far below a micro-dollar), prices in pico-dollars per
+//! token (`$x per 1M tokens` = `x × 10⁶` pico-dollars per token).
+
+use std::collections::HashMap;
+
+use jiff::civil::Time;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp, ToSpan, ZonedDateTime};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::app_token::{Budget, BudgetPeriod};
+use crate::id::{AppTokenId, KeyId};
+use crate::service::{Limit, QuotaCalendar};
+
+/// Token counts of one LLM call, split by how each kind is billed. `input` excludes cached
+/// and cache-write tokens (OpenAI and Gemini include cached tokens in their prompt count;
+/// the parsers subtract them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub input: u64,
+    pub cached_input: u64,
+    pub cache_write: u64,
+    pub output: u64,
+}
+
+impl TokenUsage {
+    pub fn total(&self) -> u64 {
+        self.input
+            .saturating_add(self.cached_input)
+            .saturating_add(self.cache_write)
+            .saturating_add(self.output)
+    }
+}
+
+/// How a proxied call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The upstream answered with success (or Keyward's cache did).
+    Success,
+    /// The upstream answered with an error status, passed through.
+    UpstreamError,
+    /// The upstream answered 200 with a body that means an error (e.g. Alpha Vantage `Note`).
+    SoftError,
+    /// Keyward refused before calling the upstream (token, scope, limits, budget, input).
+    Refused,
+    /// The upstream could not be reached or did not answer in time.
+    Failed,
+}
+
+/// Whether the cache was involved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheOutcome {
+    /// Not cacheable (or bypassed by the client).
+    None,
+    Hit,
+    Miss,
+}
+
+macro_rules! text_enum {
+    ($ty:ty { $($variant:ident = $text:literal),+ $(,)? }, $code:literal) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $(<$ty>::$variant => $text),+ }
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                match s {
+                    $($text => Ok(<$ty>::$variant),)+
+                    other => Err(Error::invalid($code, format!(
+                        concat!("`{}` is not one of: {}"),
+                        crate::label::printable(other),
+                        [$($text),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+text_enum!(Outcome { Success = "success", UpstreamError = "upstream_error", SoftError = "soft_error", Refused = "refused", Failed = "failed" }, "invalid_outcome");
+text_enum!(CacheOutcome { None = "none", Hit = "hit", Miss = "miss" }, "invalid_cache_outcome");
+text_enum!(PoolStrategy { RoundRobin = "round_robin", LeastUsed = "least_used", QuotaAware = "quota_aware" }, "invalid_strategy");
+text_enum!(KeyFlagKind { Rejected = "rejected", QuotaLimited = "quota_limited" }, "invalid_flag");
+text_enum!(Granularity { Minute = "minute", Hour = "hour", Day = "day" }, "invalid_granularity");
+
+/// Everything one call through the proxy consumed. Written in batches off the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub at: Timestamp,
+    /// `None` when the token was missing or invalid.
+    pub token_id: Option<AppTokenId>,
+    /// The key last tried; `None` when refused before a key was chosen (or a cache hit).
+    pub key_id: Option<KeyId>,
+    /// The service as requested (printable, at most 64 characters).
+    pub service_id: String,
+    pub environment: Option<String>,
+    pub method: String,
+    /// The upstream path without its query (at most 200 characters): never credentials.
+    pub endpoint: String,
+    /// The HTTP status the client got.
+    pub status: u16,
+    pub outcome: Outcome,
+    /// Keyward's error code when Keyward answered with an error.
+    pub error_code: Option<String>,
+    pub latency_ms: u32,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub cache: CacheOutcome,
+    /// Attempts beyond the first (retries and failovers).
+    pub retries: u32,
+    pub model: Option<String>,
+    pub tokens: TokenUsage,
+    /// Provider credits spent (requests count 1 unless the service weighs them).
+    pub credits: u32,
+    pub cost_nanos: u64,
+}
+
+/// What a key is known to suffer from, learned from provider answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFlag {
+    pub key_id: KeyId,
+    pub kind: KeyFlagKind,
+    /// What the provider said, in a few words (status code and error type; never a body).
+    pub reason: String,
+    pub since: Timestamp,
+    /// When the flag lapses by itself (quota resets); `None` holds until cleared.
+    pub until: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyFlagKind {
+    /// The provider refused the key (401/403): revoked, wrong or lacking permission.
+    Rejected,
+    /// The provider (or Keyward's own quota count) says the key's allowance is used up.
+    QuotaLimited,
+}
+
+impl KeyFlag {
+    pub fn in_force(&self, now: Timestamp) -> bool {
+        self.until.is_none_or(|until| until > now)
+    }
+}
+
+/// How the keys of one service and environment share the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolStrategy {
+    /// Each key in turn.
+    #[default]
+    RoundRobin,
+    /// The key with the fewest requests in the current day.
+    LeastUsed,
+    /// The key with the most quota left (as a share of its tightest limit).
+    QuotaAware,
+}
+
+/// The strategy chosen for one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSetting {
+    pub service_id: String,
+    pub environment: String,
+    pub strategy: PoolStrategy,
+}
+
+/// Time buckets of a usage query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Granularity {
+    pub fn millis(self) -> i64 {
+        match self {
+            Self::Minute => 60_000,
+            Self::Hour => 3_600_000,
+            Self::Day => 86_400_000,
+        }
+    }
+}
+
+/// Most buckets one usage query may return.
+pub const USAGE_BUCKETS_MAX: i64 = 2_000;
+
+/// A validated usage query: a time range `[from, to)` in buckets, optionally narrowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub granularity: Granularity,
+    pub key_id: Option<KeyId>,
+    pub token_id: Option<AppTokenId>,
+    pub service_id: Option<String>,
+}
+
+impl UsageQuery {
+    /// Aligns `from` down and `to` up to whole buckets (UTC) and caps the bucket count.
+    pub fn new(
+        from: Timestamp,
+        to: Timestamp,
+        granularity: Granularity,
+        key_id: Option<KeyId>,
+        token_id: Option<AppTokenId>,
+        service_id: Option<String>,
+    ) -> Result<Self, Error> {
+        let step = granularity.millis();
+        let start = from.as_millisecond().div_euclid(step) * step;
+        let end = (to.as_millisecond() + step - 1).div_euclid(step) * step;
+        if end <= start {
+            return Err(Error::invalid("invalid_range", "`to` must be after `from`"));
+        }
+        if (end - start) / step > USAGE_BUCKETS_MAX {
+            return Err(Error::invalid(
+                "range_too_large",
+                format!(
+                    "at most {USAGE_BUCKETS_MAX} {} buckets per query; narrow the range or use a coarser granularity",
+                    granularity.as_str()
+                ),
+            ));
+        }
+        let at = |ms| {
+            Timestamp::from_millisecond(ms)
+                .map_err(|e| Error::invalid("invalid_range", e.to_string()))
+        };
+        Ok(Self {
+            from: at(start)?,
+            to: at(end)?,
+            granularity,
+            key_id,
+            token_id,
+            service_id,
+        })
+    }
+}
+
+/// Sums over a set of usage records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct UsageTotals {
+    pub requests: u64,
+    pub errors: u64,
+    pub cache_hits: u64,
+    pub input_tokens: u64,
+    pub cached_tokens: u64,
+    pub output_tokens: u64,
+    pub credits: u64,
+    pub cost_nanos: u64,
+}
+
+/// One time bucket of a usage query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageBucket {
+    pub start: Timestamp,
+    pub totals: UsageTotals,
+}
+
+/// Whose consumption a running count belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Key(KeyId),
+    Token(AppTokenId),
+}
+
+/// Consumption of one subject in one hour: what quota and budget counters are restored from
+/// after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourlyUse {
+    pub subject: Subject,
+    pub hour: Timestamp,
+    pub requests: u64,
+    pub credits: u64,
+    pub tokens: u64,
+    pub cost_nanos: u64,
+}
+
+/// A fixed counting window `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+/// Limits shorter than this are enforced as rates (GCRA-style buckets, in memory); longer
+/// ones as counts in calendar windows that survive restarts.
+pub const CALENDAR_LIMIT_MIN_SECONDS: u64 = 3_600;
+
+const DAY_SECONDS: u64 = 86_400;
+
+fn zone(name: &str) -> TimeZone {
+    TimeZone::get(name).unwrap_or(TimeZone::UTC)
+}
+
+/// The window of a long limit that contains `now`: a day-long limit follows a daily
+/// calendar (e.g. midnight US/Eastern), a month-long one a monthly calendar; anything else
+/// counts in fixed windows of its length from the Unix epoch (UTC).
+pub fn limit_window(limit: &Limit, calendar: &QuotaCalendar, now: Timestamp) -> Window {
+    match calendar {
+        QuotaCalendar::Daily { time, time_zone } if limit.window_seconds == DAY_SECONDS => {
+            daily_window(now, time, &zone(time_zone))
+        }
+        QuotaCalendar::Monthly { time_zone } if is_month(limit.window_seconds) => {
+            monthly_window(now, &zone(time_zone))
+        }
+        QuotaCalendar::BillingCycle if is_month(limit.window_seconds) => {
+            monthly_window(now, &TimeZone::UTC)
+        }
+        _ => epoch_window(now, limit.window_seconds),
+    }
+}
+
+/// The budget period containing `now`, in UTC.
+pub fn budget_window(budget: &Budget, now: Timestamp) -> Window {
+    match budget.period {
+        BudgetPeriod::Day => daily_window(now, "00:00", &TimeZone::UTC),
+        BudgetPeriod::Month => monthly_window(now, &TimeZone::UTC),
+    }
+}
+
+fn is_month(seconds: u64) -> bool {
+    (28 * DAY_SECONDS..=31 * DAY_SECONDS).contains(&seconds)
+}
+
+fn epoch_window(now: Timestamp, seconds: u64) -> Window {
+    let step = i64::try_from(seconds.max(1))
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
+    let start = now.as_millisecond().div_euclid(step) * step;
+    let at = |ms: i64| Timestamp::from_millisecond(ms).unwrap_or(now);
+    Window {
+        start: at(start),
+        end: at(start.saturating_add(step)),
+    }
+}
+
+fn daily_window(now: Timestamp, time: &str, tz: &TimeZone) -> Window {
+    let reset: Time = time.parse().unwrap_or(Time::midnight());
+    let local = now.to_zoned_datetime(tz.clone());
+    let today = local
+        .date()
+        .to_zoned_datetime(tz.clone())
+        .ok()
+        .and_then(|midnight| {
+            midnight
+                .date()
+                .at(reset.hour(), reset.minute(), 0, 0)
+                .to_zoned_datetime(tz.clone())
+                .ok()
+        });
+    let Some(today) = today else {
+        return epoch_window(now, DAY_SECONDS);
+    };
+    let (start, end) = if today.timestamp() <= now {
+        let next = today.checked_add(1.day()).ok();
+        (Some(today), next)
+    } else {
+        let previous = today.checked_sub(1.day()).ok();
+        (previous, Some(today))
+    };
+    match (start, end) {
+        (Some(start), Some(end)) => Window {
+            start: start.timestamp(),
+            end: end.timestamp(),
+        },
+        _ => epoch_window(now, DAY_SECONDS),
+    }
+}
+
+fn monthly_window(now: Timestamp, tz: &TimeZone) -> Window {
+    let local: ZonedDateTime = now.to_zoned_datetime(tz.clone());
+    let first = local.date().first_of_month();
+    let start = first.to_zoned_datetime(tz.clone()).ok();
+    let end = first
+        .checked_add(1.month())
+        .ok()
+        .and_then(|d| d.to_zoned_datetime(tz.clone()).ok());
+    match (start, end) {
+        (Some(start), Some(end)) => Window {
+            start: start.timestamp(),
+            end: end.timestamp(),
+        },
+        _ => epoch_window(now, 30 * DAY_SECONDS),
+    }
+}
+
+/// A model's prices, in pico-dollars per token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelPrice {
+    pub model: String,
+    pub input: u64,
+    pub cached_input: u64,
+    pub cache_write: u64,
+    pub output: u64,
+    /// The most output tokens the model produces when the request names no maximum: used
+    /// to reserve a budget before the call.
+    pub max_output_tokens: u64,
+}
+
+impl ModelPrice {
+    /// The cost of `usage` in nano-dollars, rounded up.
+    pub fn cost_nanos(&self, usage: &TokenUsage) -> u64 {
+        let picos = u128::from(usage.input) * u128::from(self.input)
+            + u128::from(usage.cached_input) * u128::from(self.cached_input)
+            + u128::from(usage.cache_write) * u128::from(self.cache_write)
+            + u128::from(usage.output) * u128::from(self.output);
+        u64::try_from(picos.div_ceil(1000)).unwrap_or(u64::MAX)
+    }
+
+    /// The most a call can cost: every input byte a token at the full input (or
+    /// cache-write, if dearer) price, and the full output allowance.
+    pub fn max_cost_nanos(&self, input_bytes: u64, max_output: Option<u64>) -> u64 {
+        let input_price = self.input.max(self.cache_write);
+        let usage = TokenUsage {
+            input: input_bytes,
+            output: max_output.unwrap_or(self.max_output_tokens),
+            ..TokenUsage::default()
+        };
+        ModelPrice {
+            input: input_price,
+            ..self.clone()
+        }
+        .cost_nanos(&usage)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceEntry {
+    service: String,
+    model: String,
+    /// USD per million input tokens.
+    input: f64,
+    #[serde(default)]
+    cached_input: Option<f64>,
+    #[serde(default)]
+    cache_write: Option<f64>,
+    output: f64,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PricingFile {
+    #[serde(default)]
+    price: Vec<PriceEntry>,
+}
+
+const BUILTIN_PRICING: &str = include_str!("../catalog/pricing.toml");
+const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 32_768;
+
+/// LLM prices by service and model; the built-in table (`catalog/pricing.toml`) with a
+/// user's file laid over it entry by entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PricingTable {
+    services: HashMap<String, Vec<ModelPrice>>,
+}
+
+fn picos_per_token(what: &str, usd_per_million: f64) -> Result<u64, Error> {
+    let picos = (usd_per_million * 1_000_000.0).round();
+    if !picos.is_finite() || picos < 0.0 || picos > 1e15 {
+        return Err(Error::invalid(
+            "invalid_pricing",
+            format!("{what}: prices must be 0–1,000,000,000 USD per million tokens"),
+        ));
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "range checked above"
+    )]
+    Ok(picos as u64)
+}
+
+impl PricingTable {
+    pub fn builtin() -> Result<Self, Error> {
+        Self::default().with_overrides(BUILTIN_PRICING)
+    }
+
+    /// Adds or replaces the entries of a pricing file (TOML, `[[price]]` tables).
+    pub fn with_overrides(mut self, toml_text: &str) -> Result<Self, Error> {
+        let file: PricingFile = toml::from_str(toml_text).map_err(|e| {
+            Error::invalid(
+                "invalid_pricing",
+                format!("the pricing file is not valid: {e}"),
+            )
+        })?;
+        for entry in file.price {
+            let what = format!("{}/{}", entry.service, entry.model);
+            let input = picos_per_token(&what, entry.input)?;
+            let price = ModelPrice {
+                model: entry.model.clone(),
+                input,
+                cached_input: picos_per_token(&what, entry.cached_input.unwrap_or(entry.input))?,
+                cache_write: picos_per_token(&what, entry.cache_write.unwrap_or(entry.input))?,
+                output: picos_per_token(&what, entry.output)?,
+                max_output_tokens: entry.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
+            };
+            let models = self.services.entry(entry.service).or_default();
+            models.retain(|m| m.model != price.model);
+            models.push(price);
+        }
+        Ok(self)
+    }
+
+    /// The price of `model`: an exact entry, else the longest entry that is a prefix followed
+    /// by `-` (dated snapshots such as `gpt-5.4-mini-2026-03-17`), else the service's `*`.
+    pub fn price(&self, service: &str, model: &str) -> Option<&ModelPrice> {
+        let models = self.services.get(service)?;
+        models
+            .iter()
+            .find(|m| m.model == model)
+            .or_else(|| {
+                models
+                    .iter()
+                    .filter(|m| {
+                        model.len() > m.model.len()
+                            && model.starts_with(m.model.as_str())
+                            && model.as_bytes().get(m.model.len()) == Some(&b'-')
+                    })
+                    .max_by_key(|m| m.model.len())
+            })
+            .or_else(|| models.iter().find(|m| m.model == "*"))
+    }
+
+    /// The dearest model of a service: what a call to an unknown model is reserved at.
+    pub fn dearest(&self, service: &str) -> Option<&ModelPrice> {
+        self.services
+            .get(service)?
+            .iter()
+            .max_by_key(|m| m.output.max(m.input))
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = (&String, &Vec<ModelPrice>)> {
+        self.services.iter()
+    }
+}
+
+/// Nano-dollars as a decimal number of dollars, for display.
+pub fn nanos_to_usd(nanos: u64) -> f64 {
+    #[expect(clippy::cast_precision_loss, reason = "display only")]
+    let usd = nanos as f64 / 1e9;
+    usd
+}
+
+/// How long until `later`, never negative.
+pub fn until(now: Timestamp, later: Timestamp) -> std::time::Duration {
+    let d: SignedDuration = later.duration_since(now);
+    d.try_into().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::LimitUnit;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    #[test]
+    fn daily_windows_follow_the_providers_zone_across_dst() {
+        let day = Limit {
+            max: 25,
+            unit: LimitUnit::Requests,
+            window_seconds: 86_400,
+        };
+        let eastern = QuotaCalendar::Daily {
+            time: "00:00".into(),
+            time_zone: "America/New_York".into(),
+        };
+        // 03:00 UTC on 25 Nov is 22:00 on 24 Nov in New York (EST, UTC-5).
+        let w = limit_window(&day, &eastern, at("2026-11-25T03:00:00Z"));
+        assert_eq!(w.start, at("2026-11-24T05:00:00Z"));
+        assert_eq!(w.end, at("2026-11-25T05:00:00Z"));
+        // The day DST ends is 25 hours long.
+        let w = limit_window(&day, &eastern, at("2026-11-01T12:00:00Z"));
+        assert_eq!(w.start, at("2026-11-01T04:00:00Z"));
+        assert_eq!(w.end, at("2026-11-02T05:00:00Z"));
+        let monthly = Limit {
+            window_seconds: 2_592_000,
+            ..day.clone()
+        };
+        let w = limit_window(
+            &monthly,
+            &QuotaCalendar::Monthly {
+                time_zone: "UTC".into(),
+            },
+            at("2026-02-10T00:00:00Z"),
+        );
+        assert_eq!(
+            (w.start, w.end),
+            (at("2026-02-01T00:00:00Z"), at("2026-03-01T00:00:00Z"))
+        );
+        let rolling = limit_window(&day, &QuotaCalendar::Rolling, at("2026-11-25T03:00:00Z"));
+        assert_eq!(rolling.start, at("2026-11-25T00:00:00Z"));
+    }
+
+    #[test]
+    fn prices_match_dated_models_and_round_up() {
+        let table = PricingTable::builtin().expect("pricing");
+        let mini = table
+            .price("openai", "gpt-5.4-mini-2026-03-17")
+            .expect("price");
+        assert_eq!(mini.model, "gpt-5.4-mini");
+        // 256 uncached + 1,280 cached input, 58 output (fixture 8.1 of PROVIDERS.md):
+        // 256 × 0.75 + 1280 × 0.075 + 58 × 4.50 = 192 + 96 + 261 = 549 micro-dollars.
+        let usage = TokenUsage {
+            input: 256,
+            cached_input: 1280,
+            cache_write: 0,
+            output: 58,
+        };
+        assert_eq!(mini.cost_nanos(&usage), 549_000);
+        assert!(
+            table
+                .price("openai", "gpt-5.4")
+                .is_some_and(|p| p.model == "gpt-5.4")
+        );
+        assert!(
+            table.price("openai", "gpt-5.45").is_none(),
+            "a prefix must end at a dash"
+        );
+        let overridden = table
+            .clone()
+            .with_overrides("[[price]]\nservice = \"openai\"\nmodel = \"gpt-5.4-mini\"\ninput = 1\noutput = 2\n")
+            .expect("override");
+        let mini = overridden.price("openai", "gpt-5.4-mini").expect("price");
+        assert_eq!(
+            (mini.input, mini.cached_input, mini.output),
+            (1_000_000, 1_000_000, 2_000_000)
+        );
+        assert!(
+            PricingTable::default()
+                .with_overrides("[[price]]\nservice = 1")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn usage_queries_align_and_cap_buckets() {
+        let q = UsageQuery::new(
+            at("2026-11-25T10:17:00Z"),
+            at("2026-11-25T12:01:00Z"),
+            Granularity::Hour,
+            None,
+            None,
+            None,
+        )
+        .expect("query");
+        assert_eq!(
+            (q.from, q.to),
+            (at("2026-11-25T10:00:00Z"), at("2026-11-25T13:00:00Z"))
+        );
+        assert!(
+            UsageQuery::new(
+                at("2026-01-01T00:00:00Z"),
+                at("2026-12-01T00:00:00Z"),
+                Granularity::Minute,
+                None,
+                None,
+                None
+            )
+            .is_err()
+        );
+    }
+}
