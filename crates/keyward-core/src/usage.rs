@@ -468,7 +468,7 @@ pub struct PricingTable {
 
 fn picos_per_token(what: &str, usd_per_million: f64) -> Result<u64, Error> {
     let picos = (usd_per_million * 1_000_000.0).round();
-    if !picos.is_finite() || picos < 0.0 || picos > 1e15 {
+    if !picos.is_finite() || !(0.0..=1e15).contains(&picos) {
         return Err(Error::invalid(
             "invalid_pricing",
             format!("{what}: prices must be 0–1,000,000,000 USD per million tokens"),
