@@ -207,7 +207,7 @@ async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
     let token = AppTokenId::generate(ts(1), &r);
     const HOUR: i64 = 3_600_000;
     let base = 1_764_028_800_000; // 2025-11-25T00:00:00Z
-    let records = vec![
+    let records = [
         usage(base + 1_000, Some(&key), Some(&token), Outcome::Success),
         usage(
             base + 61_000,
