@@ -5,8 +5,12 @@
 //! immutable [`Snapshot`] of services, app tokens and keys (values still sealed), which the
 //! server rebuilds from the store whenever something changes and swaps in atomically.
 
+mod cache;
 mod forward;
+mod health;
 mod limits;
+mod meter;
+mod quota;
 mod redact;
 mod snapshot;
 
