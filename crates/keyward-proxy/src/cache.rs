@@ -86,6 +86,7 @@ impl ResponseCache {
     }
 
     /// Total weight held (after pending maintenance).
+    #[cfg(test)]
     pub fn weighted_size(&self) -> u64 {
         self.entries.run_pending_tasks();
         self.entries.weighted_size()

@@ -1,29 +1,40 @@
 //! Forwarding one request: find the app token where the provider's SDK put its key, check
-//! it against the snapshot, build the upstream URL from the service definition only, strip
-//! hop-by-hop headers and every client credential, inject the real key, and stream both
-//! bodies through.
+//! it against the snapshot, apply limits, budgets and the cache, build the upstream URL from
+//! the service definition only, strip hop-by-hop headers and every client credential,
+//! inject the real key, stream both bodies through — and meter what the call consumed.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Response};
+use http::{Method, Response, StatusCode};
+use keyward_core::id::KeyId;
 use keyward_core::key::SealContext;
-use keyward_core::service::{KeyPlacement, ServiceDefinition};
+use keyward_core::service::{KeyPlacement, ServiceDefinition, SoftErrorKind};
+use keyward_core::usage::{
+    CacheOutcome, KeyFlag, KeyFlagKind, Outcome, PricingTable, Subject, TokenUsage, UsageRecord,
+};
 use keyward_core::{Clock, Error, ErrorKind};
 use keyward_crypto::Keyring;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::cache::{CachedResponse, ResponseCache, client_allows, storable};
+use crate::health::KeyHealth;
+use crate::meter::{LlmRequest, UsageReader, inspect_request};
+use crate::quota::{Meters, Reservation, Spend};
 use crate::redact::redact_stream;
-use crate::{LiveKey, Snapshot, TokenRateLimits};
+use crate::{LiveKey, Route, Snapshot, TokenRateLimits};
 
 /// Where clients may always put their app token, whatever the service.
 pub const TOKEN_HEADER: &str = "x-keyward-token";
 /// Chooses the environment (must be in the token's scope); default: the token's first.
 pub const ENVIRONMENT_HEADER: &str = "x-keyward-environment";
+/// `hit` or `miss` on answers to cacheable requests.
+pub const CACHE_HEADER: &str = "x-keyward-cache";
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus `host`.
 const HOP_BY_HOP: [&str; 9] = [
@@ -78,6 +89,14 @@ pub struct ProxyConfig {
     /// Longest wait before a retry; a `Retry-After` beyond it fails over to the next key
     /// (or returns the upstream's answer) instead of waiting.
     pub retry_wait_cap: Duration,
+    /// How long a key counts as quota-limited after a throttle that names no time.
+    pub quota_hold: Duration,
+    /// Total size of the response cache.
+    pub cache_max_bytes: u64,
+    /// Largest answer the cache keeps.
+    pub cache_max_entry_bytes: usize,
+    /// How much of a 200 answer is read to look for a soft error (they are small).
+    pub soft_error_peek_bytes: usize,
 }
 
 impl Default for ProxyConfig {
@@ -89,23 +108,45 @@ impl Default for ProxyConfig {
             max_attempts: 3,
             retry_base: Duration::from_millis(200),
             retry_wait_cap: Duration::from_secs(5),
+            quota_hold: Duration::from_secs(60),
+            cache_max_bytes: 64 * 1024 * 1024,
+            cache_max_entry_bytes: 1024 * 1024,
+            soft_error_peek_bytes: 64 * 1024,
         }
     }
 }
 
-/// That an app token used a key at a time: sent off the request path, written in batches.
+/// What the proxy reports to the server's batch writer, off the request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyUse {
-    pub key: keyward_core::id::KeyId,
-    pub token: keyward_core::id::AppTokenId,
-    pub at: jiff::Timestamp,
+pub enum ProxyEvent {
+    Usage(Box<UsageRecord>),
+    Flag(KeyFlag),
+    FlagCleared(KeyId, jiff::Timestamp),
 }
 
-/// Bound of the use channel: when the writer falls this far behind, uses are dropped (and
-/// counted) rather than slowing requests down.
-pub const USE_CHANNEL_CAPACITY: usize = 10_000;
+/// Bound of the event channel: when the writer falls this far behind, events are dropped
+/// (and counted) rather than slowing requests down.
+pub const EVENT_CHANNEL_CAPACITY: usize = 10_000;
 
-/// The data plane: a snapshot to decide with, the keyring to unseal with, a pooled client.
+/// Where finished calls go: the event channel, the meters, the prices.
+#[derive(Debug)]
+struct Sink {
+    events: tokio::sync::mpsc::Sender<ProxyEvent>,
+    dropped: AtomicU64,
+    meters: Arc<Meters>,
+    pricing: PricingTable,
+}
+
+impl Sink {
+    fn emit(&self, event: ProxyEvent) {
+        if self.events.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The data plane: a snapshot to decide with, the keyring to unseal with, a pooled client,
+/// and the in-memory state that must outlive snapshots (limits, flags, cache).
 #[derive(Debug)]
 pub struct Proxy {
     snapshot: RwLock<Arc<Snapshot>>,
@@ -115,22 +156,147 @@ pub struct Proxy {
     random: Arc<dyn keyward_core::Randomness>,
     config: ProxyConfig,
     rate_limits: TokenRateLimits,
-    uses: tokio::sync::mpsc::Sender<KeyUse>,
-    dropped_uses: std::sync::atomic::AtomicU64,
+    health: KeyHealth,
+    cache: ResponseCache,
+    sink: Arc<Sink>,
 }
 
 fn bad_request(code: &'static str, message: impl Into<String>) -> Error {
     Error::new(ErrorKind::Malformed, code, message)
 }
 
+/// One call in progress: the usage record being filled in, and what it holds.
+#[derive(Debug)]
+struct Exchange {
+    record: UsageRecord,
+    started: Instant,
+    reservations: Vec<Reservation>,
+    reader: Option<UsageReader>,
+}
+
+impl Exchange {
+    fn new<B>(inbound: &Inbound<B>, now: jiff::Timestamp) -> Self {
+        let endpoint: String = inbound.path.chars().take(200).collect();
+        Self {
+            record: UsageRecord {
+                at: now,
+                token_id: None,
+                key_id: None,
+                service_id: keyward_core::label::printable(&inbound.service)
+                    .chars()
+                    .take(64)
+                    .collect(),
+                environment: None,
+                method: inbound.method.as_str().chars().take(16).collect(),
+                endpoint,
+                status: 0,
+                outcome: Outcome::Refused,
+                error_code: None,
+                latency_ms: 0,
+                request_bytes: 0,
+                response_bytes: 0,
+                cache: CacheOutcome::None,
+                retries: 0,
+                model: None,
+                tokens: TokenUsage::default(),
+                credits: 0,
+                cost_nanos: 0,
+            },
+            started: Instant::now(),
+            reservations: Vec::new(),
+            reader: None,
+        }
+    }
+
+    fn mark_latency(&mut self) {
+        self.record.latency_ms =
+            u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX);
+    }
+}
+
+/// Finishes an exchange when the response body ends or is dropped (an abandoned stream
+/// still records what was seen): reads the usage, prices it, settles budgets, charges
+/// token limits, and sends the record.
+#[derive(Debug)]
+struct Finisher {
+    exchange: Option<Exchange>,
+    sink: Arc<Sink>,
+}
+
+impl Finisher {
+    fn feed(&mut self, chunk: Bytes) -> Bytes {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return chunk;
+        };
+        let out = match exchange.reader.as_mut() {
+            Some(reader) => reader.feed(chunk),
+            None => chunk,
+        };
+        exchange.record.response_bytes += out.len() as u64;
+        out
+    }
+
+    fn flush(&mut self) -> Bytes {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Bytes::new();
+        };
+        let rest = exchange
+            .reader
+            .as_mut()
+            .map(UsageReader::flush)
+            .unwrap_or_default();
+        exchange.record.response_bytes += rest.len() as u64;
+        rest
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        let Some(mut exchange) = self.exchange.take() else {
+            return;
+        };
+        if let Some(mut reader) = exchange.reader.take() {
+            reader.finish();
+            if let Some(model) = reader.model.take() {
+                exchange.record.model = Some(model);
+            }
+            if let Some(tokens) = reader.tokens {
+                exchange.record.tokens = tokens;
+                let price = exchange
+                    .record
+                    .model
+                    .as_deref()
+                    .and_then(|m| self.sink.pricing.price(&exchange.record.service_id, m));
+                exchange.record.cost_nanos = price.map_or(0, |p| p.cost_nanos(&tokens));
+                if let Some(key) = &exchange.record.key_id {
+                    self.sink.meters.charge_tokens(key, tokens.total());
+                }
+            }
+        }
+        for reservation in exchange.reservations.drain(..) {
+            // The token's budget and the key's budget are each charged the call's cost.
+            reservation.settle(exchange.record.cost_nanos);
+        }
+        self.sink.emit(ProxyEvent::Usage(Box::new(exchange.record)));
+    }
+}
+
+/// What to do with an upstream answer.
+enum Verdict {
+    Deliver,
+    /// Try again (after `wait`) with the next usable key.
+    Retry(Duration),
+}
+
 impl Proxy {
-    /// The proxy and the receiving end of its use records (for the batch writer).
+    /// The proxy and the receiving end of its events (for the batch writer).
     pub fn new(
         keyring: Arc<Keyring>,
         clock: Arc<dyn Clock>,
         random: Arc<dyn keyward_core::Randomness>,
         config: ProxyConfig,
-    ) -> Result<(Self, tokio::sync::mpsc::Receiver<KeyUse>), Error> {
+        pricing: PricingTable,
+    ) -> Result<(Self, tokio::sync::mpsc::Receiver<ProxyEvent>), Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
@@ -140,17 +306,23 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))?;
-        let (uses, receiver) = tokio::sync::mpsc::channel(USE_CHANNEL_CAPACITY);
+        let (events, receiver) = tokio::sync::mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let proxy = Self {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             keyring,
             client,
             clock,
             random,
-            config,
             rate_limits: TokenRateLimits::default(),
-            uses,
-            dropped_uses: std::sync::atomic::AtomicU64::new(0),
+            health: KeyHealth::default(),
+            cache: ResponseCache::new(config.cache_max_bytes, config.cache_max_entry_bytes),
+            config,
+            sink: Arc::new(Sink {
+                events,
+                dropped: AtomicU64::new(0),
+                meters: Arc::new(Meters::default()),
+                pricing,
+            }),
         };
         Ok((proxy, receiver))
     }
@@ -159,7 +331,35 @@ impl Proxy {
     pub fn install(&self, snapshot: Snapshot) {
         let live: std::collections::HashSet<_> = snapshot.token_ids().cloned().collect();
         self.rate_limits.retain(|id| live.contains(id));
+        self.health.retain(|k| snapshot.has_key(k));
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+    }
+
+    /// Restores quota and budget counters from the store's hourly sums (at start-up).
+    pub fn seed_meters(&self, uses: Vec<keyward_core::usage::HourlyUse>) {
+        self.sink.meters.seed(uses);
+    }
+
+    /// Events dropped because the writer fell behind.
+    pub fn dropped_events(&self) -> u64 {
+        self.sink.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The flag in force for a key (as the proxy sees it now), for the API.
+    pub fn key_flag(&self, key: &KeyId) -> Option<KeyFlag> {
+        let snapshot = self.snapshot();
+        let stored = snapshot.live_key(key).and_then(|k| k.flag.clone());
+        self.health.flag(key, stored.as_ref(), self.clock.now())
+    }
+
+    /// Clears a key's flag here (the caller clears the stored one).
+    pub fn clear_key_flag(&self, key: &KeyId) {
+        self.health.clear(key, self.clock.now());
+    }
+
+    /// Budget spent and reserved in the current period, in nano-dollars.
+    pub fn spending(&self, subject: &Subject) -> Option<(u64, u64)> {
+        self.sink.meters.spending(subject)
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -169,14 +369,57 @@ impl Proxy {
             .clone()
     }
 
+    fn raise(&self, key: &LiveKey, kind: KeyFlagKind, reason: String, hold: Option<Duration>) {
+        let now = self.clock.now();
+        let flag = KeyFlag {
+            key_id: key.key.id.clone(),
+            kind,
+            reason,
+            since: now,
+            until: hold.and_then(|h| now.checked_add(h).ok()),
+        };
+        tracing::warn!(key = %flag.key_id, kind = flag.kind.as_str(), reason = %flag.reason, "key flagged");
+        self.health.raise(flag.clone());
+        self.sink.emit(ProxyEvent::Flag(flag));
+    }
+
     /// Forwards one request. Errors are Keyward's own (token, scope, limits, upstream
-    /// unreachable); any answer from the upstream, error or not, is passed through.
+    /// unreachable); any answer from the upstream, error or not, is passed through. Every
+    /// call, refused or not, yields a usage record.
     pub async fn forward<S, E>(&self, inbound: Inbound<S>) -> Result<Response<reqwest::Body>, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        let now = self.clock.now();
+        let mut exchange = Exchange::new(&inbound, self.clock.now());
+        match self.handle(inbound, &mut exchange).await {
+            Ok(response) => Ok(response),
+            Err(error) => {
+                exchange.mark_latency();
+                exchange.record.outcome = match error.kind {
+                    ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => Outcome::Failed,
+                    _ => Outcome::Refused,
+                };
+                exchange.record.error_code = Some(error.code.to_owned());
+                // The status Keyward answers with is the HTTP layer's business; the record
+                // keeps the stable error code (and status 0: no upstream answer).
+                exchange.reservations.clear();
+                self.sink.emit(ProxyEvent::Usage(Box::new(exchange.record)));
+                Err(error)
+            }
+        }
+    }
+
+    async fn handle<S, E>(
+        &self,
+        inbound: Inbound<S>,
+        exchange: &mut Exchange,
+    ) -> Result<Response<reqwest::Body>, Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let now = exchange.record.at;
         let snapshot = self.snapshot();
         let service = snapshot.service(&inbound.service)?;
         let presented = find_token(service, &inbound.headers, inbound.query.as_deref())
@@ -184,6 +427,7 @@ impl Proxy {
                 "send your Keyward app token where the {} SDK sends its key, or in X-Keyward-Token", service.name
             )))?;
         let token = snapshot.authenticate(&presented, now, inbound.source)?;
+        exchange.record.token_id = Some(token.id.clone());
         let environment =
             match inbound.headers.get(ENVIRONMENT_HEADER) {
                 Some(value) => Some(value.to_str().map_err(|_| {
@@ -192,18 +436,42 @@ impl Proxy {
                 None => None,
             };
         let route = snapshot.route(token, &inbound.service, environment, now)?;
+        exchange.record.environment = Some(route.environment.clone());
         self.rate_limits.check(&route.token)?;
         if let Some(length) = content_length(&inbound.headers)?
             && length > self.config.max_request_body as u64
         {
             return Err(too_large(self.config.max_request_body));
         }
+        check_path(&inbound.path)?;
+        let query = client_query(route.service, inbound.query.as_deref());
+
+        // The cache answers before any budget or quota is spent.
+        let cache_ttl = (inbound.method == Method::GET)
+            .then(|| route.service.cache_ttl(&inbound.path, &query))
+            .flatten();
+        let (may_read, may_store) = client_allows(&inbound.headers);
+        let cache_key = cache_ttl.map(|_| {
+            ResponseCache::key(&route.service.id, &route.environment, &inbound.path, &query)
+        });
+        if let Some(key) = &cache_key {
+            exchange.record.cache = CacheOutcome::Miss;
+            if may_read && let Some(hit) = self.cache.get(key, now) {
+                exchange.record.cache = CacheOutcome::Hit;
+                return Ok(self.answer_from_cache(&hit, exchange, now));
+            }
+        }
 
         let limit = self.config.max_request_body;
+        let llm = route
+            .service
+            .usage
+            .filter(|_| inbound.method == Method::POST);
         // A request that is safe to repeat is buffered (within the size limit) so a retry or
-        // a failover can send it again; anything else streams through exactly once.
+        // a failover can send it again, and so is an LLM request (to read its model and
+        // output allowance); anything else streams through exactly once.
         let repeatable = is_idempotent(&inbound.method);
-        let mut body = if repeatable {
+        let mut body = if repeatable || llm.is_some() {
             Outgoing::Buffered(collect_limited(inbound.body, limit).await?)
         } else {
             Outgoing::Streaming(Some(reqwest::Body::wrap_stream(limited(
@@ -211,9 +479,42 @@ impl Proxy {
                 limit,
             ))))
         };
-        let candidates: Vec<Arc<LiveKey>> = std::iter::once(route.key.clone())
-            .chain(route.fallbacks.iter().cloned())
-            .collect();
+        let mut request = LlmRequest::default();
+        if let Outgoing::Buffered(bytes) = &mut body {
+            exchange.record.request_bytes = bytes.len() as u64;
+            if let Some(format) = llm {
+                let (seen, rewritten) = inspect_request(format, &inbound.path, bytes);
+                if let Some(rewritten) = rewritten {
+                    *bytes = rewritten;
+                }
+                request = seen;
+                exchange.record.model = request.model.clone();
+            }
+        } else if let Some(length) = content_length(&inbound.headers)? {
+            exchange.record.request_bytes = length;
+        }
+
+        // Budgets: the most this call can cost is reserved before it is sent.
+        let max_cost = llm.map_or(0, |_| {
+            self.max_cost(&route, &request, exchange.record.request_bytes)
+        });
+        if let Some(budget) = route.token.budget {
+            let reservation = self.sink.meters.reserve(
+                &[(Subject::Token(route.token.id.clone()), budget)],
+                max_cost,
+                now,
+            )?;
+            exchange.reservations.push(reservation);
+        }
+        let spend = Spend {
+            requests: 1,
+            credits: u64::from(route.service.credits(&inbound.path, &query)),
+        };
+        let ordered = self.order(&route, now);
+        let mut cursor = 0;
+        let (mut key, mut key_reservation) =
+            self.pick(&ordered, &mut cursor, &route, spend, max_cost)?;
+
         let attempts = if repeatable {
             self.config.max_attempts.max(1)
         } else {
@@ -221,9 +522,14 @@ impl Proxy {
         };
         let mut attempt = 0;
         loop {
-            let key = &candidates[attempt % candidates.len()];
             attempt += 1;
             let last = attempt >= attempts;
+            exchange.record.key_id = Some(key.key.id.clone());
+            exchange.record.credits = exchange
+                .record
+                .credits
+                .saturating_add(u32::try_from(spend.credits).unwrap_or(u32::MAX));
+            exchange.record.retries = u32::try_from(attempt - 1).unwrap_or(u32::MAX);
             let secret = self.keyring.unseal(
                 &key.current.sealed,
                 &SealContext::key_secret(&key.key.id, key.current.version),
@@ -234,9 +540,13 @@ impl Proxy {
                 inbound.query.as_deref(),
                 &secret,
             )?;
-            let headers = upstream_headers(route.service, &inbound.headers, &secret)?;
+            let mut headers = upstream_headers(route.service, &inbound.headers, &secret)?;
             let request_body = match &mut body {
-                Outgoing::Buffered(bytes) => reqwest::Body::from(bytes.clone()),
+                Outgoing::Buffered(bytes) => {
+                    // The length of what is sent (the body may have been rewritten).
+                    headers.remove(header::CONTENT_LENGTH);
+                    reqwest::Body::from(bytes.clone())
+                }
                 Outgoing::Streaming(stream) => stream.take().ok_or_else(|| {
                     Error::internal("a streamed request body cannot be sent twice")
                 })?,
@@ -256,44 +566,373 @@ impl Proxy {
                         return Err(error);
                     }
                     tokio::time::sleep(self.backoff(attempt)).await;
+                    (key, key_reservation) =
+                        match self.pick(&ordered, &mut cursor, &route, spend, max_cost) {
+                            Ok(next) => next,
+                            Err(_) => return Err(error),
+                        };
                     continue;
                 }
             };
-            self.record_use(&key.key.id, &route.token.id, now);
+            exchange.mark_latency();
             let status = response.status();
-            if !last && (status == 401 || status == 403) && candidates.len() > 1 {
-                tracing::warn!(key = %key.key.id, status = status.as_u16(), "upstream refused the key; failing over");
+            let mut upstream = Upstream::new(response);
+            let verdict = self
+                .judge(&mut upstream, &key, &route, last, ordered.len(), attempt)
+                .await;
+            if let Verdict::Retry(wait) = verdict
+                && let Ok(next) = {
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    self.pick(&ordered, &mut cursor, &route, spend, max_cost)
+                }
+            {
+                (key, key_reservation) = next;
                 continue;
             }
-            if !last && (status == 429 || status.is_server_error()) {
-                let wait = retry_after(response.headers()).unwrap_or_else(|| self.backoff(attempt));
-                if wait <= self.config.retry_wait_cap {
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                if candidates.len() > 1 {
-                    continue; // a long wait: try the next key now instead
+            // A key the provider accepts again is no longer flagged as rejected.
+            if status.is_success()
+                && !upstream.soft_error
+                && self
+                    .health
+                    .flag(&key.key.id, key.flag.as_ref(), self.clock.now())
+                    .is_some_and(|f| f.kind == KeyFlagKind::Rejected)
+            {
+                {
+                    self.health.clear(&key.key.id, self.clock.now());
+                    self.sink.emit(ProxyEvent::FlagCleared(
+                        key.key.id.clone(),
+                        self.clock.now(),
+                    ));
                 }
             }
-            return into_response(response, &secret);
+            exchange.record.status = status.as_u16();
+            exchange.record.outcome = if upstream.soft_error {
+                Outcome::SoftError
+            } else if status.is_success() || status.is_redirection() {
+                Outcome::Success
+            } else {
+                Outcome::UpstreamError
+            };
+            if let Some(reservation) = key_reservation.take() {
+                exchange.reservations.push(reservation);
+            }
+            if let Some(format) = llm {
+                let sse = upstream
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("text/event-stream"));
+                exchange.reader = Some(UsageReader::new(format, sse, request.strip_usage_chunk));
+            }
+            let store_in_cache = cache_key.filter(|_| {
+                may_store
+                    && status == StatusCode::OK
+                    && !upstream.soft_error
+                    && storable(&upstream.headers)
+            });
+            return self
+                .deliver(upstream, &secret, exchange, store_in_cache, cache_ttl)
+                .await;
         }
     }
 
-    fn record_use(
-        &self,
-        key: &keyward_core::id::KeyId,
-        token: &keyward_core::id::AppTokenId,
-        at: jiff::Timestamp,
-    ) {
-        let used = KeyUse {
-            key: key.clone(),
-            token: token.clone(),
-            at,
-        };
-        if self.uses.try_send(used).is_err() {
-            self.dropped_uses
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// The most a call can cost: its model's price (or the service's dearest, for a model
+    /// Keyward has no price for) for every input byte as a token and the full output
+    /// allowance.
+    fn max_cost(&self, route: &Route<'_>, request: &LlmRequest, input_bytes: u64) -> u64 {
+        let pricing = &self.sink.pricing;
+        request
+            .model
+            .as_deref()
+            .and_then(|m| pricing.price(&route.service.id, m))
+            .or_else(|| pricing.dearest(&route.service.id))
+            .map_or(0, |p| p.max_cost_nanos(input_bytes, request.max_output))
+    }
+
+    /// The pool in the order to try: healthy keys by the pool's strategy, then keys the
+    /// provider rejected (the flag may be stale); quota-limited keys are left out.
+    fn order(&self, route: &Route<'_>, now: jiff::Timestamp) -> Vec<Arc<LiveKey>> {
+        use keyward_core::usage::PoolStrategy;
+        let meters = &self.sink.meters;
+        let mut healthy = Vec::with_capacity(route.candidates.len());
+        let mut rejected = Vec::new();
+        for key in &route.candidates {
+            match self
+                .health
+                .flag(&key.key.id, key.flag.as_ref(), now)
+                .map(|f| f.kind)
+            {
+                None => healthy.push(key.clone()),
+                Some(KeyFlagKind::Rejected) => rejected.push(key.clone()),
+                Some(KeyFlagKind::QuotaLimited) => {}
+            }
         }
+        match route.strategy {
+            PoolStrategy::RoundRobin => {}
+            PoolStrategy::LeastUsed => {
+                healthy.sort_by_key(|k| meters.used_today(&k.key.id, now));
+            }
+            PoolStrategy::QuotaAware => {
+                let calendar = &route.service.quota_calendar;
+                let mut scored: Vec<(f64, Arc<LiveKey>)> = healthy
+                    .drain(..)
+                    .map(|k| (meters.headroom(&k.key.id, &k.key.limits, calendar, now), k))
+                    .collect();
+                scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+                healthy = scored.into_iter().map(|(_, k)| k).collect();
+            }
+        }
+        healthy.extend(rejected);
+        healthy
+    }
+
+    /// The next key (from `cursor`, wrapping) whose limits and budget admit the call; the
+    /// refusal of the first key tried if none does.
+    fn pick(
+        &self,
+        ordered: &[Arc<LiveKey>],
+        cursor: &mut usize,
+        route: &Route<'_>,
+        spend: Spend,
+        max_cost: u64,
+    ) -> Result<(Arc<LiveKey>, Option<Reservation>), Error> {
+        let now = self.clock.now();
+        if ordered.is_empty() {
+            let until = route
+                .candidates
+                .iter()
+                .filter_map(|k| self.health.flag(&k.key.id, k.flag.as_ref(), now))
+                .filter_map(|f| f.until)
+                .min();
+            let wait = until.map_or(self.config.quota_hold, |u| {
+                keyward_core::usage::until(now, u)
+            });
+            return Err(Error::limited(
+                "quota_exhausted",
+                format!(
+                    "every {} key for {} is quota-limited; try again later",
+                    route.service.name, route.environment
+                ),
+                wait.max(Duration::from_secs(1)),
+            ));
+        }
+        let mut first_refusal = None;
+        for _ in 0..ordered.len() {
+            let key = &ordered[*cursor % ordered.len()];
+            *cursor += 1;
+            let taken = self.sink.meters.take(
+                &key.key.id,
+                &key.key.limits,
+                &route.service.quota_calendar,
+                spend,
+                now,
+            );
+            let reserved = taken.and_then(|()| match key.key.budget {
+                Some(budget) => self
+                    .sink
+                    .meters
+                    .reserve(&[(Subject::Key(key.key.id.clone()), budget)], max_cost, now)
+                    .map(Some),
+                None => Ok(None),
+            });
+            match reserved {
+                Ok(reservation) => return Ok((key.clone(), reservation)),
+                Err(e) => {
+                    first_refusal.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_refusal.unwrap_or_else(|| Error::internal("no key was tried")))
+    }
+
+    /// Looks at an upstream answer: flags the key when the provider rejected or throttled
+    /// it, and says whether to try again.
+    async fn judge(
+        &self,
+        upstream: &mut Upstream,
+        key: &LiveKey,
+        route: &Route<'_>,
+        last: bool,
+        pool_size: usize,
+        attempt: usize,
+    ) -> Verdict {
+        let status = upstream.status;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            self.raise(
+                key,
+                KeyFlagKind::Rejected,
+                format!("the provider answered HTTP {}", status.as_u16()),
+                None,
+            );
+            return if !last && pool_size > 1 {
+                Verdict::Retry(Duration::ZERO)
+            } else {
+                Verdict::Deliver
+            };
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            let told = retry_after(&upstream.headers);
+            let wait = told.unwrap_or_else(|| self.backoff(attempt));
+            if status == StatusCode::TOO_MANY_REQUESTS
+                && told.is_none_or(|w| w > self.config.retry_wait_cap)
+            {
+                let hold = told.unwrap_or(self.config.quota_hold);
+                self.raise(
+                    key,
+                    KeyFlagKind::QuotaLimited,
+                    "the provider answered HTTP 429".into(),
+                    Some(hold),
+                );
+            }
+            if last {
+                return Verdict::Deliver;
+            }
+            if wait <= self.config.retry_wait_cap {
+                return Verdict::Retry(wait);
+            }
+            return if pool_size > 1 {
+                Verdict::Retry(Duration::ZERO)
+            } else {
+                Verdict::Deliver
+            };
+        }
+        if status == StatusCode::OK && !route.service.soft_errors.is_empty() {
+            upstream.peek(self.config.soft_error_peek_bytes).await;
+            if let Some(kind) = upstream
+                .complete_json()
+                .and_then(|body| route.service.soft_error(&body))
+            {
+                upstream.soft_error = true;
+                if kind == SoftErrorKind::Throttled {
+                    self.raise(
+                        key,
+                        KeyFlagKind::QuotaLimited,
+                        "the provider answered HTTP 200 with a throttling notice".into(),
+                        Some(self.config.quota_hold),
+                    );
+                    if !last && pool_size > 1 {
+                        return Verdict::Retry(Duration::ZERO);
+                    }
+                }
+            }
+        }
+        Verdict::Deliver
+    }
+
+    /// Builds the client's response: the upstream's status and headers (hop-by-hop removed),
+    /// the body with the key masked, metered, and — for a cacheable answer — stored.
+    async fn deliver(
+        &self,
+        mut upstream: Upstream,
+        secret: &SecretString,
+        exchange: &mut Exchange,
+        cache_key: Option<String>,
+        ttl: Option<u32>,
+    ) -> Result<Response<reqwest::Body>, Error> {
+        let mut headers = std::mem::take(&mut upstream.headers);
+        strip_hop_by_hop(&mut headers);
+        let status = upstream.status;
+        let exchange = std::mem::replace(
+            exchange,
+            Exchange::new(
+                &Inbound {
+                    method: Method::GET,
+                    service: String::new(),
+                    path: String::new(),
+                    query: None,
+                    headers: HeaderMap::new(),
+                    body: (),
+                    source: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                },
+                self.clock.now(),
+            ),
+        );
+        let cached_marker = exchange.record.cache;
+        if let (Some(key), Some(ttl)) = (cache_key, ttl) {
+            upstream.peek(self.cache.max_entry_bytes() + 1).await;
+            if let Some(body) = upstream.complete_body() {
+                let masked: Vec<Result<Bytes, std::convert::Infallible>> =
+                    redact_stream(futures_util::stream::iter([Ok(body)]), secret)
+                        .collect()
+                        .await;
+                let masked: Bytes = masked
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .flat_map(|b| b.to_vec())
+                    .collect::<Vec<u8>>()
+                    .into();
+                let now = self.clock.now();
+                self.cache.insert(
+                    key,
+                    CachedResponse {
+                        status,
+                        headers: headers.clone(),
+                        body: masked,
+                        stored_at: now,
+                        expires_at: now
+                            .checked_add(Duration::from_secs(u64::from(ttl)))
+                            .unwrap_or(now),
+                    },
+                );
+            }
+        }
+        if cached_marker != CacheOutcome::None {
+            headers.insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+        }
+        let mut finisher = Finisher {
+            exchange: Some(exchange),
+            sink: self.sink.clone(),
+        };
+        let head = upstream.head.take();
+        let rest = upstream.rest.take();
+        let source = futures_util::stream::iter(head.map(Ok))
+            .chain(futures_util::stream::iter(rest).flatten());
+        let masked = redact_stream(source, secret);
+        let metered = masked
+            .map(Some)
+            .chain(futures_util::stream::once(async { None }))
+            .filter_map(move |item| {
+                let out = match item {
+                    Some(Ok(chunk)) => Some(Ok(finisher.feed(chunk))),
+                    Some(Err(e)) => Some(Err(e)),
+                    None => Some(Ok(finisher.flush())),
+                };
+                std::future::ready(out.filter(|r: &Result<Bytes, reqwest::Error>| {
+                    r.as_ref().map_or(true, |b| !b.is_empty())
+                }))
+            });
+        let mut out = Response::builder().status(status);
+        if let Some(h) = out.headers_mut() {
+            *h = headers;
+        }
+        out.body(reqwest::Body::wrap_stream(metered))
+            .map_err(|e| Error::internal(format!("cannot build the response: {e}")))
+    }
+
+    fn answer_from_cache(
+        &self,
+        hit: &CachedResponse,
+        exchange: &mut Exchange,
+        now: jiff::Timestamp,
+    ) -> Response<reqwest::Body> {
+        exchange.mark_latency();
+        exchange.record.status = hit.status.as_u16();
+        exchange.record.outcome = Outcome::Success;
+        exchange.record.response_bytes = hit.body.len() as u64;
+        let record = exchange.record.clone();
+        self.sink.emit(ProxyEvent::Usage(Box::new(record)));
+        let mut headers = hit.headers.clone();
+        headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+        let age = keyward_core::usage::until(hit.stored_at, now).as_secs();
+        if let Ok(age) = HeaderValue::from_str(&age.to_string()) {
+            headers.insert(header::AGE, age);
+        }
+        let mut out = Response::new(reqwest::Body::from(hit.body.clone()));
+        *out.status_mut() = hit.status;
+        *out.headers_mut() = headers;
+        out
     }
 
     /// Exponential backoff with full jitter: a random wait up to `base × 2^(attempt-1)`,
@@ -313,6 +952,93 @@ impl Proxy {
             / f64::from(u32::MAX);
         ceiling.mul_f64(fraction)
     }
+}
+
+type UpstreamStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+/// An upstream answer whose first bytes may have been read ahead (to look for a soft error
+/// or to cache it) without losing them.
+struct Upstream {
+    status: StatusCode,
+    headers: HeaderMap,
+    head: Option<Bytes>,
+    rest: Option<UpstreamStream>,
+    /// Whether `head` is the whole body.
+    complete: bool,
+    soft_error: bool,
+}
+
+impl Upstream {
+    fn new(response: reqwest::Response) -> Self {
+        Self {
+            status: response.status(),
+            headers: response.headers().clone(),
+            head: None,
+            rest: Some(Box::pin(response.bytes_stream())),
+            complete: false,
+            soft_error: false,
+        }
+    }
+
+    /// Reads up to `limit` bytes ahead (not more, unless a chunk is larger), unless the
+    /// declared length already exceeds it.
+    async fn peek(&mut self, limit: usize) {
+        if self.complete
+            || content_length(&self.headers)
+                .ok()
+                .flatten()
+                .is_some_and(|n| n > limit as u64)
+        {
+            return;
+        }
+        let Some(rest) = self.rest.as_mut() else {
+            return;
+        };
+        let mut buffer = bytes::BytesMut::from(self.head.take().unwrap_or_default().as_ref());
+        while buffer.len() <= limit {
+            match rest.next().await {
+                Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                Some(Err(_)) => break,
+                None => {
+                    self.complete = true;
+                    self.rest = None;
+                    break;
+                }
+            }
+        }
+        self.head = Some(buffer.freeze());
+    }
+
+    fn complete_body(&self) -> Option<Bytes> {
+        self.complete.then(|| self.head.clone().unwrap_or_default())
+    }
+
+    fn complete_json(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        match serde_json::from_slice(&self.complete_body()?) {
+            Ok(serde_json::Value::Object(map)) => Some(map),
+            _ => None,
+        }
+    }
+}
+
+/// The client's query minus every credential parameter: what cache keys, credit weights and
+/// cache rules look at.
+fn client_query(service: &ServiceDefinition, query: Option<&str>) -> Vec<(String, String)> {
+    let credential: Vec<&str> = std::iter::once(&service.auth)
+        .chain(&service.alternate_auth)
+        .filter_map(|p| match p {
+            KeyPlacement::Query { name } => Some(name.as_str()),
+            KeyPlacement::Header { .. } => None,
+        })
+        .collect();
+    query
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .filter(|(k, _)| !credential.contains(&k.as_ref()))
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The request body as it will be sent: kept for retries, or a one-shot stream.
@@ -387,23 +1113,6 @@ where
         }
     }
     Ok(buffer.freeze())
-}
-
-/// The upstream's answer, passed on with hop-by-hop headers removed and the key masked.
-fn into_response(
-    response: reqwest::Response,
-    secret: &SecretString,
-) -> Result<Response<reqwest::Body>, Error> {
-    let mut out = Response::builder()
-        .status(response.status())
-        .version(response.version());
-    if let Some(headers) = out.headers_mut() {
-        *headers = response.headers().clone();
-        strip_hop_by_hop(headers);
-    }
-    let body = reqwest::Body::wrap_stream(redact_stream(response.bytes_stream(), secret));
-    out.body(body)
-        .map_err(|e| Error::internal(format!("cannot build the response: {e}")))
 }
 
 #[derive(Debug)]

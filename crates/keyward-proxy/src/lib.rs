@@ -15,7 +15,8 @@ mod redact;
 mod snapshot;
 
 pub use forward::{
-    ENVIRONMENT_HEADER, Inbound, KeyUse, Proxy, ProxyConfig, TOKEN_HEADER, USE_CHANNEL_CAPACITY,
+    CACHE_HEADER, ENVIRONMENT_HEADER, EVENT_CHANNEL_CAPACITY, Inbound, Proxy, ProxyConfig,
+    ProxyEvent, TOKEN_HEADER,
 };
 pub use limits::TokenRateLimits;
 pub use snapshot::{LiveKey, Route, Snapshot};

@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use keyward_core::Error;
 use keyward_core::app_token::Budget;
 use keyward_core::id::KeyId;
 use keyward_core::service::{Limit, LimitUnit, QuotaCalendar};
 use keyward_core::usage::{
     CALENDAR_LIMIT_MIN_SECONDS, HourlyUse, Subject, Window, budget_window, limit_window, until,
 };
-use keyward_core::{Error, ErrorKind};
 
 /// What one call spends against a key's limits before it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,13 +240,6 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    pub fn empty(meters: Arc<Meters>) -> Self {
-        Self {
-            meters,
-            holds: Vec::new(),
-        }
-    }
-
     /// Replaces the reservations by the real cost.
     pub fn settle(mut self, cost_nanos: u64) {
         let holds = std::mem::take(&mut self.holds);
@@ -451,18 +444,6 @@ impl Meters {
             .get(subject)
             .map(|a| (a.spent, a.reserved))
     }
-
-    /// Forgets keys and tokens no longer in the snapshot.
-    pub fn retain(&self, keep: impl Fn(&Subject) -> bool) {
-        let mut state = self.lock();
-        state.keys.retain(|k, _| keep(&Subject::Key(k.clone())));
-        state.accounts.retain(|s, _| keep(s));
-    }
-}
-
-/// Not an error kind the forwarder can produce otherwise: used to tell quota refusals apart.
-pub fn is_quota_refusal(error: &Error) -> bool {
-    error.kind == ErrorKind::Limited && error.code == "quota_exhausted"
 }
 
 #[cfg(test)]

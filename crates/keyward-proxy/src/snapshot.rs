@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use jiff::Timestamp;
 use keyward_core::app_token::{AppToken, AppTokenStatus};
 use keyward_core::catalog::ServiceCatalog;
+use keyward_core::id::KeyId;
 use keyward_core::key::{Key, KeyStatus, KeyVersion};
 use keyward_core::service::ServiceDefinition;
+use keyward_core::usage::{KeyFlag, PoolSetting, PoolStrategy};
 use keyward_core::{Error, ErrorKind};
 use keyward_crypto::token;
 
@@ -20,6 +22,8 @@ use keyward_crypto::token;
 pub struct LiveKey {
     pub key: Key,
     pub current: KeyVersion,
+    /// The flag stored for this key when the snapshot was built.
+    pub flag: Option<KeyFlag>,
 }
 
 /// The keys of one service in one environment, used in turn.
@@ -27,6 +31,7 @@ pub struct LiveKey {
 struct Pool {
     keys: Vec<Arc<LiveKey>>,
     next: AtomicUsize,
+    strategy: PoolStrategy,
 }
 
 /// Where a request goes: the service, the environment, the key to inject, the token.
@@ -34,10 +39,10 @@ struct Pool {
 pub struct Route<'a> {
     pub service: &'a ServiceDefinition,
     pub environment: String,
-    /// The pool's turn: the key to try first.
-    pub key: Arc<LiveKey>,
-    /// The other active keys of the pool, in the order to fail over to.
-    pub fallbacks: Vec<Arc<LiveKey>>,
+    /// The pool's active keys this token may use, starting at the pool's turn; the
+    /// forwarder reorders them by strategy and health.
+    pub candidates: Vec<Arc<LiveKey>>,
+    pub strategy: PoolStrategy,
     pub token: Arc<AppToken>,
 }
 
@@ -62,14 +67,26 @@ impl Snapshot {
         catalog: &ServiceCatalog,
         tokens: Vec<AppToken>,
         keys: Vec<(Key, KeyVersion)>,
+        flags: Vec<KeyFlag>,
+        pool_settings: &[PoolSetting],
     ) -> Self {
+        let mut flags: HashMap<KeyId, KeyFlag> =
+            flags.into_iter().map(|f| (f.key_id.clone(), f)).collect();
         let mut pools: HashMap<(String, String), Pool> = HashMap::new();
         for (key, current) in keys {
+            let flag = flags.remove(&key.id);
             pools
                 .entry((key.service_id.clone(), key.environment.clone()))
                 .or_default()
                 .keys
-                .push(Arc::new(LiveKey { key, current }));
+                .push(Arc::new(LiveKey { key, current, flag }));
+        }
+        for setting in pool_settings {
+            if let Some(pool) =
+                pools.get_mut(&(setting.service_id.clone(), setting.environment.clone()))
+            {
+                pool.strategy = setting.strategy;
+            }
         }
         Self {
             services: catalog.iter().map(|s| (s.id.clone(), s.clone())).collect(),
@@ -79,6 +96,18 @@ impl Snapshot {
                 .collect(),
             pools,
         }
+    }
+
+    /// A live key by id.
+    pub fn live_key(&self, id: &KeyId) -> Option<&Arc<LiveKey>> {
+        self.pools
+            .values()
+            .find_map(|p| p.keys.iter().find(|k| k.key.id == *id))
+    }
+
+    /// Whether a key is in the snapshot (live).
+    pub fn has_key(&self, id: &KeyId) -> bool {
+        self.live_key(id).is_some()
     }
 
     /// Ids of every token in the snapshot.
@@ -195,15 +224,14 @@ impl Snapshot {
         }
         let turn = pool.map_or(0, |p| p.next.fetch_add(1, Ordering::Relaxed));
         let first = turn % active.len();
-        let key = active[first].clone();
-        let fallbacks = (1..active.len())
+        let candidates = (0..active.len())
             .map(|i| active[(first + i) % active.len()].clone())
             .collect();
         Ok(Route {
             service,
             environment,
-            key,
-            fallbacks,
+            candidates,
+            strategy: pool.map(|p| p.strategy).unwrap_or_default(),
             token,
         })
     }
@@ -303,7 +331,13 @@ mod tests {
         revoked.revoked_at = Some(ts(1));
         let (mut fenced, fenced_secret) = app_token(&["openai"], &["production"]);
         fenced.allowed_networks = vec![parse_network("10.0.0.0/8").expect("net")];
-        let snapshot = Snapshot::build(&catalog(), vec![token, revoked, fenced], vec![]);
+        let snapshot = Snapshot::build(
+            &catalog(),
+            vec![token, revoked, fenced],
+            vec![],
+            vec![],
+            &[],
+        );
         assert!(snapshot.authenticate(&secret, ts(2), HOME).is_ok());
         let code = |s: &str| {
             snapshot
@@ -339,6 +373,8 @@ mod tests {
             &catalog(),
             vec![],
             vec![(a.clone(), va), (b.clone(), vb), (off, voff), (old, vold)],
+            vec![],
+            &[],
         );
 
         let first = snapshot
@@ -352,9 +388,10 @@ mod tests {
             "the token's first environment is its default"
         );
         assert_ne!(
-            first.key.key.id, second.key.key.id,
+            first.candidates[0].key.id, second.candidates[0].key.id,
             "a pool is used in turn"
         );
+        assert_eq!(first.candidates.len(), 2, "the rest of the pool follows");
 
         let code = |service: &str, env: Option<&str>| {
             snapshot
@@ -381,7 +418,7 @@ mod tests {
                 snapshot
                     .route(pinned.clone(), "openai", None, ts(5))
                     .expect("route")
-                    .key
+                    .candidates[0]
                     .key
                     .id,
                 b.id

@@ -16,9 +16,12 @@ use keyward_core::key::{
 use keyward_core::ports::Store;
 use keyward_core::service::{Category, Environment, ServiceDefinition, validate_base_url};
 use keyward_core::token::ManagementToken;
+use keyward_core::usage::{
+    KeyFlag, Outcome, PoolSetting, PoolStrategy, PricingTable, UsageBucket, UsageQuery,
+};
 use keyward_core::{Clock, Error, ErrorKind, Randomness, label, secret};
 use keyward_crypto::{Keyring, token};
-use keyward_proxy::{KeyUse, Proxy, ProxyConfig, Snapshot};
+use keyward_proxy::{Proxy, ProxyConfig, ProxyEvent, Snapshot};
 use secrecy::SecretString;
 
 /// Who is acting, as recorded in `created_by`/`deleted_by` (and the audit trail later).
@@ -34,8 +37,8 @@ pub struct App {
     keyring: Arc<Keyring>,
     /// The data plane; its snapshot is rebuilt after every write here.
     pub proxy: Arc<Proxy>,
-    /// The proxy's use records, until the server's batch writer takes them.
-    uses: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<KeyUse>>>,
+    /// The proxy's events, until the server's batch writer takes them.
+    events: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<ProxyEvent>>>,
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Randomness>,
     pub recovery_window: RecoveryWindow,
@@ -57,19 +60,21 @@ impl App {
         clock: Arc<dyn Clock>,
         random: Arc<dyn Randomness>,
         recovery_window: RecoveryWindow,
+        pricing: PricingTable,
     ) -> Result<Self, Error> {
         let keyring = Arc::new(keyring);
-        let (proxy, uses) = Proxy::new(
+        let (proxy, events) = Proxy::new(
             keyring.clone(),
             clock.clone(),
             random.clone(),
             ProxyConfig::default(),
+            pricing,
         )?;
         Ok(Self {
             store,
             keyring,
             proxy: Arc::new(proxy),
-            uses: std::sync::Mutex::new(Some(uses)),
+            events: std::sync::Mutex::new(Some(events)),
             clock,
             random,
             recovery_window,
@@ -95,30 +100,77 @@ impl App {
         ))
     }
 
-    /// Hands the proxy's use records to the (single) batch writer.
-    pub fn take_key_uses(&self) -> Option<tokio::sync::mpsc::Receiver<KeyUse>> {
-        self.uses.lock().unwrap_or_else(|p| p.into_inner()).take()
+    /// Hands the proxy's events to the (single) batch writer.
+    pub fn take_proxy_events(&self) -> Option<tokio::sync::mpsc::Receiver<ProxyEvent>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Writes a batch of uses: the latest time per key and per token.
-    pub async fn record_uses(&self, uses: &[KeyUse]) -> Result<(), Error> {
+    /// Writes a batch of proxy events: usage records (with their hourly sums), the latest
+    /// use per key and per token, and key flags raised or cleared.
+    pub async fn record_events(&self, events: Vec<ProxyEvent>) -> Result<(), Error> {
+        let mut records = Vec::new();
+        let mut flags: std::collections::HashMap<KeyId, Option<KeyFlag>> =
+            std::collections::HashMap::new();
+        for event in events {
+            match event {
+                ProxyEvent::Usage(record) => records.push(*record),
+                ProxyEvent::Flag(flag) => {
+                    flags.insert(flag.key_id.clone(), Some(flag));
+                }
+                ProxyEvent::FlagCleared(key, _) => {
+                    flags.insert(key, None);
+                }
+            }
+        }
         let mut keys: std::collections::HashMap<&KeyId, Timestamp> =
             std::collections::HashMap::new();
         let mut tokens: std::collections::HashMap<&AppTokenId, Timestamp> =
             std::collections::HashMap::new();
-        for used in uses {
-            let k = keys.entry(&used.key).or_insert(used.at);
-            *k = (*k).max(used.at);
-            let t = tokens.entry(&used.token).or_insert(used.at);
-            *t = (*t).max(used.at);
+        for r in &records {
+            // A key was used if the call reached the provider with it.
+            if let Some(key) = r
+                .key_id
+                .as_ref()
+                .filter(|_| !matches!(r.outcome, Outcome::Refused | Outcome::Failed))
+            {
+                let k = keys.entry(key).or_insert(r.at);
+                *k = (*k).max(r.at);
+            }
+            if let Some(token) = &r.token_id {
+                let t = tokens.entry(token).or_insert(r.at);
+                *t = (*t).max(r.at);
+            }
         }
         let keys: Vec<_> = keys.into_iter().map(|(id, at)| (id.clone(), at)).collect();
         let tokens: Vec<_> = tokens
             .into_iter()
             .map(|(id, at)| (id.clone(), at))
             .collect();
+        self.store.record_usage(&records).await?;
         self.store.record_key_use(&keys).await?;
-        self.store.record_app_token_use(&tokens).await
+        self.store.record_app_token_use(&tokens).await?;
+        let raised: Vec<KeyFlag> = flags.values().flatten().cloned().collect();
+        if !raised.is_empty() {
+            self.store.set_key_flags(&raised).await?;
+        }
+        for (key, flag) in flags {
+            if flag.is_none() {
+                self.store.clear_key_flag(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores quota and budget counters from the hourly usage sums (start-up): everything
+    /// since the start of last month covers every calendar window and budget period.
+    pub async fn restore_meters(&self) -> Result<(), Error> {
+        let now = self.now();
+        let since = now
+            .checked_sub(jiff::SignedDuration::from_hours(32 * 24))
+            .unwrap_or(now);
+        self.proxy
+            .seed_meters(self.store.hourly_use_since(since).await?);
+        Ok(())
     }
 
     /// Rebuilds the proxy's snapshot from the store and swaps it in.
@@ -126,8 +178,56 @@ impl App {
         let catalog = self.catalog().await?;
         let tokens = self.store.app_tokens().await?;
         let keys = self.store.live_keys().await?;
-        self.proxy.install(Snapshot::build(&catalog, tokens, keys));
+        let flags = self.store.key_flags().await?;
+        let pools = self.store.pool_settings().await?;
+        self.proxy
+            .install(Snapshot::build(&catalog, tokens, keys, flags, &pools));
         Ok(())
+    }
+
+    /// Clears what the proxy learned about a key (e.g. after fixing it at the provider).
+    pub async fn clear_key_flag(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
+        let key = self.key(id).await?;
+        self.store.clear_key_flag(id).await?;
+        self.proxy.clear_key_flag(id);
+        self.changed().await;
+        tracing::info!(key = %id, actor = %actor.name, "key flag cleared");
+        Ok(key)
+    }
+
+    pub async fn pool_settings(&self) -> Result<Vec<PoolSetting>, Error> {
+        self.store.pool_settings().await
+    }
+
+    /// Chooses how a service+environment pool shares traffic.
+    pub async fn set_pool_strategy(
+        &self,
+        actor: &Actor,
+        service_id: &str,
+        environment: &str,
+        strategy: PoolStrategy,
+    ) -> Result<PoolSetting, Error> {
+        let catalog = self.catalog().await?;
+        if catalog.get(service_id).is_none() {
+            return Err(Error::not_found(
+                "service_not_found",
+                format!("there is no service `{}`", label::printable(service_id)),
+            ));
+        }
+        self.require_environment(environment).await?;
+        let setting = PoolSetting {
+            service_id: service_id.to_owned(),
+            environment: environment.to_owned(),
+            strategy,
+        };
+        self.store.set_pool_strategy(&setting, self.now()).await?;
+        self.changed().await;
+        tracing::info!(service = service_id, environment, strategy = strategy.as_str(), actor = %actor.name, "pool strategy set");
+        Ok(setting)
+    }
+
+    pub async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageBucket>, Error> {
+        self.store.usage(query).await
     }
 
     /// Rebuilds the snapshot if the store changed since `last` (e.g. through another

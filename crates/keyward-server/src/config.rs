@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use keyward_core::key::RecoveryWindow;
+use keyward_core::usage::PricingTable;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,7 @@ const KNOWN_KEYS: &[&str] = &[
     "master_passphrase",
     "master_passphrase_previous",
     "recovery_window_days",
+    "pricing_file",
     "log_format",
     "log",
 ];
@@ -109,6 +111,9 @@ pub struct RawSettings {
         deserialize_with = "scalar_as_string"
     )]
     pub recovery_window_days: Option<String>,
+    /// A TOML file of `[[price]]` entries laid over the built-in LLM price table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing_file: Option<PathBuf>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -196,6 +201,8 @@ pub struct Settings {
     pub redis_url: Option<SecretString>,
     pub master_key: MasterKeySource,
     pub recovery_window: RecoveryWindow,
+    /// LLM prices: the built-in table plus `pricing_file`.
+    pub pricing: PricingTable,
     pub log_format: LogFormat,
     pub log: String,
 }
@@ -441,6 +448,18 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         })?,
     };
     let recovery_window = RecoveryWindow::days(days).map_err(|e| ConfigError(e.message))?;
+    let pricing = PricingTable::builtin().map_err(|e| ConfigError(e.message))?;
+    let pricing = match &raw.pricing_file {
+        None => pricing,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("cannot read pricing_file {}: {e}", path.display()))
+            })?;
+            pricing.with_overrides(&text).map_err(|e| {
+                ConfigError(format!("pricing_file {}: {}", path.display(), e.message))
+            })?
+        }
+    };
     let log_format = match raw.log_format.as_deref().unwrap_or("text") {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
@@ -459,6 +478,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         redis_url: raw.redis_url.map(SecretString::from),
         master_key,
         recovery_window,
+        pricing,
         log_format,
         log: raw.log.unwrap_or_else(|| "info".to_owned()),
     })

@@ -33,8 +33,10 @@ pub async fn start(settings: &Settings) -> Result<Started, VaultError> {
         clock,
         random,
         settings.recovery_window,
+        settings.pricing.clone(),
     )?);
     app.refresh_proxy().await?;
+    app.restore_meters().await?;
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| VaultError(format!("cannot listen on {}: {e}", settings.listen)))?;
@@ -60,8 +62,8 @@ impl Started {
         let watcher = tokio::spawn(snapshot_loop(self.app.clone()));
         let recorder = self
             .app
-            .take_key_uses()
-            .map(|uses| tokio::spawn(record_uses(self.app.clone(), uses)));
+            .take_proxy_events()
+            .map(|events| tokio::spawn(record_events(self.app.clone(), events)));
         let router = crate::http::router(self.app.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
         let result = axum::serve(self.listener, router)
@@ -109,12 +111,15 @@ async fn snapshot_loop(app: Arc<App>) {
     }
 }
 
-/// Writes the proxy's use records (`last_used_at` of keys and tokens) in batches: whatever
-/// arrives within a second of the first record goes in one transaction per table.
-async fn record_uses(app: Arc<App>, mut uses: tokio::sync::mpsc::Receiver<keyward_proxy::KeyUse>) {
+/// Writes the proxy's events (usage records, last use, key flags) in batches: whatever
+/// arrives within a quarter second of the first event goes in one transaction per table.
+async fn record_events(
+    app: Arc<App>,
+    mut uses: tokio::sync::mpsc::Receiver<keyward_proxy::ProxyEvent>,
+) {
     while let Some(first) = uses.recv().await {
         let mut batch = vec![first];
-        let window = tokio::time::sleep(Duration::from_secs(1));
+        let window = tokio::time::sleep(Duration::from_millis(250));
         tokio::pin!(window);
         loop {
             tokio::select! {
@@ -125,8 +130,9 @@ async fn record_uses(app: Arc<App>, mut uses: tokio::sync::mpsc::Receiver<keywar
                 },
             }
         }
-        if let Err(e) = app.record_uses(&batch).await {
-            tracing::warn!(error = %e, uses = batch.len(), "could not record key use");
+        let count = batch.len();
+        if let Err(e) = app.record_events(batch).await {
+            tracing::warn!(error = %e, events = count, "could not record proxy events");
         }
     }
 }

@@ -16,10 +16,13 @@ use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::app_tokens::BudgetBody;
 use super::auth::{Authorized, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, optional_json};
 use crate::app::{App, NewKey};
+use keyward_core::app_token::{Budget, micros_to_usd, usd_to_micros};
+use keyward_core::service::Limit;
 
 /// Distinguishes "field absent" (`None`) from "field: null" (`Some(None)`) in PATCH bodies.
 fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
@@ -57,6 +60,17 @@ pub struct CreateKeyRequest {
     /// Store the value even if it does not match the service's key format.
     #[serde(default)]
     pub force: bool,
+    /// Provider limits the proxy holds this key to, e.g.
+    /// `[{"max": 25, "unit": "requests", "window_seconds": 86400}]` (unit: requests,
+    /// credits, tokens or symbols). Day- and month-long limits follow the service's quota
+    /// calendar.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub limits: Vec<Limit>,
+    /// Copy the limits of one of the service's catalog plans (e.g. `Free`) instead.
+    pub plan: Option<String>,
+    /// Spending cap for this key over a day or month.
+    pub budget: Option<BudgetBody>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -77,6 +91,15 @@ pub struct UpdateKeyRequest {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<Timestamp>>,
+    /// Replaces the key's limits (`[]` removes them).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub limits: Option<Vec<Limit>>,
+    /// Replaces the key's limits by a catalog plan's.
+    pub plan: Option<String>,
+    /// `null` removes the budget.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<BudgetBody>)]
+    pub budget: Option<Option<BudgetBody>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -151,6 +174,73 @@ pub struct KeyResponse {
     /// For deleted keys: when the recovery window ends and the key is purged.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub purge_after: Option<Timestamp>,
+    #[schema(value_type = Vec<Object>)]
+    pub limits: Vec<Limit>,
+    pub budget: Option<BudgetBody>,
+    /// What the proxy learned from the provider, while in force: `rejected` (HTTP 401/403)
+    /// or `quota_limited`.
+    pub flag: Option<FlagBody>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FlagBody {
+    /// `rejected` or `quota_limited`.
+    pub kind: String,
+    pub reason: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub since: Timestamp,
+    /// When it lapses by itself; absent: until cleared or the key works again.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub until: Option<Timestamp>,
+}
+
+fn budget(body: Option<&BudgetBody>) -> Result<Option<Budget>, keyward_core::Error> {
+    body.map(|b| {
+        Ok(Budget {
+            limit_micros: usd_to_micros(b.limit_usd)?,
+            period: b.period,
+        })
+    })
+    .transpose()
+}
+
+/// The limits of a catalog plan of `service_id`.
+async fn plan_limits(
+    app: &App,
+    service_id: &str,
+    plan: &str,
+) -> Result<Vec<Limit>, keyward_core::Error> {
+    let catalog = app.catalog().await?;
+    let service = catalog.get(service_id).ok_or_else(|| {
+        keyward_core::Error::invalid(
+            "unknown_service",
+            format!(
+                "there is no service `{}`",
+                keyward_core::label::printable(service_id)
+            ),
+        )
+    })?;
+    service
+        .plans
+        .iter()
+        .find(|p| p.plan.eq_ignore_ascii_case(plan))
+        .map(|p| p.limits.clone())
+        .ok_or_else(|| {
+            keyward_core::Error::invalid(
+                "unknown_plan",
+                format!(
+                    "{} has no plan `{}` (plans: {})",
+                    service.name,
+                    keyward_core::label::printable(plan),
+                    service
+                        .plans
+                        .iter()
+                        .map(|p| p.plan.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -177,7 +267,19 @@ pub struct VersionResponse {
 
 fn key_response(app: &App, key: Key) -> KeyResponse {
     let status = key.status(app.now());
+    let flag = app.proxy.key_flag(&key.id).map(|f| FlagBody {
+        kind: f.kind.as_str().to_owned(),
+        reason: f.reason,
+        since: f.since,
+        until: f.until,
+    });
     KeyResponse {
+        flag,
+        limits: key.limits,
+        budget: key.budget.map(|b| BudgetBody {
+            limit_usd: micros_to_usd(b.limit_micros),
+            period: b.period,
+        }),
         purge_after: key
             .deleted_at
             .map(|at| app.recovery_window.purgeable_at(at)),
@@ -225,6 +327,10 @@ pub async fn create_key(
     State(app): State<Arc<App>>,
     ApiJson(req): ApiJson<CreateKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<KeyResponse>)> {
+    let limits = match &req.plan {
+        Some(plan) => plan_limits(&app, &req.service, plan).await?,
+        None => req.limits,
+    };
     let new = NewKey {
         draft: KeyDraftInput {
             service_id: req.service,
@@ -236,8 +342,8 @@ pub async fn create_key(
             criticality: req.criticality,
             enabled: req.enabled,
             expires_at: req.expires_at,
-            limits: vec![],
-            budget: None,
+            limits,
+            budget: budget(req.budget.as_ref())?,
         },
         secret: req.secret,
         force: req.force,
@@ -343,6 +449,16 @@ pub async fn update_key(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateKeyRequest>,
 ) -> ApiResult<Json<KeyResponse>> {
+    let id = key_id(&id)?;
+    let limits = match &req.plan {
+        Some(plan) => Some(plan_limits(&app, &app.key(&id).await?.service_id, plan).await?),
+        None => req.limits,
+    };
+    let budget = match &req.budget {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(b)) => Some(budget(Some(b))?),
+    };
     let changes = KeyChanges {
         alias: req.alias,
         description: req.description,
@@ -350,10 +466,22 @@ pub async fn update_key(
         tags: req.tags,
         criticality: req.criticality,
         expires_at: req.expires_at,
-        limits: None,
-        budget: None,
+        limits,
+        budget,
     };
-    let key = app.update_key(auth.actor(), &key_id(&id)?, changes).await?;
+    let key = app.update_key(auth.actor(), &id, changes).await?;
+    Ok(Json(key_response(&app, key)))
+}
+
+/// Clear what the proxy learned about a key (e.g. after fixing it at the provider).
+#[utoipa::path(delete, path = "/api/v1/keys/{id}/flag", tag = "keys", params(("id" = String, Path)),
+    responses((status = 200, body = KeyResponse), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn clear_key_flag(
+    auth: Authorized<perm::KeysWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<KeyResponse>> {
+    let key = app.clear_key_flag(auth.actor(), &key_id(&id)?).await?;
     Ok(Json(key_response(&app, key)))
 }
 

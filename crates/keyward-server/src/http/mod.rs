@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post, put};
 use axum::{Json, Router};
 use utoipa::OpenApi;
 
@@ -23,6 +23,7 @@ pub mod error;
 pub mod extract;
 mod keys;
 mod proxy;
+mod usage;
 
 use error::ApiError;
 
@@ -40,10 +41,12 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         catalog::list_services, catalog::get_service, catalog::create_service, catalog::update_service,
         catalog::list_categories, catalog::create_category, catalog::list_environments, catalog::create_environment,
         app_tokens::create_app_token, app_tokens::list_app_tokens, app_tokens::get_app_token, app_tokens::revoke_app_token,
+        keys::clear_key_flag, usage::usage, usage::list_pools, usage::set_pool,
     ),
     modifiers(&BearerAuth),
     tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
-        (name = "app-tokens", description = "Credentials applications present to the proxy"))
+        (name = "app-tokens", description = "Credentials applications present to the proxy"),
+        (name = "usage", description = "Metered calls through the proxy"))
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -83,6 +86,10 @@ pub fn router(app: Arc<App>) -> Router {
             get(keys::list_versions).post(keys::add_version),
         )
         .route("/keys/{id}/restore", post(keys::restore_key))
+        .route("/keys/{id}/flag", delete(keys::clear_key_flag))
+        .route("/pools", get(usage::list_pools))
+        .route("/pools/{service}/{environment}", put(usage::set_pool))
+        .route("/usage", get(usage::usage))
         .route("/keys/{id}/purge", post(keys::purge_key))
         .route(
             "/services",

@@ -1,0 +1,212 @@
+//! `/api/v1/usage` (metered calls over time) and `/api/v1/pools` (how each service and
+//! environment shares traffic across its keys).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use jiff::Timestamp;
+use keyward_core::usage::{Granularity, PoolStrategy, UsageQuery, UsageTotals, nanos_to_usd};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{Authorized, perm};
+use super::error::{ApiResult, ErrorBody};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::app::App;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageParams {
+    /// Start (RFC 3339); default: 24 hours before `to`.
+    pub from: Option<String>,
+    /// End, exclusive (RFC 3339); default: now.
+    pub to: Option<String>,
+    /// `minute`, `hour` (default) or `day`; at most 2,000 buckets.
+    pub granularity: Option<String>,
+    /// Only this key.
+    pub key: Option<String>,
+    /// Only this app token.
+    pub token: Option<String>,
+    /// Only this service.
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageTotalsBody {
+    pub requests: u64,
+    /// Calls that did not succeed: refused, failed, upstream or soft errors.
+    pub errors: u64,
+    pub cache_hits: u64,
+    pub input_tokens: u64,
+    pub cached_tokens: u64,
+    pub output_tokens: u64,
+    pub credits: u64,
+    pub cost_usd: f64,
+}
+
+impl From<UsageTotals> for UsageTotalsBody {
+    fn from(t: UsageTotals) -> Self {
+        Self {
+            requests: t.requests,
+            errors: t.errors,
+            cache_hits: t.cache_hits,
+            input_tokens: t.input_tokens,
+            cached_tokens: t.cached_tokens,
+            output_tokens: t.output_tokens,
+            credits: t.credits,
+            cost_usd: nanos_to_usd(t.cost_nanos),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageBucketBody {
+    #[schema(value_type = String, format = DateTime)]
+    pub start: Timestamp,
+    #[serde(flatten)]
+    pub totals: UsageTotalsBody,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageResponse {
+    #[schema(value_type = String, format = DateTime)]
+    pub from: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub to: Timestamp,
+    pub granularity: String,
+    /// Buckets with at least one call, oldest first.
+    pub buckets: Vec<UsageBucketBody>,
+    pub totals: UsageTotalsBody,
+}
+
+fn instant(field: &str, text: &str) -> Result<Timestamp, keyward_core::Error> {
+    text.parse().map_err(|_| {
+        keyward_core::Error::invalid(
+            "invalid_time",
+            format!("{field} must be an RFC 3339 time such as 2026-11-25T00:00:00Z"),
+        )
+    })
+}
+
+/// Metered calls through the proxy, in time buckets, optionally for one key, token or service.
+#[utoipa::path(get, path = "/api/v1/usage", tag = "usage", params(UsageParams),
+    responses((status = 200, body = UsageResponse), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn usage(
+    _auth: Authorized<perm::KeysRead>,
+    State(app): State<Arc<App>>,
+    ApiQuery(params): ApiQuery<UsageParams>,
+) -> ApiResult<Json<UsageResponse>> {
+    let to = match params.to.as_deref() {
+        Some(t) => instant("to", t)?,
+        None => app.now(),
+    };
+    let from = match params.from.as_deref() {
+        Some(f) => instant("from", f)?,
+        None => to
+            .checked_sub(jiff::SignedDuration::from_hours(24))
+            .unwrap_or(to),
+    };
+    let granularity: Granularity = params.granularity.as_deref().unwrap_or("hour").parse()?;
+    let key = params
+        .key
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|_| keyward_core::Error::invalid("invalid_key_id", "key is not a key id"))?;
+    let token = params
+        .token
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|_| {
+            keyward_core::Error::invalid("invalid_token_id", "token is not an app token id")
+        })?;
+    let query = UsageQuery::new(from, to, granularity, key, token, params.service)?;
+    let buckets = app.usage(&query).await?;
+    let mut totals = UsageTotals::default();
+    for b in &buckets {
+        let t = &b.totals;
+        totals.requests += t.requests;
+        totals.errors += t.errors;
+        totals.cache_hits += t.cache_hits;
+        totals.input_tokens += t.input_tokens;
+        totals.cached_tokens += t.cached_tokens;
+        totals.output_tokens += t.output_tokens;
+        totals.credits += t.credits;
+        totals.cost_nanos += t.cost_nanos;
+    }
+    Ok(Json(UsageResponse {
+        from: query.from,
+        to: query.to,
+        granularity: granularity.as_str().to_owned(),
+        buckets: buckets
+            .into_iter()
+            .map(|b| UsageBucketBody {
+                start: b.start,
+                totals: b.totals.into(),
+            })
+            .collect(),
+        totals: totals.into(),
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolBody {
+    pub service: String,
+    pub environment: String,
+    /// `round_robin`, `least_used` or `quota_aware`.
+    pub strategy: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPoolRequest {
+    /// `round_robin` (default), `least_used` (fewest requests today) or `quota_aware` (most
+    /// quota left).
+    pub strategy: String,
+}
+
+/// Pools whose strategy is not the default round-robin.
+#[utoipa::path(get, path = "/api/v1/pools", tag = "keys",
+    responses((status = 200, body = Vec<PoolBody>)), security(("bearer" = [])))]
+pub async fn list_pools(
+    _auth: Authorized<perm::KeysRead>,
+    State(app): State<Arc<App>>,
+) -> ApiResult<Json<Vec<PoolBody>>> {
+    Ok(Json(
+        app.pool_settings()
+            .await?
+            .into_iter()
+            .map(|p| PoolBody {
+                service: p.service_id,
+                environment: p.environment,
+                strategy: p.strategy.as_str().to_owned(),
+            })
+            .collect(),
+    ))
+}
+
+/// Choose how the keys of one service and environment share traffic.
+#[utoipa::path(put, path = "/api/v1/pools/{service}/{environment}", tag = "keys",
+    params(("service" = String, Path), ("environment" = String, Path)), request_body = SetPoolRequest,
+    responses((status = 200, body = PoolBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_pool(
+    auth: Authorized<perm::KeysWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath((service, environment)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<SetPoolRequest>,
+) -> ApiResult<Json<PoolBody>> {
+    let strategy: PoolStrategy = req.strategy.parse()?;
+    let p = app
+        .set_pool_strategy(auth.actor(), &service, &environment, strategy)
+        .await?;
+    Ok(Json(PoolBody {
+        service: p.service_id,
+        environment: p.environment,
+        strategy: p.strategy.as_str().to_owned(),
+    }))
+}
