@@ -850,6 +850,13 @@ impl Proxy {
             ),
         );
         let cached_marker = exchange.record.cache;
+        if exchange
+            .reader
+            .as_ref()
+            .is_some_and(UsageReader::alters_body)
+        {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         if let (Some(key), Some(ttl)) = (cache_key, ttl) {
             upstream.peek(self.cache.max_entry_bytes() + 1).await;
             if let Some(body) = upstream.complete_body() {

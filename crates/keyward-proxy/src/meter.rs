@@ -108,6 +108,11 @@ impl UsageReader {
         }
     }
 
+    /// Whether the body the client gets may differ from the upstream's (so its length does).
+    pub fn alters_body(&self) -> bool {
+        self.strip_usage_chunk
+    }
+
     /// Reads a chunk and returns what to pass on: the chunk itself, or for SSE the complete
     /// events it finishes (minus the usage chunk Keyward added).
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {

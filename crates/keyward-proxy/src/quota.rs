@@ -106,6 +106,35 @@ fn restored(
     })
 }
 
+/// Adds consumption to the subject's history for `now`'s hour, so a limit or budget set
+/// later still counts what was used earlier in its window.
+fn remember(
+    history: &mut History,
+    subject: &Subject,
+    now: Timestamp,
+    add: impl FnOnce(&mut HourlyUse),
+) {
+    let hour = Timestamp::from_millisecond(now.as_millisecond().div_euclid(3_600_000) * 3_600_000)
+        .unwrap_or(now);
+    let hours = history.entry(subject.clone()).or_default();
+    if hours.last().is_none_or(|h| h.hour != hour) {
+        // Nothing counts in windows longer than 32 days: forget older hours.
+        let horizon = hour.as_millisecond() - 32 * 24 * 3_600_000;
+        hours.retain(|h| h.hour.as_millisecond() >= horizon);
+        hours.push(HourlyUse {
+            subject: subject.clone(),
+            hour,
+            requests: 0,
+            credits: 0,
+            tokens: 0,
+            cost_nanos: 0,
+        });
+    }
+    if let Some(last) = hours.last_mut() {
+        add(last);
+    }
+}
+
 fn pick_for(unit: LimitUnit) -> fn(&HourlyUse) -> u64 {
     match unit {
         LimitUnit::Requests | LimitUnit::Symbols => |h| h.requests,
@@ -298,6 +327,10 @@ impl Meters {
         for (counter, limit) in counters.counters.iter_mut().zip(&counters.limits) {
             counter.add(units(limit, spend));
         }
+        remember(history, &Subject::Key(key.clone()), now, |h| {
+            h.requests += spend.requests;
+            h.credits += spend.credits;
+        });
         let day = budget_window(
             &Budget {
                 limit_micros: 0,

@@ -137,6 +137,10 @@ impl Upstream {
             )
                 .into_response();
         }
+        if seen.path == "/query" && seen.query.contains("function=THROTTLE") {
+            return axum::Json(json!({"Information": "Please consider spreading out your free API requests more sparingly (1 request per second). Premium plans lift the free key rate limit (25 requests per day)."}))
+                .into_response();
+        }
         if seen.path == "/query" {
             return if seen.query.contains(&format!("apikey={AV_KEY}")) {
                 axum::Json(json!({"Global Quote": {"01. symbol": "IBM", "05. price": "231.10"}}))
@@ -155,12 +159,15 @@ impl Upstream {
         }
         let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         if request["stream"] == true {
-            let events = "data: {\"choices\":[{\"delta\":{\"content\":\"Bull\"}}]}\n\n\
-                          data: {\"choices\":[{\"delta\":{\"content\":\"ish\"}}]}\n\n\
-                          data: [DONE]\n\n";
+            let mut events = "data: {\"model\":\"gpt-5.4-mini-2026-03-17\",\"choices\":[{\"delta\":{\"content\":\"Bull\"}}],\"usage\":null}\n\n\
+                          data: {\"model\":\"gpt-5.4-mini-2026-03-17\",\"choices\":[{\"delta\":{\"content\":\"ish\"}}],\"usage\":null}\n\n".to_owned();
+            if request["stream_options"]["include_usage"] == true {
+                events.push_str("data: {\"model\":\"gpt-5.4-mini-2026-03-17\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1}}\n\n");
+            }
+            events.push_str("data: [DONE]\n\n");
             return ([("content-type", "text/event-stream")], events).into_response();
         }
-        axum::Json(json!({"id": "chatcmpl-1", "choices": [{"message": {"content": "Bullish"}}], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}))
+        axum::Json(json!({"id": "chatcmpl-1", "model": "gpt-5.4-mini-2026-03-17", "choices": [{"message": {"content": "Bullish"}}], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}))
             .into_response()
     }
 }
@@ -782,4 +789,177 @@ async fn upstream_failures_are_clear_errors_and_upstream_errors_pass_through() {
         StatusCode::BAD_GATEWAY,
         "upstream_unavailable",
     );
+}
+
+async fn av_get(s: &Setup, query: &str) -> reqwest::Response {
+    s.app
+        .client
+        .get(format!(
+            "{}?{query}&apikey={}",
+            proxy_url(s, "alpha-vantage/query"),
+            s.token
+        ))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn market_data_is_cached_soft_throttles_flag_the_key_and_quotas_refuse_locally() {
+    let s = setup().await;
+    let before = s.upstream.count();
+    let first = av_get(&s, "function=GLOBAL_QUOTE&symbol=IBM").await;
+    assert_eq!(first.headers()["x-keyward-cache"], "miss");
+    let first = first.text().await.unwrap();
+    let second = av_get(&s, "symbol=IBM&function=GLOBAL_QUOTE").await;
+    assert_eq!(second.headers()["x-keyward-cache"], "hit");
+    assert_eq!(
+        second.text().await.unwrap(),
+        first,
+        "the same answer, from the cache"
+    );
+    assert_eq!(
+        s.upstream.count(),
+        before + 1,
+        "the second call never left Keyward"
+    );
+
+    // Alpha Vantage's HTTP 200 throttle notice: passed on, not cached, key quota-limited.
+    let throttled = av_get(&s, "function=THROTTLE&symbol=IBM").await;
+    assert_eq!(throttled.status(), StatusCode::OK);
+    assert!(throttled.text().await.unwrap().contains("Information"));
+    let (_, keys) = s
+        .app
+        .call(Method::GET, "/api/v1/keys?service=alpha-vantage", None)
+        .await;
+    let av = &keys["items"][0];
+    assert_eq!(av["flag"]["kind"], "quota_limited", "{av}");
+    assert!(av["flag"]["until"].is_string());
+    let count = s.upstream.count();
+    let refused = av_get(&s, "function=GLOBAL_QUOTE&symbol=MSFT").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "quota_exhausted");
+    assert_eq!(
+        s.upstream.count(),
+        count,
+        "a quota-limited key is not called"
+    );
+
+    // Clearing the flag and holding the key to 3 requests a day (2 spent so far).
+    let id = av["id"].as_str().unwrap();
+    let (status, _) = s
+        .app
+        .call(Method::DELETE, &format!("/api/v1/keys/{id}/flag"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, updated) = s
+        .app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/keys/{id}"),
+            Some(json!({"limits": [{"max": 3, "unit": "requests", "window_seconds": 86400}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert!(updated["flag"].is_null());
+    assert_eq!(
+        av_get(&s, "function=GLOBAL_QUOTE&symbol=MSFT")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let count = s.upstream.count();
+    let exhausted = av_get(&s, "function=GLOBAL_QUOTE&symbol=AAPL").await;
+    assert_eq!(exhausted.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = exhausted.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retry > 0 && retry <= 25 * 3600,
+        "until midnight US/Eastern: {retry}"
+    );
+    assert_eq!(
+        s.upstream.count(),
+        count,
+        "quota refusals never reach the upstream"
+    );
+    let (status, plan) = s
+        .app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/keys/{id}"),
+            Some(json!({"plan": "Gold"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(plan["error"]["code"], "unknown_plan");
+}
+
+/// Waits until the usage API shows `requests` calls for the query.
+async fn usage_until(s: &Setup, query: &str, requests: u64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (status, usage) = s
+            .app
+            .call(Method::GET, &format!("/api/v1/usage?{query}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{usage}");
+        if usage["totals"]["requests"] == requests {
+            return usage;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "usage not recorded: {usage}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn llm_calls_cost_the_same_streamed_or_not_and_budgets_refuse_before_the_call() {
+    let s = setup().await;
+    assert_eq!(chat(&s, &s.token, false).await.status(), StatusCode::OK);
+    let streamed = chat(&s, &s.token, true).await.text().await.unwrap();
+    assert!(
+        !streamed.contains("\"usage\":{"),
+        "the usage chunk Keyward asked for is removed: {streamed}"
+    );
+    assert!(streamed.contains("[DONE]"));
+    let usage = usage_until(&s, &format!("key={}&granularity=minute", s.openai_key), 2).await;
+    // gpt-5.4-mini: 5 input tokens × $0.75/M + 1 output token × $4.50/M = $0.00000825 per call.
+    let totals = &usage["totals"];
+    assert_eq!(
+        (
+            totals["input_tokens"].as_u64(),
+            totals["output_tokens"].as_u64()
+        ),
+        (Some(10), Some(2)),
+        "{usage}"
+    );
+    let cost = totals["cost_usd"].as_f64().unwrap();
+    assert!((cost - 2.0 * 0.000_008_25).abs() < 1e-12, "{usage}");
+
+    // A token with a tiny budget: the call's maximum cost does not fit, so nothing is sent.
+    let (_, created) = s
+        .app
+        .call(Method::POST, "/api/v1/app-tokens", Some(json!({"name": "thrifty", "services": ["openai"], "environments": ["production"], "budget": {"limit_usd": 0.0001, "period": "day"}})))
+        .await;
+    let thrifty = created["token"].as_str().unwrap().to_owned();
+    let count = s.upstream.count();
+    let refused = chat(&s, &thrifty, false).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "budget_exceeded");
+    assert_eq!(
+        s.upstream.count(),
+        count,
+        "an over-budget call never reaches the upstream"
+    );
+    let refusals = usage_until(&s, &format!("token={}", created["id"].as_str().unwrap()), 1).await;
+    assert_eq!(refusals["totals"]["errors"], 1, "refusals are metered too");
 }
