@@ -49,35 +49,6 @@ pub enum KeyStatus {
     Deleted,
 }
 
-macro_rules! string_enum {
-    ($ty:ty { $($variant:ident = $text:literal),+ $(,)? }, $code:literal, $what:literal) => {
-        impl $ty {
-            pub const ALL: &'static [$ty] = &[$(<$ty>::$variant),+];
-            pub fn as_str(self) -> &'static str {
-                match self { $(<$ty>::$variant => $text),+ }
-            }
-        }
-        impl std::str::FromStr for $ty {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self, Error> {
-                match s {
-                    $($text => Ok(<$ty>::$variant),)+
-                    other => Err(Error::invalid($code, format!(
-                        concat!("`{}` is not a ", $what, " (expected one of: {})"),
-                        label::printable(other),
-                        [$($text),+].join(", ")
-                    ))),
-                }
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
 string_enum!(Criticality { Low = "low", Medium = "medium", High = "high", Critical = "critical" }, "invalid_criticality", "criticality");
 string_enum!(VersionState { Current = "current", Previous = "previous", Pending = "pending", Retired = "retired" }, "invalid_version_state", "version state");
 string_enum!(KeyStatus { Active = "active", Disabled = "disabled", Expired = "expired", Deleted = "deleted" }, "invalid_status", "key status");

@@ -7,6 +7,37 @@
 //! here can be tested deterministically. The store ports are `async` traits only so that
 //! implementations elsewhere can await; nothing in here awaits anything.
 
+/// `as_str`, `ALL`, `FromStr` (with a stable error code listing the accepted values) and
+/// `Display` for a plain enum stored and sent as snake_case text.
+macro_rules! string_enum {
+    ($ty:ty { $($variant:ident = $text:literal),+ $(,)? }, $code:literal, $what:literal) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$(<$ty>::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $(<$ty>::$variant => $text),+ }
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = $crate::Error;
+            fn from_str(s: &str) -> Result<Self, $crate::Error> {
+                match s {
+                    $($text => Ok(<$ty>::$variant),)+
+                    other => Err($crate::Error::invalid($code, format!(
+                        concat!("`{}` is not a ", $what, " (expected one of: {})"),
+                        $crate::label::printable(other),
+                        [$($text),+].join(", ")
+                    ))),
+                }
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 pub mod access;
 pub mod app_token;
 pub mod catalog;

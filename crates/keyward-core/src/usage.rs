@@ -63,34 +63,11 @@ pub enum CacheOutcome {
     Miss,
 }
 
-macro_rules! text_enum {
-    ($ty:ty { $($variant:ident = $text:literal),+ $(,)? }, $code:literal) => {
-        impl $ty {
-            pub fn as_str(self) -> &'static str {
-                match self { $(<$ty>::$variant => $text),+ }
-            }
-        }
-        impl std::str::FromStr for $ty {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self, Error> {
-                match s {
-                    $($text => Ok(<$ty>::$variant),)+
-                    other => Err(Error::invalid($code, format!(
-                        concat!("`{}` is not one of: {}"),
-                        crate::label::printable(other),
-                        [$($text),+].join(", ")
-                    ))),
-                }
-            }
-        }
-    };
-}
-
-text_enum!(Outcome { Success = "success", UpstreamError = "upstream_error", SoftError = "soft_error", Refused = "refused", Failed = "failed" }, "invalid_outcome");
-text_enum!(CacheOutcome { None = "none", Hit = "hit", Miss = "miss" }, "invalid_cache_outcome");
-text_enum!(PoolStrategy { RoundRobin = "round_robin", LeastUsed = "least_used", QuotaAware = "quota_aware" }, "invalid_strategy");
-text_enum!(KeyFlagKind { Rejected = "rejected", QuotaLimited = "quota_limited" }, "invalid_flag");
-text_enum!(Granularity { Minute = "minute", Hour = "hour", Day = "day" }, "invalid_granularity");
+string_enum!(Outcome { Success = "success", UpstreamError = "upstream_error", SoftError = "soft_error", Refused = "refused", Failed = "failed" }, "invalid_outcome", "call outcome");
+string_enum!(CacheOutcome { None = "none", Hit = "hit", Miss = "miss" }, "invalid_cache_outcome", "cache outcome");
+string_enum!(PoolStrategy { RoundRobin = "round_robin", LeastUsed = "least_used", QuotaAware = "quota_aware" }, "invalid_strategy", "pool strategy");
+string_enum!(KeyFlagKind { Rejected = "rejected", QuotaLimited = "quota_limited" }, "invalid_flag", "key flag");
+string_enum!(Granularity { Minute = "minute", Hour = "hour", Day = "day" }, "invalid_granularity", "granularity");
 
 /// Everything one call through the proxy consumed. Written in batches off the request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,6 +235,19 @@ pub struct UsageTotals {
     pub cost_nanos: u64,
 }
 
+impl std::ops::AddAssign for UsageTotals {
+    fn add_assign(&mut self, other: Self) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.cache_hits += other.cache_hits;
+        self.input_tokens += other.input_tokens;
+        self.cached_tokens += other.cached_tokens;
+        self.output_tokens += other.output_tokens;
+        self.credits += other.credits;
+        self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
+    }
+}
+
 /// One time bucket of a usage query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageBucket {
@@ -319,10 +309,15 @@ pub fn limit_window(limit: &Limit, calendar: &QuotaCalendar, now: Timestamp) -> 
     }
 }
 
+/// The UTC day containing `now`.
+pub fn utc_day(now: Timestamp) -> Window {
+    daily_window(now, "00:00", &TimeZone::UTC)
+}
+
 /// The budget period containing `now`, in UTC.
 pub fn budget_window(budget: &Budget, now: Timestamp) -> Window {
     match budget.period {
-        BudgetPeriod::Day => daily_window(now, "00:00", &TimeZone::UTC),
+        BudgetPeriod::Day => utc_day(now),
         BudgetPeriod::Month => monthly_window(now, &TimeZone::UTC),
     }
 }

@@ -26,7 +26,7 @@ use crate::cache::{CachedResponse, ResponseCache, client_allows, storable};
 use crate::health::KeyHealth;
 use crate::meter::{LlmRequest, UsageReader, inspect_request};
 use crate::quota::{Meters, Reservation, Spend};
-use crate::redact::redact_stream;
+use crate::redact::{redact_bytes, redact_stream};
 use crate::{LiveKey, Route, Snapshot, TokenRateLimits};
 
 /// Where clients may always put their app token, whatever the service.
@@ -121,7 +121,7 @@ impl Default for ProxyConfig {
 pub enum ProxyEvent {
     Usage(Box<UsageRecord>),
     Flag(KeyFlag),
-    FlagCleared(KeyId, jiff::Timestamp),
+    FlagCleared(KeyId),
 }
 
 /// Bound of the event channel: when the writer falls this far behind, events are dropped
@@ -281,6 +281,17 @@ impl Drop for Finisher {
     }
 }
 
+/// What `handle` decided to answer with; the exchange's record is finished by the caller.
+enum Delivery {
+    Cached(Arc<CachedResponse>),
+    Upstream {
+        upstream: Upstream,
+        secret: SecretString,
+        cache_key: Option<String>,
+        ttl: Option<u32>,
+    },
+}
+
 /// What to do with an upstream answer.
 enum Verdict {
     Deliver,
@@ -393,7 +404,16 @@ impl Proxy {
     {
         let mut exchange = Exchange::new(&inbound, self.clock.now());
         match self.handle(inbound, &mut exchange).await {
-            Ok(response) => Ok(response),
+            Ok(Delivery::Cached(hit)) => Ok(self.answer_from_cache(&hit, exchange)),
+            Ok(Delivery::Upstream {
+                upstream,
+                secret,
+                cache_key,
+                ttl,
+            }) => {
+                self.deliver(upstream, &secret, exchange, cache_key, ttl)
+                    .await
+            }
             Err(error) => {
                 exchange.mark_latency();
                 exchange.record.outcome = match error.kind {
@@ -414,7 +434,7 @@ impl Proxy {
         &self,
         inbound: Inbound<S>,
         exchange: &mut Exchange,
-    ) -> Result<Response<reqwest::Body>, Error>
+    ) -> Result<Delivery, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
@@ -458,7 +478,7 @@ impl Proxy {
             exchange.record.cache = CacheOutcome::Miss;
             if may_read && let Some(hit) = self.cache.get(key, now) {
                 exchange.record.cache = CacheOutcome::Hit;
-                return Ok(self.answer_from_cache(&hit, exchange, now));
+                return Ok(Delivery::Cached(hit));
             }
         }
 
@@ -534,12 +554,7 @@ impl Proxy {
                 &key.current.sealed,
                 &SealContext::key_secret(&key.key.id, key.current.version),
             )?;
-            let url = upstream_url(
-                route.service,
-                &inbound.path,
-                inbound.query.as_deref(),
-                &secret,
-            )?;
+            let url = upstream_url(route.service, &inbound.path, &query, &secret)?;
             let mut headers = upstream_headers(route.service, &inbound.headers, &secret)?;
             let request_body = match &mut body {
                 Outgoing::Buffered(bytes) => {
@@ -599,13 +614,8 @@ impl Proxy {
                     .flag(&key.key.id, key.flag.as_ref(), self.clock.now())
                     .is_some_and(|f| f.kind == KeyFlagKind::Rejected)
             {
-                {
-                    self.health.clear(&key.key.id, self.clock.now());
-                    self.sink.emit(ProxyEvent::FlagCleared(
-                        key.key.id.clone(),
-                        self.clock.now(),
-                    ));
-                }
+                self.health.clear(&key.key.id, self.clock.now());
+                self.sink.emit(ProxyEvent::FlagCleared(key.key.id.clone()));
             }
             exchange.record.status = status.as_u16();
             exchange.record.outcome = if upstream.soft_error {
@@ -632,9 +642,12 @@ impl Proxy {
                     && !upstream.soft_error
                     && storable(&upstream.headers)
             });
-            return self
-                .deliver(upstream, &secret, exchange, store_in_cache, cache_ttl)
-                .await;
+            return Ok(Delivery::Upstream {
+                upstream,
+                secret,
+                cache_key: store_in_cache,
+                ttl: cache_ttl,
+            });
         }
     }
 
@@ -827,28 +840,13 @@ impl Proxy {
         &self,
         mut upstream: Upstream,
         secret: &SecretString,
-        exchange: &mut Exchange,
+        exchange: Exchange,
         cache_key: Option<String>,
         ttl: Option<u32>,
     ) -> Result<Response<reqwest::Body>, Error> {
         let mut headers = std::mem::take(&mut upstream.headers);
         strip_hop_by_hop(&mut headers);
         let status = upstream.status;
-        let exchange = std::mem::replace(
-            exchange,
-            Exchange::new(
-                &Inbound {
-                    method: Method::GET,
-                    service: String::new(),
-                    path: String::new(),
-                    query: None,
-                    headers: HeaderMap::new(),
-                    body: (),
-                    source: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-                },
-                self.clock.now(),
-            ),
-        );
         let cached_marker = exchange.record.cache;
         if exchange
             .reader
@@ -860,16 +858,7 @@ impl Proxy {
         if let (Some(key), Some(ttl)) = (cache_key, ttl) {
             upstream.peek(self.cache.max_entry_bytes() + 1).await;
             if let Some(body) = upstream.complete_body() {
-                let masked: Vec<Result<Bytes, std::convert::Infallible>> =
-                    redact_stream(futures_util::stream::iter([Ok(body)]), secret)
-                        .collect()
-                        .await;
-                let masked: Bytes = masked
-                    .into_iter()
-                    .filter_map(Result::ok)
-                    .flat_map(|b| b.to_vec())
-                    .collect::<Vec<u8>>()
-                    .into();
+                let masked = redact_bytes(&body, secret);
                 let now = self.clock.now();
                 self.cache.insert(
                     key,
@@ -921,15 +910,14 @@ impl Proxy {
     fn answer_from_cache(
         &self,
         hit: &CachedResponse,
-        exchange: &mut Exchange,
-        now: jiff::Timestamp,
+        mut exchange: Exchange,
     ) -> Response<reqwest::Body> {
+        let now = exchange.record.at;
         exchange.mark_latency();
         exchange.record.status = hit.status.as_u16();
         exchange.record.outcome = Outcome::Success;
         exchange.record.response_bytes = hit.body.len() as u64;
-        let record = exchange.record.clone();
-        self.sink.emit(ProxyEvent::Usage(Box::new(record)));
+        self.sink.emit(ProxyEvent::Usage(Box::new(exchange.record)));
         let mut headers = hit.headers.clone();
         headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
         let age = keyward_core::usage::until(hit.stored_at, now).as_secs();
@@ -1276,13 +1264,14 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The upstream URL: the service's base URL, the client's path, the client's query minus
-/// any credential parameter, plus the real key if this service takes it in the query.
+/// The upstream URL: the service's base URL, the client's path, the client's query without
+/// credential parameters (`kept`, from [`client_query`]), plus the real key if this service
+/// takes it in the query.
 /// Whatever the input, the result's scheme, host and port are the base URL's.
 fn upstream_url(
     service: &ServiceDefinition,
     path: &str,
-    query: Option<&str>,
+    kept: &[(String, String)],
     secret: &SecretString,
 ) -> Result<url::Url, Error> {
     check_path(path)?;
@@ -1300,21 +1289,6 @@ fn upstream_url(
             "the path would leave the service's host",
         ));
     }
-    let credential_params: Vec<&str> = std::iter::once(&service.auth)
-        .chain(&service.alternate_auth)
-        .filter_map(|p| match p {
-            KeyPlacement::Query { name } => Some(name.as_str()),
-            KeyPlacement::Header { .. } => None,
-        })
-        .collect();
-    let kept: Vec<(String, String)> = query
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .filter(|(k, _)| !credential_params.contains(&k.as_ref()))
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
     url.set_query(None);
     let injected = match &service.auth {
         KeyPlacement::Query { name } => Some(name.as_str()),
@@ -1322,7 +1296,7 @@ fn upstream_url(
     };
     if !kept.is_empty() || injected.is_some() {
         let mut pairs = url.query_pairs_mut();
-        for (k, v) in &kept {
+        for (k, v) in kept {
             pairs.append_pair(k, v);
         }
         if let Some(name) = injected {
@@ -1401,8 +1375,13 @@ mod tests {
     #[test]
     fn upstream_urls_never_leave_the_service_host() {
         let openai = service("openai");
-        let ok =
-            upstream_url(&openai, "/v1/chat/completions", Some("a=1"), &secret()).expect("url");
+        let ok = upstream_url(
+            &openai,
+            "/v1/chat/completions",
+            &client_query(&openai, Some("a=1")),
+            &secret(),
+        )
+        .expect("url");
         assert_eq!(
             ok.as_str(),
             "https://api.openai.com/v1/chat/completions?a=1"
@@ -1421,7 +1400,7 @@ mod tests {
             "/x%00y",
         ] {
             assert!(
-                upstream_url(&openai, evil, None, &secret()).is_err(),
+                upstream_url(&openai, evil, &[], &secret()).is_err(),
                 "{evil} must be refused"
             );
         }
@@ -1430,7 +1409,7 @@ mod tests {
             "/v1/models@evil.example",
             "/:80@evil.example/",
         ] {
-            let url = upstream_url(&openai, tricky, None, &secret()).expect("stays on the host");
+            let url = upstream_url(&openai, tricky, &[], &secret()).expect("stays on the host");
             assert_eq!(url.host_str(), Some("api.openai.com"), "{tricky}");
         }
     }
@@ -1441,7 +1420,7 @@ mod tests {
         let url = upstream_url(
             &av,
             "/query",
-            Some("function=GLOBAL_QUOTE&apikey=kwp_x_y&symbol=IBM"),
+            &client_query(&av, Some("function=GLOBAL_QUOTE&apikey=kwp_x_y&symbol=IBM")),
             &secret(),
         )
         .expect("url");
@@ -1453,7 +1432,7 @@ mod tests {
         let url = upstream_url(
             &polygon,
             "/v3/x",
-            Some("apiKey=client-own&limit=1"),
+            &client_query(&polygon, Some("apiKey=client-own&limit=1")),
             &secret(),
         )
         .expect("url");

@@ -23,6 +23,7 @@ use keyward_core::id::KeyId;
 use keyward_core::service::{Limit, LimitUnit, QuotaCalendar};
 use keyward_core::usage::{
     CALENDAR_LIMIT_MIN_SECONDS, HourlyUse, Subject, Window, budget_window, limit_window, until,
+    utc_day,
 };
 
 /// What one call spends against a key's limits before it is sent.
@@ -331,14 +332,7 @@ impl Meters {
             h.requests += spend.requests;
             h.credits += spend.credits;
         });
-        let day = budget_window(
-            &Budget {
-                limit_micros: 0,
-                period: keyward_core::app_token::BudgetPeriod::Day,
-            },
-            now,
-        )
-        .start;
+        let day = utc_day(now).start;
         counters.today = Some(match counters.today {
             Some((start, n)) if start == day => (start, n + 1),
             _ => (day, 1),
@@ -360,14 +354,7 @@ impl Meters {
 
     /// Requests a key served today (UTC): the `least_used` measure.
     pub fn used_today(&self, key: &KeyId, now: Timestamp) -> u64 {
-        let day = budget_window(
-            &Budget {
-                limit_micros: 0,
-                period: keyward_core::app_token::BudgetPeriod::Day,
-            },
-            now,
-        )
-        .start;
+        let day = utc_day(now).start;
         self.lock()
             .keys
             .get(key)

@@ -57,6 +57,13 @@ fn partial_match_len(buf: &[u8], patterns: &[Zeroizing<Vec<u8>>]) -> usize {
         .unwrap_or(0)
 }
 
+/// A whole body with the key masked (for answers kept in the cache).
+pub fn redact_bytes(body: &[u8], secret: &SecretString) -> Bytes {
+    let mut out = body.to_vec();
+    mask(&mut out, &patterns(secret));
+    Bytes::from(out)
+}
+
 /// Wraps a response body stream so the key never passes through it.
 pub fn redact_stream<S, E>(
     body: S,

@@ -117,7 +117,7 @@ impl App {
                 ProxyEvent::Flag(flag) => {
                     flags.insert(flag.key_id.clone(), Some(flag));
                 }
-                ProxyEvent::FlagCleared(key, _) => {
+                ProxyEvent::FlagCleared(key) => {
                     flags.insert(key, None);
                 }
             }

@@ -128,15 +128,7 @@ pub async fn usage(
     let buckets = app.usage(&query).await?;
     let mut totals = UsageTotals::default();
     for b in &buckets {
-        let t = &b.totals;
-        totals.requests += t.requests;
-        totals.errors += t.errors;
-        totals.cache_hits += t.cache_hits;
-        totals.input_tokens += t.input_tokens;
-        totals.cached_tokens += t.cached_tokens;
-        totals.output_tokens += t.output_tokens;
-        totals.credits += t.credits;
-        totals.cost_nanos += t.cost_nanos;
+        totals += b.totals;
     }
     Ok(Json(UsageResponse {
         from: query.from,
