@@ -153,6 +153,15 @@ impl TestApp {
         body
     }
 
+    /// Creates an app token; returns the creation response (with the token, shown once).
+    pub async fn app_token(&self, request: Value) -> Value {
+        let (status, body) = self
+            .call(Method::POST, "/api/v1/app-tokens", Some(request))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
     pub async fn key_count(&self) -> usize {
         let (_, live) = self.call(Method::GET, "/api/v1/keys?limit=200", None).await;
         let (_, deleted) = self

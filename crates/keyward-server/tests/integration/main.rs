@@ -9,6 +9,7 @@
     reason = "tests"
 )]
 
+mod fake_llm;
 mod helpers;
 
 mod app_tokens;
@@ -17,5 +18,7 @@ mod catalog;
 mod durability;
 mod keys;
 mod leaks;
+mod llm;
 mod proxy;
+mod sdk;
 mod vault;
