@@ -85,8 +85,12 @@ impl ResponseCache {
         }
     }
 
+    /// Responses held (approximate: moka counts lazily).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
     /// Total weight held (after pending maintenance).
-    #[cfg(test)]
     pub fn weighted_size(&self) -> u64 {
         self.entries.run_pending_tasks();
         self.entries.weighted_size()

@@ -124,6 +124,17 @@ pub enum ProxyEvent {
     FlagCleared(KeyId),
 }
 
+/// Point-in-time figures about the data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyGauges {
+    /// Events dropped since start because the writer fell behind.
+    pub dropped_events: u64,
+    /// Events waiting for the writer.
+    pub queued_events: usize,
+    pub cache_entries: u64,
+    pub cache_bytes: u64,
+}
+
 /// Bound of the event channel: when the writer falls this far behind, events are dropped
 /// (and counted) rather than slowing requests down.
 pub const EVENT_CHANNEL_CAPACITY: usize = 10_000;
@@ -354,6 +365,26 @@ impl Proxy {
     /// Events dropped because the writer fell behind.
     pub fn dropped_events(&self) -> u64 {
         self.sink.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Point-in-time figures for the metrics endpoint.
+    pub fn gauges(&self) -> ProxyGauges {
+        ProxyGauges {
+            dropped_events: self.dropped_events(),
+            queued_events: self
+                .sink
+                .events
+                .max_capacity()
+                .saturating_sub(self.sink.events.capacity()),
+            cache_entries: self.cache.entry_count(),
+            cache_bytes: self.cache.weighted_size(),
+        }
+    }
+
+    /// Whether `id` names a service in the current snapshot (so it may be a metrics label:
+    /// a name the client made up may not).
+    pub fn knows_service(&self, id: &str) -> bool {
+        self.snapshot().service(id).is_ok()
     }
 
     /// The flag in force for a key (as the proxy sees it now), for the API.

@@ -16,7 +16,7 @@ mod snapshot;
 
 pub use forward::{
     CACHE_HEADER, ENVIRONMENT_HEADER, EVENT_CHANNEL_CAPACITY, Inbound, Proxy, ProxyConfig,
-    ProxyEvent, TOKEN_HEADER,
+    ProxyEvent, ProxyGauges, TOKEN_HEADER,
 };
 pub use limits::TokenRateLimits;
 pub use snapshot::{LiveKey, Route, Snapshot};

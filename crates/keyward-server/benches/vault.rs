@@ -104,6 +104,7 @@ fn seed(rt: &tokio::runtime::Runtime, db: &TestDatabase) -> (Arc<App>, KeyId) {
         Arc::new(SystemClock),
         Arc::new(OsRandomness),
         RecoveryWindow::default(),
+        keyward_server::config::USAGE_RETENTION_DAYS_DEFAULT,
         keyward_core::usage::PricingTable::default(),
     )
     .unwrap();

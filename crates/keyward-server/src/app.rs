@@ -42,7 +42,11 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Randomness>,
     pub recovery_window: RecoveryWindow,
+    /// Usage records older than this many days are pruned (hourly sums are kept).
+    pub usage_retention_days: u16,
     builtin: Vec<ServiceDefinition>,
+    /// This server's own Prometheus recorder (never the process-global one).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Input for a new key: metadata plus the secret and whether to skip the format check.
@@ -60,6 +64,7 @@ impl App {
         clock: Arc<dyn Clock>,
         random: Arc<dyn Randomness>,
         recovery_window: RecoveryWindow,
+        usage_retention_days: u16,
         pricing: PricingTable,
     ) -> Result<Self, Error> {
         let keyring = Arc::new(keyring);
@@ -78,7 +83,9 @@ impl App {
             clock,
             random,
             recovery_window,
+            usage_retention_days,
             builtin: builtin_services()?,
+            metrics: crate::metrics::Metrics::default(),
         })
     }
 
@@ -146,7 +153,12 @@ impl App {
             .into_iter()
             .map(|(id, at)| (id.clone(), at))
             .collect();
-        self.store.record_usage(&records).await?;
+        self.metrics
+            .observe(&records, |service| self.proxy.knows_service(service));
+        if let Err(e) = self.store.record_usage(&records).await {
+            self.metrics.usage_write_failed();
+            return Err(e);
+        }
         self.store.record_key_use(&keys).await?;
         self.store.record_app_token_use(&tokens).await?;
         let raised: Vec<KeyFlag> = flags.values().flatten().cloned().collect();
@@ -512,6 +524,17 @@ impl App {
     }
 
     /// Purges keys whose recovery window has passed; run periodically.
+    /// Deletes usage records past the retention period; returns how many.
+    pub async fn prune_usage(&self) -> Result<u64, Error> {
+        let cutoff = self
+            .now()
+            .saturating_sub(jiff::SignedDuration::from_hours(
+                i64::from(self.usage_retention_days) * 24,
+            ))
+            .unwrap_or(Timestamp::MIN);
+        self.store.prune_usage(cutoff).await
+    }
+
     pub async fn purge_expired(&self) -> Result<usize, Error> {
         let cutoff = self
             .now()

@@ -244,6 +244,7 @@ async fn open_app(settings: &Settings) -> Result<App, String> {
         clock,
         Arc::new(OsRandomness),
         settings.recovery_window,
+        settings.usage_retention_days,
         settings.pricing.clone(),
     )
     .map_err(|e| e.message)

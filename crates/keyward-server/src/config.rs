@@ -31,6 +31,7 @@ const KNOWN_KEYS: &[&str] = &[
     "master_passphrase",
     "master_passphrase_previous",
     "recovery_window_days",
+    "usage_retention_days",
     "pricing_file",
     "log_format",
     "log",
@@ -111,6 +112,12 @@ pub struct RawSettings {
         deserialize_with = "scalar_as_string"
     )]
     pub recovery_window_days: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub usage_retention_days: Option<String>,
     /// A TOML file of `[[price]]` entries laid over the built-in LLM price table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing_file: Option<PathBuf>,
@@ -201,11 +208,16 @@ pub struct Settings {
     pub redis_url: Option<SecretString>,
     pub master_key: MasterKeySource,
     pub recovery_window: RecoveryWindow,
+    /// Days usage records are kept (1–3650); hourly sums are kept regardless.
+    pub usage_retention_days: u16,
     /// LLM prices: the built-in table plus `pricing_file`.
     pub pricing: PricingTable,
     pub log_format: LogFormat,
     pub log: String,
 }
+
+/// How long usage records are kept unless `usage_retention_days` says otherwise.
+pub const USAGE_RETENTION_DAYS_DEFAULT: u16 = 90;
 
 /// A problem with the configuration, said in one sentence.
 #[derive(Debug, thiserror::Error)]
@@ -448,6 +460,20 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         })?,
     };
     let recovery_window = RecoveryWindow::days(days).map_err(|e| ConfigError(e.message))?;
+    let usage_retention_days = match raw.usage_retention_days.as_deref() {
+        None => USAGE_RETENTION_DAYS_DEFAULT,
+        Some(text) => text
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|d| (1..=3650).contains(d))
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "usage_retention_days must be a whole number of days from 1 to 3650, not `{}`",
+                    keyward_core::label::printable(text)
+                ))
+            })?,
+    };
     let pricing = PricingTable::builtin().map_err(|e| ConfigError(e.message))?;
     let pricing = match &raw.pricing_file {
         None => pricing,
@@ -478,6 +504,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         redis_url: raw.redis_url.map(SecretString::from),
         master_key,
         recovery_window,
+        usage_retention_days,
         pricing,
         log_format,
         log: raw.log.unwrap_or_else(|| "info".to_owned()),
@@ -499,6 +526,7 @@ mod tests {
             matches!(s.master_key, MasterKeySource::File(ref p) if p == Path::new("data/master.key"))
         );
         assert_eq!(s.recovery_window.in_days(), 30);
+        assert_eq!(s.usage_retention_days, USAGE_RETENTION_DAYS_DEFAULT);
     }
 
     #[test]
@@ -543,6 +571,16 @@ mod tests {
             })
             .is_err()
         );
+        for days in ["0", "3651", "ninety"] {
+            assert!(
+                resolve(RawSettings {
+                    usage_retention_days: Some(days.into()),
+                    ..Default::default()
+                })
+                .is_err(),
+                "{days}"
+            );
+        }
         assert!(
             resolve(RawSettings {
                 database_url: Some("mysql://x".into()),

@@ -33,6 +33,7 @@ pub async fn start(settings: &Settings) -> Result<Started, VaultError> {
         clock,
         random,
         settings.recovery_window,
+        settings.usage_retention_days,
         settings.pricing.clone(),
     )?);
     app.refresh_proxy().await?;
@@ -60,10 +61,11 @@ impl Started {
     ) -> Result<(), VaultError> {
         let purger = tokio::spawn(purge_loop(self.app.clone()));
         let watcher = tokio::spawn(snapshot_loop(self.app.clone()));
+        let (stop_recording, stop) = tokio::sync::oneshot::channel();
         let recorder = self
             .app
             .take_proxy_events()
-            .map(|events| tokio::spawn(record_events(self.app.clone(), events)));
+            .map(|events| tokio::spawn(record_events(self.app.clone(), events, stop)));
         let router = crate::http::router(self.app.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
         let result = axum::serve(self.listener, router)
@@ -72,8 +74,13 @@ impl Started {
             .map_err(|e| VaultError(format!("server error: {e}")));
         purger.abort();
         watcher.abort();
-        if let Some(recorder) = recorder {
-            recorder.abort();
+        // Every connection has ended, so every call has sent its events: write them all
+        // before closing the store.
+        let _ = stop_recording.send(());
+        if let Some(recorder) = recorder
+            && let Err(e) = recorder.await
+        {
+            tracing::warn!(error = %e, "the usage writer did not finish");
         }
         self.app.store.close().await;
         result
@@ -81,13 +88,16 @@ impl Started {
 }
 
 /// Hourly housekeeping, first run at start: purge keys whose recovery window has passed,
-/// then refresh planner statistics.
+/// prune usage records past their retention, then refresh planner statistics.
 async fn purge_loop(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tick.tick().await;
         if let Err(e) = app.purge_expired().await {
             tracing::warn!(error = %e, "scheduled purge failed; will retry");
+        }
+        if let Err(e) = app.prune_usage().await {
+            tracing::warn!(error = %e, "pruning old usage records failed; will retry");
         }
         if let Err(e) = app.store.maintain().await {
             tracing::warn!(error = %e, "store maintenance failed; will retry");
@@ -113,27 +123,45 @@ async fn snapshot_loop(app: Arc<App>) {
 
 /// Writes the proxy's events (usage records, last use, key flags) in batches: whatever
 /// arrives within a quarter second of the first event goes in one transaction per table.
+/// When `stop` fires it writes whatever is still queued and returns.
 async fn record_events(
     app: Arc<App>,
-    mut uses: tokio::sync::mpsc::Receiver<keyward_proxy::ProxyEvent>,
+    mut events: tokio::sync::mpsc::Receiver<keyward_proxy::ProxyEvent>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    while let Some(first) = uses.recv().await {
+    loop {
+        let first = tokio::select! {
+            first = events.recv() => first,
+            _ = &mut stop => None,
+        };
+        let Some(first) = first else { break };
         let mut batch = vec![first];
         let window = tokio::time::sleep(Duration::from_millis(250));
         tokio::pin!(window);
         loop {
             tokio::select! {
                 () = &mut window => break,
-                next = uses.recv() => match next {
-                    Some(used) => batch.push(used),
+                next = events.recv() => match next {
+                    Some(event) => batch.push(event),
                     None => break,
                 },
             }
         }
-        let count = batch.len();
-        if let Err(e) = app.record_events(batch).await {
-            tracing::warn!(error = %e, events = count, "could not record proxy events");
-        }
+        write_events(&app, batch).await;
+    }
+    let mut rest = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        rest.push(event);
+    }
+    if !rest.is_empty() {
+        write_events(&app, rest).await;
+    }
+}
+
+async fn write_events(app: &App, batch: Vec<keyward_proxy::ProxyEvent>) {
+    let count = batch.len();
+    if let Err(e) = app.record_events(batch).await {
+        tracing::warn!(error = %e, events = count, "could not record proxy events");
     }
 }
 

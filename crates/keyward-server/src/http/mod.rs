@@ -124,6 +124,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .route("/proxy/{service}", any(proxy::proxy))
         .route("/proxy/{service}/{*path}", any(proxy::proxy))
@@ -154,6 +155,19 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.message).into_response()
         }
     }
+}
+
+/// Prometheus text format. Unauthenticated like the health checks: it carries counts by
+/// service and outcome, never ids, paths or values (see `crate::metrics`).
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(app.proxy.gauges()),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

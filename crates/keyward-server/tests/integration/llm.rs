@@ -285,3 +285,150 @@ async fn a_budget_is_never_overshot_by_a_thousand_concurrent_calls() {
     assert_eq!(totals["errors"], (CALLS - served) as u64, "{totals}");
     assert!(totals["cost_usd"].as_f64().unwrap() <= BUDGET_USD + max_cost);
 }
+
+#[tokio::test]
+async fn metrics_count_calls_by_service_and_outcome_without_ids_or_client_input() {
+    let s = Llms::start().await;
+    let chat = json!({"model": "gpt-5.4-mini", "messages": [{"role": "user", "content": "IBM?"}]});
+    assert_eq!(s.openai(&s.token, &chat).await.status(), StatusCode::OK);
+    let refused = s.openai("kwp_nope_nope", &chat).await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let made_up = s
+        .app
+        .client
+        .get(s.url("evil-service-name/x"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made_up.status(), StatusCode::NOT_FOUND);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let response = s
+            .app
+            .client
+            .get(format!("{}/metrics", s.app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        let text = response.text().await.unwrap();
+        if text.contains("keyward_proxy_refusals_total{code=\"service_not_found\"}") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics never showed the calls:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    for line in [
+        r#"keyward_proxy_requests_total{service="openai",outcome="success",cache="none"} 1"#,
+        r#"keyward_proxy_requests_total{service="openai",outcome="refused",cache="none"} 1"#,
+        r#"keyward_proxy_requests_total{service="unknown",outcome="refused",cache="none"} 1"#,
+        r#"keyward_proxy_refusals_total{code="invalid_token"} 1"#,
+        r#"keyward_proxy_tokens_total{service="openai",kind="output"} 1"#,
+        r#"keyward_proxy_cost_nanodollars_total{service="openai"} 8250"#,
+        "keyward_proxy_events_dropped_total 0",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    for secretish in [
+        "evil-service-name",
+        s.openai_key.as_str(),
+        "kwp_",
+        "chat/completions",
+    ] {
+        assert!(!text.contains(secretish), "{secretish} in metrics:\n{text}");
+    }
+}
+
+/// A SIGTERM right after a burst of calls: the usage still queued for the batch writer is
+/// written before the store closes.
+#[tokio::test]
+async fn a_graceful_shutdown_writes_the_usage_still_queued() {
+    use crate::helpers::{Process, cli_token};
+    const CALLS: u64 = 25;
+    let (_fake, upstream) = FakeLlm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = cli_token(dir.path(), &[]);
+    let server = Process::serve(dir.path(), &[], "before-stop");
+    let client = reqwest::Client::new();
+    let api = |method: Method, path: &str, body: Value| {
+        client
+            .request(method, format!("http://{}/api/v1{path}", server.base))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+    assert!(
+        api(
+            Method::PATCH,
+            "/services/openai",
+            json!({"base_url": upstream})
+        )
+        .await
+        .unwrap()
+        .status()
+        .is_success()
+    );
+    let key: Value = api(Method::POST, "/keys", json!({"service": "openai", "environment": "production", "alias": "main", "secret": OPENAI_KEY}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token: Value = api(
+        Method::POST,
+        "/app-tokens",
+        json!({"name": "app", "services": ["openai"], "environments": ["production"]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let chat = json!({"model": "gpt-5.4-mini", "messages": [{"role": "user", "content": "ORCL?"}]});
+    for _ in 0..CALLS {
+        let response = client
+            .post(format!(
+                "http://{}/proxy/openai/v1/chat/completions",
+                server.base
+            ))
+            .bearer_auth(token["token"].as_str().unwrap())
+            .json(&chat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    server.stop();
+
+    let server = Process::serve(dir.path(), &[], "after-stop");
+    let usage: Value = client
+        .get(format!(
+            "http://{}/api/v1/usage?key={}",
+            server.base,
+            key["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    server.stop();
+    assert_eq!(usage["totals"]["requests"], CALLS, "{usage}");
+    assert_usd(
+        &usage["totals"]["cost_usd"],
+        CALLS as f64 * usage::OPENAI_COST,
+    );
+}

@@ -1,0 +1,220 @@
+//! Prometheus metrics for `/metrics`.
+//!
+//! Proxy figures are derived from the usage records as the batch writer takes them, so the
+//! request path pays nothing for them; gauges (dropped and queued events, cache size) are
+//! read from the proxy when scraped. The recorder belongs to the `App` — not installed
+//! globally — so every server (and every test) has its own.
+//!
+//! Label values are only ever names Keyward defines: catalog service ids (a service name
+//! the client made up is counted as `unknown`), outcomes, cache results and error codes.
+//! Never key or token ids, paths or anything else from the request.
+
+use keyward_core::usage::{Outcome, UsageRecord};
+use keyward_proxy::ProxyGauges;
+use metrics::{Recorder, with_local_recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Upstream latency buckets in seconds: a cache hit is well under a millisecond, an LLM
+/// answer can take a minute.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let builder = PrometheusBuilder::new();
+        // Only fails for an empty bucket list.
+        let builder = match builder.set_buckets(LATENCY_BUCKETS) {
+            Ok(b) => b,
+            Err(_) => PrometheusBuilder::new(),
+        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let metrics = Self { recorder, handle };
+        metrics.describe();
+        metrics
+    }
+}
+
+impl Metrics {
+    fn with<T>(&self, f: impl FnOnce() -> T) -> T {
+        with_local_recorder(&self.recorder as &dyn Recorder, f)
+    }
+
+    fn describe(&self) {
+        self.with(|| {
+            metrics::describe_counter!(
+                "keyward_proxy_requests_total",
+                "Proxy calls by service, outcome (success, upstream_error, soft_error, refused, failed) and cache result"
+            );
+            metrics::describe_counter!(
+                "keyward_proxy_refusals_total",
+                "Calls Keyward answered itself with an error, by error code"
+            );
+            metrics::describe_histogram!(
+                "keyward_proxy_latency_seconds",
+                metrics::Unit::Seconds,
+                "Time from the request to the end of the answer's headers, by service"
+            );
+            metrics::describe_counter!(
+                "keyward_proxy_retries_total",
+                "Extra attempts (retries and failovers) by service"
+            );
+            metrics::describe_counter!(
+                "keyward_proxy_tokens_total",
+                "LLM tokens by service and kind (input, cached_input, cache_write, output)"
+            );
+            metrics::describe_counter!(
+                "keyward_proxy_cost_nanodollars_total",
+                "Priced cost of proxied calls in billionths of a US dollar, by service"
+            );
+            metrics::describe_counter!(
+                "keyward_usage_write_failures_total",
+                "Usage batches the store refused (the events in them are lost)"
+            );
+        });
+    }
+
+    /// Counts a batch of finished calls. `known` says whether a service id is in the catalog.
+    pub fn observe(&self, records: &[UsageRecord], known: impl Fn(&str) -> bool) {
+        self.with(|| {
+            for r in records {
+                let service = if known(&r.service_id) {
+                    r.service_id.clone()
+                } else {
+                    "unknown".to_owned()
+                };
+                metrics::counter!(
+                    "keyward_proxy_requests_total",
+                    "service" => service.clone(),
+                    "outcome" => r.outcome.as_str(),
+                    "cache" => r.cache.as_str(),
+                )
+                .increment(1);
+                if r.outcome == Outcome::Refused {
+                    let code = r.error_code.clone().unwrap_or_else(|| "unknown".to_owned());
+                    metrics::counter!("keyward_proxy_refusals_total", "code" => code).increment(1);
+                    continue;
+                }
+                metrics::histogram!("keyward_proxy_latency_seconds", "service" => service.clone())
+                    .record(f64::from(r.latency_ms) / 1000.0);
+                if r.retries > 0 {
+                    metrics::counter!("keyward_proxy_retries_total", "service" => service.clone())
+                        .increment(u64::from(r.retries));
+                }
+                let t = r.tokens;
+                for (kind, n) in [
+                    ("input", t.input),
+                    ("cached_input", t.cached_input),
+                    ("cache_write", t.cache_write),
+                    ("output", t.output),
+                ] {
+                    if n > 0 {
+                        metrics::counter!("keyward_proxy_tokens_total", "service" => service.clone(), "kind" => kind)
+                            .increment(n);
+                    }
+                }
+                if r.cost_nanos > 0 {
+                    metrics::counter!("keyward_proxy_cost_nanodollars_total", "service" => service)
+                        .increment(r.cost_nanos);
+                }
+            }
+        });
+    }
+
+    pub fn usage_write_failed(&self) {
+        self.with(|| metrics::counter!("keyward_usage_write_failures_total").increment(1));
+    }
+
+    /// The Prometheus text exposition, with the proxy's gauges as of now.
+    pub fn render(&self, gauges: ProxyGauges) -> String {
+        #[expect(clippy::cast_precision_loss, reason = "gauges are far below 2^52")]
+        self.with(|| {
+            metrics::counter!("keyward_proxy_events_dropped_total").absolute(gauges.dropped_events);
+            metrics::gauge!("keyward_proxy_events_queued").set(gauges.queued_events as f64);
+            metrics::gauge!("keyward_proxy_cache_entries").set(gauges.cache_entries as f64);
+            metrics::gauge!("keyward_proxy_cache_bytes").set(gauges.cache_bytes as f64);
+        });
+        self.handle.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::Timestamp;
+    use keyward_core::usage::{CacheOutcome, TokenUsage};
+
+    fn record(service: &str, outcome: Outcome) -> UsageRecord {
+        UsageRecord {
+            at: Timestamp::UNIX_EPOCH,
+            token_id: None,
+            key_id: None,
+            service_id: service.to_owned(),
+            environment: None,
+            method: "POST".into(),
+            endpoint: "/v1/chat/completions".into(),
+            status: 200,
+            outcome,
+            error_code: (outcome == Outcome::Refused).then(|| "budget_exceeded".to_owned()),
+            latency_ms: 12,
+            request_bytes: 10,
+            response_bytes: 20,
+            cache: CacheOutcome::Miss,
+            retries: 1,
+            model: None,
+            tokens: TokenUsage {
+                input: 5,
+                output: 1,
+                ..TokenUsage::default()
+            },
+            credits: 1,
+            cost_nanos: 8250,
+        }
+    }
+
+    #[test]
+    fn counts_calls_with_bounded_labels_and_renders_gauges() {
+        let metrics = Metrics::default();
+        metrics.observe(
+            &[
+                record("openai", Outcome::Success),
+                record("openai", Outcome::Refused),
+                record("made-up-by-client", Outcome::Success),
+            ],
+            |s| s == "openai",
+        );
+        let text = metrics.render(ProxyGauges {
+            dropped_events: 7,
+            queued_events: 2,
+            cache_entries: 3,
+            cache_bytes: 4096,
+        });
+        for line in [
+            r#"keyward_proxy_requests_total{service="openai",outcome="success",cache="miss"} 1"#,
+            r#"keyward_proxy_requests_total{service="unknown",outcome="success",cache="miss"} 1"#,
+            r#"keyward_proxy_refusals_total{code="budget_exceeded"} 1"#,
+            r#"keyward_proxy_tokens_total{service="openai",kind="input"} 5"#,
+            r#"keyward_proxy_cost_nanodollars_total{service="openai"} 8250"#,
+            r#"keyward_proxy_retries_total{service="openai"} 1"#,
+            "keyward_proxy_events_dropped_total 7",
+            "keyward_proxy_cache_bytes 4096",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains("made-up-by-client"));
+        assert!(text.contains("keyward_proxy_latency_seconds_bucket"));
+    }
+}
