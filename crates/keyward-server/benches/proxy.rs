@@ -1,0 +1,485 @@
+//! The proxy under load, side by side in one run (issue 3's targets):
+//!
+//! - **direct**: the client calls the fake upstream itself, with the real key;
+//! - **keyward**: the real `keyward` binary (release build, default settings: SQLite, access
+//!   log on) with an app token — token check, limits, budgets and metering all on;
+//! - **nginx** (when installed): 2 workers, upstream keepalive, setting `Authorization`.
+//!
+//! The upstream is a local fake that answers like OpenAI's chat completions (with usage).
+//! Two measurements per target: requests/s at a fixed concurrency (`wrk`, when installed)
+//! and latency percentiles at a fixed, open-loop rate (our own generator: a request is sent
+//! every 1/rate s whatever the answers do). Keyward's peak resident memory comes from
+//! `/proc`. Results are printed as a table with ratios to direct and to nginx.
+//!
+//! `cargo bench -p keyward-server --bench proxy`; tune with `KEYWARD_BENCH_SECONDS`
+//! (default 10 per measurement), `KEYWARD_BENCH_CONNECTIONS` (64), `KEYWARD_BENCH_RATE`
+//! (2000). Needs `wrk` and `nginx` on the PATH for the full comparison (Debian: `wrk`,
+//! `nginx-light`); without them the missing columns say so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::cast_precision_loss,
+    reason = "a benchmark program"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+const REAL_KEY: &str =
+    "sk-proj-Abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_-0123456789WXYZ";
+const BODY: &str = r#"{"model":"gpt-5.4-mini","messages":[{"role":"user","content":"Is AAPL a buy?"}]}"#;
+const ANSWER: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1764000000,"model":"gpt-5.4-mini-2026-03-17","choices":[{"index":0,"message":{"role":"assistant","content":"Bullish"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#;
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The fake provider: checks the key like OpenAI would, answers a fixed completion.
+async fn upstream(headers: HeaderMap, body: Bytes) -> Response {
+    let authorized = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        == Some(REAL_KEY);
+    if !authorized {
+        return (StatusCode::UNAUTHORIZED, "bad key").into_response();
+    }
+    if body.is_empty() {
+        return (StatusCode::BAD_REQUEST, "no body").into_response();
+    }
+    ([("content-type", "application/json")], ANSWER).into_response()
+}
+
+fn start_upstream() -> (tokio::runtime::Runtime, String) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    runtime.spawn(async move {
+        let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(upstream));
+        axum::serve(listener, app).await
+    });
+    (runtime, addr)
+}
+
+struct Keyward {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Keyward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keyward_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    cmd.current_dir(dir);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEYWARD_")) {
+        cmd.env_remove(k);
+    }
+    // Default settings, except a log filter for experiments (`KEYWARD_BENCH_LOG=warn`).
+    if let Ok(filter) = std::env::var("KEYWARD_BENCH_LOG") {
+        cmd.env("KEYWARD_LOG", filter);
+    }
+    cmd
+}
+
+/// Starts the real binary on a fresh vault; returns it and an app token for the upstream.
+fn start_keyward(upstream: &str) -> (Keyward, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = keyward_command(dir.path())
+        .args(["token", "create", "--name", "bench", "--role", "owner"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let log = std::fs::File::create(dir.path().join("keyward.log")).unwrap();
+    let mut child = keyward_command(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("keyward exited").unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let keyward = Keyward {
+        child,
+        addr,
+        _dir: dir,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let api = |method: reqwest::Method, path: &str, body: Value| -> Value {
+        let url = format!("http://{}/api/v1{path}", keyward.addr);
+        runtime.block_on(async {
+            let response = client
+                .request(method, url)
+                .bearer_auth(&admin)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or_default();
+            assert!(status.is_success(), "{path}: {status} {body}");
+            body
+        })
+    };
+    api(
+        reqwest::Method::PATCH,
+        "/services/openai",
+        json!({"base_url": format!("http://{upstream}")}),
+    );
+    // Limits and budgets generous enough never to refuse: they are checked on every call.
+    api(
+        reqwest::Method::POST,
+        "/keys",
+        json!({"service": "openai", "environment": "production", "alias": "bench", "secret": REAL_KEY, "force": true,
+               "limits": [{"max": 100_000_000, "unit": "requests", "window_seconds": 86_400},
+                          {"max": 100_000_000, "unit": "tokens", "window_seconds": 60}],
+               "budget": {"limit_usd": 1_000_000.0, "period": "month"}}),
+    );
+    let token = api(
+        reqwest::Method::POST,
+        "/app-tokens",
+        json!({"name": "bench", "services": ["openai"], "environments": ["production"],
+               "rate_limit": {"requests": 1_000_000, "per_seconds": 1},
+               "budget": {"limit_usd": 1_000_000.0, "period": "month"}}),
+    );
+    (keyward, token["token"].as_str().unwrap().to_owned())
+}
+
+struct Nginx {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_nginx(upstream: &str) -> Option<Nginx> {
+    if !on_path("nginx") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let prefix = dir.path().display();
+    let config = format!(
+        "worker_processes 2;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log {prefix}/access.log;\n  client_body_temp_path {prefix}/body;\n\
+           proxy_temp_path {prefix}/proxy;\n\
+           upstream provider {{ server {upstream}; keepalive 64; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+               proxy_pass http://provider;\n      proxy_http_version 1.1;\n\
+               proxy_set_header Connection \"\";\n\
+               proxy_set_header Authorization \"Bearer {REAL_KEY}\";\n    }}\n  }}\n}}\n"
+    );
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, config).unwrap();
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        if Instant::now() > deadline {
+            eprintln!("nginx did not start; skipping it");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Nginx {
+        child,
+        addr,
+        _dir: dir,
+    })
+}
+
+/// One target: where to send the request and with which credential.
+struct Target {
+    name: &'static str,
+    url: String,
+    bearer: String,
+}
+
+/// Requests/s at a fixed concurrency, measured by `wrk`.
+fn throughput(target: &Target, seconds: u64, connections: u64, scratch: &Path) -> Option<f64> {
+    if !on_path("wrk") {
+        return None;
+    }
+    let script = scratch.join(format!("{}.lua", target.name));
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             wrk.headers[\"Authorization\"] = \"Bearer {}\"\n\
+             done = function(summary, latency, requests)\n  io.write(string.format(\"non2xx %d\\n\", summary.errors.status))\nend\n",
+            target.bearer
+        ),
+    )
+    .unwrap();
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .arg("-s")
+        .arg(&script)
+        .arg(&target.url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let non2xx: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("non2xx "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(non2xx, 0, "{}: answers that were not 2xx:\n{text}", target.name);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+struct Latency {
+    p50: Duration,
+    p90: Duration,
+    p99: Duration,
+    max: Duration,
+    sent: usize,
+}
+
+/// Open loop: a request every `1/rate` s for `seconds`, whatever the answers do; the time of
+/// each is from its scheduled start, so a stall counts against every request it delays.
+fn latency(target: &Target, rate: u64, seconds: u64) -> Latency {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(512)
+            .tcp_nodelay(true)
+            .build()
+            .unwrap();
+        let total = usize::try_from(rate * seconds).unwrap();
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let samples = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(total);
+        for n in 0..total {
+            let scheduled = start + interval * u32::try_from(n).unwrap();
+            tokio::time::sleep_until(scheduled.into()).await;
+            let (client, samples) = (client.clone(), samples.clone());
+            let (url, bearer) = (target.url.clone(), target.bearer.clone());
+            tasks.push(tokio::spawn(async move {
+                let response = client
+                    .post(url)
+                    .bearer_auth(bearer)
+                    .header("content-type", "application/json")
+                    .body(BODY)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(response.status().is_success(), "{}", response.status());
+                response.bytes().await.unwrap();
+                samples.lock().unwrap().push(scheduled.elapsed());
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut samples = std::mem::take(&mut *samples.lock().unwrap());
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+        Latency {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: *samples.last().unwrap(),
+            sent: samples.len(),
+        }
+    })
+}
+
+/// Peak and current resident memory of a process, in MiB, from `/proc`.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` would pass nothing: only run
+    // when benchmarking.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let seconds = setting("KEYWARD_BENCH_SECONDS", 10);
+    let connections = setting("KEYWARD_BENCH_CONNECTIONS", 64);
+    let rate = setting("KEYWARD_BENCH_RATE", 2000);
+    let scratch = tempfile::tempdir().unwrap();
+    let (_upstream_runtime, upstream) = start_upstream();
+    let (keyward, token) = start_keyward(&upstream);
+    let nginx = start_nginx(&upstream);
+
+    let mut targets = vec![
+        Target {
+            name: "direct",
+            url: format!("http://{upstream}/v1/chat/completions"),
+            bearer: REAL_KEY.to_owned(),
+        },
+        Target {
+            name: "keyward",
+            url: format!("http://{}/proxy/openai/v1/chat/completions", keyward.addr),
+            bearer: token,
+        },
+    ];
+    match &nginx {
+        Some(nginx) => targets.push(Target {
+            name: "nginx",
+            url: format!("http://{}/v1/chat/completions", nginx.addr),
+            bearer: "ignored-by-nginx".to_owned(),
+        }),
+        None => eprintln!("!!!!!!!! nginx not found: no nginx column (apt install nginx-light)"),
+    }
+    if !on_path("wrk") {
+        eprintln!("!!!!!!!! wrk not found: no throughput figures (apt install wrk)");
+    }
+
+    println!(
+        "proxy benchmark: {seconds}s per measurement, {connections} connections, {rate} req/s open loop, {} CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    // `KEYWARD_BENCH_TARGETS=keyward,nginx` measures only those.
+    if let Ok(only) = std::env::var("KEYWARD_BENCH_TARGETS") {
+        targets.retain(|t| only.split(',').any(|o| o == t.name));
+    }
+    let mut results = Vec::new();
+    for target in &targets {
+        // Warm connections, pools and caches.
+        let _ = throughput(target, 2, connections, scratch.path());
+        let rps = throughput(target, seconds, connections, scratch.path());
+        let lat = latency(target, rate, seconds);
+        results.push((target.name, rps, lat));
+    }
+    let (peak, now) = memory_mib(keyward.child.id());
+    let rps_of = |name: &str| {
+        results
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .and_then(|(_, rps, _)| *rps)
+    };
+    let p99_of = |name: &str| {
+        results
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, _, l)| l.p99)
+    };
+    println!(
+        "\n{:<8} {:>10} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "target", "req/s", "×direct", "×nginx", "p50 ms", "p90 ms", "p99 ms", "max ms", "sent"
+    );
+    for (name, rps, lat) in &results {
+        let ratio = |base: Option<f64>| match (rps, base) {
+            (Some(r), Some(b)) => format!("{:.2}", r / b),
+            _ => "—".to_owned(),
+        };
+        println!(
+            "{:<8} {:>10} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>7}",
+            name,
+            rps.map_or("—".to_owned(), |r| format!("{r:.0}")),
+            ratio(rps_of("direct")),
+            ratio(rps_of("nginx")),
+            ms(lat.p50),
+            ms(lat.p90),
+            ms(lat.p99),
+            ms(lat.max),
+            lat.sent
+        );
+    }
+    if let (Some(k), Some(d)) = (p99_of("keyward"), p99_of("direct")) {
+        println!(
+            "\nkeyward p99 − direct p99 at {rate} req/s: {:+.3} ms (target ≤ +0.5 ms)",
+            (k.as_secs_f64() - d.as_secs_f64()) * 1000.0
+        );
+    }
+    if let (Some(k), Some(n)) = (rps_of("keyward"), rps_of("nginx")) {
+        println!("keyward throughput ÷ nginx: {:.2} (target ≥ 1.00)", k / n);
+    }
+    println!("keyward resident memory: peak {peak:.1} MiB, now {now:.1} MiB (target < 100 MiB)");
+    drop(nginx);
+    drop(keyward);
+}
