@@ -37,7 +37,8 @@ use serde_json::{Value, json};
 
 const REAL_KEY: &str =
     "sk-proj-Abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_-0123456789WXYZ";
-const BODY: &str = r#"{"model":"gpt-5.4-mini","messages":[{"role":"user","content":"Is AAPL a buy?"}]}"#;
+const BODY: &str =
+    r#"{"model":"gpt-5.4-mini","messages":[{"role":"user","content":"Is AAPL a buy?"}]}"#;
 const ANSWER: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1764000000,"model":"gpt-5.4-mini-2026-03-17","choices":[{"index":0,"message":{"role":"assistant","content":"Bullish"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#;
 
 fn setting(name: &str, default: u64) -> u64 {
@@ -113,7 +114,11 @@ fn start_keyward(upstream: &str) -> (Keyward, String) {
         .args(["token", "create", "--name", "bench", "--role", "owner"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let log = std::fs::File::create(dir.path().join("keyward.log")).unwrap();
     let mut child = keyward_command(dir.path())
@@ -296,7 +301,11 @@ fn throughput(target: &Target, seconds: u64, connections: u64, scratch: &Path) -
         .find_map(|l| l.strip_prefix("non2xx "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
-    assert_eq!(non2xx, 0, "{}: answers that were not 2xx:\n{text}", target.name);
+    assert_eq!(
+        non2xx, 0,
+        "{}: answers that were not 2xx:\n{text}",
+        target.name
+    );
     text.lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|n| n.trim().parse().ok())
