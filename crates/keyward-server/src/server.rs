@@ -121,31 +121,30 @@ async fn snapshot_loop(app: Arc<App>) {
     }
 }
 
-/// Writes the proxy's events (usage records, last use, key flags) in batches: whatever
-/// arrives within a quarter second of the first event goes in one transaction per table.
-/// When `stop` fires it writes whatever is still queued and returns.
+/// Writes the proxy's events (usage records, last use, key flags) in batches: the first
+/// event opens a quarter-second window, and everything queued when it closes goes in one
+/// transaction per table. The channel is not polled during the window, so senders never
+/// wake this task per event (that cost one cross-thread wake-up per proxied call). When
+/// `stop` fires it writes whatever is still queued and returns.
 async fn record_events(
     app: Arc<App>,
     mut events: tokio::sync::mpsc::Receiver<keyward_proxy::ProxyEvent>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    loop {
+    let mut stopping = false;
+    while !stopping {
         let first = tokio::select! {
             first = events.recv() => first,
             _ = &mut stop => None,
         };
         let Some(first) = first else { break };
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = &mut stop => stopping = true,
+        }
         let mut batch = vec![first];
-        let window = tokio::time::sleep(Duration::from_millis(250));
-        tokio::pin!(window);
-        loop {
-            tokio::select! {
-                () = &mut window => break,
-                next = events.recv() => match next {
-                    Some(event) => batch.push(event),
-                    None => break,
-                },
-            }
+        while let Ok(event) = events.try_recv() {
+            batch.push(event);
         }
         write_events(&app, batch).await;
     }

@@ -1237,6 +1237,8 @@ struct HourlySums {
 }
 
 const HOUR_MS: i64 = 3_600_000;
+/// Rows per multi-row usage insert (22 binds each; SQLite allows 32,766 per statement).
+const USAGE_ROWS_PER_INSERT: usize = 100;
 
 #[async_trait]
 impl UsageStore for ThisStore {
@@ -1245,8 +1247,10 @@ impl UsageStore for ThisStore {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
-        // 23 binds per row; SQLite allows 32,766 per statement.
-        for chunk in records.chunks(1_000) {
+        // Fixed-size chunks so the prepared statement is reused; only a full chunk's statement
+        // is kept in the per-connection statement cache. (Caching a statement per batch size
+        // grew memory with every batch: each is a program for thousands of parameters.)
+        for chunk in records.chunks(USAGE_ROWS_PER_INSERT) {
             let mut insert = QueryBuilder::<Db>::new(
                 "INSERT INTO usage_records (at, token_id, key_id, service_id, environment, method, endpoint, status, \
                  outcome, error_code, latency_ms, request_bytes, response_bytes, cache, retries, model, input_tokens, \
@@ -1278,6 +1282,7 @@ impl UsageStore for ThisStore {
             });
             insert
                 .build()
+                .persistent(chunk.len() == USAGE_ROWS_PER_INSERT)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| db_error(e, None))?;
