@@ -12,8 +12,9 @@
 //! `/proc`. Results are printed as a table with ratios to direct and to nginx.
 //!
 //! `cargo bench -p keyward-server --bench proxy`; tune with `KEYWARD_BENCH_SECONDS`
-//! (default 10 per measurement), `KEYWARD_BENCH_CONNECTIONS` (64), `KEYWARD_BENCH_RATE`
-//! (2000). Needs `wrk` and `nginx` on the PATH for the full comparison (Debian: `wrk`,
+//! (default 10 per measurement), `KEYWARD_BENCH_ROUNDS` (3 interleaved throughput rounds,
+//! median reported), `KEYWARD_BENCH_CONNECTIONS` (64), `KEYWARD_BENCH_RATE` (2000),
+//! `KEYWARD_BENCH_TARGETS` (e.g. `keyward,nginx`), `KEYWARD_BENCH_LOG` (Keyward's log filter). Needs `wrk` and `nginx` on the PATH for the full comparison (Debian: `wrk`,
 //! `nginx-light`); without them the missing columns say so.
 #![allow(
     clippy::unwrap_used,
@@ -436,11 +437,22 @@ fn main() {
     if let Ok(only) = std::env::var("KEYWARD_BENCH_TARGETS") {
         targets.retain(|t| only.split(',').any(|o| o == t.name));
     }
-    let mut results = Vec::new();
+    // Throughput rounds interleave the targets and report each one's median, so a noisy
+    // moment on the shared cores does not decide a ratio.
     for target in &targets {
         // Warm connections, pools and caches.
         let _ = throughput(target, 2, connections, scratch.path());
-        let rps = throughput(target, seconds, connections, scratch.path());
+    }
+    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for _ in 0..setting("KEYWARD_BENCH_ROUNDS", 3) {
+        for (target, seen) in targets.iter().zip(&mut rounds) {
+            seen.extend(throughput(target, seconds, connections, scratch.path()));
+        }
+    }
+    let mut results = Vec::new();
+    for (target, mut seen) in targets.iter().zip(rounds) {
+        seen.sort_by(f64::total_cmp);
+        let rps = seen.get(seen.len() / 2).copied();
         let lat = latency(target, rate, seconds);
         results.push((target.name, rps, lat));
     }
