@@ -323,6 +323,9 @@ impl Proxy {
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // Retries are the proxy's decision (safe methods only, across the pool, metered):
+            // the client must never resend anything on its own.
+            .retry(reqwest::retry::never())
             .no_proxy()
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
