@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::helpers::OPENAI_KEY;
+use crate::helpers::{OPENAI_KEY, serve_fake};
 
 pub const ANTHROPIC_KEY: &str = "sk-ant-api03-Qm7vT2xK9pLw4RzN8cYb3HsJf6UdGa1EoVi5Xt0BnMqWkZy-ArLe_9PuSgCh7DjFo2NbTm4KxVw8RyQs3ZcLp6HvGu1AiEw-AA";
 pub const GEMINI_KEY: &str = "AIzaSyD4rT8vKq2Lm9Xw3Np7Zc6Bh1Fj5Gs0Ye8";
@@ -44,10 +44,7 @@ impl FakeLlm {
             let handler = handler.clone();
             async move { handler.answer(request).await }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (fake, base)
+        (fake, serve_fake(app).await)
     }
 
     pub fn requests(&self) -> usize {

@@ -153,6 +153,38 @@ impl TestApp {
         body
     }
 
+    /// Sends the service's calls to `base_url` (a local fake provider).
+    pub async fn point_service(&self, service: &str, base_url: &str) {
+        let (status, body) = self
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/services/{service}"),
+                Some(json!({"base_url": base_url})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// Waits (up to 10 s) until `GET /api/v1/usage?{query}` counts `requests` calls: usage
+    /// is written in batches off the request path. Returns the whole usage answer.
+    pub async fn usage_until(&self, query: &str, requests: u64) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, usage) = self
+                .call(Method::GET, &format!("/api/v1/usage?{query}"), None)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{usage}");
+            if usage["totals"]["requests"] == requests {
+                return usage;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "usage not recorded: {usage}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Creates an app token; returns the creation response (with the token, shown once).
     pub async fn app_token(&self, request: Value) -> Value {
         let (status, body) = self
@@ -249,6 +281,14 @@ pub struct Process {
     pub stderr_path: PathBuf,
 }
 
+/// Serves `app` on a fresh loopback port (a fake of the outside world); returns its base URL.
+pub async fn serve_fake(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_keyward")
 }
@@ -330,6 +370,25 @@ impl Process {
             .args(["-KILL", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+
+    /// A management API call to this process; returns status and JSON body (or Null).
+    pub async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("http://{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     pub fn output(&self) -> String {

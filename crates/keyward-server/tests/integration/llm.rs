@@ -28,14 +28,7 @@ impl Llms {
             ("anthropic", ANTHROPIC_KEY),
             ("gemini", GEMINI_KEY),
         ] {
-            let (status, body) = app
-                .call(
-                    Method::PATCH,
-                    &format!("/api/v1/services/{service}"),
-                    Some(json!({"base_url": base})),
-                )
-                .await;
-            assert_eq!(status, StatusCode::OK, "{body}");
+            app.point_service(service, &base).await;
             let key = app.create_key(service, "production", "main", secret).await;
             ids.push(key["id"].as_str().unwrap().to_owned());
         }
@@ -101,28 +94,12 @@ impl Llms {
             .unwrap()
     }
 
-    /// Waits until the usage API shows `requests` calls for the query; returns its totals.
+    /// Per-minute usage totals for the query, once they count `requests` calls.
     pub async fn usage(&self, query: &str, requests: u64) -> Value {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let (status, usage) = self
-                .app
-                .call(
-                    Method::GET,
-                    &format!("/api/v1/usage?granularity=minute&{query}"),
-                    None,
-                )
-                .await;
-            assert_eq!(status, StatusCode::OK, "{usage}");
-            if usage["totals"]["requests"] == requests {
-                return usage["totals"].clone();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "usage not recorded: {usage}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        self.app
+            .usage_until(&format!("granularity=minute&{query}"), requests)
+            .await["totals"]
+            .clone()
     }
 }
 
@@ -360,71 +337,44 @@ async fn a_graceful_shutdown_writes_the_usage_still_queued() {
     let dir = tempfile::tempdir().unwrap();
     let admin = cli_token(dir.path(), &[]);
     let server = Process::serve(dir.path(), &[], "before-stop");
-    let client = reqwest::Client::new();
-    let api = |method: Method, path: &str, body: Value| {
-        client
-            .request(method, format!("http://{}/api/v1{path}", server.base))
-            .bearer_auth(&admin)
-            .json(&body)
-            .send()
-    };
-    assert!(
-        api(
-            Method::PATCH,
-            "/services/openai",
-            json!({"base_url": upstream})
-        )
-        .await
-        .unwrap()
-        .status()
-        .is_success()
-    );
-    let key: Value = api(Method::POST, "/keys", json!({"service": "openai", "environment": "production", "alias": "main", "secret": OPENAI_KEY}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token: Value = api(
+    let api = |method, path: &'static str, body| server.call(&admin, method, path, Some(body));
+    let (status, _) = api(
+        Method::PATCH,
+        "/api/v1/services/openai",
+        json!({"base_url": upstream}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, key) = api(Method::POST, "/api/v1/keys", json!({"service": "openai", "environment": "production", "alias": "main", "secret": OPENAI_KEY})).await;
+    let (_, token) = api(
         Method::POST,
-        "/app-tokens",
+        "/api/v1/app-tokens",
         json!({"name": "app", "services": ["openai"], "environments": ["production"]}),
     )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await;
     let chat = json!({"model": "gpt-5.4-mini", "messages": [{"role": "user", "content": "ORCL?"}]});
     for _ in 0..CALLS {
-        let response = client
-            .post(format!(
-                "http://{}/proxy/openai/v1/chat/completions",
-                server.base
-            ))
-            .bearer_auth(token["token"].as_str().unwrap())
-            .json(&chat)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        let (status, _) = server
+            .call(
+                token["token"].as_str().unwrap(),
+                Method::POST,
+                "/proxy/openai/v1/chat/completions",
+                Some(chat.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
     }
     server.stop();
 
     let server = Process::serve(dir.path(), &[], "after-stop");
-    let usage: Value = client
-        .get(format!(
-            "http://{}/api/v1/usage?key={}",
-            server.base,
-            key["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, usage) = server
+        .call(
+            &admin,
+            Method::GET,
+            &format!("/api/v1/usage?key={}", key["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
     server.stop();
     assert_eq!(usage["totals"]["requests"], CALLS, "{usage}");
     assert_usd(

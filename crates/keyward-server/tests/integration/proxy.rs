@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{Backend, OPENAI_KEY, TestApp, assert_error};
+use crate::helpers::{Backend, OPENAI_KEY, TestApp, assert_error, serve_fake};
 
 const AV_KEY: &str = "ABCDEFGH12345678";
 /// A second valid OpenAI key, for pools.
@@ -41,10 +41,7 @@ impl Upstream {
             let recorder = recorder.clone();
             async move { recorder.answer(request).await }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (upstream, base)
+        (upstream, serve_fake(app).await)
     }
 
     fn count(&self) -> usize {
@@ -187,14 +184,7 @@ async fn setup_on(backend: Backend) -> Option<Setup> {
     let app = TestApp::spawn(backend).await?;
     let (upstream, base) = Upstream::start().await;
     for service in ["openai", "alpha-vantage"] {
-        let (status, _) = app
-            .call(
-                Method::PATCH,
-                &format!("/api/v1/services/{service}"),
-                Some(json!({"base_url": base})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK);
+        app.point_service(service, &base).await;
     }
     let key = app
         .create_key("openai", "production", "main", OPENAI_KEY)
@@ -899,26 +889,6 @@ async fn market_data_is_cached_soft_throttles_flag_the_key_and_quotas_refuse_loc
     assert_eq!(plan["error"]["code"], "unknown_plan");
 }
 
-/// Waits until the usage API shows `requests` calls for the query.
-async fn usage_until(s: &Setup, query: &str, requests: u64) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let (status, usage) = s
-            .app
-            .call(Method::GET, &format!("/api/v1/usage?{query}"), None)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{usage}");
-        if usage["totals"]["requests"] == requests {
-            return usage;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "usage not recorded: {usage}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn llm_calls_cost_the_same_streamed_or_not_and_budgets_refuse_before_the_call() {
     let s = setup().await;
@@ -929,7 +899,10 @@ async fn llm_calls_cost_the_same_streamed_or_not_and_budgets_refuse_before_the_c
         "the usage chunk Keyward asked for is removed: {streamed}"
     );
     assert!(streamed.contains("[DONE]"));
-    let usage = usage_until(&s, &format!("key={}&granularity=minute", s.openai_key), 2).await;
+    let usage = s
+        .app
+        .usage_until(&format!("key={}&granularity=minute", s.openai_key), 2)
+        .await;
     // gpt-5.4-mini: 5 input tokens × $0.75/M + 1 output token × $4.50/M = $0.00000825 per call.
     let totals = &usage["totals"];
     assert_eq!(
@@ -960,6 +933,9 @@ async fn llm_calls_cost_the_same_streamed_or_not_and_budgets_refuse_before_the_c
         count,
         "an over-budget call never reaches the upstream"
     );
-    let refusals = usage_until(&s, &format!("token={}", created["id"].as_str().unwrap()), 1).await;
+    let refusals = s
+        .app
+        .usage_until(&format!("token={}", created["id"].as_str().unwrap()), 1)
+        .await;
     assert_eq!(refusals["totals"]["errors"], 1, "refusals are metered too");
 }
