@@ -108,17 +108,14 @@ impl TestApp {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        json_call(
+            &self.client,
+            format!("{}{path}", self.base),
+            token,
+            method,
+            body,
+        )
+        .await
     }
 
     pub async fn raw(
@@ -281,6 +278,24 @@ pub struct Process {
     pub stderr_path: PathBuf,
 }
 
+/// A management API call with a bearer token: status and JSON body (or Null).
+async fn json_call(
+    client: &reqwest::Client,
+    url: String,
+    token: &str,
+    method: Method,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = client.request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
 /// Serves `app` on a fresh loopback port (a fake of the outside world); returns its base URL.
 pub async fn serve_fake(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -380,15 +395,8 @@ impl Process {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = reqwest::Client::new()
-            .request(method, format!("http://{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let url = format!("http://{}{path}", self.base);
+        json_call(&reqwest::Client::new(), url, token, method, body).await
     }
 
     pub fn output(&self) -> String {
