@@ -27,6 +27,7 @@ use crate::health::KeyHealth;
 use crate::meter::{LlmRequest, UsageReader, inspect_request};
 use crate::quota::{Meters, Reservation, Spend};
 use crate::redact::{redact_bytes, redact_stream};
+use crate::upstream::{BoxError, ProxyBody, SendError, UpstreamClient, full_body, stream_body};
 use crate::{LiveKey, Route, Snapshot, TokenRateLimits};
 
 /// Where clients may always put their app token, whatever the service.
@@ -72,6 +73,9 @@ pub struct Inbound<B> {
     pub headers: HeaderMap,
     pub body: B,
     pub source: IpAddr,
+    /// The serving lane (thread) the request arrived on: its upstream connections are that
+    /// lane's own, so their I/O never wakes another thread. Taken modulo `lanes`.
+    pub lane: usize,
 }
 
 /// Tunables of the data plane.
@@ -97,6 +101,8 @@ pub struct ProxyConfig {
     pub cache_max_entry_bytes: usize,
     /// How much of a 200 answer is read to look for a soft error (they are small).
     pub soft_error_peek_bytes: usize,
+    /// Serving lanes, one upstream connection pool each (default: one per CPU).
+    pub lanes: usize,
 }
 
 impl Default for ProxyConfig {
@@ -112,6 +118,7 @@ impl Default for ProxyConfig {
             cache_max_bytes: 64 * 1024 * 1024,
             cache_max_entry_bytes: 1024 * 1024,
             soft_error_peek_bytes: 64 * 1024,
+            lanes: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         }
     }
 }
@@ -162,7 +169,8 @@ impl Sink {
 pub struct Proxy {
     snapshot: RwLock<Arc<Snapshot>>,
     keyring: Arc<Keyring>,
-    client: reqwest::Client,
+    /// One per serving lane (see `Inbound::lane`).
+    clients: Vec<UpstreamClient>,
     clock: Arc<dyn Clock>,
     random: Arc<dyn keyward_core::Randomness>,
     config: ProxyConfig,
@@ -319,23 +327,20 @@ impl Proxy {
         config: ProxyConfig,
         pricing: PricingTable,
     ) -> Result<(Self, tokio::sync::mpsc::Receiver<ProxyEvent>), Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            // Retries are the proxy's decision (safe methods only, across the pool, metered):
-            // the client must never resend anything on its own.
-            .retry(reqwest::retry::never())
-            .no_proxy()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))?;
+        let clients = (0..config.lanes.max(1))
+            .map(|_| {
+                UpstreamClient::new(
+                    config.connect_timeout,
+                    config.read_timeout,
+                    Duration::from_secs(90),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let (events, receiver) = tokio::sync::mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let proxy = Self {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             keyring,
-            client,
+            clients,
             clock,
             random,
             rate_limits: TokenRateLimits::default(),
@@ -363,6 +368,11 @@ impl Proxy {
     /// Restores quota and budget counters from the store's hourly sums (at start-up).
     pub fn seed_meters(&self, uses: Vec<keyward_core::usage::HourlyUse>) {
         self.sink.meters.seed(uses);
+    }
+
+    /// How many serving lanes the proxy has connection pools for.
+    pub fn lanes(&self) -> usize {
+        self.clients.len()
     }
 
     /// Events dropped because the writer fell behind.
@@ -431,7 +441,7 @@ impl Proxy {
     /// Forwards one request. Errors are Keyward's own (token, scope, limits, upstream
     /// unreachable); any answer from the upstream, error or not, is passed through. Every
     /// call, refused or not, yields a usage record.
-    pub async fn forward<S, E>(&self, inbound: Inbound<S>) -> Result<Response<reqwest::Body>, Error>
+    pub async fn forward<S, E>(&self, inbound: Inbound<S>) -> Result<Response<ProxyBody>, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
@@ -474,6 +484,7 @@ impl Proxy {
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
         let now = exchange.record.at;
+        let client = &self.clients[inbound.lane % self.clients.len()];
         let snapshot = self.snapshot();
         let service = snapshot.service(&inbound.service)?;
         let presented = find_token(service, &inbound.headers, inbound.query.as_deref())
@@ -528,10 +539,7 @@ impl Proxy {
         let mut body = if repeatable || llm.is_some() {
             Outgoing::Buffered(collect_limited(inbound.body, limit).await?)
         } else {
-            Outgoing::Streaming(Some(reqwest::Body::wrap_stream(limited(
-                inbound.body,
-                limit,
-            ))))
+            Outgoing::Streaming(Some(stream_body(limited(inbound.body, limit))))
         };
         let mut request = LlmRequest::default();
         if let Outgoing::Buffered(bytes) = &mut body {
@@ -594,19 +602,18 @@ impl Proxy {
                 Outgoing::Buffered(bytes) => {
                     // The length of what is sent (the body may have been rewritten).
                     headers.remove(header::CONTENT_LENGTH);
-                    reqwest::Body::from(bytes.clone())
+                    full_body(bytes.clone())
                 }
                 Outgoing::Streaming(stream) => stream.take().ok_or_else(|| {
                     Error::internal("a streamed request body cannot be sent twice")
                 })?,
             };
-            let sent = self
-                .client
-                .request(inbound.method.clone(), url)
-                .headers(headers)
-                .body(request_body)
-                .send()
-                .await;
+            let mut outgoing = http::Request::new(request_body);
+            *outgoing.method_mut() = inbound.method.clone();
+            *outgoing.uri_mut() = http::Uri::try_from(url.as_str())
+                .map_err(|_| bad_request("invalid_path", "the path is not valid in a URL"))?;
+            *outgoing.headers_mut() = headers;
+            let sent = client.send(outgoing).await;
             let response = match sent {
                 Ok(response) => response,
                 Err(e) => {
@@ -624,7 +631,7 @@ impl Proxy {
                 }
             };
             exchange.mark_latency();
-            let status = response.status();
+            let status = response.0.status;
             let mut upstream = Upstream::new(response);
             let verdict = self
                 .judge(&mut upstream, &key, &route, last, ordered.len(), attempt)
@@ -877,7 +884,7 @@ impl Proxy {
         exchange: Exchange,
         cache_key: Option<String>,
         ttl: Option<u32>,
-    ) -> Result<Response<reqwest::Body>, Error> {
+    ) -> Result<Response<ProxyBody>, Error> {
         let mut headers = std::mem::take(&mut upstream.headers);
         strip_hop_by_hop(&mut headers);
         let status = upstream.status;
@@ -929,7 +936,7 @@ impl Proxy {
                     Some(Err(e)) => Some(Err(e)),
                     None => Some(Ok(finisher.flush())),
                 };
-                std::future::ready(out.filter(|r: &Result<Bytes, reqwest::Error>| {
+                std::future::ready(out.filter(|r: &Result<Bytes, BoxError>| {
                     r.as_ref().map_or(true, |b| !b.is_empty())
                 }))
             });
@@ -937,7 +944,7 @@ impl Proxy {
         if let Some(h) = out.headers_mut() {
             *h = headers;
         }
-        out.body(reqwest::Body::wrap_stream(metered))
+        out.body(stream_body(metered))
             .map_err(|e| Error::internal(format!("cannot build the response: {e}")))
     }
 
@@ -945,7 +952,7 @@ impl Proxy {
         &self,
         hit: &CachedResponse,
         mut exchange: Exchange,
-    ) -> Response<reqwest::Body> {
+    ) -> Response<ProxyBody> {
         let now = exchange.record.at;
         exchange.mark_latency();
         exchange.record.status = hit.status.as_u16();
@@ -958,7 +965,7 @@ impl Proxy {
         if let Ok(age) = HeaderValue::from_str(&age.to_string()) {
             headers.insert(header::AGE, age);
         }
-        let mut out = Response::new(reqwest::Body::from(hit.body.clone()));
+        let mut out = Response::new(full_body(hit.body.clone()));
         *out.status_mut() = hit.status;
         *out.headers_mut() = headers;
         out
@@ -983,7 +990,7 @@ impl Proxy {
     }
 }
 
-type UpstreamStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+type UpstreamStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
 
 /// An upstream answer whose first bytes may have been read ahead (to look for a soft error
 /// or to cache it) without losing them.
@@ -998,12 +1005,12 @@ struct Upstream {
 }
 
 impl Upstream {
-    fn new(response: reqwest::Response) -> Self {
+    fn new((parts, body): (http::response::Parts, crate::upstream::IdleTimeoutBody)) -> Self {
         Self {
-            status: response.status(),
-            headers: response.headers().clone(),
+            status: parts.status,
+            headers: parts.headers,
             head: None,
-            rest: Some(Box::pin(response.bytes_stream())),
+            rest: Some(Box::pin(body)),
             complete: false,
             soft_error: false,
         }
@@ -1073,7 +1080,7 @@ fn client_query(service: &ServiceDefinition, query: Option<&str>) -> Vec<(String
 /// The request body as it will be sent: kept for retries, or a one-shot stream.
 enum Outgoing {
     Buffered(Bytes),
-    Streaming(Option<reqwest::Body>),
+    Streaming(Option<ProxyBody>),
 }
 
 /// Methods RFC 9110 defines as idempotent: repeating them is safe.
@@ -1163,15 +1170,13 @@ fn too_large(limit: usize) -> Error {
     )
 }
 
-fn upstream_error(e: &reqwest::Error, limit: usize, service: &str) -> Error {
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(err) = source {
-        if err.is::<BodyTooLarge>() {
-            return too_large(limit);
-        }
-        source = err.source();
+fn upstream_error(e: &SendError, limit: usize, service: &str) -> Error {
+    if let SendError::Failed(e) = e
+        && crate::upstream::has_source(e.as_ref(), |s| s.is::<BodyTooLarge>())
+    {
+        return too_large(limit);
     }
-    if e.is_timeout() {
+    if matches!(e, SendError::Timeout) {
         Error::new(
             ErrorKind::UpstreamTimeout,
             "upstream_timeout",

@@ -13,6 +13,7 @@ mod meter;
 mod quota;
 mod redact;
 mod snapshot;
+mod upstream;
 
 pub use forward::{
     CACHE_HEADER, ENVIRONMENT_HEADER, EVENT_CHANNEL_CAPACITY, Inbound, Proxy, ProxyConfig,
@@ -20,3 +21,4 @@ pub use forward::{
 };
 pub use limits::TokenRateLimits;
 pub use snapshot::{LiveKey, Route, Snapshot};
+pub use upstream::{BoxError, ProxyBody};

@@ -8,13 +8,15 @@
 //! The upstream is a local fake that answers like OpenAI's chat completions (with usage).
 //! Two measurements per target: requests/s at a fixed concurrency (`wrk`, when installed)
 //! and latency percentiles at a fixed, open-loop rate (our own generator: a request is sent
-//! every 1/rate s whatever the answers do). Keyward's peak resident memory comes from
-//! `/proc`. Results are printed as a table with ratios to direct and to nginx.
+//! every 1/rate s whatever the answers do). Keyward's peak resident memory and the CPU time
+//! Keyward and nginx spend per request (all threads and processes, user + system, during
+//! the throughput rounds) come from `/proc` — the steadier figure on shared cores. Results are printed as a table with ratios to direct and to nginx.
 //!
 //! `cargo bench -p keyward-server --bench proxy`; tune with `KEYWARD_BENCH_SECONDS`
 //! (default 10 per measurement), `KEYWARD_BENCH_ROUNDS` (3 interleaved throughput rounds,
 //! median reported), `KEYWARD_BENCH_CONNECTIONS` (64), `KEYWARD_BENCH_RATE` (2000),
-//! `KEYWARD_BENCH_TARGETS` (e.g. `keyward,nginx`), `KEYWARD_BENCH_LOG` (Keyward's log filter). Needs `wrk` and `nginx` on the PATH for the full comparison (Debian: `wrk`,
+//! `KEYWARD_BENCH_TARGETS` (e.g. `keyward,nginx`), `KEYWARD_BENCH_LOG` (Keyward's log filter),
+//! `KEYWARD_BENCH_SERVE_ONLY` (set up, print the addresses, wait: for profiling). Needs `wrk` and `nginx` on the PATH for the full comparison (Debian: `wrk`,
 //! `nginx-light`); without them the missing columns say so.
 #![allow(
     clippy::unwrap_used,
@@ -271,10 +273,66 @@ struct Target {
     name: &'static str,
     url: String,
     bearer: String,
+    /// The processes doing the proxying, whose CPU time is measured (none for direct).
+    processes: Vec<u32>,
 }
 
-/// Requests/s at a fixed concurrency, measured by `wrk`.
-fn throughput(target: &Target, seconds: u64, connections: u64, scratch: &Path) -> Option<f64> {
+/// CPU time (user + system, every thread) the processes have used so far, in seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // Linux reports these in USER_HZ ticks, which are 1/100 s on every architecture.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the command name, which is in parentheses and may hold spaces:
+            // state is the first, utime the 12th, stime the 13th.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace()
+                .collect();
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            (ticks(11) + ticks(12)) / TICKS_PER_SECOND
+        })
+        .sum()
+}
+
+/// A process and its children (nginx's master and workers).
+fn with_children(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(pid) {
+            pids.push(child);
+        }
+    }
+    pids
+}
+
+/// One throughput round: requests/s, and the proxy's CPU time per request.
+struct Round {
+    rps: f64,
+    cpu_per_request: Option<Duration>,
+}
+
+/// Requests/s at a fixed concurrency, measured by `wrk`, and what the proxy spent on each.
+fn throughput(target: &Target, seconds: u64, connections: u64, scratch: &Path) -> Option<Round> {
     if !on_path("wrk") {
         return None;
     }
@@ -289,6 +347,7 @@ fn throughput(target: &Target, seconds: u64, connections: u64, scratch: &Path) -
         ),
     )
     .unwrap();
+    let cpu_before = cpu_seconds(&target.processes);
     let out = Command::new("wrk")
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
         .arg("-s")
@@ -296,6 +355,7 @@ fn throughput(target: &Target, seconds: u64, connections: u64, scratch: &Path) -
         .arg(&target.url)
         .output()
         .unwrap();
+    let cpu = cpu_seconds(&target.processes) - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout);
     let non2xx: u64 = text
         .lines()
@@ -307,9 +367,22 @@ fn throughput(target: &Target, seconds: u64, connections: u64, scratch: &Path) -
         "{}: answers that were not 2xx:\n{text}",
         target.name
     );
-    text.lines()
+    let rps: f64 = text
+        .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|n| n.trim().parse().ok())
+        .and_then(|n| n.trim().parse().ok())?;
+    // "  123456 requests in 10.00s, 45.67MB read"
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())?;
+    let cpu_per_request = (!target.processes.is_empty() && requests > 0.0)
+        .then(|| Duration::from_secs_f64(cpu / requests));
+    Some(Round {
+        rps,
+        cpu_per_request,
+    })
 }
 
 struct Latency {
@@ -403,6 +476,17 @@ fn main() {
     let scratch = tempfile::tempdir().unwrap();
     let (_upstream_runtime, upstream) = start_upstream();
     let (keyward, token) = start_keyward(&upstream);
+    // `KEYWARD_BENCH_SERVE_ONLY=1`: set everything up, print where it is, and wait (an
+    // hour) instead of measuring, for profiling the server under a load of one's own.
+    if std::env::var("KEYWARD_BENCH_SERVE_ONLY").is_ok() {
+        println!(
+            "upstream {upstream} keyward {} token {token} pid {}",
+            keyward.addr,
+            keyward.child.id()
+        );
+        std::thread::sleep(Duration::from_secs(3600));
+        return;
+    }
     let nginx = start_nginx(&upstream);
 
     let mut targets = vec![
@@ -410,11 +494,13 @@ fn main() {
             name: "direct",
             url: format!("http://{upstream}/v1/chat/completions"),
             bearer: REAL_KEY.to_owned(),
+            processes: Vec::new(),
         },
         Target {
             name: "keyward",
             url: format!("http://{}/proxy/openai/v1/chat/completions", keyward.addr),
             bearer: token,
+            processes: vec![keyward.child.id()],
         },
     ];
     match &nginx {
@@ -422,6 +508,7 @@ fn main() {
             name: "nginx",
             url: format!("http://{}/v1/chat/completions", nginx.addr),
             bearer: "ignored-by-nginx".to_owned(),
+            processes: with_children(nginx.child.id()),
         }),
         None => eprintln!("!!!!!!!! nginx not found: no nginx column (apt install nginx-light)"),
     }
@@ -443,7 +530,7 @@ fn main() {
         // Warm connections, pools and caches.
         let _ = throughput(target, 2, connections, scratch.path());
     }
-    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut rounds: Vec<Vec<Round>> = targets.iter().map(|_| Vec::new()).collect();
     for _ in 0..setting("KEYWARD_BENCH_ROUNDS", 3) {
         for (target, seen) in targets.iter().zip(&mut rounds) {
             seen.extend(throughput(target, seconds, connections, scratch.path()));
@@ -451,39 +538,54 @@ fn main() {
     }
     let mut results = Vec::new();
     for (target, mut seen) in targets.iter().zip(rounds) {
-        seen.sort_by(f64::total_cmp);
-        let rps = seen.get(seen.len() / 2).copied();
+        seen.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        let median = seen.get(seen.len() / 2);
+        let rps = median.map(|r| r.rps);
+        let cpu = median.and_then(|r| r.cpu_per_request);
         let lat = latency(target, rate, seconds);
-        results.push((target.name, rps, lat));
+        results.push((target.name, rps, cpu, lat));
     }
     let (peak, now) = memory_mib(keyward.child.id());
     let rps_of = |name: &str| {
         results
             .iter()
-            .find(|(n, _, _)| *n == name)
-            .and_then(|(_, rps, _)| *rps)
+            .find(|(n, _, _, _)| *n == name)
+            .and_then(|(_, rps, _, _)| *rps)
     };
     let p99_of = |name: &str| {
         results
             .iter()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, _, l)| l.p99)
+            .find(|(n, _, _, _)| *n == name)
+            .map(|(_, _, _, l)| l.p99)
     };
     println!(
-        "\n{:<8} {:>10} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>7}",
-        "target", "req/s", "×direct", "×nginx", "p50 ms", "p90 ms", "p99 ms", "max ms", "sent"
+        "\n{:<8} {:>10} {:>8} {:>8} {:>9} | {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "target",
+        "req/s",
+        "×direct",
+        "×nginx",
+        "CPU µs/r",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "sent"
     );
-    for (name, rps, lat) in &results {
+    for (name, rps, cpu, lat) in &results {
         let ratio = |base: Option<f64>| match (rps, base) {
             (Some(r), Some(b)) => format!("{:.2}", r / b),
             _ => "—".to_owned(),
         };
         println!(
-            "{:<8} {:>10} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "{:<8} {:>10} {:>8} {:>8} {:>9} | {:>8} {:>8} {:>8} {:>8} {:>7}",
             name,
             rps.map_or("—".to_owned(), |r| format!("{r:.0}")),
             ratio(rps_of("direct")),
             ratio(rps_of("nginx")),
+            cpu.map_or("—".to_owned(), |c| format!(
+                "{:.1}",
+                c.as_secs_f64() * 1e6
+            )),
             ms(lat.p50),
             ms(lat.p90),
             ms(lat.p99),

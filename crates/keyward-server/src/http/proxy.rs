@@ -1,24 +1,29 @@
 //! `/proxy/{service}/{path}`: hands the request to the data plane and streams its answer.
 //! Keyward's own refusals are the API's JSON errors; upstream answers pass through as sent.
+//! Served outside axum's router (see `super::dispatch`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::response::{IntoResponse, Response};
-use keyward_proxy::Inbound;
+use axum::http::{Request, Response};
+use axum::response::IntoResponse;
+use http_body_util::BodyExt;
+use keyward_proxy::{Inbound, ProxyBody};
 
 use super::error::ApiError;
 use crate::app::App;
 
+/// Where the proxy's paths start.
+pub const PREFIX: &str = "/proxy/";
+
 pub async fn proxy(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response {
+    app: &App,
+    peer: SocketAddr,
+    lane: usize,
+    request: Request<hyper::body::Incoming>,
+) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
     // The raw, still percent-encoded path: the data plane checks it for traversal itself.
-    let rest = parts.uri.path().strip_prefix("/proxy/").unwrap_or_default();
+    let rest = parts.uri.path().strip_prefix(PREFIX).unwrap_or_default();
     let (service, path) = match rest.split_once('/') {
         Some((service, path)) => (service.to_owned(), format!("/{path}")),
         None => (rest.to_owned(), "/".to_owned()),
@@ -29,11 +34,14 @@ pub async fn proxy(
         path,
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers,
-        body: body.into_data_stream(),
+        body: http_body_util::BodyDataStream::new(body),
         source: peer.ip(),
+        lane,
     };
     match app.proxy.forward(inbound).await {
-        Ok(response) => response.map(axum::body::Body::new),
-        Err(e) => ApiError::from(e).into_response(),
+        Ok(response) => response,
+        Err(e) => ApiError::from(e)
+            .into_response()
+            .map(|body| body.map_err(Into::into).boxed_unsync()),
     }
 }
