@@ -206,3 +206,138 @@ where
     use futures_util::TryStreamExt;
     http_body_util::StreamBody::new(stream.map_ok(hyper::body::Frame::data)).boxed_unsync()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+    use super::*;
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    /// A fake provider that reads the request head, then behaves as `answer` says.
+    async fn provider<F, Fut>(answer: F) -> String
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            answer(stream).await;
+        });
+        format!("http://{addr}/v1/models")
+    }
+
+    fn client() -> UpstreamClient {
+        UpstreamClient::new(SHORT, SHORT, Duration::from_secs(5)).unwrap()
+    }
+
+    fn get(url: &str) -> http::Request<ProxyBody> {
+        let mut request = http::Request::new(full_body(Bytes::new()));
+        *request.uri_mut() = url.parse().unwrap();
+        request
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_never_answers_times_out() {
+        let url = provider(|stream| async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(stream);
+        })
+        .await;
+        assert!(matches!(
+            client().send(get(&url)).await,
+            Err(SendError::Timeout)
+        ));
+    }
+
+    #[tokio::test]
+    async fn garbage_or_a_reset_is_a_failure_not_an_answer() {
+        let garbage = provider(|mut stream| async move {
+            stream.write_all(b"this is not HTTP\r\n\r\n").await.unwrap();
+        })
+        .await;
+        assert!(matches!(
+            client().send(get(&garbage)).await,
+            Err(SendError::Failed(_))
+        ));
+        let reset = provider(|stream| async move { drop(stream) }).await;
+        assert!(matches!(
+            client().send(get(&reset)).await,
+            Err(SendError::Failed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_stream_fails_once_the_upstream_falls_silent_but_not_while_it_talks() {
+        let url = provider(|mut stream| async move {
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            // Three chunks, each after a pause shorter than the idle timeout (the whole
+            // stream takes longer than it: there is no total deadline), then silence.
+            for _ in 0..3 {
+                tokio::time::sleep(SHORT / 2).await;
+                stream.write_all(b"2\r\nok\r\n").await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+        let (parts, mut body) = client().send(get(&url)).await.unwrap();
+        assert_eq!(parts.status, http::StatusCode::OK);
+        for _ in 0..3 {
+            assert_eq!(
+                body.next().await.unwrap().unwrap(),
+                Bytes::from_static(b"ok")
+            );
+        }
+        let error = body.next().await.unwrap().unwrap_err();
+        assert!(error.is::<IdleTimeout>(), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_failure() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", closed.local_addr().unwrap());
+        drop(closed);
+        assert!(matches!(
+            client().send(get(&url)).await,
+            Err(SendError::Failed(_))
+        ));
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(IdleTimeout);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn an_error_is_found_anywhere_in_its_source_chain() {
+        assert!(has_source(&Wrapped(IdleTimeout), |e| e.is::<IdleTimeout>()));
+        assert!(!has_source(&IdleTimeout, |e| e.is::<Wrapped>()));
+    }
+}

@@ -747,6 +747,36 @@ async fn a_response_that_echoes_the_key_has_it_masked() {
 }
 
 #[tokio::test]
+async fn a_streamed_body_over_the_limit_is_cut_off_with_413_and_the_proxy_keeps_serving() {
+    let s = setup().await;
+    // No Content-Length: the limit can only be enforced while the body streams through
+    // (a POST to a market-data API is neither repeatable nor an LLM call, so it is not
+    // buffered).
+    let chunk = axum::body::Bytes::from(vec![b'x'; 1024 * 1024]);
+    let chunks =
+        futures_util::stream::iter((0..11).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let response = s
+        .app
+        .client
+        .post(format!(
+            "{}?function=GLOBAL_QUOTE&apikey={}",
+            proxy_url(&s, "alpha-vantage/query"),
+            s.token
+        ))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        &error_of(response).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+    );
+    let (status, _) = error_of(chat(&s, &s.token, false).await).await;
+    assert_eq!(status, StatusCode::OK, "the next call is served as usual");
+}
+
+#[tokio::test]
 async fn upstream_failures_are_clear_errors_and_upstream_errors_pass_through() {
     let s = setup().await;
     // Rotate in a wrong value: the provider's own 401 comes back unchanged.
