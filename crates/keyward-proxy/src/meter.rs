@@ -180,17 +180,25 @@ impl UsageReader {
             return;
         }
         let body = std::mem::take(&mut self.pending);
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(Value::Array(items)) => items.iter().for_each(|item| self.observe(item)),
-            Ok(value) => self.observe(&value),
-            Err(_) => {}
+        // A JSON array holds a streamed answer's objects (Gemini without SSE).
+        let is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+        if is_array {
+            if let Ok(items) = serde_json::from_slice::<Vec<UsageFields>>(&body) {
+                items
+                    .into_iter()
+                    .for_each(|item| self.observe(&item.into_value()));
+            }
+        } else if let Ok(fields) = serde_json::from_slice::<UsageFields>(&body) {
+            self.observe(&fields.into_value());
         }
     }
 
     fn observe_events(&mut self, events: &[u8]) {
         for event in split_events(events) {
-            if let Some(json) = event_json(event) {
-                self.observe(&json);
+            if let Some(data) = event_data(event)
+                && let Ok(fields) = serde_json::from_str::<UsageFields>(&data)
+            {
+                self.observe(&fields.into_value());
             }
         }
     }
@@ -345,6 +353,11 @@ fn first_event_end(buffer: &[u8]) -> Option<usize> {
 
 /// The JSON in an event's `data:` lines, if any.
 fn event_json(event: &[u8]) -> Option<Value> {
+    serde_json::from_str(&event_data(event)?).ok()
+}
+
+/// An event's `data:` lines joined, unless there are none or it is OpenAI's `[DONE]`.
+fn event_data(event: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(event).ok()?;
     let data: Vec<&str> = text
         .lines()
@@ -354,7 +367,46 @@ fn event_json(event: &[u8]) -> Option<Value> {
     if data.is_empty() || data == ["[DONE]"] {
         return None;
     }
-    serde_json::from_str(&data.join("\n")).ok()
+    Some(data.join("\n"))
+}
+
+/// The only top-level parts of an answer (or event) that usage is read from. Deserializing
+/// into this skips everything else — the generated text above all — without building it,
+/// which a whole `serde_json::Value` would (an allocation per string, array and object).
+/// Each part stays a `Value`, so a part of an unexpected type is ignored by `observe`
+/// rather than failing the whole read.
+#[derive(Debug, Default, serde::Deserialize)]
+struct UsageFields {
+    model: Option<Value>,
+    #[serde(rename = "modelVersion")]
+    model_version: Option<Value>,
+    usage: Option<Value>,
+    #[serde(rename = "usageMetadata")]
+    usage_metadata: Option<Value>,
+    /// OpenAI Responses streams: `{"type":"response.completed","response":{…}}`.
+    response: Option<Value>,
+    /// Anthropic `message_start`: the message with its input usage.
+    message: Option<Value>,
+}
+
+impl UsageFields {
+    /// The same parts as a JSON object, for [`UsageReader::observe`].
+    fn into_value(self) -> Value {
+        let parts = [
+            ("model", self.model),
+            ("modelVersion", self.model_version),
+            ("usage", self.usage),
+            ("usageMetadata", self.usage_metadata),
+            ("response", self.response),
+            ("message", self.message),
+        ];
+        Value::Object(
+            parts
+                .into_iter()
+                .filter_map(|(key, value)| Some((key.to_owned(), value?)))
+                .collect(),
+        )
+    }
 }
 
 #[cfg(test)]
