@@ -81,6 +81,9 @@ impl UpstreamClient {
             .enable_http1()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
+            // Without a timer the pool only notices an idle connection's age when it is
+            // next checked out; with one, idle connections are closed on time.
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(idle_timeout)
             .build(connector);
         Ok(Self {
