@@ -11,6 +11,7 @@ use jiff::Timestamp;
 
 use crate::Result;
 use crate::app_token::AppToken;
+use crate::audit::{AuditCheckpoint, AuditDraft, AuditEvent, AuditFilter};
 use crate::catalog::BaseUrlOverride;
 use crate::id::{AppTokenId, KeyId, TokenId};
 use crate::key::{Key, KeyFilter, KeyVersion, Page, PageRequest, SealedSecret};
@@ -186,6 +187,21 @@ pub trait VaultStore: Send + Sync {
     async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String>;
 }
 
+/// The audit trail: append-only, hash-chained, with signed checkpoints.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Numbers the entry one after the last, chains it to the last entry's hash
+    /// ([`crate::audit::chain_hash`]) and stores it; appends are serialized across instances.
+    async fn append_audit(&self, entry: &AuditDraft) -> Result<AuditEvent>;
+    /// Entries matching `filter`, in sequence order.
+    async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>>;
+    /// The last entry's sequence number and hash (`None` for an empty trail).
+    async fn audit_head(&self) -> Result<Option<(u64, String)>>;
+    async fn insert_audit_checkpoint(&self, checkpoint: &AuditCheckpoint) -> Result<()>;
+    /// All checkpoints, oldest first.
+    async fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>>;
+}
+
 /// Everything a Keyward server needs from its database.
 #[async_trait]
 pub trait Store:
@@ -196,6 +212,7 @@ pub trait Store:
     + UserStore
     + VaultStore
     + UsageStore
+    + AuditStore
     + std::fmt::Debug
 {
     /// `sqlite` or `postgres`.

@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "metering",
         include_str!("../migrations/postgres/0003_metering.sql"),
     ),
+    (
+        4,
+        "audit",
+        include_str!("../migrations/postgres/0004_audit.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

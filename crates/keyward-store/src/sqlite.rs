@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "metering",
         include_str!("../migrations/sqlite/0003_metering.sql"),
     ),
+    (
+        4,
+        "audit",
+        include_str!("../migrations/sqlite/0004_audit.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

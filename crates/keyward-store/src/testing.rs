@@ -106,6 +106,40 @@ impl TestDatabase {
         store.migrate().await.expect("migrate test store");
         store
     }
+
+    /// Runs statements directly against the database, behind Keyward's back: for tests that
+    /// tamper with stored rows or break a table's writes on purpose.
+    pub async fn execute_raw(&self, sql: &str) {
+        use sqlx::Executor;
+        #[expect(clippy::expect_used, reason = "test fixture")]
+        match self {
+            Self::Sqlite { url, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.expect("connect");
+                conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .await
+                    .expect("raw SQL");
+            }
+            Self::Postgres { url, .. } => {
+                let mut conn = PgConnection::connect(url).await.expect("connect");
+                conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .await
+                    .expect("raw SQL");
+            }
+        }
+    }
+
+    /// Statements that make every audit append fail (a trigger that aborts the insert).
+    pub fn break_audit_writes_sql(&self) -> &'static str {
+        match self {
+            Self::Sqlite { .. } => {
+                "CREATE TRIGGER break_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit storage broken'); END"
+            }
+            Self::Postgres { .. } => {
+                "CREATE FUNCTION break_audit() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit storage broken'; END $$ LANGUAGE plpgsql; \
+                 CREATE TRIGGER break_audit BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION break_audit()"
+            }
+        }
+    }
 }
 
 impl Drop for TestDatabase {
