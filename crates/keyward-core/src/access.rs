@@ -28,6 +28,8 @@ pub enum Permission {
     AppTokensRead,
     /// Create and revoke app tokens.
     AppTokensWrite,
+    /// Read, export and verify the audit trail.
+    AuditRead,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,9 +69,13 @@ impl Role {
                 permission,
                 CatalogRead | KeysRead | KeysWrite | KeysDelete | AppTokensRead | AppTokensWrite
             ),
-            Role::Auditor | Role::Viewer => {
-                matches!(permission, CatalogRead | KeysRead | AppTokensRead)
+            Role::Auditor => {
+                matches!(
+                    permission,
+                    CatalogRead | KeysRead | AppTokensRead | AuditRead
+                )
             }
+            Role::Viewer => matches!(permission, CatalogRead | KeysRead | AppTokensRead),
         }
     }
 }

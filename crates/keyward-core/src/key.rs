@@ -135,7 +135,8 @@ impl fmt::Debug for SealedSecret {
 /// key id, version and purpose it was sealed for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealContext<'a> {
-    pub key_id: &'a KeyId,
+    /// What the ciphertext belongs to: a key's id, or the name of an internal secret.
+    pub subject: &'a str,
     pub version: u32,
     pub purpose: &'static str,
 }
@@ -144,9 +145,19 @@ impl<'a> SealContext<'a> {
     /// The context for a key version's secret value.
     pub fn key_secret(key_id: &'a KeyId, version: u32) -> Self {
         Self {
-            key_id,
+            subject: key_id.as_str(),
             version,
             purpose: "key-secret",
+        }
+    }
+
+    /// The context for one of Keyward's own secrets (e.g. the audit signing key), named so
+    /// a ciphertext of one cannot stand in for another.
+    pub fn internal(name: &'a str) -> Self {
+        Self {
+            subject: name,
+            version: 1,
+            purpose: "internal",
         }
     }
 }
@@ -244,6 +255,23 @@ pub struct KeyChanges {
 }
 
 impl KeyChanges {
+    /// The names of the fields this change touches (for the audit trail; never values).
+    pub fn field_names(&self) -> Vec<&'static str> {
+        [
+            ("alias", self.alias.is_some()),
+            ("description", self.description.is_some()),
+            ("owner", self.owner.is_some()),
+            ("tags", self.tags.is_some()),
+            ("criticality", self.criticality.is_some()),
+            ("expires_at", self.expires_at.is_some()),
+            ("limits", self.limits.is_some()),
+            ("budget", self.budget.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+
     /// Validates and applies the changes; returns whether anything changed.
     pub fn apply(self, key: &mut Key, now: Timestamp) -> Result<bool, Error> {
         key.ensure_not_deleted()?;

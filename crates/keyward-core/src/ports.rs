@@ -185,6 +185,8 @@ pub trait VaultStore: Send + Sync {
     async fn setting(&self, name: &str) -> Result<Option<String>>;
     /// Stores `value` unless the setting exists; returns the stored value either way.
     async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String>;
+    /// Replaces a setting's value only if it is still `expected`; returns whether it did.
+    async fn replace_setting(&self, name: &str, expected: &str, value: &str) -> Result<bool>;
 }
 
 /// The audit trail: append-only, hash-chained, with signed checkpoints.

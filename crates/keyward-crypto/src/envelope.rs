@@ -279,7 +279,7 @@ fn split_nonce(bytes: &[u8]) -> Result<([u8; NONCE_LEN], &[u8]), CryptoError> {
 fn value_aad(context: &SealContext<'_>) -> String {
     format!(
         "keyward/v1|{}|{}|{}",
-        context.purpose, context.key_id, context.version
+        context.purpose, context.subject, context.version
     )
 }
 

@@ -6,6 +6,7 @@
 //! [`SecretString`](secrecy::SecretString) through a loudly named call
 //! ([`Keyring::unseal`]). Errors never contain plaintext or key bytes.
 
+pub mod audit;
 mod envelope;
 mod error;
 pub mod password;

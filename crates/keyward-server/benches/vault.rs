@@ -24,7 +24,8 @@ use keyward_core::key::{
 };
 use keyward_core::{SystemClock, Timestamp};
 use keyward_crypto::{Keyring, MasterKey, OsRandomness};
-use keyward_server::app::{Actor, App, NewKey};
+use keyward_server::app::{Actor, App, AppOptions, NewKey};
+use keyward_server::vault::Vault;
 use keyward_store::testing::TestDatabase;
 use secrecy::SecretString;
 
@@ -98,14 +99,29 @@ fn seed(rt: &tokio::runtime::Runtime, db: &TestDatabase) -> (Arc<App>, KeyId) {
         rt.block_on(store.insert_keys(&batch)).unwrap();
     }
     rt.block_on(store.maintain()).unwrap();
-    let app = App::new(
+    let audit_keys = rt
+        .block_on(keyward_server::audit::load_keys(
+            &*store,
+            &keyring,
+            &OsRandomness,
+        ))
+        .unwrap();
+    let vault = Vault {
         store,
         keyring,
+        audit_keys,
+        created_key_file: None,
+    };
+    let options = AppOptions {
+        recovery_window: RecoveryWindow::default(),
+        usage_retention_days: keyward_server::config::USAGE_RETENTION_DAYS_DEFAULT,
+        pricing: keyward_core::usage::PricingTable::default(),
+    };
+    let app = App::new(
+        vault,
         Arc::new(SystemClock),
         Arc::new(OsRandomness),
-        RecoveryWindow::default(),
-        keyward_server::config::USAGE_RETENTION_DAYS_DEFAULT,
-        keyward_core::usage::PricingTable::default(),
+        options,
     )
     .unwrap();
     (Arc::new(app), probe.unwrap())
@@ -148,10 +164,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, db
             )
         })
     });
-    let actor = Actor {
-        name: "bench".into(),
-        role: keyward_core::access::Role::Owner,
-    };
+    let actor = Actor::system("bench");
     let counter = AtomicU64::new(0);
     group.bench_function("create key (validate, seal, durable commit)", |b| {
         b.to_async(rt).iter(|| {

@@ -2,11 +2,13 @@
 //! domain, seal with the keyring, persist through the store port. The HTTP handlers and the
 //! CLI are thin adapters over this.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use jiff::Timestamp;
 use keyward_core::access::Role;
 use keyward_core::app_token::{AppToken, AppTokenDraft};
+use keyward_core::audit::{ActorKind, AuditDraft, AuditOutcome};
 use keyward_core::catalog::{ServiceCatalog, builtin_services};
 use keyward_core::id::{AppTokenId, KeyId, TokenId};
 use keyward_core::key::{
@@ -19,16 +21,39 @@ use keyward_core::token::ManagementToken;
 use keyward_core::usage::{
     KeyFlag, Outcome, PoolSetting, PoolStrategy, PricingTable, UsageBucket, UsageQuery,
 };
+use keyward_core::user::User;
 use keyward_core::{Clock, Error, ErrorKind, Randomness, label, secret};
 use keyward_crypto::{Keyring, token};
 use keyward_proxy::{Proxy, ProxyConfig, ProxyEvent, Snapshot};
 use secrecy::SecretString;
+use serde_json::json;
 
-/// Who is acting, as recorded in `created_by`/`deleted_by` (and the audit trail later).
+use crate::audit::{AuditLog, outcome_of};
+use crate::vault::Vault;
+
+/// Who is acting: recorded in `created_by`/`deleted_by` and in the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
+    pub kind: ActorKind,
+    /// The user's or token's id; empty for Keyward itself.
+    pub id: String,
     pub name: String,
     pub role: Role,
+    /// The client's address, when the action came over the network.
+    pub source: Option<IpAddr>,
+}
+
+impl Actor {
+    /// Keyward itself, or an operator at the server's console (the CLI): `name` says which.
+    pub fn system(name: &str) -> Self {
+        Self {
+            kind: ActorKind::System,
+            id: String::new(),
+            name: name.to_owned(),
+            role: Role::Owner,
+            source: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -39,6 +64,7 @@ pub struct App {
     pub proxy: Arc<Proxy>,
     /// The proxy's events, until the server's batch writer takes them.
     events: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<ProxyEvent>>>,
+    pub audit: AuditLog,
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Randomness>,
     pub recovery_window: RecoveryWindow,
@@ -47,6 +73,24 @@ pub struct App {
     builtin: Vec<ServiceDefinition>,
     /// This server's own Prometheus recorder (never the process-global one).
     pub metrics: crate::metrics::Metrics,
+}
+
+/// The settings the management operations need.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    pub recovery_window: RecoveryWindow,
+    pub usage_retention_days: u16,
+    pub pricing: PricingTable,
+}
+
+impl AppOptions {
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        Self {
+            recovery_window: settings.recovery_window,
+            usage_retention_days: settings.usage_retention_days,
+            pricing: settings.pricing.clone(),
+        }
+    }
 }
 
 /// Input for a new key: metadata plus the secret and whether to skip the format check.
@@ -59,34 +103,101 @@ pub struct NewKey {
 
 impl App {
     pub fn new(
-        store: Arc<dyn Store>,
-        keyring: Keyring,
+        vault: Vault,
         clock: Arc<dyn Clock>,
         random: Arc<dyn Randomness>,
-        recovery_window: RecoveryWindow,
-        usage_retention_days: u16,
-        pricing: PricingTable,
+        options: AppOptions,
     ) -> Result<Self, Error> {
-        let keyring = Arc::new(keyring);
+        let keyring = Arc::new(vault.keyring);
         let (proxy, events) = Proxy::new(
             keyring.clone(),
             clock.clone(),
             random.clone(),
             ProxyConfig::default(),
-            pricing,
+            options.pricing,
         )?;
         Ok(Self {
-            store,
+            audit: AuditLog::new(vault.store.clone(), vault.audit_keys, clock.clone()),
+            store: vault.store,
             keyring,
             proxy: Arc::new(proxy),
             events: std::sync::Mutex::new(Some(events)),
             clock,
             random,
-            recovery_window,
-            usage_retention_days,
+            recovery_window: options.recovery_window,
+            usage_retention_days: options.usage_retention_days,
             builtin: builtin_services()?,
             metrics: crate::metrics::Metrics::default(),
         })
+    }
+
+    /// Records an entry in the audit trail (for what has no operation of its own here:
+    /// sign-in failures, refused requests, exports). Fails closed like every entry.
+    pub async fn record_audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: Option<String>,
+        outcome: AuditOutcome,
+        details: serde_json::Value,
+    ) -> Result<(), Error> {
+        let entry = self.audit_entry(actor, action, target, outcome, &details)?;
+        self.audit.record(&entry).await.map(drop)
+    }
+
+    fn audit_entry(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: Option<String>,
+        outcome: AuditOutcome,
+        details: &serde_json::Value,
+    ) -> Result<AuditDraft, Error> {
+        Ok(AuditDraft {
+            at: self.now(),
+            actor_kind: actor.kind,
+            actor_id: actor.id.clone(),
+            actor_name: actor.name.clone(),
+            source: actor.source.map(|ip| ip.to_string()),
+            action: action.to_owned(),
+            target,
+            outcome,
+            details: AuditDraft::details_from(details)?,
+        })
+    }
+
+    /// Writes the audit entry for `action`, then runs `op`. If the entry cannot be written,
+    /// `op` never runs (fail closed); if `op` fails, a failure entry with its error code
+    /// follows (best effort: the operation did not happen either way).
+    async fn audited<T>(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: String,
+        details: serde_json::Value,
+        op: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let entry = self.audit_entry(
+            actor,
+            action,
+            Some(target.clone()),
+            AuditOutcome::Success,
+            &details,
+        )?;
+        self.audit.record(&entry).await?;
+        let result = op.await;
+        if let Err(e) = &result {
+            let mut details = details;
+            if let Some(map) = details.as_object_mut() {
+                map.insert("error".into(), e.code.into());
+            }
+            let failed =
+                self.audit_entry(actor, action, Some(target), outcome_of(&result), &details);
+            if let Err(audit_error) = async { self.audit.record(&failed?).await }.await {
+                tracing::error!(error = %audit_error, action, "could not record an operation's failure in the audit trail");
+            }
+        }
+        result
     }
 
     /// Now, at the store's millisecond precision, so a response shows exactly what was stored.
@@ -200,7 +311,14 @@ impl App {
     /// Clears what the proxy learned about a key (e.g. after fixing it at the provider).
     pub async fn clear_key_flag(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
         let key = self.key(id).await?;
-        self.store.clear_key_flag(id).await?;
+        self.audited(
+            actor,
+            "key.flag.clear",
+            format!("key:{id}"),
+            json!({}),
+            self.store.clear_key_flag(id),
+        )
+        .await?;
         self.proxy.clear_key_flag(id);
         self.changed().await;
         tracing::info!(key = %id, actor = %actor.name, "key flag cleared");
@@ -232,7 +350,14 @@ impl App {
             environment: environment.to_owned(),
             strategy,
         };
-        self.store.set_pool_strategy(&setting, self.now()).await?;
+        self.audited(
+            actor,
+            "pool.set",
+            format!("pool:{service_id}/{environment}"),
+            json!({"strategy": strategy.as_str()}),
+            self.store.set_pool_strategy(&setting, self.now()),
+        )
+        .await?;
         self.changed().await;
         tracing::info!(service = service_id, environment, strategy = strategy.as_str(), actor = %actor.name, "pool strategy set");
         Ok(setting)
@@ -284,6 +409,7 @@ impl App {
         secret::check_format(service, &value, new.force)?;
         let hint = secret::hint(service, &value)?;
         let id = KeyId::generate(now, &*self.random);
+        let fingerprint = self.audit.fingerprint(&value);
         let sealed = self
             .keyring
             .seal(&*self.random, &value, &SealContext::key_secret(&id, 1))?;
@@ -319,7 +445,20 @@ impl App {
             created_by: actor.name.clone(),
             created_at: now,
         };
-        self.store.insert_key(&key, &version).await?;
+        self.audited(
+            actor,
+            "key.create",
+            format!("key:{}", key.id),
+            json!({
+                "service": key.service_id,
+                "environment": key.environment,
+                "alias": key.alias,
+                "version": 1,
+                "fingerprint": fingerprint,
+            }),
+            self.store.insert_key(&key, &version),
+        )
+        .await?;
         self.changed().await;
         tracing::info!(key = %key.id, service = %key.service_id, environment = %key.environment, actor = %actor.name, "key created");
         Ok(key)
@@ -363,7 +502,14 @@ impl App {
         self.store.list_keys(&filter, &page, self.now()).await
     }
 
-    async fn save(&self, mut key: Key, before: Timestamp) -> Result<Key, Error> {
+    async fn save(
+        &self,
+        actor: &Actor,
+        action: &str,
+        details: serde_json::Value,
+        mut key: Key,
+        before: Timestamp,
+    ) -> Result<Key, Error> {
         // Timestamps are millisecond-precise in the store; make sure an update is visible as one.
         let now = self.now();
         key.updated_at = if now.as_millisecond() > before.as_millisecond() {
@@ -371,7 +517,14 @@ impl App {
         } else {
             Timestamp::from_millisecond(before.as_millisecond() + 1).unwrap_or(now)
         };
-        self.store.update_key(&key, before).await?;
+        self.audited(
+            actor,
+            action,
+            format!("key:{}", key.id),
+            details,
+            self.store.update_key(&key, before),
+        )
+        .await?;
         self.changed().await;
         Ok(key)
     }
@@ -384,10 +537,13 @@ impl App {
     ) -> Result<Key, Error> {
         let mut key = self.key(id).await?;
         let before = key.updated_at;
+        let fields = changes.field_names();
         if !changes.apply(&mut key, self.now())? {
             return Ok(key);
         }
-        let key = self.save(key, before).await?;
+        let key = self
+            .save(actor, "key.update", json!({"fields": fields}), key, before)
+            .await?;
         tracing::info!(key = %id, actor = %actor.name, "key metadata updated");
         Ok(key)
     }
@@ -405,7 +561,8 @@ impl App {
         }
         let before = key.updated_at;
         key.enabled = enabled;
-        let key = self.save(key, before).await?;
+        let action = if enabled { "key.enable" } else { "key.disable" };
+        let key = self.save(actor, action, json!({}), key, before).await?;
         tracing::info!(key = %id, actor = %actor.name, enabled, "key enabled state changed");
         Ok(key)
     }
@@ -442,6 +599,7 @@ impl App {
             .unwrap_or(0)
             + 1;
         let now = self.now();
+        let fingerprint = self.audit.fingerprint(&value);
         let version = KeyVersion {
             key_id: id.clone(),
             version: number,
@@ -455,7 +613,14 @@ impl App {
             created_by: actor.name.clone(),
             created_at: now,
         };
-        self.store.add_version(&version, now).await?;
+        self.audited(
+            actor,
+            "key.version.add",
+            format!("key:{id}"),
+            json!({"version": number, "state": state.to_string(), "fingerprint": fingerprint}),
+            self.store.add_version(&version, now),
+        )
+        .await?;
         self.changed().await;
         tracing::info!(key = %id, version = number, state = %state, actor = %actor.name, "key version added");
         Ok(version)
@@ -472,7 +637,9 @@ impl App {
         let before = key.updated_at;
         key.deleted_at = Some(self.now());
         key.deleted_by = Some(actor.name.clone());
-        let key = self.save(key, before).await?;
+        let key = self
+            .save(actor, "key.delete", json!({}), key, before)
+            .await?;
         tracing::info!(key = %id, actor = %actor.name, "key soft-deleted");
         Ok(key)
     }
@@ -488,7 +655,9 @@ impl App {
         let before = key.updated_at;
         key.deleted_at = None;
         key.deleted_by = None;
-        let key = self.save(key, before).await?;
+        let key = self
+            .save(actor, "key.restore", json!({}), key, before)
+            .await?;
         tracing::info!(key = %id, actor = %actor.name, "key restored");
         Ok(key)
     }
@@ -517,7 +686,14 @@ impl App {
                 ),
             ));
         }
-        self.store.purge_key(id).await?;
+        self.audited(
+            actor,
+            "key.purge",
+            format!("key:{id}"),
+            json!({"alias": key.alias, "service": key.service_id, "environment": key.environment}),
+            self.store.purge_key(id),
+        )
+        .await?;
         self.changed().await;
         tracing::warn!(key = %id, actor = %actor.name, "key purged");
         Ok(())
@@ -540,7 +716,15 @@ impl App {
             .now()
             .saturating_sub(self.recovery_window.duration())
             .unwrap_or(Timestamp::MIN);
-        let purged = self.store.purge_deleted_before(cutoff).await?;
+        let purged = self
+            .audited(
+                &Actor::system("recovery-window"),
+                "key.purge_expired",
+                "keys".to_owned(),
+                json!({"deleted_before": cutoff.to_string()}),
+                self.store.purge_deleted_before(cutoff),
+            )
+            .await?;
         if !purged.is_empty() {
             self.changed().await;
         }
@@ -577,9 +761,14 @@ impl App {
                 format!("there is no category `{}`", service.category),
             ));
         }
-        self.store
-            .insert_custom_service(&service, self.now())
-            .await?;
+        self.audited(
+            actor,
+            "service.create",
+            format!("service:{}", service.id),
+            json!({"base_url": service.base_url, "category": service.category}),
+            self.store.insert_custom_service(&service, self.now()),
+        )
+        .await?;
         self.changed().await;
         tracing::info!(service = %service.id, actor = %actor.name, "custom service added");
         Ok(service)
@@ -596,31 +785,60 @@ impl App {
         if let Some(url) = base_url {
             validate_base_url(url)?;
         }
-        self.store
-            .set_base_url_override(id, base_url, self.now())
-            .await?;
+        self.audited(
+            actor,
+            "service.base_url.set",
+            format!("service:{id}"),
+            json!({"base_url": base_url}),
+            self.store.set_base_url_override(id, base_url, self.now()),
+        )
+        .await?;
         self.changed().await;
         tracing::info!(service = %id, actor = %actor.name, base_url = ?base_url, "service base URL changed");
         self.catalog().await?.require(id).cloned()
     }
 
-    pub async fn create_environment(&self, id: &str, name: &str) -> Result<Environment, Error> {
+    pub async fn create_environment(
+        &self,
+        actor: &Actor,
+        id: &str,
+        name: &str,
+    ) -> Result<Environment, Error> {
         let env = Environment {
             id: label::slug("environment id", id)?,
             name: label::name("environment name", name)?,
             builtin: false,
         };
-        self.store.insert_environment(&env, self.now()).await?;
+        self.audited(
+            actor,
+            "environment.create",
+            format!("environment:{}", env.id),
+            json!({"name": env.name}),
+            self.store.insert_environment(&env, self.now()),
+        )
+        .await?;
         Ok(env)
     }
 
-    pub async fn create_category(&self, id: &str, name: &str) -> Result<Category, Error> {
+    pub async fn create_category(
+        &self,
+        actor: &Actor,
+        id: &str,
+        name: &str,
+    ) -> Result<Category, Error> {
         let category = Category {
             id: label::slug("category id", id)?,
             name: label::name("category name", name)?,
             builtin: false,
         };
-        self.store.insert_category(&category, self.now()).await?;
+        self.audited(
+            actor,
+            "category.create",
+            format!("category:{}", category.id),
+            json!({"name": category.name}),
+            self.store.insert_category(&category, self.now()),
+        )
+        .await?;
         Ok(category)
     }
 
@@ -686,7 +904,19 @@ impl App {
             last_used_at: None,
             revoked_at: None,
         };
-        self.store.insert_app_token(&record).await?;
+        self.audited(
+            actor,
+            "app_token.create",
+            format!("app_token:{}", record.id),
+            json!({
+                "name": record.name,
+                "services": record.services,
+                "environments": record.environments,
+                "public_id": record.public_id,
+            }),
+            self.store.insert_app_token(&record),
+        )
+        .await?;
         self.changed().await;
         tracing::info!(app_token = %record.id, actor = %actor.name, "app token created");
         Ok((record, issued.token))
@@ -705,11 +935,34 @@ impl App {
         id: &AppTokenId,
     ) -> Result<AppToken, Error> {
         self.app_token(id).await?;
-        if self.store.revoke_app_token(id, self.now()).await? {
+        let revoked = self
+            .audited(
+                actor,
+                "app_token.revoke",
+                format!("app_token:{id}"),
+                json!({}),
+                self.store.revoke_app_token(id, self.now()),
+            )
+            .await?;
+        if revoked {
             self.changed().await;
             tracing::warn!(app_token = %id, actor = %actor.name, "app token revoked");
         }
         self.app_token(id).await
+    }
+
+    // ----------------------------------------------------------------- users
+
+    /// Stores a user whose password is already hashed.
+    pub async fn create_user(&self, actor: &Actor, user: &User) -> Result<(), Error> {
+        self.audited(
+            actor,
+            "user.create",
+            format!("user:{}", user.id),
+            json!({"username": user.username, "role": user.role.as_str()}),
+            self.store.insert_user(user),
+        )
+        .await
     }
 
     // ---------------------------------------------------------------- tokens
@@ -717,9 +970,9 @@ impl App {
     /// Issues a management API token; the returned secret is shown once and never stored.
     pub async fn issue_token(
         &self,
+        actor: &Actor,
         name: &str,
         role: Role,
-        created_by: &str,
         expires_at: Option<Timestamp>,
     ) -> Result<(ManagementToken, SecretString), Error> {
         let now = self.now();
@@ -730,13 +983,20 @@ impl App {
             name: label::name("token name", name)?,
             role,
             secret_hash: issued.secret_hash,
-            created_by: created_by.to_owned(),
+            created_by: actor.name.clone(),
             created_at: now,
             expires_at,
             last_used_at: None,
             revoked_at: None,
         };
-        self.store.insert_token(&record).await?;
+        self.audited(
+            actor,
+            "token.create",
+            format!("token:{}", record.id),
+            json!({"name": record.name, "role": role.as_str(), "public_id": record.public_id}),
+            self.store.insert_token(&record),
+        )
+        .await?;
         Ok((record, issued.token))
     }
 

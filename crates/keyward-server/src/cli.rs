@@ -22,7 +22,7 @@ use keyward_core::{Clock, SystemClock};
 use keyward_crypto::{MasterKey, OsRandomness, password};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::app::App;
+use crate::app::{Actor, App, AppOptions};
 use crate::config::{self, FlagOverrides, LogFormat, Settings};
 use crate::server;
 use crate::vault::{self, RotationProgress};
@@ -57,6 +57,16 @@ enum Command {
     /// Rotate and retire the master key that wraps every data key.
     #[command(subcommand, name = "master-key")]
     MasterKey(MasterKeyCommand),
+    /// Check the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain and its signed checkpoints; exit 1 naming the first entry that
+    /// was edited, removed or moved.
+    Verify,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +204,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             let settings = load_settings(config_file, FlagOverrides::default())?;
             token_create(&settings, &name, &role, expires_in_days).await
         }
+        Command::Audit(AuditCommand::Verify) => {
+            let settings = load_settings(config_file, FlagOverrides::default())?;
+            audit_verify(&settings).await
+        }
         Command::MasterKey(command) => {
             let settings = load_settings(config_file, FlagOverrides::default())?;
             master_key(&settings, command).await
@@ -239,13 +253,10 @@ async fn open_app(settings: &Settings) -> Result<App, String> {
         warn_new_master_key(path);
     }
     App::new(
-        vault.store,
-        vault.keyring,
+        vault,
         clock,
         Arc::new(OsRandomness),
-        settings.recovery_window,
-        settings.usage_retention_days,
-        settings.pricing.clone(),
+        AppOptions::from_settings(settings),
     )
     .map_err(|e| e.message)
 }
@@ -285,13 +296,40 @@ async fn admin_create(settings: &Settings, username: &str, role: &str) -> Result
         disabled: false,
         created_at: now,
     };
-    app.store.insert_user(&user).await.map_err(|e| e.message)?;
+    app.create_user(&Actor::system("cli"), &user)
+        .await
+        .map_err(|e| e.message)?;
     app.store.close().await;
     println!(
         "created user {} ({}) with role {}",
         user.username, user.id, user.role
     );
     Ok(())
+}
+
+async fn audit_verify(settings: &Settings) -> Result<(), String> {
+    let app = open_app(settings).await?;
+    let report = app.audit.verify().await.map_err(|e| e.message);
+    app.store.close().await;
+    let report = report?;
+    match report.first_broken {
+        None => {
+            println!(
+                "audit trail intact: {} entries, {} signed checkpoints",
+                report.last_seq, report.checkpoints
+            );
+            Ok(())
+        }
+        Some(broken) => Err(format!(
+            "audit trail BROKEN at entry {} ({}); {} entries before it verified",
+            broken.seq,
+            serde_json::to_value(broken.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            report.verified
+        )),
+    }
 }
 
 async fn token_create(
@@ -311,7 +349,7 @@ async fn token_create(
         None => None,
     };
     let (record, token) = app
-        .issue_token(name, role, "cli", expires_at)
+        .issue_token(&Actor::system("cli"), name, role, expires_at)
         .await
         .map_err(|e| e.message)?;
     app.store.close().await;

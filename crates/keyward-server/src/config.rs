@@ -32,6 +32,7 @@ const KNOWN_KEYS: &[&str] = &[
     "master_passphrase_previous",
     "recovery_window_days",
     "usage_retention_days",
+    "audit_checkpoint_seconds",
     "pricing_file",
     "log_format",
     "log",
@@ -118,6 +119,12 @@ pub struct RawSettings {
         deserialize_with = "scalar_as_string"
     )]
     pub usage_retention_days: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub audit_checkpoint_seconds: Option<String>,
     /// A TOML file of `[[price]]` entries laid over the built-in LLM price table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing_file: Option<PathBuf>,
@@ -210,10 +217,40 @@ pub struct Settings {
     pub recovery_window: RecoveryWindow,
     /// Days usage records are kept (1–3650); hourly sums are kept regardless.
     pub usage_retention_days: u16,
+    /// How often the audit chain's head is signed (when it moved).
+    pub audit_checkpoint_every: std::time::Duration,
     /// LLM prices: the built-in table plus `pricing_file`.
     pub pricing: PricingTable,
     pub log_format: LogFormat,
     pub log: String,
+}
+
+/// A whole number setting within `range`, or `default` when unset.
+fn bounded<T>(
+    name: &str,
+    unit: &str,
+    text: Option<&str>,
+    range: std::ops::RangeInclusive<T>,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    text.trim()
+        .parse::<T>()
+        .ok()
+        .filter(|v| range.contains(v))
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "{name} must be a whole number of {unit} from {} to {}, not `{}`",
+                range.start(),
+                range.end(),
+                keyward_core::label::printable(text)
+            ))
+        })
 }
 
 /// How long usage records are kept unless `usage_retention_days` says otherwise.
@@ -460,20 +497,20 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         })?,
     };
     let recovery_window = RecoveryWindow::days(days).map_err(|e| ConfigError(e.message))?;
-    let usage_retention_days = match raw.usage_retention_days.as_deref() {
-        None => USAGE_RETENTION_DAYS_DEFAULT,
-        Some(text) => text
-            .trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|d| (1..=3650).contains(d))
-            .ok_or_else(|| {
-                ConfigError(format!(
-                    "usage_retention_days must be a whole number of days from 1 to 3650, not `{}`",
-                    keyward_core::label::printable(text)
-                ))
-            })?,
-    };
+    let usage_retention_days = bounded(
+        "usage_retention_days",
+        "days",
+        raw.usage_retention_days.as_deref(),
+        1..=3650,
+        USAGE_RETENTION_DAYS_DEFAULT,
+    )?;
+    let audit_checkpoint_every = std::time::Duration::from_secs(u64::from(bounded(
+        "audit_checkpoint_seconds",
+        "seconds",
+        raw.audit_checkpoint_seconds.as_deref(),
+        1..=86_400u32,
+        60,
+    )?));
     let pricing = PricingTable::builtin().map_err(|e| ConfigError(e.message))?;
     let pricing = match &raw.pricing_file {
         None => pricing,
@@ -505,6 +542,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         master_key,
         recovery_window,
         usage_retention_days,
+        audit_checkpoint_every,
         pricing,
         log_format,
         log: raw.log.unwrap_or_else(|| "info".to_owned()),

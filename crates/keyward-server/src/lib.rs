@@ -5,6 +5,7 @@
 //! no SQL; persistence goes through `keyward_core::ports::Store`.
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -9,7 +9,7 @@ use keyward_core::SystemClock;
 use keyward_crypto::OsRandomness;
 use tokio::net::TcpListener;
 
-use crate::app::App;
+use crate::app::{App, AppOptions};
 use crate::config::Settings;
 use crate::vault::{self, VaultError};
 
@@ -21,20 +21,19 @@ pub struct Started {
     pub addr: SocketAddr,
     /// The master key file this start created (first run), to warn about.
     pub created_key_file: Option<std::path::PathBuf>,
+    pub audit_checkpoint_every: Duration,
 }
 
 pub async fn start(settings: &Settings) -> Result<Started, VaultError> {
     let clock = Arc::new(SystemClock);
     let random = Arc::new(OsRandomness);
     let vault = vault::open(settings, &*random, &*clock).await?;
+    let created_key_file = vault.created_key_file.clone();
     let app = Arc::new(App::new(
-        vault.store,
-        vault.keyring,
+        vault,
         clock,
         random,
-        settings.recovery_window,
-        settings.usage_retention_days,
-        settings.pricing.clone(),
+        AppOptions::from_settings(settings),
     )?);
     app.refresh_proxy().await?;
     app.restore_meters().await?;
@@ -48,7 +47,8 @@ pub async fn start(settings: &Settings) -> Result<Started, VaultError> {
         app,
         listener,
         addr,
-        created_key_file: vault.created_key_file,
+        created_key_file,
+        audit_checkpoint_every: settings.audit_checkpoint_every,
     })
 }
 
@@ -60,6 +60,10 @@ impl Started {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), VaultError> {
         let purger = tokio::spawn(purge_loop(self.app.clone()));
+        let checkpointer = tokio::spawn(checkpoint_loop(
+            self.app.clone(),
+            self.audit_checkpoint_every,
+        ));
         let watcher = tokio::spawn(snapshot_loop(self.app.clone()));
         let (stop_recording, stop) = tokio::sync::oneshot::channel();
         let recorder = self
@@ -71,6 +75,7 @@ impl Started {
         let lanes = self.app.proxy.lanes();
         let result = serve_on_lanes(&self.app, router, self.listener, lanes, shutdown).await;
         purger.abort();
+        checkpointer.abort();
         watcher.abort();
         // Every connection has ended, so every call has sent its events: write them all
         // before closing the store.
@@ -79,6 +84,9 @@ impl Started {
             && let Err(e) = recorder.await
         {
             tracing::warn!(error = %e, "the usage writer did not finish");
+        }
+        if let Err(e) = self.app.audit.checkpoint().await {
+            tracing::warn!(error = %e, "could not sign the audit trail's last checkpoint");
         }
         self.app.store.close().await;
         result
@@ -202,6 +210,19 @@ async fn serve_lane(
 
 /// Hourly housekeeping, first run at start: purge keys whose recovery window has passed,
 /// prune usage records past their retention, then refresh planner statistics.
+/// Signs the audit chain's head every `every` when it moved, so a trail rewritten later
+/// (even with every hash recomputed) no longer matches a signature.
+async fn checkpoint_loop(app: Arc<App>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.audit.checkpoint().await {
+            tracing::warn!(error = %e, "could not sign an audit checkpoint; will retry");
+        }
+    }
+}
+
 async fn purge_loop(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {

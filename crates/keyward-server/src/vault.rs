@@ -40,6 +40,8 @@ impl From<keyward_crypto::CryptoError> for VaultError {
 pub struct Vault {
     pub store: Arc<dyn Store>,
     pub keyring: Keyring,
+    /// Signs audit checkpoints and fingerprints secrets (stored sealed in the vault).
+    pub audit_keys: keyward_crypto::audit::AuditKeys,
     /// Set when this start created the master key (first run): the caller prints the
     /// warning about keeping it safe.
     pub created_key_file: Option<std::path::PathBuf>,
@@ -108,9 +110,11 @@ pub async fn open_store(
     if records.iter().all(|r| !r.current) {
         register(&*store, &keyring, keyring.current_id(), true, random, clock).await?;
     }
+    let audit_keys = crate::audit::load_keys(&*store, &keyring, random).await?;
     Ok(Vault {
         store,
         keyring,
+        audit_keys,
         created_key_file,
     })
 }
@@ -363,6 +367,7 @@ pub async fn rotate(
             }
         }
     }
+    crate::audit::rewrap_keys(&*store, &keyring, random).await?;
     let retirable = store
         .kek_usage()
         .await?
@@ -387,6 +392,15 @@ pub async fn retire(
     clock: &dyn Clock,
 ) -> Result<(), VaultError> {
     let vault = open(settings, random, clock).await?;
+    if crate::audit::keys_sealed_by(&*vault.store)
+        .await?
+        .as_deref()
+        == Some(kek_id)
+    {
+        return Err(VaultError(format!(
+            "master key {kek_id} still wraps the audit keys; run `keyward master-key rotate` first"
+        )));
+    }
     vault.store.remove_master_key(kek_id).await?;
     if let MasterKeySource::File(path) = &settings.master_key {
         let file = KeyringFile::new(path);

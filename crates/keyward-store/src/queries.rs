@@ -1185,6 +1185,17 @@ impl VaultStore for ThisStore {
         Ok(row.map(|(v,)| v))
     }
 
+    async fn replace_setting(&self, name: &str, expected: &str, value: &str) -> Result<bool, Error> {
+        let done = sqlx::query("UPDATE vault_settings SET value = $1 WHERE name = $2 AND value = $3")
+            .bind(value)
+            .bind(name)
+            .bind(expected)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, Error> {
         sqlx::query("INSERT INTO vault_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
             .bind(name)

@@ -1312,12 +1312,28 @@ async fn master_keys_rewrap_and_retire(store: Arc<dyn Store>) {
         store.setting_or_insert("salt", "two").await.expect("keep"),
         "one"
     );
+    assert!(
+        !store
+            .replace_setting("salt", "two", "three")
+            .await
+            .expect("cas")
+    );
+    assert!(
+        store
+            .replace_setting("salt", "one", "three")
+            .await
+            .expect("cas")
+    );
+    assert_eq!(
+        store.setting("salt").await.expect("read").as_deref(),
+        Some("three")
+    );
 }
 
 fn audit_entry(n: u64) -> AuditDraft {
     AuditDraft {
         at: ts(1_764_000_000_000 + i64::try_from(n).unwrap_or(0)),
-        actor_kind: if n % 2 == 0 {
+        actor_kind: if n.is_multiple_of(2) {
             ActorKind::User
         } else {
             ActorKind::Token
@@ -1325,7 +1341,7 @@ fn audit_entry(n: u64) -> AuditDraft {
         actor_id: format!("actor{}", n % 3),
         actor_name: format!("name{}", n % 3),
         source: Some("192.0.2.7".into()),
-        action: if n % 2 == 0 {
+        action: if n.is_multiple_of(2) {
             "key.update".into()
         } else {
             "key.create".into()

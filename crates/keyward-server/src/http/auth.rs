@@ -13,6 +13,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use keyward_core::access::Permission;
+use keyward_core::audit::{ActorKind, AuditOutcome};
 use keyward_core::{Error, ErrorKind};
 
 use super::error::ApiError;
@@ -50,7 +51,8 @@ pub mod perm {
         KeysDelete,
         KeysPurge,
         AppTokensRead,
-        AppTokensWrite
+        AppTokensWrite,
+        AuditRead
     );
 }
 
@@ -73,7 +75,7 @@ impl<P: RequiredPermission> FromRequestParts<Arc<App>> for Authorized<P> {
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         let caller = authenticate(parts, app).await?;
         if !caller.actor.role.allows(P::PERMISSION) {
-            return Err(Error::new(
+            let denied = Error::new(
                 ErrorKind::Forbidden,
                 "forbidden",
                 format!(
@@ -81,8 +83,20 @@ impl<P: RequiredPermission> FromRequestParts<Arc<App>> for Authorized<P> {
                     caller.actor.role,
                     P::PERMISSION
                 ),
+            );
+            app.record_audit(
+                &caller.actor,
+                "access.denied",
+                None,
+                AuditOutcome::Denied,
+                serde_json::json!({
+                    "permission": P::PERMISSION,
+                    "method": parts.method.as_str(),
+                    "path": parts.uri.path(),
+                }),
             )
-            .into());
+            .await?;
+            return Err(denied.into());
         }
         Ok(Self {
             caller,
@@ -92,28 +106,67 @@ impl<P: RequiredPermission> FromRequestParts<Arc<App>> for Authorized<P> {
 }
 
 async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
-    let unauthenticated = |message: &str| {
-        ApiError::from(Error::new(
-            ErrorKind::Unauthenticated,
-            "unauthenticated",
-            message,
-        ))
+    let source = source_of(parts);
+    let unauthenticated =
+        |message: &str| Error::new(ErrorKind::Unauthenticated, "unauthenticated", message);
+    let presented = match parts.headers.get(AUTHORIZATION) {
+        None => Err(unauthenticated(
+            "send a management token as `Authorization: Bearer kwm_…`",
+        )),
+        Some(header) => header
+            .to_str()
+            .map_err(|_| unauthenticated("the Authorization header is not valid text"))
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+                    .ok_or_else(|| {
+                        unauthenticated("the Authorization header must use the Bearer scheme")
+                    })
+            }),
     };
-    let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-        unauthenticated("send a management token as `Authorization: Bearer kwm_…`")
-    })?;
-    let value = header
-        .to_str()
-        .map_err(|_| unauthenticated("the Authorization header is not valid text"))?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(|| unauthenticated("the Authorization header must use the Bearer scheme"))?;
-    let record = app.authenticate_token(token.trim()).await?;
-    Ok(Caller {
-        actor: Actor {
-            name: format!("token:{} ({})", record.name, record.id),
-            role: record.role,
-        },
-    })
+    let record = match presented {
+        Ok(token) => app.authenticate_token(token.trim()).await,
+        Err(e) => Err(e),
+    };
+    match record {
+        Ok(record) => Ok(Caller {
+            actor: Actor {
+                kind: ActorKind::Token,
+                id: record.id.to_string(),
+                name: format!("token:{} ({})", record.name, record.id),
+                role: record.role,
+                source,
+            },
+        }),
+        Err(e) => {
+            // A request that presented nothing is not worth an entry; a wrong credential is.
+            if parts.headers.contains_key(AUTHORIZATION) && e.kind == ErrorKind::Unauthenticated {
+                let actor = Actor {
+                    kind: ActorKind::Anonymous,
+                    id: String::new(),
+                    name: "anonymous".into(),
+                    role: keyward_core::access::Role::Viewer,
+                    source,
+                };
+                app.record_audit(
+                    &actor,
+                    "auth.token",
+                    None,
+                    AuditOutcome::Denied,
+                    serde_json::json!({"error": e.code, "path": parts.uri.path()}),
+                )
+                .await?;
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// The client's address as the connection saw it.
+pub fn source_of(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
 }

@@ -148,13 +148,17 @@ pub async fn list_categories(
 #[utoipa::path(post, path = "/api/v1/categories", tag = "catalog", request_body = CreateLabelRequest,
     responses((status = 201, body = LabelBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create_category(
-    _auth: Authorized<perm::CatalogWrite>,
+    auth: Authorized<perm::CatalogWrite>,
     State(app): State<Arc<App>>,
     ApiJson(req): ApiJson<CreateLabelRequest>,
 ) -> ApiResult<(StatusCode, Json<LabelBody>)> {
     Ok((
         StatusCode::CREATED,
-        Json(app.create_category(&req.id, &req.name).await?.into()),
+        Json(
+            app.create_category(auth.actor(), &req.id, &req.name)
+                .await?
+                .into(),
+        ),
     ))
 }
 
@@ -176,12 +180,16 @@ pub async fn list_environments(
 #[utoipa::path(post, path = "/api/v1/environments", tag = "catalog", request_body = CreateLabelRequest,
     responses((status = 201, body = LabelBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create_environment(
-    _auth: Authorized<perm::CatalogWrite>,
+    auth: Authorized<perm::CatalogWrite>,
     State(app): State<Arc<App>>,
     ApiJson(req): ApiJson<CreateLabelRequest>,
 ) -> ApiResult<(StatusCode, Json<LabelBody>)> {
     Ok((
         StatusCode::CREATED,
-        Json(app.create_environment(&req.id, &req.name).await?.into()),
+        Json(
+            app.create_environment(auth.actor(), &req.id, &req.name)
+                .await?
+                .into(),
+        ),
     ))
 }

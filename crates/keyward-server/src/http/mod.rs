@@ -19,6 +19,7 @@ use utoipa::OpenApi;
 use crate::app::App;
 
 mod app_tokens;
+mod audit;
 pub mod auth;
 mod catalog;
 pub mod error;
@@ -44,11 +45,13 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         catalog::list_categories, catalog::create_category, catalog::list_environments, catalog::create_environment,
         app_tokens::create_app_token, app_tokens::list_app_tokens, app_tokens::get_app_token, app_tokens::revoke_app_token,
         keys::clear_key_flag, usage::usage, usage::list_pools, usage::set_pool,
+        audit::list_audit, audit::export_audit, audit::verify_audit,
     ),
     modifiers(&BearerAuth),
     tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
         (name = "app-tokens", description = "Credentials applications present to the proxy"),
-        (name = "usage", description = "Metered calls through the proxy"))
+        (name = "usage", description = "Metered calls through the proxy"),
+        (name = "audit", description = "The tamper-evident audit trail"))
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -118,6 +121,9 @@ pub fn router(app: Arc<App>) -> Router {
             "/app-tokens/{id}/revoke",
             post(app_tokens::revoke_app_token),
         )
+        .route("/audit", get(audit::list_audit))
+        .route("/audit/export", get(audit::export_audit))
+        .route("/audit/verify", get(audit::verify_audit))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

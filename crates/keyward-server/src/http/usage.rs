@@ -81,7 +81,7 @@ pub struct UsageResponse {
     pub totals: UsageTotalsBody,
 }
 
-fn instant(field: &str, text: &str) -> Result<Timestamp, keyward_core::Error> {
+pub(super) fn instant(field: &str, text: &str) -> Result<Timestamp, keyward_core::Error> {
     text.parse().map_err(|_| {
         keyward_core::Error::invalid(
             "invalid_time",

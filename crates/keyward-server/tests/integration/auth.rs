@@ -141,7 +141,12 @@ async fn expired_tokens_are_refused() {
         .unwrap();
     let (_, token) = app
         .app
-        .issue_token("old", Role::Owner, "test", Some(past))
+        .issue_token(
+            &keyward_server::app::Actor::system("test"),
+            "old",
+            Role::Owner,
+            Some(past),
+        )
         .await
         .unwrap();
     let token = secrecy::ExposeSecret::expose_secret(&token).to_owned();

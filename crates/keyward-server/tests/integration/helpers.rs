@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyward_core::access::Role;
-use keyward_server::app::App;
+use keyward_server::app::{Actor, App};
 use keyward_server::config::{RawSettings, resolve};
 use keyward_server::server;
 use keyward_store::testing::TestDatabase;
@@ -52,7 +52,7 @@ impl TestApp {
         };
         let (app, base, tx) = start(&raw).await;
         let (_, token) = app
-            .issue_token("test-owner", Role::Owner, "test", None)
+            .issue_token(&Actor::system("test"), "test-owner", Role::Owner, None)
             .await
             .unwrap();
         Some(Self {
@@ -82,10 +82,31 @@ impl TestApp {
         }
     }
 
+    /// The database behind the server, for tests that tamper with it directly.
+    pub fn db(&self) -> &TestDatabase {
+        &self._db
+    }
+
+    /// Runs the `keyward` binary against this server's data directory and database.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let dir = self._dir.path();
+        let data_dir = dir.display().to_string();
+        command(
+            dir,
+            &[
+                ("KEYWARD_DATA_DIR", data_dir.as_str()),
+                ("KEYWARD_DATABASE_URL", self._db.url()),
+            ],
+        )
+        .args(args)
+        .output()
+        .unwrap()
+    }
+
     pub async fn token_with_role(&self, role: Role) -> String {
         let (_, token) = self
             .app
-            .issue_token(&format!("test-{role}"), role, "test", None)
+            .issue_token(&Actor::system("test"), &format!("test-{role}"), role, None)
             .await
             .unwrap();
         token.expose_secret().to_owned()

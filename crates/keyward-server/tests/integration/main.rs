@@ -13,6 +13,7 @@ mod fake_llm;
 mod helpers;
 
 mod app_tokens;
+mod audit;
 mod auth;
 mod catalog;
 mod durability;
