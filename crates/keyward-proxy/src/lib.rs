@@ -21,4 +21,4 @@ pub use forward::{
 };
 pub use limits::TokenRateLimits;
 pub use snapshot::{LiveKey, Route, Snapshot};
-pub use upstream::{BoxError, ProxyBody};
+pub use upstream::{BoxError, Outbound, ProxyBody};

@@ -115,6 +115,51 @@ impl UpstreamClient {
     }
 }
 
+/// Keyward's own outgoing calls (the audit webhook, later notifications): the same client,
+/// timeouts and refusal to follow redirects as calls to providers.
+#[derive(Clone, Debug)]
+pub struct Outbound(UpstreamClient);
+
+/// The most of an answer's body [`Outbound::post`] reads (then drops the connection).
+const OUTBOUND_ANSWER_MAX: usize = 64 * 1024;
+
+impl Outbound {
+    pub fn new(timeout: Duration) -> Result<Self, Error> {
+        UpstreamClient::new(timeout, timeout, Duration::from_secs(30)).map(Self)
+    }
+
+    /// POSTs `body` to `url` and returns the answer's status (its body is read and
+    /// discarded). The error is a sentence without the URL, which may carry a credential.
+    pub async fn post(
+        &self,
+        url: &str,
+        content_type: &'static str,
+        headers: &[(&'static str, String)],
+        body: Bytes,
+    ) -> Result<u16, String> {
+        use futures_util::StreamExt;
+        let mut request = http::Request::post(url).header(http::header::CONTENT_TYPE, content_type);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request
+            .body(full_body(body))
+            .map_err(|_| "the URL is not valid".to_owned())?;
+        let (parts, mut answer) = self.0.send(request).await.map_err(|e| match e {
+            SendError::Timeout => "no answer in time".to_owned(),
+            SendError::Failed(e) => format!("the call failed: {e}"),
+        })?;
+        let mut read = 0;
+        while let Some(Ok(chunk)) = answer.next().await {
+            read += chunk.len();
+            if read > OUTBOUND_ANSWER_MAX {
+                break;
+            }
+        }
+        Ok(parts.status.as_u16())
+    }
+}
+
 /// Whether `error` or anything in its source chain satisfies `test`.
 pub(crate) fn has_source(
     error: &(dyn std::error::Error + 'static),

@@ -33,6 +33,7 @@ const KNOWN_KEYS: &[&str] = &[
     "recovery_window_days",
     "usage_retention_days",
     "audit_checkpoint_seconds",
+    "audit_webhook_url",
     "pricing_file",
     "log_format",
     "log",
@@ -43,6 +44,7 @@ const KNOWN_KEYS: &[&str] = &[
 const SECRET_KEYS: &[&str] = &[
     "database_url",
     "redis_url",
+    "audit_webhook_url",
     "master_key",
     "master_key_previous",
     "master_passphrase",
@@ -125,6 +127,8 @@ pub struct RawSettings {
         deserialize_with = "scalar_as_string"
     )]
     pub audit_checkpoint_seconds: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_webhook_url: Option<String>,
     /// A TOML file of `[[price]]` entries laid over the built-in LLM price table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing_file: Option<PathBuf>,
@@ -219,6 +223,8 @@ pub struct Settings {
     pub usage_retention_days: u16,
     /// How often the audit chain's head is signed (when it moved).
     pub audit_checkpoint_every: std::time::Duration,
+    /// Where every audit entry is also POSTed, as JSON Lines (at least once, in order).
+    pub audit_webhook_url: Option<SecretString>,
     /// LLM prices: the built-in table plus `pricing_file`.
     pub pricing: PricingTable,
     pub log_format: LogFormat,
@@ -511,6 +517,20 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         1..=86_400u32,
         60,
     )?));
+    let audit_webhook_url = match raw.audit_webhook_url {
+        None => None,
+        Some(url) => {
+            let parsed = url::Url::parse(&url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"));
+            if parsed.is_none() {
+                return Err(ConfigError(
+                    "audit_webhook_url must be an http:// or https:// URL".into(),
+                ));
+            }
+            Some(SecretString::from(url))
+        }
+    };
     let pricing = PricingTable::builtin().map_err(|e| ConfigError(e.message))?;
     let pricing = match &raw.pricing_file {
         None => pricing,
@@ -543,6 +563,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         recovery_window,
         usage_retention_days,
         audit_checkpoint_every,
+        audit_webhook_url,
         pricing,
         log_format,
         log: raw.log.unwrap_or_else(|| "info".to_owned()),

@@ -22,6 +22,7 @@ pub struct Started {
     /// The master key file this start created (first run), to warn about.
     pub created_key_file: Option<std::path::PathBuf>,
     pub audit_checkpoint_every: Duration,
+    pub audit_webhook_url: Option<secrecy::SecretString>,
 }
 
 pub async fn start(settings: &Settings) -> Result<Started, VaultError> {
@@ -49,6 +50,7 @@ pub async fn start(settings: &Settings) -> Result<Started, VaultError> {
         addr,
         created_key_file,
         audit_checkpoint_every: settings.audit_checkpoint_every,
+        audit_webhook_url: settings.audit_webhook_url.clone(),
     })
 }
 
@@ -65,6 +67,13 @@ impl Started {
             self.audit_checkpoint_every,
         ));
         let watcher = tokio::spawn(snapshot_loop(self.app.clone()));
+        let webhook = self.audit_webhook_url.clone().map(|url| {
+            tokio::spawn(crate::audit::webhook_loop(
+                self.app.clone(),
+                url,
+                Duration::from_secs(1),
+            ))
+        });
         let (stop_recording, stop) = tokio::sync::oneshot::channel();
         let recorder = self
             .app
@@ -77,6 +86,9 @@ impl Started {
         purger.abort();
         checkpointer.abort();
         watcher.abort();
+        if let Some(webhook) = webhook {
+            webhook.abort();
+        }
         // Every connection has ended, so every call has sent its events: write them all
         // before closing the store.
         let _ = stop_recording.send(());

@@ -6,8 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use jiff::Timestamp;
-use keyward_core::audit::{AuditEvent, AuditFilter, AuditOutcome, VerifyReport};
+use keyward_core::audit::{AuditFilter, AuditOutcome, VerifyReport};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -16,6 +15,7 @@ use super::error::{ApiResult, ErrorBody};
 use super::extract::ApiQuery;
 use super::usage::instant;
 use crate::app::App;
+use crate::audit::{AuditEventBody, event_line};
 
 /// Most entries one listing returns.
 const PAGE_MAX: u32 = 1_000;
@@ -75,53 +75,6 @@ impl AuditParams {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AuditActorBody {
-    /// `user`, `token`, `system` or `anonymous`.
-    pub kind: String,
-    pub id: String,
-    pub name: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditEventBody {
-    pub seq: u64,
-    #[schema(value_type = String, format = DateTime)]
-    pub at: Timestamp,
-    pub actor: AuditActorBody,
-    pub source: Option<String>,
-    pub action: String,
-    pub target: Option<String>,
-    /// `success`, `failure` or `denied`.
-    pub outcome: String,
-    /// Further facts; a secret appears only as an `hmac:` fingerprint.
-    #[schema(value_type = Object)]
-    pub details: serde_json::Value,
-    /// This entry's link in the hash chain.
-    pub hash: String,
-}
-
-impl From<AuditEvent> for AuditEventBody {
-    fn from(e: AuditEvent) -> Self {
-        let entry = e.entry;
-        Self {
-            seq: e.seq,
-            at: entry.at,
-            actor: AuditActorBody {
-                kind: entry.actor_kind.as_str().to_owned(),
-                id: entry.actor_id,
-                name: entry.actor_name,
-            },
-            source: entry.source,
-            action: entry.action,
-            target: entry.target,
-            outcome: entry.outcome.as_str().to_owned(),
-            details: serde_json::from_str(&entry.details).unwrap_or(serde_json::Value::Null),
-            hash: e.hash,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct AuditPage {
     pub events: Vec<AuditEventBody>,
     /// Pass as `after` for the next page; absent on the last page.
@@ -171,9 +124,7 @@ pub async fn export_audit(
     let events = app.audit.events(&filter).await?;
     let mut body = String::new();
     for event in events {
-        let line = serde_json::to_string(&AuditEventBody::from(event))
-            .map_err(|e| keyward_core::Error::internal(format!("cannot encode an entry: {e}")))?;
-        body.push_str(&line);
+        body.push_str(&event_line(event).map_err(keyward_core::Error::internal)?);
         body.push('\n');
     }
     let mut response = body.into_response();

@@ -269,3 +269,84 @@ async fn nothing_happens_when_the_trail_cannot_be_written_sqlite() {
 async fn nothing_happens_when_the_trail_cannot_be_written_postgres() {
     nothing_happens_when_the_trail_cannot_be_written(Backend::Postgres).await;
 }
+
+/// The trail streams to a webhook as JSON Lines, in order, and a batch the receiver
+/// refused is sent again.
+#[tokio::test]
+async fn entries_stream_to_a_webhook_and_refused_batches_are_resent() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Default)]
+    struct Received {
+        calls: u32,
+        lines: Vec<Value>,
+        last_seq_headers: Vec<String>,
+    }
+    let received = Arc::new(Mutex::new(Received::default()));
+    let state = received.clone();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let state = state.clone();
+            async move {
+                let mut r = state.lock().unwrap();
+                r.calls += 1;
+                if r.calls == 1 {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                assert_eq!(headers["content-type"], "application/x-ndjson");
+                r.last_seq_headers.push(
+                    headers["x-keyward-audit-last-seq"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+                r.lines.extend(
+                    body.lines()
+                        .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+                );
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let base = crate::helpers::serve_fake(receiver).await;
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        keyward_server::config::RawSettings {
+            audit_webhook_url: Some(format!("{base}/hook")),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    app.create_key("openai", "production", "hooked", OPENAI_KEY)
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let done = {
+            let r = received.lock().unwrap();
+            r.lines.iter().any(|l| l["action"] == "key.create")
+        };
+        if done {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "webhook got nothing");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = received.lock().unwrap();
+    assert!(r.calls >= 2, "the refused first batch was sent again");
+    let seqs: Vec<u64> = r.lines.iter().filter_map(|l| l["seq"].as_u64()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "in order, none lost"
+    );
+    assert!(
+        !r.lines
+            .iter()
+            .any(|l| l.to_string().contains(&OPENAI_KEY[8..40]))
+    );
+    assert_eq!(
+        r.last_seq_headers.last().unwrap(),
+        &seqs.last().unwrap().to_string()
+    );
+}

@@ -39,6 +39,12 @@ pub enum Backend {
 impl TestApp {
     /// `None` when the backend is PostgreSQL and it is unavailable (a loud skip).
     pub async fn spawn(backend: Backend) -> Option<Self> {
+        Self::spawn_with(backend, RawSettings::default()).await
+    }
+
+    /// Like [`TestApp::spawn`], with further settings (listen, data dir and database are
+    /// the test's own).
+    pub async fn spawn_with(backend: Backend, extra: RawSettings) -> Option<Self> {
         let db = match backend {
             Backend::Sqlite => TestDatabase::sqlite(),
             Backend::Postgres => TestDatabase::postgres().await?,
@@ -48,7 +54,7 @@ impl TestApp {
             listen: Some("127.0.0.1:0".into()),
             data_dir: Some(dir.path().to_path_buf()),
             database_url: Some(db.url().to_owned()),
-            ..Default::default()
+            ..extra
         };
         let (app, base, tx) = start(&raw).await;
         let (_, token) = app
@@ -226,6 +232,7 @@ async fn start(raw: &RawSettings) -> (Arc<App>, String, tokio::sync::oneshot::Se
         listen: raw.listen.clone(),
         data_dir: raw.data_dir.clone(),
         database_url: raw.database_url.clone(),
+        audit_webhook_url: raw.audit_webhook_url.clone(),
         ..Default::default()
     })
     .unwrap();
