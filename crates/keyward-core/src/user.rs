@@ -1,5 +1,4 @@
-//! Human users. Login, sessions and MFA build on this later; the headless
-//! `keyward admin create` stores the first owner now.
+//! Human users and the rules for their names and passwords.
 
 use jiff::Timestamp;
 
@@ -39,20 +38,110 @@ pub fn validate_username(value: &str) -> Result<String, Error> {
     }
 }
 
-/// Checks a new password's length (counted in characters, so passphrases in any script work).
-pub fn check_password_length(password: &str) -> Result<(), Error> {
+/// Checks a new password against ASVS 5 §6.2: 12–256 characters (counted in characters, so
+/// passphrases in any script work), no composition rules, and not a common password — the
+/// list in `data/common-passwords.txt`, also with digits or symbols stuck on either end, a
+/// short pattern repeated, or containing the username or "keyward".
+pub fn check_password(password: &str, username: &str) -> Result<(), Error> {
     let len = password.chars().count();
     if len < PASSWORD_MIN {
-        Err(Error::invalid(
+        return Err(Error::invalid(
             "password_too_short",
             format!("a password needs at least {PASSWORD_MIN} characters"),
-        ))
-    } else if len > PASSWORD_MAX {
-        Err(Error::invalid(
+        ));
+    }
+    if len > PASSWORD_MAX {
+        return Err(Error::invalid(
             "password_too_long",
             format!("a password can have at most {PASSWORD_MAX} characters"),
-        ))
-    } else {
-        Ok(())
+        ));
+    }
+    let lower = password.to_lowercase();
+    let common = || {
+        Error::invalid(
+            "password_common",
+            "this password is too common or too predictable; a few unrelated words make a good one",
+        )
+    };
+    let core = lower.trim_matches(|c: char| {
+        c.is_ascii_digit() || c.is_ascii_punctuation() || c.is_whitespace()
+    });
+    if is_common(&lower) || (core.chars().count() >= 4 && is_common(core)) || is_repetitive(&lower)
+    {
+        return Err(common());
+    }
+    let name = username.trim().to_lowercase();
+    if (name.chars().count() >= 3 && lower.contains(&name)) || lower.contains("keyward") {
+        return Err(Error::invalid(
+            "password_contains_name",
+            "a password may not contain the username or the product's name",
+        ));
+    }
+    Ok(())
+}
+
+const COMMON_PASSWORDS: &str = include_str!("../data/common-passwords.txt");
+
+fn is_common(candidate: &str) -> bool {
+    static LIST: std::sync::LazyLock<std::collections::HashSet<&'static str>> =
+        std::sync::LazyLock::new(|| {
+            COMMON_PASSWORDS
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .collect()
+        });
+    LIST.contains(candidate)
+}
+
+/// A unit of up to four characters repeated (`aaaaaaaaaaaa`, `abcabcabcabc`), or a run of
+/// consecutive characters (`123456789012`, `abcdefghijkl`).
+fn is_repetitive(candidate: &str) -> bool {
+    let chars: Vec<char> = candidate.chars().collect();
+    let repeated = (1..=4).any(|unit| {
+        chars.len() > unit && chars.iter().enumerate().all(|(i, c)| *c == chars[i % unit])
+    });
+    let consecutive = chars.windows(2).all(|w| {
+        let (a, b) = (w[0] as u32, w[1] as u32);
+        b == a + 1 || (w[0] == '9' && w[1] == '0')
+    });
+    repeated || consecutive
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(password: &str) -> Option<&'static str> {
+        check_password(password, "alice").err().map(|e| e.code)
+    }
+
+    #[test]
+    fn length_is_the_only_composition_rule() {
+        assert_eq!(code("short pass"), Some("password_too_short"));
+        assert_eq!(code(&"x7".repeat(129)), Some("password_too_long"));
+        // 64+ characters are allowed, any script, no required classes.
+        assert_eq!(code(&"correct horse battery staple ".repeat(3)), None);
+        assert_eq!(code("pferd batterie heftklammer"), None);
+        assert_eq!(code("лошадь батарейка скрепка"), None);
+    }
+
+    #[test]
+    fn common_and_predictable_passwords_are_refused() {
+        for bad in [
+            "qwerty123456",
+            "1qaz2wsx3edc",
+            "Password1234",
+            "!!sunshine2024!!",
+            "football12345",
+            "aaaaaaaaaaaa",
+            "abcabcabcabc",
+            "123456789012",
+            "abcdefghijklmn",
+        ] {
+            assert_eq!(code(bad), Some("password_common"), "{bad}");
+        }
+        assert_eq!(code("alice-loves-tea"), Some("password_contains_name"));
+        assert_eq!(code("my keyward vault!"), Some("password_contains_name"));
+        assert_eq!(code("tangerine violin orbit"), None);
     }
 }

@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use jiff::{SignedDuration, Timestamp};
 use keyward_core::access::Role;
 use keyward_core::id::UserId;
-use keyward_core::user::{User, check_password_length, validate_username};
+use keyward_core::user::{User, check_password, validate_username};
 use keyward_core::{Clock, SystemClock};
 use keyward_crypto::{MasterKey, OsRandomness, password};
 use secrecy::{ExposeSecret, SecretString};
@@ -281,7 +281,7 @@ async fn admin_create(settings: &Settings, username: &str, role: &str) -> Result
     let username = validate_username(username).map_err(|e| e.message)?;
     let role: Role = role.parse().map_err(|e: keyward_core::Error| e.message)?;
     let password = read_password()?;
-    check_password_length(password.expose_secret()).map_err(|e| e.message)?;
+    check_password(password.expose_secret(), &username).map_err(|e| e.message)?;
     let app = open_app(settings).await?;
     let hash = tokio::task::spawn_blocking(move || password::hash(&password, &OsRandomness))
         .await

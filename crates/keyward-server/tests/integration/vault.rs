@@ -442,6 +442,8 @@ fn admin_create_reads_the_password_from_stdin_and_checks_it() {
     assert!(!ok && err.contains("at least 12 characters"), "{err}");
     let (ok, _, err) = create("ALICE", "another long passphrase");
     assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, _, err) = create("carol", "qwerty123456");
+    assert!(!ok && err.contains("too common"), "{err}");
     let (ok, _, err) = create("bad name!", "a sufficiently long passphrase");
     assert!(!ok && err.contains("username"), "{err}");
     let db = std::fs::read(dir.path().join("data/keyward.db")).unwrap();
