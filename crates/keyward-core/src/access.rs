@@ -30,6 +30,10 @@ pub enum Permission {
     AppTokensWrite,
     /// Read, export and verify the audit trail.
     AuditRead,
+    /// See users (never their password hashes).
+    UsersRead,
+    /// Create, disable and enable users (only an owner may create an owner).
+    UsersWrite,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -69,12 +73,10 @@ impl Role {
                 permission,
                 CatalogRead | KeysRead | KeysWrite | KeysDelete | AppTokensRead | AppTokensWrite
             ),
-            Role::Auditor => {
-                matches!(
-                    permission,
-                    CatalogRead | KeysRead | AppTokensRead | AuditRead
-                )
-            }
+            Role::Auditor => matches!(
+                permission,
+                CatalogRead | KeysRead | AppTokensRead | AuditRead | UsersRead
+            ),
             Role::Viewer => matches!(permission, CatalogRead | KeysRead | AppTokensRead),
         }
     }

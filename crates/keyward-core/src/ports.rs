@@ -13,7 +13,7 @@ use crate::Result;
 use crate::app_token::AppToken;
 use crate::audit::{AuditCheckpoint, AuditDraft, AuditEvent, AuditFilter};
 use crate::catalog::BaseUrlOverride;
-use crate::id::{AppTokenId, KeyId, TokenId};
+use crate::id::{AppTokenId, KeyId, TokenId, UserId};
 use crate::key::{Key, KeyFilter, KeyVersion, Page, PageRequest, SealedSecret};
 use crate::master_key::{KekUsage, MasterKeyRecord};
 use crate::service::{Category, Environment, ServiceDefinition};
@@ -154,6 +154,11 @@ pub trait UserStore: Send + Sync {
     /// `username_taken` if the name is in use.
     async fn insert_user(&self, user: &User) -> Result<()>;
     async fn user_by_username(&self, username: &str) -> Result<Option<User>>;
+    async fn user(&self, id: &UserId) -> Result<Option<User>>;
+    /// Every user, by username.
+    async fn users(&self) -> Result<Vec<User>>;
+    /// Sets `disabled`; returns whether the user exists.
+    async fn set_user_disabled(&self, id: &UserId, disabled: bool) -> Result<bool>;
     async fn count_users(&self) -> Result<u64>;
 }
 

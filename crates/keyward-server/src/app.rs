@@ -65,6 +65,8 @@ pub struct App {
     /// The proxy's events, until the server's batch writer takes them.
     events: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<ProxyEvent>>>,
     pub audit: AuditLog,
+    /// Password hashing, capped and off the async threads.
+    pub passwords: crate::users::Passwords,
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Randomness>,
     pub recovery_window: RecoveryWindow,
@@ -118,6 +120,7 @@ impl App {
         )?;
         Ok(Self {
             audit: AuditLog::new(vault.store.clone(), vault.audit_keys, clock.clone()),
+            passwords: crate::users::Passwords::new(crate::users::HASH_CONCURRENCY, &*random)?,
             store: vault.store,
             keyring,
             proxy: Arc::new(proxy),
@@ -169,7 +172,7 @@ impl App {
     /// Writes the audit entry for `action`, then runs `op`. If the entry cannot be written,
     /// `op` never runs (fail closed); if `op` fails, a failure entry with its error code
     /// follows (best effort: the operation did not happen either way).
-    async fn audited<T>(
+    pub(crate) async fn audited<T>(
         &self,
         actor: &Actor,
         action: &str,

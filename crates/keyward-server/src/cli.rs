@@ -16,10 +16,9 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use jiff::{SignedDuration, Timestamp};
 use keyward_core::access::Role;
-use keyward_core::id::UserId;
-use keyward_core::user::{User, check_password, validate_username};
+use keyward_core::user::{check_password, validate_username};
 use keyward_core::{Clock, SystemClock};
-use keyward_crypto::{MasterKey, OsRandomness, password};
+use keyward_crypto::{MasterKey, OsRandomness};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::app::{Actor, App, AppOptions};
@@ -283,23 +282,12 @@ async fn admin_create(settings: &Settings, username: &str, role: &str) -> Result
     let password = read_password()?;
     check_password(password.expose_secret(), &username).map_err(|e| e.message)?;
     let app = open_app(settings).await?;
-    let hash = tokio::task::spawn_blocking(move || password::hash(&password, &OsRandomness))
+    let user = app
+        .add_user(&Actor::system("cli"), &username, password, role)
         .await
-        .map_err(|e| format!("password hashing failed: {e}"))?
-        .map_err(|e| e.to_string())?;
-    let now = app.now();
-    let user = User {
-        id: UserId::generate(now, &OsRandomness),
-        username,
-        password_hash: hash,
-        role,
-        disabled: false,
-        created_at: now,
-    };
-    app.create_user(&Actor::system("cli"), &user)
-        .await
-        .map_err(|e| e.message)?;
+        .map_err(|e| e.message);
     app.store.close().await;
+    let user = user?;
     println!(
         "created user {} ({}) with role {}",
         user.username, user.id, user.role

@@ -11,4 +11,5 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod server;
+pub mod users;
 pub mod vault;

@@ -14,7 +14,7 @@ use keyward_core::audit::{
     AuditCheckpoint, AuditDraft, AuditEvent, AuditFilter, chain_hash, hash_hex, parse_hash,
 };
 use keyward_core::catalog::BaseUrlOverride;
-use keyward_core::id::{AppTokenId, KeyId, TokenId};
+use keyward_core::id::{AppTokenId, KeyId, TokenId, UserId};
 use keyward_core::key::{
     Key, KeyFilter, KeyStatus, KeyVersion, Page, PageRequest, SealedSecret, VersionState,
 };
@@ -965,6 +965,19 @@ impl AppTokenStore for ThisStore {
     }
 }
 
+const USER_COLUMNS: &str = "id, username, password_hash, role, disabled, created_at";
+
+fn user_row(r: &DbRow) -> Result<User, Error> {
+    Ok(User {
+        id: parse("user id", &get::<String>(r, "id")?)?,
+        username: get(r, "username")?,
+        password_hash: get(r, "password_hash")?,
+        role: parse("role", &get::<String>(r, "role")?)?,
+        disabled: get(r, "disabled")?,
+        created_at: timestamp(get(r, "created_at")?)?,
+    })
+}
+
 #[async_trait]
 impl UserStore for ThisStore {
     async fn insert_user(&self, u: &User) -> Result<(), Error> {
@@ -985,24 +998,39 @@ impl UserStore for ThisStore {
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<User>, Error> {
-        let row = sqlx::query(
-            "SELECT id, username, password_hash, role, disabled, created_at FROM users WHERE username_lower = $1",
-        )
-        .bind(username.to_lowercase())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| db_error(e, None))?;
-        row.map(|r| {
-            Ok(User {
-                id: parse("user id", &get::<String>(&r, "id")?)?,
-                username: get(&r, "username")?,
-                password_hash: get(&r, "password_hash")?,
-                role: parse("role", &get::<String>(&r, "role")?)?,
-                disabled: get(&r, "disabled")?,
-                created_at: timestamp(get(&r, "created_at")?)?,
-            })
-        })
-        .transpose()
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE username_lower = $1")))
+            .bind(username.to_lowercase())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        row.as_ref().map(user_row).transpose()
+    }
+
+    async fn user(&self, id: &UserId) -> Result<Option<User>, Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        row.as_ref().map(user_row).transpose()
+    }
+
+    async fn users(&self) -> Result<Vec<User>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users ORDER BY username_lower")))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        rows.iter().map(user_row).collect()
+    }
+
+    async fn set_user_disabled(&self, id: &UserId, disabled: bool) -> Result<bool, Error> {
+        let done = sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
+            .bind(disabled)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn count_users(&self) -> Result<u64, Error> {

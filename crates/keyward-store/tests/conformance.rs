@@ -1090,9 +1090,21 @@ async fn tokens_and_users(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store.user_by_username("ALICE").await.expect("get"),
-        Some(user)
+        Some(user.clone())
     );
     assert_eq!(store.count_users().await.expect("count"), 1);
+    assert_eq!(store.users().await.expect("list"), vec![user.clone()]);
+    assert!(
+        store
+            .set_user_disabled(&user.id, true)
+            .await
+            .expect("disable")
+    );
+    let disabled = store.user(&user.id).await.expect("get").expect("exists");
+    assert!(disabled.disabled);
+    let nobody = UserId::generate(ts(3), &r);
+    assert!(!store.set_user_disabled(&nobody, true).await.expect("none"));
+    assert_eq!(store.user(&nobody).await.expect("get"), None);
 }
 
 async fn app_tokens_round_trip_and_revoke_once(store: Arc<dyn Store>) {

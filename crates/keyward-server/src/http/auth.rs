@@ -52,7 +52,9 @@ pub mod perm {
         KeysPurge,
         AppTokensRead,
         AppTokensWrite,
-        AuditRead
+        AuditRead,
+        UsersRead,
+        UsersWrite
     );
 }
 

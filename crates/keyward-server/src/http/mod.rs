@@ -27,6 +27,7 @@ pub mod extract;
 mod keys;
 mod proxy;
 mod usage;
+mod users;
 
 use error::ApiError;
 
@@ -46,12 +47,14 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         app_tokens::create_app_token, app_tokens::list_app_tokens, app_tokens::get_app_token, app_tokens::revoke_app_token,
         keys::clear_key_flag, usage::usage, usage::list_pools, usage::set_pool,
         audit::list_audit, audit::export_audit, audit::verify_audit,
+        users::create_user, users::list_users, users::get_user, users::disable_user, users::enable_user,
     ),
     modifiers(&BearerAuth),
     tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
         (name = "app-tokens", description = "Credentials applications present to the proxy"),
         (name = "usage", description = "Metered calls through the proxy"),
-        (name = "audit", description = "The tamper-evident audit trail"))
+        (name = "audit", description = "The tamper-evident audit trail"),
+        (name = "users", description = "People who sign in"))
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -121,6 +124,10 @@ pub fn router(app: Arc<App>) -> Router {
             "/app-tokens/{id}/revoke",
             post(app_tokens::revoke_app_token),
         )
+        .route("/users", get(users::list_users).post(users::create_user))
+        .route("/users/{id}", get(users::get_user))
+        .route("/users/{id}/disable", post(users::disable_user))
+        .route("/users/{id}/enable", post(users::enable_user))
         .route("/audit", get(audit::list_audit))
         .route("/audit/export", get(audit::export_audit))
         .route("/audit/verify", get(audit::verify_audit))

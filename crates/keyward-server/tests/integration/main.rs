@@ -22,4 +22,5 @@ mod leaks;
 mod llm;
 mod proxy;
 mod sdk;
+mod users;
 mod vault;

@@ -1,0 +1,242 @@
+//! Human users: creating and disabling them, and checking a password at sign-in.
+//!
+//! Argon2id costs ~19 MiB and tens of milliseconds per check, so [`Passwords`] runs checks
+//! on blocking threads, at most a few at once (a burst of sign-ins queues, briefly, instead
+//! of exhausting memory), and checks an unknown username against a dummy hash so that it
+//! answers exactly like a wrong password — same status, body and time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward_core::audit::{ActorKind, AuditOutcome};
+use keyward_core::id::UserId;
+use keyward_core::user::{User, check_password, validate_username};
+use keyward_core::{Error, ErrorKind, Randomness, label};
+use keyward_crypto::password;
+use secrecy::SecretString;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::app::{Actor, App};
+
+/// How many password hashes run at once.
+pub const HASH_CONCURRENCY: usize = 2;
+/// How long a sign-in waits for a free hashing slot before it is turned away.
+const HASH_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// The capped password hasher.
+#[derive(Debug)]
+pub struct Passwords {
+    slots: Arc<Semaphore>,
+    /// The hash an unknown username is checked against; never matches anything.
+    dummy: String,
+}
+
+impl Passwords {
+    pub fn new(concurrency: usize, random: &dyn Randomness) -> Result<Self, Error> {
+        let mut unguessable = [0u8; 32];
+        random.fill(&mut unguessable);
+        let dummy = password::hash(&SecretString::from(format!("{unguessable:?}")), random)?;
+        Ok(Self {
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            dummy,
+        })
+    }
+
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        let busy = || {
+            Error::new(
+                ErrorKind::Unavailable,
+                "busy",
+                "too many sign-ins at once; try again in a moment",
+            )
+        };
+        tokio::time::timeout(HASH_QUEUE_WAIT, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())
+    }
+
+    pub async fn hash(
+        &self,
+        secret: SecretString,
+        random: Arc<dyn Randomness>,
+    ) -> Result<String, Error> {
+        let _slot = self.slot().await?;
+        tokio::task::spawn_blocking(move || password::hash(&secret, &*random))
+            .await
+            .map_err(|e| Error::internal(format!("password hashing stopped: {e}")))?
+            .map_err(Error::from)
+    }
+
+    /// Whether `secret` matches `phc`; with `None` (no such user) the dummy hash is checked
+    /// and the answer is `false`, in the same time.
+    pub async fn verify(&self, secret: SecretString, phc: Option<String>) -> Result<bool, Error> {
+        let _slot = self.slot().await?;
+        let known = phc.is_some();
+        let phc = phc.unwrap_or_else(|| self.dummy.clone());
+        let matched = tokio::task::spawn_blocking(move || password::verify(&secret, &phc))
+            .await
+            .map_err(|e| Error::internal(format!("password check stopped: {e}")))?;
+        Ok(known && matched)
+    }
+}
+
+fn invalid_credentials() -> Error {
+    Error::new(
+        ErrorKind::Unauthenticated,
+        "invalid_credentials",
+        "the username or password is wrong",
+    )
+}
+
+impl App {
+    /// Creates a user after checking the name and the password policy.
+    pub async fn add_user(
+        &self,
+        actor: &Actor,
+        username: &str,
+        secret: SecretString,
+        role: keyward_core::access::Role,
+    ) -> Result<User, Error> {
+        use secrecy::ExposeSecret;
+        let username = validate_username(username)?;
+        if role == keyward_core::access::Role::Owner
+            && actor.kind != ActorKind::System
+            && actor.role != keyward_core::access::Role::Owner
+        {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                "owner_required",
+                "only an owner may create another owner",
+            ));
+        }
+        check_password(secret.expose_secret(), &username)?;
+        if self.store.user_by_username(&username).await?.is_some() {
+            return Err(Error::conflict(
+                "username_taken",
+                "a user with this name already exists",
+            ));
+        }
+        let password_hash = self.passwords.hash(secret, self.random.clone()).await?;
+        let now = self.now();
+        let user = User {
+            id: UserId::generate(now, &*self.random),
+            username,
+            password_hash,
+            role,
+            disabled: false,
+            created_at: now,
+        };
+        self.create_user(actor, &user).await?;
+        Ok(user)
+    }
+
+    pub async fn users(&self) -> Result<Vec<User>, Error> {
+        self.store.users().await
+    }
+
+    pub async fn user(&self, id: &UserId) -> Result<User, Error> {
+        self.store
+            .user(id)
+            .await?
+            .ok_or_else(|| Error::not_found("user_not_found", format!("there is no user {id}")))
+    }
+
+    /// Disables or re-enables a user. A disabled user cannot sign in.
+    pub async fn set_user_disabled(
+        &self,
+        actor: &Actor,
+        id: &UserId,
+        disabled: bool,
+    ) -> Result<User, Error> {
+        let user = self.user(id).await?;
+        if user.disabled == disabled {
+            return Ok(user);
+        }
+        if disabled && actor.kind == ActorKind::User && actor.id == id.as_str() {
+            return Err(Error::conflict(
+                "cannot_disable_self",
+                "you cannot disable your own account",
+            ));
+        }
+        let action = if disabled {
+            "user.disable"
+        } else {
+            "user.enable"
+        };
+        self.audited(
+            actor,
+            action,
+            format!("user:{id}"),
+            json!({"username": user.username}),
+            self.store.set_user_disabled(id, disabled),
+        )
+        .await?;
+        self.user(id).await
+    }
+
+    /// Checks a username and password. Unknown users, wrong passwords and disabled users get
+    /// the same `invalid_credentials`, in the same time (an unknown name is checked against a
+    /// dummy hash). Every attempt is audited.
+    pub async fn check_sign_in(
+        &self,
+        username: &str,
+        secret: SecretString,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<User, Error> {
+        let user = match validate_username(username) {
+            Ok(name) => self.store.user_by_username(&name).await?,
+            Err(_) => None,
+        };
+        let matched = self
+            .passwords
+            .verify(secret, user.as_ref().map(|u| u.password_hash.clone()))
+            .await?;
+        match user {
+            Some(user) if matched && !user.disabled => {
+                let actor = Actor {
+                    kind: ActorKind::User,
+                    id: user.id.to_string(),
+                    name: user.username.clone(),
+                    role: user.role,
+                    source,
+                };
+                self.record_audit(
+                    &actor,
+                    "auth.login",
+                    Some(format!("user:{}", user.id)),
+                    AuditOutcome::Success,
+                    json!({}),
+                )
+                .await?;
+                Ok(user)
+            }
+            found => {
+                let name: String = label::printable(username).chars().take(64).collect();
+                let actor = Actor {
+                    kind: ActorKind::Anonymous,
+                    id: String::new(),
+                    name,
+                    role: keyward_core::access::Role::Viewer,
+                    source,
+                };
+                // Only the trail says why; the caller hears the same thing every time.
+                let reason = match found {
+                    None => "unknown_user",
+                    Some(u) if u.disabled => "disabled",
+                    Some(_) => "wrong_password",
+                };
+                self.record_audit(
+                    &actor,
+                    "auth.login",
+                    None,
+                    AuditOutcome::Denied,
+                    json!({"reason": reason}),
+                )
+                .await?;
+                Err(invalid_credentials())
+            }
+        }
+    }
+}

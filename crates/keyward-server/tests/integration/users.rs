@@ -1,0 +1,184 @@
+//! Users: the password policy at the API, who may create whom, disabling, and sign-in
+//! checks that answer an unknown user exactly like a wrong password.
+
+use std::time::Instant;
+
+use keyward_core::access::Role;
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::helpers::{Backend, TestApp, assert_error};
+
+const GOOD: &str = "tangerine violin orbit";
+
+#[tokio::test]
+async fn users_are_created_under_the_password_policy_and_disabled_with_a_trail() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let create = |name: &str, password: &str, role: &str| json!({"username": name, "password": password, "role": role});
+    let (status, alice) = app
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            Some(create("alice", GOOD, "key_manager")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{alice}");
+    assert_eq!(alice["role"], "key_manager");
+    assert!(alice.get("password_hash").is_none());
+    for (password, code) in [
+        ("short one", "password_too_short"),
+        ("qwerty123456", "password_common"),
+        ("Password1234!", "password_common"),
+        ("bob loves his garden", "password_contains_name"),
+    ] {
+        assert_error(
+            &app.call(
+                Method::POST,
+                "/api/v1/users",
+                Some(create("bob", password, "viewer")),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+        );
+    }
+    assert_error(
+        &app.call(
+            Method::POST,
+            "/api/v1/users",
+            Some(create("ALICE", GOOD, "viewer")),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "username_taken",
+    );
+    let admin = app.token_with_role(Role::Admin).await;
+    assert_error(
+        &app.call_as(
+            &admin,
+            Method::POST,
+            "/api/v1/users",
+            Some(create("eve", GOOD, "owner")),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "owner_required",
+    );
+    let viewer = app.token_with_role(Role::Viewer).await;
+    assert_error(
+        &app.call_as(
+            &viewer,
+            Method::POST,
+            "/api/v1/users",
+            Some(create("eve", GOOD, "viewer")),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let (status, list) = app.call(Method::GET, "/api/v1/users", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(
+        !list.to_string().contains("argon2"),
+        "no hashes leave the server"
+    );
+
+    let id = alice["id"].as_str().unwrap();
+    let (status, disabled) = app
+        .call(Method::POST, &format!("/api/v1/users/{id}/disable"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(disabled["disabled"], true);
+    let refused = app
+        .app
+        .check_sign_in("alice", SecretString::from(GOOD), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code, "invalid_credentials",
+        "disabled users cannot sign in"
+    );
+    let (_, trail) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/audit?target=user:{id}"),
+            None,
+        )
+        .await;
+    let actions: Vec<&str> = trail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["user.create", "user.disable"]);
+    assert!(
+        !trail.to_string().contains(GOOD),
+        "no password in the trail"
+    );
+}
+
+fn quartiles(mut samples: Vec<f64>) -> (f64, f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    (at(0.25), at(0.5), at(0.75))
+}
+
+/// Unknown user and wrong password: same error, and response times from the same
+/// distribution (an unknown name is checked against a dummy hash). Samples alternate so
+/// machine noise hits both alike; the interquartile ranges must overlap.
+#[tokio::test]
+async fn unknown_users_and_wrong_passwords_are_answered_alike_in_the_same_time() {
+    const SAMPLES: usize = 200;
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    app.app
+        .add_user(
+            &keyward_server::app::Actor::system("test"),
+            "alice",
+            SecretString::from(GOOD),
+            Role::Viewer,
+        )
+        .await
+        .unwrap();
+    let ok = app
+        .app
+        .check_sign_in("alice", SecretString::from(GOOD), None)
+        .await
+        .unwrap();
+    assert_eq!(ok.username, "alice");
+    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+    for i in 0..SAMPLES * 2 {
+        let (name, into) = if i % 2 == 0 {
+            ("mallory", &mut unknown)
+        } else {
+            ("alice", &mut wrong)
+        };
+        let started = Instant::now();
+        let err = app
+            .app
+            .check_sign_in(name, SecretString::from("not the password at all"), None)
+            .await
+            .unwrap_err();
+        into.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(
+            (err.code, err.message.as_str()),
+            ("invalid_credentials", "the username or password is wrong")
+        );
+    }
+    let (u1, um, u3) = quartiles(unknown);
+    let (w1, wm, w3) = quartiles(wrong);
+    eprintln!(
+        "sign-in timing over {SAMPLES} samples each (ms): unknown user q1 {u1:.2} median {um:.2} q3 {u3:.2}; wrong password q1 {w1:.2} median {wm:.2} q3 {w3:.2}"
+    );
+    assert!(u1 <= w3 && w1 <= u3, "interquartile ranges overlap");
+    let (_, denied) = app
+        .call(
+            Method::GET,
+            "/api/v1/audit?action=auth.login&outcome=denied&limit=1000",
+            None,
+        )
+        .await;
+    assert_eq!(denied["events"].as_array().unwrap().len(), SAMPLES * 2);
+}
