@@ -1487,23 +1487,16 @@ async fn audit_tampering_is_found(db: &TestDatabase, store: Arc<dyn Store>) {
     db.execute_raw("UPDATE audit_events SET details = '{\"n\":7}' WHERE seq = 7")
         .await;
 
-    // Reordering: rows 2 and 8 swap places.
-    db.execute_raw("UPDATE audit_events SET seq = 1000 WHERE seq = 2")
-        .await;
-    db.execute_raw("UPDATE audit_events SET seq = 2 WHERE seq = 8")
-        .await;
-    db.execute_raw("UPDATE audit_events SET seq = 8 WHERE seq = 1000")
-        .await;
+    // Reordering: rows 2 and 8 swap places (and back).
+    let swap = "UPDATE audit_events SET seq = 1000 WHERE seq = 2; \
+                UPDATE audit_events SET seq = 2 WHERE seq = 8; \
+                UPDATE audit_events SET seq = 8 WHERE seq = 1000";
+    db.execute_raw(swap).await;
     assert_eq!(
         verify_stored(store.as_ref()).await.first_broken,
         broken(2, BreakKind::Altered)
     );
-    db.execute_raw("UPDATE audit_events SET seq = 1000 WHERE seq = 2")
-        .await;
-    db.execute_raw("UPDATE audit_events SET seq = 2 WHERE seq = 8")
-        .await;
-    db.execute_raw("UPDATE audit_events SET seq = 8 WHERE seq = 1000")
-        .await;
+    db.execute_raw(swap).await;
     assert!(verify_stored(store.as_ref()).await.ok, "order restored");
 
     db.execute_raw("DELETE FROM audit_events WHERE seq = 10")
