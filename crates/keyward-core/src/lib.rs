@@ -51,6 +51,7 @@ pub mod master_key;
 pub mod ports;
 pub mod secret;
 pub mod service;
+pub mod session;
 pub mod token;
 pub mod usage;
 pub mod user;

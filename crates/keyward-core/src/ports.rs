@@ -17,6 +17,7 @@ use crate::id::{AppTokenId, KeyId, TokenId, UserId};
 use crate::key::{Key, KeyFilter, KeyVersion, Page, PageRequest, SealedSecret};
 use crate::master_key::{KekUsage, MasterKeyRecord};
 use crate::service::{Category, Environment, ServiceDefinition};
+use crate::session::Session;
 use crate::token::ManagementToken;
 use crate::usage::{HourlyUse, KeyFlag, PoolSetting, UsageBucket, UsageQuery, UsageRecord};
 use crate::user::User;
@@ -194,6 +195,28 @@ pub trait VaultStore: Send + Sync {
     async fn replace_setting(&self, name: &str, expected: &str, value: &str) -> Result<bool>;
 }
 
+/// Sign-in sessions.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn insert_session(&self, session: &Session) -> Result<()>;
+    async fn session(&self, public_id: &str) -> Result<Option<Session>>;
+    /// Moves `last_seen_at` forward (never back).
+    async fn touch_session(&self, public_id: &str, at: Timestamp) -> Result<()>;
+    async fn set_session_mfa(&self, public_id: &str, at: Timestamp) -> Result<()>;
+    /// Returns whether it existed.
+    async fn delete_session(&self, public_id: &str) -> Result<bool>;
+    /// Ends every session of one user; returns how many.
+    async fn delete_user_sessions(&self, user_id: &UserId) -> Result<u64>;
+    /// Sessions not yet past their absolute end, newest first.
+    async fn sessions(&self, now: Timestamp) -> Result<Vec<Session>>;
+    /// Deletes sessions whose absolute end or idle limit has passed; returns how many.
+    async fn prune_sessions(
+        &self,
+        expired_before: Timestamp,
+        idle_before: Timestamp,
+    ) -> Result<u64>;
+}
+
 /// The audit trail: append-only, hash-chained, with signed checkpoints.
 #[async_trait]
 pub trait AuditStore: Send + Sync {
@@ -220,6 +243,7 @@ pub trait Store:
     + VaultStore
     + UsageStore
     + AuditStore
+    + SessionStore
     + std::fmt::Debug
 {
     /// `sqlite` or `postgres`.

@@ -14,6 +14,8 @@ use subtle::ConstantTimeEq;
 
 /// Prefix of management API tokens.
 pub const MANAGEMENT_PREFIX: &str = "kwm";
+/// Prefix of session tokens (the sign-in cookie).
+pub const SESSION_PREFIX: &str = "kws";
 /// Prefix of app tokens (what applications present to the proxy).
 pub const APP_PREFIX: &str = "kwp";
 const PUBLIC_ID_LEN: usize = 12;
@@ -50,6 +52,23 @@ pub fn issue(prefix: &str, random: &dyn Randomness) -> IssuedToken {
         token: SecretString::from(format!("{prefix}_{public_id}_{}", secret.as_str())),
         public_id,
     }
+}
+
+/// A random 256-bit secret (base64url) and its SHA-256, for values shown once and checked
+/// later (e.g. a session's CSRF token).
+pub fn random_secret(random: &dyn Randomness) -> (SecretString, Vec<u8>) {
+    let mut bytes = zeroize::Zeroizing::new([0u8; SECRET_BYTES]);
+    random.fill(bytes.as_mut());
+    let secret = zeroize::Zeroizing::new(URL_SAFE_NO_PAD.encode(bytes.as_ref()));
+    (
+        SecretString::from(secret.as_str().to_owned()),
+        hash_secret(&secret),
+    )
+}
+
+/// Whether `presented` is the secret whose hash is `stored_hash` (constant time).
+pub fn secret_matches(presented: &str, stored_hash: &[u8]) -> bool {
+    hash_secret(presented).ct_eq(stored_hash).into()
 }
 
 /// Splits a presented token; `None` if it does not have this prefix's shape.

@@ -116,6 +116,7 @@ fn seed(rt: &tokio::runtime::Runtime, db: &TestDatabase) -> (Arc<App>, KeyId) {
         recovery_window: RecoveryWindow::default(),
         usage_retention_days: keyward_server::config::USAGE_RETENTION_DAYS_DEFAULT,
         pricing: keyward_core::usage::PricingTable::default(),
+        ..AppOptions::default()
     };
     let app = App::new(
         vault,

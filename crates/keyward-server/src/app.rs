@@ -72,6 +72,9 @@ pub struct App {
     pub recovery_window: RecoveryWindow,
     /// Usage records older than this many days are pruned (hourly sums are kept).
     pub usage_retention_days: u16,
+    pub session_policy: keyward_core::session::SessionPolicy,
+    /// Whether the session cookie is `Secure` (served over HTTPS).
+    pub secure_cookies: bool,
     builtin: Vec<ServiceDefinition>,
     /// This server's own Prometheus recorder (never the process-global one).
     pub metrics: crate::metrics::Metrics,
@@ -83,6 +86,8 @@ pub struct AppOptions {
     pub recovery_window: RecoveryWindow,
     pub usage_retention_days: u16,
     pub pricing: PricingTable,
+    pub sessions: keyward_core::session::SessionPolicy,
+    pub secure_cookies: bool,
 }
 
 impl AppOptions {
@@ -91,6 +96,8 @@ impl AppOptions {
             recovery_window: settings.recovery_window,
             usage_retention_days: settings.usage_retention_days,
             pricing: settings.pricing.clone(),
+            sessions: settings.sessions,
+            secure_cookies: settings.secure_cookies,
         }
     }
 }
@@ -129,6 +136,8 @@ impl App {
             random,
             recovery_window: options.recovery_window,
             usage_retention_days: options.usage_retention_days,
+            session_policy: options.sessions,
+            secure_cookies: options.secure_cookies,
             builtin: builtin_services()?,
             metrics: crate::metrics::Metrics::default(),
         })

@@ -34,6 +34,9 @@ const KNOWN_KEYS: &[&str] = &[
     "usage_retention_days",
     "audit_checkpoint_seconds",
     "audit_webhook_url",
+    "session_idle_minutes",
+    "session_absolute_hours",
+    "secure_cookies",
     "pricing_file",
     "log_format",
     "log",
@@ -129,6 +132,24 @@ pub struct RawSettings {
     pub audit_checkpoint_seconds: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_webhook_url: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub session_idle_minutes: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub session_absolute_hours: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub secure_cookies: Option<String>,
     /// A TOML file of `[[price]]` entries laid over the built-in LLM price table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing_file: Option<PathBuf>,
@@ -225,6 +246,10 @@ pub struct Settings {
     pub audit_checkpoint_every: std::time::Duration,
     /// Where every audit entry is also POSTed, as JSON Lines (at least once, in order).
     pub audit_webhook_url: Option<SecretString>,
+    pub sessions: keyward_core::session::SessionPolicy,
+    /// Mark the session cookie `Secure` (and name it `__Host-kw_session`): set when users
+    /// reach Keyward over HTTPS (directly or through a TLS-terminating proxy).
+    pub secure_cookies: bool,
     /// LLM prices: the built-in table plus `pricing_file`.
     pub pricing: PricingTable,
     pub log_format: LogFormat,
@@ -531,6 +556,32 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
             Some(SecretString::from(url))
         }
     };
+    let sessions = keyward_core::session::SessionPolicy {
+        idle: jiff::SignedDuration::from_mins(i64::from(bounded(
+            "session_idle_minutes",
+            "minutes",
+            raw.session_idle_minutes.as_deref(),
+            1..=1440u32,
+            30,
+        )?)),
+        absolute: jiff::SignedDuration::from_hours(i64::from(bounded(
+            "session_absolute_hours",
+            "hours",
+            raw.session_absolute_hours.as_deref(),
+            1..=720u32,
+            12,
+        )?)),
+    };
+    let secure_cookies = match raw.secure_cookies.as_deref().map(str::trim) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "secure_cookies must be true or false, not `{}`",
+                keyward_core::label::printable(other)
+            )));
+        }
+    };
     let pricing = PricingTable::builtin().map_err(|e| ConfigError(e.message))?;
     let pricing = match &raw.pricing_file {
         None => pricing,
@@ -564,6 +615,8 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         usage_retention_days,
         audit_checkpoint_every,
         audit_webhook_url,
+        sessions,
+        secure_cookies,
         pricing,
         log_format,
         log: raw.log.unwrap_or_else(|| "info".to_owned()),

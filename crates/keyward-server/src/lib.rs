@@ -11,5 +11,6 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod server;
+pub mod sessions;
 pub mod users;
 pub mod vault;

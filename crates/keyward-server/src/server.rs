@@ -242,6 +242,9 @@ async fn purge_loop(app: Arc<App>) {
         if let Err(e) = app.purge_expired().await {
             tracing::warn!(error = %e, "scheduled purge failed; will retry");
         }
+        if let Err(e) = app.prune_sessions().await {
+            tracing::warn!(error = %e, "pruning ended sessions failed; will retry");
+        }
         if let Err(e) = app.prune_usage().await {
             tracing::warn!(error = %e, "pruning old usage records failed; will retry");
         }

@@ -173,6 +173,9 @@ impl App {
             self.store.set_user_disabled(id, disabled),
         )
         .await?;
+        if disabled {
+            self.end_user_sessions(actor, id, "user_disabled").await?;
+        }
         self.user(id).await
     }
 
@@ -195,13 +198,7 @@ impl App {
             .await?;
         match user {
             Some(user) if matched && !user.disabled => {
-                let actor = Actor {
-                    kind: ActorKind::User,
-                    id: user.id.to_string(),
-                    name: user.username.clone(),
-                    role: user.role,
-                    source,
-                };
+                let actor = Actor::for_user(&user, source);
                 self.record_audit(
                     &actor,
                     "auth.login",

@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit",
         include_str!("../migrations/postgres/0004_audit.sql"),
     ),
+    (
+        5,
+        "sessions",
+        include_str!("../migrations/postgres/0005_sessions.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

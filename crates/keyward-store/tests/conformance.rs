@@ -18,6 +18,7 @@ use keyward_core::master_key::MasterKeyRecord;
 use keyward_core::ports::Store;
 use keyward_core::service::{Category, Environment};
 use keyward_core::service::{Limit, LimitUnit};
+use keyward_core::session::Session;
 use keyward_core::token::ManagementToken;
 use keyward_core::usage::{
     CacheOutcome, Granularity, HourlyUse, KeyFlag, KeyFlagKind, Outcome, PoolSetting, PoolStrategy,
@@ -1522,6 +1523,75 @@ async fn audit_tampering_is_found(db: &TestDatabase, store: Arc<dyn Store>) {
     );
 }
 
+async fn sessions_round_trip_touch_forward_and_end(store: Arc<dyn Store>) {
+    let r = rng();
+    let user = User {
+        id: UserId::generate(ts(1), &r),
+        username: "kim".into(),
+        password_hash: "$argon2id$…".into(),
+        role: Role::Viewer,
+        disabled: false,
+        created_at: ts(1),
+    };
+    store.insert_user(&user).await.expect("user");
+    let session = |id: &str, expires: i64| Session {
+        public_id: id.into(),
+        secret_hash: vec![1, 2, 3],
+        csrf_hash: vec![4, 5, 6],
+        user_id: user.id.clone(),
+        created_at: ts(10),
+        last_seen_at: ts(10),
+        expires_at: ts(expires),
+        mfa_at: None,
+        source: Some("192.0.2.1".into()),
+    };
+    store
+        .insert_session(&session("aaa", 1_000))
+        .await
+        .expect("a");
+    store
+        .insert_session(&session("bbb", 2_000))
+        .await
+        .expect("b");
+    assert_eq!(
+        store.session("aaa").await.expect("get"),
+        Some(session("aaa", 1_000))
+    );
+    store.touch_session("aaa", ts(50)).await.expect("touch");
+    store
+        .touch_session("aaa", ts(20))
+        .await
+        .expect("touch back");
+    store.set_session_mfa("aaa", ts(55)).await.expect("mfa");
+    let a = store.session("aaa").await.expect("get").expect("some");
+    assert_eq!((a.last_seen_at, a.mfa_at), (ts(50), Some(ts(55))));
+    let live: Vec<String> = store
+        .sessions(ts(1_500))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.public_id)
+        .collect();
+    assert_eq!(live, ["bbb"]);
+    // Pruned: past its absolute end, or idle since before the cut-off.
+    assert_eq!(
+        store.prune_sessions(ts(1_500), ts(0)).await.expect("prune"),
+        1
+    );
+    assert!(store.delete_session("bbb").await.expect("delete"));
+    assert!(!store.delete_session("bbb").await.expect("again"));
+    store
+        .insert_session(&session("ccc", 3_000))
+        .await
+        .expect("c");
+    store
+        .insert_session(&session("ddd", 3_000))
+        .await
+        .expect("d");
+    assert_eq!(store.delete_user_sessions(&user.id).await.expect("all"), 2);
+    assert_eq!(store.session("ccc").await.expect("get"), None);
+}
+
 macro_rules! conformance {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -1577,6 +1647,7 @@ conformance_with_db!(audit_tampering_is_found);
 
 conformance!(
     audit_appends_are_numbered_chained_and_filtered,
+    sessions_round_trip_touch_forward_and_end,
     migrations_are_idempotent,
     keys_round_trip_with_their_first_version,
     batch_inserts_are_all_or_nothing,

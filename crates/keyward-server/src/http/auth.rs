@@ -23,6 +23,8 @@ use crate::app::{Actor, App};
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub actor: Actor,
+    /// The session, when the caller signed in (rather than sending a token).
+    pub session: Option<keyward_core::session::Session>,
 }
 
 /// Compile-time name of a permission, for use in handler signatures.
@@ -56,6 +58,18 @@ pub mod perm {
         UsersRead,
         UsersWrite
     );
+}
+
+/// Any authenticated caller, whatever their role (for signing out and "who am I").
+#[derive(Debug)]
+pub struct SignedIn(pub Caller);
+
+impl FromRequestParts<Arc<App>> for SignedIn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        authenticate(parts, app).await.map(Self)
+    }
 }
 
 /// Proof that the caller holds permission `P`.
@@ -109,11 +123,16 @@ impl<P: RequiredPermission> FromRequestParts<Arc<App>> for Authorized<P> {
 
 async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
     let source = source_of(parts);
+    if !parts.headers.contains_key(AUTHORIZATION)
+        && let Some(cookie) = session_cookie(parts, app.secure_cookies)
+    {
+        return authenticate_session(parts, app, cookie, source).await;
+    }
     let unauthenticated =
         |message: &str| Error::new(ErrorKind::Unauthenticated, "unauthenticated", message);
     let presented = match parts.headers.get(AUTHORIZATION) {
         None => Err(unauthenticated(
-            "send a management token as `Authorization: Bearer kwm_…`",
+            "sign in, or send a management token as `Authorization: Bearer kwm_…`",
         )),
         Some(header) => header
             .to_str()
@@ -140,19 +159,13 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
                 role: record.role,
                 source,
             },
+            session: None,
         }),
         Err(e) => {
             // A request that presented nothing is not worth an entry; a wrong credential is.
             if parts.headers.contains_key(AUTHORIZATION) && e.kind == ErrorKind::Unauthenticated {
-                let actor = Actor {
-                    kind: ActorKind::Anonymous,
-                    id: String::new(),
-                    name: "anonymous".into(),
-                    role: keyward_core::access::Role::Viewer,
-                    source,
-                };
                 app.record_audit(
-                    &actor,
+                    &anonymous(source),
                     "auth.token",
                     None,
                     AuditOutcome::Denied,
@@ -162,6 +175,108 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
             }
             Err(e.into())
         }
+    }
+}
+
+fn anonymous(source: Option<std::net::IpAddr>) -> Actor {
+    Actor {
+        kind: ActorKind::Anonymous,
+        id: String::new(),
+        name: "anonymous".into(),
+        role: keyward_core::access::Role::Viewer,
+        source,
+    }
+}
+
+/// The session cookie's name: `__Host-` (Secure, whole host, path `/`) over HTTPS.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "__Host-kw_session"
+    } else {
+        "kw_session"
+    }
+}
+
+fn session_cookie(parts: &Parts, secure: bool) -> Option<&str> {
+    let name = cookie_name(secure);
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A session cookie authenticates only same-origin requests, and a state-changing one only
+/// with the session's CSRF token in `X-CSRF-Token` (synchronizer token), after the
+/// browser's own `Sec-Fetch-Site` and `Origin` say it came from this site.
+async fn authenticate_session(
+    parts: &Parts,
+    app: &App,
+    cookie: &str,
+    source: Option<std::net::IpAddr>,
+) -> Result<Caller, ApiError> {
+    let (session, user) = match app.session_user(cookie).await {
+        Ok(found) => found,
+        Err(e) => {
+            if e.kind == ErrorKind::Unauthenticated {
+                app.record_audit(
+                    &anonymous(source),
+                    "auth.session",
+                    None,
+                    AuditOutcome::Denied,
+                    serde_json::json!({"error": e.code, "path": parts.uri.path()}),
+                )
+                .await?;
+            }
+            return Err(e.into());
+        }
+    };
+    let actor = Actor::for_user(&user, source);
+    if !parts.method.is_safe()
+        && let Some(problem) = csrf_problem(parts, &session)
+    {
+        app.record_refusal(
+                &actor,
+                "access.csrf",
+                serde_json::json!({"problem": problem, "method": parts.method.as_str(), "path": parts.uri.path()}),
+            )
+            .await?;
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            "csrf_failed",
+            format!("request refused: {problem}"),
+        )
+        .into());
+    }
+    Ok(Caller {
+        actor,
+        session: Some(session),
+    })
+}
+
+/// Why a state-changing cookie request is not trusted, if it is not.
+fn csrf_problem(parts: &Parts, session: &keyward_core::session::Session) -> Option<&'static str> {
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site")
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Some("it came from another site (Sec-Fetch-Site)");
+    }
+    if let Some(origin) = header("origin") {
+        let host = header("host").unwrap_or_default();
+        let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+        if origin_host != host {
+            return Some("its Origin is not this server");
+        }
+    }
+    match header("x-csrf-token") {
+        None => Some("the X-CSRF-Token header is missing"),
+        Some(token) if !App::csrf_matches(session, token) => Some("the CSRF token is wrong"),
+        Some(_) => None,
     }
 }
 

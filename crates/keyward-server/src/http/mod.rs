@@ -26,8 +26,9 @@ pub mod error;
 pub mod extract;
 mod keys;
 mod proxy;
+mod sessions;
 mod usage;
-mod users;
+pub(crate) mod users;
 
 use error::ApiError;
 
@@ -48,13 +49,16 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         keys::clear_key_flag, usage::usage, usage::list_pools, usage::set_pool,
         audit::list_audit, audit::export_audit, audit::verify_audit,
         users::create_user, users::list_users, users::get_user, users::disable_user, users::enable_user,
+        sessions::sign_in, sessions::sign_out, sessions::sign_out_everywhere, sessions::who_am_i,
+        sessions::list_sessions, sessions::end_session,
     ),
     modifiers(&BearerAuth),
     tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
         (name = "app-tokens", description = "Credentials applications present to the proxy"),
         (name = "usage", description = "Metered calls through the proxy"),
         (name = "audit", description = "The tamper-evident audit trail"),
-        (name = "users", description = "People who sign in"))
+        (name = "users", description = "People who sign in"),
+        (name = "auth", description = "Signing in and out; sessions"))
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -124,6 +128,12 @@ pub fn router(app: Arc<App>) -> Router {
             "/app-tokens/{id}/revoke",
             post(app_tokens::revoke_app_token),
         )
+        .route("/auth/login", post(sessions::sign_in))
+        .route("/auth/logout", post(sessions::sign_out))
+        .route("/auth/logout-all", post(sessions::sign_out_everywhere))
+        .route("/auth/session", get(sessions::who_am_i))
+        .route("/sessions", get(sessions::list_sessions))
+        .route("/sessions/{id}", delete(sessions::end_session))
         .route("/users", get(users::list_users).post(users::create_user))
         .route("/users/{id}", get(users::get_user))
         .route("/users/{id}/disable", post(users::disable_user))

@@ -22,5 +22,6 @@ mod leaks;
 mod llm;
 mod proxy;
 mod sdk;
+mod sessions;
 mod users;
 mod vault;

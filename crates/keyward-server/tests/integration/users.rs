@@ -113,7 +113,7 @@ async fn users_are_created_under_the_password_policy_and_disabled_with_a_trail()
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    assert_eq!(actions, ["user.create", "user.disable"]);
+    assert_eq!(actions, ["user.create", "user.disable", "session.end_all"]);
     assert!(
         !trail.to_string().contains(GOOD),
         "no password in the trail"

@@ -1,0 +1,206 @@
+//! `/api/v1/auth/…` (sign in and out) and `/api/v1/sessions` (admins see and end sessions).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
+use keyward_core::session::Session;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::{Authorized, SignedIn, cookie_name, perm};
+use super::error::{ApiResult, ErrorBody};
+use super::extract::{ApiJson, ApiPath};
+use super::users::UserBody;
+use crate::app::App;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignInRequest {
+    pub username: String,
+    #[schema(value_type = String)]
+    pub password: SecretString,
+}
+
+impl std::fmt::Debug for SignInRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignInRequest")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignedInBody {
+    pub user: UserBody,
+    pub session: SessionBody,
+    /// Send as `X-CSRF-Token` with every state-changing request; shown only here.
+    pub csrf_token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionBody {
+    pub id: String,
+    pub user_id: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub last_seen_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub mfa_at: Option<Timestamp>,
+    pub source: Option<String>,
+}
+
+impl From<Session> for SessionBody {
+    fn from(s: Session) -> Self {
+        Self {
+            id: s.public_id,
+            user_id: s.user_id.to_string(),
+            created_at: s.created_at,
+            last_seen_at: s.last_seen_at,
+            expires_at: s.expires_at,
+            mfa_at: s.mfa_at,
+            source: s.source,
+        }
+    }
+}
+
+/// `HttpOnly; SameSite=Strict; Path=/` always, `Secure` over HTTPS.
+fn set_cookie(
+    app: &App,
+    value: &str,
+    max_age_secs: i64,
+) -> Result<HeaderValue, keyward_core::Error> {
+    let secure = if app.secure_cookies { "; Secure" } else { "" };
+    let mut header = HeaderValue::try_from(format!(
+        "{}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age_secs}{secure}",
+        cookie_name(app.secure_cookies)
+    ))
+    .map_err(|_| keyward_core::Error::internal("cannot build the session cookie"))?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+/// Signs in with a username and password; answers with a session cookie and the CSRF
+/// token. A wrong password, an unknown user and a disabled user get the same answer.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = SignInRequest,
+    responses((status = 200, body = SignedInBody), (status = 401, body = ErrorBody)))]
+pub async fn sign_in(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ApiJson(req): ApiJson<SignInRequest>,
+) -> ApiResult<Response> {
+    let signed = app
+        .sign_in(&req.username, req.password, Some(peer.ip()))
+        .await?;
+    let cookie = set_cookie(
+        &app,
+        signed.token.expose_secret(),
+        app.session_policy.absolute.as_secs(),
+    )?;
+    let body = SignedInBody {
+        user: signed.user.into(),
+        csrf_token: signed.csrf.expose_secret().to_owned(),
+        session: signed.session.into(),
+    };
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+fn cleared(app: &App, mut response: Response) -> ApiResult<Response> {
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(app, "", 0)?);
+    Ok(response)
+}
+
+fn needs_session(caller: &super::auth::Caller) -> Result<&Session, keyward_core::Error> {
+    caller.session.as_ref().ok_or_else(|| {
+        keyward_core::Error::invalid("no_session", "this request was not made with a session")
+    })
+}
+
+/// Ends this session.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn sign_out(
+    SignedIn(caller): SignedIn,
+    State(app): State<Arc<App>>,
+) -> ApiResult<Response> {
+    app.sign_out(&caller.actor, needs_session(&caller)?).await?;
+    cleared(&app, StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndedBody {
+    pub ended: u64,
+}
+
+/// Ends every session of the signed-in user, on every device.
+#[utoipa::path(post, path = "/api/v1/auth/logout-all", tag = "auth",
+    responses((status = 200, body = EndedBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn sign_out_everywhere(
+    SignedIn(caller): SignedIn,
+    State(app): State<Arc<App>>,
+) -> ApiResult<Response> {
+    let session = needs_session(&caller)?;
+    let ended = app
+        .end_user_sessions(&caller.actor, &session.user_id, "sign_out_everywhere")
+        .await?;
+    cleared(&app, Json(EndedBody { ended }).into_response())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhoAmIBody {
+    pub kind: String,
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub session: Option<SessionBody>,
+}
+
+/// Who the caller is: a signed-in user (with the session) or a management token.
+#[utoipa::path(get, path = "/api/v1/auth/session", tag = "auth",
+    responses((status = 200, body = WhoAmIBody), (status = 401, body = ErrorBody)))]
+pub async fn who_am_i(SignedIn(caller): SignedIn) -> Json<WhoAmIBody> {
+    Json(WhoAmIBody {
+        kind: caller.actor.kind.as_str().to_owned(),
+        id: caller.actor.id,
+        name: caller.actor.name,
+        role: caller.actor.role.to_string(),
+        session: caller.session.map(SessionBody::from),
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "auth",
+    responses((status = 200, body = Vec<SessionBody>)), security(("bearer" = [])))]
+pub async fn list_sessions(
+    _auth: Authorized<perm::UsersRead>,
+    State(app): State<Arc<App>>,
+) -> ApiResult<Json<Vec<SessionBody>>> {
+    Ok(Json(
+        app.sessions()
+            .await?
+            .into_iter()
+            .map(SessionBody::from)
+            .collect(),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "auth", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn end_session(
+    auth: Authorized<perm::UsersWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    app.end_session(auth.actor(), &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,211 @@
+//! Sign-in sessions as use cases: sign in (a fresh session every time), resolve a cookie to
+//! its user, sign out here or everywhere, and let admins list and end sessions.
+
+use keyward_core::audit::{ActorKind, AuditOutcome};
+use keyward_core::id::UserId;
+use keyward_core::session::Session;
+use keyward_core::user::User;
+use keyward_core::{Error, ErrorKind, Timestamp};
+use keyward_crypto::token;
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::app::{Actor, App};
+
+/// What a successful sign-in hands to the browser, once.
+#[derive(Debug)]
+pub struct NewSession {
+    pub session: Session,
+    pub user: User,
+    /// The cookie's value.
+    pub token: SecretString,
+    /// Echo as `X-CSRF-Token` on every state-changing request.
+    pub csrf: SecretString,
+}
+
+/// `last_seen_at` is written at most this often per session.
+const TOUCH_EVERY_SECS: i128 = 60;
+
+fn session_ended() -> Error {
+    Error::new(
+        ErrorKind::Unauthenticated,
+        "session_expired",
+        "the session has ended; sign in again",
+    )
+}
+
+impl App {
+    /// Checks the credentials and opens a new session (never reusing an old id).
+    pub async fn sign_in(
+        &self,
+        username: &str,
+        secret: SecretString,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<NewSession, Error> {
+        let user = self.check_sign_in(username, secret, source).await?;
+        let now = self.now();
+        let issued = token::issue(token::SESSION_PREFIX, &*self.random);
+        let (csrf, csrf_hash) = token::random_secret(&*self.random);
+        let session = Session {
+            public_id: issued.public_id,
+            secret_hash: issued.secret_hash,
+            csrf_hash,
+            user_id: user.id.clone(),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now
+                .checked_add(self.session_policy.absolute)
+                .unwrap_or(Timestamp::MAX),
+            mfa_at: None,
+            source: source.map(|ip| ip.to_string()),
+        };
+        let actor = Actor::for_user(&user, source);
+        self.audited(
+            &actor,
+            "session.create",
+            format!("session:{}", session.public_id),
+            json!({"expires_at": session.expires_at.to_string()}),
+            self.store.insert_session(&session),
+        )
+        .await?;
+        Ok(NewSession {
+            session,
+            user,
+            token: issued.token,
+            csrf,
+        })
+    }
+
+    /// The live session and its user for a cookie value, or `session_expired` /
+    /// `unauthenticated`. Ends sessions that ran out or whose user was disabled.
+    pub async fn session_user(&self, presented: &str) -> Result<(Session, User), Error> {
+        let invalid = || {
+            Error::new(
+                ErrorKind::Unauthenticated,
+                "unauthenticated",
+                "the session cookie is not valid; sign in again",
+            )
+        };
+        let parsed = token::parse(token::SESSION_PREFIX, presented).ok_or_else(invalid)?;
+        let session = self
+            .store
+            .session(&parsed.public_id)
+            .await?
+            .filter(|s| parsed.matches(&s.secret_hash))
+            .ok_or_else(invalid)?;
+        let now = self.now();
+        if !session.alive_at(now, &self.session_policy) {
+            self.store.delete_session(&session.public_id).await?;
+            return Err(session_ended());
+        }
+        let user = match self.store.user(&session.user_id).await? {
+            Some(user) if !user.disabled => user,
+            _ => {
+                self.store.delete_session(&session.public_id).await?;
+                return Err(session_ended());
+            }
+        };
+        if now.duration_since(session.last_seen_at).as_secs() as i128 >= TOUCH_EVERY_SECS {
+            self.store.touch_session(&session.public_id, now).await?;
+        }
+        Ok((session, user))
+    }
+
+    /// Whether `presented` is this session's CSRF token.
+    pub fn csrf_matches(session: &Session, presented: &str) -> bool {
+        token::secret_matches(presented, &session.csrf_hash)
+    }
+
+    pub async fn sign_out(&self, actor: &Actor, session: &Session) -> Result<(), Error> {
+        self.audited(
+            actor,
+            "session.end",
+            format!("session:{}", session.public_id),
+            json!({"reason": "sign_out"}),
+            self.store.delete_session(&session.public_id),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Ends every session of `user_id` (sign out everywhere, disabling, MFA reset).
+    pub async fn end_user_sessions(
+        &self,
+        actor: &Actor,
+        user_id: &UserId,
+        reason: &str,
+    ) -> Result<u64, Error> {
+        self.audited(
+            actor,
+            "session.end_all",
+            format!("user:{user_id}"),
+            json!({"reason": reason}),
+            self.store.delete_user_sessions(user_id),
+        )
+        .await
+    }
+
+    pub async fn sessions(&self) -> Result<Vec<Session>, Error> {
+        let now = self.now();
+        Ok(self
+            .store
+            .sessions(now)
+            .await?
+            .into_iter()
+            .filter(|s| s.alive_at(now, &self.session_policy))
+            .collect())
+    }
+
+    /// An admin ends someone's session.
+    pub async fn end_session(&self, actor: &Actor, public_id: &str) -> Result<(), Error> {
+        let ended = self
+            .audited(
+                actor,
+                "session.end",
+                format!("session:{public_id}"),
+                json!({"reason": "ended_by_admin"}),
+                self.store.delete_session(public_id),
+            )
+            .await?;
+        if ended {
+            Ok(())
+        } else {
+            Err(Error::not_found(
+                "session_not_found",
+                "there is no such session",
+            ))
+        }
+    }
+
+    /// Deletes sessions past their limits; run periodically.
+    pub async fn prune_sessions(&self) -> Result<u64, Error> {
+        let now = self.now();
+        let idle_before = now
+            .checked_sub(self.session_policy.idle)
+            .unwrap_or(Timestamp::MIN);
+        self.store.prune_sessions(now, idle_before).await
+    }
+
+    /// Records a refused request made with a session cookie (e.g. a CSRF failure).
+    pub async fn record_refusal(
+        &self,
+        actor: &Actor,
+        action: &str,
+        details: serde_json::Value,
+    ) -> Result<(), Error> {
+        self.record_audit(actor, action, None, AuditOutcome::Denied, details)
+            .await
+    }
+}
+
+impl Actor {
+    pub fn for_user(user: &User, source: Option<std::net::IpAddr>) -> Self {
+        Self {
+            kind: ActorKind::User,
+            id: user.id.to_string(),
+            name: user.username.clone(),
+            role: user.role,
+            source,
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Signing in with a password: the cookie, CSRF protection on every state-changing
+//! request, signing out here and everywhere, admins ending sessions, and disabled users.
+
+use keyward_core::access::Role;
+use reqwest::header::{COOKIE, SET_COOKIE};
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, assert_error};
+
+const PASSWORD: &str = "tangerine violin orbit";
+
+struct Browser {
+    cookie: String,
+    csrf: String,
+    session_id: String,
+}
+
+async fn add_user(app: &TestApp, name: &str, role: Role) -> String {
+    app.app
+        .add_user(
+            &keyward_server::app::Actor::system("test"),
+            name,
+            SecretString::from(PASSWORD),
+            role,
+        )
+        .await
+        .unwrap()
+        .id
+        .to_string()
+}
+
+async fn sign_in(
+    app: &TestApp,
+    name: &str,
+    password: &str,
+) -> Result<Browser, (StatusCode, Value)> {
+    let response = app
+        .client
+        .post(format!("{}/api/v1/auth/login", app.base))
+        .json(&json!({"username": name, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let set_cookie = response
+        .headers()
+        .get(SET_COOKIE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status != StatusCode::OK {
+        assert!(set_cookie.is_none(), "no cookie for a failed sign-in");
+        return Err((status, body));
+    }
+    let set_cookie = set_cookie.unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    Ok(Browser {
+        cookie: set_cookie.split(';').next().unwrap().to_owned(),
+        csrf: body["csrf_token"].as_str().unwrap().to_owned(),
+        session_id: body["session"]["id"].as_str().unwrap().to_owned(),
+    })
+}
+
+async fn whoami(app: &TestApp, b: &Browser) -> (StatusCode, Value) {
+    browse(
+        app,
+        b,
+        Method::GET,
+        "/api/v1/auth/session",
+        None,
+        None,
+        None,
+    )
+    .await
+}
+
+/// A request with the browser's cookie; `csrf` and `site` say which protections it carries.
+async fn browse(
+    app: &TestApp,
+    b: &Browser,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    csrf: Option<&str>,
+    site: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut request = app
+        .client
+        .request(method, format!("{}{path}", app.base))
+        .header(COOKIE, &b.cookie);
+    if let Some(csrf) = csrf {
+        request = request.header("x-csrf-token", csrf);
+    }
+    if let Some(site) = site {
+        request = request.header("sec-fetch-site", site);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_session_cookie_works_only_with_its_csrf_token_from_this_site() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    add_user(&app, "kim", Role::KeyManager).await;
+    let wrong = sign_in(&app, "kim", "not the password at all")
+        .await
+        .err()
+        .unwrap();
+    let unknown = sign_in(&app, "nobody", "not the password at all")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(wrong, unknown, "same status and body for both");
+    assert_error(&wrong, StatusCode::UNAUTHORIZED, "invalid_credentials");
+
+    let b = sign_in(&app, "kim", PASSWORD).await.unwrap();
+    let (status, me) = browse(
+        &app,
+        &b,
+        Method::GET,
+        "/api/v1/auth/session",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (me["kind"].as_str(), me["name"].as_str()),
+        (Some("user"), Some("kim"))
+    );
+    // Reading needs no CSRF token; changing does.
+    let (status, _) = browse(&app, &b, Method::GET, "/api/v1/keys", None, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let env = json!({"id": "qa", "name": "QA"});
+    let cases = [
+        (None, Some("same-origin")),
+        (Some("forged-token"), Some("same-origin")),
+        (Some(b.csrf.as_str()), Some("cross-site")),
+    ];
+    for (csrf, site) in cases {
+        let refused = browse(
+            &app,
+            &b,
+            Method::POST,
+            "/api/v1/app-tokens",
+            Some(json!({"name": "x", "services": ["openai"], "environments": ["production"]})),
+            csrf,
+            site,
+        )
+        .await;
+        assert_error(&refused, StatusCode::FORBIDDEN, "csrf_failed");
+    }
+    let (_, tokens) = app.call(Method::GET, "/api/v1/app-tokens", None).await;
+    assert_eq!(tokens.as_array().unwrap().len(), 0, "nothing was created");
+    let (status, created) = browse(
+        &app,
+        &b,
+        Method::POST,
+        "/api/v1/app-tokens",
+        Some(json!({"name": "x", "services": ["openai"], "environments": ["production"]})),
+        Some(&b.csrf),
+        Some("same-origin"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    // The role still decides: a key manager may not add environments.
+    let denied = browse(
+        &app,
+        &b,
+        Method::POST,
+        "/api/v1/environments",
+        Some(env),
+        Some(&b.csrf),
+        None,
+    )
+    .await;
+    assert_error(&denied, StatusCode::FORBIDDEN, "forbidden");
+    let (_, trail) = app
+        .call(Method::GET, "/api/v1/audit?action=access.csrf", None)
+        .await;
+    assert_eq!(
+        trail["events"].as_array().unwrap().len(),
+        3,
+        "each refusal is audited"
+    );
+    assert_eq!(trail["events"][0]["actor"]["name"], "kim");
+}
+
+#[tokio::test]
+async fn sign_out_here_everywhere_by_an_admin_and_by_disabling() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let kim = add_user(&app, "kim", Role::Viewer).await;
+    let phone = sign_in(&app, "kim", PASSWORD).await.unwrap();
+    let laptop = sign_in(&app, "kim", PASSWORD).await.unwrap();
+    assert_ne!(
+        phone.session_id, laptop.session_id,
+        "a new session for every sign-in"
+    );
+
+    let (status, _) = browse(
+        &app,
+        &phone,
+        Method::POST,
+        "/api/v1/auth/logout",
+        None,
+        Some(&phone.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(whoami(&app, &phone).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(whoami(&app, &laptop).await.0, StatusCode::OK);
+
+    let desk = sign_in(&app, "kim", PASSWORD).await.unwrap();
+    let (status, ended) = browse(
+        &app,
+        &desk,
+        Method::POST,
+        "/api/v1/auth/logout-all",
+        None,
+        Some(&desk.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ended["ended"], 2);
+    assert_eq!(whoami(&app, &laptop).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(whoami(&app, &desk).await.0, StatusCode::UNAUTHORIZED);
+
+    // Admins see sessions and end one.
+    let tablet = sign_in(&app, "kim", PASSWORD).await.unwrap();
+    let (_, sessions) = app.call(Method::GET, "/api/v1/sessions", None).await;
+    let listed: Vec<&str> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(listed, [tablet.session_id.as_str()]);
+    assert!(!sessions.to_string().contains("hash"));
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/sessions/{}", tablet.session_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(whoami(&app, &tablet).await.0, StatusCode::UNAUTHORIZED);
+
+    // Disabling a user ends their sessions at once.
+    let again = sign_in(&app, "kim", PASSWORD).await.unwrap();
+    let (status, _) = app
+        .call(Method::POST, &format!("/api/v1/users/{kim}/disable"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(whoami(&app, &again).await.0, StatusCode::UNAUTHORIZED);
+    assert!(sign_in(&app, "kim", PASSWORD).await.is_err());
+    let (_, trail) = app
+        .call(Method::GET, "/api/v1/audit?action=session", None)
+        .await;
+    let actions: Vec<&str> = trail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"session.end_all") && actions.contains(&"session.create"),
+        "{actions:?}"
+    );
+}

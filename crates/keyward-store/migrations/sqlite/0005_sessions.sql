@@ -1,0 +1,14 @@
+-- Sign-in sessions: only hashes of the cookie's secret and of the CSRF token are kept.
+CREATE TABLE sessions (
+    public_id    TEXT PRIMARY KEY,
+    secret_hash  BLOB NOT NULL,
+    csrf_hash    BLOB NOT NULL,
+    user_id      TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at   INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    mfa_at       INTEGER,
+    source       TEXT
+);
+CREATE INDEX sessions_user ON sessions (user_id);
+CREATE INDEX sessions_expires ON sessions (expires_at);
