@@ -52,6 +52,7 @@ pub mod ports;
 pub mod secret;
 pub mod service;
 pub mod session;
+pub mod throttle;
 pub mod token;
 pub mod usage;
 pub mod user;

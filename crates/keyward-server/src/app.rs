@@ -67,6 +67,9 @@ pub struct App {
     pub audit: AuditLog,
     /// Password hashing, capped and off the async threads.
     pub passwords: crate::users::Passwords,
+    /// Failed sign-ins per account and address (this instance's count).
+    pub attempts: std::sync::Mutex<keyward_core::throttle::Attempts>,
+    pub throttle: keyward_core::throttle::ThrottlePolicy,
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Randomness>,
     pub recovery_window: RecoveryWindow,
@@ -128,6 +131,8 @@ impl App {
         Ok(Self {
             audit: AuditLog::new(vault.store.clone(), vault.audit_keys, clock.clone()),
             passwords: crate::users::Passwords::new(crate::users::HASH_CONCURRENCY, &*random)?,
+            attempts: std::sync::Mutex::default(),
+            throttle: keyward_core::throttle::ThrottlePolicy::default(),
             store: vault.store,
             keyring,
             proxy: Arc::new(proxy),

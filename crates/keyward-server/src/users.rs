@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use keyward_core::audit::{ActorKind, AuditOutcome};
 use keyward_core::id::UserId;
+use keyward_core::throttle::{Attempts, Subject};
 use keyward_core::user::{User, check_password, validate_username};
 use keyward_core::{Error, ErrorKind, Randomness, label};
 use keyward_crypto::password;
@@ -79,6 +80,46 @@ impl Passwords {
             .await
             .map_err(|e| Error::internal(format!("password check stopped: {e}")))?;
         Ok(known && matched)
+    }
+}
+
+impl App {
+    /// Runs `f` on the failure counts (a short, non-async critical section).
+    pub fn with_attempts<T>(&self, f: impl FnOnce(&mut Attempts) -> T) -> T {
+        let mut attempts = self
+            .attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut attempts)
+    }
+
+    /// Accounts and addresses delayed or locked now.
+    pub fn lockouts(&self) -> Vec<(Subject, keyward_core::throttle::Record)> {
+        let now = self.now();
+        self.with_attempts(|a| {
+            a.forget_old(now, &self.throttle);
+            a.blocked(now)
+        })
+    }
+
+    /// Lifts a delay or lock early.
+    pub async fn lift_lockout(&self, actor: &Actor, subject: Subject) -> Result<(), Error> {
+        let target = match &subject {
+            Subject::Account(name) => format!("account:{name}"),
+            Subject::Source(ip) => format!("source:{ip}"),
+        };
+        let details = json!({"subject": subject});
+        self.audited(actor, "auth.lockout.lift", target, details, async {
+            if self.with_attempts(|a| a.clear(&subject)) {
+                Ok(())
+            } else {
+                Err(Error::not_found(
+                    "lockout_not_found",
+                    "that account or address is not delayed or locked",
+                ))
+            }
+        })
+        .await
     }
 }
 
@@ -188,6 +229,35 @@ impl App {
         secret: SecretString,
         source: Option<std::net::IpAddr>,
     ) -> Result<User, Error> {
+        let typed: String = label::printable(username).chars().take(64).collect();
+        let account = Subject::Account(typed.to_lowercase());
+        let mut subjects = vec![account.clone()];
+        subjects.extend(source.map(|ip| Subject::Source(ip.to_string())));
+        let anonymous = Actor {
+            kind: ActorKind::Anonymous,
+            id: String::new(),
+            name: typed.clone(),
+            role: keyward_core::access::Role::Viewer,
+            source,
+        };
+        let now = self.now();
+        let throttled = self.with_attempts(|a| a.check(&subjects, now));
+        if let Err(refusal) = throttled {
+            self.record_audit(
+                &anonymous,
+                "auth.login",
+                None,
+                AuditOutcome::Denied,
+                json!({"reason": if refusal.locked { "locked" } else { "delayed" },
+                       "retry_after_s": refusal.retry_after.as_secs()}),
+            )
+            .await?;
+            return Err(Error::limited(
+                "too_many_attempts",
+                "too many failed sign-ins; wait before trying again",
+                refusal.retry_after.unsigned_abs(),
+            ));
+        }
         let user = match validate_username(username) {
             Ok(name) => self.store.user_by_username(&name).await?,
             Err(_) => None,
@@ -198,6 +268,7 @@ impl App {
             .await?;
         match user {
             Some(user) if matched && !user.disabled => {
+                self.with_attempts(|a| a.success(&account));
                 let actor = Actor::for_user(&user, source);
                 self.record_audit(
                     &actor,
@@ -210,14 +281,19 @@ impl App {
                 Ok(user)
             }
             found => {
-                let name: String = label::printable(username).chars().take(64).collect();
-                let actor = Actor {
-                    kind: ActorKind::Anonymous,
-                    id: String::new(),
-                    name,
-                    role: keyward_core::access::Role::Viewer,
-                    source,
-                };
+                let now = self.now();
+                let locked = self.with_attempts(|a| a.failure(&subjects, now, &self.throttle));
+                for subject in locked {
+                    self.record_audit(
+                        &Actor::system("brute-force-protection"),
+                        "auth.lockout",
+                        None,
+                        AuditOutcome::Success,
+                        json!({"subject": subject}),
+                    )
+                    .await?;
+                }
+                let actor = anonymous;
                 // Only the trail says why; the caller hears the same thing every time.
                 let reason = match found {
                     None => "unknown_user",

@@ -50,7 +50,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         audit::list_audit, audit::export_audit, audit::verify_audit,
         users::create_user, users::list_users, users::get_user, users::disable_user, users::enable_user,
         sessions::sign_in, sessions::sign_out, sessions::sign_out_everywhere, sessions::who_am_i,
-        sessions::list_sessions, sessions::end_session,
+        sessions::list_sessions, sessions::end_session, sessions::list_lockouts, sessions::lift_lockout,
     ),
     modifiers(&BearerAuth),
     tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
@@ -132,6 +132,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/auth/logout", post(sessions::sign_out))
         .route("/auth/logout-all", post(sessions::sign_out_everywhere))
         .route("/auth/session", get(sessions::who_am_i))
+        .route("/auth/lockouts", get(sessions::list_lockouts))
+        .route("/auth/lockouts/lift", post(sessions::lift_lockout))
         .route("/sessions", get(sessions::list_sessions))
         .route("/sessions/{id}", delete(sessions::end_session))
         .route("/users", get(users::list_users).post(users::create_user))

@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use keyward_core::session::Session;
+use keyward_core::throttle::Subject;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -202,5 +203,77 @@ pub async fn end_session(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     app.end_session(auth.actor(), &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LockoutBody {
+    /// `account` (a username as typed, lower-cased) or `source` (an address).
+    pub kind: String,
+    pub value: String,
+    pub failures: u32,
+    pub locked: bool,
+    #[schema(value_type = String, format = DateTime)]
+    pub blocked_until: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub last_failure: Timestamp,
+}
+
+/// Accounts and addresses whose sign-ins are delayed or locked after failures.
+#[utoipa::path(get, path = "/api/v1/auth/lockouts", tag = "auth",
+    responses((status = 200, body = Vec<LockoutBody>)), security(("bearer" = [])))]
+pub async fn list_lockouts(
+    _auth: Authorized<perm::UsersRead>,
+    State(app): State<Arc<App>>,
+) -> Json<Vec<LockoutBody>> {
+    Json(
+        app.lockouts()
+            .into_iter()
+            .map(|(subject, r)| {
+                let (kind, value) = match subject {
+                    Subject::Account(v) => ("account", v),
+                    Subject::Source(v) => ("source", v),
+                };
+                LockoutBody {
+                    kind: kind.to_owned(),
+                    value,
+                    failures: r.failures,
+                    locked: r.locked,
+                    blocked_until: r.blocked_until,
+                    last_failure: r.last_failure,
+                }
+            })
+            .collect(),
+    )
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiftLockoutRequest {
+    /// `account` or `source`.
+    pub kind: String,
+    pub value: String,
+}
+
+/// Lifts a delay or lock early (audited).
+#[utoipa::path(post, path = "/api/v1/auth/lockouts/lift", tag = "auth", request_body = LiftLockoutRequest,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn lift_lockout(
+    auth: Authorized<perm::UsersWrite>,
+    State(app): State<Arc<App>>,
+    ApiJson(req): ApiJson<LiftLockoutRequest>,
+) -> ApiResult<StatusCode> {
+    let subject = match req.kind.as_str() {
+        "account" => Subject::Account(req.value.to_lowercase()),
+        "source" => Subject::Source(req.value),
+        _ => {
+            return Err(keyward_core::Error::invalid(
+                "invalid_kind",
+                "kind is `account` or `source`",
+            )
+            .into());
+        }
+    };
+    app.lift_lockout(auth.actor(), subject).await?;
     Ok(StatusCode::NO_CONTENT)
 }

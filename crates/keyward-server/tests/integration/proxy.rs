@@ -54,7 +54,10 @@ impl Upstream {
 
     async fn answer(&self, request: Request) -> Response {
         let (parts, body) = request.into_parts();
-        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        // A body the proxy cut off (over the size limit) never arrives whole.
+        let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+            return StatusCode::BAD_REQUEST.into_response();
+        };
         let seen = Seen {
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().unwrap_or_default().to_owned(),

@@ -278,3 +278,75 @@ async fn sign_out_here_everywhere_by_an_admin_and_by_disabling() {
         "{actions:?}"
     );
 }
+
+/// Repeated wrong passwords for one account are delayed, then locked (429 with
+/// `Retry-After`, before the password is even checked); admins see and lift the lock;
+/// everything is in the trail. Timing rules are unit-tested with explicit times
+/// (`keyward_core::throttle`); this checks the wiring.
+#[tokio::test]
+async fn failed_sign_ins_are_delayed_then_locked_and_admins_lift_the_lock() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    add_user(&app, "kim", Role::Viewer).await;
+    for _ in 0..5 {
+        let (status, _) = sign_in(&app, "kim", "wrong guess number one")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // The sixth failure sets a one-second delay: the next try is refused outright,
+    // even with the right password.
+    assert!(
+        sign_in(&app, "kim", "wrong guess number one")
+            .await
+            .is_err()
+    );
+    let response = app
+        .client
+        .post(format!("{}/api/v1/auth/login", app.base))
+        .json(&json!({"username": "KIM", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_attempts");
+
+    let (_, lockouts) = app.call(Method::GET, "/api/v1/auth/lockouts", None).await;
+    let kim = lockouts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["kind"] == "account" && l["value"] == "kim")
+        .cloned()
+        .unwrap();
+    assert_eq!(kim["failures"], 6);
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/lockouts/lift",
+            Some(json!({"kind": "account", "value": "kim"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(sign_in(&app, "kim", PASSWORD).await.is_ok(), "lifted");
+    let (_, trail) = app
+        .call(Method::GET, "/api/v1/audit?action=auth.lockout", None)
+        .await;
+    assert_eq!(trail["events"][0]["action"], "auth.lockout.lift");
+    let (_, denied) = app
+        .call(
+            Method::GET,
+            "/api/v1/audit?action=auth.login&outcome=denied",
+            None,
+        )
+        .await;
+    assert!(
+        denied["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["details"]["reason"] == "delayed")
+    );
+}
