@@ -78,6 +78,8 @@ pub struct App {
     pub session_policy: keyward_core::session::SessionPolicy,
     /// Whether the session cookie is `Secure` (served over HTTPS).
     pub secure_cookies: bool,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     builtin: Vec<ServiceDefinition>,
     /// This server's own Prometheus recorder (never the process-global one).
     pub metrics: crate::metrics::Metrics,
@@ -91,6 +93,7 @@ pub struct AppOptions {
     pub pricing: PricingTable,
     pub sessions: keyward_core::session::SessionPolicy,
     pub secure_cookies: bool,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl AppOptions {
@@ -101,6 +104,7 @@ impl AppOptions {
             pricing: settings.pricing.clone(),
             sessions: settings.sessions,
             secure_cookies: settings.secure_cookies,
+            trusted_proxies: settings.trusted_proxies.clone(),
         }
     }
 }
@@ -143,6 +147,7 @@ impl App {
             usage_retention_days: options.usage_retention_days,
             session_policy: options.sessions,
             secure_cookies: options.secure_cookies,
+            trusted_proxies: options.trusted_proxies,
             builtin: builtin_services()?,
             metrics: crate::metrics::Metrics::default(),
         })

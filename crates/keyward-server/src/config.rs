@@ -37,6 +37,7 @@ const KNOWN_KEYS: &[&str] = &[
     "session_idle_minutes",
     "session_absolute_hours",
     "secure_cookies",
+    "trusted_proxies",
     "pricing_file",
     "log_format",
     "log",
@@ -150,6 +151,8 @@ pub struct RawSettings {
         deserialize_with = "scalar_as_string"
     )]
     pub secure_cookies: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_proxies: Option<String>,
     /// A TOML file of `[[price]]` entries laid over the built-in LLM price table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing_file: Option<PathBuf>,
@@ -250,6 +253,8 @@ pub struct Settings {
     /// Mark the session cookie `Secure` (and name it `__Host-kw_session`): set when users
     /// reach Keyward over HTTPS (directly or through a TLS-terminating proxy).
     pub secure_cookies: bool,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (CIDRs); none by default.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// LLM prices: the built-in table plus `pricing_file`.
     pub pricing: PricingTable,
     pub log_format: LogFormat,
@@ -582,6 +587,24 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
             )));
         }
     };
+    let trusted_proxies = raw
+        .trusted_proxies
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError(format!(
+                        "trusted_proxies must be comma-separated addresses or CIDRs, not `{}`",
+                        keyward_core::label::printable(s)
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let pricing = PricingTable::builtin().map_err(|e| ConfigError(e.message))?;
     let pricing = match &raw.pricing_file {
         None => pricing,
@@ -617,6 +640,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         audit_webhook_url,
         sessions,
         secure_cookies,
+        trusted_proxies,
         pricing,
         log_format,
         log: raw.log.unwrap_or_else(|| "info".to_owned()),

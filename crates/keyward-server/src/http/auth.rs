@@ -122,7 +122,7 @@ impl<P: RequiredPermission> FromRequestParts<Arc<App>> for Authorized<P> {
 }
 
 async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
-    let source = source_of(parts);
+    let source = source_of(parts, app)?;
     if !parts.headers.contains_key(AUTHORIZATION)
         && let Some(cookie) = session_cookie(parts, app.secure_cookies)
     {
@@ -280,10 +280,35 @@ fn csrf_problem(parts: &Parts, session: &keyward_core::session::Session) -> Opti
     }
 }
 
-/// The client's address as the connection saw it.
-pub fn source_of(parts: &Parts) -> Option<std::net::IpAddr> {
-    parts
+/// The client's address: the connection's peer, or what a trusted proxy forwarded.
+/// A malformed `X-Forwarded-For` from a trusted proxy is a 400.
+pub fn source_of(parts: &Parts, app: &App) -> Result<Option<std::net::IpAddr>, ApiError> {
+    let Some(peer) = parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0.ip())
+    else {
+        return Ok(None);
+    };
+    super::client_ip::resolve(peer, &parts.headers, &app.trusted_proxies)
+        .map(Some)
+        .map_err(|_| {
+            ApiError::from(Error::new(
+                ErrorKind::Malformed,
+                "invalid_forwarded_for",
+                "X-Forwarded-For is not a comma-separated list of IP addresses",
+            ))
+        })
+}
+
+/// The client's address as an extractor (for handlers that need it without a caller).
+#[derive(Debug)]
+pub struct ClientAddress(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<Arc<App>> for ClientAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        source_of(parts, app).map(Self)
+    }
 }

@@ -22,6 +22,7 @@ mod app_tokens;
 mod audit;
 pub mod auth;
 mod catalog;
+pub mod client_ip;
 pub mod error;
 pub mod extract;
 mod keys;

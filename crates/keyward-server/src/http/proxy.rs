@@ -22,6 +22,16 @@ pub async fn proxy(
     request: Request<hyper::body::Incoming>,
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
+    let Ok(source) = super::client_ip::resolve(peer.ip(), &parts.headers, &app.trusted_proxies)
+    else {
+        return ApiError::from(keyward_core::Error::new(
+            keyward_core::ErrorKind::Malformed,
+            "invalid_forwarded_for",
+            "X-Forwarded-For is not a comma-separated list of IP addresses",
+        ))
+        .into_response()
+        .map(|body| body.map_err(Into::into).boxed_unsync());
+    };
     // The raw, still percent-encoded path: the data plane checks it for traversal itself.
     let rest = parts.uri.path().strip_prefix(PREFIX).unwrap_or_default();
     let (service, path) = match rest.split_once('/') {
@@ -35,7 +45,7 @@ pub async fn proxy(
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers,
         body: http_body_util::BodyDataStream::new(body),
-        source: peer.ip(),
+        source,
         lane,
     };
     match app.proxy.forward(inbound).await {

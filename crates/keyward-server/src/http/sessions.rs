@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::{Authorized, SignedIn, cookie_name, perm};
+use super::auth::{Authorized, ClientAddress, SignedIn, cookie_name, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use super::users::UserBody;
@@ -94,12 +94,10 @@ fn set_cookie(
     responses((status = 200, body = SignedInBody), (status = 401, body = ErrorBody)))]
 pub async fn sign_in(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ClientAddress(source): ClientAddress,
     ApiJson(req): ApiJson<SignInRequest>,
 ) -> ApiResult<Response> {
-    let signed = app
-        .sign_in(&req.username, req.password, Some(peer.ip()))
-        .await?;
+    let signed = app.sign_in(&req.username, req.password, source).await?;
     let cookie = set_cookie(
         &app,
         signed.token.expose_secret(),

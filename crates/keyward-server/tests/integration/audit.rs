@@ -350,3 +350,62 @@ async fn entries_stream_to_a_webhook_and_refused_batches_are_resent() {
         &seqs.last().unwrap().to_string()
     );
 }
+
+/// `X-Forwarded-For` names the source only when a trusted proxy sends it; from a trusted
+/// proxy a malformed one is a 400.
+#[tokio::test]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    let send = |app: &TestApp, xff: &'static str| {
+        app.client
+            .get(format!("{}/api/v1/keys", app.base))
+            .bearer_auth("kwm_wrong_wrong")
+            .header("x-forwarded-for", xff)
+            .send()
+    };
+    let sources = |events: &Value| -> Vec<String> {
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["source"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let direct = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    assert_eq!(
+        send(&direct, "203.0.113.9").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, trail) = direct
+        .call(Method::GET, "/api/v1/audit?action=auth.token", None)
+        .await;
+    assert_eq!(
+        sources(&trail),
+        ["127.0.0.1"],
+        "a spoofed header is ignored"
+    );
+
+    let behind = TestApp::spawn_with(
+        Backend::Sqlite,
+        keyward_server::config::RawSettings {
+            trusted_proxies: Some("127.0.0.1/32".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        send(&behind, "198.51.100.4, 203.0.113.9")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, trail) = behind
+        .call(Method::GET, "/api/v1/audit?action=auth.token", None)
+        .await;
+    assert_eq!(sources(&trail), ["203.0.113.9"]);
+    let malformed = send(&behind, "203.0.113.9, not-an-address").await.unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    let body: Value = malformed.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_forwarded_for");
+}

@@ -233,6 +233,7 @@ async fn start(raw: &RawSettings) -> (Arc<App>, String, tokio::sync::oneshot::Se
         data_dir: raw.data_dir.clone(),
         database_url: raw.database_url.clone(),
         audit_webhook_url: raw.audit_webhook_url.clone(),
+        trusted_proxies: raw.trusted_proxies.clone(),
         ..Default::default()
     })
     .unwrap();
