@@ -262,6 +262,19 @@ impl Drop for TestApp {
 }
 
 /// Asserts an error response: status, `error.code`, and a non-empty message.
+/// The `action`s of an `/api/v1/audit` answer, in order.
+pub fn audit_actions(trail: &Value) -> Vec<String> {
+    trail["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e["action"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn assert_error(result: &(StatusCode, Value), status: StatusCode, code: &str) {
     assert_eq!(result.0, status, "{}", result.1);
     assert_eq!(result.1["error"]["code"], code, "{}", result.1);

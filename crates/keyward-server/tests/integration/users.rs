@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::helpers::{Backend, TestApp, assert_error};
+use crate::helpers::{Backend, TestApp, assert_error, audit_actions};
 
 const GOOD: &str = "tangerine violin orbit";
 
@@ -107,13 +107,10 @@ async fn users_are_created_under_the_password_policy_and_disabled_with_a_trail()
             None,
         )
         .await;
-    let actions: Vec<&str> = trail["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["action"].as_str())
-        .collect();
-    assert_eq!(actions, ["user.create", "user.disable", "session.end_all"]);
+    assert_eq!(
+        audit_actions(&trail),
+        ["user.create", "user.disable", "session.end_all"]
+    );
     assert!(
         !trail.to_string().contains(GOOD),
         "no password in the trail"
