@@ -26,7 +26,14 @@ pub struct Started {
 }
 
 pub async fn start(settings: &Settings) -> Result<Started, VaultError> {
-    let clock = Arc::new(SystemClock);
+    start_with_clock(settings, Arc::new(SystemClock)).await
+}
+
+/// [`start`] with a clock of the caller's choosing (tests move time instead of waiting).
+pub async fn start_with_clock(
+    settings: &Settings,
+    clock: Arc<dyn keyward_core::Clock>,
+) -> Result<Started, VaultError> {
     let random = Arc::new(OsRandomness);
     let vault = vault::open(settings, &*random, &*clock).await?;
     let created_key_file = vault.created_key_file.clone();

@@ -45,6 +45,15 @@ impl TestApp {
     /// Like [`TestApp::spawn`], with further settings (listen, data dir and database are
     /// the test's own).
     pub async fn spawn_with(backend: Backend, extra: RawSettings) -> Option<Self> {
+        Self::spawn_with_clock(backend, extra, Arc::new(keyward_core::SystemClock)).await
+    }
+
+    /// Like [`TestApp::spawn_with`], on a clock the test controls.
+    pub async fn spawn_with_clock(
+        backend: Backend,
+        extra: RawSettings,
+        clock: Arc<dyn keyward_core::Clock>,
+    ) -> Option<Self> {
         let db = match backend {
             Backend::Sqlite => TestDatabase::sqlite(),
             Backend::Postgres => TestDatabase::postgres().await?,
@@ -56,7 +65,7 @@ impl TestApp {
             database_url: Some(db.url().to_owned()),
             ..extra
         };
-        let (app, base, tx) = start(&raw).await;
+        let (app, base, tx) = start(&raw, clock).await;
         let (_, token) = app
             .issue_token(&Actor::system("test"), "test-owner", Role::Owner, None)
             .await
@@ -81,7 +90,7 @@ impl TestApp {
             database_url: self.settings.database_url.clone(),
             ..Default::default()
         };
-        let (_, base, tx) = start(&raw).await;
+        let (_, base, tx) = start(&raw, Arc::new(keyward_core::SystemClock)).await;
         Sibling {
             base,
             _shutdown: tx,
@@ -227,17 +236,22 @@ impl TestApp {
     }
 }
 
-async fn start(raw: &RawSettings) -> (Arc<App>, String, tokio::sync::oneshot::Sender<()>) {
+async fn start(
+    raw: &RawSettings,
+    clock: Arc<dyn keyward_core::Clock>,
+) -> (Arc<App>, String, tokio::sync::oneshot::Sender<()>) {
     let settings = resolve(RawSettings {
         listen: raw.listen.clone(),
         data_dir: raw.data_dir.clone(),
         database_url: raw.database_url.clone(),
         audit_webhook_url: raw.audit_webhook_url.clone(),
+        session_idle_minutes: raw.session_idle_minutes.clone(),
+        session_absolute_hours: raw.session_absolute_hours.clone(),
         trusted_proxies: raw.trusted_proxies.clone(),
         ..Default::default()
     })
     .unwrap();
-    let started = server::start(&settings).await.unwrap();
+    let started = server::start_with_clock(&settings, clock).await.unwrap();
     let app = started.app.clone();
     let base = format!("http://{}", started.addr);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -277,11 +277,15 @@ async fn sign_out_here_everywhere_by_an_admin_and_by_disabling() {
 
 /// Repeated wrong passwords for one account are delayed, then locked (429 with
 /// `Retry-After`, before the password is even checked); admins see and lift the lock;
-/// everything is in the trail. Timing rules are unit-tested with explicit times
-/// (`keyward_core::throttle`); this checks the wiring.
+/// everything is in the trail. The timing rules themselves are unit-tested with explicit
+/// times (`keyward_core::throttle`); this checks the wiring.
 #[tokio::test]
 async fn failed_sign_ins_are_delayed_then_locked_and_admins_lift_the_lock() {
-    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    // A clock that stands still: the one-second delay cannot run out mid-test.
+    let clock = std::sync::Arc::new(keyward_core::ManualClock::new(jiff::Timestamp::now()));
+    let app = TestApp::spawn_with_clock(Backend::Sqlite, Default::default(), clock)
+        .await
+        .unwrap();
     add_user(&app, "kim", Role::Viewer).await;
     for _ in 0..5 {
         let (status, _) = sign_in(&app, "kim", "wrong guess number one")
@@ -345,4 +349,54 @@ async fn failed_sign_ins_are_delayed_then_locked_and_admins_lift_the_lock() {
             .iter()
             .any(|e| e["details"]["reason"] == "delayed")
     );
+}
+
+/// Idle and absolute limits, end to end on a clock the test moves: a session unused for
+/// the idle limit ends; one kept busy still ends at the absolute limit.
+#[tokio::test]
+async fn sessions_end_when_idle_and_at_their_absolute_limit() {
+    use jiff::SignedDuration;
+    use keyward_core::ManualClock;
+    let clock = std::sync::Arc::new(ManualClock::new(jiff::Timestamp::now()));
+    let app = TestApp::spawn_with_clock(
+        Backend::Sqlite,
+        keyward_server::config::RawSettings {
+            session_idle_minutes: Some("30".into()),
+            session_absolute_hours: Some("2".into()),
+            ..Default::default()
+        },
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    add_user(&app, "kim", Role::Viewer).await;
+
+    let idle = sign_in(&app, "kim", PASSWORD).await.unwrap();
+    clock.advance(SignedDuration::from_mins(29));
+    assert_eq!(
+        whoami(&app, &idle).await.0,
+        StatusCode::OK,
+        "29 minutes idle"
+    );
+    clock.advance(SignedDuration::from_mins(30));
+    assert_error(
+        &whoami(&app, &idle).await,
+        StatusCode::UNAUTHORIZED,
+        "session_expired",
+    );
+
+    let busy = sign_in(&app, "kim", PASSWORD).await.unwrap();
+    for _ in 0..7 {
+        clock.advance(SignedDuration::from_mins(17));
+        assert_eq!(whoami(&app, &busy).await.0, StatusCode::OK, "kept busy");
+    }
+    clock.advance(SignedDuration::from_mins(2 * 60 - 7 * 17));
+    assert_error(
+        &whoami(&app, &busy).await,
+        StatusCode::UNAUTHORIZED,
+        "session_expired",
+    );
+    // An ended session is gone, not merely refused.
+    let (_, sessions) = app.call(Method::GET, "/api/v1/sessions", None).await;
+    assert_eq!(sessions.as_array().unwrap().len(), 0);
 }
