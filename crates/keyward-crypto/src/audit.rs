@@ -38,9 +38,7 @@ impl std::fmt::Debug for AuditKeys {
 impl AuditKeys {
     /// Fresh keys from `random`.
     pub fn generate(random: &dyn Randomness) -> Result<Self, CryptoError> {
-        let mut material = Zeroizing::new([0u8; 2 * SEED_LEN]);
-        random.fill(material.as_mut());
-        Self::from_material(material.as_ref())
+        Self::generate_with_material(random).map(|(keys, _)| keys)
     }
 
     fn from_material(material: &[u8]) -> Result<Self, CryptoError> {

@@ -44,6 +44,17 @@ pub struct Actor {
 }
 
 impl Actor {
+    /// Someone not (yet) authenticated; `name` is what they claimed to be, if anything.
+    pub fn anonymous(name: &str, source: Option<IpAddr>) -> Self {
+        Self {
+            kind: ActorKind::Anonymous,
+            id: String::new(),
+            name: name.to_owned(),
+            role: Role::Viewer,
+            source,
+        }
+    }
+
     /// Keyward itself, or an operator at the server's console (the CLI): `name` says which.
     pub fn system(name: &str) -> Self {
         Self {

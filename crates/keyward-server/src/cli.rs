@@ -16,7 +16,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use jiff::{SignedDuration, Timestamp};
 use keyward_core::access::Role;
-use keyward_core::user::{check_password, validate_username};
+use keyward_core::user::validate_username;
 use keyward_core::{Clock, SystemClock};
 use keyward_crypto::{MasterKey, OsRandomness};
 use secrecy::{ExposeSecret, SecretString};
@@ -280,7 +280,6 @@ async fn admin_create(settings: &Settings, username: &str, role: &str) -> Result
     let username = validate_username(username).map_err(|e| e.message)?;
     let role: Role = role.parse().map_err(|e: keyward_core::Error| e.message)?;
     let password = read_password()?;
-    check_password(password.expose_secret(), &username).map_err(|e| e.message)?;
     let app = open_app(settings).await?;
     let user = app
         .add_user(&Actor::system("cli"), &username, password, role)

@@ -1,7 +1,7 @@
 //! Sign-in sessions as use cases: sign in (a fresh session every time), resolve a cookie to
 //! its user, sign out here or everywhere, and let admins list and end sessions.
 
-use keyward_core::audit::{ActorKind, AuditOutcome};
+use keyward_core::audit::ActorKind;
 use keyward_core::id::UserId;
 use keyward_core::session::Session;
 use keyward_core::user::User;
@@ -184,17 +184,6 @@ impl App {
             .checked_sub(self.session_policy.idle)
             .unwrap_or(Timestamp::MIN);
         self.store.prune_sessions(now, idle_before).await
-    }
-
-    /// Records a refused request made with a session cookie (e.g. a CSRF failure).
-    pub async fn record_refusal(
-        &self,
-        actor: &Actor,
-        action: &str,
-        details: serde_json::Value,
-    ) -> Result<(), Error> {
-        self.record_audit(actor, action, None, AuditOutcome::Denied, details)
-            .await
     }
 }
 

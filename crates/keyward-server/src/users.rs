@@ -233,13 +233,7 @@ impl App {
         let account = Subject::Account(typed.to_lowercase());
         let mut subjects = vec![account.clone()];
         subjects.extend(source.map(|ip| Subject::Source(ip.to_string())));
-        let anonymous = Actor {
-            kind: ActorKind::Anonymous,
-            id: String::new(),
-            name: typed.clone(),
-            role: keyward_core::access::Role::Viewer,
-            source,
-        };
+        let anonymous = Actor::anonymous(&typed, source);
         let now = self.now();
         let throttled = self.with_attempts(|a| a.check(&subjects, now));
         if let Err(refusal) = throttled {

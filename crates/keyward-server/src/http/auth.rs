@@ -165,7 +165,7 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
             // A request that presented nothing is not worth an entry; a wrong credential is.
             if parts.headers.contains_key(AUTHORIZATION) && e.kind == ErrorKind::Unauthenticated {
                 app.record_audit(
-                    &anonymous(source),
+                    &Actor::anonymous("anonymous", source),
                     "auth.token",
                     None,
                     AuditOutcome::Denied,
@@ -175,16 +175,6 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
             }
             Err(e.into())
         }
-    }
-}
-
-fn anonymous(source: Option<std::net::IpAddr>) -> Actor {
-    Actor {
-        kind: ActorKind::Anonymous,
-        id: String::new(),
-        name: "anonymous".into(),
-        role: keyward_core::access::Role::Viewer,
-        source,
     }
 }
 
@@ -224,7 +214,7 @@ async fn authenticate_session(
         Err(e) => {
             if e.kind == ErrorKind::Unauthenticated {
                 app.record_audit(
-                    &anonymous(source),
+                    &Actor::anonymous("anonymous", source),
                     "auth.session",
                     None,
                     AuditOutcome::Denied,
@@ -239,9 +229,11 @@ async fn authenticate_session(
     if !parts.method.is_safe()
         && let Some(problem) = csrf_problem(parts, &session)
     {
-        app.record_refusal(
+        app.record_audit(
                 &actor,
                 "access.csrf",
+                None,
+                AuditOutcome::Denied,
                 serde_json::json!({"problem": problem, "method": parts.method.as_str(), "path": parts.uri.path()}),
             )
             .await?;
