@@ -28,12 +28,47 @@ pub enum Permission {
     AppTokensRead,
     /// Create and revoke app tokens.
     AppTokensWrite,
-    /// Read, export and verify the audit trail.
+    /// Read a key's value (an explicit, audited reveal).
+    KeysReveal,
+    /// Read and verify the audit trail.
     AuditRead,
+    /// Export the audit trail in bulk.
+    AuditExport,
     /// See users (never their password hashes).
     UsersRead,
     /// Create, disable and enable users (only an owner may create an owner).
     UsersWrite,
+    /// Change roles, grants and policies, and reset someone's MFA.
+    AccessWrite,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 14] = [
+        Permission::CatalogRead,
+        Permission::CatalogWrite,
+        Permission::KeysRead,
+        Permission::KeysWrite,
+        Permission::KeysDelete,
+        Permission::KeysPurge,
+        Permission::KeysReveal,
+        Permission::AppTokensRead,
+        Permission::AppTokensWrite,
+        Permission::AuditRead,
+        Permission::AuditExport,
+        Permission::UsersRead,
+        Permission::UsersWrite,
+        Permission::AccessWrite,
+    ];
+
+    /// Operations a signed-in person may do only shortly after an MFA check (the MFA
+    /// policy says how shortly): reveal, delete, purge, export, and changes to access.
+    pub fn needs_step_up(self) -> bool {
+        use Permission::*;
+        matches!(
+            self,
+            KeysReveal | KeysDelete | KeysPurge | AuditExport | AccessWrite
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -71,11 +106,17 @@ impl Role {
             Role::Owner | Role::Admin => true,
             Role::KeyManager => matches!(
                 permission,
-                CatalogRead | KeysRead | KeysWrite | KeysDelete | AppTokensRead | AppTokensWrite
+                CatalogRead
+                    | KeysRead
+                    | KeysWrite
+                    | KeysDelete
+                    | KeysReveal
+                    | AppTokensRead
+                    | AppTokensWrite
             ),
             Role::Auditor => matches!(
                 permission,
-                CatalogRead | KeysRead | AppTokensRead | AuditRead | UsersRead
+                CatalogRead | KeysRead | AppTokensRead | AuditRead | AuditExport | UsersRead
             ),
             Role::Viewer => matches!(permission, CatalogRead | KeysRead | AppTokensRead),
         }
@@ -114,6 +155,11 @@ mod tests {
         assert!(Role::KeyManager.allows(Permission::KeysWrite));
         assert!(!Role::Viewer.allows(Permission::KeysWrite));
         assert!(Role::Viewer.allows(Permission::KeysRead));
+        assert!(
+            !Role::Auditor.allows(Permission::KeysReveal),
+            "auditors never see values"
+        );
+        assert!(!Role::Viewer.allows(Permission::KeysReveal));
         for role in Role::ALL {
             assert_eq!(role.as_str().parse::<Role>().ok(), Some(role));
         }

@@ -48,6 +48,7 @@ pub mod id;
 pub mod key;
 pub mod label;
 pub mod master_key;
+pub mod mfa;
 pub mod ports;
 pub mod secret;
 pub mod service;

@@ -16,6 +16,7 @@ use crate::catalog::BaseUrlOverride;
 use crate::id::{AppTokenId, KeyId, TokenId, UserId};
 use crate::key::{Key, KeyFilter, KeyVersion, Page, PageRequest, SealedSecret};
 use crate::master_key::{KekUsage, MasterKeyRecord};
+use crate::mfa::MfaEnrolment;
 use crate::service::{Category, Environment, ServiceDefinition};
 use crate::session::Session;
 use crate::token::ManagementToken;
@@ -202,7 +203,10 @@ pub trait SessionStore: Send + Sync {
     async fn session(&self, public_id: &str) -> Result<Option<Session>>;
     /// Moves `last_seen_at` forward (never back).
     async fn touch_session(&self, public_id: &str, at: Timestamp) -> Result<()>;
-    async fn set_session_mfa(&self, public_id: &str, at: Timestamp) -> Result<()>;
+    /// Swaps a session for a new one (new id and secrets) in one transaction — after an MFA
+    /// check, so a cookie seen before it is worth nothing after. `false` if `old_public_id`
+    /// was already gone (nothing is inserted then).
+    async fn replace_session(&self, old_public_id: &str, new: &Session) -> Result<bool>;
     /// Returns whether it existed.
     async fn delete_session(&self, public_id: &str) -> Result<bool>;
     /// Ends every session of one user; returns how many.
@@ -218,6 +222,46 @@ pub trait SessionStore: Send + Sync {
 }
 
 /// The audit trail: append-only, hash-chained, with signed checkpoints.
+/// Second factors. Every "use" method is a compare-and-set, so two instances (or two
+/// racing requests) cannot both accept the same TOTP step or recovery code.
+#[async_trait]
+pub trait MfaStore: Send + Sync {
+    async fn mfa_enrolment(&self, user_id: &UserId) -> Result<Option<MfaEnrolment>>;
+    /// Stores a pending enrolment, replacing an earlier pending one. Conflict
+    /// `mfa_already_enrolled` if the user has a confirmed one.
+    async fn put_pending_mfa(&self, enrolment: &MfaEnrolment) -> Result<()>;
+    /// Confirms the pending enrolment with its first accepted step and stores the recovery
+    /// code hashes (replacing any). `false` if there was no pending enrolment.
+    async fn confirm_mfa(
+        &self,
+        user_id: &UserId,
+        step: u64,
+        at: Timestamp,
+        recovery_hashes: &[Vec<u8>],
+    ) -> Result<bool>;
+    /// Accepts `step` for a confirmed enrolment only if it is later than the last accepted
+    /// one (and records it); `false` is a replay.
+    async fn use_totp_step(&self, user_id: &UserId, step: u64) -> Result<bool>;
+    /// Marks an unused recovery code used; `false` if it is unknown or already used.
+    async fn use_recovery_code(&self, user_id: &UserId, hash: &[u8], at: Timestamp)
+    -> Result<bool>;
+    /// Replaces all of a user's recovery codes.
+    async fn replace_recovery_codes(&self, user_id: &UserId, hashes: &[Vec<u8>]) -> Result<()>;
+    async fn unused_recovery_codes(&self, user_id: &UserId) -> Result<u32>;
+    /// Removes the enrolment and recovery codes; `false` if there was none.
+    async fn delete_mfa(&self, user_id: &UserId) -> Result<bool>;
+    /// Enrolments whose secret is wrapped by `kek_id` (master-key rotation).
+    async fn mfa_wrapped_by(&self, kek_id: &str) -> Result<Vec<MfaEnrolment>>;
+    /// Stores a rewrapped secret if the row still holds `old_sealed`.
+    async fn rewrap_mfa(
+        &self,
+        user_id: &UserId,
+        old_sealed: &str,
+        new_sealed: &str,
+        new_kek_id: &str,
+    ) -> Result<bool>;
+}
+
 #[async_trait]
 pub trait AuditStore: Send + Sync {
     /// Numbers the entry one after the last, chains it to the last entry's hash
@@ -244,6 +288,7 @@ pub trait Store:
     + UsageStore
     + AuditStore
     + SessionStore
+    + MfaStore
     + std::fmt::Debug
 {
     /// `sqlite` or `postgres`.

@@ -15,6 +15,8 @@ pub struct User {
     pub role: Role,
     pub disabled: bool,
     pub created_at: Timestamp,
+    /// Has a confirmed second factor (derived by the store from the enrolment).
+    pub mfa_enabled: bool,
 }
 
 pub const USERNAME_MAX: usize = 64;

@@ -8,15 +8,13 @@
 
 use aws_lc_rs::hmac;
 use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 use keyward_core::Randomness;
-use keyward_core::key::{SealContext, SealedSecret};
+use keyward_core::key::SealContext;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::{CryptoError, Keyring};
+use crate::{CryptoError, Keyring, sealed_from_text, sealed_to_text};
 
 const SEED_LEN: usize = 32;
 const SEAL_NAME: &str = "audit-keys";
@@ -64,12 +62,12 @@ impl AuditKeys {
         material: &AuditKeyMaterial,
     ) -> Result<String, CryptoError> {
         let sealed = keyring.seal(random, &material.0, &SealContext::internal(SEAL_NAME))?;
-        Ok(encode(&sealed))
+        Ok(sealed_to_text(&sealed))
     }
 
     /// Opens keys stored by [`AuditKeys::seal`].
     pub fn unseal(keyring: &Keyring, text: &str) -> Result<Self, CryptoError> {
-        let sealed = decode(text)?;
+        let sealed = sealed_from_text(text)?;
         let hex_material = keyring.unseal(&sealed, &SealContext::internal(SEAL_NAME))?;
         let material = Zeroizing::new(
             hex::decode(hex_material.expose_secret())
@@ -85,14 +83,17 @@ impl AuditKeys {
         random: &dyn Randomness,
         text: &str,
     ) -> Result<String, CryptoError> {
-        let rewrapped =
-            keyring.rewrap(random, &decode(text)?, &SealContext::internal(SEAL_NAME))?;
-        Ok(encode(&rewrapped))
+        let rewrapped = keyring.rewrap(
+            random,
+            &sealed_from_text(text)?,
+            &SealContext::internal(SEAL_NAME),
+        )?;
+        Ok(sealed_to_text(&rewrapped))
     }
 
     /// Which master key the sealed keys are wrapped by.
     pub fn sealed_by(text: &str) -> Result<String, CryptoError> {
-        Ok(decode(text)?.kek_id)
+        Ok(sealed_from_text(text)?.kek_id)
     }
 
     /// Generates keys together with the material to seal them (the material is only ever
@@ -134,39 +135,6 @@ impl AuditKeys {
         let tag = hmac::sign(&self.fingerprint, secret.expose_secret().as_bytes());
         format!("hmac:{}", hex::encode(&tag.as_ref()[..16]))
     }
-}
-
-fn encode(sealed: &SealedSecret) -> String {
-    [
-        sealed.algorithm.as_bytes(),
-        sealed.kek_id.as_bytes(),
-        &sealed.wrapped_dek,
-        &sealed.nonce,
-        &sealed.ciphertext,
-    ]
-    .iter()
-    .map(|part| B64.encode(part))
-    .collect::<Vec<_>>()
-    .join(".")
-}
-
-fn decode(text: &str) -> Result<SealedSecret, CryptoError> {
-    let malformed = || CryptoError::Malformed("sealed audit keys");
-    let parts: Vec<Vec<u8>> = text
-        .split('.')
-        .map(|p| B64.decode(p))
-        .collect::<Result<_, _>>()
-        .map_err(|_| malformed())?;
-    let [algorithm, kek_id, wrapped_dek, nonce, ciphertext] =
-        <[Vec<u8>; 5]>::try_from(parts).map_err(|_| malformed())?;
-    let text_of = |b: Vec<u8>| String::from_utf8(b).map_err(|_| malformed());
-    Ok(SealedSecret {
-        algorithm: text_of(algorithm)?,
-        kek_id: text_of(kek_id)?,
-        wrapped_dek,
-        nonce,
-        ciphertext,
-    })
 }
 
 /// The raw key material on its way into the sealed store.

@@ -10,6 +10,8 @@ use std::fmt;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 use keyward_core::Randomness;
 use keyward_core::key::{SealContext, SealedSecret};
 use secrecy::SecretString;
@@ -336,6 +338,42 @@ fn unwrap(
 
 /// These mirror HashiCorp Vault's barrier tests (`vault/barrier_aes_gcm_test.go`):
 /// confidentiality, integrity, move-integrity, unique ciphertexts, rotation, wrong key.
+/// A sealed secret as one line of text (base64 parts joined by `.`), for Keyward's own
+/// secrets kept in a single column (audit keys, TOTP secrets).
+pub fn sealed_to_text(sealed: &SealedSecret) -> String {
+    [
+        sealed.algorithm.as_bytes(),
+        sealed.kek_id.as_bytes(),
+        &sealed.wrapped_dek,
+        &sealed.nonce,
+        &sealed.ciphertext,
+    ]
+    .iter()
+    .map(|part| B64.encode(part))
+    .collect::<Vec<_>>()
+    .join(".")
+}
+
+/// Reads what [`sealed_to_text`] wrote.
+pub fn sealed_from_text(text: &str) -> Result<SealedSecret, CryptoError> {
+    let malformed = || CryptoError::Malformed("sealed text");
+    let parts: Vec<Vec<u8>> = text
+        .split('.')
+        .map(|p| B64.decode(p))
+        .collect::<Result<_, _>>()
+        .map_err(|_| malformed())?;
+    let [algorithm, kek_id, wrapped_dek, nonce, ciphertext] =
+        <[Vec<u8>; 5]>::try_from(parts).map_err(|_| malformed())?;
+    let text_of = |b: Vec<u8>| String::from_utf8(b).map_err(|_| malformed());
+    Ok(SealedSecret {
+        algorithm: text_of(algorithm)?,
+        kek_id: text_of(kek_id)?,
+        wrapped_dek,
+        nonce,
+        ciphertext,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use keyward_core::Timestamp;

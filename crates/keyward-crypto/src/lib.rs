@@ -1,5 +1,5 @@
 //! Keyward's cryptography: envelope encryption of key values, the master keys (KEKs) that
-//! wrap data keys, management-token hashing and password hashing.
+//! wrap data keys, management-token hashing, password hashing and TOTP.
 //!
 //! Architecture invariant: this is the only crate that handles key material as bytes.
 //! Everything secret lives in `secrecy`/`zeroize` types here, and leaves only as a
@@ -13,8 +13,9 @@ pub mod password;
 mod provider;
 mod random;
 pub mod token;
+pub mod totp;
 
-pub use envelope::{ALGORITHM, Keyring, MasterKey};
+pub use envelope::{ALGORITHM, Keyring, MasterKey, sealed_from_text, sealed_to_text};
 pub use error::CryptoError;
 pub use provider::{KeyringFile, derive_from_passphrase, parse_master_key};
 pub use random::OsRandomness;

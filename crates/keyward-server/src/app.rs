@@ -70,7 +70,7 @@ impl Actor {
 #[derive(Debug)]
 pub struct App {
     pub store: Arc<dyn Store>,
-    keyring: Arc<Keyring>,
+    pub(crate) keyring: Arc<Keyring>,
     /// The data plane; its snapshot is rebuilt after every write here.
     pub proxy: Arc<Proxy>,
     /// The proxy's events, until the server's batch writer takes them.

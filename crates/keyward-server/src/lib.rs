@@ -10,6 +10,8 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod mfa;
+mod qr;
 pub mod server;
 pub mod sessions;
 pub mod users;

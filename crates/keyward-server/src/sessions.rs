@@ -1,7 +1,7 @@
 //! Sign-in sessions as use cases: sign in (a fresh session every time), resolve a cookie to
 //! its user, sign out here or everywhere, and let admins list and end sessions.
 
-use keyward_core::audit::ActorKind;
+use keyward_core::audit::{ActorKind, AuditOutcome};
 use keyward_core::id::UserId;
 use keyward_core::session::Session;
 use keyward_core::user::User;
@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use crate::app::{Actor, App};
+use crate::mfa::SecondFactor;
 
 /// What a successful sign-in hands to the browser, once.
 #[derive(Debug)]
@@ -35,14 +36,66 @@ fn session_ended() -> Error {
 }
 
 impl App {
-    /// Checks the credentials and opens a new session (never reusing an old id).
+    /// Checks the credentials — and the second factor, for a user who has one — and opens
+    /// a new session (never reusing an old id).
     pub async fn sign_in(
         &self,
         username: &str,
         secret: SecretString,
+        factor: Option<SecondFactor>,
         source: Option<std::net::IpAddr>,
     ) -> Result<NewSession, Error> {
         let user = self.check_sign_in(username, secret, source).await?;
+        let actor = Actor::for_user(&user, source);
+        let mfa_at = if user.mfa_enabled {
+            let Some(factor) = factor else {
+                self.record_audit(
+                    &actor,
+                    "auth.mfa",
+                    Some(format!("user:{}", user.id)),
+                    AuditOutcome::Denied,
+                    json!({"reason": "code_missing"}),
+                )
+                .await?;
+                return Err(Error::new(
+                    ErrorKind::Unauthenticated,
+                    "mfa_required",
+                    "this account has a second factor: send the code from the authenticator app, or a recovery code",
+                ));
+            };
+            self.check_second_factor(&actor, &user, factor).await?;
+            Some(self.now())
+        } else {
+            None
+        };
+        let now = self.now();
+        let (mut session, token, csrf) = self.issue_session(&user, source);
+        session.mfa_at = mfa_at;
+        session.expires_at = now
+            .checked_add(self.session_policy.absolute)
+            .unwrap_or(Timestamp::MAX);
+        self.audited(
+            &actor,
+            "session.create",
+            format!("session:{}", session.public_id),
+            json!({"expires_at": session.expires_at.to_string(), "mfa": mfa_at.is_some()}),
+            self.store.insert_session(&session),
+        )
+        .await?;
+        Ok(NewSession {
+            session,
+            user,
+            token,
+            csrf,
+        })
+    }
+
+    /// A fresh session record for `user` (new id, secret and CSRF token), created now.
+    fn issue_session(
+        &self,
+        user: &User,
+        source: Option<std::net::IpAddr>,
+    ) -> (Session, SecretString, SecretString) {
         let now = self.now();
         let issued = token::issue(token::SESSION_PREFIX, &*self.random);
         let (csrf, csrf_hash) = token::random_secret(&*self.random);
@@ -53,25 +106,43 @@ impl App {
             user_id: user.id.clone(),
             created_at: now,
             last_seen_at: now,
-            expires_at: now
-                .checked_add(self.session_policy.absolute)
-                .unwrap_or(Timestamp::MAX),
+            expires_at: now,
             mfa_at: None,
             source: source.map(|ip| ip.to_string()),
         };
-        let actor = Actor::for_user(&user, source);
+        (session, issued.token, csrf)
+    }
+
+    /// Swaps `old` for a new session after an MFA check: new id, cookie and CSRF token, the
+    /// same absolute end. A cookie copied before the check opens nothing afterwards.
+    pub(crate) async fn renew_session(
+        &self,
+        actor: &Actor,
+        old: &Session,
+        user: &User,
+    ) -> Result<NewSession, Error> {
+        let (mut session, token, csrf) = self.issue_session(user, actor.source);
+        session.created_at = old.created_at;
+        session.expires_at = old.expires_at;
+        session.mfa_at = Some(self.now());
         self.audited(
-            &actor,
-            "session.create",
-            format!("session:{}", session.public_id),
-            json!({"expires_at": session.expires_at.to_string()}),
-            self.store.insert_session(&session),
+            actor,
+            "session.renew",
+            format!("session:{}", old.public_id),
+            json!({"new_session": session.public_id, "reason": "mfa"}),
+            async {
+                if self.store.replace_session(&old.public_id, &session).await? {
+                    Ok(())
+                } else {
+                    Err(session_ended())
+                }
+            },
         )
         .await?;
         Ok(NewSession {
             session,
-            user,
-            token: issued.token,
+            user: user.clone(),
+            token,
             csrf,
         })
     }

@@ -83,7 +83,66 @@ impl Passwords {
     }
 }
 
+/// Who a sign-in attempt counts against: the account as typed, and the client's address.
+pub(crate) fn attempt_subjects(account: &str, source: Option<std::net::IpAddr>) -> Vec<Subject> {
+    let mut subjects = vec![Subject::Account(account.to_lowercase())];
+    subjects.extend(source.map(|ip| Subject::Source(ip.to_string())));
+    subjects
+}
+
 impl App {
+    /// `429 too_many_attempts` (audited under `action`) while any of `subjects` is delayed
+    /// or locked; checked before any password or code is looked at.
+    pub(crate) async fn refuse_if_throttled(
+        &self,
+        subjects: &[Subject],
+        actor: &Actor,
+        action: &str,
+    ) -> Result<(), Error> {
+        let now = self.now();
+        let Err(refusal) = self.with_attempts(|a| a.check(subjects, now)) else {
+            return Ok(());
+        };
+        self.record_audit(
+            actor,
+            action,
+            None,
+            AuditOutcome::Denied,
+            json!({"reason": if refusal.locked { "locked" } else { "delayed" },
+                   "retry_after_s": refusal.retry_after.as_secs()}),
+        )
+        .await?;
+        Err(Error::limited(
+            "too_many_attempts",
+            "too many failed attempts; wait before trying again",
+            refusal.retry_after.unsigned_abs(),
+        ))
+    }
+
+    /// Counts a wrong password or code against `subjects`; new locks are audited.
+    pub(crate) async fn count_failure(&self, subjects: &[Subject]) -> Result<(), Error> {
+        let now = self.now();
+        let locked = self.with_attempts(|a| a.failure(subjects, now, &self.throttle));
+        for subject in locked {
+            self.record_audit(
+                &Actor::system("brute-force-protection"),
+                "auth.lockout",
+                None,
+                AuditOutcome::Success,
+                json!({"subject": subject}),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A whole sign-in (or second-factor check) passed: the account's count starts over.
+    pub(crate) fn sign_in_succeeded(&self, subjects: &[Subject]) {
+        if let Some(account) = subjects.first() {
+            self.with_attempts(|a| a.success(account));
+        }
+    }
+
     /// Runs `f` on the failure counts (a short, non-async critical section).
     pub fn with_attempts<T>(&self, f: impl FnOnce(&mut Attempts) -> T) -> T {
         let mut attempts = self
@@ -168,6 +227,7 @@ impl App {
             role,
             disabled: false,
             created_at: now,
+            mfa_enabled: false,
         };
         self.create_user(actor, &user).await?;
         Ok(user)
@@ -230,28 +290,10 @@ impl App {
         source: Option<std::net::IpAddr>,
     ) -> Result<User, Error> {
         let typed: String = label::printable(username).chars().take(64).collect();
-        let account = Subject::Account(typed.to_lowercase());
-        let mut subjects = vec![account.clone()];
-        subjects.extend(source.map(|ip| Subject::Source(ip.to_string())));
+        let subjects = attempt_subjects(&typed, source);
         let anonymous = Actor::anonymous(&typed, source);
-        let now = self.now();
-        let throttled = self.with_attempts(|a| a.check(&subjects, now));
-        if let Err(refusal) = throttled {
-            self.record_audit(
-                &anonymous,
-                "auth.login",
-                None,
-                AuditOutcome::Denied,
-                json!({"reason": if refusal.locked { "locked" } else { "delayed" },
-                       "retry_after_s": refusal.retry_after.as_secs()}),
-            )
+        self.refuse_if_throttled(&subjects, &anonymous, "auth.login")
             .await?;
-            return Err(Error::limited(
-                "too_many_attempts",
-                "too many failed sign-ins; wait before trying again",
-                refusal.retry_after.unsigned_abs(),
-            ));
-        }
         let user = match validate_username(username) {
             Ok(name) => self.store.user_by_username(&name).await?,
             Err(_) => None,
@@ -262,31 +304,25 @@ impl App {
             .await?;
         match user {
             Some(user) if matched && !user.disabled => {
-                self.with_attempts(|a| a.success(&account));
+                // With a second factor the sign-in is not over yet: the failure count is
+                // reset only once the factor passed too, so a known password does not
+                // buy unlimited guesses at the code.
+                if !user.mfa_enabled {
+                    self.sign_in_succeeded(&subjects);
+                }
                 let actor = Actor::for_user(&user, source);
                 self.record_audit(
                     &actor,
                     "auth.login",
                     Some(format!("user:{}", user.id)),
                     AuditOutcome::Success,
-                    json!({}),
+                    json!({"second_factor_next": user.mfa_enabled}),
                 )
                 .await?;
                 Ok(user)
             }
             found => {
-                let now = self.now();
-                let locked = self.with_attempts(|a| a.failure(&subjects, now, &self.throttle));
-                for subject in locked {
-                    self.record_audit(
-                        &Actor::system("brute-force-protection"),
-                        "auth.lockout",
-                        None,
-                        AuditOutcome::Success,
-                        json!({"subject": subject}),
-                    )
-                    .await?;
-                }
+                self.count_failure(&subjects).await?;
                 let actor = anonymous;
                 // Only the trail says why; the caller hears the same thing every time.
                 let reason = match found {

@@ -368,19 +368,51 @@ pub async fn rotate(
         }
     }
     crate::audit::rewrap_keys(&*store, &keyring, random).await?;
-    let retirable = store
-        .kek_usage()
-        .await?
-        .into_iter()
-        .filter(|u| u.versions == 0 && u.kek_id != new_kek)
-        .map(|u| u.kek_id)
-        .collect();
+    rewrap_mfa_secrets(&*store, &keyring, random, &new_kek).await?;
+    let mut retirable = Vec::new();
+    for usage in store.kek_usage().await? {
+        if usage.versions == 0
+            && usage.kek_id != new_kek
+            && store.mfa_wrapped_by(&usage.kek_id).await?.is_empty()
+        {
+            retirable.push(usage.kek_id);
+        }
+    }
     store.close().await;
     Ok(RotationReport {
         new_kek,
         rewrapped: done,
         retirable,
     })
+}
+
+/// Rewraps every TOTP secret not yet under `new_kek` (compare-and-set per user, so a
+/// concurrent re-enrolment is never overwritten).
+async fn rewrap_mfa_secrets(
+    store: &dyn keyward_core::ports::Store,
+    keyring: &Keyring,
+    random: &dyn Randomness,
+    new_kek: &str,
+) -> Result<(), VaultError> {
+    for old in keyring.ids().filter(|id| *id != new_kek) {
+        for enrolment in store.mfa_wrapped_by(old).await? {
+            let moved = keyward_crypto::totp::TotpSecret::rewrap(
+                keyring,
+                random,
+                &enrolment.sealed_secret,
+                enrolment.user_id.as_str(),
+            )?;
+            store
+                .rewrap_mfa(
+                    &enrolment.user_id,
+                    &enrolment.sealed_secret,
+                    &moved,
+                    new_kek,
+                )
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Forgets a master key that no longer wraps anything (and, for the key-file source,
@@ -399,6 +431,12 @@ pub async fn retire(
     {
         return Err(VaultError(format!(
             "master key {kek_id} still wraps the audit keys; run `keyward master-key rotate` first"
+        )));
+    }
+    let second_factors = vault.store.mfa_wrapped_by(kek_id).await?.len();
+    if second_factors > 0 {
+        return Err(VaultError(format!(
+            "master key {kek_id} still wraps {second_factors} users' TOTP secrets; run `keyward master-key rotate` first"
         )));
     }
     vault.store.remove_master_key(kek_id).await?;

@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sessions",
         include_str!("../migrations/postgres/0005_sessions.sql"),
     ),
+    (
+        6,
+        "mfa",
+        include_str!("../migrations/postgres/0006_mfa.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

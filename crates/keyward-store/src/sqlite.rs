@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sessions",
         include_str!("../migrations/sqlite/0005_sessions.sql"),
     ),
+    (6, "mfa", include_str!("../migrations/sqlite/0006_mfa.sql")),
 ];
 
 #[derive(Debug, Clone)]

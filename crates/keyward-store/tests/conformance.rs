@@ -15,6 +15,7 @@ use keyward_core::key::{
     Criticality, Key, KeyFilter, KeyStatus, KeyVersion, PageRequest, SealedSecret, VersionState,
 };
 use keyward_core::master_key::MasterKeyRecord;
+use keyward_core::mfa::MfaEnrolment;
 use keyward_core::ports::Store;
 use keyward_core::service::{Category, Environment};
 use keyward_core::service::{Limit, LimitUnit};
@@ -1078,6 +1079,7 @@ async fn tokens_and_users(store: Arc<dyn Store>) {
         role: Role::Owner,
         disabled: false,
         created_at: ts(1),
+        mfa_enabled: false,
     };
     store.insert_user(&user).await.expect("insert user");
     let dup = User {
@@ -1532,6 +1534,7 @@ async fn sessions_round_trip_touch_forward_and_end(store: Arc<dyn Store>) {
         role: Role::Viewer,
         disabled: false,
         created_at: ts(1),
+        mfa_enabled: false,
     };
     store.insert_user(&user).await.expect("user");
     let session = |id: &str, expires: i64| Session {
@@ -1562,9 +1565,36 @@ async fn sessions_round_trip_touch_forward_and_end(store: Arc<dyn Store>) {
         .touch_session("aaa", ts(20))
         .await
         .expect("touch back");
-    store.set_session_mfa("aaa", ts(55)).await.expect("mfa");
     let a = store.session("aaa").await.expect("get").expect("some");
-    assert_eq!((a.last_seen_at, a.mfa_at), (ts(50), Some(ts(55))));
+    assert_eq!(a.last_seen_at, ts(50));
+    // After an MFA check the session is swapped for one with a new id, in one step.
+    let mut renewed = session("aaa2", 1_000);
+    renewed.mfa_at = Some(ts(55));
+    assert!(
+        store
+            .replace_session("aaa", &renewed)
+            .await
+            .expect("replace")
+    );
+    assert_eq!(store.session("aaa").await.expect("get"), None);
+    assert_eq!(
+        store
+            .session("aaa2")
+            .await
+            .expect("get")
+            .and_then(|s| s.mfa_at),
+        Some(ts(55))
+    );
+    let mut again = session("aaa3", 1_000);
+    again.mfa_at = Some(ts(56));
+    assert!(
+        !store
+            .replace_session("aaa", &again)
+            .await
+            .expect("replace gone"),
+        "an ended session cannot be renewed"
+    );
+    assert_eq!(store.session("aaa3").await.expect("get"), None);
     let live: Vec<String> = store
         .sessions(ts(1_500))
         .await
@@ -1590,6 +1620,162 @@ async fn sessions_round_trip_touch_forward_and_end(store: Arc<dyn Store>) {
         .expect("d");
     assert_eq!(store.delete_user_sessions(&user.id).await.expect("all"), 2);
     assert_eq!(store.session("ccc").await.expect("get"), None);
+}
+
+async fn mfa_steps_and_recovery_codes_are_used_once(store: Arc<dyn Store>) {
+    let r = rng();
+    let user = User {
+        id: UserId::generate(ts(1), &r),
+        username: "mia".into(),
+        password_hash: "$argon2id$…".into(),
+        role: Role::Admin,
+        disabled: false,
+        created_at: ts(1),
+        mfa_enabled: false,
+    };
+    store.insert_user(&user).await.expect("user");
+    let pending = |secret: &str| MfaEnrolment {
+        user_id: user.id.clone(),
+        sealed_secret: secret.into(),
+        kek_id: "kek-a".into(),
+        created_at: ts(5),
+        confirmed_at: None,
+        last_step: None,
+    };
+    assert_eq!(store.mfa_enrolment(&user.id).await.expect("get"), None);
+    store
+        .put_pending_mfa(&pending("s1"))
+        .await
+        .expect("pending");
+    // A second start replaces the pending one.
+    store
+        .put_pending_mfa(&pending("s2"))
+        .await
+        .expect("pending again");
+    assert_eq!(
+        store.mfa_enrolment(&user.id).await.expect("get"),
+        Some(pending("s2"))
+    );
+    assert!(!store.use_totp_step(&user.id, 7).await.expect("unconfirmed"));
+    assert!(
+        !store
+            .user(&user.id)
+            .await
+            .expect("u")
+            .expect("u")
+            .mfa_enabled
+    );
+    let hashes = vec![vec![1u8; 32], vec![2u8; 32]];
+    assert!(
+        store
+            .confirm_mfa(&user.id, 100, ts(6), &hashes)
+            .await
+            .expect("confirm")
+    );
+    assert!(
+        !store
+            .confirm_mfa(&user.id, 101, ts(6), &hashes)
+            .await
+            .expect("twice"),
+        "confirmed once"
+    );
+    assert!(
+        store
+            .user(&user.id)
+            .await
+            .expect("u")
+            .expect("u")
+            .mfa_enabled
+    );
+    assert!(
+        store
+            .user_by_username("mia")
+            .await
+            .expect("u")
+            .expect("u")
+            .mfa_enabled
+    );
+    assert_eq!(
+        store
+            .put_pending_mfa(&pending("s3"))
+            .await
+            .map_err(|e| e.code),
+        Err("mfa_already_enrolled")
+    );
+    // Steps only move forward.
+    assert!(!store.use_totp_step(&user.id, 100).await.expect("replay"));
+    assert!(!store.use_totp_step(&user.id, 99).await.expect("older"));
+    assert!(store.use_totp_step(&user.id, 101).await.expect("next"));
+    assert!(!store.use_totp_step(&user.id, 101).await.expect("replay"));
+    let e = store
+        .mfa_enrolment(&user.id)
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!((e.last_step, e.confirmed_at), (Some(101), Some(ts(6))));
+    // Recovery codes: each once.
+    assert_eq!(store.unused_recovery_codes(&user.id).await.expect("n"), 2);
+    assert!(
+        store
+            .use_recovery_code(&user.id, &[1u8; 32], ts(7))
+            .await
+            .expect("use")
+    );
+    assert!(
+        !store
+            .use_recovery_code(&user.id, &[1u8; 32], ts(8))
+            .await
+            .expect("reuse")
+    );
+    assert!(
+        !store
+            .use_recovery_code(&user.id, &[9u8; 32], ts(8))
+            .await
+            .expect("unknown")
+    );
+    assert_eq!(store.unused_recovery_codes(&user.id).await.expect("n"), 1);
+    store
+        .replace_recovery_codes(&user.id, &[vec![3u8; 32]])
+        .await
+        .expect("replace");
+    assert!(
+        !store
+            .use_recovery_code(&user.id, &[2u8; 32], ts(8))
+            .await
+            .expect("old")
+    );
+    assert_eq!(store.unused_recovery_codes(&user.id).await.expect("n"), 1);
+    // Rotation moves the sealed secret by compare-and-set.
+    assert_eq!(store.mfa_wrapped_by("kek-a").await.expect("by").len(), 1);
+    assert!(
+        !store
+            .rewrap_mfa(&user.id, "stale", "s4", "kek-b")
+            .await
+            .expect("cas")
+    );
+    assert!(
+        store
+            .rewrap_mfa(&user.id, "s2", "s4", "kek-b")
+            .await
+            .expect("cas")
+    );
+    assert!(store.mfa_wrapped_by("kek-a").await.expect("by").is_empty());
+    assert_eq!(store.mfa_wrapped_by("kek-b").await.expect("by").len(), 1);
+    assert!(store.delete_mfa(&user.id).await.expect("reset"));
+    assert!(!store.delete_mfa(&user.id).await.expect("again"));
+    assert_eq!(store.unused_recovery_codes(&user.id).await.expect("n"), 0);
+    assert!(
+        !store
+            .user(&user.id)
+            .await
+            .expect("u")
+            .expect("u")
+            .mfa_enabled
+    );
+    store
+        .put_pending_mfa(&pending("s5"))
+        .await
+        .expect("enrol again after reset");
 }
 
 macro_rules! conformance {
@@ -1648,6 +1834,7 @@ conformance_with_db!(audit_tampering_is_found);
 conformance!(
     audit_appends_are_numbered_chained_and_filtered,
     sessions_round_trip_touch_forward_and_end,
+    mfa_steps_and_recovery_codes_are_used_once,
     migrations_are_idempotent,
     keys_round_trip_with_their_first_version,
     batch_inserts_are_all_or_nothing,

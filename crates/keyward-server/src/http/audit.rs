@@ -105,7 +105,7 @@ pub async fn list_audit(
     responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn export_audit(
-    auth: Authorized<perm::AuditRead>,
+    auth: Authorized<perm::AuditExport>,
     State(app): State<Arc<App>>,
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> ApiResult<Response> {

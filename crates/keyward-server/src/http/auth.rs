@@ -25,6 +25,57 @@ pub struct Caller {
     pub actor: Actor,
     /// The session, when the caller signed in (rather than sending a token).
     pub session: Option<keyward_core::session::Session>,
+    pub mfa: MfaStanding,
+}
+
+/// Where a caller stands with MFA, worked out once per request from the MFA policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MfaStanding {
+    /// A management token: non-interactive, bound by its role, scope and allowlist instead.
+    NotApplicable,
+    /// The policy says this role needs a second factor and the user has none yet: the
+    /// session may enrol, see who it is and sign out, nothing else.
+    EnrolmentRequired,
+    /// No MFA check within the step-up window (`enrolled` says whether one is possible).
+    Stale { enrolled: bool },
+    /// An MFA check within the step-up window.
+    Fresh,
+}
+
+impl MfaStanding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MfaStanding::NotApplicable => "not_applicable",
+            MfaStanding::EnrolmentRequired => "enrolment_required",
+            MfaStanding::Stale { .. } => "stale",
+            MfaStanding::Fresh => "fresh",
+        }
+    }
+
+    /// Why this caller may not go on yet, if so; `step_up` for operations that need a recent
+    /// MFA check.
+    fn refusal(self, step_up: bool) -> Option<Error> {
+        let enrol = || {
+            Error::new(
+                ErrorKind::Forbidden,
+                "mfa_enrolment_required",
+                "set up a second factor (POST /api/v1/auth/mfa/enroll) before doing this",
+            )
+        };
+        match self {
+            MfaStanding::EnrolmentRequired => Some(enrol()),
+            MfaStanding::Stale { enrolled } if step_up => Some(if enrolled {
+                Error::new(
+                    ErrorKind::Forbidden,
+                    "step_up_required",
+                    "confirm it is you: enter a code from your authenticator app (POST /api/v1/auth/mfa/verify), then try again",
+                )
+            } else {
+                enrol()
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Compile-time name of a permission, for use in handler signatures.
@@ -54,9 +105,12 @@ pub mod perm {
         KeysPurge,
         AppTokensRead,
         AppTokensWrite,
+        KeysReveal,
         AuditRead,
+        AuditExport,
         UsersRead,
-        UsersWrite
+        UsersWrite,
+        AccessWrite
     );
 }
 
@@ -69,6 +123,26 @@ impl FromRequestParts<Arc<App>> for SignedIn {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         authenticate(parts, app).await.map(Self)
+    }
+}
+
+/// A signed-in person (a session, not a token) who passed an MFA check within the step-up
+/// window: for changes to one's own second factor.
+#[derive(Debug)]
+pub struct SteppedUp(pub Caller, pub keyward_core::session::Session);
+
+impl FromRequestParts<Arc<App>> for SteppedUp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let caller = authenticate(parts, app).await?;
+        let Some(session) = caller.session.clone() else {
+            return Err(Error::invalid("no_session", "this needs a signed-in session").into());
+        };
+        if let Some(refusal) = caller.mfa.refusal(true) {
+            return Err(deny(app, parts, &caller, refusal, None).await);
+        }
+        Ok(Self(caller, session))
     }
 }
 
@@ -100,24 +174,44 @@ impl<P: RequiredPermission> FromRequestParts<Arc<App>> for Authorized<P> {
                     P::PERMISSION
                 ),
             );
-            app.record_audit(
-                &caller.actor,
-                "access.denied",
-                None,
-                AuditOutcome::Denied,
-                serde_json::json!({
-                    "permission": P::PERMISSION,
-                    "method": parts.method.as_str(),
-                    "path": parts.uri.path(),
-                }),
-            )
-            .await?;
-            return Err(denied.into());
+            return Err(deny(app, parts, &caller, denied, Some(P::PERMISSION)).await);
+        }
+        if let Some(refusal) = caller.mfa.refusal(P::PERMISSION.needs_step_up()) {
+            return Err(deny(app, parts, &caller, refusal, Some(P::PERMISSION)).await);
         }
         Ok(Self {
             caller,
             _permission: PhantomData,
         })
+    }
+}
+
+/// Audits a refused request (`access.denied`, with why) and turns the refusal into the
+/// answer — or into the audit failure, which refuses too.
+async fn deny(
+    app: &App,
+    parts: &Parts,
+    caller: &Caller,
+    refusal: Error,
+    permission: Option<Permission>,
+) -> ApiError {
+    let recorded = app
+        .record_audit(
+            &caller.actor,
+            "access.denied",
+            None,
+            AuditOutcome::Denied,
+            serde_json::json!({
+                "permission": permission,
+                "reason": refusal.code,
+                "method": parts.method.as_str(),
+                "path": parts.uri.path(),
+            }),
+        )
+        .await;
+    match recorded {
+        Ok(()) => refusal.into(),
+        Err(e) => e.into(),
     }
 }
 
@@ -160,6 +254,7 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
                 source,
             },
             session: None,
+            mfa: MfaStanding::NotApplicable,
         }),
         Err(e) => {
             // A request that presented nothing is not worth an entry; a wrong credential is.
@@ -244,9 +339,20 @@ async fn authenticate_session(
         )
         .into());
     }
+    let policy = app.mfa_policy().await?;
+    let mfa = if policy.step_up_fresh(session.mfa_at, app.now()) {
+        MfaStanding::Fresh
+    } else if !user.mfa_enabled && policy.required_for(user.role) {
+        MfaStanding::EnrolmentRequired
+    } else {
+        MfaStanding::Stale {
+            enrolled: user.mfa_enabled,
+        }
+    };
     Ok(Caller {
         actor,
         session: Some(session),
+        mfa,
     })
 }
 

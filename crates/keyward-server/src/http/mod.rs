@@ -26,6 +26,7 @@ pub mod client_ip;
 pub mod error;
 pub mod extract;
 mod keys;
+mod mfa;
 mod proxy;
 mod sessions;
 mod usage;
@@ -52,6 +53,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         users::create_user, users::list_users, users::get_user, users::disable_user, users::enable_user,
         sessions::sign_in, sessions::sign_out, sessions::sign_out_everywhere, sessions::who_am_i,
         sessions::list_sessions, sessions::end_session, sessions::list_lockouts, sessions::lift_lockout,
+        mfa::mfa_status, mfa::start_enrolment, mfa::confirm_enrolment, mfa::step_up,
+        mfa::regenerate_recovery_codes, mfa::reset_mfa, mfa::get_mfa_policy, mfa::set_mfa_policy,
     ),
     modifiers(&BearerAuth),
     tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
@@ -133,6 +136,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/auth/logout", post(sessions::sign_out))
         .route("/auth/logout-all", post(sessions::sign_out_everywhere))
         .route("/auth/session", get(sessions::who_am_i))
+        .route("/auth/mfa", get(mfa::mfa_status))
+        .route("/auth/mfa/enroll", post(mfa::start_enrolment))
+        .route("/auth/mfa/confirm", post(mfa::confirm_enrolment))
+        .route("/auth/mfa/verify", post(mfa::step_up))
+        .route(
+            "/auth/mfa/recovery-codes",
+            post(mfa::regenerate_recovery_codes),
+        )
+        .route("/users/{id}/mfa", delete(mfa::reset_mfa))
+        .route(
+            "/policies/mfa",
+            get(mfa::get_mfa_policy).put(mfa::set_mfa_policy),
+        )
         .route("/auth/lockouts", get(sessions::list_lockouts))
         .route("/auth/lockouts/lift", post(sessions::lift_lockout))
         .route("/sessions", get(sessions::list_sessions))

@@ -18,6 +18,8 @@ use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use super::users::UserBody;
 use crate::app::App;
+use crate::mfa::SecondFactor;
+use crate::sessions::NewSession;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +27,12 @@ pub struct SignInRequest {
     pub username: String,
     #[schema(value_type = String)]
     pub password: SecretString,
+    /// Six digits from the authenticator app, for a user with a second factor.
+    #[schema(value_type = Option<String>)]
+    pub code: Option<SecretString>,
+    /// Instead of `code`: one of the recovery codes (each works once).
+    #[schema(value_type = Option<String>)]
+    pub recovery_code: Option<SecretString>,
 }
 
 impl std::fmt::Debug for SignInRequest {
@@ -39,7 +47,8 @@ impl std::fmt::Debug for SignInRequest {
 pub struct SignedInBody {
     pub user: UserBody,
     pub session: SessionBody,
-    /// Send as `X-CSRF-Token` with every state-changing request; shown only here.
+    /// Send as `X-CSRF-Token` with every state-changing request; shown only here (a new
+    /// one comes with every new session, e.g. after an MFA check).
     pub csrf_token: String,
 }
 
@@ -88,27 +97,63 @@ fn set_cookie(
     Ok(header)
 }
 
-/// Signs in with a username and password; answers with a session cookie and the CSRF
-/// token. A wrong password, an unknown user and a disabled user get the same answer.
+/// Signs in with a username and password (and, for a user with a second factor, a code);
+/// answers with a session cookie and the CSRF token. A wrong password, an unknown user and a
+/// disabled user get the same answer; a missing code is `mfa_required`, a wrong or reused
+/// one `invalid_mfa_code`.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = SignInRequest,
-    responses((status = 200, body = SignedInBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = SignedInBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn sign_in(
     State(app): State<Arc<App>>,
     ClientAddress(source): ClientAddress,
     ApiJson(req): ApiJson<SignInRequest>,
 ) -> ApiResult<Response> {
-    let signed = app.sign_in(&req.username, req.password, source).await?;
+    let factor = second_factor(req.code, req.recovery_code)?;
+    let signed = app
+        .sign_in(&req.username, req.password, factor, source)
+        .await?;
+    session_response(&app, signed, |body| body)
+}
+
+/// At most one of a TOTP code and a recovery code.
+pub(super) fn second_factor(
+    code: Option<SecretString>,
+    recovery_code: Option<SecretString>,
+) -> Result<Option<SecondFactor>, keyward_core::Error> {
+    match (code, recovery_code) {
+        (Some(_), Some(_)) => Err(keyward_core::Error::invalid(
+            "one_second_factor",
+            "send either `code` or `recovery_code`, not both",
+        )),
+        (Some(code), None) => Ok(Some(SecondFactor::Totp(code))),
+        (None, Some(code)) => Ok(Some(SecondFactor::RecoveryCode(code))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The answer that hands a (new) session to the browser: the cookie, and a JSON body built
+/// from [`SignedInBody`] by `body` (which may add fields, e.g. recovery codes).
+pub(super) fn session_response<B: Serialize>(
+    app: &App,
+    signed: NewSession,
+    body: impl FnOnce(SignedInBody) -> B,
+) -> ApiResult<Response> {
     let cookie = set_cookie(
-        &app,
+        app,
         signed.token.expose_secret(),
-        app.session_policy.absolute.as_secs(),
+        signed
+            .session
+            .expires_at
+            .duration_since(app.now())
+            .as_secs()
+            .max(0),
     )?;
-    let body = SignedInBody {
+    let base = SignedInBody {
         user: signed.user.into(),
         csrf_token: signed.csrf.expose_secret().to_owned(),
         session: signed.session.into(),
     };
-    let mut response = Json(body).into_response();
+    let mut response = Json(body(base)).into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(response)
 }
@@ -163,6 +208,9 @@ pub struct WhoAmIBody {
     pub name: String,
     pub role: String,
     pub session: Option<SessionBody>,
+    /// `not_applicable` (a token), `enrolment_required` (set up MFA before anything else),
+    /// `stale` (sensitive operations need a fresh MFA check) or `fresh`.
+    pub mfa: String,
 }
 
 /// Who the caller is: a signed-in user (with the session) or a management token.
@@ -175,6 +223,7 @@ pub async fn who_am_i(SignedIn(caller): SignedIn) -> Json<WhoAmIBody> {
         name: caller.actor.name,
         role: caller.actor.role.to_string(),
         session: caller.session.map(SessionBody::from),
+        mfa: caller.mfa.as_str().to_owned(),
     })
 }
 

@@ -47,6 +47,8 @@ pub struct UserBody {
     pub disabled: bool,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    /// Has a confirmed second factor.
+    pub mfa_enabled: bool,
 }
 
 impl From<User> for UserBody {
@@ -57,6 +59,7 @@ impl From<User> for UserBody {
             role: u.role.to_string(),
             disabled: u.disabled,
             created_at: u.created_at,
+            mfa_enabled: u.mfa_enabled,
         }
     }
 }

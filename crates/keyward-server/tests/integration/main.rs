@@ -9,6 +9,7 @@
     reason = "tests"
 )]
 
+mod browser;
 mod fake_llm;
 mod helpers;
 
@@ -20,6 +21,7 @@ mod durability;
 mod keys;
 mod leaks;
 mod llm;
+mod mfa;
 mod proxy;
 mod sdk;
 mod sessions;

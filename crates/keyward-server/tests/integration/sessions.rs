@@ -2,108 +2,11 @@
 //! request, signing out here and everywhere, admins ending sessions, and disabled users.
 
 use keyward_core::access::Role;
-use reqwest::header::{COOKIE, SET_COOKIE};
 use reqwest::{Method, StatusCode};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 
+use crate::browser::{PASSWORD, add_user, browse, enrol, sign_in, whoami};
 use crate::helpers::{Backend, TestApp, assert_error, audit_actions};
-
-const PASSWORD: &str = "tangerine violin orbit";
-
-struct Browser {
-    cookie: String,
-    csrf: String,
-    session_id: String,
-}
-
-async fn add_user(app: &TestApp, name: &str, role: Role) -> String {
-    app.app
-        .add_user(
-            &keyward_server::app::Actor::system("test"),
-            name,
-            SecretString::from(PASSWORD),
-            role,
-        )
-        .await
-        .unwrap()
-        .id
-        .to_string()
-}
-
-async fn sign_in(
-    app: &TestApp,
-    name: &str,
-    password: &str,
-) -> Result<Browser, (StatusCode, Value)> {
-    let response = app
-        .client
-        .post(format!("{}/api/v1/auth/login", app.base))
-        .json(&json!({"username": name, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let set_cookie = response
-        .headers()
-        .get(SET_COOKIE)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if status != StatusCode::OK {
-        assert!(set_cookie.is_none(), "no cookie for a failed sign-in");
-        return Err((status, body));
-    }
-    let set_cookie = set_cookie.unwrap();
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
-        assert!(set_cookie.contains(attribute), "{set_cookie}");
-    }
-    Ok(Browser {
-        cookie: set_cookie.split(';').next().unwrap().to_owned(),
-        csrf: body["csrf_token"].as_str().unwrap().to_owned(),
-        session_id: body["session"]["id"].as_str().unwrap().to_owned(),
-    })
-}
-
-async fn whoami(app: &TestApp, b: &Browser) -> (StatusCode, Value) {
-    browse(
-        app,
-        b,
-        Method::GET,
-        "/api/v1/auth/session",
-        None,
-        None,
-        None,
-    )
-    .await
-}
-
-/// A request with the browser's cookie; `csrf` and `site` say which protections it carries.
-async fn browse(
-    app: &TestApp,
-    b: &Browser,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-    csrf: Option<&str>,
-    site: Option<&str>,
-) -> (StatusCode, Value) {
-    let mut request = app
-        .client
-        .request(method, format!("{}{path}", app.base))
-        .header(COOKIE, &b.cookie);
-    if let Some(csrf) = csrf {
-        request = request.header("x-csrf-token", csrf);
-    }
-    if let Some(site) = site {
-        request = request.header("sec-fetch-site", site);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test]
 async fn a_session_cookie_works_only_with_its_csrf_token_from_this_site() {
@@ -121,6 +24,8 @@ async fn a_session_cookie_works_only_with_its_csrf_token_from_this_site() {
     assert_error(&wrong, StatusCode::UNAUTHORIZED, "invalid_credentials");
 
     let b = sign_in(&app, "kim", PASSWORD).await.unwrap();
+    // Key managers must have a second factor before anything else (the default policy).
+    let (b, _, _) = enrol(&app, &b).await;
     let (status, me) = browse(
         &app,
         &b,

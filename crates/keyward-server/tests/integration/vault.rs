@@ -179,12 +179,83 @@ async fn restart_keeps_everything_and_a_wrong_or_missing_master_key_refuses_to_s
     server.stop();
 }
 
+const MFA_PASSWORD: &str = "tangerine violin orbit";
+
+/// Creates user `ada` and enrols her in TOTP over HTTP; returns her phone.
+async fn enrol_over_http(base: &str, token: &str) -> keyward_crypto::totp::TotpSecret {
+    post(
+        base,
+        token,
+        "/api/v1/users",
+        serde_json::json!({"username": "ada", "password": MFA_PASSWORD, "role": "viewer"}),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let login = client
+        .post(format!("http://{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({"username": "ada", "password": MFA_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let body: serde_json::Value = login.json().await.unwrap();
+    let csrf = body["csrf_token"].as_str().unwrap().to_owned();
+    let send = |path: &str, body: serde_json::Value| {
+        client
+            .post(format!("http://{base}{path}"))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .json(&body)
+            .send()
+    };
+    let setup: serde_json::Value = send("/api/v1/auth/mfa/enroll", serde_json::json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let phone =
+        keyward_crypto::totp::TotpSecret::from_base32(setup["secret"].as_str().unwrap()).unwrap();
+    let now = jiff::Timestamp::now().as_second().try_into().unwrap();
+    let confirmed = send(
+        "/api/v1/auth/mfa/confirm",
+        serde_json::json!({"code": phone.code_at(now).unwrap()}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(confirmed.status(), reqwest::StatusCode::OK);
+    phone
+}
+
+/// Signs `ada` in with the code of the next time step (accepted: one step of drift), which
+/// cannot be one used before.
+async fn sign_in_with_code(
+    base: &str,
+    phone: &keyward_crypto::totp::TotpSecret,
+) -> reqwest::StatusCode {
+    let next: u64 = (jiff::Timestamp::now().as_second() + 30)
+        .try_into()
+        .unwrap();
+    reqwest::Client::new()
+        .post(format!("http://{base}/api/v1/auth/login"))
+        .json(
+            &serde_json::json!({"username": "ada", "password": MFA_PASSWORD,
+                                  "code": phone.code_at(next).unwrap()}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn key_file_rotation_rewraps_everything_and_retires_the_old_key() {
     let dir = tempfile::tempdir().unwrap();
     let token = cli_token(dir.path(), &[]);
     let server = Process::serve(dir.path(), &[], "pre-rotation");
     let ids = add_keys(&server.base, &token, 4).await;
+    let phone = enrol_over_http(&server.base, &token).await;
     let old_kek = get(
         &server.base,
         &token,
@@ -236,6 +307,11 @@ async fn key_file_rotation_rewraps_everything_and_retires_the_old_key() {
             .unwrap()
             .iter()
             .all(|v| v["kek_id"] != old_kek.as_str())
+    );
+    assert_eq!(
+        sign_in_with_code(&server.base, &phone).await,
+        reqwest::StatusCode::OK,
+        "the TOTP secret moved to the new master key too"
     );
     server.stop();
 
