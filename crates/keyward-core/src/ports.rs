@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 
 use crate::Result;
+use crate::access::{CustomRole, Grant, Role};
 use crate::app_token::AppToken;
 use crate::audit::{AuditCheckpoint, AuditDraft, AuditEvent, AuditFilter};
 use crate::catalog::BaseUrlOverride;
@@ -135,6 +136,10 @@ pub trait TokenStore: Send + Sync {
     async fn insert_token(&self, token: &ManagementToken) -> Result<()>;
     async fn token_by_public_id(&self, public_id: &str) -> Result<Option<ManagementToken>>;
     async fn touch_token(&self, id: &TokenId, at: Timestamp) -> Result<()>;
+    /// Every token, newest first (revoked ones included).
+    async fn tokens(&self) -> Result<Vec<ManagementToken>>;
+    /// Revokes a live token; `false` if it was already revoked or does not exist.
+    async fn revoke_token(&self, id: &TokenId, at: Timestamp) -> Result<bool>;
 }
 
 #[async_trait]
@@ -161,6 +166,8 @@ pub trait UserStore: Send + Sync {
     async fn users(&self) -> Result<Vec<User>>;
     /// Sets `disabled`; returns whether the user exists.
     async fn set_user_disabled(&self, id: &UserId, disabled: bool) -> Result<bool>;
+    async fn set_user_role(&self, id: &UserId, role: Role) -> Result<bool>;
+    async fn set_user_networks(&self, id: &UserId, networks: &[ipnet::IpNet]) -> Result<bool>;
     async fn count_users(&self) -> Result<u64>;
 }
 
@@ -222,6 +229,26 @@ pub trait SessionStore: Send + Sync {
 }
 
 /// The audit trail: append-only, hash-chained, with signed checkpoints.
+/// Custom roles, scoped grants and per-role network allowlists.
+#[async_trait]
+pub trait AccessStore: Send + Sync {
+    async fn custom_roles(&self) -> Result<Vec<CustomRole>>;
+    /// Conflict `role_exists` for a taken id.
+    async fn insert_custom_role(&self, role: &CustomRole) -> Result<()>;
+    /// `false` if there is no such role.
+    async fn update_custom_role(&self, role: &CustomRole) -> Result<bool>;
+    /// Conflict `role_in_use` while a grant names it; `false` if there is no such role.
+    async fn delete_custom_role(&self, id: &str) -> Result<bool>;
+    async fn grants(&self, user_id: &UserId) -> Result<Vec<Grant>>;
+    /// Invalid `unknown_role` if a custom role named by the grant does not exist.
+    async fn insert_grant(&self, grant: &Grant) -> Result<()>;
+    async fn delete_grant(&self, user_id: &UserId, grant_id: &str) -> Result<bool>;
+    /// Roles (built-in or custom, by name) with a network allowlist.
+    async fn role_networks(&self) -> Result<Vec<(String, Vec<ipnet::IpNet>)>>;
+    /// Sets (or with an empty list removes) a role's allowlist.
+    async fn set_role_networks(&self, role: &str, networks: &[ipnet::IpNet]) -> Result<()>;
+}
+
 /// Second factors. Every "use" method is a compare-and-set, so two instances (or two
 /// racing requests) cannot both accept the same TOTP step or recovery code.
 #[async_trait]
@@ -289,6 +316,7 @@ pub trait Store:
     + AuditStore
     + SessionStore
     + MfaStore
+    + AccessStore
     + std::fmt::Debug
 {
     /// `sqlite` or `postgres`.

@@ -5,7 +5,7 @@
 
 use jiff::Timestamp;
 
-use crate::access::Role;
+use crate::access::{Role, Scope};
 use crate::id::TokenId;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,10 @@ pub struct ManagementToken {
     pub expires_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
+    /// The part of the vault the token's role applies to.
+    pub scope: Scope,
+    /// Where the token may be used from (empty: anywhere the role allows).
+    pub allowed_networks: Vec<ipnet::IpNet>,
 }
 
 impl ManagementToken {

@@ -17,6 +17,8 @@ pub struct User {
     pub created_at: Timestamp,
     /// Has a confirmed second factor (derived by the store from the enrolment).
     pub mfa_enabled: bool,
+    /// Where the user may sign in and work from (empty: anywhere the role allows).
+    pub allowed_networks: Vec<ipnet::IpNet>,
 }
 
 pub const USERNAME_MAX: usize = 64;

@@ -120,6 +120,13 @@ impl AppOptions {
     }
 }
 
+/// What limits a management token beyond its role.
+#[derive(Debug, Clone, Default)]
+pub struct TokenLimits {
+    pub scope: keyward_core::access::Scope,
+    pub allowed_networks: Vec<ipnet::IpNet>,
+}
+
 /// Input for a new key: metadata plus the secret and whether to skip the format check.
 #[derive(Debug)]
 pub struct NewKey {
@@ -1008,6 +1015,26 @@ impl App {
         role: Role,
         expires_at: Option<Timestamp>,
     ) -> Result<(ManagementToken, SecretString), Error> {
+        self.issue_limited_token(actor, name, role, expires_at, TokenLimits::default())
+            .await
+    }
+
+    /// [`App::issue_token`] for part of the vault and/or from some networks only.
+    pub async fn issue_limited_token(
+        &self,
+        actor: &Actor,
+        name: &str,
+        role: Role,
+        expires_at: Option<Timestamp>,
+        limits: TokenLimits,
+    ) -> Result<(ManagementToken, SecretString), Error> {
+        let scope = limits.scope.validate()?;
+        if expires_at.is_some_and(|at| at <= self.now()) {
+            return Err(Error::invalid(
+                "expires_at_in_past",
+                "the expiry must be in the future",
+            ));
+        }
         let now = self.now();
         let issued = token::issue(token::MANAGEMENT_PREFIX, &*self.random);
         let record = ManagementToken {
@@ -1021,12 +1048,15 @@ impl App {
             expires_at,
             last_used_at: None,
             revoked_at: None,
+            scope,
+            allowed_networks: limits.allowed_networks,
         };
         self.audited(
             actor,
             "token.create",
             format!("token:{}", record.id),
-            json!({"name": record.name, "role": role.as_str(), "public_id": record.public_id}),
+            json!({"name": record.name, "role": role.as_str(), "public_id": record.public_id,
+                   "scope": record.scope, "allowed_networks": record.allowed_networks}),
             self.store.insert_token(&record),
         )
         .await?;

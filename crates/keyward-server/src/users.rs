@@ -228,6 +228,7 @@ impl App {
             disabled: false,
             created_at: now,
             mfa_enabled: false,
+            allowed_networks: Vec::new(),
         };
         self.create_user(actor, &user).await?;
         Ok(user)

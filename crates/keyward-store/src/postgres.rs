@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "mfa",
         include_str!("../migrations/postgres/0006_mfa.sql"),
     ),
+    (
+        7,
+        "access",
+        include_str!("../migrations/postgres/0007_access.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use keyward_core::access::Role;
+use keyward_core::access::{CustomRole, Grant, PermissionSet, Role, RoleRef, Scope};
 use keyward_core::app_token::{AppToken, Budget, RateLimit};
 use keyward_core::audit::{
     AuditCheckpoint, AuditDraft, AuditEvent, AuditFilter, chain_hash, hash_hex, parse_hash,
@@ -21,7 +21,7 @@ use keyward_core::key::{
 use keyward_core::master_key::{KekUsage, MasterKeyRecord};
 use keyward_core::mfa::MfaEnrolment;
 use keyward_core::ports::{
-    AppTokenStore, AuditStore, CatalogStore, MfaStore, SessionStore, KeyStore, Store, TokenStore, UsageStore, UserStore, VaultStore,
+    AccessStore, AppTokenStore, AuditStore, CatalogStore, MfaStore, SessionStore, KeyStore, Store, TokenStore, UsageStore, UserStore, VaultStore,
 };
 use keyward_core::service::Limit;
 use keyward_core::service::{Category, Environment, ServiceDefinition};
@@ -144,7 +144,18 @@ fn token_from_row(row: &DbRow) -> Result<ManagementToken, Error> {
         expires_at: opt_timestamp(get(row, "expires_at")?)?,
         last_used_at: opt_timestamp(get(row, "last_used_at")?)?,
         revoked_at: opt_timestamp(get(row, "revoked_at")?)?,
+        scope: get::<Option<String>>(row, "scope")?
+            .map_or(Ok(Scope::everywhere()), |t| {
+                serde_json::from_str(&t).map_err(|e| corrupt("token scope", e))
+            })?,
+        allowed_networks: networks_from(get(row, "allowed_networks")?)?,
     })
+}
+
+const TOKEN_COLUMNS: &str = "id, public_id, name, role, secret_hash, created_by, created_at, expires_at, last_used_at, revoked_at, scope, allowed_networks";
+
+fn scope_text(scope: &Scope) -> Result<String, Error> {
+    serde_json::to_string(scope).map_err(|e| Error::internal(format!("cannot encode a scope: {e}")))
 }
 
 fn tags_json(tags: &[String]) -> Result<String, Error> {
@@ -803,8 +814,8 @@ impl ThisStore {
 impl TokenStore for ThisStore {
     async fn insert_token(&self, t: &ManagementToken) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO management_tokens (id, public_id, name, role, secret_hash, created_by, created_at, expires_at, last_used_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO management_tokens (id, public_id, name, role, secret_hash, created_by, created_at, expires_at, last_used_at, revoked_at, scope, allowed_networks) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(t.id.as_str())
         .bind(&t.public_id)
@@ -816,6 +827,8 @@ impl TokenStore for ThisStore {
         .bind(t.expires_at.map(millis))
         .bind(t.last_used_at.map(millis))
         .bind(t.revoked_at.map(millis))
+        .bind(if t.scope.is_everywhere() { None } else { Some(scope_text(&t.scope)?) })
+        .bind(networks_text(&t.allowed_networks)?)
         .execute(&self.pool)
         .await
         .map_err(|e| db_error(e, Some(("token_exists", "a token with this id already exists"))))?;
@@ -823,10 +836,9 @@ impl TokenStore for ThisStore {
     }
 
     async fn token_by_public_id(&self, public_id: &str) -> Result<Option<ManagementToken>, Error> {
-        sqlx::query(
-            "SELECT id, public_id, name, role, secret_hash, created_by, created_at, expires_at, last_used_at, revoked_at \
-             FROM management_tokens WHERE public_id = $1",
-        )
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM management_tokens WHERE public_id = $1"
+        )))
         .bind(public_id)
         .fetch_optional(&self.pool)
         .await
@@ -844,6 +856,28 @@ impl TokenStore for ThisStore {
             .await
             .map_err(|e| db_error(e, None))?;
         Ok(())
+    }
+
+    async fn tokens(&self) -> Result<Vec<ManagementToken>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM management_tokens ORDER BY id DESC"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: &TokenId, at: Timestamp) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE management_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        )
+        .bind(millis(at))
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        Ok(done.rows_affected() == 1)
     }
 }
 
@@ -967,7 +1001,7 @@ impl AppTokenStore for ThisStore {
     }
 }
 
-const USER_COLUMNS: &str = "id, username, password_hash, role, disabled, created_at, \
+const USER_COLUMNS: &str = "id, username, password_hash, role, disabled, created_at, allowed_networks, \
     EXISTS (SELECT 1 FROM user_mfa m WHERE m.user_id = users.id AND m.confirmed_at IS NOT NULL) AS mfa_enabled";
 
 fn user_row(r: &DbRow) -> Result<User, Error> {
@@ -979,14 +1013,30 @@ fn user_row(r: &DbRow) -> Result<User, Error> {
         disabled: get(r, "disabled")?,
         created_at: timestamp(get(r, "created_at")?)?,
         mfa_enabled: get(r, "mfa_enabled")?,
+        allowed_networks: networks_from(get(r, "allowed_networks")?)?,
     })
+}
+
+fn networks_from(text: Option<String>) -> Result<Vec<ipnet::IpNet>, Error> {
+    text.map_or(Ok(Vec::new()), |t| {
+        serde_json::from_str(&t).map_err(|e| corrupt("network list", e))
+    })
+}
+
+fn networks_text(networks: &[ipnet::IpNet]) -> Result<Option<String>, Error> {
+    if networks.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(networks)
+        .map(Some)
+        .map_err(|e| Error::internal(format!("cannot encode networks: {e}")))
 }
 
 #[async_trait]
 impl UserStore for ThisStore {
     async fn insert_user(&self, u: &User) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO users (id, username, username_lower, password_hash, role, disabled, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO users (id, username, username_lower, password_hash, role, disabled, created_at, allowed_networks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(u.id.as_str())
         .bind(&u.username)
@@ -995,6 +1045,7 @@ impl UserStore for ThisStore {
         .bind(u.role.as_str())
         .bind(u.disabled)
         .bind(millis(u.created_at))
+        .bind(networks_text(&u.allowed_networks)?)
         .execute(&self.pool)
         .await
         .map_err(|e| db_error(e, Some(("username_taken", "a user with this name already exists"))))?;
@@ -1030,6 +1081,26 @@ impl UserStore for ThisStore {
     async fn set_user_disabled(&self, id: &UserId, disabled: bool) -> Result<bool, Error> {
         let done = sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
             .bind(disabled)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_user_role(&self, id: &UserId, role: Role) -> Result<bool, Error> {
+        let done = sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
+            .bind(role.as_str())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_user_networks(&self, id: &UserId, networks: &[ipnet::IpNet]) -> Result<bool, Error> {
+        let done = sqlx::query("UPDATE users SET allowed_networks = $1 WHERE id = $2")
+            .bind(networks_text(networks)?)
             .bind(id.as_str())
             .execute(&self.pool)
             .await
@@ -1772,6 +1843,179 @@ impl SessionStore for ThisStore {
             .await
             .map_err(|e| db_error(e, None))?;
         Ok(done.rows_affected())
+    }
+}
+
+fn custom_role_row(r: &DbRow) -> Result<CustomRole, Error> {
+    Ok(CustomRole {
+        id: get(r, "id")?,
+        description: get(r, "description")?,
+        permissions: serde_json::from_str(&get::<String>(r, "permissions")?)
+            .map_err(|e| corrupt("role permissions", e))?,
+        created_at: timestamp(get(r, "created_at")?)?,
+        updated_at: timestamp(get(r, "updated_at")?)?,
+    })
+}
+
+fn grant_row(r: &DbRow) -> Result<Grant, Error> {
+    Ok(Grant {
+        id: get(r, "id")?,
+        user_id: parse("user id", &get::<String>(r, "user_id")?)?,
+        role: RoleRef::parse(&get::<String>(r, "role")?)?,
+        scope: serde_json::from_str(&get::<String>(r, "scope")?)
+            .map_err(|e| corrupt("grant scope", e))?,
+        created_by: get(r, "created_by")?,
+        created_at: timestamp(get(r, "created_at")?)?,
+    })
+}
+
+fn permissions_text(set: PermissionSet) -> Result<String, Error> {
+    serde_json::to_string(&set).map_err(|e| Error::internal(format!("cannot encode permissions: {e}")))
+}
+
+#[async_trait]
+impl AccessStore for ThisStore {
+    async fn custom_roles(&self) -> Result<Vec<CustomRole>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, description, permissions, created_at, updated_at FROM custom_roles ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.iter().map(custom_role_row).collect()
+    }
+
+    async fn insert_custom_role(&self, role: &CustomRole) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO custom_roles (id, description, permissions, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&role.id)
+        .bind(&role.description)
+        .bind(permissions_text(role.permissions)?)
+        .bind(millis(role.created_at))
+        .bind(millis(role.updated_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, Some(("role_exists", "a role with this id already exists"))))?;
+        Ok(())
+    }
+
+    async fn update_custom_role(&self, role: &CustomRole) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE custom_roles SET description = $1, permissions = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(&role.description)
+        .bind(permissions_text(role.permissions)?)
+        .bind(millis(role.updated_at))
+        .bind(&role.id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_custom_role(&self, id: &str) -> Result<bool, Error> {
+        let mut tx = self.begin_write().await?;
+        let (grants,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM user_grants WHERE role = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        if grants > 0 {
+            return Err(Error::conflict(
+                "role_in_use",
+                format!("{grants} grant(s) still give this role; remove them first"),
+            ));
+        }
+        let done = sqlx::query("DELETE FROM custom_roles WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        sqlx::query("DELETE FROM role_networks WHERE role = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        commit(tx).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn grants(&self, user_id: &UserId) -> Result<Vec<Grant>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, role, scope, created_by, created_at FROM user_grants WHERE user_id = $1 ORDER BY id",
+        )
+        .bind(user_id.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.iter().map(grant_row).collect()
+    }
+
+    async fn insert_grant(&self, grant: &Grant) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        if let RoleRef::Custom(id) = &grant.role {
+            let found: Option<(String,)> = sqlx::query_as("SELECT id FROM custom_roles WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
+            if found.is_none() {
+                return Err(Error::invalid("unknown_role", format!("there is no role `{id}`")));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO user_grants (id, user_id, role, scope, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&grant.id)
+        .bind(grant.user_id.as_str())
+        .bind(grant.role.as_str())
+        .bind(scope_text(&grant.scope)?)
+        .bind(&grant.created_by)
+        .bind(millis(grant.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, Some(("grant_exists", "a grant with this id already exists"))))?;
+        commit(tx).await
+    }
+
+    async fn delete_grant(&self, user_id: &UserId, grant_id: &str) -> Result<bool, Error> {
+        let done = sqlx::query("DELETE FROM user_grants WHERE id = $1 AND user_id = $2")
+            .bind(grant_id)
+            .bind(user_id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn role_networks(&self) -> Result<Vec<(String, Vec<ipnet::IpNet>)>, Error> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT role, networks FROM role_networks ORDER BY role")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        rows.into_iter()
+            .map(|(role, text)| Ok((role, networks_from(Some(text))?)))
+            .collect()
+    }
+
+    async fn set_role_networks(&self, role: &str, networks: &[ipnet::IpNet]) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM role_networks WHERE role = $1")
+            .bind(role)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        if let Some(text) = networks_text(networks)? {
+            sqlx::query("INSERT INTO role_networks (role, networks) VALUES ($1, $2)")
+                .bind(role)
+                .bind(text)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        }
+        commit(tx).await
     }
 }
 

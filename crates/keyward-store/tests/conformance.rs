@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use keyward_core::access::Role;
+use keyward_core::access::{CustomRole, Grant, PermissionSet, Permission, Role, RoleRef, Scope};
 use keyward_core::app_token::{Budget, BudgetPeriod};
 use keyward_core::audit::{
     ActorKind, AuditDraft, AuditFilter, AuditOutcome, BreakKind, ChainBreak, ChainVerifier,
@@ -1056,6 +1056,11 @@ async fn tokens_and_users(store: Arc<dyn Store>) {
         expires_at: Some(ts(100)),
         last_used_at: None,
         revoked_at: None,
+        scope: Scope {
+            categories: Some(["llm".to_string()].into()),
+            environments: None,
+        },
+        allowed_networks: vec!["10.0.0.0/8".parse().expect("net")],
     };
     store.insert_token(&token).await.expect("insert token");
     assert_eq!(
@@ -1080,6 +1085,7 @@ async fn tokens_and_users(store: Arc<dyn Store>) {
         disabled: false,
         created_at: ts(1),
         mfa_enabled: false,
+        allowed_networks: vec![],
     };
     store.insert_user(&user).await.expect("insert user");
     let dup = User {
@@ -1535,6 +1541,7 @@ async fn sessions_round_trip_touch_forward_and_end(store: Arc<dyn Store>) {
         disabled: false,
         created_at: ts(1),
         mfa_enabled: false,
+        allowed_networks: vec![],
     };
     store.insert_user(&user).await.expect("user");
     let session = |id: &str, expires: i64| Session {
@@ -1622,6 +1629,109 @@ async fn sessions_round_trip_touch_forward_and_end(store: Arc<dyn Store>) {
     assert_eq!(store.session("ccc").await.expect("get"), None);
 }
 
+async fn custom_roles_grants_networks_and_token_revocation(store: Arc<dyn Store>) {
+    let r = rng();
+    let user = User {
+        id: UserId::generate(ts(1), &r),
+        username: "kim".into(),
+        password_hash: "$argon2id$…".into(),
+        role: Role::Viewer,
+        disabled: false,
+        created_at: ts(1),
+        mfa_enabled: false,
+        allowed_networks: vec!["192.0.2.0/24".parse().expect("net")],
+    };
+    store.insert_user(&user).await.expect("user");
+    assert_eq!(store.user(&user.id).await.expect("get"), Some(user.clone()));
+    assert!(store.set_user_role(&user.id, Role::Auditor).await.expect("role"));
+    assert!(store.set_user_networks(&user.id, &[]).await.expect("nets"));
+    let back = store.user(&user.id).await.expect("get").expect("some");
+    assert_eq!((back.role, back.allowed_networks.len()), (Role::Auditor, 0));
+
+    let role = CustomRole {
+        id: "market-data-operator".into(),
+        description: "rotates market data keys".into(),
+        permissions: [Permission::KeysRead, Permission::KeysWrite].into_iter().collect(),
+        created_at: ts(2),
+        updated_at: ts(2),
+    };
+    store.insert_custom_role(&role).await.expect("role");
+    assert_eq!(
+        store.insert_custom_role(&role).await.map_err(|e| e.code),
+        Err("role_exists")
+    );
+    let mut edited = role.clone();
+    edited.permissions = PermissionSet::default();
+    edited.updated_at = ts(3);
+    assert!(store.update_custom_role(&edited).await.expect("update"));
+    assert_eq!(store.custom_roles().await.expect("list"), vec![edited.clone()]);
+
+    let grant = |id: &str, role: RoleRef| Grant {
+        id: id.into(),
+        user_id: user.id.clone(),
+        role,
+        scope: Scope {
+            categories: Some(["financial-data".to_string()].into()),
+            environments: Some(["production".to_string()].into()),
+        },
+        created_by: "ada".into(),
+        created_at: ts(4),
+    };
+    store
+        .insert_grant(&grant("grt_1", RoleRef::Custom("market-data-operator".into())))
+        .await
+        .expect("grant");
+    store
+        .insert_grant(&grant("grt_2", RoleRef::Builtin(Role::KeyManager)))
+        .await
+        .expect("grant");
+    assert_eq!(
+        store
+            .insert_grant(&grant("grt_3", RoleRef::Custom("nope".into())))
+            .await
+            .map_err(|e| e.code),
+        Err("unknown_role")
+    );
+    assert_eq!(
+        store.grants(&user.id).await.expect("grants"),
+        vec![
+            grant("grt_1", RoleRef::Custom("market-data-operator".into())),
+            grant("grt_2", RoleRef::Builtin(Role::KeyManager)),
+        ]
+    );
+    assert_eq!(
+        store.delete_custom_role("market-data-operator").await.map_err(|e| e.code),
+        Err("role_in_use")
+    );
+    assert!(store.delete_grant(&user.id, "grt_1").await.expect("delete"));
+    assert!(!store.delete_grant(&user.id, "grt_1").await.expect("again"));
+    assert!(store.delete_custom_role("market-data-operator").await.expect("delete"));
+    assert!(!store.delete_custom_role("market-data-operator").await.expect("again"));
+
+    let office: ipnet::IpNet = "203.0.113.0/24".parse().expect("net");
+    store.set_role_networks("admin", &[office]).await.expect("set");
+    assert_eq!(
+        store.role_networks().await.expect("get"),
+        vec![("admin".to_string(), vec![office])]
+    );
+    store.set_role_networks("admin", &[]).await.expect("clear");
+    assert!(store.role_networks().await.expect("get").is_empty());
+
+    let listed = store.tokens().await.expect("tokens");
+    for t in &listed {
+        assert!(store.revoke_token(&t.id, ts(9)).await.expect("revoke"));
+        assert!(!store.revoke_token(&t.id, ts(10)).await.expect("twice"));
+    }
+    assert!(
+        store
+            .tokens()
+            .await
+            .expect("tokens")
+            .iter()
+            .all(|t| t.revoked_at == Some(ts(9)))
+    );
+}
+
 async fn mfa_steps_and_recovery_codes_are_used_once(store: Arc<dyn Store>) {
     let r = rng();
     let user = User {
@@ -1632,6 +1742,7 @@ async fn mfa_steps_and_recovery_codes_are_used_once(store: Arc<dyn Store>) {
         disabled: false,
         created_at: ts(1),
         mfa_enabled: false,
+        allowed_networks: vec![],
     };
     store.insert_user(&user).await.expect("user");
     let pending = |secret: &str| MfaEnrolment {
@@ -1835,6 +1946,7 @@ conformance!(
     audit_appends_are_numbered_chained_and_filtered,
     sessions_round_trip_touch_forward_and_end,
     mfa_steps_and_recovery_codes_are_used_once,
+    custom_roles_grants_networks_and_token_revocation,
     migrations_are_idempotent,
     keys_round_trip_with_their_first_version,
     batch_inserts_are_all_or_nothing,
