@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::id::UserId;
+use crate::id::{GrantId, UserId};
 
 /// One thing a caller may be allowed to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,7 +92,12 @@ impl Permission {
         use Permission::*;
         matches!(
             self,
-            KeysRead | KeysWrite | KeysDelete | KeysPurge | KeysReveal | AppTokensRead
+            KeysRead
+                | KeysWrite
+                | KeysDelete
+                | KeysPurge
+                | KeysReveal
+                | AppTokensRead
                 | AppTokensWrite
         )
     }
@@ -217,7 +222,9 @@ impl PermissionSet {
     }
 
     pub fn iter(self) -> impl Iterator<Item = Permission> {
-        Permission::ALL.into_iter().filter(move |p| self.contains(*p))
+        Permission::ALL
+            .into_iter()
+            .filter(move |p| self.contains(*p))
     }
 
     /// Whether every permission of `other` is in this set.
@@ -269,7 +276,9 @@ impl Scope {
     }
 
     pub fn covers(&self, category: &str, environment: &str) -> bool {
-        self.categories.as_ref().is_none_or(|c| c.contains(category))
+        self.categories
+            .as_ref()
+            .is_none_or(|c| c.contains(category))
             && self
                 .environments
                 .as_ref()
@@ -356,8 +365,7 @@ impl CustomRole {
 /// A role given to a user for part of the vault, on top of their base role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
-    /// `grt_…`.
-    pub id: String,
+    pub id: GrantId,
     pub user_id: UserId,
     pub role: RoleRef,
     pub scope: Scope,
@@ -508,7 +516,10 @@ mod tests {
             categories: Some(BTreeSet::new()),
             environments: None,
         };
-        assert_eq!(empty.validate().err().map(|e| e.code), Some("invalid_scope"));
+        assert_eq!(
+            empty.validate().err().map(|e| e.code),
+            Some("invalid_scope")
+        );
         assert_eq!(
             RoleRef::parse("admin").ok(),
             Some(RoleRef::Builtin(Role::Admin))

@@ -93,6 +93,10 @@ prefixed_id!(
     /// A human user.
     UserId, "usr_", "user"
 );
+prefixed_id!(
+    /// A grant of a role to a user for part of the vault.
+    GrantId, "grt_", "grant"
+);
 
 #[cfg(test)]
 mod tests {

@@ -365,6 +365,15 @@ pub struct KeyFilter {
     pub tag: Option<String>,
     /// Case-insensitive substring of alias or description.
     pub text: Option<String>,
+    /// Only keys in one of these areas (what the caller's grants reach); `None` for all.
+    pub areas: Option<Vec<KeyArea>>,
+}
+
+/// Services × environments (`None`: all of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyArea {
+    pub service_ids: Option<Vec<String>>,
+    pub environments: Option<Vec<String>>,
 }
 
 /// Cursor pagination: ids are time-ordered ULIDs, so "after this id" is a stable cursor.

@@ -14,7 +14,7 @@ use crate::access::{CustomRole, Grant, Role};
 use crate::app_token::AppToken;
 use crate::audit::{AuditCheckpoint, AuditDraft, AuditEvent, AuditFilter};
 use crate::catalog::BaseUrlOverride;
-use crate::id::{AppTokenId, KeyId, TokenId, UserId};
+use crate::id::{AppTokenId, GrantId, KeyId, TokenId, UserId};
 use crate::key::{Key, KeyFilter, KeyVersion, Page, PageRequest, SealedSecret};
 use crate::master_key::{KekUsage, MasterKeyRecord};
 use crate::mfa::MfaEnrolment;
@@ -242,7 +242,7 @@ pub trait AccessStore: Send + Sync {
     async fn grants(&self, user_id: &UserId) -> Result<Vec<Grant>>;
     /// Invalid `unknown_role` if a custom role named by the grant does not exist.
     async fn insert_grant(&self, grant: &Grant) -> Result<()>;
-    async fn delete_grant(&self, user_id: &UserId, grant_id: &str) -> Result<bool>;
+    async fn delete_grant(&self, user_id: &UserId, grant_id: &GrantId) -> Result<bool>;
     /// Roles (built-in or custom, by name) with a network allowlist.
     async fn role_networks(&self) -> Result<Vec<(String, Vec<ipnet::IpNet>)>>;
     /// Sets (or with an empty list removes) a role's allowlist.

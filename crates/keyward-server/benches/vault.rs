@@ -130,6 +130,7 @@ fn seed(rt: &tokio::runtime::Runtime, db: &TestDatabase) -> (Arc<App>, KeyId) {
 
 fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, db: &TestDatabase) {
     let (app, probe) = seed(rt, db);
+    let owner = Actor::system("bench");
     let mut group = c.benchmark_group(format!("{name} with 100k keys"));
     group
         .sample_size(30)
@@ -140,7 +141,9 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, db
     group.bench_function("baseline: SELECT 1 round trip", |b| {
         b.to_async(rt).iter(|| app.store.ping())
     });
-    group.bench_function("get one key", |b| b.to_async(rt).iter(|| app.key(&probe)));
+    group.bench_function("get one key", |b| {
+        b.to_async(rt).iter(|| app.key(&owner, &probe))
+    });
     group.bench_function("filtered page of 50 (service+environment+active)", |b| {
         b.to_async(rt).iter(|| {
             let filter = KeyFilter {
@@ -149,7 +152,12 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, db
                 status: Some(KeyStatus::Active),
                 ..Default::default()
             };
-            app.list_keys(filter, None, PageRequest::new(None, Some(50)).unwrap())
+            app.list_keys(
+                &owner,
+                filter,
+                None,
+                PageRequest::new(None, Some(50)).unwrap(),
+            )
         })
     });
     group.bench_function("filtered page of 50 (category+tag)", |b| {
@@ -159,6 +167,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, db
                 ..Default::default()
             };
             app.list_keys(
+                &owner,
                 filter,
                 Some("financial-data"),
                 PageRequest::new(None, Some(50)).unwrap(),

@@ -6,13 +6,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use keyward_core::access::Role;
+use keyward_core::access::{Access, Permission, Reach, Role};
 use keyward_core::app_token::{AppToken, AppTokenDraft};
 use keyward_core::audit::{ActorKind, AuditDraft, AuditOutcome};
 use keyward_core::catalog::{ServiceCatalog, builtin_services};
 use keyward_core::id::{AppTokenId, KeyId, TokenId};
 use keyward_core::key::{
-    Key, KeyChanges, KeyDraft, KeyDraftInput, KeyFilter, KeyVersion, Page, PageRequest,
+    Key, KeyArea, KeyChanges, KeyDraft, KeyDraftInput, KeyFilter, KeyVersion, Page, PageRequest,
     RecoveryWindow, SealContext, VersionState,
 };
 use keyward_core::ports::Store;
@@ -41,6 +41,8 @@ pub struct Actor {
     pub role: Role,
     /// The client's address, when the action came over the network.
     pub source: Option<IpAddr>,
+    /// What this actor may do, and where (resolved from role, grants and scope).
+    pub access: Access,
 }
 
 impl Actor {
@@ -52,6 +54,7 @@ impl Actor {
             name: name.to_owned(),
             role: Role::Viewer,
             source,
+            access: Access::default(),
         }
     }
 
@@ -63,6 +66,7 @@ impl Actor {
             name: name.to_owned(),
             role: Role::Owner,
             source: None,
+            access: Access::of_role(Role::Owner),
         }
     }
 }
@@ -118,6 +122,22 @@ impl AppOptions {
             trusted_proxies: settings.trusted_proxies.clone(),
         }
     }
+}
+
+fn key_not_found(id: &KeyId) -> Error {
+    Error::not_found("key_not_found", format!("there is no key {id}"))
+}
+
+fn out_of_scope_error(service_id: &str, environment: &str) -> Error {
+    Error::new(
+        ErrorKind::Forbidden,
+        "out_of_scope",
+        format!(
+            "your grants do not allow this for {} keys in {}",
+            label::printable(service_id),
+            label::printable(environment)
+        ),
+    )
 }
 
 /// What limits a management token beyond its role.
@@ -350,7 +370,7 @@ impl App {
 
     /// Clears what the proxy learned about a key (e.g. after fixing it at the provider).
     pub async fn clear_key_flag(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
-        let key = self.key(id).await?;
+        let key = self.key_for(actor, Permission::KeysWrite, id).await?;
         self.audited(
             actor,
             "key.flag.clear",
@@ -385,6 +405,14 @@ impl App {
             ));
         }
         self.require_environment(environment).await?;
+        self.ensure_reach(
+            actor,
+            Permission::KeysWrite,
+            service_id,
+            environment,
+            || out_of_scope_error(service_id, environment),
+        )
+        .await?;
         let setting = PoolSetting {
             service_id: service_id.to_owned(),
             environment: environment.to_owned(),
@@ -403,7 +431,26 @@ impl App {
         Ok(setting)
     }
 
-    pub async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageBucket>, Error> {
+    /// Usage of one key the actor may read, or of everything for someone who reads
+    /// everywhere (sums across keys would tell about keys outside a grant's scope).
+    pub async fn usage(
+        &self,
+        actor: &Actor,
+        query: &UsageQuery,
+    ) -> Result<Vec<UsageBucket>, Error> {
+        match &query.key_id {
+            Some(key) => {
+                self.key(actor, key).await?;
+            }
+            None if !actor.access.reach(Permission::KeysRead).is_everywhere() => {
+                return Err(Error::new(
+                    ErrorKind::Forbidden,
+                    "out_of_scope",
+                    "your grants cover only part of the vault: ask for one key's usage (`key=`)",
+                ));
+            }
+            None => {}
+        }
         self.store.usage(query).await
     }
 
@@ -445,6 +492,14 @@ impl App {
             )
         })?;
         self.require_environment(&draft.environment).await?;
+        self.ensure_reach(
+            actor,
+            Permission::KeysWrite,
+            &draft.service_id,
+            &draft.environment,
+            || out_of_scope_error(&draft.service_id, &draft.environment),
+        )
+        .await?;
         let value = secret::normalize(&new.secret)?;
         secret::check_format(service, &value, new.force)?;
         let hint = secret::hint(service, &value)?;
@@ -515,16 +570,100 @@ impl App {
         }
     }
 
-    pub async fn key(&self, id: &KeyId) -> Result<Key, Error> {
-        self.store
-            .key(id)
-            .await?
-            .ok_or_else(|| Error::not_found("key_not_found", format!("there is no key {id}")))
+    /// The key, if `actor` may see it (a key outside every scope they can read is
+    /// `key_not_found`, as if it did not exist).
+    pub async fn key(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
+        self.key_for(actor, Permission::KeysRead, id).await
     }
 
-    /// Filters by category become the category's list of services.
+    /// The key, if `actor` holds `permission` where it lives: not visible at all is
+    /// `key_not_found`; visible but outside the permission's scope is `out_of_scope`.
+    /// Every key use case starts here — the one place grants' scopes are applied.
+    pub async fn key_for(
+        &self,
+        actor: &Actor,
+        permission: Permission,
+        id: &KeyId,
+    ) -> Result<Key, Error> {
+        let key = self.store.key(id).await?.ok_or_else(|| key_not_found(id))?;
+        self.ensure_reach(actor, permission, &key.service_id, &key.environment, || {
+            key_not_found(id)
+        })
+        .await?;
+        Ok(key)
+    }
+
+    /// Whether `actor`'s `permission` covers keys of `service_id` in `environment`; if not,
+    /// `hidden()` when they cannot even read there, else `out_of_scope`.
+    async fn ensure_reach(
+        &self,
+        actor: &Actor,
+        permission: Permission,
+        service_id: &str,
+        environment: &str,
+        hidden: impl FnOnce() -> Error,
+    ) -> Result<(), Error> {
+        let reach = actor.access.reach(permission);
+        if reach.is_everywhere() {
+            return Ok(());
+        }
+        let category = self
+            .catalog()
+            .await?
+            .get(service_id)
+            .map(|s| s.category.clone())
+            .unwrap_or_default();
+        if reach.covers(&category, environment) {
+            return Ok(());
+        }
+        if actor
+            .access
+            .reach(Permission::KeysRead)
+            .covers(&category, environment)
+        {
+            Err(Error::new(
+                ErrorKind::Forbidden,
+                "out_of_scope",
+                format!("your grants do not allow this for {service_id} keys in {environment}"),
+            ))
+        } else {
+            Err(hidden())
+        }
+    }
+
+    /// The key areas (services × environments) `reach` covers, for listing in SQL; `None`
+    /// for everywhere.
+    async fn areas(&self, reach: &Reach) -> Result<Option<Vec<KeyArea>>, Error> {
+        let scopes = match reach {
+            Reach::Everywhere => return Ok(None),
+            Reach::Nowhere => return Ok(Some(Vec::new())),
+            Reach::Within(scopes) => scopes,
+        };
+        let catalog = self.catalog().await?;
+        Ok(Some(
+            scopes
+                .iter()
+                .map(|scope| KeyArea {
+                    service_ids: scope.categories.as_ref().map(|categories| {
+                        categories
+                            .iter()
+                            .flat_map(|c| catalog.ids_in_category(c))
+                            .collect()
+                    }),
+                    environments: scope
+                        .environments
+                        .as_ref()
+                        .map(|e| e.iter().cloned().collect()),
+                })
+                .collect(),
+        ))
+    }
+
+    /// Filters by category become the category's list of services; only keys `actor` may
+    /// read are listed.
     pub async fn list_keys(
         &self,
+        actor: &Actor,
         mut filter: KeyFilter,
         category: Option<&str>,
         page: PageRequest,
@@ -539,6 +678,9 @@ impl App {
                 None => in_category,
             });
         }
+        filter.areas = self
+            .areas(&actor.access.reach(Permission::KeysRead))
+            .await?;
         self.store.list_keys(&filter, &page, self.now()).await
     }
 
@@ -575,7 +717,7 @@ impl App {
         id: &KeyId,
         changes: KeyChanges,
     ) -> Result<Key, Error> {
-        let mut key = self.key(id).await?;
+        let mut key = self.key_for(actor, Permission::KeysWrite, id).await?;
         let before = key.updated_at;
         let fields = changes.field_names();
         if !changes.apply(&mut key, self.now())? {
@@ -594,7 +736,7 @@ impl App {
         id: &KeyId,
         enabled: bool,
     ) -> Result<Key, Error> {
-        let mut key = self.key(id).await?;
+        let mut key = self.key_for(actor, Permission::KeysWrite, id).await?;
         key.ensure_not_deleted()?;
         if key.enabled == enabled {
             return Ok(key);
@@ -623,7 +765,7 @@ impl App {
                 "a new version is either current or pending",
             ));
         }
-        let key = self.key(id).await?;
+        let key = self.key_for(actor, Permission::KeysWrite, id).await?;
         key.ensure_not_deleted()?;
         let catalog = self.catalog().await?;
         let service = catalog.require(&key.service_id)?;
@@ -666,13 +808,13 @@ impl App {
         Ok(version)
     }
 
-    pub async fn versions(&self, id: &KeyId) -> Result<Vec<KeyVersion>, Error> {
-        self.key(id).await?;
+    pub async fn versions(&self, actor: &Actor, id: &KeyId) -> Result<Vec<KeyVersion>, Error> {
+        self.key(actor, id).await?;
         self.store.versions(id).await
     }
 
     pub async fn delete_key(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
-        let mut key = self.key(id).await?;
+        let mut key = self.key_for(actor, Permission::KeysDelete, id).await?;
         key.ensure_not_deleted()?;
         let before = key.updated_at;
         key.deleted_at = Some(self.now());
@@ -685,7 +827,7 @@ impl App {
     }
 
     pub async fn restore_key(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
-        let mut key = self.key(id).await?;
+        let mut key = self.key_for(actor, Permission::KeysDelete, id).await?;
         if key.deleted_at.is_none() {
             return Err(Error::conflict(
                 "key_not_deleted",
@@ -710,7 +852,7 @@ impl App {
         id: &KeyId,
         confirm_alias: Option<&str>,
     ) -> Result<(), Error> {
-        let key = self.key(id).await?;
+        let key = self.key_for(actor, Permission::KeysPurge, id).await?;
         let Some(deleted_at) = key.deleted_at else {
             return Err(Error::conflict(
                 "key_not_deleted",
@@ -905,6 +1047,19 @@ impl App {
         for environment in &draft.environments {
             self.require_environment(environment).await?;
         }
+        // A token may reach only keys its creator could manage: no escalation by token.
+        for service in &draft.services {
+            for environment in &draft.environments {
+                self.ensure_reach(
+                    actor,
+                    Permission::AppTokensWrite,
+                    service,
+                    environment,
+                    || out_of_scope_error(service, environment),
+                )
+                .await?;
+            }
+        }
         for key_id in &draft.key_ids {
             let key = self
                 .store
@@ -962,10 +1117,56 @@ impl App {
         Ok((record, issued.token))
     }
 
-    pub async fn app_token(&self, id: &AppTokenId) -> Result<AppToken, Error> {
-        self.store.app_token(id).await?.ok_or_else(|| {
-            Error::not_found("app_token_not_found", format!("there is no app token {id}"))
-        })
+    /// The app token, if `permission` reaches every service and environment it can use
+    /// (otherwise `app_token_not_found` — it is outside what the caller manages).
+    pub async fn app_token_for(
+        &self,
+        actor: &Actor,
+        permission: Permission,
+        id: &AppTokenId,
+    ) -> Result<AppToken, Error> {
+        let not_found =
+            || Error::not_found("app_token_not_found", format!("there is no app token {id}"));
+        let token = self.store.app_token(id).await?.ok_or_else(not_found)?;
+        if self.app_token_within(actor, permission, &token).await? {
+            Ok(token)
+        } else {
+            Err(not_found())
+        }
+    }
+
+    async fn app_token_within(
+        &self,
+        actor: &Actor,
+        permission: Permission,
+        token: &AppToken,
+    ) -> Result<bool, Error> {
+        let reach = actor.access.reach(permission);
+        if reach.is_everywhere() {
+            return Ok(true);
+        }
+        let catalog = self.catalog().await?;
+        Ok(token.services.iter().all(|service| {
+            let category = catalog.get(service).map_or("", |s| s.category.as_str());
+            token
+                .environments
+                .iter()
+                .all(|environment| reach.covers(category, environment))
+        }))
+    }
+
+    /// App tokens `actor` may see: those whose every service and environment they can read.
+    pub async fn app_tokens(&self, actor: &Actor) -> Result<Vec<AppToken>, Error> {
+        let mut visible = Vec::new();
+        for token in self.store.app_tokens().await? {
+            if self
+                .app_token_within(actor, Permission::AppTokensRead, &token)
+                .await?
+            {
+                visible.push(token);
+            }
+        }
+        Ok(visible)
     }
 
     /// Revokes a token; revoking a revoked token changes nothing and is not an error.
@@ -974,7 +1175,8 @@ impl App {
         actor: &Actor,
         id: &AppTokenId,
     ) -> Result<AppToken, Error> {
-        self.app_token(id).await?;
+        self.app_token_for(actor, Permission::AppTokensWrite, id)
+            .await?;
         let revoked = self
             .audited(
                 actor,
@@ -988,7 +1190,8 @@ impl App {
             self.changed().await;
             tracing::warn!(app_token = %id, actor = %actor.name, "app token revoked");
         }
-        self.app_token(id).await
+        self.app_token_for(actor, Permission::AppTokensWrite, id)
+            .await
     }
 
     // ----------------------------------------------------------------- users
@@ -1029,12 +1232,6 @@ impl App {
         limits: TokenLimits,
     ) -> Result<(ManagementToken, SecretString), Error> {
         let scope = limits.scope.validate()?;
-        if expires_at.is_some_and(|at| at <= self.now()) {
-            return Err(Error::invalid(
-                "expires_at_in_past",
-                "the expiry must be in the future",
-            ));
-        }
         let now = self.now();
         let issued = token::issue(token::MANAGEMENT_PREFIX, &*self.random);
         let record = ManagementToken {

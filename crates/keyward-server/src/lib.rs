@@ -4,6 +4,7 @@
 //! Architecture invariant: this is the only crate that knows HTTP status codes, and it has
 //! no SQL; persistence goes through `keyward_core::ports::Store`.
 
+pub mod access;
 pub mod app;
 pub mod audit;
 pub mod cli;

@@ -47,6 +47,17 @@ impl App {
     ) -> Result<NewSession, Error> {
         let user = self.check_sign_in(username, secret, source).await?;
         let actor = Actor::for_user(&user, source);
+        if let Err(refused) = self.user_access(&user, source).await {
+            self.record_audit(
+                &actor,
+                "auth.login",
+                Some(format!("user:{}", user.id)),
+                AuditOutcome::Denied,
+                json!({"reason": refused.code}),
+            )
+            .await?;
+            return Err(refused);
+        }
         let mfa_at = if user.mfa_enabled {
             let Some(factor) = factor else {
                 self.record_audit(
@@ -266,6 +277,8 @@ impl Actor {
             name: user.username.clone(),
             role: user.role,
             source,
+            // The base role; `App::user_access` adds grants for a request.
+            access: keyward_core::access::Access::of_role(user.role),
         }
     }
 }

@@ -14,7 +14,7 @@ use keyward_core::audit::{
     AuditCheckpoint, AuditDraft, AuditEvent, AuditFilter, chain_hash, hash_hex, parse_hash,
 };
 use keyward_core::catalog::BaseUrlOverride;
-use keyward_core::id::{AppTokenId, KeyId, TokenId, UserId};
+use keyward_core::id::{AppTokenId, GrantId, KeyId, TokenId, UserId};
 use keyward_core::key::{
     Key, KeyFilter, KeyStatus, KeyVersion, Page, PageRequest, SealedSecret, VersionState,
 };
@@ -331,6 +331,31 @@ impl KeyStore for ThisStore {
         }
         if let Some(environment) = &filter.environment {
             q.push(" AND environment = ").push_bind(environment.clone());
+        }
+        if let Some(areas) = &filter.areas {
+            // An empty list (or an area naming no services) matches nothing.
+            q.push(" AND (1 = 0");
+            for area in areas {
+                q.push(" OR (1 = 1");
+                for (column, values) in [
+                    ("service_id", &area.service_ids),
+                    ("environment", &area.environments),
+                ] {
+                    let Some(values) = values else { continue };
+                    if values.is_empty() {
+                        q.push(" AND 1 = 0");
+                        continue;
+                    }
+                    q.push(format!(" AND {column} IN ("));
+                    let mut list = q.separated(", ");
+                    for value in values {
+                        list.push_bind(value.clone());
+                    }
+                    q.push(")");
+                }
+                q.push(")");
+            }
+            q.push(")");
         }
         if let Some(tag) = &filter.tag {
             q.push(" AND id IN (SELECT key_id FROM key_tags WHERE tag = ")
@@ -1859,7 +1884,7 @@ fn custom_role_row(r: &DbRow) -> Result<CustomRole, Error> {
 
 fn grant_row(r: &DbRow) -> Result<Grant, Error> {
     Ok(Grant {
-        id: get(r, "id")?,
+        id: parse("grant id", &get::<String>(r, "id")?)?,
         user_id: parse("user id", &get::<String>(r, "user_id")?)?,
         role: RoleRef::parse(&get::<String>(r, "role")?)?,
         scope: serde_json::from_str(&get::<String>(r, "scope")?)
@@ -1967,7 +1992,7 @@ impl AccessStore for ThisStore {
         sqlx::query(
             "INSERT INTO user_grants (id, user_id, role, scope, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(&grant.id)
+        .bind(grant.id.as_str())
         .bind(grant.user_id.as_str())
         .bind(grant.role.as_str())
         .bind(scope_text(&grant.scope)?)
@@ -1979,9 +2004,9 @@ impl AccessStore for ThisStore {
         commit(tx).await
     }
 
-    async fn delete_grant(&self, user_id: &UserId, grant_id: &str) -> Result<bool, Error> {
+    async fn delete_grant(&self, user_id: &UserId, grant_id: &GrantId) -> Result<bool, Error> {
         let done = sqlx::query("DELETE FROM user_grants WHERE id = $1 AND user_id = $2")
-            .bind(grant_id)
+            .bind(grant_id.as_str())
             .bind(user_id.as_str())
             .execute(&self.pool)
             .await

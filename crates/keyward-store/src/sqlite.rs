@@ -46,7 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite/0005_sessions.sql"),
     ),
     (6, "mfa", include_str!("../migrations/sqlite/0006_mfa.sql")),
-    (7, "access", include_str!("../migrations/sqlite/0007_access.sql")),
+    (
+        7,
+        "access",
+        include_str!("../migrations/sqlite/0007_access.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

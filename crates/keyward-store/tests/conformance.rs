@@ -4,15 +4,16 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use keyward_core::access::{CustomRole, Grant, PermissionSet, Permission, Role, RoleRef, Scope};
+use keyward_core::access::{CustomRole, Grant, Permission, PermissionSet, Role, RoleRef, Scope};
 use keyward_core::app_token::{Budget, BudgetPeriod};
 use keyward_core::audit::{
     ActorKind, AuditDraft, AuditFilter, AuditOutcome, BreakKind, ChainBreak, ChainVerifier,
     VerifyReport,
 };
-use keyward_core::id::{AppTokenId, KeyId, TokenId, UserId};
+use keyward_core::id::{AppTokenId, GrantId, KeyId, TokenId, UserId};
 use keyward_core::key::{
-    Criticality, Key, KeyFilter, KeyStatus, KeyVersion, PageRequest, SealedSecret, VersionState,
+    Criticality, Key, KeyArea, KeyFilter, KeyStatus, KeyVersion, PageRequest, SealedSecret,
+    VersionState,
 };
 use keyward_core::master_key::MasterKeyRecord;
 use keyward_core::mfa::MfaEnrolment;
@@ -612,6 +613,47 @@ async fn listings_filter_and_paginate(store: Arc<dyn Store>) {
             .all(|k| k.service_id != "alpha-vantage" && k.environment == "production")
     );
     assert!(!by_service.items.is_empty());
+    // Areas (what grants reach) are OR-ed; the same keys as the plain filter above.
+    let area = |services: Option<Vec<&str>>, environments: Option<Vec<&str>>| KeyArea {
+        service_ids: services.map(|s| s.into_iter().map(String::from).collect()),
+        environments: environments.map(|e| e.into_iter().map(String::from).collect()),
+    };
+    let by_area = list(
+        KeyFilter {
+            areas: Some(vec![
+                area(Some(vec!["openai"]), Some(vec!["production"])),
+                area(Some(vec!["finnhub"]), Some(vec!["production"])),
+            ]),
+            ..Default::default()
+        },
+        None,
+        50,
+    )
+    .await;
+    assert_eq!(ids(&by_area.items), ids(&by_service.items));
+    for nothing in [vec![], vec![area(Some(vec![]), None)]] {
+        let empty = list(
+            KeyFilter {
+                areas: Some(nothing),
+                ..Default::default()
+            },
+            None,
+            50,
+        )
+        .await;
+        assert!(empty.items.is_empty());
+    }
+    let everything = list(
+        KeyFilter {
+            areas: Some(vec![area(None, None)]),
+            ..Default::default()
+        },
+        None,
+        50,
+    )
+    .await;
+    let unfiltered = list(KeyFilter::default(), None, 50).await;
+    assert_eq!(ids(&everything.items), ids(&unfiltered.items));
     let none = list(
         KeyFilter {
             service_ids: Some(vec![]),
@@ -1643,7 +1685,12 @@ async fn custom_roles_grants_networks_and_token_revocation(store: Arc<dyn Store>
     };
     store.insert_user(&user).await.expect("user");
     assert_eq!(store.user(&user.id).await.expect("get"), Some(user.clone()));
-    assert!(store.set_user_role(&user.id, Role::Auditor).await.expect("role"));
+    assert!(
+        store
+            .set_user_role(&user.id, Role::Auditor)
+            .await
+            .expect("role")
+    );
     assert!(store.set_user_networks(&user.id, &[]).await.expect("nets"));
     let back = store.user(&user.id).await.expect("get").expect("some");
     assert_eq!((back.role, back.allowed_networks.len()), (Role::Auditor, 0));
@@ -1651,7 +1698,9 @@ async fn custom_roles_grants_networks_and_token_revocation(store: Arc<dyn Store>
     let role = CustomRole {
         id: "market-data-operator".into(),
         description: "rotates market data keys".into(),
-        permissions: [Permission::KeysRead, Permission::KeysWrite].into_iter().collect(),
+        permissions: [Permission::KeysRead, Permission::KeysWrite]
+            .into_iter()
+            .collect(),
         created_at: ts(2),
         updated_at: ts(2),
     };
@@ -1664,10 +1713,16 @@ async fn custom_roles_grants_networks_and_token_revocation(store: Arc<dyn Store>
     edited.permissions = PermissionSet::default();
     edited.updated_at = ts(3);
     assert!(store.update_custom_role(&edited).await.expect("update"));
-    assert_eq!(store.custom_roles().await.expect("list"), vec![edited.clone()]);
+    assert_eq!(
+        store.custom_roles().await.expect("list"),
+        vec![edited.clone()]
+    );
 
-    let grant = |id: &str, role: RoleRef| Grant {
-        id: id.into(),
+    let g1 = GrantId::generate(ts(4), &r);
+    let g2 = GrantId::generate(ts(5), &r);
+    let g3 = GrantId::generate(ts(4), &r);
+    let grant = |id: &GrantId, role: RoleRef| Grant {
+        id: id.clone(),
         user_id: user.id.clone(),
         role,
         scope: Scope {
@@ -1678,16 +1733,16 @@ async fn custom_roles_grants_networks_and_token_revocation(store: Arc<dyn Store>
         created_at: ts(4),
     };
     store
-        .insert_grant(&grant("grt_1", RoleRef::Custom("market-data-operator".into())))
+        .insert_grant(&grant(&g1, RoleRef::Custom("market-data-operator".into())))
         .await
         .expect("grant");
     store
-        .insert_grant(&grant("grt_2", RoleRef::Builtin(Role::KeyManager)))
+        .insert_grant(&grant(&g2, RoleRef::Builtin(Role::KeyManager)))
         .await
         .expect("grant");
     assert_eq!(
         store
-            .insert_grant(&grant("grt_3", RoleRef::Custom("nope".into())))
+            .insert_grant(&grant(&g3, RoleRef::Custom("nope".into())))
             .await
             .map_err(|e| e.code),
         Err("unknown_role")
@@ -1695,21 +1750,37 @@ async fn custom_roles_grants_networks_and_token_revocation(store: Arc<dyn Store>
     assert_eq!(
         store.grants(&user.id).await.expect("grants"),
         vec![
-            grant("grt_1", RoleRef::Custom("market-data-operator".into())),
-            grant("grt_2", RoleRef::Builtin(Role::KeyManager)),
+            grant(&g1, RoleRef::Custom("market-data-operator".into())),
+            grant(&g2, RoleRef::Builtin(Role::KeyManager)),
         ]
     );
     assert_eq!(
-        store.delete_custom_role("market-data-operator").await.map_err(|e| e.code),
+        store
+            .delete_custom_role("market-data-operator")
+            .await
+            .map_err(|e| e.code),
         Err("role_in_use")
     );
-    assert!(store.delete_grant(&user.id, "grt_1").await.expect("delete"));
-    assert!(!store.delete_grant(&user.id, "grt_1").await.expect("again"));
-    assert!(store.delete_custom_role("market-data-operator").await.expect("delete"));
-    assert!(!store.delete_custom_role("market-data-operator").await.expect("again"));
+    assert!(store.delete_grant(&user.id, &g1).await.expect("delete"));
+    assert!(!store.delete_grant(&user.id, &g1).await.expect("again"));
+    assert!(
+        store
+            .delete_custom_role("market-data-operator")
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !store
+            .delete_custom_role("market-data-operator")
+            .await
+            .expect("again")
+    );
 
     let office: ipnet::IpNet = "203.0.113.0/24".parse().expect("net");
-    store.set_role_networks("admin", &[office]).await.expect("set");
+    store
+        .set_role_networks("admin", &[office])
+        .await
+        .expect("set");
     assert_eq!(
         store.role_networks().await.expect("get"),
         vec![("admin".to_string(), vec![office])]

@@ -168,10 +168,10 @@ pub async fn create_app_token(
 #[utoipa::path(get, path = "/api/v1/app-tokens", tag = "app-tokens",
     responses((status = 200, body = Vec<AppTokenResponse>)), security(("bearer" = [])))]
 pub async fn list_app_tokens(
-    _auth: Authorized<perm::AppTokensRead>,
+    auth: Authorized<perm::AppTokensRead>,
     State(app): State<Arc<App>>,
 ) -> ApiResult<Json<Vec<AppTokenResponse>>> {
-    let tokens = app.store.app_tokens().await?;
+    let tokens = app.app_tokens(auth.actor()).await?;
     Ok(Json(
         tokens.into_iter().map(|t| response(&app, t)).collect(),
     ))
@@ -180,11 +180,17 @@ pub async fn list_app_tokens(
 #[utoipa::path(get, path = "/api/v1/app-tokens/{id}", tag = "app-tokens", params(("id" = String, Path)),
     responses((status = 200, body = AppTokenResponse), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_app_token(
-    _auth: Authorized<perm::AppTokensRead>,
+    auth: Authorized<perm::AppTokensRead>,
     State(app): State<Arc<App>>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<AppTokenResponse>> {
-    let token = app.app_token(&app_token_id(&id)?).await?;
+    let token = app
+        .app_token_for(
+            auth.actor(),
+            keyward_core::access::Permission::AppTokensRead,
+            &app_token_id(&id)?,
+        )
+        .await?;
     Ok(Json(response(&app, token)))
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use keyward_core::access::Permission;
+use keyward_core::access::{Permission, Reach};
 use keyward_core::audit::{ActorKind, AuditOutcome};
 use keyward_core::{Error, ErrorKind};
 
@@ -164,14 +164,18 @@ impl<P: RequiredPermission> FromRequestParts<Arc<App>> for Authorized<P> {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         let caller = authenticate(parts, app).await?;
-        if !caller.actor.role.allows(P::PERMISSION) {
+        if caller.actor.access.reach(P::PERMISSION) == Reach::Nowhere {
             let denied = Error::new(
                 ErrorKind::Forbidden,
                 "forbidden",
                 format!(
-                    "the {} role may not do this ({:?} is required)",
-                    caller.actor.role,
-                    P::PERMISSION
+                    "your role and grants do not allow this (`{}` is required{})",
+                    P::PERMISSION.as_str(),
+                    if P::PERMISSION.scoped() {
+                        ""
+                    } else {
+                        " everywhere"
+                    }
                 ),
             );
             return Err(deny(app, parts, &caller, denied, Some(P::PERMISSION)).await);
@@ -184,6 +188,17 @@ impl<P: RequiredPermission> FromRequestParts<Arc<App>> for Authorized<P> {
             _permission: PhantomData,
         })
     }
+}
+
+/// A caller refused for where they connect from (the allowlists of their user, role or
+/// token); audited like any refusal.
+async fn refuse_network(app: &App, parts: &Parts, actor: &Actor, refusal: Error) -> ApiError {
+    let caller = Caller {
+        actor: actor.clone(),
+        session: None,
+        mfa: MfaStanding::NotApplicable,
+    };
+    deny(app, parts, &caller, refusal, None).await
 }
 
 /// Audits a refused request (`access.denied`, with why) and turns the refusal into the
@@ -245,17 +260,25 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
         Err(e) => Err(e),
     };
     match record {
-        Ok(record) => Ok(Caller {
-            actor: Actor {
+        Ok(record) => {
+            let mut actor = Actor {
                 kind: ActorKind::Token,
                 id: record.id.to_string(),
                 name: format!("token:{} ({})", record.name, record.id),
                 role: record.role,
                 source,
-            },
-            session: None,
-            mfa: MfaStanding::NotApplicable,
-        }),
+                access: keyward_core::access::Access::default(),
+            };
+            actor.access = match app.token_access(&record, source).await {
+                Ok(access) => access,
+                Err(refusal) => return Err(refuse_network(app, parts, &actor, refusal).await),
+            };
+            Ok(Caller {
+                actor,
+                session: None,
+                mfa: MfaStanding::NotApplicable,
+            })
+        }
         Err(e) => {
             // A request that presented nothing is not worth an entry; a wrong credential is.
             if parts.headers.contains_key(AUTHORIZATION) && e.kind == ErrorKind::Unauthenticated {
@@ -320,7 +343,11 @@ async fn authenticate_session(
             return Err(e.into());
         }
     };
-    let actor = Actor::for_user(&user, source);
+    let mut actor = Actor::for_user(&user, source);
+    actor.access = match app.user_access(&user, source).await {
+        Ok(access) => access,
+        Err(refusal) => return Err(refuse_network(app, parts, &actor, refusal).await),
+    };
     if !parts.method.is_safe()
         && let Some(problem) = csrf_problem(parts, &session)
     {

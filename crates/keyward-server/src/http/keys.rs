@@ -357,7 +357,7 @@ pub async fn create_key(
     responses((status = 200, body = KeyPage), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_keys(
-    _auth: Authorized<perm::KeysRead>,
+    auth: Authorized<perm::KeysRead>,
     State(app): State<Arc<App>>,
     ApiQuery(query): ApiQuery<ListKeysQuery>,
 ) -> ApiResult<Json<KeyPage>> {
@@ -366,22 +366,23 @@ pub async fn list_keys(
         .as_deref()
         .map(str::parse::<KeyStatus>)
         .transpose()?;
-    list(&app, query, status).await
+    list(&app, auth.actor(), query, status).await
 }
 
 /// List soft-deleted keys that can still be restored.
 #[utoipa::path(get, path = "/api/v1/deleted-keys", tag = "keys", params(ListKeysQuery),
     responses((status = 200, body = KeyPage), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_deleted_keys(
-    _auth: Authorized<perm::KeysRead>,
+    auth: Authorized<perm::KeysRead>,
     State(app): State<Arc<App>>,
     ApiQuery(query): ApiQuery<ListKeysQuery>,
 ) -> ApiResult<Json<KeyPage>> {
-    list(&app, query, Some(KeyStatus::Deleted)).await
+    list(&app, auth.actor(), query, Some(KeyStatus::Deleted)).await
 }
 
 async fn list(
     app: &App,
+    actor: &crate::app::Actor,
     query: ListKeysQuery,
     status: Option<KeyStatus>,
 ) -> ApiResult<Json<KeyPage>> {
@@ -403,9 +404,10 @@ async fn list(
         status,
         tag: query.tag.map(|t| t.to_lowercase()),
         text: query.q,
+        areas: None,
     };
     let page = app
-        .list_keys(filter, query.category.as_deref(), page)
+        .list_keys(actor, filter, query.category.as_deref(), page)
         .await?;
     Ok(Json(KeyPage {
         next_cursor: page.next.map(|id| id.to_string()),
@@ -421,11 +423,11 @@ async fn list(
 #[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
     responses((status = 200, body = KeyResponse), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_key(
-    _auth: Authorized<perm::KeysRead>,
+    auth: Authorized<perm::KeysRead>,
     State(app): State<Arc<App>>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<KeyResponse>> {
-    let key = app.key(&key_id(&id)?).await?;
+    let key = app.key(auth.actor(), &key_id(&id)?).await?;
     Ok(Json(key_response(&app, key)))
 }
 
@@ -451,7 +453,9 @@ pub async fn update_key(
 ) -> ApiResult<Json<KeyResponse>> {
     let id = key_id(&id)?;
     let limits = match &req.plan {
-        Some(plan) => Some(plan_limits(&app, &app.key(&id).await?.service_id, plan).await?),
+        Some(plan) => {
+            Some(plan_limits(&app, &app.key(auth.actor(), &id).await?.service_id, plan).await?)
+        }
         None => req.limits,
     };
     let budget = match &req.budget {
@@ -513,11 +517,11 @@ pub async fn disable_key(
 #[utoipa::path(get, path = "/api/v1/keys/{id}/versions", tag = "keys", params(("id" = String, Path)),
     responses((status = 200, body = Vec<VersionResponse>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_versions(
-    _auth: Authorized<perm::KeysRead>,
+    auth: Authorized<perm::KeysRead>,
     State(app): State<Arc<App>>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Vec<VersionResponse>>> {
-    let versions = app.versions(&key_id(&id)?).await?;
+    let versions = app.versions(auth.actor(), &key_id(&id)?).await?;
     Ok(Json(versions.into_iter().map(version_response).collect()))
 }
 

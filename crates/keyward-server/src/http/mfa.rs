@@ -8,7 +8,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use keyward_core::access::Role;
-use keyward_core::id::UserId;
 use keyward_core::mfa::MfaPolicy;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -188,9 +187,10 @@ pub async fn regenerate_recovery_codes(
 pub async fn reset_mfa(
     auth: Authorized<perm::AccessWrite>,
     State(app): State<Arc<App>>,
-    ApiPath(id): ApiPath<UserId>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    app.reset_mfa(auth.actor(), &id).await?;
+    app.reset_mfa(auth.actor(), &super::users::user_id(&id)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

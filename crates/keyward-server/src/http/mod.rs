@@ -8,16 +8,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::Method;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use axum::{Json, Router};
 use keyward_proxy::ProxyBody;
 use utoipa::OpenApi;
 
+use keyward_core::access::Permission;
+
 use crate::app::App;
 
+mod access;
 mod app_tokens;
 mod audit;
 pub mod auth;
@@ -55,6 +59,10 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         sessions::list_sessions, sessions::end_session, sessions::list_lockouts, sessions::lift_lockout,
         mfa::mfa_status, mfa::start_enrolment, mfa::confirm_enrolment, mfa::step_up,
         mfa::regenerate_recovery_codes, mfa::reset_mfa, mfa::get_mfa_policy, mfa::set_mfa_policy,
+        access::list_roles, access::create_role, access::update_role, access::delete_role,
+        access::list_grants, access::add_grant, access::remove_grant, access::set_user_role,
+        access::set_user_networks, access::set_role_networks, access::list_tokens,
+        access::create_token, access::revoke_token,
     ),
     modifiers(&BearerAuth),
     tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
@@ -62,7 +70,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "usage", description = "Metered calls through the proxy"),
         (name = "audit", description = "The tamper-evident audit trail"),
         (name = "users", description = "People who sign in"),
-        (name = "auth", description = "Signing in and out; sessions"))
+        (name = "auth", description = "Signing in and out; sessions; second factors"),
+        (name = "access", description = "Roles, scoped grants, network allowlists, management tokens"))
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -85,91 +94,462 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-pub fn router(app: Arc<App>) -> Router {
-    let api = Router::new()
-        .route("/keys", post(keys::create_key).get(keys::list_keys))
-        .route("/deleted-keys", get(keys::list_deleted_keys))
-        .route(
-            "/keys/{id}",
-            get(keys::get_key)
-                .patch(keys::update_key)
-                .delete(keys::delete_key),
-        )
-        .route("/keys/{id}/enable", post(keys::enable_key))
-        .route("/keys/{id}/disable", post(keys::disable_key))
-        .route(
-            "/keys/{id}/versions",
-            get(keys::list_versions).post(keys::add_version),
-        )
-        .route("/keys/{id}/restore", post(keys::restore_key))
-        .route("/keys/{id}/flag", delete(keys::clear_key_flag))
-        .route("/pools", get(usage::list_pools))
-        .route("/pools/{service}/{environment}", put(usage::set_pool))
-        .route("/usage", get(usage::usage))
-        .route("/keys/{id}/purge", post(keys::purge_key))
-        .route(
-            "/services",
-            get(catalog::list_services).post(catalog::create_service),
-        )
-        .route(
-            "/services/{id}",
-            get(catalog::get_service).patch(catalog::update_service),
-        )
-        .route(
-            "/categories",
-            get(catalog::list_categories).post(catalog::create_category),
-        )
-        .route(
-            "/environments",
-            get(catalog::list_environments).post(catalog::create_environment),
-        )
-        .route(
-            "/app-tokens",
-            post(app_tokens::create_app_token).get(app_tokens::list_app_tokens),
-        )
-        .route("/app-tokens/{id}", get(app_tokens::get_app_token))
-        .route(
-            "/app-tokens/{id}/revoke",
+/// Who may call a route. The handler's extractors enforce it; the table declares it, so
+/// the authorization matrix test can hold every route to its declaration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Anyone: health, metrics, sign-in, the OpenAPI document.
+    Public,
+    /// Any authenticated caller (sign-out, who am I, one's own MFA enrolment).
+    SignedIn,
+    /// A signed-in person with a recent MFA check (a session, not a token).
+    SteppedUp,
+    /// The permission — with its scope, the MFA policy and step-up where it needs one.
+    Permission(Permission),
+}
+
+/// One route: method, full path, guard, handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub guard: Guard,
+    handler: MethodRouter<Arc<App>>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} ({:?})", self.method, self.path, self.guard)
+    }
+}
+
+fn route(
+    method: Method,
+    path: &'static str,
+    guard: Guard,
+    handler: MethodRouter<Arc<App>>,
+) -> Route {
+    Route {
+        method,
+        path,
+        guard,
+        handler,
+    }
+}
+
+/// Every route Keyward serves (except `/proxy/…`, the data plane, which authenticates app
+/// tokens itself). The router is built from this table and nothing else.
+pub fn routes() -> Vec<Route> {
+    use Guard::{Public, SignedIn, SteppedUp};
+    use Method as M;
+    use Permission as P;
+    let p = Guard::Permission;
+    vec![
+        route(M::GET, "/healthz", Public, get(healthz)),
+        route(M::GET, "/readyz", Public, get(readyz)),
+        route(M::GET, "/metrics", Public, get(metrics)),
+        route(M::GET, "/api/v1/openapi.json", Public, get(openapi)),
+        // keys
+        route(
+            M::POST,
+            "/api/v1/keys",
+            p(P::KeysWrite),
+            post(keys::create_key),
+        ),
+        route(M::GET, "/api/v1/keys", p(P::KeysRead), get(keys::list_keys)),
+        route(
+            M::GET,
+            "/api/v1/deleted-keys",
+            p(P::KeysRead),
+            get(keys::list_deleted_keys),
+        ),
+        route(
+            M::GET,
+            "/api/v1/keys/{id}",
+            p(P::KeysRead),
+            get(keys::get_key),
+        ),
+        route(
+            M::PATCH,
+            "/api/v1/keys/{id}",
+            p(P::KeysWrite),
+            patch(keys::update_key),
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/keys/{id}",
+            p(P::KeysDelete),
+            delete(keys::delete_key),
+        ),
+        route(
+            M::POST,
+            "/api/v1/keys/{id}/enable",
+            p(P::KeysWrite),
+            post(keys::enable_key),
+        ),
+        route(
+            M::POST,
+            "/api/v1/keys/{id}/disable",
+            p(P::KeysWrite),
+            post(keys::disable_key),
+        ),
+        route(
+            M::GET,
+            "/api/v1/keys/{id}/versions",
+            p(P::KeysRead),
+            get(keys::list_versions),
+        ),
+        route(
+            M::POST,
+            "/api/v1/keys/{id}/versions",
+            p(P::KeysWrite),
+            post(keys::add_version),
+        ),
+        route(
+            M::POST,
+            "/api/v1/keys/{id}/restore",
+            p(P::KeysDelete),
+            post(keys::restore_key),
+        ),
+        route(
+            M::POST,
+            "/api/v1/keys/{id}/purge",
+            p(P::KeysPurge),
+            post(keys::purge_key),
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/keys/{id}/flag",
+            p(P::KeysWrite),
+            delete(keys::clear_key_flag),
+        ),
+        // pools and usage
+        route(
+            M::GET,
+            "/api/v1/pools",
+            p(P::KeysRead),
+            get(usage::list_pools),
+        ),
+        route(
+            M::PUT,
+            "/api/v1/pools/{service}/{environment}",
+            p(P::KeysWrite),
+            put(usage::set_pool),
+        ),
+        route(M::GET, "/api/v1/usage", p(P::KeysRead), get(usage::usage)),
+        // catalog
+        route(
+            M::GET,
+            "/api/v1/services",
+            p(P::CatalogRead),
+            get(catalog::list_services),
+        ),
+        route(
+            M::POST,
+            "/api/v1/services",
+            p(P::CatalogWrite),
+            post(catalog::create_service),
+        ),
+        route(
+            M::GET,
+            "/api/v1/services/{id}",
+            p(P::CatalogRead),
+            get(catalog::get_service),
+        ),
+        route(
+            M::PATCH,
+            "/api/v1/services/{id}",
+            p(P::CatalogWrite),
+            patch(catalog::update_service),
+        ),
+        route(
+            M::GET,
+            "/api/v1/categories",
+            p(P::CatalogRead),
+            get(catalog::list_categories),
+        ),
+        route(
+            M::POST,
+            "/api/v1/categories",
+            p(P::CatalogWrite),
+            post(catalog::create_category),
+        ),
+        route(
+            M::GET,
+            "/api/v1/environments",
+            p(P::CatalogRead),
+            get(catalog::list_environments),
+        ),
+        route(
+            M::POST,
+            "/api/v1/environments",
+            p(P::CatalogWrite),
+            post(catalog::create_environment),
+        ),
+        // app tokens
+        route(
+            M::POST,
+            "/api/v1/app-tokens",
+            p(P::AppTokensWrite),
+            post(app_tokens::create_app_token),
+        ),
+        route(
+            M::GET,
+            "/api/v1/app-tokens",
+            p(P::AppTokensRead),
+            get(app_tokens::list_app_tokens),
+        ),
+        route(
+            M::GET,
+            "/api/v1/app-tokens/{id}",
+            p(P::AppTokensRead),
+            get(app_tokens::get_app_token),
+        ),
+        route(
+            M::POST,
+            "/api/v1/app-tokens/{id}/revoke",
+            p(P::AppTokensWrite),
             post(app_tokens::revoke_app_token),
-        )
-        .route("/auth/login", post(sessions::sign_in))
-        .route("/auth/logout", post(sessions::sign_out))
-        .route("/auth/logout-all", post(sessions::sign_out_everywhere))
-        .route("/auth/session", get(sessions::who_am_i))
-        .route("/auth/mfa", get(mfa::mfa_status))
-        .route("/auth/mfa/enroll", post(mfa::start_enrolment))
-        .route("/auth/mfa/confirm", post(mfa::confirm_enrolment))
-        .route("/auth/mfa/verify", post(mfa::step_up))
-        .route(
-            "/auth/mfa/recovery-codes",
+        ),
+        // signing in, sessions, MFA
+        route(
+            M::POST,
+            "/api/v1/auth/login",
+            Public,
+            post(sessions::sign_in),
+        ),
+        route(
+            M::POST,
+            "/api/v1/auth/logout",
+            SignedIn,
+            post(sessions::sign_out),
+        ),
+        route(
+            M::POST,
+            "/api/v1/auth/logout-all",
+            SignedIn,
+            post(sessions::sign_out_everywhere),
+        ),
+        route(
+            M::GET,
+            "/api/v1/auth/session",
+            SignedIn,
+            get(sessions::who_am_i),
+        ),
+        route(M::GET, "/api/v1/auth/mfa", SignedIn, get(mfa::mfa_status)),
+        route(
+            M::POST,
+            "/api/v1/auth/mfa/enroll",
+            SignedIn,
+            post(mfa::start_enrolment),
+        ),
+        route(
+            M::POST,
+            "/api/v1/auth/mfa/confirm",
+            SignedIn,
+            post(mfa::confirm_enrolment),
+        ),
+        route(
+            M::POST,
+            "/api/v1/auth/mfa/verify",
+            SignedIn,
+            post(mfa::step_up),
+        ),
+        route(
+            M::POST,
+            "/api/v1/auth/mfa/recovery-codes",
+            SteppedUp,
             post(mfa::regenerate_recovery_codes),
-        )
-        .route("/users/{id}/mfa", delete(mfa::reset_mfa))
-        .route(
-            "/policies/mfa",
-            get(mfa::get_mfa_policy).put(mfa::set_mfa_policy),
-        )
-        .route("/auth/lockouts", get(sessions::list_lockouts))
-        .route("/auth/lockouts/lift", post(sessions::lift_lockout))
-        .route("/sessions", get(sessions::list_sessions))
-        .route("/sessions/{id}", delete(sessions::end_session))
-        .route("/users", get(users::list_users).post(users::create_user))
-        .route("/users/{id}", get(users::get_user))
-        .route("/users/{id}/disable", post(users::disable_user))
-        .route("/users/{id}/enable", post(users::enable_user))
-        .route("/audit", get(audit::list_audit))
-        .route("/audit/export", get(audit::export_audit))
-        .route("/audit/verify", get(audit::verify_audit))
-        .route("/openapi.json", get(openapi))
+        ),
+        route(
+            M::GET,
+            "/api/v1/auth/lockouts",
+            p(P::UsersRead),
+            get(sessions::list_lockouts),
+        ),
+        route(
+            M::POST,
+            "/api/v1/auth/lockouts/lift",
+            p(P::UsersWrite),
+            post(sessions::lift_lockout),
+        ),
+        route(
+            M::GET,
+            "/api/v1/sessions",
+            p(P::UsersRead),
+            get(sessions::list_sessions),
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/sessions/{id}",
+            p(P::UsersWrite),
+            delete(sessions::end_session),
+        ),
+        // users and access
+        route(
+            M::GET,
+            "/api/v1/users",
+            p(P::UsersRead),
+            get(users::list_users),
+        ),
+        route(
+            M::POST,
+            "/api/v1/users",
+            p(P::UsersWrite),
+            post(users::create_user),
+        ),
+        route(
+            M::GET,
+            "/api/v1/users/{id}",
+            p(P::UsersRead),
+            get(users::get_user),
+        ),
+        route(
+            M::POST,
+            "/api/v1/users/{id}/disable",
+            p(P::UsersWrite),
+            post(users::disable_user),
+        ),
+        route(
+            M::POST,
+            "/api/v1/users/{id}/enable",
+            p(P::UsersWrite),
+            post(users::enable_user),
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/users/{id}/mfa",
+            p(P::AccessWrite),
+            delete(mfa::reset_mfa),
+        ),
+        route(
+            M::PUT,
+            "/api/v1/users/{id}/role",
+            p(P::AccessWrite),
+            put(access::set_user_role),
+        ),
+        route(
+            M::PUT,
+            "/api/v1/users/{id}/networks",
+            p(P::AccessWrite),
+            put(access::set_user_networks),
+        ),
+        route(
+            M::GET,
+            "/api/v1/users/{id}/grants",
+            p(P::UsersRead),
+            get(access::list_grants),
+        ),
+        route(
+            M::POST,
+            "/api/v1/users/{id}/grants",
+            p(P::AccessWrite),
+            post(access::add_grant),
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/users/{id}/grants/{grant}",
+            p(P::AccessWrite),
+            delete(access::remove_grant),
+        ),
+        route(
+            M::GET,
+            "/api/v1/roles",
+            p(P::UsersRead),
+            get(access::list_roles),
+        ),
+        route(
+            M::POST,
+            "/api/v1/roles",
+            p(P::AccessWrite),
+            post(access::create_role),
+        ),
+        route(
+            M::PATCH,
+            "/api/v1/roles/{id}",
+            p(P::AccessWrite),
+            patch(access::update_role),
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/roles/{id}",
+            p(P::AccessWrite),
+            delete(access::delete_role),
+        ),
+        route(
+            M::PUT,
+            "/api/v1/roles/{id}/networks",
+            p(P::AccessWrite),
+            put(access::set_role_networks),
+        ),
+        route(
+            M::GET,
+            "/api/v1/tokens",
+            p(P::UsersRead),
+            get(access::list_tokens),
+        ),
+        route(
+            M::POST,
+            "/api/v1/tokens",
+            p(P::AccessWrite),
+            post(access::create_token),
+        ),
+        route(
+            M::POST,
+            "/api/v1/tokens/{id}/revoke",
+            p(P::AccessWrite),
+            post(access::revoke_token),
+        ),
+        route(
+            M::GET,
+            "/api/v1/policies/mfa",
+            p(P::UsersRead),
+            get(mfa::get_mfa_policy),
+        ),
+        route(
+            M::PUT,
+            "/api/v1/policies/mfa",
+            p(P::AccessWrite),
+            put(mfa::set_mfa_policy),
+        ),
+        // audit
+        route(
+            M::GET,
+            "/api/v1/audit",
+            p(P::AuditRead),
+            get(audit::list_audit),
+        ),
+        route(
+            M::GET,
+            "/api/v1/audit/export",
+            p(P::AuditExport),
+            get(audit::export_audit),
+        ),
+        route(
+            M::GET,
+            "/api/v1/audit/verify",
+            p(P::AuditRead),
+            get(audit::verify_audit),
+        ),
+    ]
+}
+
+const API_PREFIX: &str = "/api/v1";
+
+pub fn router(app: Arc<App>) -> Router {
+    let mut api = Router::new();
+    let mut top = Router::new();
+    for r in routes() {
+        match r.path.strip_prefix(API_PREFIX) {
+            Some(path) => api = api.route(path, r.handler),
+            None => top = top.route(r.path, r.handler),
+        }
+    }
+    let api = api
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(api_headers));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .nest("/api/v1", api)
+    top.nest(API_PREFIX, api)
         .fallback(not_found)
         .layer(middleware::from_fn(access_log))
         .with_state(app)

@@ -95,7 +95,7 @@ pub(super) fn instant(field: &str, text: &str) -> Result<Timestamp, keyward_core
     responses((status = 200, body = UsageResponse), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn usage(
-    _auth: Authorized<perm::KeysRead>,
+    auth: Authorized<perm::KeysRead>,
     State(app): State<Arc<App>>,
     ApiQuery(params): ApiQuery<UsageParams>,
 ) -> ApiResult<Json<UsageResponse>> {
@@ -125,7 +125,7 @@ pub async fn usage(
             keyward_core::Error::invalid("invalid_token_id", "token is not an app token id")
         })?;
     let query = UsageQuery::new(from, to, granularity, key, token, params.service)?;
-    let buckets = app.usage(&query).await?;
+    let buckets = app.usage(auth.actor(), &query).await?;
     let mut totals = UsageTotals::default();
     for b in &buckets {
         totals += b.totals;

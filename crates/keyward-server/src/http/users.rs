@@ -49,6 +49,9 @@ pub struct UserBody {
     pub created_at: Timestamp,
     /// Has a confirmed second factor.
     pub mfa_enabled: bool,
+    /// Where the user may work from (empty: anywhere their roles allow).
+    #[schema(value_type = Vec<String>)]
+    pub allowed_networks: Vec<ipnet::IpNet>,
 }
 
 impl From<User> for UserBody {
@@ -60,11 +63,12 @@ impl From<User> for UserBody {
             disabled: u.disabled,
             created_at: u.created_at,
             mfa_enabled: u.mfa_enabled,
+            allowed_networks: u.allowed_networks,
         }
     }
 }
 
-fn user_id(text: &str) -> Result<UserId, keyward_core::Error> {
+pub(super) fn user_id(text: &str) -> Result<UserId, keyward_core::Error> {
     text.parse()
         .map_err(|_| keyward_core::Error::not_found("user_not_found", "there is no such user"))
 }
