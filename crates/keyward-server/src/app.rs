@@ -124,6 +124,17 @@ impl AppOptions {
     }
 }
 
+/// Why someone wants to see a value: 4–500 characters, kept in the trail.
+fn reveal_reason(reason: &str) -> Result<String, Error> {
+    match label::text("reason", Some(reason), 500)? {
+        Some(reason) if reason.chars().count() >= 4 => Ok(reason),
+        _ => Err(Error::invalid(
+            "reason_required",
+            "say why the value is needed (at least 4 characters)",
+        )),
+    }
+}
+
 fn key_not_found(id: &KeyId) -> Error {
     Error::not_found("key_not_found", format!("there is no key {id}"))
 }
@@ -806,6 +817,49 @@ impl App {
         self.changed().await;
         tracing::info!(key = %id, version = number, state = %state, actor = %actor.name, "key version added");
         Ok(version)
+    }
+
+    /// Reveals a key's value: the explicit, audited way a person sees it (never through
+    /// reading metadata). A reason is required and recorded with the value's fingerprint;
+    /// `version` defaults to the current one.
+    pub async fn reveal_key(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        version: Option<u32>,
+        reason: &str,
+    ) -> Result<(KeyVersion, SecretString), Error> {
+        let reason = reveal_reason(reason)?;
+        let key = self.key_for(actor, Permission::KeysReveal, id).await?;
+        key.ensure_not_deleted()?;
+        let wanted = version.unwrap_or(key.current_version);
+        let version = self
+            .store
+            .versions(id)
+            .await?
+            .into_iter()
+            .find(|v| v.version == wanted)
+            .ok_or_else(|| {
+                Error::not_found(
+                    "version_not_found",
+                    format!("key {id} has no version {wanted}"),
+                )
+            })?;
+        let value = self.keyring.unseal(
+            &version.sealed,
+            &SealContext::key_secret(id, version.version),
+        )?;
+        self.audited(
+            actor,
+            "key.reveal",
+            format!("key:{id}"),
+            json!({"version": version.version, "reason": reason,
+                   "fingerprint": self.audit.fingerprint(&value)}),
+            async { Ok(()) },
+        )
+        .await?;
+        tracing::warn!(key = %id, version = version.version, actor = %actor.name, "key value revealed");
+        Ok((version, value))
     }
 
     pub async fn versions(&self, actor: &Actor, id: &KeyId) -> Result<Vec<KeyVersion>, Error> {

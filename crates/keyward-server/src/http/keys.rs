@@ -6,13 +6,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use keyward_core::id::KeyId;
 use keyward_core::key::{
     Criticality, Key, KeyChanges, KeyDraftInput, KeyFilter, KeyStatus, KeyVersion, PageRequest,
     VersionState,
 };
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -315,6 +316,71 @@ fn version_response(v: KeyVersion) -> VersionResponse {
         created_by: v.created_by,
         created_at: v.created_at,
     }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevealRequest {
+    /// Why the value is needed (4–500 characters); recorded in the audit trail.
+    pub reason: String,
+    /// A version other than the current one.
+    pub version: Option<u32>,
+}
+
+impl std::fmt::Debug for RevealRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevealRequest")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RevealedBody {
+    pub key_id: String,
+    pub version: u32,
+    pub hint: String,
+    /// The secret itself.
+    pub value: String,
+}
+
+impl std::fmt::Debug for RevealedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevealedBody")
+            .field("key_id", &self.key_id)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reveal a key's value — explicitly, with a reason, after a recent MFA check for people;
+/// audited as a reveal. The answer is never cached (`Cache-Control: no-store`).
+#[utoipa::path(post, path = "/api/v1/keys/{id}/reveal", tag = "keys", params(("id" = String, Path)), request_body = RevealRequest,
+    responses((status = 200, body = RevealedBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn reveal_key(
+    auth: Authorized<perm::KeysReveal>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<RevealRequest>,
+) -> ApiResult<Response> {
+    let (version, value) = app
+        .reveal_key(auth.actor(), &key_id(&id)?, req.version, &req.reason)
+        .await?;
+    let body = RevealedBody {
+        key_id: version.key_id.to_string(),
+        version: version.version,
+        hint: version.hint,
+        value: value.expose_secret().to_owned(),
+    };
+    // `Cache-Control: no-store` comes with every API answer (`api_headers`); `Pragma` is
+    // for HTTP/1.0 caches in between.
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(
+        axum::http::header::PRAGMA,
+        axum::http::HeaderValue::from_static("no-cache"),
+    );
+    Ok(response)
 }
 
 /// Store a new key.

@@ -13,6 +13,7 @@ mod browser;
 mod fake_llm;
 mod helpers;
 
+mod access;
 mod app_tokens;
 mod audit;
 mod auth;
@@ -21,6 +22,7 @@ mod durability;
 mod keys;
 mod leaks;
 mod llm;
+mod matrix;
 mod mfa;
 mod proxy;
 mod sdk;
