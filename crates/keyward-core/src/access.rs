@@ -47,10 +47,12 @@ pub enum Permission {
     UsersWrite,
     /// Change roles, grants and policies, and reset someone's MFA.
     AccessWrite,
+    /// Approve or deny others' requests for sensitive operations; review break-glass ones.
+    ApprovalsDecide,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 15] = [
         Permission::CatalogRead,
         Permission::CatalogWrite,
         Permission::KeysRead,
@@ -65,6 +67,7 @@ impl Permission {
         Permission::UsersRead,
         Permission::UsersWrite,
         Permission::AccessWrite,
+        Permission::ApprovalsDecide,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +86,7 @@ impl Permission {
             Permission::UsersRead => "users_read",
             Permission::UsersWrite => "users_write",
             Permission::AccessWrite => "access_write",
+            Permission::ApprovalsDecide => "approvals_decide",
         }
     }
 
@@ -103,12 +107,13 @@ impl Permission {
     }
 
     /// Operations a signed-in person may do only shortly after an MFA check (the MFA
-    /// policy says how shortly): reveal, delete, purge, export, and changes to access.
+    /// policy says how shortly): reveal, delete, purge, export, approving, and changes to
+    /// access.
     pub fn needs_step_up(self) -> bool {
         use Permission::*;
         matches!(
             self,
-            KeysReveal | KeysDelete | KeysPurge | AuditExport | AccessWrite
+            KeysReveal | KeysDelete | KeysPurge | AuditExport | AccessWrite | ApprovalsDecide
         )
     }
 }

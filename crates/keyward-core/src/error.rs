@@ -33,6 +33,9 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// A bug or an unexpected state; details are logged, not returned.
     Internal,
+    /// Nothing was done yet: the operation now waits for approval (`reference` names the
+    /// approval request). Not a failure of the request, so the HTTP layer answers 202.
+    Accepted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +46,8 @@ pub struct Error {
     pub message: String,
     /// For `Limited`: when trying again can succeed (sent as `Retry-After`).
     pub retry_after: Option<std::time::Duration>,
+    /// An id the caller needs next (for `Accepted`: the approval request).
+    pub reference: Option<String>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -54,6 +59,15 @@ impl Error {
             code,
             message: message.into(),
             retry_after: None,
+            reference: None,
+        }
+    }
+
+    /// The operation was not done; it waits for the approval request `reference`.
+    pub fn accepted(code: &'static str, message: impl Into<String>, reference: String) -> Self {
+        Self {
+            reference: Some(reference),
+            ..Self::new(ErrorKind::Accepted, code, message)
         }
     }
     /// A local limit refuses the request; `retry_after` says when it would pass.

@@ -94,6 +94,10 @@ prefixed_id!(
     UserId, "usr_", "user"
 );
 prefixed_id!(
+    /// A request for approval of one sensitive operation.
+    ApprovalId, "apr_", "approval"
+);
+prefixed_id!(
     /// A grant of a role to a user for part of the vault.
     GrantId, "grt_", "grant"
 );

@@ -40,6 +40,7 @@ macro_rules! string_enum {
 
 pub mod access;
 pub mod app_token;
+pub mod approval;
 pub mod audit;
 pub mod catalog;
 pub mod clock;

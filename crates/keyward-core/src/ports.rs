@@ -12,9 +12,10 @@ use jiff::Timestamp;
 use crate::Result;
 use crate::access::{CustomRole, Grant, Role};
 use crate::app_token::AppToken;
+use crate::approval::{ApprovalRequest, ApprovalStatus};
 use crate::audit::{AuditCheckpoint, AuditDraft, AuditEvent, AuditFilter};
 use crate::catalog::BaseUrlOverride;
-use crate::id::{AppTokenId, GrantId, KeyId, TokenId, UserId};
+use crate::id::{AppTokenId, ApprovalId, GrantId, KeyId, TokenId, UserId};
 use crate::key::{Key, KeyFilter, KeyVersion, Page, PageRequest, SealedSecret};
 use crate::master_key::{KekUsage, MasterKeyRecord};
 use crate::mfa::MfaEnrolment;
@@ -249,6 +250,23 @@ pub trait AccessStore: Send + Sync {
     async fn set_role_networks(&self, role: &str, networks: &[ipnet::IpNet]) -> Result<()>;
 }
 
+/// Approval requests; updates are compare-and-set on `revision`.
+#[async_trait]
+pub trait ApprovalStore: Send + Sync {
+    async fn insert_approval(&self, request: &ApprovalRequest) -> Result<()>;
+    async fn approval(&self, id: &ApprovalId) -> Result<Option<ApprovalRequest>>;
+    /// Newest first; `status` and `requested_by` (a user or token id) narrow the list.
+    async fn approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+        requested_by: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ApprovalRequest>>;
+    /// Stores `request` if the stored one still has revision `expected`; `false` if someone
+    /// else changed it first.
+    async fn update_approval(&self, request: &ApprovalRequest, expected: u32) -> Result<bool>;
+}
+
 /// Second factors. Every "use" method is a compare-and-set, so two instances (or two
 /// racing requests) cannot both accept the same TOTP step or recovery code.
 #[async_trait]
@@ -317,6 +335,7 @@ pub trait Store:
     + SessionStore
     + MfaStore
     + AccessStore
+    + ApprovalStore
     + std::fmt::Debug
 {
     /// `sqlite` or `postgres`.

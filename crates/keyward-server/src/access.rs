@@ -88,6 +88,22 @@ impl RoleBook {
 }
 
 impl App {
+    /// Changes to who may do what pass the approval gate as `access_change`.
+    pub(crate) async fn gate_access(
+        &self,
+        actor: &Actor,
+        target: String,
+        payload: serde_json::Value,
+    ) -> Result<(), Error> {
+        let operation = keyward_core::approval::Operation {
+            action: keyward_core::approval::ApprovalAction::AccessChange,
+            target,
+            payload,
+        };
+        self.gate(actor, &operation, crate::approvals::GateFacts::default())
+            .await
+    }
+
     async fn role_book(&self) -> Result<RoleBook, Error> {
         Ok(RoleBook {
             custom: self.store.custom_roles().await?,
@@ -145,6 +161,12 @@ impl App {
         if !actor.access.includes(permissions, &Scope::everywhere()) {
             return Err(no_escalation());
         }
+        self.gate_access(
+            actor,
+            format!("role:{id}"),
+            json!({"create": {"permissions": permissions, "description": description}}),
+        )
+        .await?;
         let now = self.now();
         let role = CustomRole {
             id,
@@ -183,6 +205,12 @@ impl App {
             }
             role.permissions = permissions;
         }
+        self.gate_access(
+            actor,
+            format!("role:{}", role.id),
+            json!({"update": {"permissions": role.permissions, "description": role.description}}),
+        )
+        .await?;
         role.updated_at = self.now();
         self.audited(
             actor,
@@ -203,6 +231,8 @@ impl App {
 
     pub async fn delete_role(&self, actor: &Actor, id: &str) -> Result<(), Error> {
         self.custom_role(id).await?;
+        self.gate_access(actor, format!("role:{id}"), json!({"delete": true}))
+            .await?;
         self.audited(
             actor,
             "role.delete",
@@ -256,6 +286,12 @@ impl App {
             ));
         }
         self.check_can_give(actor, &role, book.permissions(&role), &scope)?;
+        self.gate_access(
+            actor,
+            format!("user:{user_id}"),
+            json!({"grant": {"role": role.as_str(), "scope": scope}}),
+        )
+        .await?;
         let now = self.now();
         let grant = Grant {
             id: GrantId::generate(now, &*self.random),
@@ -282,6 +318,12 @@ impl App {
         user_id: &UserId,
         grant_id: &GrantId,
     ) -> Result<(), Error> {
+        self.gate_access(
+            actor,
+            format!("user:{user_id}"),
+            json!({"remove_grant": grant_id.as_str()}),
+        )
+        .await?;
         self.audited(
             actor,
             "grant.delete",
@@ -344,6 +386,8 @@ impl App {
             role.permissions(),
             &Scope::everywhere(),
         )?;
+        self.gate_access(actor, format!("user:{user_id}"), json!({"role": role}))
+            .await?;
         self.audited(
             actor,
             "user.role",
@@ -364,6 +408,12 @@ impl App {
     ) -> Result<User, Error> {
         self.user(user_id).await?;
         let networks = validate_networks(networks)?;
+        self.gate_access(
+            actor,
+            format!("user:{user_id}"),
+            json!({"allowed_networks": networks}),
+        )
+        .await?;
         self.audited(
             actor,
             "user.networks",
@@ -391,6 +441,12 @@ impl App {
             self.custom_role(id).await?;
         }
         let networks = validate_networks(networks)?;
+        self.gate_access(
+            actor,
+            format!("role:{}", role.as_str()),
+            json!({"allowed_networks": networks}),
+        )
+        .await?;
         self.audited(
             actor,
             "role.networks",
@@ -432,6 +488,14 @@ impl App {
             allowed_networks: validate_networks(limits.allowed_networks)?,
             ..limits
         };
+        self.gate_access(
+            actor,
+            "tokens".into(),
+            json!({"create": {"name": name, "role": role, "scope": limits.scope,
+                              "allowed_networks": limits.allowed_networks,
+                              "expires_at": expires_at.map(|t| t.to_string())}}),
+        )
+        .await?;
         self.issue_limited_token(actor, name, role, expires_at, limits)
             .await
     }

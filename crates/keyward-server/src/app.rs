@@ -8,6 +8,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use keyward_core::access::{Access, Permission, Reach, Role};
 use keyward_core::app_token::{AppToken, AppTokenDraft};
+use keyward_core::approval::{ApprovalAction, Operation};
 use keyward_core::audit::{ActorKind, AuditDraft, AuditOutcome};
 use keyward_core::catalog::{ServiceCatalog, builtin_services};
 use keyward_core::id::{AppTokenId, KeyId, TokenId};
@@ -28,6 +29,7 @@ use keyward_proxy::{Proxy, ProxyConfig, ProxyEvent, Snapshot};
 use secrecy::SecretString;
 use serde_json::json;
 
+use crate::approvals::GateFacts;
 use crate::audit::{AuditLog, outcome_of};
 use crate::vault::Vault;
 
@@ -43,6 +45,8 @@ pub struct Actor {
     pub source: Option<IpAddr>,
     /// What this actor may do, and where (resolved from role, grants and scope).
     pub access: Access,
+    /// What the request says about approval (`X-Keyward-Approval`).
+    pub approval: Option<crate::approvals::ApprovalUse>,
 }
 
 impl Actor {
@@ -55,6 +59,7 @@ impl Actor {
             role: Role::Viewer,
             source,
             access: Access::default(),
+            approval: None,
         }
     }
 
@@ -67,6 +72,7 @@ impl Actor {
             role: Role::Owner,
             source: None,
             access: Access::of_role(Role::Owner),
+            approval: None,
         }
     }
 }
@@ -752,6 +758,10 @@ impl App {
         if key.enabled == enabled {
             return Ok(key);
         }
+        if !enabled {
+            self.gate_key(actor, ApprovalAction::Disable, &key, json!({}))
+                .await?;
+        }
         let before = key.updated_at;
         key.enabled = enabled;
         let action = if enabled { "key.enable" } else { "key.disable" };
@@ -793,6 +803,14 @@ impl App {
             + 1;
         let now = self.now();
         let fingerprint = self.audit.fingerprint(&value);
+        // Bound to the new value (by its fingerprint): approvers approve this value only.
+        self.gate_key(
+            actor,
+            ApprovalAction::Rotate,
+            &key,
+            json!({"fingerprint": fingerprint, "state": state.to_string()}),
+        )
+        .await?;
         let version = KeyVersion {
             key_id: id.clone(),
             version: number,
@@ -819,6 +837,65 @@ impl App {
         Ok(version)
     }
 
+    /// Passes `action` on `key` through the approval gate (see `approvals.rs`).
+    async fn gate_key(
+        &self,
+        actor: &Actor,
+        action: ApprovalAction,
+        key: &Key,
+        payload: serde_json::Value,
+    ) -> Result<(), Error> {
+        let category = self
+            .catalog()
+            .await?
+            .get(&key.service_id)
+            .map(|s| s.category.clone());
+        let operation = Operation {
+            action,
+            target: format!("key:{}", key.id),
+            payload,
+        };
+        let facts = GateFacts {
+            category: category.as_deref(),
+            criticality: Some(key.criticality),
+        };
+        self.gate(actor, &operation, facts).await
+    }
+
+    /// Emergency disable (break-glass): stops all use of a key at once, without waiting for
+    /// approvals, and files the action for review afterwards.
+    pub async fn emergency_disable(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        reason: &str,
+    ) -> Result<Key, Error> {
+        let reason = reveal_reason(reason)?;
+        let mut key = self.key_for(actor, Permission::KeysWrite, id).await?;
+        key.ensure_not_deleted()?;
+        let operation = Operation {
+            action: ApprovalAction::Disable,
+            target: format!("key:{id}"),
+            payload: json!({}),
+        };
+        let review = self
+            .flag_break_glass(actor, operation, reason.clone())
+            .await?;
+        let before = key.updated_at;
+        key.enabled = false;
+        let key = self
+            .save(
+                actor,
+                "key.disable",
+                json!({"break_glass": true, "reason": reason, "review": review.as_str()}),
+                key,
+                before,
+            )
+            .await?;
+        tracing::warn!(key = %id, actor = %actor.name, "key disabled in an emergency (break-glass)");
+        Ok(key)
+    }
+
     /// Reveals a key's value: the explicit, audited way a person sees it (never through
     /// reading metadata). A reason is required and recorded with the value's fingerprint;
     /// `version` defaults to the current one.
@@ -833,6 +910,13 @@ impl App {
         let key = self.key_for(actor, Permission::KeysReveal, id).await?;
         key.ensure_not_deleted()?;
         let wanted = version.unwrap_or(key.current_version);
+        self.gate_key(
+            actor,
+            ApprovalAction::Reveal,
+            &key,
+            json!({"version": wanted}),
+        )
+        .await?;
         let version = self
             .store
             .versions(id)
@@ -870,6 +954,8 @@ impl App {
     pub async fn delete_key(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
         let mut key = self.key_for(actor, Permission::KeysDelete, id).await?;
         key.ensure_not_deleted()?;
+        self.gate_key(actor, ApprovalAction::Delete, &key, json!({}))
+            .await?;
         let before = key.updated_at;
         key.deleted_at = Some(self.now());
         key.deleted_by = Some(actor.name.clone());
@@ -922,6 +1008,8 @@ impl App {
                 ),
             ));
         }
+        self.gate_key(actor, ApprovalAction::Purge, &key, json!({}))
+            .await?;
         self.audited(
             actor,
             "key.purge",

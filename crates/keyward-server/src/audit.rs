@@ -330,6 +330,37 @@ pub fn event_line(e: AuditEvent) -> Result<String, String> {
 }
 
 /// The outcome of an operation as the trail records it.
+impl crate::app::App {
+    /// A bulk export of the trail: passes the approval gate as `export` (bound to the
+    /// filter), is itself audited, then reads the entries.
+    pub async fn export_audit(
+        &self,
+        actor: &crate::app::Actor,
+        filter: &keyward_core::audit::AuditFilter,
+    ) -> Result<Vec<keyward_core::audit::AuditEvent>, Error> {
+        let details = serde_json::json!({
+            "actor": filter.actor, "action": filter.action, "target": filter.target,
+            "after": filter.after_seq, "limit": filter.limit,
+        });
+        let operation = keyward_core::approval::Operation {
+            action: keyward_core::approval::ApprovalAction::Export,
+            target: "audit".into(),
+            payload: details.clone(),
+        };
+        self.gate(actor, &operation, crate::approvals::GateFacts::default())
+            .await?;
+        self.record_audit(
+            actor,
+            "audit.export",
+            None,
+            keyward_core::audit::AuditOutcome::Success,
+            details,
+        )
+        .await?;
+        self.audit.events(filter).await
+    }
+}
+
 pub fn outcome_of<T>(result: &Result<T, Error>) -> AuditOutcome {
     match result {
         Ok(_) => AuditOutcome::Success,

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod app;
+pub mod approvals;
 pub mod audit;
 pub mod cli;
 pub mod config;

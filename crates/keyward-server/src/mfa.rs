@@ -95,6 +95,8 @@ impl App {
             .map_err(|e| Error::internal(format!("cannot store the MFA policy: {e}")))?;
         let details = json!({"required_roles": policy.required_roles,
                              "step_up_minutes": policy.step_up_minutes});
+        self.gate_access(actor, "policy:mfa".into(), details.clone())
+            .await?;
         self.audited(
             actor,
             "policy.mfa.update",
@@ -350,6 +352,8 @@ impl App {
                 "only an owner may reset an owner's second factor",
             ));
         }
+        self.gate_access(actor, user_target(user_id), json!({"reset_mfa": true}))
+            .await?;
         self.audited(
             actor,
             "mfa.reset",

@@ -279,6 +279,7 @@ impl Actor {
             source,
             // The base role; `App::user_access` adds grants for a request.
             access: keyward_core::access::Access::of_role(user.role),
+            approval: None,
         }
     }
 }

@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "access",
         include_str!("../migrations/postgres/0007_access.sql"),
     ),
+    (
+        8,
+        "approvals",
+        include_str!("../migrations/postgres/0008_approvals.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "access",
         include_str!("../migrations/sqlite/0007_access.sql"),
     ),
+    (
+        8,
+        "approvals",
+        include_str!("../migrations/sqlite/0008_approvals.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

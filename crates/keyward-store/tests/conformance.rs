@@ -10,7 +10,7 @@ use keyward_core::audit::{
     ActorKind, AuditDraft, AuditFilter, AuditOutcome, BreakKind, ChainBreak, ChainVerifier,
     VerifyReport,
 };
-use keyward_core::id::{AppTokenId, GrantId, KeyId, TokenId, UserId};
+use keyward_core::id::{AppTokenId, ApprovalId, GrantId, KeyId, TokenId, UserId};
 use keyward_core::key::{
     Criticality, Key, KeyArea, KeyFilter, KeyStatus, KeyVersion, PageRequest, SealedSecret,
     VersionState,
@@ -1803,6 +1803,87 @@ async fn custom_roles_grants_networks_and_token_revocation(store: Arc<dyn Store>
     );
 }
 
+async fn approvals_round_trip_and_change_by_compare_and_set(store: Arc<dyn Store>) {
+    use keyward_core::approval::{
+        ApprovalAction, ApprovalRequest, ApprovalStatus, Operation, Participant, Requirement,
+    };
+    let r = rng();
+    let requester = Participant {
+        id: "usr_a".into(),
+        name: "kim".into(),
+        role: Role::KeyManager,
+    };
+    let open = |at: i64| {
+        ApprovalRequest::open(
+            ApprovalId::generate(ts(at), &r),
+            Operation {
+                action: ApprovalAction::Delete,
+                target: "key:k".into(),
+                payload: serde_json::json!({"version": 2}),
+            },
+            "cleanup".into(),
+            requester.clone(),
+            Requirement {
+                approvals: 1,
+                approver_roles: vec![Role::Admin],
+            },
+            ts(at),
+            jiff::SignedDuration::from_hours(1),
+        )
+    };
+    let first = open(1);
+    let second = open(2);
+    store.insert_approval(&first).await.expect("insert");
+    store.insert_approval(&second).await.expect("insert");
+    assert_eq!(
+        store.approval(&first.id).await.expect("get"),
+        Some(first.clone())
+    );
+    let mut approved = first.clone();
+    approved
+        .decide(
+            Participant {
+                id: "usr_b".into(),
+                name: "ada".into(),
+                role: Role::Admin,
+            },
+            true,
+            "fine".into(),
+            ts(3),
+        )
+        .expect("decide");
+    assert!(store.update_approval(&approved, 0).await.expect("cas"));
+    assert!(
+        !store.update_approval(&approved, 0).await.expect("stale"),
+        "a second writer from the same revision loses"
+    );
+    assert_eq!(
+        store.approval(&first.id).await.expect("get"),
+        Some(approved)
+    );
+    let pending = store
+        .approvals(Some(ApprovalStatus::Pending), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(
+        pending.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
+        [second.id.clone()]
+    );
+    let mine = store
+        .approvals(None, Some("usr_a"), 10)
+        .await
+        .expect("mine");
+    assert_eq!(mine.len(), 2);
+    assert_eq!(mine[0].id, second.id, "newest first");
+    assert!(
+        store
+            .approvals(None, Some("usr_z"), 10)
+            .await
+            .expect("none")
+            .is_empty()
+    );
+}
+
 async fn mfa_steps_and_recovery_codes_are_used_once(store: Arc<dyn Store>) {
     let r = rng();
     let user = User {
@@ -2018,6 +2099,7 @@ conformance!(
     sessions_round_trip_touch_forward_and_end,
     mfa_steps_and_recovery_codes_are_used_once,
     custom_roles_grants_networks_and_token_revocation,
+    approvals_round_trip_and_change_by_compare_and_set,
     migrations_are_idempotent,
     keys_round_trip_with_their_first_version,
     batch_inserts_are_all_or_nothing,

@@ -110,18 +110,7 @@ pub async fn export_audit(
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> ApiResult<Response> {
     let filter = params.filter(EXPORT_MAX, EXPORT_MAX)?;
-    app.record_audit(
-        auth.actor(),
-        "audit.export",
-        None,
-        AuditOutcome::Success,
-        serde_json::json!({
-            "actor": filter.actor, "action": filter.action, "target": filter.target,
-            "after": filter.after_seq, "limit": filter.limit,
-        }),
-    )
-    .await?;
-    let events = app.audit.events(&filter).await?;
+    let events = app.export_audit(auth.actor(), &filter).await?;
     let mut body = String::new();
     for event in events {
         body.push_str(&event_line(event).map_err(keyward_core::Error::internal)?);

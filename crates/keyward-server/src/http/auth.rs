@@ -18,6 +18,7 @@ use keyward_core::{Error, ErrorKind};
 
 use super::error::ApiError;
 use crate::app::{Actor, App};
+use crate::approvals::ApprovalUse;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -110,7 +111,8 @@ pub mod perm {
         AuditExport,
         UsersRead,
         UsersWrite,
-        AccessWrite
+        AccessWrite,
+        ApprovalsDecide
     );
 }
 
@@ -268,6 +270,7 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
                 role: record.role,
                 source,
                 access: keyward_core::access::Access::default(),
+                approval: approval_use(parts)?,
             };
             actor.access = match app.token_access(&record, source).await {
                 Ok(access) => access,
@@ -344,6 +347,7 @@ async fn authenticate_session(
         }
     };
     let mut actor = Actor::for_user(&user, source);
+    actor.approval = approval_use(parts)?;
     actor.access = match app.user_access(&user, source).await {
         Ok(access) => access,
         Err(refusal) => return Err(refuse_network(app, parts, &actor, refusal).await),
@@ -403,6 +407,34 @@ fn csrf_problem(parts: &Parts, session: &keyward_core::session::Session) -> Opti
         Some(token) if !App::csrf_matches(session, token) => Some("the CSRF token is wrong"),
         Some(_) => None,
     }
+}
+
+/// `X-Keyward-Approval: request` (with `X-Keyward-Reason`) or `X-Keyward-Approval: apr_…`.
+fn approval_use(parts: &Parts) -> Result<Option<ApprovalUse>, ApiError> {
+    let header = |name: &str| parts.headers.get(name).map(|v| v.to_str());
+    let malformed = |what: &str| {
+        ApiError::from(Error::new(
+            ErrorKind::Malformed,
+            "invalid_approval_header",
+            format!("X-Keyward-Approval must be `request` or an approval id ({what})"),
+        ))
+    };
+    let Some(value) = header("x-keyward-approval") else {
+        return Ok(None);
+    };
+    let value = value.map_err(|_| malformed("not text"))?.trim();
+    if value.eq_ignore_ascii_case("request") {
+        let reason = match header("x-keyward-reason") {
+            Some(Ok(reason)) => reason.to_owned(),
+            Some(Err(_)) => return Err(malformed("the reason is not text")),
+            None => String::new(),
+        };
+        return Ok(Some(ApprovalUse::Request(reason)));
+    }
+    value
+        .parse()
+        .map(|id| Some(ApprovalUse::Use(id)))
+        .map_err(|_| malformed("not an approval id"))
 }
 
 /// The client's address: the connection's peer, or what a trusted proxy forwarded.

@@ -18,6 +18,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// A human sentence; never contains secret material.
     pub message: String,
+    /// An id to use next, e.g. the approval request an operation now waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 /// Any failure a handler returns.
@@ -27,6 +30,7 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<std::time::Duration>,
+    pub reference: Option<String>,
 }
 
 impl ApiError {
@@ -36,6 +40,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            reference: None,
         }
     }
 
@@ -58,6 +63,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
         ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Accepted => StatusCode::ACCEPTED,
     }
 }
 
@@ -75,6 +81,7 @@ impl From<Error> for ApiError {
         }
         Self {
             retry_after: e.retry_after,
+            reference: e.reference,
             ..Self::new(status, e.code, e.message)
         }
     }
@@ -86,6 +93,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.to_owned(),
                 message: self.message,
+                reference: self.reference,
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();

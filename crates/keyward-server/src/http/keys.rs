@@ -567,15 +567,34 @@ pub async fn enable_key(
     Ok(Json(key_response(&app, key)))
 }
 
-/// Disable a key (kept, but never injected).
-#[utoipa::path(post, path = "/api/v1/keys/{id}/disable", tag = "keys", params(("id" = String, Path)),
-    responses((status = 200, body = KeyResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisableRequest {
+    /// Break-glass: stop the key now, without waiting for approvals; the action is filed
+    /// for review afterwards. Needs a `reason`.
+    #[serde(default)]
+    pub emergency: bool,
+    pub reason: Option<String>,
+}
+
+/// Disable a key (kept, but never injected). With `{"emergency": true, "reason": …}` it
+/// skips any approval policy (break-glass) and is flagged for review.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/disable", tag = "keys", params(("id" = String, Path)), request_body = Option<DisableRequest>,
+    responses((status = 200, body = KeyResponse), (status = 202, body = ErrorBody, description = "waits for approval"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn disable_key(
     auth: Authorized<perm::KeysWrite>,
     State(app): State<Arc<App>>,
     ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<KeyResponse>> {
-    let key = app.set_enabled(auth.actor(), &key_id(&id)?, false).await?;
+    let req = optional_json::<DisableRequest>(&body)?;
+    let id = key_id(&id)?;
+    let key = if req.emergency {
+        app.emergency_disable(auth.actor(), &id, req.reason.as_deref().unwrap_or(""))
+            .await?
+    } else {
+        app.set_enabled(auth.actor(), &id, false).await?
+    };
     Ok(Json(key_response(&app, key)))
 }
 

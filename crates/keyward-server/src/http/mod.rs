@@ -23,6 +23,7 @@ use crate::app::App;
 
 mod access;
 mod app_tokens;
+mod approvals;
 mod audit;
 pub mod auth;
 mod catalog;
@@ -63,6 +64,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         access::list_grants, access::add_grant, access::remove_grant, access::set_user_role,
         access::set_user_networks, access::set_role_networks, access::list_tokens,
         access::create_token, access::revoke_token,
+        approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
+        approvals::cancel, approvals::get_policy, approvals::set_policy,
     ),
     modifiers(&BearerAuth),
     tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
@@ -71,7 +74,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "audit", description = "The tamper-evident audit trail"),
         (name = "users", description = "People who sign in"),
         (name = "auth", description = "Signing in and out; sessions; second factors"),
-        (name = "access", description = "Roles, scoped grants, network allowlists, management tokens"))
+        (name = "access", description = "Roles, scoped grants, network allowlists, management tokens"),
+        (name = "approvals", description = "Approval requests for sensitive operations, and the policy"))
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -516,6 +520,49 @@ pub fn routes() -> Vec<Route> {
             "/api/v1/policies/mfa",
             p(P::AccessWrite),
             put(mfa::set_mfa_policy),
+        ),
+        // approvals
+        route(
+            M::GET,
+            "/api/v1/approvals",
+            SignedIn,
+            get(approvals::list_approvals),
+        ),
+        route(
+            M::GET,
+            "/api/v1/approvals/{id}",
+            SignedIn,
+            get(approvals::get_approval),
+        ),
+        route(
+            M::POST,
+            "/api/v1/approvals/{id}/approve",
+            p(P::ApprovalsDecide),
+            post(approvals::approve),
+        ),
+        route(
+            M::POST,
+            "/api/v1/approvals/{id}/deny",
+            p(P::ApprovalsDecide),
+            post(approvals::deny),
+        ),
+        route(
+            M::POST,
+            "/api/v1/approvals/{id}/cancel",
+            SignedIn,
+            post(approvals::cancel),
+        ),
+        route(
+            M::GET,
+            "/api/v1/policies/approvals",
+            p(P::UsersRead),
+            get(approvals::get_policy),
+        ),
+        route(
+            M::PUT,
+            "/api/v1/policies/approvals",
+            p(P::AccessWrite),
+            put(approvals::set_policy),
         ),
         // audit
         route(
