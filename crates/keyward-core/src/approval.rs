@@ -257,7 +257,10 @@ impl ApprovalRequest {
         Self {
             status: ApprovalStatus::ReviewRequired,
             executed_at: Some(now),
-            expires_at: Timestamp::MAX,
+            // Reviews do not expire; ten years is "never" and stays a normal timestamp.
+            expires_at: now
+                .checked_add(SignedDuration::from_hours(24 * 3_650))
+                .unwrap_or(now),
             ..Self::open(
                 id,
                 operation,

@@ -1866,8 +1866,8 @@ async fn approvals_round_trip_and_change_by_compare_and_set(store: Arc<dyn Store
         .await
         .expect("list");
     assert_eq!(
-        pending.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
-        [second.id.clone()]
+        pending.iter().map(|a| &a.id).collect::<Vec<_>>(),
+        [&second.id]
     );
     let mine = store
         .approvals(None, Some("usr_a"), 10)

@@ -15,6 +15,7 @@ mod helpers;
 
 mod access;
 mod app_tokens;
+mod approvals;
 mod audit;
 mod auth;
 mod catalog;
