@@ -25,8 +25,10 @@ pub enum Permission {
     CatalogWrite,
     /// Read key metadata (never values).
     KeysRead,
-    /// Create keys, edit metadata, enable/disable, add versions.
+    /// Create keys, edit metadata, enable/disable.
     KeysWrite,
+    /// Add a new value to a key (rotation).
+    KeysRotate,
     /// Soft-delete and restore keys.
     KeysDelete,
     /// Destroy deleted keys for good.
@@ -52,11 +54,12 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 15] = [
+    pub const ALL: [Permission; 16] = [
         Permission::CatalogRead,
         Permission::CatalogWrite,
         Permission::KeysRead,
         Permission::KeysWrite,
+        Permission::KeysRotate,
         Permission::KeysDelete,
         Permission::KeysPurge,
         Permission::KeysReveal,
@@ -76,6 +79,7 @@ impl Permission {
             Permission::CatalogWrite => "catalog_write",
             Permission::KeysRead => "keys_read",
             Permission::KeysWrite => "keys_write",
+            Permission::KeysRotate => "keys_rotate",
             Permission::KeysDelete => "keys_delete",
             Permission::KeysPurge => "keys_purge",
             Permission::KeysReveal => "keys_reveal",
@@ -98,6 +102,7 @@ impl Permission {
             self,
             KeysRead
                 | KeysWrite
+                | KeysRotate
                 | KeysDelete
                 | KeysPurge
                 | KeysReveal
@@ -107,13 +112,19 @@ impl Permission {
     }
 
     /// Operations a signed-in person may do only shortly after an MFA check (the MFA
-    /// policy says how shortly): reveal, delete, purge, export, approving, and changes to
-    /// access.
+    /// policy says how shortly): reveal, rotate, delete, purge, export, approving, and
+    /// changes to access.
     pub fn needs_step_up(self) -> bool {
         use Permission::*;
         matches!(
             self,
-            KeysReveal | KeysDelete | KeysPurge | AuditExport | AccessWrite | ApprovalsDecide
+            KeysReveal
+                | KeysRotate
+                | KeysDelete
+                | KeysPurge
+                | AuditExport
+                | AccessWrite
+                | ApprovalsDecide
         )
     }
 }
@@ -163,6 +174,7 @@ impl Role {
                 CatalogRead
                     | KeysRead
                     | KeysWrite
+                    | KeysRotate
                     | KeysDelete
                     | KeysReveal
                     | AppTokensRead

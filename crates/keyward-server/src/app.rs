@@ -786,7 +786,7 @@ impl App {
                 "a new version is either current or pending",
             ));
         }
-        let key = self.key_for(actor, Permission::KeysWrite, id).await?;
+        let key = self.key_for(actor, Permission::KeysRotate, id).await?;
         key.ensure_not_deleted()?;
         let catalog = self.catalog().await?;
         let service = catalog.require(&key.service_id)?;

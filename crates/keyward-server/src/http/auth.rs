@@ -102,6 +102,7 @@ pub mod perm {
         CatalogWrite,
         KeysRead,
         KeysWrite,
+        KeysRotate,
         KeysDelete,
         KeysPurge,
         AppTokensRead,

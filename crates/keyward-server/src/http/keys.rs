@@ -615,7 +615,7 @@ pub async fn list_versions(
     responses((status = 201, body = VersionResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn add_version(
-    auth: Authorized<perm::KeysWrite>,
+    auth: Authorized<perm::KeysRotate>,
     State(app): State<Arc<App>>,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<AddVersionRequest>,

@@ -205,7 +205,7 @@ pub fn routes() -> Vec<Route> {
         route(
             M::POST,
             "/api/v1/keys/{id}/versions",
-            p(P::KeysWrite),
+            p(P::KeysRotate),
             post(keys::add_version),
         ),
         route(

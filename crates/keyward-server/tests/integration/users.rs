@@ -123,9 +123,10 @@ fn quartiles(mut samples: Vec<f64>) -> (f64, f64, f64) {
     (at(0.25), at(0.5), at(0.75))
 }
 
-/// Unknown user and wrong password: same error, and response times from the same
-/// distribution (an unknown name is checked against a dummy hash). Samples alternate so
-/// machine noise hits both alike; the interquartile ranges must overlap.
+/// Unknown user and wrong password, over HTTP against the real server: same status and
+/// body, and response times from the same distribution (an unknown name is checked against
+/// a dummy hash). Samples alternate so machine noise hits both alike; the interquartile
+/// ranges must overlap.
 #[tokio::test]
 async fn unknown_users_and_wrong_passwords_are_answered_alike_in_the_same_time() {
     const SAMPLES: usize = 200;
@@ -166,18 +167,28 @@ async fn unknown_users_and_wrong_passwords_are_answered_alike_in_the_same_time()
             ("alice", &mut wrong)
         };
         let started = Instant::now();
-        let err = app
-            .app
-            .check_sign_in(name, SecretString::from("not the password at all"), None)
+        let response = app
+            .client
+            .post(format!("{}/api/v1/auth/login", app.base))
+            .json(&json!({"username": name, "password": "not the password at all"}))
+            .send()
             .await
-            .unwrap_err();
+            .unwrap();
+        let status = response.status();
+        let body = response.bytes().await.unwrap();
         into.push(started.elapsed().as_secs_f64() * 1000.0);
         // Brute-force delays would end the experiment early; they are tested elsewhere.
-        app.app
-            .with_attempts(|a| a.clear(&keyward_core::throttle::Subject::Account(name.to_owned())));
+        app.app.with_attempts(|a| {
+            a.clear(&keyward_core::throttle::Subject::Account(name.to_owned()));
+            a.clear(&keyward_core::throttle::Subject::Source(
+                "127.0.0.1".to_owned(),
+            ));
+        });
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(
-            (err.code, err.message.as_str()),
-            ("invalid_credentials", "the username or password is wrong")
+            &body[..],
+            br#"{"error":{"code":"invalid_credentials","message":"the username or password is wrong"}}"#,
+            "byte for byte the same body"
         );
     }
     let (u1, um, u3) = quartiles(unknown);
