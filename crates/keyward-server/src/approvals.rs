@@ -54,13 +54,55 @@ pub struct GateFacts<'a> {
 
 impl App {
     pub async fn approval_policy(&self) -> Result<ApprovalPolicy, Error> {
-        match self.store.setting(APPROVAL_POLICY_SETTING).await? {
-            None => Ok(ApprovalPolicy {
-                rules: Vec::new(),
-                ttl_hours: 24,
+        let none = ApprovalPolicy {
+            rules: Vec::new(),
+            ttl_hours: 24,
+        };
+        self.stored_policy(APPROVAL_POLICY_SETTING, none).await
+    }
+
+    /// A policy kept as JSON in a vault setting (`default` while none was stored).
+    pub(crate) async fn stored_policy<T: serde::de::DeserializeOwned>(
+        &self,
+        setting: &str,
+        default: T,
+    ) -> Result<T, Error> {
+        match self.store.setting(setting).await? {
+            None => Ok(default),
+            Some(text) => serde_json::from_str(&text).map_err(|_| {
+                Error::internal(format!("the stored policy `{setting}` cannot be read"))
             }),
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|_| Error::internal("the stored approval policy cannot be read")),
+        }
+    }
+
+    /// Replaces a policy setting with `text` (compare-and-set against what was read, so a
+    /// concurrent change is reported, not overwritten).
+    pub(crate) async fn store_policy(&self, setting: &str, text: &str) -> Result<(), Error> {
+        let current = self.store.setting_or_insert(setting, text).await?;
+        if current != text && !self.store.replace_setting(setting, &current, text).await? {
+            return Err(Error::conflict(
+                "policy_changed",
+                "the policy changed meanwhile; reload and try again",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes a changed request over the revision it was read at; `code` if someone else
+    /// changed it first.
+    async fn save_approval(
+        &self,
+        request: &ApprovalRequest,
+        expected: u32,
+        code: &'static str,
+    ) -> Result<(), Error> {
+        if self.store.update_approval(request, expected).await? {
+            Ok(())
+        } else {
+            Err(Error::conflict(
+                code,
+                "the request changed meanwhile; reload and try again",
+            ))
         }
     }
 
@@ -85,24 +127,7 @@ impl App {
             "policy.approvals.update",
             "policy:approvals".into(),
             json!({"rules": policy.rules.len(), "ttl_hours": policy.ttl_hours}),
-            async {
-                let current = self
-                    .store
-                    .setting_or_insert(APPROVAL_POLICY_SETTING, &text)
-                    .await?;
-                if current != text
-                    && !self
-                        .store
-                        .replace_setting(APPROVAL_POLICY_SETTING, &current, &text)
-                        .await?
-                {
-                    return Err(Error::conflict(
-                        "policy_changed",
-                        "the approval policy changed meanwhile; reload and try again",
-                    ));
-                }
-                Ok(())
-            },
+            self.store_policy(APPROVAL_POLICY_SETTING, &text),
         )
         .await?;
         Ok(policy)
@@ -211,16 +236,7 @@ impl App {
                     "approval.use",
                     format!("approval:{id}"),
                     json!({"action": operation.action, "target": operation.target}),
-                    async {
-                        if self.store.update_approval(&request, expected).await? {
-                            Ok(())
-                        } else {
-                            Err(Error::conflict(
-                                "approval_used",
-                                "this approval was used meanwhile",
-                            ))
-                        }
-                    },
+                    self.save_approval(&request, expected, "approval_used"),
                 )
                 .await
             }
@@ -289,16 +305,7 @@ impl App {
             action,
             format!("approval:{id}"),
             json!({"comment": comment, "status": request.status}),
-            async {
-                if self.store.update_approval(&request, expected).await? {
-                    Ok(())
-                } else {
-                    Err(Error::conflict(
-                        "approval_changed",
-                        "someone else decided meanwhile; reload and try again",
-                    ))
-                }
-            },
+            self.save_approval(&request, expected, "approval_changed"),
         )
         .await?;
         Ok(request)
@@ -317,16 +324,7 @@ impl App {
             "approval.cancel",
             format!("approval:{id}"),
             json!({}),
-            async {
-                if self.store.update_approval(&request, expected).await? {
-                    Ok(())
-                } else {
-                    Err(Error::conflict(
-                        "approval_changed",
-                        "the request changed meanwhile; reload and try again",
-                    ))
-                }
-            },
+            self.save_approval(&request, expected, "approval_changed"),
         )
         .await?;
         Ok(request)

@@ -225,6 +225,22 @@ async fn serve(settings: Settings) -> Result<(), String> {
         started.addr,
         started.app.store.backend()
     );
+    if let Some(token) = started
+        .app
+        .issue_setup_token()
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        use secrecy::ExposeSecret;
+        let line = "=".repeat(78);
+        println!(
+            "\n{line}\nNo users yet. Create the first owner at http://{}/setup with this one-time\n\
+             setup token (a new one is printed at every start until setup is done):\n\n    {}\n\n\
+             Headless instead: keyward admin create --username NAME (password on stdin)\n{line}\n",
+            started.addr,
+            token.expose_secret()
+        );
+    }
     started
         .run(server::shutdown_signal())
         .await

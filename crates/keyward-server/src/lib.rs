@@ -16,5 +16,6 @@ pub mod mfa;
 mod qr;
 pub mod server;
 pub mod sessions;
+pub mod setup;
 pub mod users;
 pub mod vault;

@@ -78,11 +78,8 @@ pub struct MfaStatus {
 
 impl App {
     pub async fn mfa_policy(&self) -> Result<MfaPolicy, Error> {
-        match self.store.setting(MFA_POLICY_SETTING).await? {
-            None => Ok(MfaPolicy::default()),
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|_| Error::internal("the stored MFA policy cannot be read")),
-        }
+        self.stored_policy(MFA_POLICY_SETTING, MfaPolicy::default())
+            .await
     }
 
     pub async fn set_mfa_policy(
@@ -102,24 +99,7 @@ impl App {
             "policy.mfa.update",
             "policy:mfa".into(),
             details,
-            async {
-                let current = self
-                    .store
-                    .setting_or_insert(MFA_POLICY_SETTING, &text)
-                    .await?;
-                if current != text
-                    && !self
-                        .store
-                        .replace_setting(MFA_POLICY_SETTING, &current, &text)
-                        .await?
-                {
-                    return Err(Error::conflict(
-                        "policy_changed",
-                        "the MFA policy changed meanwhile; reload and try again",
-                    ));
-                }
-                Ok(())
-            },
+            self.store_policy(MFA_POLICY_SETTING, &text),
         )
         .await?;
         Ok(policy)

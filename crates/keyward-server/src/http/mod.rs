@@ -55,7 +55,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         app_tokens::create_app_token, app_tokens::list_app_tokens, app_tokens::get_app_token, app_tokens::revoke_app_token,
         keys::clear_key_flag, usage::usage, usage::list_pools, usage::set_pool,
         audit::list_audit, audit::export_audit, audit::verify_audit,
-        users::create_user, users::list_users, users::get_user, users::disable_user, users::enable_user,
+        users::setup, users::create_user, users::list_users, users::get_user, users::disable_user, users::enable_user,
         sessions::sign_in, sessions::sign_out, sessions::sign_out_everywhere, sessions::who_am_i,
         sessions::list_sessions, sessions::end_session, sessions::list_lockouts, sessions::lift_lockout,
         mfa::mfa_status, mfa::start_enrolment, mfa::confirm_enrolment, mfa::step_up,
@@ -394,6 +394,7 @@ pub fn routes() -> Vec<Route> {
             p(P::UsersWrite),
             delete(sessions::end_session),
         ),
+        route(M::POST, "/api/v1/setup", Public, post(users::setup)),
         // users and access
         route(
             M::GET,

@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::{Authorized, perm};
+use super::auth::{Authorized, ClientAddress, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use crate::app::App;
@@ -71,6 +71,45 @@ impl From<User> for UserBody {
 pub(super) fn user_id(text: &str) -> Result<UserId, keyward_core::Error> {
     text.parse()
         .map_err(|_| keyward_core::Error::not_found("user_not_found", "there is no such user"))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetupRequest {
+    /// `kwsetup_…`, printed by `keyward serve` while no user exists.
+    #[schema(value_type = String)]
+    pub setup_token: SecretString,
+    pub username: String,
+    #[schema(value_type = String)]
+    pub password: SecretString,
+}
+
+impl std::fmt::Debug for SetupRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetupRequest")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// First run: creates the first owner with the one-time setup token.
+#[utoipa::path(post, path = "/api/v1/setup", tag = "users", request_body = SetupRequest,
+    responses((status = 201, body = UserBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn setup(
+    State(app): State<Arc<App>>,
+    ClientAddress(source): ClientAddress,
+    ApiJson(req): ApiJson<SetupRequest>,
+) -> ApiResult<(StatusCode, Json<UserBody>)> {
+    use secrecy::ExposeSecret;
+    let user = app
+        .complete_setup(
+            req.setup_token.expose_secret(),
+            &req.username,
+            req.password,
+            source,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(user.into())))
 }
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = CreateUserRequest,

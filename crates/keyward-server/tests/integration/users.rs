@@ -206,3 +206,46 @@ async fn unknown_users_and_wrong_passwords_are_answered_alike_in_the_same_time()
         .await;
     assert_eq!(denied["events"].as_array().unwrap().len(), SAMPLES * 2);
 }
+
+/// First run: a one-time setup token creates the first owner; a wrong token, or any token
+/// once an owner exists, is refused; a refused password does not spend the token.
+#[tokio::test]
+async fn the_setup_token_creates_the_first_owner_once() {
+    use secrecy::ExposeSecret;
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let token = app.app.issue_setup_token().await.unwrap().unwrap();
+    let token = token.expose_secret().to_owned();
+    assert!(token.starts_with("kwsetup_"));
+    let setup = |token: String, password: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .client
+                .post(format!("{}/api/v1/setup", app.base))
+                .json(&json!({"setup_token": token, "username": "olga", "password": password}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let wrong = setup("kwsetup_nope".into(), GOOD).await;
+    assert_error(&wrong, StatusCode::FORBIDDEN, "setup_refused");
+    let weak = setup(token.clone(), "password1234").await;
+    assert_eq!(weak.0, StatusCode::UNPROCESSABLE_ENTITY, "{}", weak.1);
+    let (status, owner) = setup(token.clone(), GOOD).await;
+    assert_eq!(status, StatusCode::CREATED, "{owner}");
+    assert_eq!(owner["role"], "owner");
+    let again = setup(token, GOOD).await;
+    assert_error(&again, StatusCode::FORBIDDEN, "setup_refused");
+    assert!(app.app.issue_setup_token().await.unwrap().is_none());
+    let (_, trail) = app
+        .call(Method::GET, "/api/v1/audit?action=setup", None)
+        .await;
+    assert_eq!(
+        audit_actions(&trail),
+        ["setup", "setup"],
+        "both refusals audited"
+    );
+}
