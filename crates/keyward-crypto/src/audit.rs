@@ -8,6 +8,7 @@
 
 use aws_lc_rs::hmac;
 use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use base64::Engine;
 use keyward_core::Randomness;
 use keyward_core::key::SealContext;
 use secrecy::{ExposeSecret, SecretString};
@@ -130,6 +131,16 @@ impl AuditKeys {
             .is_ok()
     }
 
+    /// A session's CSRF token: an HMAC of the session's cookie value under a subkey of the
+    /// fingerprint key. Any instance can recompute it from the cookie (to put it in the
+    /// forms of server-rendered pages); nobody without the vault's keys can.
+    pub fn session_csrf(&self, session_token: &SecretString) -> SecretString {
+        let subkey = hmac::sign(&self.fingerprint, b"keyward/session-csrf/v1");
+        let key = hmac::Key::new(hmac::HMAC_SHA256, subkey.as_ref());
+        let tag = hmac::sign(&key, session_token.expose_secret().as_bytes());
+        SecretString::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    }
+
     /// A keyed fingerprint of a secret, safe to show in the trail: `hmac:<32 hex>`.
     pub fn fingerprint(&self, secret: &SecretString) -> String {
         let tag = hmac::sign(&self.fingerprint, secret.expose_secret().as_bytes());
@@ -183,6 +194,17 @@ mod tests {
         let secret = SecretString::from("sk-live-123");
         assert_eq!(keys.fingerprint(&secret), back.fingerprint(&secret));
         assert!(!keys.fingerprint(&secret).contains("sk-live"));
+        let session = SecretString::from("kws_abc_def");
+        assert_eq!(
+            keys.session_csrf(&session).expose_secret(),
+            back.session_csrf(&session).expose_secret(),
+            "every instance derives the same token"
+        );
+        assert_ne!(
+            keys.session_csrf(&session).expose_secret(),
+            keys.session_csrf(&SecretString::from("kws_abc_deg"))
+                .expose_secret()
+        );
         let other = AuditKeys::generate(&Fixed(2)).expect("other");
         assert_ne!(other.fingerprint(&secret), keys.fingerprint(&secret));
         assert!(!other.verify(b"checkpoint", &sig));

@@ -96,6 +96,11 @@ impl PresentedToken {
     }
 }
 
+/// The stored form of a secret Keyward shows once and checks later (SHA-256).
+pub fn secret_hash(secret: &str) -> Vec<u8> {
+    hash_secret(secret)
+}
+
 fn hash_secret(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }

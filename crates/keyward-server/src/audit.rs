@@ -104,6 +104,11 @@ impl AuditLog {
         self.keys.fingerprint(secret)
     }
 
+    /// The CSRF token that belongs to a session cookie (see `AuditKeys::session_csrf`).
+    pub fn session_csrf(&self, session_token: &SecretString) -> SecretString {
+        self.keys.session_csrf(session_token)
+    }
+
     /// Signs the chain's head if it moved since the last checkpoint; returns the new one.
     pub async fn checkpoint(&self) -> Result<Option<AuditCheckpoint>, Error> {
         let Some((seq, hash)) = self.store.audit_head().await? else {

@@ -17,5 +17,6 @@ mod qr;
 pub mod server;
 pub mod sessions;
 pub mod setup;
+pub mod ui;
 pub mod users;
 pub mod vault;

@@ -7,7 +7,7 @@ use keyward_core::session::Session;
 use keyward_core::user::User;
 use keyward_core::{Error, ErrorKind, Timestamp};
 use keyward_crypto::token;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use crate::app::{Actor, App};
@@ -109,7 +109,8 @@ impl App {
     ) -> (Session, SecretString, SecretString) {
         let now = self.now();
         let issued = token::issue(token::SESSION_PREFIX, &*self.random);
-        let (csrf, csrf_hash) = token::random_secret(&*self.random);
+        let csrf = self.audit.session_csrf(&issued.token);
+        let csrf_hash = token::secret_hash(csrf.expose_secret());
         let session = Session {
             public_id: issued.public_id,
             secret_hash: issued.secret_hash,
@@ -191,6 +192,13 @@ impl App {
             self.store.touch_session(&session.public_id, now).await?;
         }
         Ok((session, user))
+    }
+
+    /// The CSRF token of the session behind `cookie` — for server-rendered forms, which
+    /// need it on every page (it is derived from the cookie, see `AuditKeys::session_csrf`).
+    pub fn csrf_for_cookie(&self, cookie: &str) -> SecretString {
+        self.audit
+            .session_csrf(&SecretString::from(cookie.to_owned()))
     }
 
     /// Whether `presented` is this session's CSRF token.

@@ -234,11 +234,28 @@ async fn deny(
 }
 
 async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
+    authenticate_with(parts, app, None).await
+}
+
+/// [`authenticate`] for an HTML form post, whose CSRF token comes in the form body.
+pub(crate) async fn authenticate_form(
+    parts: &Parts,
+    app: &App,
+    csrf: &str,
+) -> Result<Caller, ApiError> {
+    authenticate_with(parts, app, Some(csrf)).await
+}
+
+async fn authenticate_with(
+    parts: &Parts,
+    app: &App,
+    form_csrf: Option<&str>,
+) -> Result<Caller, ApiError> {
     let source = source_of(parts, app)?;
     if !parts.headers.contains_key(AUTHORIZATION)
         && let Some(cookie) = session_cookie(parts, app.secure_cookies)
     {
-        return authenticate_session(parts, app, cookie, source).await;
+        return authenticate_session(parts, app, cookie, source, form_csrf).await;
     }
     let unauthenticated =
         |message: &str| Error::new(ErrorKind::Unauthenticated, "unauthenticated", message);
@@ -309,7 +326,7 @@ pub fn cookie_name(secure: bool) -> &'static str {
     }
 }
 
-fn session_cookie(parts: &Parts, secure: bool) -> Option<&str> {
+pub(crate) fn session_cookie(parts: &Parts, secure: bool) -> Option<&str> {
     let name = cookie_name(secure);
     parts
         .headers
@@ -330,6 +347,7 @@ async fn authenticate_session(
     app: &App,
     cookie: &str,
     source: Option<std::net::IpAddr>,
+    form_csrf: Option<&str>,
 ) -> Result<Caller, ApiError> {
     let (session, user) = match app.session_user(cookie).await {
         Ok(found) => found,
@@ -354,7 +372,7 @@ async fn authenticate_session(
         Err(refusal) => return Err(refuse_network(app, parts, &actor, refusal).await),
     };
     if !parts.method.is_safe()
-        && let Some(problem) = csrf_problem(parts, &session)
+        && let Some(problem) = csrf_problem(parts, &session, form_csrf)
     {
         app.record_audit(
                 &actor,
@@ -389,7 +407,11 @@ async fn authenticate_session(
 }
 
 /// Why a state-changing cookie request is not trusted, if it is not.
-fn csrf_problem(parts: &Parts, session: &keyward_core::session::Session) -> Option<&'static str> {
+fn csrf_problem(
+    parts: &Parts,
+    session: &keyward_core::session::Session,
+    form_token: Option<&str>,
+) -> Option<&'static str> {
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(site) = header("sec-fetch-site")
         && !matches!(site, "same-origin" | "none")
@@ -403,8 +425,8 @@ fn csrf_problem(parts: &Parts, session: &keyward_core::session::Session) -> Opti
             return Some("its Origin is not this server");
         }
     }
-    match header("x-csrf-token") {
-        None => Some("the X-CSRF-Token header is missing"),
+    match header("x-csrf-token").or(form_token) {
+        None => Some("the CSRF token is missing (X-CSRF-Token, or the form's `csrf` field)"),
         Some(token) if !App::csrf_matches(session, token) => Some("the CSRF token is wrong"),
         Some(_) => None,
     }

@@ -33,7 +33,7 @@ pub mod extract;
 mod keys;
 mod mfa;
 mod proxy;
-mod sessions;
+pub(crate) mod sessions;
 mod usage;
 pub(crate) mod users;
 
@@ -604,6 +604,7 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(api_headers));
     top.nest(API_PREFIX, api)
+        .merge(crate::ui::router())
         .fallback(not_found)
         .layer(middleware::from_fn(access_log))
         .with_state(app)

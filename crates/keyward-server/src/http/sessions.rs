@@ -82,7 +82,7 @@ impl From<Session> for SessionBody {
 }
 
 /// `HttpOnly; SameSite=Strict; Path=/` always, `Secure` over HTTPS.
-fn set_cookie(
+pub(crate) fn set_cookie(
     app: &App,
     value: &str,
     max_age_secs: i64,

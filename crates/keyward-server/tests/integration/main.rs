@@ -28,5 +28,6 @@ mod mfa;
 mod proxy;
 mod sdk;
 mod sessions;
+mod ui;
 mod users;
 mod vault;

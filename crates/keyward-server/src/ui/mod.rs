@@ -1,0 +1,227 @@
+//! The web UI: server-rendered HTML (maud: checked at compile time, escaped by default), one
+//! stylesheet and one script of our own served from the binary under content-hashed names,
+//! and a strict Content-Security-Policy on every page. Forms work without JavaScript: they
+//! POST (with the session's CSRF token in a hidden field) and redirect.
+//!
+//! Pages call the same `App` use cases as the API; the session, CSRF and permission checks
+//! are the API's own (`http::auth`), so a page can never do what the API would refuse.
+
+use std::sync::{Arc, LazyLock};
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::{DOCTYPE, Markup, html};
+
+use crate::app::App;
+use crate::http::auth::{Caller, SignedIn};
+
+mod dashboard;
+mod sign_in;
+
+/// The policy every page is served with: our own files only, no inline code, no framing.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+const CSS: &str = include_str!("../../static/app.css");
+const JS: &str = include_str!("../../static/app.js");
+
+/// Static files under names that change with their content, so they can be cached forever.
+struct Assets {
+    css: String,
+    js: String,
+}
+
+static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
+    let name = |stem: &str, ext: &str, content: &str| {
+        let hash = keyward_crypto::token::secret_hash(content);
+        format!("{stem}.{}.{ext}", hex::encode(&hash[..6]))
+    };
+    Assets {
+        css: name("app", "css", CSS),
+        js: name("app", "js", JS),
+    }
+});
+
+pub fn router() -> Router<Arc<App>> {
+    Router::new()
+        .route("/", get(dashboard::page))
+        .route("/login", get(sign_in::login_form).post(sign_in::login))
+        .route("/setup", get(sign_in::setup_form).post(sign_in::setup))
+        .route("/logout", post(sign_in::logout))
+        .route("/static/{file}", get(asset))
+        .layer(middleware::from_fn(page_headers))
+}
+
+async fn asset(Path(file): Path<String>) -> Response {
+    let (body, content_type) = if file == ASSETS.css {
+        (CSS, "text/css; charset=utf-8")
+    } else if file == ASSETS.js {
+        (JS, "text/javascript; charset=utf-8")
+    } else {
+        return (StatusCode::NOT_FOUND, "no such file").into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Every page: the CSP, no framing, no sniffing, no referrer; pages are never cached (they
+/// show what a signed-in person may see), static files are.
+async fn page_headers(request: Request, next: Next) -> Response {
+    let is_static = request.uri().path().starts_with("/static/");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if !is_static {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// A signed-in person viewing a page, with the CSRF token their forms carry. Anyone else
+/// is sent to the sign-in page.
+pub struct Viewer {
+    pub caller: Caller,
+    pub csrf: String,
+}
+
+impl std::fmt::Debug for Viewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Viewer")
+            .field("actor", &self.caller.actor.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FromRequestParts<Arc<App>> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
+        let Some(cookie) =
+            crate::http::auth::session_cookie(parts, app.secure_cookies).map(str::to_owned)
+        else {
+            return Err(Redirect::to("/login").into_response());
+        };
+        match SignedIn::from_request_parts(parts, app).await {
+            Ok(SignedIn(caller)) if caller.session.is_some() => {
+                use secrecy::ExposeSecret;
+                let csrf = app.csrf_for_cookie(&cookie).expose_secret().to_owned();
+                Ok(Self { caller, csrf })
+            }
+            _ => Err(Redirect::to("/login").into_response()),
+        }
+    }
+}
+
+/// A standalone page (sign-in, setup): no navigation.
+fn bare(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Keyward" }
+                link rel="stylesheet" href={ "/static/" (ASSETS.css) };
+                script type="module" src={ "/static/" (ASSETS.js) } {}
+            }
+            body { main id="main" { (body) } }
+        }
+    }
+}
+
+/// The sidebar sections, in the order of the UI guide.
+const SECTIONS: [(&str, &str); 9] = [
+    ("Dashboard", "/"),
+    ("Keys", "/keys"),
+    ("Usage", "/usage"),
+    ("Alerts", "/alerts"),
+    ("Approvals", "/approvals"),
+    ("Audit log", "/audit"),
+    ("App tokens", "/app-tokens"),
+    ("Users & roles", "/users"),
+    ("Settings", "/settings"),
+];
+
+/// A page inside the frame: sidebar (a `<details>` menu at phone width), top bar with the
+/// user menu and sign-out, and the content.
+fn framed(viewer: &Viewer, current: &str, title: &str, content: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Keyward" }
+                link rel="stylesheet" href={ "/static/" (ASSETS.css) };
+                script type="module" src={ "/static/" (ASSETS.js) } {}
+            }
+            body {
+                a class="skip" href="#main" { "Skip to content" }
+                div class="frame" {
+                    details class="sidebar" open {
+                        summary { "Keyward" }
+                        nav aria-label="Sections" {
+                            ul {
+                                @for (label, href) in SECTIONS {
+                                    li {
+                                        @if href == current {
+                                            a href=(href) aria-current="page" { (label) }
+                                        } @else {
+                                            a href=(href) { (label) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    div class="main" {
+                        header class="topbar" {
+                            h1 { (title) }
+                            div class="user" {
+                                span { (viewer.caller.actor.name) " · " (viewer.caller.actor.role.as_str()) }
+                                form method="post" action="/logout" {
+                                    input type="hidden" name="csrf" value=(viewer.csrf);
+                                    button class="quiet" type="submit" { "Sign out" }
+                                }
+                            }
+                        }
+                        main id="main" { (content) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// HTML with its status.
+fn page(status: StatusCode, markup: Markup) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        markup.into_string(),
+    )
+        .into_response()
+}
