@@ -43,12 +43,25 @@ async fn page_for(app: &App, viewer: &Viewer) -> Result<Markup, keyward_core::Er
         .await?
         .items;
     let catalog = app.catalog().await?;
+    let names: BTreeMap<String, String> = app
+        .store
+        .categories()
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c.name))
+        .collect();
     let now = app.now();
     let mut by_category: BTreeMap<String, usize> = BTreeMap::new();
     for key in &keys {
         let category = catalog
             .get(&key.service_id)
-            .map_or_else(|| "other".to_owned(), |s| s.category.clone());
+            .map(|s| {
+                names
+                    .get(&s.category)
+                    .cloned()
+                    .unwrap_or_else(|| s.category.clone())
+            })
+            .unwrap_or_else(|| "Other".to_owned());
         *by_category.entry(category).or_default() += 1;
     }
     let active = keys

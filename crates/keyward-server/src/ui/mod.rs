@@ -21,6 +21,7 @@ use crate::app::App;
 use crate::http::auth::{Caller, SignedIn};
 
 mod dashboard;
+mod mfa;
 mod sign_in;
 
 /// The policy every page is served with: our own files only, no inline code, no framing.
@@ -53,6 +54,8 @@ pub fn router() -> Router<Arc<App>> {
         .route("/login", get(sign_in::login_form).post(sign_in::login))
         .route("/setup", get(sign_in::setup_form).post(sign_in::setup))
         .route("/logout", post(sign_in::logout))
+        .route("/mfa/enroll", get(mfa::start_page).post(mfa::start))
+        .route("/mfa/confirm", post(mfa::confirm))
         .route("/static/{file}", get(asset))
         .layer(middleware::from_fn(page_headers))
 }
@@ -75,7 +78,7 @@ async fn asset(Path(file): Path<String>) -> Response {
         .into_response()
 }
 
-/// Every page: the CSP, no framing, no sniffing, no referrer; pages are never cached (they
+/// Every page: the CSP, no framing, no sniffing, no referrer to other sites; pages are never cached (they
 /// show what a signed-in person may see), static files are.
 async fn page_headers(request: Request, next: Next) -> Response {
     let is_static = request.uri().path().starts_with("/static/");
@@ -90,9 +93,11 @@ async fn page_headers(request: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // `same-origin`, not `no-referrer`: with no-referrer Chromium sends `Origin: null` on
+    // form posts, which the CSRF check (rightly) refuses. Nothing leaks to other sites.
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     if !is_static {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -101,7 +106,7 @@ async fn page_headers(request: Request, next: Next) -> Response {
 }
 
 /// A signed-in person viewing a page, with the CSRF token their forms carry. Anyone else
-/// is sent to the sign-in page.
+/// is sent to the sign-in page; someone the MFA policy wants enrolled first, to enrolment.
 pub struct Viewer {
     pub caller: Caller,
     pub csrf: String,
@@ -127,12 +132,45 @@ impl FromRequestParts<Arc<App>> for Viewer {
         match SignedIn::from_request_parts(parts, app).await {
             Ok(SignedIn(caller)) if caller.session.is_some() => {
                 use secrecy::ExposeSecret;
+                if caller.mfa == crate::http::auth::MfaStanding::EnrolmentRequired
+                    && !parts.uri.path().starts_with("/mfa/")
+                {
+                    return Err(Redirect::to("/mfa/enroll").into_response());
+                }
                 let csrf = app.csrf_for_cookie(&cookie).expose_secret().to_owned();
                 Ok(Self { caller, csrf })
             }
             _ => Err(Redirect::to("/login").into_response()),
         }
     }
+}
+
+/// A form post from a signed-in page: its fields, and the caller — authenticated by the
+/// session cookie with the form's `csrf` field as the CSRF token (the API's own checks).
+pub async fn form_post(
+    app: &App,
+    request: Request,
+) -> Result<(Caller, Vec<(String, String)>), Response> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, "form too large").into_response())?;
+    let fields: Vec<(String, String)> = url::form_urlencoded::parse(&bytes)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let csrf = field(&fields, "csrf").unwrap_or_default();
+    let caller = crate::http::auth::authenticate_form(&parts, app, csrf)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok((caller, fields))
+}
+
+/// The value of a form field.
+pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// A standalone page (sign-in, setup): no navigation.
@@ -165,6 +203,22 @@ const SECTIONS: [(&str, &str); 9] = [
     ("Settings", "/settings"),
 ];
 
+fn section_list(current: &str) -> Markup {
+    html! {
+        ul {
+            @for (label, href) in SECTIONS {
+                li {
+                    @if href == current {
+                        a href=(href) aria-current="page" { (label) }
+                    } @else {
+                        a href=(href) { (label) }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A page inside the frame: sidebar (a `<details>` menu at phone width), top bar with the
 /// user menu and sign-out, and the content.
 fn framed(viewer: &Viewer, current: &str, title: &str, content: Markup) -> Markup {
@@ -181,20 +235,14 @@ fn framed(viewer: &Viewer, current: &str, title: &str, content: Markup) -> Marku
             body {
                 a class="skip" href="#main" { "Skip to content" }
                 div class="frame" {
-                    details class="sidebar" open {
-                        summary { "Keyward" }
-                        nav aria-label="Sections" {
-                            ul {
-                                @for (label, href) in SECTIONS {
-                                    li {
-                                        @if href == current {
-                                            a href=(href) aria-current="page" { (label) }
-                                        } @else {
-                                            a href=(href) { (label) }
-                                        }
-                                    }
-                                }
-                            }
+                    div class="sidebar" {
+                        // A plain list beside the page; at phone width a menu that opens
+                        // without JavaScript.
+                        div class="brand" { "Keyward" }
+                        nav class="side" aria-label="Sections" { (section_list(current)) }
+                        details class="menu" {
+                            summary { "Keyward · menu" }
+                            nav aria-label="Sections (menu)" { (section_list(current)) }
                         }
                     }
                     div class="main" {

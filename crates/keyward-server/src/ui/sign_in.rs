@@ -272,17 +272,9 @@ pub async fn setup(
 
 /// Signs out (a form post carrying the session's CSRF token).
 pub async fn logout(State(app): State<Arc<App>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let csrf = match axum::body::to_bytes(body, 4096).await {
-        Ok(bytes) => url::form_urlencoded::parse(&bytes)
-            .find(|(name, _)| name == "csrf")
-            .map(|(_, value)| value.into_owned())
-            .unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    let caller = match crate::http::auth::authenticate_form(&parts, &app, &csrf).await {
-        Ok(caller) => caller,
-        Err(e) => return e.into_response(),
+    let (caller, _) = match super::form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
     if let Some(session) = &caller.session
         && let Err(e) = app.sign_out(&caller.actor, session).await

@@ -10,6 +10,8 @@
 )]
 
 mod browser;
+mod browser_ui;
+mod chrome;
 mod fake_llm;
 mod helpers;
 

@@ -1,0 +1,169 @@
+//! `/mfa/enroll` and `/mfa/confirm`: setting up the authenticator app — a QR code (SVG,
+//! shown as a `data:` image, which the CSP allows) and the secret for typing in, then the
+//! first code, then the recovery codes, shown once.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use maud::{Markup, html};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{Viewer, bare, field, form_post, page};
+use crate::app::App;
+use crate::http::sessions::set_cookie;
+
+fn start_markup(csrf: &str, required: bool) -> Markup {
+    html! {
+        section class="auth" aria-labelledby="title" {
+            h1 id="title" { "Set up a second factor" }
+            @if required {
+                p class="flash" role="status" { "Your role needs an authenticator app before you can do anything else." }
+            }
+            p { "You will scan a QR code with an authenticator app (1Password, Google Authenticator, Authy, …) and type the first code it shows." }
+            form method="post" action="/mfa/enroll" {
+                input type="hidden" name="csrf" value=(csrf);
+                button type="submit" { "Set up authenticator" }
+            }
+        }
+    }
+}
+
+pub async fn start_page(viewer: Viewer) -> Response {
+    let required = viewer.caller.mfa == crate::http::auth::MfaStanding::EnrolmentRequired;
+    page(
+        StatusCode::OK,
+        bare("Second factor", start_markup(&viewer.csrf, required)),
+    )
+}
+
+fn confirm_markup(csrf: &str, secret: &str, qr: &str, error: Option<&str>) -> Markup {
+    let qr = format!(
+        "data:image/svg+xml;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(qr)
+    );
+    html! {
+        section class="auth" aria-labelledby="title" {
+            h1 id="title" { "Scan this code" }
+            @if let Some(error) = error { p class="flash error" role="alert" { (error) } }
+            img class="qr" src=(qr) alt="QR code for your authenticator app" width="200" height="200";
+            p { "Or type this secret into the app:" }
+            p class="mono" id="totp-secret" { (secret) }
+            form method="post" action="/mfa/confirm" {
+                input type="hidden" name="csrf" value=(csrf);
+                div class="field" {
+                    label for="code" { "First code from the app" }
+                    input id="code" name="code" type="text" inputmode="numeric"
+                        autocomplete="one-time-code" required autofocus;
+                }
+                button type="submit" { "Confirm" }
+            }
+        }
+    }
+}
+
+/// Starts enrolment (a new secret each time) and shows it.
+pub async fn start(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (caller, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
+    let Some(session) = caller.session.clone() else {
+        return (StatusCode::FORBIDDEN, "sign in first").into_response();
+    };
+    let user = match app.user(&session.user_id).await {
+        Ok(user) => user,
+        Err(e) => return crate::http::error::ApiError::from(e).into_response(),
+    };
+    match app.start_mfa_enrolment(&caller.actor, &user).await {
+        Ok(setup) => {
+            let csrf = field(&fields, "csrf").unwrap_or_default();
+            page(
+                StatusCode::OK,
+                bare(
+                    "Second factor",
+                    confirm_markup(
+                        csrf,
+                        setup.secret.expose_secret(),
+                        setup.qr_svg.expose_secret(),
+                        None,
+                    ),
+                ),
+            )
+        }
+        Err(e) => crate::http::error::ApiError::from(e).into_response(),
+    }
+}
+
+/// Confirms with the first code; the session is replaced (new cookie), and the recovery
+/// codes are shown once.
+pub async fn confirm(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (caller, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
+    let Some(session) = caller.session.clone() else {
+        return (StatusCode::FORBIDDEN, "sign in first").into_response();
+    };
+    let code = SecretString::from(field(&fields, "code").unwrap_or_default().to_owned());
+    match app
+        .confirm_mfa_enrolment(&caller.actor, &session, code)
+        .await
+    {
+        Ok((renewed, codes)) => {
+            let max_age = renewed
+                .session
+                .expires_at
+                .duration_since(app.now())
+                .as_secs()
+                .max(0);
+            let cookie = match set_cookie(&app, renewed.token.expose_secret(), max_age) {
+                Ok(cookie) => cookie,
+                Err(e) => return crate::http::error::ApiError::from(e).into_response(),
+            };
+            let markup = html! {
+                section class="auth" aria-labelledby="title" {
+                    h1 id="title" { "Save your recovery codes" }
+                    p { "Each works once instead of a code if you lose your phone. They are shown only now." }
+                    ul class="mono recovery" {
+                        @for code in &codes { li { (code.expose_secret()) } }
+                    }
+                    a class="button" href="/" { "Continue to Keyward" }
+                }
+            };
+            let mut response = page(StatusCode::OK, bare("Recovery codes", markup));
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+            response
+        }
+        Err(e) => {
+            // A wrong code: start again (a new secret), with the reason.
+            let message = if e.code == "invalid_mfa_code" {
+                "That code did not match; scan the new code below and try again.".to_owned()
+            } else {
+                e.message.clone()
+            };
+            let csrf = field(&fields, "csrf").unwrap_or_default();
+            let user = match app.user(&session.user_id).await {
+                Ok(user) => user,
+                Err(e) => return crate::http::error::ApiError::from(e).into_response(),
+            };
+            match app.start_mfa_enrolment(&caller.actor, &user).await {
+                Ok(setup) => page(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    bare(
+                        "Second factor",
+                        confirm_markup(
+                            csrf,
+                            setup.secret.expose_secret(),
+                            setup.qr_svg.expose_secret(),
+                            Some(&message),
+                        ),
+                    ),
+                ),
+                Err(e) => crate::http::error::ApiError::from(e).into_response(),
+            }
+        }
+    }
+}
