@@ -110,9 +110,28 @@ async fn page_for(app: &App, viewer: &Viewer) -> Result<Markup, keyward_core::Er
     })
 }
 
-pub async fn page(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Flash {
+    /// The id of a key just added (only used to say so).
+    added: Option<String>,
+}
+
+pub async fn page(
+    State(app): State<Arc<App>>,
+    viewer: Viewer,
+    axum::extract::Query(flash): axum::extract::Query<Flash>,
+) -> Response {
     match page_for(&app, &viewer).await {
-        Ok(content) => super::page(StatusCode::OK, framed(&viewer, "/", "Dashboard", content)),
+        Ok(content) => {
+            let content = html! {
+                @if flash.added.is_some() {
+                    p class="flash" role="status" { "Key added. Its value is stored encrypted; only its hint is shown." }
+                }
+                p { a class="button" href="/keys/new" { "Add a key" } }
+                (content)
+            };
+            super::page(StatusCode::OK, framed(&viewer, "/", "Dashboard", content))
+        }
         Err(e) => {
             let status = crate::http::error::ApiError::from(e.clone()).status;
             super::page(

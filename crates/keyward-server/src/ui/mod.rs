@@ -20,6 +20,7 @@ use maud::{DOCTYPE, Markup, html};
 use crate::app::App;
 use crate::http::auth::{Caller, SignedIn};
 
+mod add_key;
 mod dashboard;
 mod mfa;
 mod sign_in;
@@ -51,6 +52,7 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
 pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/", get(dashboard::page))
+        .route("/keys/new", get(add_key::form).post(add_key::create))
         .route("/login", get(sign_in::login_form).post(sign_in::login))
         .route("/setup", get(sign_in::setup_form).post(sign_in::setup))
         .route("/logout", post(sign_in::logout))

@@ -11,6 +11,8 @@ use crate::browser::PASSWORD;
 use crate::chrome::Chrome;
 use crate::helpers::{Backend, OPENAI_KEY, TestApp};
 
+const OTHER_KEY: &str =
+    "sk-proj-Zyxwvutsrqponmlkjihgfedcba9876543210ZYXWVUTSRQPONMLKJIHGFEDCBA_-9876543210ABCD";
 const XSS: &str = "<img src=x onerror=alert(1)><script>alert(2)</script>";
 
 async fn fill(chrome: &Chrome, id: &str, value: &str) {
@@ -27,7 +29,7 @@ async fn fill(chrome: &Chrome, id: &str, value: &str) {
 async fn submit(chrome: &Chrome) {
     chrome
         .client
-        .find(Locator::Css("form button[type=submit]"))
+        .find(Locator::Css("main form button[type=submit]"))
         .await
         .unwrap()
         .click()
@@ -46,6 +48,22 @@ async fn at(chrome: &Chrome, want: &str) -> String {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     current
+}
+
+/// Fills the add-key form for an OpenAI key with `alias` and submits it.
+async fn add_key(chrome: &Chrome, alias: &str) {
+    let c = &chrome.client;
+    c.find(Locator::Css("#service option[value=openai]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    fill(chrome, "secret", OTHER_KEY).await;
+    let field = c.find(Locator::Id("alias")).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(alias).await.unwrap();
+    submit(chrome).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -184,8 +202,59 @@ async fn setup_sign_in_enrol_and_see_the_dashboard_in_chromium() {
         .collect();
     assert!(violations.is_empty(), "CSP violations: {violations:?}");
 
-    // Signing out returns to the sign-in page; the dashboard asks to sign in again.
+    // Add a key through the wizard: masked secret, an alias already taken is refused with
+    // the typed values kept (never the secret), then a new alias works.
     c.set_window_size(1280, 900).await.unwrap();
+    c.find(Locator::LinkText("Add a key"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(at(&chrome, "/keys/new").await, "/keys/new");
+    let secret = c.find(Locator::Id("secret")).await.unwrap();
+    assert_eq!(
+        secret.attr("type").await.unwrap().as_deref(),
+        Some("password")
+    );
+    chrome.screenshot("add-key-1280").await;
+    c.set_window_size(390, 844).await.unwrap();
+    chrome.screenshot("add-key-390").await;
+    c.set_window_size(1280, 900).await.unwrap();
+    add_key(&chrome, "summariser").await;
+    c.wait()
+        .for_element(Locator::Css(".flash.error"))
+        .await
+        .unwrap();
+    let page = c.source().await.unwrap();
+    assert!(
+        page.contains("value=\"summariser\""),
+        "the alias typed is kept"
+    );
+    assert!(!page.contains(OTHER_KEY), "the secret is not sent back");
+    add_key(&chrome, "backup").await;
+    assert_eq!(at(&chrome, "/").await, "/");
+    let body = c
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("Key added") && body.contains("backup"),
+        "{body}"
+    );
+    assert!(!body.contains(OTHER_KEY));
+    let later: Vec<String> = chrome
+        .console()
+        .await
+        .into_iter()
+        .filter(|m| m.contains("Content Security Policy") || m.contains("Refused to"))
+        .collect();
+    assert!(later.is_empty(), "CSP violations: {later:?}");
+
+    // Signing out returns to the sign-in page; the dashboard asks to sign in again.
     c.find(Locator::Css("form[action='/logout'] button"))
         .await
         .unwrap()

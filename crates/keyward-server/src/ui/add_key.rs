@@ -1,0 +1,322 @@
+//! `/keys/new`: adding a key — services grouped by category with where to get a key and
+//! its format, the secret in a masked field with a show/hide toggle, and the metadata.
+//! A refused form comes back with what was typed, except the secret.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use keyward_core::catalog::ServiceCatalog;
+use keyward_core::key::{Criticality, KeyDraftInput};
+use maud::{Markup, html};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::{Viewer, field, form_post, framed, page};
+use crate::app::{App, NewKey};
+
+/// What the form shows (again): everything but the secret.
+#[derive(Debug, Default, Clone)]
+struct Typed {
+    service: String,
+    environment: String,
+    alias: String,
+    description: String,
+    tags: String,
+    criticality: String,
+    expires: String,
+}
+
+/// One service in the picker, with its guidance.
+struct ServiceChoice {
+    id: String,
+    name: String,
+    /// What a key looks like.
+    format: Option<String>,
+    /// Where to get one.
+    url: Option<String>,
+}
+
+struct Choices {
+    /// Category name → its services.
+    services: BTreeMap<String, Vec<ServiceChoice>>,
+    environments: Vec<(String, String)>,
+}
+
+async fn choices(app: &App) -> Result<Choices, keyward_core::Error> {
+    let catalog: ServiceCatalog = app.catalog().await?;
+    let names: BTreeMap<String, String> = app
+        .store
+        .categories()
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c.name))
+        .collect();
+    let mut services: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for s in catalog.iter() {
+        let category = names
+            .get(&s.category)
+            .cloned()
+            .unwrap_or_else(|| s.category.clone());
+        services.entry(category).or_default().push(ServiceChoice {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            format: s.key_format_description.clone(),
+            url: s.key_url.clone().or_else(|| s.docs_url.clone()),
+        });
+    }
+    let environments = app
+        .store
+        .environments()
+        .await?
+        .into_iter()
+        .map(|e| (e.id, e.name))
+        .collect();
+    Ok(Choices {
+        services,
+        environments,
+    })
+}
+
+fn form_markup(viewer: &Viewer, c: &Choices, typed: &Typed, error: Option<(&str, &str)>) -> Markup {
+    let error_for = |name: &str| error.filter(|(f, _)| *f == name).map(|(_, m)| m.to_owned());
+    let criticalities = ["low", "medium", "high", "critical"];
+    html! {
+        @if let Some((_, message)) = error {
+            p class="flash error" role="alert" { "The key was not added: " (message) }
+        }
+        form method="post" action="/keys/new" class="wizard" {
+            input type="hidden" name="csrf" value=(viewer.csrf);
+            fieldset {
+                legend { "1. Service" }
+                div class="field" {
+                    label for="service" { "Service" }
+                    select id="service" name="service" required {
+                        option value="" { "Choose a service…" }
+                        @for (category, services) in &c.services {
+                            optgroup label=(category) {
+                                @for s in services {
+                                    option value=(s.id) selected[s.id == typed.service] { (s.name) }
+                                }
+                            }
+                        }
+                    }
+                    @if let Some(e) = error_for("service") { span class="error" { (e) } }
+                }
+                details class="guides" {
+                    summary { "Where to get a key, and what it looks like" }
+                    dl {
+                        @for services in c.services.values() {
+                            @for s in services {
+                                dt { (s.name) }
+                                dd {
+                                    @if let Some(format) = &s.format { (format) ". " }
+                                    @if let Some(url) = &s.url { a href=(url) rel="noopener noreferrer" { "Get a key" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            fieldset {
+                legend { "2. The key" }
+                div class="field" {
+                    label for="secret" { "API key" }
+                    div class="secret" {
+                        input id="secret" name="secret" type="password" autocomplete="off"
+                            spellcheck="false" required;
+                        button type="button" class="quiet" data-toggle-secret="secret"
+                            aria-pressed="false" hidden { "Show" }
+                    }
+                    span class="help" { "Stored encrypted; after this only its hint is ever shown." }
+                    @if let Some(e) = error_for("secret") { span class="error" { (e) } }
+                }
+            }
+            fieldset {
+                legend { "3. Details" }
+                div class="field" {
+                    label for="alias" { "Alias" }
+                    input id="alias" name="alias" type="text" required value=(typed.alias);
+                    span class="help" { "A short name, unique per service and environment." }
+                    @if let Some(e) = error_for("alias") { span class="error" { (e) } }
+                }
+                div class="field" {
+                    label for="environment" { "Environment" }
+                    select id="environment" name="environment" required {
+                        @for (id, name) in &c.environments {
+                            option value=(id) selected[*id == typed.environment] { (name) }
+                        }
+                    }
+                }
+                div class="field" {
+                    label for="description" { "Description" }
+                    textarea id="description" name="description" rows="2" { (typed.description) }
+                }
+                div class="field" {
+                    label for="tags" { "Tags" }
+                    input id="tags" name="tags" type="text" value=(typed.tags);
+                    span class="help" { "Comma-separated, e.g. earnings, batch" }
+                    @if let Some(e) = error_for("tags") { span class="error" { (e) } }
+                }
+                div class="field" {
+                    label for="criticality" { "Criticality" }
+                    select id="criticality" name="criticality" {
+                        @for level in criticalities {
+                            option value=(level) selected[typed.criticality == level || (typed.criticality.is_empty() && level == "medium")] { (level) }
+                        }
+                    }
+                }
+                div class="field" {
+                    label for="expires" { "Expires on (optional)" }
+                    input id="expires" name="expires" type="date" value=(typed.expires);
+                    @if let Some(e) = error_for("expires") { span class="error" { (e) } }
+                }
+            }
+            button type="submit" { "Add key" }
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Preselect {
+    service: Option<String>,
+}
+
+pub async fn form(
+    State(app): State<Arc<App>>,
+    viewer: Viewer,
+    Query(pre): Query<Preselect>,
+) -> Response {
+    let choices = match choices(&app).await {
+        Ok(c) => c,
+        Err(e) => return crate::http::error::ApiError::from(e).into_response(),
+    };
+    let typed = Typed {
+        service: pre.service.unwrap_or_default(),
+        environment: "production".into(),
+        ..Typed::default()
+    };
+    page(
+        StatusCode::OK,
+        framed(
+            &viewer,
+            "/keys",
+            "Add a key",
+            form_markup(&viewer, &choices, &typed, None),
+        ),
+    )
+}
+
+/// Which field an error code belongs to, so it can be shown next to it.
+fn field_of(code: &str) -> &'static str {
+    match code {
+        c if c.starts_with("secret") => "secret",
+        "invalid_alias" | "alias_taken" => "alias",
+        "invalid_tag" | "too_many_tags" => "tags",
+        "unknown_service" | "invalid_slug" => "service",
+        "expires_at_in_past" | "invalid_expiry" => "expires",
+        _ => "form",
+    }
+}
+
+pub async fn create(State(app): State<Arc<App>>, request: Request) -> Response {
+    // The page's own session, to show the form again on a refusal.
+    let (caller, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
+    let get = |name: &str| field(&fields, name).unwrap_or_default().to_owned();
+    let typed = Typed {
+        service: get("service"),
+        environment: get("environment"),
+        alias: get("alias"),
+        description: get("description"),
+        tags: get("tags"),
+        criticality: get("criticality"),
+        expires: get("expires"),
+    };
+    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
+    let refuse = |code: &'static str, message: String| Refusal { code, message };
+    let expires_at = match typed.expires.trim() {
+        "" => None,
+        day => match day.parse::<jiff::civil::Date>().ok().and_then(|d| {
+            d.at(23, 59, 59, 0)
+                .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+                .ok()
+        }) {
+            Some(zoned) => Some(zoned.timestamp()),
+            None => {
+                let r = refuse("invalid_expiry", "the expiry is not a date".into());
+                return refused_page(&app, caller, csrf, &typed, r).await;
+            }
+        },
+    };
+    let criticality = match typed.criticality.as_str() {
+        "" => None,
+        text => match text.parse::<Criticality>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                return refused_page(&app, caller, csrf, &typed, refuse(e.code, e.message)).await;
+            }
+        },
+    };
+    let draft = KeyDraftInput {
+        service_id: typed.service.clone(),
+        environment: typed.environment.clone(),
+        alias: typed.alias.clone(),
+        description: Some(typed.description.clone()).filter(|d| !d.trim().is_empty()),
+        owner: None,
+        tags: typed
+            .tags
+            .split(',')
+            .map(|t| t.trim().to_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        criticality,
+        enabled: None,
+        expires_at,
+        limits: Vec::new(),
+        budget: None,
+    };
+    let new = NewKey {
+        draft,
+        secret: SecretString::from(get("secret")),
+        force: false,
+    };
+    match app.create_key(&caller.actor, new).await {
+        Ok(key) => Redirect::to(&format!("/?added={}", key.id)).into_response(),
+        Err(e) => refused_page(&app, caller, csrf, &typed, refuse(e.code, e.message)).await,
+    }
+}
+
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+/// The form again, with what was typed (never the secret) and the error by its field.
+async fn refused_page(
+    app: &App,
+    caller: crate::http::auth::Caller,
+    csrf: String,
+    typed: &Typed,
+    refusal: Refusal,
+) -> Response {
+    let viewer = Viewer { caller, csrf };
+    let choices = match choices(app).await {
+        Ok(c) => c,
+        Err(e) => return crate::http::error::ApiError::from(e).into_response(),
+    };
+    let error = (field_of(refusal.code), refusal.message.as_str());
+    page(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        framed(
+            &viewer,
+            "/keys",
+            "Add a key",
+            form_markup(&viewer, &choices, typed, Some(error)),
+        ),
+    )
+}
