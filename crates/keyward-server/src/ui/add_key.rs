@@ -47,13 +47,7 @@ struct Choices {
 
 async fn choices(app: &App) -> Result<Choices, keyward_core::Error> {
     let catalog: ServiceCatalog = app.catalog().await?;
-    let names: BTreeMap<String, String> = app
-        .store
-        .categories()
-        .await?
-        .into_iter()
-        .map(|c| (c.id, c.name))
-        .collect();
+    let names = super::category_names(app).await?;
     let mut services: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for s in catalog.iter() {
         let category = names

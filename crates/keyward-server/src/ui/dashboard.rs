@@ -43,13 +43,7 @@ async fn page_for(app: &App, viewer: &Viewer) -> Result<Markup, keyward_core::Er
         .await?
         .items;
     let catalog = app.catalog().await?;
-    let names: BTreeMap<String, String> = app
-        .store
-        .categories()
-        .await?
-        .into_iter()
-        .map(|c| (c.id, c.name))
-        .collect();
+    let names = super::category_names(app).await?;
     let now = app.now();
     let mut by_category: BTreeMap<String, usize> = BTreeMap::new();
     for key in &keys {

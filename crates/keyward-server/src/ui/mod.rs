@@ -175,6 +175,19 @@ pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> 
         .map(|(_, v)| v.as_str())
 }
 
+/// Category ids → their display names ("llm-providers" → "LLM Providers").
+pub async fn category_names(
+    app: &App,
+) -> Result<std::collections::BTreeMap<String, String>, keyward_core::Error> {
+    Ok(app
+        .store
+        .categories()
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c.name))
+        .collect())
+}
+
 /// A standalone page (sign-in, setup): no navigation.
 fn bare(title: &str, body: Markup) -> Markup {
     html! {

@@ -50,6 +50,17 @@ async fn at(chrome: &Chrome, want: &str) -> String {
     current
 }
 
+/// Nothing the page did was refused by the CSP (the console since the last look).
+async fn assert_no_csp_violations(chrome: &Chrome) {
+    let violations: Vec<String> = chrome
+        .console()
+        .await
+        .into_iter()
+        .filter(|m| m.contains("Content Security Policy") || m.contains("Refused to"))
+        .collect();
+    assert!(violations.is_empty(), "CSP violations: {violations:?}");
+}
+
 /// Fills the add-key form for an OpenAI key with `alias` and submits it.
 async fn add_key(chrome: &Chrome, alias: &str) {
     let c = &chrome.client;
@@ -194,13 +205,7 @@ async fn setup_sign_in_enrol_and_see_the_dashboard_in_chromium() {
     let narrow = chrome.screenshot("dashboard-390").await;
     eprintln!("screenshots: {} {}", wide.display(), narrow.display());
 
-    let violations: Vec<String> = chrome
-        .console()
-        .await
-        .into_iter()
-        .filter(|m| m.contains("Content Security Policy") || m.contains("Refused to"))
-        .collect();
-    assert!(violations.is_empty(), "CSP violations: {violations:?}");
+    assert_no_csp_violations(&chrome).await;
 
     // Add a key through the wizard: masked secret, an alias already taken is refused with
     // the typed values kept (never the secret), then a new alias works.
@@ -246,13 +251,7 @@ async fn setup_sign_in_enrol_and_see_the_dashboard_in_chromium() {
         "{body}"
     );
     assert!(!body.contains(OTHER_KEY));
-    let later: Vec<String> = chrome
-        .console()
-        .await
-        .into_iter()
-        .filter(|m| m.contains("Content Security Policy") || m.contains("Refused to"))
-        .collect();
-    assert!(later.is_empty(), "CSP violations: {later:?}");
+    assert_no_csp_violations(&chrome).await;
 
     // Signing out returns to the sign-in page; the dashboard asks to sign in again.
     c.find(Locator::Css("form[action='/logout'] button"))
