@@ -119,7 +119,8 @@ impl App {
         let operation = Operation {
             action: keyward_core::approval::ApprovalAction::AccessChange,
             target: "policy:approvals".into(),
-            payload: serde_json::from_str(&text).unwrap_or_default(),
+            payload: serde_json::to_value(&policy)
+                .map_err(|e| Error::internal(format!("cannot describe the policy: {e}")))?,
         };
         self.gate(actor, &operation, GateFacts::default()).await?;
         self.audited(

@@ -129,7 +129,8 @@ fn check(
     let authz_refusal = status == StatusCode::UNAUTHORIZED
         || (status == StatusCode::FORBIDDEN && AUTHZ_CODES.contains(&code));
     let ok = match expect {
-        Expect::Allowed => !authz_refusal,
+        // Past authorization, and the handler answered (no 5xx for a bare request).
+        Expect::Allowed => !authz_refusal && !status.is_server_error(),
         Expect::Unauthenticated => status == StatusCode::UNAUTHORIZED,
         Expect::Refused(want) => status == StatusCode::FORBIDDEN && code == want,
         Expect::NoSession => status == StatusCode::UNPROCESSABLE_ENTITY && code == "no_session",
