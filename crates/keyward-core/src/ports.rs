@@ -22,7 +22,9 @@ use crate::mfa::MfaEnrolment;
 use crate::service::{Category, Environment, ServiceDefinition};
 use crate::session::Session;
 use crate::token::ManagementToken;
-use crate::usage::{HourlyUse, KeyFlag, PoolSetting, UsageBucket, UsageQuery, UsageRecord};
+use crate::usage::{
+    HourlyUse, KeyFlag, PoolSetting, UsageBucket, UsageGrouping, UsageQuery, UsageRecord,
+};
 use crate::user::User;
 
 #[async_trait]
@@ -125,6 +127,13 @@ pub trait UsageStore: Send + Sync {
     /// Buckets of `query.granularity` in `[from, to)`, oldest first, empty buckets left out.
     /// Minutes come from the records, hours and days from the hourly sums.
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageBucket>>;
+    /// The same buckets per key, service or app token (`(id, bucket)`, ordered by id, then
+    /// time): sparklines and "by key" tables in one query instead of one per key.
+    async fn usage_grouped(
+        &self,
+        query: &UsageQuery,
+        by: UsageGrouping,
+    ) -> Result<Vec<(String, UsageBucket)>>;
     /// Hourly consumption per key and per token since `since`: what quota and budget
     /// counters are restored from at start-up.
     async fn hourly_use_since(&self, since: Timestamp) -> Result<Vec<HourlyUse>>;

@@ -149,6 +149,14 @@ pub struct PoolSetting {
     pub strategy: PoolStrategy,
 }
 
+/// What usage sums can be split by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGrouping {
+    Key,
+    Service,
+    Token,
+}
+
 /// Time buckets of a usage query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

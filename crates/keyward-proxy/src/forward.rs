@@ -170,7 +170,7 @@ pub struct Proxy {
     snapshot: RwLock<Arc<Snapshot>>,
     keyring: Arc<Keyring>,
     /// One per serving lane (see `Inbound::lane`).
-    clients: Vec<UpstreamClient>,
+    pub(crate) clients: Vec<UpstreamClient>,
     clock: Arc<dyn Clock>,
     random: Arc<dyn keyward_core::Randomness>,
     config: ProxyConfig,
@@ -1307,7 +1307,7 @@ fn percent_decode(text: &str) -> String {
 /// credential parameters (`kept`, from [`client_query`]), plus the real key if this service
 /// takes it in the query.
 /// Whatever the input, the result's scheme, host and port are the base URL's.
-fn upstream_url(
+pub(crate) fn upstream_url(
     service: &ServiceDefinition,
     path: &str,
     kept: &[(String, String)],
@@ -1347,7 +1347,7 @@ fn upstream_url(
 
 /// The client's headers minus hop-by-hop, Keyward's own and every credential, plus the
 /// real key where the service expects it (marked sensitive so it is never logged).
-fn upstream_headers(
+pub(crate) fn upstream_headers(
     service: &ServiceDefinition,
     inbound: &HeaderMap,
     secret: &SecretString,

@@ -14,6 +14,7 @@ mod quota;
 mod redact;
 mod snapshot;
 mod upstream;
+mod validate;
 
 pub use forward::{
     CACHE_HEADER, ENVIRONMENT_HEADER, EVENT_CHANNEL_CAPACITY, Inbound, Proxy, ProxyConfig,
@@ -22,3 +23,4 @@ pub use forward::{
 pub use limits::TokenRateLimits;
 pub use snapshot::{LiveKey, Route, Snapshot};
 pub use upstream::{BoxError, Outbound, ProxyBody};
+pub use validate::{Validation, Verdict};

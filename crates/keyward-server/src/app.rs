@@ -20,7 +20,8 @@ use keyward_core::ports::Store;
 use keyward_core::service::{Category, Environment, ServiceDefinition, validate_base_url};
 use keyward_core::token::ManagementToken;
 use keyward_core::usage::{
-    KeyFlag, Outcome, PoolSetting, PoolStrategy, PricingTable, UsageBucket, UsageQuery,
+    KeyFlag, Outcome, PoolSetting, PoolStrategy, PricingTable, UsageBucket, UsageGrouping,
+    UsageQuery,
 };
 use keyward_core::user::User;
 use keyward_core::{Clock, Error, ErrorKind, Randomness, label, secret};
@@ -469,6 +470,55 @@ impl App {
             None => {}
         }
         self.store.usage(query).await
+    }
+
+    /// Usage per key (sparklines, "by key" tables): all keys for someone who reads
+    /// everywhere, otherwise only the keys their grants let them read.
+    pub async fn usage_by_key(
+        &self,
+        actor: &Actor,
+        query: &UsageQuery,
+    ) -> Result<std::collections::BTreeMap<String, Vec<UsageBucket>>, Error> {
+        let rows = self.store.usage_grouped(query, UsageGrouping::Key).await?;
+        let visible: Option<std::collections::HashSet<String>> =
+            if actor.access.reach(Permission::KeysRead).is_everywhere() {
+                None
+            } else {
+                let keys = self
+                    .list_keys(
+                        actor,
+                        KeyFilter::default(),
+                        None,
+                        PageRequest::new(None, Some(PageRequest::MAX_LIMIT))?,
+                    )
+                    .await?;
+                Some(keys.items.into_iter().map(|k| k.id.to_string()).collect())
+            };
+        let mut out: std::collections::BTreeMap<String, Vec<UsageBucket>> = Default::default();
+        for (key, bucket) in rows {
+            if visible.as_ref().is_none_or(|v| v.contains(&key)) {
+                out.entry(key).or_default().push(bucket);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Usage per service; like usage across keys, only for someone who reads everywhere.
+    pub async fn usage_by_service(
+        &self,
+        actor: &Actor,
+        query: &UsageQuery,
+    ) -> Result<Vec<(String, UsageBucket)>, Error> {
+        if !actor.access.reach(Permission::KeysRead).is_everywhere() {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                "out_of_scope",
+                "your grants cover only part of the vault: ask for one key's usage",
+            ));
+        }
+        self.store
+            .usage_grouped(query, UsageGrouping::Service)
+            .await
     }
 
     /// Rebuilds the snapshot if the store changed since `last` (e.g. through another
@@ -944,6 +994,100 @@ impl App {
         .await?;
         tracing::warn!(key = %id, version = version.version, actor = %actor.name, "key value revealed");
         Ok((version, value))
+    }
+
+    /// Sends `service_id`'s validation request with a value not stored yet (the add-key
+    /// wizard's Validate button). Needs `keys_write` where the key would live; the format is
+    /// checked first; audited with the value's fingerprint and the verdict.
+    pub async fn validate_secret(
+        &self,
+        actor: &Actor,
+        service_id: &str,
+        environment: &str,
+        secret: &SecretString,
+    ) -> Result<keyward_proxy::Validation, Error> {
+        let catalog = self.catalog().await?;
+        let service = catalog.get(service_id).ok_or_else(|| {
+            Error::invalid(
+                "unknown_service",
+                format!("there is no service `{}`", label::printable(service_id)),
+            )
+        })?;
+        self.require_environment(environment).await?;
+        self.ensure_reach(
+            actor,
+            Permission::KeysWrite,
+            service_id,
+            environment,
+            || out_of_scope_error(service_id, environment),
+        )
+        .await?;
+        let value = secret::normalize(secret)?;
+        secret::check_format(service, &value, false)?;
+        let fingerprint = self.audit.fingerprint(&value);
+        self.validated(
+            actor,
+            format!("service:{service_id}"),
+            service,
+            &value,
+            fingerprint,
+        )
+        .await
+    }
+
+    /// Sends the key's validation request with its current value: does the stored key
+    /// still work? Needs `keys_write` on the key; audited.
+    pub async fn validate_key(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+    ) -> Result<keyward_proxy::Validation, Error> {
+        let key = self.key_for(actor, Permission::KeysWrite, id).await?;
+        key.ensure_not_deleted()?;
+        let catalog = self.catalog().await?;
+        let service = catalog
+            .get(&key.service_id)
+            .ok_or_else(|| Error::internal(format!("key {id} names an unknown service")))?;
+        let version = self
+            .store
+            .versions(id)
+            .await?
+            .into_iter()
+            .find(|v| v.version == key.current_version)
+            .ok_or_else(|| Error::internal(format!("key {id} has no current version")))?;
+        let value = self.keyring.unseal(
+            &version.sealed,
+            &SealContext::key_secret(id, version.version),
+        )?;
+        let fingerprint = self.audit.fingerprint(&value);
+        self.validated(actor, format!("key:{id}"), service, &value, fingerprint)
+            .await
+    }
+
+    /// Runs a validation request and records it (`key.validate`) with its verdict.
+    async fn validated(
+        &self,
+        actor: &Actor,
+        target: String,
+        service: &ServiceDefinition,
+        value: &SecretString,
+        fingerprint: String,
+    ) -> Result<keyward_proxy::Validation, Error> {
+        let result = self.proxy.validate(service, value).await;
+        let details = match &result {
+            Ok(v) => json!({"service": service.id, "fingerprint": fingerprint,
+                            "verdict": v.verdict, "status": v.status}),
+            Err(e) => json!({"service": service.id, "fingerprint": fingerprint, "error": e.code}),
+        };
+        let entry = self.audit_entry(
+            actor,
+            "key.validate",
+            Some(target),
+            outcome_of(&result),
+            &details,
+        )?;
+        self.audit.record(&entry).await?;
+        result
     }
 
     pub async fn versions(&self, actor: &Actor, id: &KeyId) -> Result<Vec<KeyVersion>, Error> {

@@ -28,7 +28,8 @@ use keyward_core::service::Limit;
 use keyward_core::service::{Category, Environment, ServiceDefinition};
 use keyward_core::token::ManagementToken;
 use keyward_core::usage::{
-    HourlyUse, KeyFlag, Outcome, PoolSetting, Subject, UsageBucket, UsageQuery, UsageRecord,
+    HourlyUse, KeyFlag, Outcome, PoolSetting, Subject, UsageBucket, UsageGrouping, UsageQuery,
+    UsageRecord,
     UsageTotals,
 };
 use keyward_core::session::Session;
@@ -1353,6 +1354,69 @@ fn from_db_int(value: i64) -> u64 {
 /// The sums a usage query returns, in the column order of `USAGE_SUMS`.
 type SumsRow = (i64, i64, i64, i64, i64, i64, i64, i64, i64);
 
+/// The usage sums query: minutes from the records, hours and days from the hourly sums;
+/// per bucket, or per `group` column (rows without one, e.g. refusals before a key was
+/// chosen, are left out) and bucket. Binds: from, to, bucket size, key, token, service.
+fn usage_sql(query: &UsageQuery, group: Option<&str>) -> String {
+    let sums = |time: &str, requests: &str, errors: &str, hits: &str| {
+        format!(
+            "SELECT ({time} / $3) * $3 AS bucket, CAST(COALESCE({requests}, 0) AS BIGINT), \
+             CAST(COALESCE({errors}, 0) AS BIGINT), CAST(COALESCE({hits}, 0) AS BIGINT), \
+             CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(credits), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT)"
+        )
+    };
+    let (select, table, time) = if query.granularity == keyward_core::usage::Granularity::Minute {
+        (
+            sums(
+                "at",
+                "COUNT(*)",
+                "SUM(CASE WHEN outcome <> 'success' THEN 1 ELSE 0 END)",
+                "SUM(CASE WHEN cache = 'hit' THEN 1 ELSE 0 END)",
+            ),
+            "usage_records",
+            "at",
+        )
+    } else {
+        (
+            sums("hour", "SUM(requests)", "SUM(errors)", "SUM(cache_hits)"),
+            "usage_hourly",
+            "hour",
+        )
+    };
+    let filter = format!(
+        "FROM {table} WHERE {time} >= $1 AND {time} < $2 \
+         AND ($4 IS NULL OR key_id = $4) AND ($5 IS NULL OR token_id = $5) AND ($6 IS NULL OR service_id = $6)"
+    );
+    match group {
+        None => format!("{select} {filter} GROUP BY bucket ORDER BY bucket"),
+        Some(column) => {
+            let select = select.replacen("SELECT ", &format!("SELECT {column}, "), 1);
+            format!(
+                "{select} {filter} AND {column} IS NOT NULL AND {column} <> '' \
+                 GROUP BY {column}, bucket ORDER BY {column}, bucket"
+            )
+        }
+    }
+}
+
+fn bind_usage<Row>(
+    query: &UsageQuery,
+    sql: String,
+) -> sqlx::query::QueryAs<'static, Db, Row, <Db as sqlx::Database>::Arguments>
+where
+    Row: for<'r> sqlx::FromRow<'r, DbRow>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(millis(query.from))
+        .bind(millis(query.to))
+        .bind(query.granularity.millis())
+        .bind(query.key_id.as_ref().map(|k| k.as_str().to_owned()))
+        .bind(query.token_id.as_ref().map(|t| t.as_str().to_owned()))
+        .bind(query.service_id.clone())
+}
+
 fn totals(row: &SumsRow) -> UsageTotals {
     UsageTotals {
         requests: from_db_int(row.1),
@@ -1483,46 +1547,7 @@ impl UsageStore for ThisStore {
     }
 
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageBucket>, Error> {
-        let sums = |time: &str, requests: &str, errors: &str, hits: &str| {
-            format!(
-                "SELECT ({time} / $3) * $3 AS bucket, CAST(COALESCE({requests}, 0) AS BIGINT), \
-                 CAST(COALESCE({errors}, 0) AS BIGINT), CAST(COALESCE({hits}, 0) AS BIGINT), \
-                 CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT), \
-                 CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(credits), 0) AS BIGINT), \
-                 CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT)"
-            )
-        };
-        let (select, table, time) = if query.granularity == keyward_core::usage::Granularity::Minute
-        {
-            (
-                sums(
-                    "at",
-                    "COUNT(*)",
-                    "SUM(CASE WHEN outcome <> 'success' THEN 1 ELSE 0 END)",
-                    "SUM(CASE WHEN cache = 'hit' THEN 1 ELSE 0 END)",
-                ),
-                "usage_records",
-                "at",
-            )
-        } else {
-            (
-                sums("hour", "SUM(requests)", "SUM(errors)", "SUM(cache_hits)"),
-                "usage_hourly",
-                "hour",
-            )
-        };
-        let sql = format!(
-            "{select} FROM {table} WHERE {time} >= $1 AND {time} < $2 \
-             AND ($4 IS NULL OR key_id = $4) AND ($5 IS NULL OR token_id = $5) AND ($6 IS NULL OR service_id = $6) \
-             GROUP BY bucket ORDER BY bucket"
-        );
-        let rows: Vec<SumsRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(millis(query.from))
-            .bind(millis(query.to))
-            .bind(query.granularity.millis())
-            .bind(query.key_id.as_ref().map(|k| k.as_str().to_owned()))
-            .bind(query.token_id.as_ref().map(|t| t.as_str().to_owned()))
-            .bind(query.service_id.clone())
+        let rows: Vec<SumsRow> = bind_usage(query, usage_sql(query, None))
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, None))?;
@@ -1532,6 +1557,35 @@ impl UsageStore for ThisStore {
                     start: timestamp(row.0)?,
                     totals: totals(row),
                 })
+            })
+            .collect()
+    }
+
+    async fn usage_grouped(
+        &self,
+        query: &UsageQuery,
+        by: UsageGrouping,
+    ) -> Result<Vec<(String, UsageBucket)>, Error> {
+        let column = match by {
+            UsageGrouping::Key => "key_id",
+            UsageGrouping::Service => "service_id",
+            UsageGrouping::Token => "token_id",
+        };
+        let rows: Vec<(String, i64, i64, i64, i64, i64, i64, i64, i64, i64)> =
+            bind_usage(query, usage_sql(query, Some(column)))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        rows.into_iter()
+            .map(|(group, a, b, c, d, e, f, g, h, i)| {
+                let row: SumsRow = (a, b, c, d, e, f, g, h, i);
+                Ok((
+                    group,
+                    UsageBucket {
+                        start: timestamp(row.0)?,
+                        totals: totals(&row),
+                    },
+                ))
             })
             .collect()
     }

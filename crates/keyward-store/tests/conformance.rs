@@ -24,7 +24,7 @@ use keyward_core::session::Session;
 use keyward_core::token::ManagementToken;
 use keyward_core::usage::{
     CacheOutcome, Granularity, HourlyUse, KeyFlag, KeyFlagKind, Outcome, PoolSetting, PoolStrategy,
-    Subject, TokenUsage, UsageQuery, UsageRecord, UsageTotals,
+    Subject, TokenUsage, UsageGrouping, UsageQuery, UsageRecord, UsageTotals,
 };
 use keyward_core::user::User;
 use keyward_core::{ErrorKind, Randomness, Timestamp};
@@ -351,6 +351,42 @@ async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
         .await
         .expect("big batches");
     assert_eq!(big[0].totals.requests, 250 + 251 + 100 + 37);
+
+    // Split by key: the refusal without a key is left out; by service it counts. (Minutes
+    // come from the records, pruned above before the second hour.)
+    let second = KeyId::generate(ts(2), &r);
+    store
+        .record_usage(&[usage(base + 2_000, Some(&second), None, Outcome::Success)])
+        .await
+        .expect("batch 3");
+    for (granularity, first_key) in [(Granularity::Hour, 3), (Granularity::Minute, 1)] {
+        let by_key = store
+            .usage_grouped(&query(granularity, None), UsageGrouping::Key)
+            .await
+            .expect("by key");
+        let mut per_key: std::collections::BTreeMap<String, u64> = Default::default();
+        for (id, bucket) in &by_key {
+            *per_key.entry(id.clone()).or_default() += bucket.totals.requests;
+        }
+        assert_eq!(
+            per_key,
+            [(key.to_string(), first_key), (second.to_string(), 1)]
+                .into_iter()
+                .collect(),
+            "{granularity:?}"
+        );
+    }
+    let by_service = store
+        .usage_grouped(&query(Granularity::Hour, None), UsageGrouping::Service)
+        .await
+        .expect("by service");
+    assert_eq!(
+        by_service
+            .iter()
+            .map(|(s, b)| (s.as_str(), b.start, b.totals.requests))
+            .collect::<Vec<_>>(),
+        vec![("openai", ts(base), 3), ("openai", ts(base + HOUR), 2)]
+    );
 }
 
 async fn migrations_are_idempotent(store: Arc<dyn Store>) {

@@ -383,6 +383,85 @@ pub async fn reveal_key(
     Ok(response)
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateSecretRequest {
+    /// The candidate value; sent only to the service, never stored or returned.
+    #[schema(value_type = String, format = Password, write_only)]
+    pub secret: SecretString,
+    /// Where the key would live (scopes apply); default `production`.
+    pub environment: Option<String>,
+}
+
+impl std::fmt::Debug for ValidateSecretRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidateSecretRequest")
+            .field("environment", &self.environment)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the service said to its validation request. Never carries the provider's body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidationBody {
+    /// valid, rejected (401/403), throttled (429 or a quota soft error), inconclusive,
+    /// unreachable.
+    pub verdict: String,
+    /// The provider's HTTP status, when it answered.
+    pub status: Option<u16>,
+    pub message: String,
+    /// Whether the request spent quota on the provider's side.
+    pub costs_quota: bool,
+    pub latency_ms: u64,
+}
+
+impl From<keyward_proxy::Validation> for ValidationBody {
+    fn from(v: keyward_proxy::Validation) -> Self {
+        let verdict = serde_json::to_value(v.verdict)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Self {
+            verdict,
+            status: v.status,
+            message: v.message,
+            costs_quota: v.costs_quota,
+            latency_ms: v.latency_ms,
+        }
+    }
+}
+
+/// Send a service's validation request with a value before storing it. The answer is the
+/// verdict; nothing is stored. A value in the wrong format is refused without a call.
+#[utoipa::path(post, path = "/api/v1/services/{id}/validate", tag = "keys", params(("id" = String, Path)), request_body = ValidateSecretRequest,
+    responses((status = 200, body = ValidationBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn validate_secret(
+    auth: Authorized<perm::KeysWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(service): ApiPath<String>,
+    ApiJson(req): ApiJson<ValidateSecretRequest>,
+) -> ApiResult<Json<ValidationBody>> {
+    let environment = req.environment.as_deref().unwrap_or("production");
+    let validation = app
+        .validate_secret(auth.actor(), &service, environment, &req.secret)
+        .await?;
+    Ok(Json(validation.into()))
+}
+
+/// Send the key's validation request with its current value: does it still work?
+#[utoipa::path(post, path = "/api/v1/keys/{id}/validate", tag = "keys", params(("id" = String, Path)),
+    responses((status = 200, body = ValidationBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn validate_key(
+    auth: Authorized<perm::KeysWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<ValidationBody>> {
+    let validation = app.validate_key(auth.actor(), &key_id(&id)?).await?;
+    Ok(Json(validation.into()))
+}
+
 /// Store a new key.
 #[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = CreateKeyRequest,
     responses((status = 201, body = KeyResponse), (status = 400, body = ErrorBody), (status = 409, description = "alias_taken", body = ErrorBody),

@@ -32,4 +32,5 @@ mod sdk;
 mod sessions;
 mod ui;
 mod users;
+mod validation;
 mod vault;
