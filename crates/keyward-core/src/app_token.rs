@@ -83,6 +83,14 @@ impl AppToken {
         }
     }
 
+    /// Whether the proxy would inject `key` for this token (if the token is active): the
+    /// key's service and environment are in its scope, and its key list (if any) names it.
+    pub fn may_use(&self, key: &crate::key::Key) -> bool {
+        self.services.contains(&key.service_id)
+            && self.environments.contains(&key.environment)
+            && (self.key_ids.is_empty() || self.key_ids.contains(&key.id))
+    }
+
     pub fn allows_address(&self, address: std::net::IpAddr) -> bool {
         self.allowed_networks.is_empty()
             || self.allowed_networks.iter().any(|n| n.contains(&address))

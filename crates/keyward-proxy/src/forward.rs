@@ -412,6 +412,22 @@ impl Proxy {
         self.health.clear(key, self.clock.now());
     }
 
+    /// The share (0–1) of the key's tightest quota used in its current window, as this
+    /// instance counts it; `None` for a key without limits or not in the snapshot.
+    pub fn quota_used(&self, key: &KeyId) -> Option<f64> {
+        let snapshot = self.snapshot();
+        let live = snapshot.live_key(key)?;
+        if live.key.limits.is_empty() {
+            return None;
+        }
+        let calendar = &snapshot.service(&live.key.service_id).ok()?.quota_calendar;
+        let free = self
+            .sink
+            .meters
+            .headroom(key, &live.key.limits, calendar, self.clock.now());
+        Some((1.0 - free).clamp(0.0, 1.0))
+    }
+
     /// Budget spent and reserved in the current period, in nano-dollars.
     pub fn spending(&self, subject: &Subject) -> Option<(u64, u64)> {
         self.sink.meters.spending(subject)

@@ -14,3 +14,89 @@ for (const button of document.querySelectorAll("[data-toggle-secret]")) {
     button.textContent = show ? "Hide" : "Show";
   });
 }
+
+// How long a revealed value (and a copied one) may stay, in seconds.
+const CLEAR_AFTER = 30;
+
+// Copy buttons: <button data-copy="text"> or <button data-copy-from="ID">. A copied secret
+// is cleared from the clipboard after CLEAR_AFTER seconds, if it is still what we put there
+// (reading the clipboard back may be refused; then we overwrite it anyway).
+for (const button of document.querySelectorAll("[data-copy], [data-copy-from]")) {
+  if (!navigator.clipboard) continue;
+  button.hidden = false;
+  button.addEventListener("click", async () => {
+    const from = button.dataset.copyFrom && document.getElementById(button.dataset.copyFrom);
+    const text = from ? from.textContent : button.dataset.copy;
+    if (!text) return;
+    try {
+      await navigator.clipboard.writeText(from ? text : new URL(text, location.href).href);
+      const label = button.textContent;
+      button.textContent = "Copied";
+      setTimeout(() => { button.textContent = label; }, 1500);
+      if (from) {
+        setTimeout(async () => {
+          try {
+            const now = await navigator.clipboard.readText().catch(() => text);
+            if (now === text) await navigator.clipboard.writeText("");
+          } catch (_) { /* the browser does not allow it */ }
+        }, CLEAR_AFTER * 1000);
+      }
+    } catch (_) {
+      button.textContent = "Copy failed";
+    }
+  });
+}
+
+// A revealed value: count down, then remove it from the page and go back to the key.
+for (const panel of document.querySelectorAll("[data-reveal-seconds]")) {
+  let left = Number(panel.dataset.revealSeconds) || CLEAR_AFTER;
+  const countdown = panel.querySelector("[data-countdown]");
+  const timer = setInterval(() => {
+    left -= 1;
+    if (countdown) countdown.textContent = String(Math.max(left, 0));
+    if (left > 0) return;
+    clearInterval(timer);
+    const value = panel.querySelector(".revealed");
+    if (value) value.textContent = "";
+    for (const copy of panel.querySelectorAll("[data-copy-from]")) copy.remove();
+    const note = document.createElement("p");
+    note.className = "flash";
+    note.setAttribute("role", "status");
+    note.textContent = "The value was cleared from this page.";
+    panel.prepend(note);
+  }, 1000);
+}
+
+// The add-key wizard's Validate button: ask the API without leaving the page, so the
+// typed key stays in its field. Without JavaScript the button posts the form instead.
+for (const button of document.querySelectorAll("[data-validate]")) {
+  button.addEventListener("click", async (event) => {
+    const form = button.form;
+    const out = document.getElementById("validation");
+    const service = form.elements.service.value;
+    const secret = form.elements.secret.value;
+    if (!service || !secret) return; // let the form post and say what is missing
+    event.preventDefault();
+    out.className = "verdict";
+    out.textContent = "Checking…";
+    try {
+      const answer = await fetch(`/api/v1/services/${encodeURIComponent(service)}/validate`, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "content-type": "application/json", "x-csrf-token": form.elements.csrf.value },
+        body: JSON.stringify({ secret, environment: form.elements.environment.value }),
+      });
+      const body = await answer.json();
+      if (answer.ok) {
+        out.className = `verdict ${body.verdict}`;
+        out.textContent = `${body.message} (${body.latency_ms} ms)`;
+      } else {
+        out.className = "verdict rejected";
+        out.textContent = body.error ? body.error.message : `HTTP ${answer.status}`;
+      }
+    } catch (_) {
+      out.className = "verdict unreachable";
+      out.textContent = "Keyward could not be reached.";
+    }
+  });
+}

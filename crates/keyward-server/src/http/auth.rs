@@ -55,7 +55,7 @@ impl MfaStanding {
 
     /// Why this caller may not go on yet, if so; `step_up` for operations that need a recent
     /// MFA check.
-    fn refusal(self, step_up: bool) -> Option<Error> {
+    pub(crate) fn refusal(self, step_up: bool) -> Option<Error> {
         let enrol = || {
             Error::new(
                 ErrorKind::Forbidden,

@@ -462,6 +462,78 @@ pub async fn validate_key(
     Ok(Json(validation.into()))
 }
 
+/// Traffic and cost of a key over a period.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PeriodBody {
+    pub requests: u64,
+    pub errors: u64,
+    /// US dollars.
+    pub cost_usd: f64,
+}
+
+impl From<&keyward_core::usage::UsageTotals> for PeriodBody {
+    fn from(t: &keyward_core::usage::UsageTotals) -> Self {
+        Self {
+            requests: t.requests,
+            errors: t.errors,
+            cost_usd: t.cost_nanos as f64 / 1e9,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DependentTokenBody {
+    pub id: String,
+    pub name: String,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// What depends on a key: shown before deleting, disabling or revoking it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImpactBody {
+    pub key_id: String,
+    /// Active app tokens the proxy would inject this key for.
+    pub tokens: Vec<DependentTokenBody>,
+    pub environments: Vec<String>,
+    pub last_7_days: PeriodBody,
+    pub last_30_days: PeriodBody,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<Timestamp>,
+    /// Other active keys of the same service and environment that could take its traffic.
+    pub other_active_keys: usize,
+}
+
+/// The impact assessment of a key: dependent app tokens, traffic and cost over 7 and 30
+/// days, last use, and whether its pool has another key to absorb the traffic.
+#[utoipa::path(get, path = "/api/v1/keys/{id}/impact", tag = "keys", params(("id" = String, Path)),
+    responses((status = 200, body = ImpactBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn key_impact(
+    auth: Authorized<perm::KeysRead>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<ImpactBody>> {
+    let impact = app.impact(auth.actor(), &key_id(&id)?).await?;
+    Ok(Json(ImpactBody {
+        key_id: impact.key.id.to_string(),
+        tokens: impact
+            .tokens
+            .iter()
+            .map(|t| DependentTokenBody {
+                id: t.id.to_string(),
+                name: t.name.clone(),
+                last_used_at: t.last_used_at,
+            })
+            .collect(),
+        environments: vec![impact.key.environment.clone()],
+        last_7_days: (&impact.last_7_days).into(),
+        last_30_days: (&impact.last_30_days).into(),
+        last_used_at: impact.last_used_at,
+        other_active_keys: impact.other_active_keys,
+    }))
+}
+
 /// Store a new key.
 #[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = CreateKeyRequest,
     responses((status = 201, body = KeyResponse), (status = 400, body = ErrorBody), (status = 409, description = "alias_taken", body = ErrorBody),

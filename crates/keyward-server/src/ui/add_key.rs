@@ -74,7 +74,16 @@ async fn choices(app: &App) -> Result<Choices, keyward_core::Error> {
     })
 }
 
-fn form_markup(viewer: &Viewer, c: &Choices, typed: &Typed, error: Option<(&str, &str)>) -> Markup {
+/// A validation result to show beside the secret: its verdict word and sentence.
+type Checked = Option<(String, String)>;
+
+fn form_markup(
+    viewer: &Viewer,
+    c: &Choices,
+    typed: &Typed,
+    error: Option<(&str, &str)>,
+    checked: &Checked,
+) -> Markup {
     let error_for = |name: &str| error.filter(|(f, _)| *f == name).map(|(_, m)| m.to_owned());
     let criticalities = ["low", "medium", "high", "critical"];
     html! {
@@ -126,6 +135,14 @@ fn form_markup(viewer: &Viewer, c: &Choices, typed: &Typed, error: Option<(&str,
                     }
                     span class="help" { "Stored encrypted; after this only its hint is ever shown." }
                     @if let Some(e) = error_for("secret") { span class="error" { (e) } }
+                }
+                div class="validate" {
+                    button type="submit" name="intent" value="validate" formnovalidate class="quiet"
+                        data-validate { "Validate" }
+                    output id="validation" aria-live="polite" class={ "verdict " (checked.as_ref().map_or("", |(v, _)| v.as_str())) } {
+                        @if let Some((_, message)) = checked { (message) }
+                    }
+                    span class="help" { "Sends the service's cheapest check request with this key through Keyward; nothing is stored." }
                 }
             }
             fieldset {
@@ -183,6 +200,14 @@ pub async fn form(
     viewer: Viewer,
     Query(pre): Query<Preselect>,
 ) -> Response {
+    if !viewer.may(keyward_core::access::Permission::KeysWrite) {
+        let refusal = keyward_core::Error::new(
+            keyward_core::ErrorKind::Forbidden,
+            "forbidden",
+            "your role cannot add keys",
+        );
+        return super::error_page(&viewer, "/keys/new", "Add a key", refusal);
+    }
     let choices = match choices(&app).await {
         Ok(c) => c,
         Err(e) => return crate::http::error::ApiError::from(e).into_response(),
@@ -196,9 +221,9 @@ pub async fn form(
         StatusCode::OK,
         framed(
             &viewer,
-            "/keys",
+            "/keys/new",
             "Add a key",
-            form_markup(&viewer, &choices, &typed, None),
+            form_markup(&viewer, &choices, &typed, None, &None),
         ),
     )
 }
@@ -232,20 +257,40 @@ pub async fn create(State(app): State<Arc<App>>, request: Request) -> Response {
         expires: get("expires"),
     };
     let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
-    let refuse = |code: &'static str, message: String| Refusal { code, message };
-    let expires_at = match typed.expires.trim() {
-        "" => None,
-        day => match day.parse::<jiff::civil::Date>().ok().and_then(|d| {
-            d.at(23, 59, 59, 0)
-                .to_zoned_datetime(jiff::tz::TimeZone::UTC)
-                .ok()
-        }) {
-            Some(zoned) => Some(zoned.timestamp()),
-            None => {
-                let r = refuse("invalid_expiry", "the expiry is not a date".into());
-                return refused_page(&app, caller, csrf, &typed, r).await;
+    let refuse = |code: &'static str, message: String| Refusal {
+        code,
+        message,
+        checked: None,
+    };
+    if field(&fields, "intent") == Some("validate") {
+        let secret = SecretString::from(get("secret"));
+        let refusal = match app
+            .validate_secret(&caller.actor, &typed.service, &typed.environment, &secret)
+            .await
+        {
+            Ok(v) => {
+                let word = serde_json::to_value(v.verdict)
+                    .ok()
+                    .and_then(|w| w.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                Refusal {
+                    code: "",
+                    message: String::new(),
+                    checked: Some((
+                        word,
+                        format!("{} Enter the key again to add it.", v.message),
+                    )),
+                }
             }
-        },
+            Err(e) => refuse(e.code, e.message),
+        };
+        return refused_page(&app, caller, csrf, &typed, refusal).await;
+    }
+    let expires_at = match super::key::expiry_of(&typed.expires) {
+        Ok(at) => at,
+        Err(e) => {
+            return refused_page(&app, caller, csrf, &typed, refuse(e.code, e.message)).await;
+        }
     };
     let criticality = match typed.criticality.as_str() {
         "" => None,
@@ -262,12 +307,7 @@ pub async fn create(State(app): State<Arc<App>>, request: Request) -> Response {
         alias: typed.alias.clone(),
         description: Some(typed.description.clone()).filter(|d| !d.trim().is_empty()),
         owner: None,
-        tags: typed
-            .tags
-            .split(',')
-            .map(|t| t.trim().to_lowercase())
-            .filter(|t| !t.is_empty())
-            .collect(),
+        tags: super::key::tags_of(&typed.tags),
         criticality,
         enabled: None,
         expires_at,
@@ -285,9 +325,11 @@ pub async fn create(State(app): State<Arc<App>>, request: Request) -> Response {
     }
 }
 
+/// Why the form comes back: an error (by its code), or a validation result.
 struct Refusal {
     code: &'static str,
     message: String,
+    checked: Checked,
 }
 
 /// The form again, with what was typed (never the secret) and the error by its field.
@@ -303,14 +345,19 @@ async fn refused_page(
         Ok(c) => c,
         Err(e) => return crate::http::error::ApiError::from(e).into_response(),
     };
-    let error = (field_of(refusal.code), refusal.message.as_str());
+    let error =
+        (!refusal.code.is_empty()).then(|| (field_of(refusal.code), refusal.message.as_str()));
     page(
-        StatusCode::UNPROCESSABLE_ENTITY,
+        if error.is_some() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        },
         framed(
             &viewer,
-            "/keys",
+            "/keys/new",
             "Add a key",
-            form_markup(&viewer, &choices, typed, Some(error)),
+            form_markup(&viewer, &choices, typed, error, &refusal.checked),
         ),
     )
 }

@@ -1,29 +1,60 @@
-//! `/`: the key overview — totals, per-category counts, and the table of keys the viewer
-//! may see (the API's own listing, so scopes apply).
+//! `/`: the key overview — totals, per-category counts, the security panel, and the table
+//! of keys the viewer may see (the API's own listing, so scopes apply) with a 7-day
+//! sparkline, quota bar and quick actions; search and filters live in the URL.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use jiff::{SignedDuration, Timestamp};
+use keyward_core::access::Permission;
+use keyward_core::audit::AuditFilter;
 use keyward_core::key::{Key, KeyFilter, KeyStatus, PageRequest};
+use keyward_core::usage::{Granularity, KeyFlag, KeyFlagKind, UsageQuery};
 use maud::{Markup, html};
+use serde::Deserialize;
 
-use super::{Viewer, framed};
+use super::chart::{daily, quota_meter, sparkline};
+use super::{Viewer, error_page, framed};
 use crate::app::App;
 
-fn status_badge(status: KeyStatus) -> Markup {
-    let word = status.as_str();
-    html! { span class={ "badge " (word) } { (word) } }
+/// Keys expiring within this many days show as expiring.
+const EXPIRING_DAYS: i64 = 30;
+
+/// The status a person reads: the stored one, refined by expiry and the proxy's flags.
+pub fn display_status(key: &Key, now: Timestamp, flag: Option<&KeyFlag>) -> &'static str {
+    match key.status(now) {
+        KeyStatus::Deleted => "deleted",
+        KeyStatus::Disabled => "disabled",
+        KeyStatus::Expired => "expired",
+        KeyStatus::Active => match flag.map(|f| f.kind) {
+            Some(KeyFlagKind::Rejected) => "rejected",
+            Some(KeyFlagKind::QuotaLimited) => "quota_limited",
+            None if key.expires_at.is_some_and(|at| {
+                at.duration_since(now) < SignedDuration::from_hours(24 * EXPIRING_DAYS)
+            }) =>
+            {
+                "expiring"
+            }
+            None => "active",
+        },
+    }
 }
 
-fn relative(now: jiff::Timestamp, at: Option<jiff::Timestamp>) -> Markup {
+pub fn status_badge(word: &str) -> Markup {
+    let text = word.replace('_', "-");
+    html! { span class={ "badge " (word) } { (text) } }
+}
+
+pub fn relative(now: Timestamp, at: Option<Timestamp>) -> Markup {
     let Some(at) = at else {
         return html! { span class="muted" { "never" } };
     };
-    let secs = now.duration_since(at).as_secs().max(0);
+    let secs = now.duration_since(at).as_secs();
     let text = match secs {
+        ..0 => "soon".to_owned(),
         0..60 => "just now".to_owned(),
         60..3_600 => format!("{} min ago", secs / 60),
         3_600..86_400 => format!("{} h ago", secs / 3_600),
@@ -32,12 +63,69 @@ fn relative(now: jiff::Timestamp, at: Option<jiff::Timestamp>) -> Markup {
     html! { time datetime=(at.to_string()) title=(at.to_string()) { (text) } }
 }
 
-async fn page_for(app: &App, viewer: &Viewer) -> Result<Markup, keyward_core::Error> {
+/// Search and filters, as they appear in the URL.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct Filters {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    category: String,
+    #[serde(default)]
+    service: String,
+    #[serde(default)]
+    environment: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    tag: String,
+    /// The id of a key just added (only used to say so).
+    added: Option<String>,
+}
+
+const STATUSES: [&str; 7] = [
+    "active",
+    "disabled",
+    "expiring",
+    "expired",
+    "quota_limited",
+    "rejected",
+    "deleted",
+];
+
+fn non_empty(text: &str) -> Option<String> {
+    Some(text.trim().to_owned()).filter(|t| !t.is_empty())
+}
+
+struct Row {
+    key: Key,
+    status: &'static str,
+    flag: Option<KeyFlag>,
+    week: Vec<u64>,
+    quota: Option<f64>,
+    can_write: bool,
+}
+
+async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, keyward_core::Error> {
+    let actor = &viewer.caller.actor;
+    let stored_status = match f.status.as_str() {
+        "active" | "expiring" | "quota_limited" | "rejected" => Some(KeyStatus::Active),
+        "" => None,
+        other => Some(other.parse::<KeyStatus>()?),
+    };
+    let filter = KeyFilter {
+        service_ids: non_empty(&f.service).map(|s| vec![s]),
+        environment: non_empty(&f.environment),
+        status: stored_status,
+        tag: non_empty(&f.tag).map(|t| t.to_lowercase()),
+        text: non_empty(&f.q),
+        areas: None,
+    };
+    let category = non_empty(&f.category);
     let keys: Vec<Key> = app
         .list_keys(
-            &viewer.caller.actor,
-            KeyFilter::default(),
-            None,
+            actor,
+            filter,
+            category.as_deref(),
             PageRequest::new(None, Some(PageRequest::MAX_LIMIT))?,
         )
         .await?
@@ -45,10 +133,48 @@ async fn page_for(app: &App, viewer: &Viewer) -> Result<Markup, keyward_core::Er
     let catalog = app.catalog().await?;
     let names = super::category_names(app).await?;
     let now = app.now();
-    let mut by_category: BTreeMap<String, usize> = BTreeMap::new();
-    for key in &keys {
+    let week = app
+        .usage_by_key(
+            actor,
+            &UsageQuery::new(
+                now - SignedDuration::from_hours(24 * 7),
+                now,
+                Granularity::Hour,
+                None,
+                None,
+                None,
+            )?,
+        )
+        .await?;
+    let write = actor.access.reach(Permission::KeysWrite);
+    let mut rows = Vec::new();
+    for key in keys {
+        let flag = app.proxy.key_flag(&key.id);
+        let status = display_status(&key, now, flag.as_ref());
+        if !f.status.is_empty() && f.status != status {
+            continue;
+        }
+        let buckets = week.get(key.id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
         let category = catalog
             .get(&key.service_id)
+            .map(|s| s.category.clone())
+            .unwrap_or_default();
+        rows.push(Row {
+            week: daily(buckets, now, 7)
+                .iter()
+                .map(|(_, t)| t.requests)
+                .collect(),
+            quota: app.proxy.quota_used(&key.id),
+            can_write: write.covers(&category, &key.environment),
+            status,
+            flag,
+            key,
+        });
+    }
+    let mut by_category: BTreeMap<String, usize> = BTreeMap::new();
+    for row in &rows {
+        let category = catalog
+            .get(&row.key.service_id)
             .map(|s| {
                 names
                     .get(&s.category)
@@ -58,22 +184,79 @@ async fn page_for(app: &App, viewer: &Viewer) -> Result<Markup, keyward_core::Er
             .unwrap_or_else(|| "Other".to_owned());
         *by_category.entry(category).or_default() += 1;
     }
-    let active = keys
+    let active = rows.iter().filter(|r| r.status == "active").count();
+    let revealed = if actor.access.reach(Permission::AuditRead).is_everywhere() {
+        Some(
+            app.audit
+                .events(&AuditFilter {
+                    action: Some("key.reveal".into()),
+                    from: Some(now - SignedDuration::from_hours(24 * 7)),
+                    limit: 50,
+                    ..AuditFilter::default()
+                })
+                .await?,
+        )
+    } else {
+        None
+    };
+    let mut services: Vec<(&str, &str)> = catalog
         .iter()
-        .filter(|k| k.status(now) == KeyStatus::Active)
-        .count();
+        .map(|s| (s.id.as_str(), s.name.as_str()))
+        .collect();
+    services.sort_by_key(|(_, name)| name.to_lowercase());
+    let environments = app.store.environments().await?;
+    let filtered = !(f.q.is_empty()
+        && f.category.is_empty()
+        && f.service.is_empty()
+        && f.environment.is_empty()
+        && f.status.is_empty()
+        && f.tag.is_empty());
     Ok(html! {
         section class="cards" aria-label="Totals" {
-            div class="card" { div class="label" { "Keys" } div class="value" { (keys.len()) } }
+            div class="card" { div class="label" { "Keys" } div class="value" data-total-keys { (rows.len()) } }
             div class="card" { div class="label" { "Active" } div class="value" { (active) } }
             @for (category, count) in &by_category {
                 div class="card" { div class="label" { (category) } div class="value" { (count) } }
             }
         }
+        (security_panel(now, &rows, revealed.as_deref()))
         section aria-labelledby="keys-title" {
-            h2 id="keys-title" { "Keys" }
-            @if keys.is_empty() {
-                div class="table-wrap" { p class="empty" { "No keys yet. Add your first key through the API or the add-key wizard." } }
+            div class="heading" {
+                h2 id="keys-title" { "Keys" }
+                @if viewer.may(Permission::KeysWrite) { a class="button" href="/keys/new" { "Add a key" } }
+            }
+            form method="get" action="/" class="filters" role="search" aria-label="Filter keys" {
+                label class="sr-only" for="q" { "Search" }
+                input id="q" name="q" type="search" placeholder="Search alias or description" value=(f.q);
+                label class="sr-only" for="f-category" { "Category" }
+                select id="f-category" name="category" {
+                    option value="" { "All categories" }
+                    @for (id, name) in &names { option value=(id) selected[f.category == *id] { (name) } }
+                }
+                label class="sr-only" for="f-service" { "Service" }
+                select id="f-service" name="service" {
+                    option value="" { "All services" }
+                    @for (id, name) in &services { option value=(id) selected[f.service == *id] { (name) } }
+                }
+                label class="sr-only" for="f-environment" { "Environment" }
+                select id="f-environment" name="environment" {
+                    option value="" { "All environments" }
+                    @for e in &environments { option value=(e.id) selected[f.environment == e.id] { (e.name) } }
+                }
+                label class="sr-only" for="f-status" { "Status" }
+                select id="f-status" name="status" {
+                    option value="" { "Any status" }
+                    @for s in STATUSES { option value=(s) selected[f.status == s] { (s.replace('_', "-")) } }
+                }
+                label class="sr-only" for="f-tag" { "Tag" }
+                input id="f-tag" name="tag" type="text" placeholder="Tag" value=(f.tag);
+                button type="submit" class="quiet" { "Filter" }
+                @if filtered { a href="/" { "Clear" } }
+            }
+            @if rows.is_empty() {
+                div class="table-wrap" { p class="empty" {
+                    @if filtered { "No key matches these filters." } @else { "No keys yet. Add your first key with the add-key wizard." }
+                } }
             } @else {
                 div class="table-wrap" {
                     table class="keys" {
@@ -81,19 +264,34 @@ async fn page_for(app: &App, viewer: &Viewer) -> Result<Markup, keyward_core::Er
                             th scope="col" { "Alias" } th scope="col" { "Service" }
                             th scope="col" { "Environment" } th scope="col" { "Status" }
                             th scope="col" { "Hint" } th scope="col" { "Last used" }
+                            th scope="col" { "7 days" } th scope="col" { "Quota" }
+                            th scope="col" { span class="sr-only" { "Actions" } }
                         } }
                         tbody {
-                            @for key in &keys {
-                                tr {
-                                    td data-label="Alias" { (key.alias) }
+                            @for row in &rows {
+                                @let key = &row.key;
+                                tr data-key=(key.id) {
+                                    td data-label="Alias" { a href={ "/keys/" (key.id) } { (key.alias) } }
                                     td data-label="Service" { (key.service_id) }
                                     td data-label="Environment" { (key.environment) }
-                                    td data-label="Status" { (status_badge(key.status(now))) }
+                                    td data-label="Status" { (status_badge(row.status)) }
                                     td data-label="Hint" class="mono" { (key.current_hint) }
-                                    td data-label="Last used" { (relative(now, key.last_used_at)) }
+                                    td data-label="Last used" class="last-used" { (relative(now, key.last_used_at)) }
+                                    td data-label="7 days" { (sparkline(&row.week, &key.alias)) }
+                                    td data-label="Quota" { (quota_meter(row.quota)) }
+                                    td class="actions" {
+                                        @if row.can_write && key.deleted_at.is_none() {
+                                            form method="post" action={ "/keys/" (key.id) "/" (if key.enabled { "disable" } else { "enable" }) } {
+                                                input type="hidden" name="csrf" value=(viewer.csrf);
+                                                input type="hidden" name="back" value="/";
+                                                button type="submit" class="quiet small" { (if key.enabled { "Disable" } else { "Enable" }) }
+                                            }
+                                        }
+                                        button type="button" class="quiet small" data-copy={ "/proxy/" (key.service_id) "/" } hidden { "Copy proxy URL" }
+                                    }
                                 }
                                 @if let Some(description) = &key.description {
-                                    tr class="description" { td colspan="6" class="muted" { (description) } }
+                                    tr class="description" { td colspan="9" class="muted" { (description) } }
                                 }
                             }
                         }
@@ -104,39 +302,74 @@ async fn page_for(app: &App, viewer: &Viewer) -> Result<Markup, keyward_core::Er
     })
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct Flash {
-    /// The id of a key just added (only used to say so).
-    added: Option<String>,
+/// What needs attention: only the signals that exist (rotation policies come later).
+fn security_panel(
+    now: Timestamp,
+    rows: &[Row],
+    revealed: Option<&[keyward_core::audit::AuditEvent]>,
+) -> Markup {
+    let never_used: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.key.last_used_at.is_none() && r.key.deleted_at.is_none())
+        .collect();
+    let expiring: Vec<&Row> = rows
+        .iter()
+        .filter(|r| matches!(r.status, "expiring" | "expired"))
+        .collect();
+    let flagged: Vec<&Row> = rows.iter().filter(|r| r.flag.is_some()).collect();
+    let link = |r: &Row| html! { a href={ "/keys/" (r.key.id) } { (r.key.alias) } };
+    html! {
+        section class="security" aria-labelledby="security-title" {
+            h2 id="security-title" { "Security" }
+            div class="cards" {
+                div class={ "card signal" @if !flagged.is_empty() { " bad" } } {
+                    div class="label" { "Flagged by the proxy" }
+                    div class="value" { (flagged.len()) }
+                    @for r in &flagged {
+                        div class="small" { (link(r)) " — " (super::key::flag_word(r.flag.as_ref().map_or(KeyFlagKind::Rejected, |f| f.kind))) }
+                    }
+                }
+                div class={ "card signal" @if !expiring.is_empty() { " warn" } } {
+                    div class="label" { "Expiring or expired" }
+                    div class="value" { (expiring.len()) }
+                    @for r in &expiring {
+                        div class="small" { (link(r)) " — " (relative(now, r.key.expires_at)) }
+                    }
+                }
+                div class="card signal" {
+                    div class="label" { "Never used" }
+                    div class="value" { (never_used.len()) }
+                    @for r in never_used.iter().take(5) { div class="small" { (link(r)) } }
+                }
+                @if let Some(revealed) = revealed {
+                    div class={ "card signal" @if !revealed.is_empty() { " warn" } } {
+                        div class="label" { "Revealed in the last 7 days" }
+                        div class="value" { (revealed.len()) }
+                        @for e in revealed.iter().rev().take(5) {
+                            div class="small" { (e.entry.target.clone().unwrap_or_default()) " by " (e.entry.actor_name) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 pub async fn page(
     State(app): State<Arc<App>>,
     viewer: Viewer,
-    axum::extract::Query(flash): axum::extract::Query<Flash>,
+    Query(filters): Query<Filters>,
 ) -> Response {
-    match page_for(&app, &viewer).await {
+    match page_for(&app, &viewer, &filters).await {
         Ok(content) => {
             let content = html! {
-                @if flash.added.is_some() {
+                @if filters.added.is_some() {
                     p class="flash" role="status" { "Key added. Its value is stored encrypted; only its hint is shown." }
                 }
-                p { a class="button" href="/keys/new" { "Add a key" } }
                 (content)
             };
             super::page(StatusCode::OK, framed(&viewer, "/", "Dashboard", content))
         }
-        Err(e) => {
-            let status = crate::http::error::ApiError::from(e.clone()).status;
-            super::page(
-                status,
-                framed(
-                    &viewer,
-                    "/",
-                    "Dashboard",
-                    html! { p class="flash error" role="alert" { (e.message) } },
-                ),
-            )
-        }
+        Err(e) => error_page(&viewer, "/", "Dashboard", e),
     }
 }

@@ -167,3 +167,112 @@ pub async fn confirm(State(app): State<Arc<App>>, request: Request) -> Response 
         }
     }
 }
+
+/// For pages whose action needs a recent MFA check (reveal, delete, restore, purge): when
+/// the viewer's is stale, the way to the step-up page, which comes back to `next`.
+pub fn needs_step_up(viewer: &Viewer, next: &str) -> Option<Response> {
+    match viewer.caller.mfa {
+        crate::http::auth::MfaStanding::Stale { enrolled: true } => {
+            let mut url = url::Url::parse("http://keyward.invalid/mfa/verify").ok()?;
+            url.query_pairs_mut().append_pair("next", next);
+            let target = format!("/mfa/verify?{}", url.query().unwrap_or_default());
+            Some(axum::response::Redirect::to(&target).into_response())
+        }
+        _ => None,
+    }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Next {
+    next: Option<String>,
+}
+
+fn verify_markup(csrf: &str, next: &str, error: Option<&str>) -> Markup {
+    html! {
+        section class="auth" aria-labelledby="title" {
+            h1 id="title" { "Confirm it is you" }
+            p { "This action needs a fresh code from your authenticator app." }
+            @if let Some(error) = error { p class="flash error" role="alert" { (error) } }
+            form method="post" action="/mfa/verify" {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="next" value=(next);
+                div class="field" {
+                    label for="code" { "Authentication code" }
+                    input id="code" name="code" type="text" inputmode="numeric" autocomplete="one-time-code"
+                        required autofocus;
+                    span class="help" { "Or one of your recovery codes." }
+                }
+                button type="submit" { "Confirm" }
+                " " a href="/" { "Cancel" }
+            }
+        }
+    }
+}
+
+pub async fn verify_page(
+    viewer: Viewer,
+    axum::extract::Query(q): axum::extract::Query<Next>,
+) -> Response {
+    let next = q
+        .next
+        .filter(|n| super::local_path(n))
+        .unwrap_or_else(|| "/".into());
+    page(
+        StatusCode::OK,
+        bare(
+            "Confirm it is you",
+            verify_markup(&viewer.csrf, &next, None),
+        ),
+    )
+}
+
+/// Step-up from a page: the session is swapped for one that records the check (new
+/// cookie), then back to where the viewer was going.
+pub async fn verify(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (caller, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
+    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
+    let next = field(&fields, "next")
+        .filter(|n| super::local_path(n))
+        .unwrap_or("/")
+        .to_owned();
+    let code = field(&fields, "code").unwrap_or_default().trim().to_owned();
+    let factor = if code.chars().all(|c| c.is_ascii_digit() || c == ' ') {
+        crate::mfa::SecondFactor::Totp(SecretString::from(code))
+    } else {
+        crate::mfa::SecondFactor::RecoveryCode(SecretString::from(code))
+    };
+    let Some(session) = caller.session.as_ref() else {
+        return axum::response::Redirect::to("/login").into_response();
+    };
+    match app.step_up(&caller.actor, session, factor).await {
+        Ok(renewed) => {
+            let max_age = renewed
+                .session
+                .expires_at
+                .duration_since(app.now())
+                .as_secs()
+                .max(0);
+            match set_cookie(&app, renewed.token.expose_secret(), max_age) {
+                Ok(cookie) => {
+                    let mut response = axum::response::Redirect::to(&next).into_response();
+                    response.headers_mut().insert(header::SET_COOKIE, cookie);
+                    response
+                }
+                Err(e) => crate::http::error::ApiError::from(e).into_response(),
+            }
+        }
+        Err(e) => {
+            let status = crate::http::error::ApiError::from(e.clone()).status;
+            page(
+                status,
+                bare(
+                    "Confirm it is you",
+                    verify_markup(&csrf, &next, Some(&e.message)),
+                ),
+            )
+        }
+    }
+}

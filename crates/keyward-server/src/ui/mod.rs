@@ -21,13 +21,20 @@ use crate::app::App;
 use crate::http::auth::{Caller, SignedIn};
 
 mod add_key;
+mod chart;
 mod dashboard;
+mod key;
 mod mfa;
 mod sign_in;
+mod tokens;
+mod usage;
 
 /// The policy every page is served with: our own files only, no inline code, no framing.
+/// `connect-src 'self'` lets our script call our own API (the add-key wizard's Validate,
+/// which keeps the typed key in its field); nothing else may be fetched.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+     img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+     base-uri 'none'";
 
 const CSS: &str = include_str!("../../static/app.css");
 const JS: &str = include_str!("../../static/app.js");
@@ -53,6 +60,20 @@ pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/", get(dashboard::page))
         .route("/keys/new", get(add_key::form).post(add_key::create))
+        .route("/keys/deleted", get(key::deleted))
+        .route("/keys/{id}", get(key::detail))
+        .route("/keys/{id}/edit", post(key::edit))
+        .route("/keys/{id}/enable", post(key::enable))
+        .route("/keys/{id}/disable", post(key::disable))
+        .route("/keys/{id}/validate", post(key::validate))
+        .route("/keys/{id}/reveal", get(key::reveal_form).post(key::reveal))
+        .route("/keys/{id}/delete", get(key::delete_form).post(key::delete))
+        .route("/keys/{id}/restore", post(key::restore))
+        .route("/keys/{id}/purge", post(key::purge))
+        .route("/mfa/verify", get(mfa::verify_page).post(mfa::verify))
+        .route("/app-tokens", get(tokens::list).post(tokens::create))
+        .route("/app-tokens/{id}/revoke", post(tokens::revoke))
+        .route("/usage", get(usage::page))
         .route("/login", get(sign_in::login_form).post(sign_in::login))
         .route("/setup", get(sign_in::setup_form).post(sign_in::setup))
         .route("/logout", post(sign_in::logout))
@@ -112,6 +133,17 @@ async fn page_headers(request: Request, next: Next) -> Response {
 pub struct Viewer {
     pub caller: Caller,
     pub csrf: String,
+}
+
+impl Viewer {
+    /// Whether the viewer holds `permission` anywhere (for showing a section or button;
+    /// per-key buttons also check the key's category and environment).
+    pub fn may(&self, permission: keyward_core::access::Permission) -> bool {
+        !matches!(
+            self.caller.actor.access.reach(permission),
+            keyward_core::access::Reach::Nowhere
+        )
+    }
 }
 
 impl std::fmt::Debug for Viewer {
@@ -208,9 +240,9 @@ fn bare(title: &str, body: Markup) -> Markup {
 /// The sidebar sections, in the order of the UI guide.
 const SECTIONS: [(&str, &str); 9] = [
     ("Dashboard", "/"),
-    ("Keys", "/keys"),
+    ("Add a key", "/keys/new"),
+    ("Deleted keys", "/keys/deleted"),
     ("Usage", "/usage"),
-    ("Alerts", "/alerts"),
     ("Approvals", "/approvals"),
     ("Audit log", "/audit"),
     ("App tokens", "/app-tokens"),
@@ -218,12 +250,13 @@ const SECTIONS: [(&str, &str); 9] = [
     ("Settings", "/settings"),
 ];
 
-fn section_list(current: &str) -> Markup {
+fn section_list(viewer: &Viewer, current: &str) -> Markup {
+    let adds = viewer.may(keyward_core::access::Permission::KeysWrite);
     html! {
         ul {
-            @for (label, href) in SECTIONS {
+            @for (label, href) in SECTIONS.iter().filter(|(_, href)| adds || *href != "/keys/new") {
                 li {
-                    @if href == current {
+                    @if *href == current {
                         a href=(href) aria-current="page" { (label) }
                     } @else {
                         a href=(href) { (label) }
@@ -254,10 +287,10 @@ fn framed(viewer: &Viewer, current: &str, title: &str, content: Markup) -> Marku
                         // A plain list beside the page; at phone width a menu that opens
                         // without JavaScript.
                         div class="brand" { "Keyward" }
-                        nav class="side" aria-label="Sections" { (section_list(current)) }
+                        nav class="side" aria-label="Sections" { (section_list(viewer, current)) }
                         details class="menu" {
                             summary { "Keyward · menu" }
-                            nav aria-label="Sections (menu)" { (section_list(current)) }
+                            nav aria-label="Sections (menu)" { (section_list(viewer, current)) }
                         }
                     }
                     div class="main" {
@@ -277,6 +310,29 @@ fn framed(viewer: &Viewer, current: &str, title: &str, content: Markup) -> Marku
             }
         }
     }
+}
+
+/// A page that could not be shown, with the reason (the error's own message).
+pub fn error_page(viewer: &Viewer, current: &str, title: &str, e: keyward_core::Error) -> Response {
+    let status = crate::http::error::ApiError::from(e.clone()).status;
+    page(
+        status,
+        framed(
+            viewer,
+            current,
+            title,
+            html! { p class="flash error" role="alert" { (e.message) } },
+        ),
+    )
+}
+
+/// A path on this site (`/keys/…`), never another origin (`//evil`, `https://…`): where a
+/// form may send the browser back to.
+pub fn local_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.starts_with("/\\")
+        && !path.chars().any(|c| c.is_control() || c == '\\')
 }
 
 /// HTML with its status.

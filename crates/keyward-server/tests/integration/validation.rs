@@ -15,19 +15,19 @@ const AV_KEY: &str = "ABCDEFGH12345678";
 
 /// What the fake saw: path, query and the credential headers.
 #[derive(Debug, Clone)]
-struct Seen {
-    path: String,
+pub struct Seen {
+    pub path: String,
     query: String,
-    authorization: Option<String>,
+    pub authorization: Option<String>,
 }
 
 #[derive(Clone, Default)]
-struct Provider {
+pub struct Provider {
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Provider {
-    async fn start() -> (Self, String) {
+    pub async fn start() -> (Self, String) {
         let provider = Self::default();
         let handler = provider.clone();
         let app = axum::Router::new().fallback(move |request: Request| {
@@ -37,7 +37,7 @@ impl Provider {
         (provider, serve_fake(app).await)
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 

@@ -1,0 +1,856 @@
+//! One key: `/keys/{id}` (metadata and its edit form, enable/disable, validate, versions,
+//! the usage chart, the audit trail for the key, the app tokens that can use it), the
+//! reveal page, the delete page with its impact assessment, and the deleted keys with
+//! restore and purge. Every action is a form post through the same `App` use cases as the
+//! API; buttons are shown only to those who may use them.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use keyward_core::Error;
+use keyward_core::access::Permission;
+use keyward_core::audit::AuditFilter;
+use keyward_core::id::KeyId;
+use keyward_core::key::{Criticality, Key, KeyChanges, KeyFilter, KeyStatus, PageRequest};
+use keyward_core::usage::{Granularity, UsageQuery};
+use maud::{Markup, html};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::chart::{daily, daily_bars, quota_meter, short_day, usd};
+use super::dashboard::{display_status, relative, status_badge};
+use super::{Viewer, error_page, field, form_post, framed, page};
+use crate::app::App;
+use crate::approvals::ApprovalUse;
+use crate::http::auth::Caller;
+
+fn parse_id(id: &str) -> Result<KeyId, Error> {
+    id.parse()
+        .map_err(|_| Error::not_found("key_not_found", "there is no such key"))
+}
+
+/// Fixed notices a redirect may ask for (never text from the URL).
+#[derive(Debug, Default, Deserialize)]
+pub struct Notice {
+    notice: Option<String>,
+}
+
+fn notice_text(notice: Option<&str>) -> Option<(&'static str, bool)> {
+    Some(match notice? {
+        "saved" => ("Changes saved.", false),
+        "enabled" => ("Key enabled: the proxy uses it again.", false),
+        "disabled" => ("Key disabled: the proxy no longer injects it.", false),
+        "valid" => ("Validation: the provider accepted this key.", false),
+        "rejected" => (
+            "Validation: the provider rejected this key (401/403).",
+            true,
+        ),
+        "throttled" => (
+            "Validation: the provider knows this key but it is out of allowance now.",
+            true,
+        ),
+        "inconclusive" => (
+            "Validation: the provider's answer was not conclusive; try again later.",
+            true,
+        ),
+        "unreachable" => ("Validation: the provider could not be reached.", true),
+        "restored" => ("Key restored.", false),
+        "approval_requested" => (
+            "Approval requested: the operation runs once someone approves it.",
+            false,
+        ),
+        _ => return None,
+    })
+}
+
+pub fn flag_word(kind: keyward_core::usage::KeyFlagKind) -> &'static str {
+    match kind {
+        keyward_core::usage::KeyFlagKind::Rejected => "rejected by the provider",
+        keyward_core::usage::KeyFlagKind::QuotaLimited => "quota-limited",
+    }
+}
+
+/// Whether the viewer may do `permission` on this key (its category and environment).
+async fn may(app: &App, viewer_caller: &Caller, permission: Permission, key: &Key) -> bool {
+    let Ok(catalog) = app.catalog().await else {
+        return false;
+    };
+    let category = catalog
+        .get(&key.service_id)
+        .map(|s| s.category.clone())
+        .unwrap_or_default();
+    viewer_caller
+        .actor
+        .access
+        .reach(permission)
+        .covers(&category, &key.environment)
+}
+
+pub async fn detail(
+    State(app): State<Arc<App>>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Query(notice): Query<Notice>,
+) -> Response {
+    match detail_markup(&app, &viewer, &id, notice.notice.as_deref()).await {
+        Ok((title, content)) => page(StatusCode::OK, framed(&viewer, "/", &title, content)),
+        Err(e) => error_page(&viewer, "/", "Key", e),
+    }
+}
+
+async fn detail_markup(
+    app: &App,
+    viewer: &Viewer,
+    id: &str,
+    notice: Option<&str>,
+) -> Result<(String, Markup), Error> {
+    let actor = &viewer.caller.actor;
+    let id = parse_id(id)?;
+    let key = app.key(actor, &id).await?;
+    let now = app.now();
+    let versions = app.versions(actor, &id).await?;
+    let buckets = app
+        .usage(
+            actor,
+            &UsageQuery::new(
+                now - jiff::SignedDuration::from_hours(24 * 30),
+                now,
+                Granularity::Hour,
+                Some(id.clone()),
+                None,
+                None,
+            )?,
+        )
+        .await?;
+    let days = daily(&buckets, now, 30);
+    let total: keyward_core::usage::UsageTotals =
+        days.iter().fold(Default::default(), |mut sum, (_, t)| {
+            sum += *t;
+            sum
+        });
+    let impact = app.impact(actor, &id).await?;
+    let trail = if actor.access.reach(Permission::AuditRead).is_everywhere() {
+        app.audit
+            .events(&AuditFilter {
+                target: Some(format!("key:{id}")),
+                limit: 20,
+                ..AuditFilter::default()
+            })
+            .await?
+    } else {
+        Vec::new()
+    };
+    let can_write = may(app, &viewer.caller, Permission::KeysWrite, &key).await;
+    let can_reveal = may(app, &viewer.caller, Permission::KeysReveal, &key).await;
+    let can_delete = may(app, &viewer.caller, Permission::KeysDelete, &key).await;
+    let deleted = key.deleted_at.is_some();
+    let flag = app.proxy.key_flag(&key.id);
+    let status = display_status(&key, now, flag.as_ref());
+    let proxy_url = format!("/proxy/{}/", key.service_id);
+    let content = html! {
+        @if let Some((text, bad)) = notice_text(notice) {
+            p class={ "flash" @if bad { " error" } } role="status" { (text) }
+        }
+        section class="summary" aria-label="Key" {
+            dl class="facts" {
+                dt { "Status" } dd { (status_badge(status)) }
+                dt { "Service" } dd { (key.service_id) }
+                dt { "Environment" } dd { (key.environment) }
+                dt { "Hint" } dd class="mono" { (key.current_hint) }
+                dt { "Criticality" } dd { (key.criticality.as_str()) }
+                dt { "Last used" } dd { (relative(now, key.last_used_at)) }
+                dt { "Quota" } dd { (quota_meter(app.proxy.quota_used(&key.id))) }
+                dt { "Proxy URL" } dd class="mono" { (proxy_url) }
+                @if let Some(flag) = &flag {
+                    dt { "Warning" } dd class="warn" { (flag_word(flag.kind)) ": " (flag.reason) }
+                }
+            }
+            @if !deleted {
+                div class="actions" {
+                    @if can_write {
+                        form method="post" action={ "/keys/" (key.id) "/" (if key.enabled { "disable" } else { "enable" }) } {
+                            input type="hidden" name="csrf" value=(viewer.csrf);
+                            button type="submit" class="quiet" { (if key.enabled { "Disable" } else { "Enable" }) }
+                        }
+                        form method="post" action={ "/keys/" (key.id) "/validate" } {
+                            input type="hidden" name="csrf" value=(viewer.csrf);
+                            button type="submit" class="quiet" { "Validate" }
+                        }
+                    }
+                    button type="button" class="quiet" data-copy=(proxy_url) hidden { "Copy proxy URL" }
+                    @if can_reveal {
+                        a class="button quiet" href={ "/keys/" (key.id) "/reveal" } { "Reveal…" }
+                    }
+                    @if can_delete {
+                        a class="button danger" href={ "/keys/" (key.id) "/delete" } { "Delete…" }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="usage-title" {
+            h2 id="usage-title" { "Usage, last 30 days" }
+            div class="cards" {
+                div class="card" { div class="label" { "Requests" } div class="value" { (total.requests) } }
+                div class="card" { div class="label" { "Failed" } div class="value" { (total.errors) } }
+                div class="card" { div class="label" { "Cost" } div class="value" { (usd(total.cost_nanos)) } }
+                div class="card" { div class="label" { "Tokens (in/out)" } div class="value small" { (total.input_tokens) " / " (total.output_tokens) } }
+            }
+            div class="panel" { (daily_bars(&days, "Requests per day")) }
+        }
+        div class="columns" {
+            section aria-labelledby="details-title" {
+                h2 id="details-title" { "Details" }
+                @if can_write && !deleted {
+                    (edit_form(viewer, &key))
+                } @else {
+                    dl class="facts" {
+                        dt { "Alias" } dd { (key.alias) }
+                        dt { "Description" } dd { (key.description.clone().unwrap_or_default()) }
+                        dt { "Owner" } dd { (key.owner.clone().unwrap_or_default()) }
+                        dt { "Tags" } dd { (key.tags.join(", ")) }
+                        dt { "Expires" } dd { (key.expires_at.map(|t| t.to_string()).unwrap_or_else(|| "never".into())) }
+                    }
+                }
+            }
+            section aria-labelledby="tokens-title" {
+                h2 id="tokens-title" { "App tokens that can use it" }
+                @if impact.tokens.is_empty() {
+                    p class="muted" { "No active app token can use this key." }
+                } @else {
+                    ul class="plain" {
+                        @for t in &impact.tokens {
+                            li { (t.name) " " span class="muted" { "· last used " (relative(now, t.last_used_at)) } }
+                        }
+                    }
+                }
+                h2 { "Versions" }
+                div class="table-wrap" {
+                    table {
+                        thead { tr { th scope="col" { "Version" } th scope="col" { "State" } th scope="col" { "Hint" } th scope="col" { "Added" } } }
+                        tbody {
+                            @for v in versions.iter().rev() {
+                                tr {
+                                    td class="num" { (v.version) }
+                                    td { span class={ "badge " (v.state.as_str()) } { (v.state.as_str()) } }
+                                    td class="mono" { (v.hint) }
+                                    td { (relative(now, Some(v.created_at))) " by " (v.created_by) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if !trail.is_empty() {
+            section aria-labelledby="trail-title" {
+                h2 id="trail-title" { "Audit trail for this key" }
+                div class="table-wrap" {
+                    table class="trail" {
+                        thead { tr { th scope="col" { "When" } th scope="col" { "Action" } th scope="col" { "Who" } th scope="col" { "Outcome" } } }
+                        tbody {
+                            @for e in trail.iter().rev() {
+                                tr {
+                                    td { (relative(now, Some(e.entry.at))) }
+                                    td class="mono" { (e.entry.action) }
+                                    td { (e.entry.actor_name) }
+                                    td { (e.entry.outcome.as_str()) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok((key.alias.clone(), content))
+}
+
+fn edit_form(viewer: &Viewer, key: &Key) -> Markup {
+    let expires = key
+        .expires_at
+        .map(|t| {
+            t.to_zoned_datetime(jiff::tz::TimeZone::UTC)
+                .date()
+                .to_string()
+        })
+        .unwrap_or_default();
+    html! {
+        form method="post" action={ "/keys/" (key.id) "/edit" } class="panel" {
+            input type="hidden" name="csrf" value=(viewer.csrf);
+            div class="field" {
+                label for="alias" { "Alias" }
+                input id="alias" name="alias" type="text" required value=(key.alias);
+            }
+            div class="field" {
+                label for="description" { "Description" }
+                textarea id="description" name="description" rows="2" { (key.description.clone().unwrap_or_default()) }
+            }
+            div class="field" {
+                label for="owner" { "Owner" }
+                input id="owner" name="owner" type="text" value=(key.owner.clone().unwrap_or_default());
+            }
+            div class="field" {
+                label for="tags" { "Tags" }
+                input id="tags" name="tags" type="text" value=(key.tags.join(", "));
+            }
+            div class="field" {
+                label for="criticality" { "Criticality" }
+                select id="criticality" name="criticality" {
+                    @for level in ["low", "medium", "high", "critical"] {
+                        option value=(level) selected[key.criticality.as_str() == level] { (level) }
+                    }
+                }
+            }
+            div class="field" {
+                label for="expires" { "Expires on" }
+                input id="expires" name="expires" type="date" value=(expires);
+            }
+            button type="submit" { "Save changes" }
+        }
+    }
+}
+
+/// A day (`2026-12-31`) as the end of that day, UTC; empty is "no expiry".
+pub fn expiry_of(day: &str) -> Result<Option<jiff::Timestamp>, Error> {
+    match day.trim() {
+        "" => Ok(None),
+        day => day
+            .parse::<jiff::civil::Date>()
+            .ok()
+            .and_then(|d| {
+                d.at(23, 59, 59, 0)
+                    .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+                    .ok()
+            })
+            .map(|z| Some(z.timestamp()))
+            .ok_or_else(|| Error::invalid("invalid_expiry", "the expiry is not a date")),
+    }
+}
+
+/// Comma-separated tags, trimmed and lower-cased.
+pub fn tags_of(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(|t| t.trim().to_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// A form post's caller, or the refusal page.
+async fn posted(app: &App, request: Request) -> Result<(Caller, Vec<(String, String)>), Response> {
+    form_post(app, request).await
+}
+
+/// The refusal of an action, shown on a page of its own with a way back.
+fn refused(caller: Caller, csrf: String, back: &str, e: Error) -> Response {
+    let viewer = Viewer { caller, csrf };
+    let status = crate::http::error::ApiError::from(e.clone()).status;
+    page(
+        status,
+        framed(
+            &viewer,
+            "/",
+            "Not done",
+            html! {
+                p class="flash error" role="alert" { (e.message) }
+                p { a href=(back) { "Back" } }
+            },
+        ),
+    )
+}
+
+pub async fn edit(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let (caller, fields) = match posted(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
+    let back = format!("/keys/{id}");
+    let get = |name: &str| field(&fields, name).unwrap_or_default().trim().to_owned();
+    let result = async {
+        let id = parse_id(&id)?;
+        let optional = |v: String| Some(Some(v).filter(|v| !v.is_empty()));
+        let changes = KeyChanges {
+            alias: Some(get("alias")),
+            description: optional(get("description")),
+            owner: optional(get("owner")),
+            tags: Some(tags_of(&get("tags"))),
+            criticality: Some(get("criticality").parse::<Criticality>()?),
+            expires_at: Some(expiry_of(&get("expires"))?),
+            limits: None,
+            budget: None,
+        };
+        app.update_key(&caller.actor, &id, changes).await
+    }
+    .await;
+    match result {
+        Ok(key) => Redirect::to(&format!("/keys/{}?notice=saved", key.id)).into_response(),
+        Err(e) => refused(caller, csrf, &back, e),
+    }
+}
+
+pub async fn enable(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    toggle(app, id, request, true).await
+}
+
+pub async fn disable(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    toggle(app, id, request, false).await
+}
+
+async fn toggle(app: Arc<App>, id: String, request: Request, enabled: bool) -> Response {
+    let (caller, fields) = match posted(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
+    let back = field(&fields, "back")
+        .filter(|b| super::local_path(b))
+        .map(str::to_owned);
+    let result = async {
+        let id = parse_id(&id)?;
+        app.set_enabled(&caller.actor, &id, enabled).await
+    }
+    .await;
+    let word = if enabled { "enabled" } else { "disabled" };
+    match result {
+        Ok(key) => match back {
+            Some(back) => Redirect::to(&back).into_response(),
+            None => Redirect::to(&format!("/keys/{}?notice={word}", key.id)).into_response(),
+        },
+        Err(e) => refused(caller, csrf, &format!("/keys/{id}"), e),
+    }
+}
+
+pub async fn validate(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let (caller, fields) = match posted(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
+    let result = async {
+        let id = parse_id(&id)?;
+        app.validate_key(&caller.actor, &id).await
+    }
+    .await;
+    match result {
+        Ok(v) => {
+            let word = serde_json::to_value(v.verdict)
+                .ok()
+                .and_then(|w| w.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            Redirect::to(&format!("/keys/{id}?notice={word}")).into_response()
+        }
+        Err(e) => refused(caller, csrf, &format!("/keys/{id}"), e),
+    }
+}
+
+// ------------------------------------------------------------------ reveal
+
+/// How long a revealed value stays on the page (and in the clipboard).
+const REVEAL_SECONDS: u32 = 30;
+
+pub async fn reveal_form(
+    State(app): State<Arc<App>>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(redirect) = super::mfa::needs_step_up(&viewer, &format!("/keys/{id}/reveal")) {
+        return redirect;
+    }
+    let key = match async { app.key(&viewer.caller.actor, &parse_id(&id)?).await }.await {
+        Ok(key) => key,
+        Err(e) => return error_page(&viewer, "/", "Reveal", e),
+    };
+    let content = reveal_form_markup(&viewer, &key, "", None);
+    page(
+        StatusCode::OK,
+        framed(&viewer, "/", &format!("Reveal {}", key.alias), content),
+    )
+}
+
+fn reveal_form_markup(
+    viewer: &Viewer,
+    key: &Key,
+    reason: &str,
+    error: Option<(&Error, bool)>,
+) -> Markup {
+    html! {
+        @if let Some((e, _)) = error {
+            p class="flash error" role="alert" { (e.message) }
+        }
+        form method="post" action={ "/keys/" (key.id) "/reveal" } class="panel narrow" {
+            input type="hidden" name="csrf" value=(viewer.csrf);
+            p { "The value of " strong { (key.alias) } " (" (key.service_id) ", " (key.environment) ") will show for "
+                (REVEAL_SECONDS) " seconds. The reveal and your reason are recorded in the audit trail." }
+            div class="field" {
+                label for="reason" { "Reason" }
+                input id="reason" name="reason" type="text" required minlength="4" maxlength="500" value=(reason);
+                span class="help" { "Why you need the value, e.g. “configure the batch job's fallback”." }
+            }
+            @if let Some((_, true)) = error {
+                input type="hidden" name="approval" value="request";
+                button type="submit" { "Request approval" }
+            } @else {
+                button type="submit" { "Reveal" }
+            }
+            " " a href={ "/keys/" (key.id) } { "Cancel" }
+        }
+    }
+}
+
+pub async fn reveal(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let (mut caller, fields) = match posted(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
+    let reason = field(&fields, "reason")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let viewer_path = format!("/keys/{id}/reveal");
+    if let Some(refusal) = caller.mfa.refusal(Permission::KeysReveal.needs_step_up()) {
+        let viewer = Viewer { caller, csrf };
+        return match super::mfa::needs_step_up(&viewer, &viewer_path) {
+            Some(redirect) => redirect,
+            None => error_page(&viewer, "/", "Reveal", refusal),
+        };
+    }
+    caller.actor.approval = match field(&fields, "approval") {
+        Some("request") => Some(ApprovalUse::Request(reason.clone())),
+        Some(other) if other.starts_with("apr_") => other.parse().ok().map(ApprovalUse::Use),
+        _ => None,
+    };
+    let key = match async { app.key(&caller.actor, &parse_id(&id)?).await }.await {
+        Ok(key) => key,
+        Err(e) => return refused(caller, csrf, "/", e),
+    };
+    match app.reveal_key(&caller.actor, &key.id, None, &reason).await {
+        Ok((version, value)) => {
+            let viewer = Viewer { caller, csrf };
+            let content = html! {
+                section class="panel narrow reveal" data-reveal-seconds=(REVEAL_SECONDS) {
+                    p { "Version " (version.version) " of " strong { (key.alias) } ". It disappears in "
+                        span data-countdown { (REVEAL_SECONDS) } " seconds." }
+                    div class="secret" {
+                        output id="revealed" class="mono revealed" { (value.expose_secret()) }
+                        button type="button" class="quiet" data-copy-from="revealed" hidden { "Copy" }
+                    }
+                    p class="help muted" { "Copying puts it on the clipboard for " (REVEAL_SECONDS)
+                        " seconds, then Keyward clears it where the browser allows." }
+                    p { a href={ "/keys/" (key.id) } { "Done" } }
+                }
+            };
+            drop(value);
+            let mut response = page(
+                StatusCode::OK,
+                framed(&viewer, "/", &format!("Reveal {}", key.alias), content),
+            );
+            // Without JavaScript the page still goes away after the time: the browser
+            // loads the key's page instead.
+            if let Ok(refresh) = axum::http::HeaderValue::from_str(&format!(
+                "{REVEAL_SECONDS}; url=/keys/{}",
+                key.id
+            )) {
+                response.headers_mut().insert("refresh", refresh);
+            }
+            response
+        }
+        Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
+            Redirect::to(&format!("/keys/{}?notice=approval_requested", key.id)).into_response()
+        }
+        Err(e) => {
+            let approval = e.code == "approval_required";
+            let viewer = Viewer { caller, csrf };
+            let status = crate::http::error::ApiError::from(e.clone()).status;
+            page(
+                status,
+                framed(
+                    &viewer,
+                    "/",
+                    &format!("Reveal {}", key.alias),
+                    reveal_form_markup(&viewer, &key, &reason, Some((&e, approval))),
+                ),
+            )
+        }
+    }
+}
+
+// ------------------------------------------------------------------ delete, restore
+
+pub async fn delete_form(
+    State(app): State<Arc<App>>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(redirect) = super::mfa::needs_step_up(&viewer, &format!("/keys/{id}/delete")) {
+        return redirect;
+    }
+    match delete_markup(&app, &viewer, &id, None).await {
+        Ok((title, content)) => page(StatusCode::OK, framed(&viewer, "/", &title, content)),
+        Err(e) => error_page(&viewer, "/", "Delete", e),
+    }
+}
+
+async fn delete_markup(
+    app: &App,
+    viewer: &Viewer,
+    id: &str,
+    error: Option<&Error>,
+) -> Result<(String, Markup), Error> {
+    let id = parse_id(id)?;
+    let impact = app.impact(&viewer.caller.actor, &id).await?;
+    let key = &impact.key;
+    let now = app.now();
+    let critical = key.criticality == Criticality::Critical;
+    let content = html! {
+        @if let Some(e) = error { p class="flash error" role="alert" { (e.message) } }
+        section class="panel narrow" aria-labelledby="impact-title" {
+            h2 id="impact-title" { "Impact" }
+            dl class="facts impact" {
+                dt { "App tokens using it" } dd {
+                    @if impact.tokens.is_empty() { "none" } @else {
+                        (impact.tokens.len()) ": "
+                        @for (i, t) in impact.tokens.iter().enumerate() { @if i > 0 { ", " } (t.name) }
+                    }
+                }
+                dt { "Requests, last 7 days" } dd data-requests-7d=(impact.last_7_days.requests) { (impact.last_7_days.requests) " (" (impact.last_7_days.errors) " failed, " (usd(impact.last_7_days.cost_nanos)) ")" }
+                dt { "Requests, last 30 days" } dd { (impact.last_30_days.requests) }
+                dt { "Last used" } dd { (relative(now, impact.last_used_at)) }
+                dt { "Other active keys in its pool" } dd {
+                    (impact.other_active_keys)
+                    @if impact.other_active_keys == 0 && !impact.tokens.is_empty() {
+                        " — " strong class="warn" { "requests through these tokens will fail" }
+                    }
+                }
+            }
+            form method="post" action={ "/keys/" (key.id) "/delete" } {
+                input type="hidden" name="csrf" value=(viewer.csrf);
+                p { "Deleting stops all use at once. The key can be restored from Deleted keys within the recovery window." }
+                @if critical {
+                    div class="field" {
+                        label for="confirm" { "Type the alias " code { (key.alias) } " to confirm (a critical key)" }
+                        input id="confirm" name="confirm" type="text" required autocomplete="off";
+                    }
+                }
+                button type="submit" class="danger" { "Delete " (key.alias) }
+                " " a href={ "/keys/" (key.id) } { "Cancel" }
+            }
+        }
+    };
+    Ok((format!("Delete {}", key.alias), content))
+}
+
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let (caller, fields) = match posted(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
+    let viewer = Viewer { caller, csrf };
+    if let Some(refusal) = viewer
+        .caller
+        .mfa
+        .refusal(Permission::KeysDelete.needs_step_up())
+    {
+        return match super::mfa::needs_step_up(&viewer, &format!("/keys/{id}/delete")) {
+            Some(redirect) => redirect,
+            None => error_page(&viewer, "/", "Delete", refusal),
+        };
+    }
+    let result = async {
+        let key_id = parse_id(&id)?;
+        let key = app.key(&viewer.caller.actor, &key_id).await?;
+        if key.criticality == Criticality::Critical
+            && field(&fields, "confirm").map(str::trim) != Some(key.alias.as_str())
+        {
+            return Err(Error::invalid(
+                "confirmation_mismatch",
+                "type the key's alias exactly to delete a critical key",
+            ));
+        }
+        app.delete_key(&viewer.caller.actor, &key_id).await
+    }
+    .await;
+    match result {
+        Ok(_) => Redirect::to("/keys/deleted").into_response(),
+        Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
+            Redirect::to(&format!("/keys/{id}?notice=approval_requested")).into_response()
+        }
+        Err(e) => {
+            let status = crate::http::error::ApiError::from(e.clone()).status;
+            match delete_markup(&app, &viewer, &id, Some(&e)).await {
+                Ok((title, content)) => page(status, framed(&viewer, "/", &title, content)),
+                Err(_) => error_page(&viewer, "/", "Delete", e),
+            }
+        }
+    }
+}
+
+pub async fn deleted(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
+    let result = async {
+        let page = app
+            .list_keys(
+                &viewer.caller.actor,
+                KeyFilter {
+                    status: Some(KeyStatus::Deleted),
+                    ..KeyFilter::default()
+                },
+                None,
+                PageRequest::new(None, Some(PageRequest::MAX_LIMIT))?,
+            )
+            .await?;
+        Ok::<_, Error>(page.items)
+    }
+    .await;
+    let keys = match result {
+        Ok(keys) => keys,
+        Err(e) => return error_page(&viewer, "/keys/deleted", "Deleted keys", e),
+    };
+    let now = app.now();
+    let window = app.recovery_window;
+    let mut rows = Vec::new();
+    for key in &keys {
+        let restore = may(&app, &viewer.caller, Permission::KeysDelete, key).await;
+        let purge = may(&app, &viewer.caller, Permission::KeysPurge, key).await;
+        rows.push((key, restore, purge));
+    }
+    let content = html! {
+        p class="muted" { "Deleted keys are kept for " (window.in_days()) " days, then purged for good. Restoring brings a key back as it was." }
+        @if keys.is_empty() {
+            div class="table-wrap" { p class="empty" { "No deleted keys." } }
+        } @else {
+            div class="table-wrap" {
+                table class="keys" {
+                    thead { tr {
+                        th scope="col" { "Alias" } th scope="col" { "Service" } th scope="col" { "Environment" }
+                        th scope="col" { "Deleted" } th scope="col" { "Purged on" } th scope="col" { span class="sr-only" { "Actions" } }
+                    } }
+                    tbody {
+                        @for (key, restore, purge) in &rows {
+                            @let deleted_at = key.deleted_at.unwrap_or(now);
+                            tr {
+                                td data-label="Alias" { (key.alias) }
+                                td data-label="Service" { (key.service_id) }
+                                td data-label="Environment" { (key.environment) }
+                                td data-label="Deleted" { (relative(now, Some(deleted_at))) " by " (key.deleted_by.clone().unwrap_or_default()) }
+                                td data-label="Purged on" { (short_day(window.purgeable_at(deleted_at))) }
+                                td class="actions" {
+                                    @if *restore {
+                                        form method="post" action={ "/keys/" (key.id) "/restore" } {
+                                            input type="hidden" name="csrf" value=(viewer.csrf);
+                                            button type="submit" class="quiet" { "Restore " (key.alias) }
+                                        }
+                                    }
+                                    @if *purge {
+                                        form method="post" action={ "/keys/" (key.id) "/purge" } {
+                                            input type="hidden" name="csrf" value=(viewer.csrf);
+                                            label class="sr-only" for={ "confirm-" (key.id) } { "Type the alias to purge now" }
+                                            input id={ "confirm-" (key.id) } name="confirm" type="text" placeholder="alias, to purge now" required autocomplete="off";
+                                            button type="submit" class="danger" { "Purge" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(
+        StatusCode::OK,
+        framed(&viewer, "/keys/deleted", "Deleted keys", content),
+    )
+}
+
+pub async fn restore(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let (caller, fields) = match posted(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
+    let viewer = Viewer { caller, csrf };
+    if viewer
+        .caller
+        .mfa
+        .refusal(Permission::KeysDelete.needs_step_up())
+        .is_some()
+        && let Some(redirect) = super::mfa::needs_step_up(&viewer, "/keys/deleted")
+    {
+        return redirect;
+    }
+    let result = async {
+        let id = parse_id(&id)?;
+        app.restore_key(&viewer.caller.actor, &id).await
+    }
+    .await;
+    match result {
+        Ok(key) => Redirect::to(&format!("/keys/{}?notice=restored", key.id)).into_response(),
+        Err(e) => refused(viewer.caller, viewer.csrf, "/keys/deleted", e),
+    }
+}
+
+pub async fn purge(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let (caller, fields) = match posted(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
+    let viewer = Viewer { caller, csrf };
+    if viewer
+        .caller
+        .mfa
+        .refusal(Permission::KeysPurge.needs_step_up())
+        .is_some()
+        && let Some(redirect) = super::mfa::needs_step_up(&viewer, "/keys/deleted")
+    {
+        return redirect;
+    }
+    let confirm = field(&fields, "confirm").map(str::trim);
+    let result = async {
+        let id = parse_id(&id)?;
+        app.purge_key(&viewer.caller.actor, &id, confirm).await
+    }
+    .await;
+    match result {
+        Ok(()) => Redirect::to("/keys/deleted").into_response(),
+        Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
+            Redirect::to("/keys/deleted").into_response()
+        }
+        Err(e) => refused(viewer.caller, viewer.csrf, "/keys/deleted", e),
+    }
+}
