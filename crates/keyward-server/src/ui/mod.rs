@@ -21,6 +21,7 @@ use crate::app::App;
 use crate::http::auth::{Caller, SignedIn};
 
 mod add_key;
+mod admin;
 mod chart;
 mod dashboard;
 mod key;
@@ -74,6 +75,13 @@ pub fn router() -> Router<Arc<App>> {
         .route("/app-tokens", get(tokens::list).post(tokens::create))
         .route("/app-tokens/{id}/revoke", post(tokens::revoke))
         .route("/usage", get(usage::page))
+        .route("/approvals", get(admin::approvals))
+        .route("/approvals/{id}/decide", post(admin::decide))
+        .route("/approvals/{id}/cancel", post(admin::cancel))
+        .route("/audit", get(admin::audit))
+        .route("/users", get(admin::users))
+        .route("/settings", get(admin::settings))
+        .route("/logout/everywhere", post(admin::sign_out_everywhere))
         .route("/login", get(sign_in::login_form).post(sign_in::login))
         .route("/setup", get(sign_in::setup_form).post(sign_in::setup))
         .route("/logout", post(sign_in::logout))
@@ -251,10 +259,16 @@ const SECTIONS: [(&str, &str); 9] = [
 ];
 
 fn section_list(viewer: &Viewer, current: &str) -> Markup {
-    let adds = viewer.may(keyward_core::access::Permission::KeysWrite);
+    use keyward_core::access::Permission as P;
+    let shown = |href: &str| match href {
+        "/keys/new" => viewer.may(P::KeysWrite),
+        "/audit" => viewer.may(P::AuditRead),
+        "/users" => viewer.may(P::UsersRead),
+        _ => true,
+    };
     html! {
         ul {
-            @for (label, href) in SECTIONS.iter().filter(|(_, href)| adds || *href != "/keys/new") {
+            @for (label, href) in SECTIONS.iter().filter(|(_, href)| shown(href)) {
                 li {
                     @if *href == current {
                         a href=(href) aria-current="page" { (label) }
@@ -324,6 +338,23 @@ pub fn error_page(viewer: &Viewer, current: &str, title: &str, e: keyward_core::
             html! { p class="flash error" role="alert" { (e.message) } },
         ),
     )
+}
+
+/// The refusal page for a section the viewer's role cannot read, or `None` if it can.
+pub fn unless_may(
+    viewer: &Viewer,
+    permission: keyward_core::access::Permission,
+    current: &str,
+    title: &str,
+) -> Option<Response> {
+    (!viewer.may(permission)).then(|| {
+        let refusal = keyward_core::Error::new(
+            keyward_core::ErrorKind::Forbidden,
+            "forbidden",
+            format!("your role cannot see {}", title.to_lowercase()),
+        );
+        error_page(viewer, current, title, refusal)
+    })
 }
 
 /// A path on this site (`/keys/…`), never another origin (`//evil`, `https://…`): where a

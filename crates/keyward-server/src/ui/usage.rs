@@ -46,7 +46,7 @@ async fn markup(app: &App, viewer: &Viewer, days: u16) -> Result<Markup, Error> 
             &UsageQuery::new(
                 now - SignedDuration::from_hours(24 * i64::from(days)),
                 now,
-                Granularity::Hour,
+                Granularity::Day,
                 None,
                 None,
                 None,

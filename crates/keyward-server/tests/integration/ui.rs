@@ -244,3 +244,140 @@ async fn the_setup_page_creates_the_first_owner() {
     assert_eq!(done.status(), StatusCode::SEE_OTHER);
     assert_eq!(done.headers()[LOCATION], "/login?notice=set_up");
 }
+
+/// GETs a page with a session cookie, without following redirects.
+async fn get_page(app: &TestApp, cookie: &str, path: &str) -> (StatusCode, String, String) {
+    let response = no_redirects()
+        .get(format!("{}{path}", app.base))
+        .header(COOKIE, cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let csp = response
+        .headers()
+        .get(CONTENT_SECURITY_POLICY)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, csp, response.text().await.unwrap())
+}
+
+/// The forms inside `<main>` (the top bar's sign-out is outside it), by their action.
+fn main_form_actions(html: &str) -> Vec<String> {
+    let main = html.split("<main").nth(1).unwrap_or_default();
+    main.split("<form method=\"post\" action=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_page_carries_the_csp_and_a_viewer_is_offered_no_action() {
+    use crate::browser::enrolled_user;
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let (status, key) = app
+        .call(
+            Method::POST,
+            "/api/v1/keys",
+            Some(
+                json!({"service": "openai", "environment": "production", "alias": "bold",
+                        "description": "<b>bold</b>", "secret": OPENAI_KEY}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let id = key["id"].as_str().unwrap();
+    let (_, admin, _) = enrolled_user(&app, "ada", Role::Admin).await;
+    let pages = [
+        "/".to_owned(),
+        "/?q=bold&status=active&category=llm-providers".into(),
+        "/keys/new".into(),
+        format!("/keys/{id}"),
+        format!("/keys/{id}/reveal"),
+        format!("/keys/{id}/delete"),
+        "/keys/deleted".into(),
+        "/app-tokens".into(),
+        "/usage?days=90".into(),
+        "/approvals".into(),
+        "/approvals?view=decided".into(),
+        "/audit?action=key".into(),
+        "/audit?verify=1".into(),
+        "/users".into(),
+        "/settings".into(),
+        "/mfa/verify?next=/usage".into(),
+    ];
+    for path in &pages {
+        let (status, csp, html) = get_page(&app, &admin.cookie, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {html}");
+        assert_eq!(csp, keyward_server::ui::CONTENT_SECURITY_POLICY, "{path}");
+        assert_clean_page(&html);
+        assert!(
+            !html.contains("<b>bold</b>"),
+            "{path}: the description is text"
+        );
+        assert!(!html.contains(OPENAI_KEY), "{path}: never the value");
+    }
+    let (_, _, audit) = get_page(&app, &admin.cookie, "/audit?verify=1").await;
+    assert!(audit.contains("data-verified=\"ok\""), "{audit}");
+    let (_, _, detail) = get_page(&app, &admin.cookie, &format!("/keys/{id}")).await;
+    let actions = main_form_actions(&detail);
+    assert!(
+        actions.iter().any(|a| a.ends_with("/disable"))
+            && actions.iter().any(|a| a.ends_with("/edit")),
+        "an admin may act: {actions:?}"
+    );
+
+    // A viewer reads, and is offered nothing to do but sign out everywhere.
+    add_user(&app, "vera", Role::Viewer).await;
+    let viewer = crate::browser::sign_in(&app, "vera", PASSWORD)
+        .await
+        .unwrap();
+    for path in [
+        "/".to_owned(),
+        format!("/keys/{id}"),
+        "/keys/deleted".into(),
+        "/app-tokens".into(),
+        "/usage".into(),
+        "/approvals".into(),
+        "/settings".into(),
+    ] {
+        let (status, csp, html) = get_page(&app, &viewer.cookie, &path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {html}");
+        assert_eq!(csp, keyward_server::ui::CONTENT_SECURITY_POLICY, "{path}");
+        let actions: Vec<String> = main_form_actions(&html)
+            .into_iter()
+            .filter(|a| a != "/logout/everywhere")
+            .collect();
+        assert!(actions.is_empty(), "{path}: {actions:?}");
+        for offered in [
+            "href=\"/keys/new\"",
+            "/reveal\"",
+            "/delete\"",
+            "href=\"/audit\"",
+            "href=\"/users\"",
+        ] {
+            assert!(!html.contains(offered), "{path}: {offered}");
+        }
+    }
+    // Sections and pages of actions the viewer's role does not have are refused.
+    for path in ["/keys/new", "/audit", "/users"] {
+        let (status, csp, _) = get_page(&app, &viewer.cookie, path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(csp, keyward_server::ui::CONTENT_SECURITY_POLICY, "{path}");
+    }
+    // And the server refuses the action anyway, whatever the page showed.
+    let csrf = viewer.csrf.clone();
+    let refused = no_redirects()
+        .post(format!("{}/keys/{id}/disable", app.base))
+        .header(COOKIE, &viewer.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", &csrf)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let (_, after) = app
+        .call(Method::GET, &format!("/api/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(after["enabled"], true);
+}

@@ -1,0 +1,510 @@
+//! The pages around keys: the approvals inbox (pending, mine, decided; approve or deny with
+//! a comment), the audit log (filters in the URL, "verify chain"), users and roles, and
+//! settings (MFA policy, approval policy, network allowlists, recovery window; sign out
+//! everywhere). Changes to policies and access go through the API, which asks for
+//! approvals; these pages show where things stand.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use keyward_core::Error;
+use keyward_core::access::Permission;
+use keyward_core::approval::{ApprovalRequest, ApprovalStatus};
+use keyward_core::audit::{AuditFilter, AuditOutcome};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::dashboard::relative;
+use super::{Viewer, error_page, field, form_post, framed, page};
+use crate::app::App;
+
+// ------------------------------------------------------------------ approvals
+
+#[derive(Debug, Default, Deserialize)]
+pub struct InboxView {
+    view: Option<String>,
+}
+
+const VIEWS: [(&str, &str); 3] = [
+    ("pending", "Pending"),
+    ("mine", "Mine"),
+    ("decided", "Decided"),
+];
+
+fn tabs(base: &str, current: &str, views: &[(&str, &str)]) -> Markup {
+    html! {
+        nav class="filters" aria-label="Views" {
+            @for (id, label) in views {
+                @if *id == current {
+                    a class="button small" aria-current="page" href={ (base) "?view=" (id) } { (label) }
+                } @else {
+                    a class="button quiet small" href={ (base) "?view=" (id) } { (label) }
+                }
+            }
+        }
+    }
+}
+
+pub async fn approvals(
+    State(app): State<Arc<App>>,
+    viewer: Viewer,
+    Query(q): Query<InboxView>,
+) -> Response {
+    let view = q
+        .view
+        .filter(|v| VIEWS.iter().any(|(id, _)| id == v))
+        .unwrap_or_else(|| "pending".into());
+    let actor = &viewer.caller.actor;
+    let listed = match view.as_str() {
+        "pending" => {
+            app.approvals(actor, Some(ApprovalStatus::Pending), false)
+                .await
+        }
+        "mine" => app.approvals(actor, None, true).await,
+        _ => app.approvals(actor, None, false).await.map(|all| {
+            all.into_iter()
+                .filter(|r| r.status != ApprovalStatus::Pending)
+                .collect()
+        }),
+    };
+    let requests = match listed {
+        Ok(r) => r,
+        Err(e) => return error_page(&viewer, "/approvals", "Approvals", e),
+    };
+    let now = app.now();
+    let decides = viewer.may(Permission::ApprovalsDecide);
+    let content = html! {
+        (tabs("/approvals", &view, &VIEWS))
+        @if requests.is_empty() {
+            div class="table-wrap" { p class="empty" { "Nothing here." } }
+        } @else {
+            div class="table-wrap" {
+                table class="keys" {
+                    thead { tr {
+                        th scope="col" { "Operation" } th scope="col" { "Target" } th scope="col" { "Reason" }
+                        th scope="col" { "Requested by" } th scope="col" { "Status" } th scope="col" { "Expires" }
+                        th scope="col" { span class="sr-only" { "Decide" } }
+                    } }
+                    tbody {
+                        @for r in &requests {
+                            tr {
+                                td data-label="Operation" class="mono" { (r.operation.action.as_str()) }
+                                td data-label="Target" class="mono" { (r.operation.target) }
+                                td data-label="Reason" { (r.reason) }
+                                td data-label="Requested by" { (r.requested_by.name) }
+                                td data-label="Status" {
+                                    span class={ "badge " (r.status.as_str()) } { (r.status.as_str()) }
+                                    " " span class="muted small" { (approved(r)) " of " (r.required) }
+                                }
+                                td data-label="Expires" { (relative(now, Some(r.expires_at))) }
+                                td class="actions" { (decision_forms(&viewer, r, decides)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(
+        StatusCode::OK,
+        framed(&viewer, "/approvals", "Approvals", content),
+    )
+}
+
+fn approved(r: &ApprovalRequest) -> usize {
+    r.decisions.iter().filter(|d| d.approve).count()
+}
+
+fn decision_forms(viewer: &Viewer, r: &ApprovalRequest, decides: bool) -> Markup {
+    let own = r.requested_by.id == viewer.caller.actor.id;
+    let open = matches!(
+        r.status,
+        ApprovalStatus::Pending | ApprovalStatus::ReviewRequired
+    );
+    html! {
+        @if open && decides && !own && r.approver_roles.contains(&viewer.caller.actor.role) {
+            form method="post" action={ "/approvals/" (r.id) "/decide" } {
+                input type="hidden" name="csrf" value=(viewer.csrf);
+                label class="sr-only" for={ "comment-" (r.id) } { "Comment" }
+                input id={ "comment-" (r.id) } name="comment" type="text" placeholder="Comment" required;
+                button type="submit" name="decision" value="approve" class="small" { "Approve" }
+                button type="submit" name="decision" value="deny" class="quiet small" { "Deny" }
+            }
+        }
+        @if open && own && r.status == ApprovalStatus::Pending {
+            form method="post" action={ "/approvals/" (r.id) "/cancel" } {
+                input type="hidden" name="csrf" value=(viewer.csrf);
+                button type="submit" class="quiet small" { "Cancel" }
+            }
+        }
+    }
+}
+
+pub async fn decide(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let (caller, fields) = match form_post(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let viewer = Viewer {
+        csrf: field(&fields, "csrf").unwrap_or_default().to_owned(),
+        caller,
+    };
+    if viewer
+        .caller
+        .mfa
+        .refusal(Permission::ApprovalsDecide.needs_step_up())
+        .is_some()
+        && let Some(redirect) = super::mfa::needs_step_up(&viewer, "/approvals")
+    {
+        return redirect;
+    }
+    let approve = field(&fields, "decision") == Some("approve");
+    let comment = field(&fields, "comment").unwrap_or_default();
+    let result = async {
+        let id = id.parse().map_err(|_| approval_not_found())?;
+        app.decide_approval(&viewer.caller.actor, &id, approve, comment)
+            .await
+    }
+    .await;
+    match result {
+        Ok(_) => Redirect::to("/approvals?view=decided").into_response(),
+        Err(e) => error_page(&viewer, "/approvals", "Approvals", e),
+    }
+}
+
+pub async fn cancel(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let (caller, fields) = match form_post(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let result = async {
+        let id = id.parse().map_err(|_| approval_not_found())?;
+        app.cancel_approval(&caller.actor, &id).await
+    }
+    .await;
+    match result {
+        Ok(_) => Redirect::to("/approvals?view=mine").into_response(),
+        Err(e) => error_page(
+            &Viewer {
+                csrf: field(&fields, "csrf").unwrap_or_default().to_owned(),
+                caller,
+            },
+            "/approvals",
+            "Approvals",
+            e,
+        ),
+    }
+}
+
+fn approval_not_found() -> Error {
+    Error::not_found("approval_not_found", "there is no such approval request")
+}
+
+// ------------------------------------------------------------------ audit log
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    outcome: String,
+    /// Set by the "Verify chain" button (a read: nothing changes).
+    verify: Option<String>,
+}
+
+pub async fn audit(
+    State(app): State<Arc<App>>,
+    viewer: Viewer,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    if let Some(refused) = super::unless_may(&viewer, Permission::AuditRead, "/audit", "Audit log")
+    {
+        return refused;
+    }
+    let result = async {
+        let outcome = match q.outcome.as_str() {
+            "" => None,
+            "success" => Some(AuditOutcome::Success),
+            "failure" => Some(AuditOutcome::Failure),
+            "denied" => Some(AuditOutcome::Denied),
+            _ => {
+                return Err(Error::invalid(
+                    "invalid_outcome",
+                    "outcome is success, failure or denied",
+                ));
+            }
+        };
+        let text = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+        let mut events = app
+            .audit
+            .events(&AuditFilter {
+                action: text(&q.action),
+                actor: text(&q.actor),
+                target: text(&q.target),
+                outcome,
+                limit: 1_000,
+                ..AuditFilter::default()
+            })
+            .await?;
+        events.reverse();
+        events.truncate(200);
+        let report = match q.verify {
+            Some(_) => Some(app.audit.verify().await?),
+            None => None,
+        };
+        Ok::<_, Error>((events, report))
+    }
+    .await;
+    let (events, report) = match result {
+        Ok(r) => r,
+        Err(e) => return error_page(&viewer, "/audit", "Audit log", e),
+    };
+    let now = app.now();
+    let content = html! {
+        @if let Some(report) = &report {
+            @if report.ok {
+                p class="flash" role="status" data-verified="ok" {
+                    "Chain verified: " (report.verified) " entries up to #" (report.last_seq) ", "
+                    (report.checkpoints) " signed checkpoints, nothing missing or altered."
+                }
+            } @else {
+                p class="flash error" role="alert" data-verified="broken" {
+                    "The chain is broken"
+                    @if let Some(b) = &report.first_broken { " at entry #" (b.seq) " (" (format!("{:?}", b.kind).to_lowercase()) ")" }
+                    ": " (report.verified) " entries verified before it."
+                }
+            }
+        }
+        form method="get" action="/audit" class="filters" role="search" aria-label="Filter the audit log" {
+            label class="sr-only" for="a-action" { "Action" }
+            input id="a-action" name="action" type="text" placeholder="Action, e.g. key.reveal or key" value=(q.action);
+            label class="sr-only" for="a-actor" { "Actor" }
+            input id="a-actor" name="actor" type="text" placeholder="Actor" value=(q.actor);
+            label class="sr-only" for="a-target" { "Target" }
+            input id="a-target" name="target" type="text" placeholder="Target, e.g. key:…" value=(q.target);
+            label class="sr-only" for="a-outcome" { "Outcome" }
+            select id="a-outcome" name="outcome" {
+                option value="" { "Any outcome" }
+                @for o in ["success", "failure", "denied"] { option value=(o) selected[q.outcome == o] { (o) } }
+            }
+            button type="submit" class="quiet" { "Filter" }
+            button type="submit" name="verify" value="1" class="quiet" { "Verify chain" }
+        }
+        div class="table-wrap" {
+            table class="trail" {
+                thead { tr {
+                    th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "Action" }
+                    th scope="col" { "Actor" } th scope="col" { "Target" } th scope="col" { "Outcome" }
+                    th scope="col" { "Source" }
+                } }
+                tbody {
+                    @for e in &events {
+                        tr {
+                            td class="num" { (e.seq) }
+                            td { (relative(now, Some(e.entry.at))) }
+                            td class="mono" { (e.entry.action) }
+                            td { (e.entry.actor_name) }
+                            td class="mono" { (e.entry.target.clone().unwrap_or_default()) }
+                            td { span class={ "badge " (e.entry.outcome.as_str()) } { (e.entry.outcome.as_str()) } }
+                            td class="mono muted" { (e.entry.source.clone().unwrap_or_default()) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(
+        StatusCode::OK,
+        framed(&viewer, "/audit", "Audit log", content),
+    )
+}
+
+// ------------------------------------------------------------------ users and roles
+
+pub async fn users(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
+    if let Some(refused) =
+        super::unless_may(&viewer, Permission::UsersRead, "/users", "Users & roles")
+    {
+        return refused;
+    }
+    let result = async {
+        let users = app.users().await?;
+        let roles = app.custom_roles().await?;
+        Ok::<_, Error>((users, roles))
+    }
+    .await;
+    let (users, roles) = match result {
+        Ok(r) => r,
+        Err(e) => return error_page(&viewer, "/users", "Users & roles", e),
+    };
+    let now = app.now();
+    let content = html! {
+        section aria-labelledby="users-title" {
+            h2 id="users-title" { "Users" }
+            div class="table-wrap" {
+                table class="keys" {
+                    thead { tr {
+                        th scope="col" { "Username" } th scope="col" { "Role" } th scope="col" { "Second factor" }
+                        th scope="col" { "Networks" } th scope="col" { "Status" } th scope="col" { "Since" }
+                    } }
+                    tbody {
+                        @for u in &users {
+                            tr {
+                                td data-label="Username" { (u.username) }
+                                td data-label="Role" { (u.role.as_str()) }
+                                td data-label="Second factor" { @if u.mfa_enabled { "authenticator app" } @else { span class="muted" { "none" } } }
+                                td data-label="Networks" class="mono" {
+                                    @if u.allowed_networks.is_empty() { span class="muted" { "anywhere" } }
+                                    @else { (u.allowed_networks.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")) }
+                                }
+                                td data-label="Status" { @if u.disabled { span class="badge disabled" { "disabled" } } @else { span class="badge active" { "active" } } }
+                                td data-label="Since" { (relative(now, Some(u.created_at))) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="roles-title" {
+            h2 id="roles-title" { "Custom roles" }
+            @if roles.is_empty() {
+                p class="muted" { "Only the built-in roles: owner, admin, key manager, auditor, viewer." }
+            } @else {
+                ul class="plain" {
+                    @for r in &roles { li { strong { (r.id) } " " span class="muted" { (r.description) } } }
+                }
+            }
+            p class="muted small" { "Users, grants and roles are changed through the API (" code { "/api/v1/users" } ", " code { "/api/v1/roles" } "); changes may need approval." }
+        }
+    };
+    page(
+        StatusCode::OK,
+        framed(&viewer, "/users", "Users & roles", content),
+    )
+}
+
+// ------------------------------------------------------------------ settings
+
+pub async fn settings(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
+    let policies = viewer.may(Permission::UsersRead);
+    let result = async {
+        if !policies {
+            return Ok(None);
+        }
+        let mfa = app.mfa_policy().await?;
+        let approvals = app.approval_policy().await?;
+        let networks = app.role_networks().await?;
+        Ok::<_, Error>(Some((mfa, approvals, networks)))
+    }
+    .await;
+    let policies = match result {
+        Ok(r) => r,
+        Err(e) => return error_page(&viewer, "/settings", "Settings", e),
+    };
+    let content = html! {
+        @if let Some((mfa, approvals, networks)) = &policies {
+        div class="columns" {
+            section class="panel" aria-labelledby="mfa-title" {
+                h2 id="mfa-title" { "MFA policy" }
+                dl class="facts" {
+                    dt { "Must enrol" } dd { (mfa.required_roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")) }
+                    dt { "Step-up window" } dd { (mfa.step_up_minutes) " min" }
+                }
+            }
+            section class="panel" aria-labelledby="recovery-title" {
+                h2 id="recovery-title" { "Recovery window" }
+                p { "Deleted keys can be restored for " (app.recovery_window.in_days()) " days, then they are purged." }
+            }
+        }
+        section class="panel" aria-labelledby="approval-title" {
+            h2 id="approval-title" { "Approval policy" }
+            @if approvals.rules.is_empty() {
+                p class="muted" { "No operation needs approval." }
+            } @else {
+                div class="table-wrap" {
+                    table {
+                        thead { tr { th scope="col" { "Operations" } th scope="col" { "Categories" } th scope="col" { "Criticality" } th scope="col" { "Approvals" } th scope="col" { "Approvers" } } }
+                        tbody {
+                            @for rule in &approvals.rules {
+                                tr {
+                                    td class="mono" { (rule.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")) }
+                                    td { (rule.categories.as_ref().map_or_else(|| "all".to_owned(), |c| c.join(", "))) }
+                                    td { (rule.criticalities.as_ref().map_or_else(|| "any".to_owned(), |c| c.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "))) }
+                                    td class="num" { (rule.approvals) }
+                                    td { (rule.approver_roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            p class="muted small" { "Requests stay usable for " (approvals.ttl_hours) " h." }
+        }
+        section class="panel" aria-labelledby="networks-title" {
+            h2 id="networks-title" { "IP allowlists by role" }
+            @if networks.is_empty() {
+                p class="muted" { "No role is limited to networks." }
+            } @else {
+                dl class="facts" {
+                    @for (role, nets) in networks.iter() {
+                        dt { (role) } dd class="mono" { (nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")) }
+                    }
+                }
+            }
+            p class="muted small" { "Policies change through the API (" code { "/api/v1/policies/…" } "), with a fresh MFA check and approval where the policy says." }
+        }
+        }
+        section class="panel" aria-labelledby="account-title" {
+            h2 id="account-title" { "Your sessions" }
+            form method="post" action="/logout/everywhere" {
+                input type="hidden" name="csrf" value=(viewer.csrf);
+                p { "Ends every session of " strong { (viewer.caller.actor.name) } ", on every device, including this one." }
+                button type="submit" class="danger" { "Sign out everywhere" }
+            }
+        }
+    };
+    page(
+        StatusCode::OK,
+        framed(&viewer, "/settings", "Settings", content),
+    )
+}
+
+/// Ends every session of the signed-in user, this one included.
+pub async fn sign_out_everywhere(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (caller, _) = match form_post(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Some(session) = caller.session.as_ref() else {
+        return Redirect::to("/login").into_response();
+    };
+    match app
+        .end_user_sessions(&caller.actor, &session.user_id, "sign out everywhere")
+        .await
+    {
+        Ok(_) => {
+            let mut response = Redirect::to("/login?notice=signed_out").into_response();
+            if let Ok(cleared) = crate::http::sessions::set_cookie(&app, "", 0) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::SET_COOKIE, cleared);
+            }
+            response
+        }
+        Err(e) => crate::http::error::ApiError::from(e).into_response(),
+    }
+}
