@@ -677,6 +677,21 @@ impl App {
         Ok(key)
     }
 
+    /// Refuses an actor without `permission` over the whole vault: for use cases that are
+    /// not about one key (policies, access), so a caller other than the API's route guard
+    /// (a page) cannot skip the check.
+    pub fn require_everywhere(actor: &Actor, permission: Permission) -> Result<(), Error> {
+        if actor.access.reach(permission).is_everywhere() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Forbidden,
+                "forbidden",
+                format!("this needs the `{}` permission", permission.as_str()),
+            ))
+        }
+    }
+
     async fn require_environment(&self, id: &str) -> Result<(), Error> {
         if self.store.environments().await?.iter().any(|e| e.id == id) {
             Ok(())

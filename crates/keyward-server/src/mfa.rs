@@ -7,7 +7,7 @@
 //! accepted code is a compare-and-set on its time step in the store, so a code is accepted
 //! once — on any instance.
 
-use keyward_core::access::Role;
+use keyward_core::access::{Permission, Role};
 use keyward_core::audit::{ActorKind, AuditOutcome};
 use keyward_core::id::UserId;
 use keyward_core::mfa::{MfaEnrolment, MfaPolicy};
@@ -87,6 +87,7 @@ impl App {
         actor: &Actor,
         policy: MfaPolicy,
     ) -> Result<MfaPolicy, Error> {
+        App::require_everywhere(actor, Permission::AccessWrite)?;
         let policy = policy.validate()?;
         let text = serde_json::to_string(&policy)
             .map_err(|e| Error::internal(format!("cannot store the MFA policy: {e}")))?;

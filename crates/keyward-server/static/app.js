@@ -100,3 +100,39 @@ for (const button of document.querySelectorAll("[data-validate]")) {
     }
   });
 }
+
+// A search box over a <select>: <input data-filter-select="ID"> hides the options (and
+// empty groups) that do not match, and picks the only match. The select works without it.
+for (const input of document.querySelectorAll("[data-filter-select]")) {
+  const select = document.getElementById(input.dataset.filterSelect);
+  if (!select) continue;
+  input.hidden = false;
+  input.addEventListener("input", () => {
+    const wanted = input.value.trim().toLowerCase();
+    const matches = [];
+    for (const option of select.querySelectorAll("option")) {
+      if (!option.value) continue;
+      const hit = !wanted || option.textContent.toLowerCase().includes(wanted) || option.value.includes(wanted);
+      option.hidden = !hit;
+      if (hit) matches.push(option);
+    }
+    for (const group of select.querySelectorAll("optgroup")) {
+      group.hidden = ![...group.querySelectorAll("option")].some((o) => !o.hidden);
+    }
+    if (matches.length === 1) select.value = matches[0].value;
+  });
+}
+
+// The chosen service's guidance (where to get a key, its format and plans) next to the
+// picker; all of it stays in the "Where to get a key" list for browsers without script.
+for (const guide of document.querySelectorAll("[data-guide-for]")) {
+  const select = document.getElementById(guide.dataset.guideFor);
+  if (!select) continue;
+  const show = () => {
+    guide.replaceChildren();
+    const source = document.querySelector(`dd[data-service="${CSS.escape(select.value)}"]`);
+    if (source) guide.append(...[...source.childNodes].map((n) => n.cloneNode(true)));
+  };
+  select.addEventListener("change", show);
+  show();
+}

@@ -37,6 +37,40 @@ struct ServiceChoice {
     format: Option<String>,
     /// Where to get one.
     url: Option<String>,
+    docs: Option<String>,
+    where_to_get: String,
+    /// "Free: 25 requests / day; Premium: 75 requests / minute".
+    plans: String,
+}
+
+/// A plan's limits in words: `25 requests / day`.
+fn plan_words(plan: &keyward_core::service::PlanLimits) -> String {
+    let limits: Vec<String> = plan
+        .limits
+        .iter()
+        .map(|l| {
+            let unit = match l.unit {
+                keyward_core::service::LimitUnit::Requests => "requests",
+                keyward_core::service::LimitUnit::Credits => "credits",
+                keyward_core::service::LimitUnit::Tokens => "tokens",
+                keyward_core::service::LimitUnit::Symbols => "symbols",
+            };
+            let window = match l.window_seconds {
+                1 => "second".to_owned(),
+                60 => "minute".to_owned(),
+                3_600 => "hour".to_owned(),
+                86_400 => "day".to_owned(),
+                2_592_000 | 2_678_400 => "month".to_owned(),
+                s => format!("{s} s"),
+            };
+            format!("{} {unit} / {window}", l.max)
+        })
+        .collect();
+    if limits.is_empty() {
+        plan.plan.clone()
+    } else {
+        format!("{}: {}", plan.plan, limits.join(", "))
+    }
 }
 
 struct Choices {
@@ -59,6 +93,14 @@ async fn choices(app: &App) -> Result<Choices, keyward_core::Error> {
             name: s.name.clone(),
             format: s.key_format_description.clone(),
             url: s.key_url.clone().or_else(|| s.docs_url.clone()),
+            docs: s.docs_url.clone(),
+            where_to_get: s.where_to_get.clone(),
+            plans: s
+                .plans
+                .iter()
+                .map(plan_words)
+                .collect::<Vec<_>>()
+                .join("; "),
         });
     }
     let environments = app
@@ -95,6 +137,11 @@ fn form_markup(
             fieldset {
                 legend { "1. Service" }
                 div class="field" {
+                    label for="service-search" { "Find a service" }
+                    input id="service-search" type="search" data-filter-select="service"
+                        placeholder="Type to narrow the list, e.g. polygon" hidden;
+                }
+                div class="field" {
                     label for="service" { "Service" }
                     select id="service" name="service" required {
                         option value="" { "Choose a service…" }
@@ -108,15 +155,19 @@ fn form_markup(
                     }
                     @if let Some(e) = error_for("service") { span class="error" { (e) } }
                 }
+                div id="service-guide" class="help" data-guide-for="service" aria-live="polite" {}
                 details class="guides" {
                     summary { "Where to get a key, and what it looks like" }
                     dl {
                         @for services in c.services.values() {
                             @for s in services {
-                                dt { (s.name) }
-                                dd {
+                                dt data-service=(s.id) { (s.name) }
+                                dd data-service=(s.id) {
+                                    @if !s.where_to_get.is_empty() { (s.where_to_get) " " }
                                     @if let Some(format) = &s.format { (format) ". " }
+                                    @if !s.plans.is_empty() { span class="plans" { "Plans — " (s.plans) ". " } }
                                     @if let Some(url) = &s.url { a href=(url) rel="noopener noreferrer" { "Get a key" } }
+                                    @if let Some(docs) = &s.docs { " · " a href=(docs) rel="noopener noreferrer" { "Docs" } }
                                 }
                             }
                         }
@@ -229,7 +280,7 @@ pub async fn form(
 }
 
 /// Which field an error code belongs to, so it can be shown next to it.
-fn field_of(code: &str) -> &'static str {
+pub(super) fn field_of(code: &str) -> &'static str {
     match code {
         c if c.starts_with("secret") => "secret",
         "invalid_alias" | "alias_taken" => "alias",

@@ -420,9 +420,32 @@ pub async fn settings(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
         div class="columns" {
             section class="panel" aria-labelledby="mfa-title" {
                 h2 id="mfa-title" { "MFA policy" }
-                dl class="facts" {
-                    dt { "Must enrol" } dd { (mfa.required_roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")) }
-                    dt { "Step-up window" } dd { (mfa.step_up_minutes) " min" }
+                @if viewer.may(Permission::AccessWrite) {
+                    form method="post" action="/settings/mfa" {
+                        input type="hidden" name="csrf" value=(viewer.csrf);
+                        fieldset {
+                            legend { "Roles that must use an authenticator app" }
+                            @for role in keyward_core::access::Role::ALL {
+                                label class="check" {
+                                    input type="checkbox" name="required" value=(role.as_str())
+                                        checked[mfa.required_roles.contains(&role)];
+                                    " " (role.as_str())
+                                }
+                            }
+                        }
+                        div class="field" {
+                            label for="step-up" { "Step-up window (minutes)" }
+                            input id="step-up" name="step_up_minutes" type="text" inputmode="numeric"
+                                required value=(mfa.step_up_minutes);
+                            span class="help" { "Reveal, rotate, delete, purge, export, approvals and access changes need a code this recent." }
+                        }
+                        button type="submit" { "Save MFA policy" }
+                    }
+                } @else {
+                    dl class="facts" {
+                        dt { "Must enrol" } dd { (mfa.required_roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")) }
+                        dt { "Step-up window" } dd { (mfa.step_up_minutes) " min" }
+                    }
                 }
             }
             section class="panel" aria-labelledby="recovery-title" {
@@ -481,6 +504,61 @@ pub async fn settings(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
         StatusCode::OK,
         framed(&viewer, "/settings", "Settings", content),
     )
+}
+
+/// Saves the MFA policy from the settings form (a fresh MFA check first; approval where the
+/// policy says, as through the API).
+pub async fn save_mfa_policy(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (caller, fields) = match form_post(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let viewer = Viewer {
+        csrf: field(&fields, "csrf").unwrap_or_default().to_owned(),
+        caller,
+    };
+    if viewer
+        .caller
+        .mfa
+        .refusal(Permission::AccessWrite.needs_step_up())
+        .is_some()
+        && let Some(redirect) = super::mfa::needs_step_up(&viewer, "/settings")
+    {
+        return redirect;
+    }
+    let result = async {
+        let required_roles = fields
+            .iter()
+            .filter(|(k, _)| k == "required")
+            .map(|(_, v)| v.parse::<keyward_core::access::Role>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let step_up_minutes = field(&fields, "step_up_minutes")
+            .unwrap_or_default()
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| {
+                Error::invalid(
+                    "invalid_step_up_window",
+                    "the step-up window is a whole number of minutes",
+                )
+            })?;
+        app.set_mfa_policy(
+            &viewer.caller.actor,
+            keyward_core::mfa::MfaPolicy {
+                required_roles,
+                step_up_minutes,
+            },
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(_) => Redirect::to("/settings").into_response(),
+        Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
+            Redirect::to("/approvals?view=mine").into_response()
+        }
+        Err(e) => error_page(&viewer, "/settings", "Settings", e),
+    }
 }
 
 /// Ends every session of the signed-in user, this one included.

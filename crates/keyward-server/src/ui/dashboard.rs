@@ -103,6 +103,7 @@ struct Row {
     week: Vec<u64>,
     quota: Option<f64>,
     can_write: bool,
+    can_rotate: bool,
 }
 
 async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, keyward_core::Error> {
@@ -147,6 +148,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
         )
         .await?;
     let write = actor.access.reach(Permission::KeysWrite);
+    let rotate = actor.access.reach(Permission::KeysRotate);
     let mut rows = Vec::new();
     for key in keys {
         let flag = app.proxy.key_flag(&key.id);
@@ -166,6 +168,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
                 .collect(),
             quota: app.proxy.quota_used(&key.id),
             can_write: write.covers(&category, &key.environment),
+            can_rotate: rotate.covers(&category, &key.environment),
             status,
             flag,
             key,
@@ -287,6 +290,9 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
                                                 button type="submit" class="quiet small" { (if key.enabled { "Disable" } else { "Enable" }) }
                                             }
                                         }
+                                        @if row.can_rotate && key.deleted_at.is_none() {
+                                            a class="button quiet small" href={ "/keys/" (key.id) "#rotate" } { "Rotate" }
+                                        }
                                         button type="button" class="quiet small" data-copy={ "/proxy/" (key.service_id) "/" } hidden { "Copy proxy URL" }
                                     }
                                 }
@@ -346,7 +352,12 @@ fn security_panel(
                         div class="label" { "Revealed in the last 7 days" }
                         div class="value" { (revealed.len()) }
                         @for e in revealed.iter().rev().take(5) {
-                            div class="small" { (e.entry.target.clone().unwrap_or_default()) " by " (e.entry.actor_name) }
+                            @let target = e.entry.target.as_deref().unwrap_or_default();
+                            @let key = rows.iter().find(|r| target.strip_prefix("key:") == Some(r.key.id.as_str()));
+                            div class="small" {
+                                @if let Some(r) = key { (link(r)) } @else { span class="mono" { (target) } }
+                                " by " (e.entry.actor_name)
+                            }
                         }
                     }
                 }

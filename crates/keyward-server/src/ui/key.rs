@@ -57,6 +57,10 @@ fn notice_text(notice: Option<&str>) -> Option<(&'static str, bool)> {
         ),
         "unreachable" => ("Validation: the provider could not be reached.", true),
         "restored" => ("Key restored.", false),
+        "rotated" => (
+            "Rotated: the new value is the current version; the old one is kept as previous.",
+            false,
+        ),
         "approval_requested" => (
             "Approval requested: the operation runs once someone approves it.",
             false,
@@ -94,10 +98,49 @@ pub async fn detail(
     Path(id): Path<String>,
     Query(notice): Query<Notice>,
 ) -> Response {
-    match detail_markup(&app, &viewer, &id, notice.notice.as_deref()).await {
+    match detail_markup(&app, &viewer, &id, notice.notice.as_deref(), None).await {
         Ok((title, content)) => page(StatusCode::OK, framed(&viewer, "/", &title, content)),
         Err(e) => error_page(&viewer, "/", "Key", e),
     }
+}
+
+/// What the edit form (or the rotate form) shows again after a refusal: what was typed
+/// (never a secret) and the error, next to its field.
+#[derive(Debug, Default, Clone)]
+struct Typed {
+    alias: String,
+    description: String,
+    owner: String,
+    tags: String,
+    criticality: String,
+    expires: String,
+}
+
+impl Typed {
+    fn of(key: &Key) -> Self {
+        Self {
+            alias: key.alias.clone(),
+            description: key.description.clone().unwrap_or_default(),
+            owner: key.owner.clone().unwrap_or_default(),
+            tags: key.tags.join(", "),
+            criticality: key.criticality.as_str().to_owned(),
+            expires: key
+                .expires_at
+                .map(|t| {
+                    t.to_zoned_datetime(jiff::tz::TimeZone::UTC)
+                        .date()
+                        .to_string()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A refused form on the key page: which form, what was typed, and why.
+struct Refused {
+    form: &'static str,
+    typed: Typed,
+    error: Error,
 }
 
 async fn detail_markup(
@@ -105,6 +148,7 @@ async fn detail_markup(
     viewer: &Viewer,
     id: &str,
     notice: Option<&str>,
+    refused: Option<&Refused>,
 ) -> Result<(String, Markup), Error> {
     let actor = &viewer.caller.actor;
     let id = parse_id(id)?;
@@ -145,6 +189,9 @@ async fn detail_markup(
     let can_write = may(app, &viewer.caller, Permission::KeysWrite, &key).await;
     let can_reveal = may(app, &viewer.caller, Permission::KeysReveal, &key).await;
     let can_delete = may(app, &viewer.caller, Permission::KeysDelete, &key).await;
+    let can_rotate = may(app, &viewer.caller, Permission::KeysRotate, &key).await;
+    let edit_refused = refused.filter(|r| r.form == "edit");
+    let rotate_refused = refused.filter(|r| r.form == "rotate");
     let deleted = key.deleted_at.is_some();
     let flag = app.proxy.key_flag(&key.id);
     let status = display_status(&key, now, flag.as_ref());
@@ -203,7 +250,7 @@ async fn detail_markup(
             section aria-labelledby="details-title" {
                 h2 id="details-title" { "Details" }
                 @if can_write && !deleted {
-                    (edit_form(viewer, &key))
+                    (edit_form(viewer, &key, edit_refused))
                 } @else {
                     dl class="facts" {
                         dt { "Alias" } dd { (key.alias) }
@@ -225,7 +272,10 @@ async fn detail_markup(
                         }
                     }
                 }
-                h2 { "Versions" }
+                h2 id="versions" { "Versions" }
+                @if can_rotate && !deleted {
+                    (rotate_form(viewer, &key, rotate_refused.map(|r| &r.error)))
+                }
                 div class="table-wrap" {
                     table {
                         thead { tr { th scope="col" { "Version" } th scope="col" { "State" } th scope="col" { "Hint" } th scope="col" { "Added" } } }
@@ -267,47 +317,77 @@ async fn detail_markup(
     Ok((key.alias.clone(), content))
 }
 
-fn edit_form(viewer: &Viewer, key: &Key) -> Markup {
-    let expires = key
-        .expires_at
-        .map(|t| {
-            t.to_zoned_datetime(jiff::tz::TimeZone::UTC)
-                .date()
-                .to_string()
-        })
-        .unwrap_or_default();
+fn edit_form(viewer: &Viewer, key: &Key, refused: Option<&Refused>) -> Markup {
+    let typed = refused.map_or_else(|| Typed::of(key), |r| r.typed.clone());
+    let error_for = |name: &str| {
+        refused
+            .filter(|r| super::add_key::field_of(r.error.code) == name)
+            .map(|r| r.error.message.clone())
+    };
+    let general = refused
+        .filter(|r| super::add_key::field_of(r.error.code) == "form")
+        .map(|r| r.error.message.clone());
     html! {
-        form method="post" action={ "/keys/" (key.id) "/edit" } class="panel" {
+        form method="post" action={ "/keys/" (key.id) "/edit" } class="panel" id="edit" {
+            @if let Some(message) = general { p class="flash error" role="alert" { "Not saved: " (message) } }
             input type="hidden" name="csrf" value=(viewer.csrf);
             div class="field" {
                 label for="alias" { "Alias" }
-                input id="alias" name="alias" type="text" required value=(key.alias);
+                input id="alias" name="alias" type="text" required value=(typed.alias);
+                @if let Some(e) = error_for("alias") { span class="error" role="alert" { (e) } }
             }
             div class="field" {
                 label for="description" { "Description" }
-                textarea id="description" name="description" rows="2" { (key.description.clone().unwrap_or_default()) }
+                textarea id="description" name="description" rows="2" { (typed.description) }
+                @if let Some(e) = error_for("description") { span class="error" role="alert" { (e) } }
             }
             div class="field" {
                 label for="owner" { "Owner" }
-                input id="owner" name="owner" type="text" value=(key.owner.clone().unwrap_or_default());
+                input id="owner" name="owner" type="text" value=(typed.owner);
+                @if let Some(e) = error_for("owner") { span class="error" role="alert" { (e) } }
             }
             div class="field" {
                 label for="tags" { "Tags" }
-                input id="tags" name="tags" type="text" value=(key.tags.join(", "));
+                input id="tags" name="tags" type="text" value=(typed.tags);
+                @if let Some(e) = error_for("tags") { span class="error" role="alert" { (e) } }
             }
             div class="field" {
                 label for="criticality" { "Criticality" }
                 select id="criticality" name="criticality" {
                     @for level in ["low", "medium", "high", "critical"] {
-                        option value=(level) selected[key.criticality.as_str() == level] { (level) }
+                        option value=(level) selected[typed.criticality == level] { (level) }
                     }
                 }
             }
             div class="field" {
                 label for="expires" { "Expires on" }
-                input id="expires" name="expires" type="date" value=(expires);
+                input id="expires" name="expires" type="date" value=(typed.expires);
+                @if let Some(e) = error_for("expires") { span class="error" role="alert" { (e) } }
             }
             button type="submit" { "Save changes" }
+        }
+    }
+}
+
+/// A new value becomes the current version at once (guided rotation with a dual-key window
+/// is its own flow); the provider is asked first, and a value it rejects is not stored.
+fn rotate_form(viewer: &Viewer, key: &Key, error: Option<&Error>) -> Markup {
+    html! {
+        details class="panel" id="rotate" open[error.is_some()] {
+            summary { "Rotate: store a new value" }
+            form method="post" action={ "/keys/" (key.id) "/rotate" } {
+                input type="hidden" name="csrf" value=(viewer.csrf);
+                @if let Some(e) = error { p class="flash error" role="alert" { "Not rotated: " (e.message) } }
+                div class="field" {
+                    label for="new-secret" { "New value" }
+                    div class="secret" {
+                        input id="new-secret" name="secret" type="password" autocomplete="off" spellcheck="false" required;
+                        button type="button" class="quiet" data-toggle-secret="new-secret" aria-pressed="false" hidden { "Show" }
+                    }
+                    span class="help" { "Keyward sends the service's check request with it first; a value the provider rejects is not stored." }
+                }
+                button type="submit" { "Rotate" }
+            }
         }
     }
 }
@@ -370,18 +450,25 @@ pub async fn edit(
         Err(r) => return r,
     };
     let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
-    let back = format!("/keys/{id}");
     let get = |name: &str| field(&fields, name).unwrap_or_default().trim().to_owned();
+    let typed = Typed {
+        alias: get("alias"),
+        description: get("description"),
+        owner: get("owner"),
+        tags: get("tags"),
+        criticality: get("criticality"),
+        expires: get("expires"),
+    };
     let result = async {
         let id = parse_id(&id)?;
-        let optional = |v: String| Some(Some(v).filter(|v| !v.is_empty()));
+        let optional = |v: &str| Some(Some(v.to_owned()).filter(|v| !v.is_empty()));
         let changes = KeyChanges {
-            alias: Some(get("alias")),
-            description: optional(get("description")),
-            owner: optional(get("owner")),
-            tags: Some(tags_of(&get("tags"))),
-            criticality: Some(get("criticality").parse::<Criticality>()?),
-            expires_at: Some(expiry_of(&get("expires"))?),
+            alias: Some(typed.alias.clone()),
+            description: optional(&typed.description),
+            owner: optional(&typed.owner),
+            tags: Some(tags_of(&typed.tags)),
+            criticality: Some(typed.criticality.parse::<Criticality>()?),
+            expires_at: Some(expiry_of(&typed.expires)?),
             limits: None,
             budget: None,
         };
@@ -390,7 +477,90 @@ pub async fn edit(
     .await;
     match result {
         Ok(key) => Redirect::to(&format!("/keys/{}?notice=saved", key.id)).into_response(),
-        Err(e) => refused(caller, csrf, &back, e),
+        Err(error) => {
+            let refused = Refused {
+                form: "edit",
+                typed,
+                error,
+            };
+            refused_on_page(&app, Viewer { caller, csrf }, &id, refused).await
+        }
+    }
+}
+
+/// The key page again with a refused form filled in as it was sent.
+async fn refused_on_page(app: &App, viewer: Viewer, id: &str, refused: Refused) -> Response {
+    let status = crate::http::error::ApiError::from(refused.error.clone()).status;
+    match detail_markup(app, &viewer, id, None, Some(&refused)).await {
+        Ok((title, content)) => page(status, framed(&viewer, "/", &title, content)),
+        Err(_) => error_page(&viewer, "/", "Key", refused.error),
+    }
+}
+
+pub async fn rotate(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let (caller, fields) = match posted(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let viewer = Viewer {
+        csrf: field(&fields, "csrf").unwrap_or_default().to_owned(),
+        caller,
+    };
+    if viewer
+        .caller
+        .mfa
+        .refusal(Permission::KeysRotate.needs_step_up())
+        .is_some()
+        && let Some(redirect) = super::mfa::needs_step_up(&viewer, &format!("/keys/{id}#rotate"))
+    {
+        return redirect;
+    }
+    let secret =
+        secrecy::SecretString::from(field(&fields, "secret").unwrap_or_default().to_owned());
+    let result = async {
+        let key_id = parse_id(&id)?;
+        let key = app.key(&viewer.caller.actor, &key_id).await?;
+        let check = app
+            .validate_secret(
+                &viewer.caller.actor,
+                &key.service_id,
+                &key.environment,
+                &secret,
+            )
+            .await?;
+        if check.verdict == keyward_proxy::Verdict::Rejected {
+            return Err(Error::invalid(
+                "new_value_rejected",
+                format!("{}; nothing was changed", check.message),
+            ));
+        }
+        app.add_version(
+            &viewer.caller.actor,
+            &key_id,
+            secret,
+            false,
+            keyward_core::key::VersionState::Current,
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(_) => Redirect::to(&format!("/keys/{id}?notice=rotated")).into_response(),
+        Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
+            Redirect::to(&format!("/keys/{id}?notice=approval_requested")).into_response()
+        }
+        Err(error) => {
+            let refused = Refused {
+                form: "rotate",
+                typed: Typed::default(),
+                error,
+            };
+            refused_on_page(&app, viewer, &id, refused).await
+        }
     }
 }
 

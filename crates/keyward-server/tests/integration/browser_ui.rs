@@ -502,6 +502,7 @@ async fn proxied_call_moves_the_dashboard(chrome: &Chrome, app: &TestApp, token:
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(last.0 != "never" && last.1 == "1", "{last:?}");
+    chrome.screenshot("dashboard-after-call-1280").await;
     c.goto(&format!("{}/usage?days=7", app.base)).await.unwrap();
     let usage = main_text(chrome).await;
     assert!(

@@ -353,6 +353,7 @@ async fn every_page_carries_the_csp_and_a_viewer_is_offered_no_action() {
             "href=\"/keys/new\"",
             "/reveal\"",
             "/delete\"",
+            "#rotate\"",
             "href=\"/audit\"",
             "href=\"/users\"",
         ] {
@@ -380,4 +381,139 @@ async fn every_page_carries_the_csp_and_a_viewer_is_offered_no_action() {
         .call(Method::GET, &format!("/api/v1/keys/{id}"), None)
         .await;
     assert_eq!(after["enabled"], true);
+}
+
+/// Posts a form with the session cookie and its CSRF token, without following redirects.
+async fn post_form(
+    app: &TestApp,
+    b: &crate::browser::Browser,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> (StatusCode, String, String) {
+    let mut all = vec![("csrf", b.csrf.as_str())];
+    all.extend_from_slice(fields);
+    let response = no_redirects()
+        .post(format!("{}{path}", app.base))
+        .header(COOKIE, &b.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&all))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let location = response
+        .headers()
+        .get(LOCATION)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, location, response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn key_forms_keep_what_was_typed_and_rotation_asks_the_provider_first() {
+    use crate::browser::enrolled_user;
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let (_provider, base) = crate::validation::Provider::start().await;
+    app.point_service("openai", &base).await;
+    let old_value = OPENAI_KEY.replace("WXYZ", "BBBB");
+    let key = app
+        .create_key("openai", "production", "main", &old_value)
+        .await;
+    let id = key["id"].as_str().unwrap();
+    let (_, admin, _) = enrolled_user(&app, "ada", Role::Admin).await;
+
+    // A refused edit comes back with everything typed and the error by its field.
+    let (status, _, html) = post_form(
+        &app,
+        &admin,
+        &format!("/keys/{id}/edit"),
+        &[
+            ("alias", "no <good>"),
+            ("description", "kept text"),
+            ("owner", "data team"),
+            ("tags", "batch"),
+            ("criticality", "high"),
+            ("expires", ""),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{html}");
+    assert!(html.contains(">kept text</textarea>"), "{html}");
+    assert!(html.contains("value=\"data team\""), "{html}");
+    assert!(
+        html.contains("value=\"no &lt;good&gt;\""),
+        "typed alias kept, escaped"
+    );
+    assert!(html.contains("<option value=\"high\" selected"), "{html}");
+    assert!(html.contains("class=\"error\" role=\"alert\""), "{html}");
+    let (_, unchanged) = app
+        .call(Method::GET, &format!("/api/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(unchanged["alias"], "main", "nothing changed");
+
+    // Rotation: a new value the provider rejects is not stored; one it accepts becomes
+    // the current version.
+    let rejected = OPENAI_KEY.replace("WXYZ", "QQQQ");
+    let (status, _, html) = post_form(
+        &app,
+        &admin,
+        &format!("/keys/{id}/rotate"),
+        &[("secret", &rejected)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{html}");
+    assert!(
+        html.contains("Not rotated") && html.contains("rejected"),
+        "{html}"
+    );
+    assert!(
+        !html.contains(&rejected),
+        "the typed value is not sent back"
+    );
+    let (_, versions) = app
+        .call(Method::GET, &format!("/api/v1/keys/{id}/versions"), None)
+        .await;
+    assert_eq!(versions.as_array().map(Vec::len), Some(1), "{versions}");
+    let (status, location, _) = post_form(
+        &app,
+        &admin,
+        &format!("/keys/{id}/rotate"),
+        &[("secret", OPENAI_KEY)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location, format!("/keys/{id}?notice=rotated"));
+    let (_, after) = app
+        .call(Method::GET, &format!("/api/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(after["current_version"], 2, "{after}");
+
+    // The MFA policy form; a viewer may not post it.
+    let (status, location, html) = post_form(
+        &app,
+        &admin,
+        "/settings/mfa",
+        &[
+            ("required", "owner"),
+            ("required", "admin"),
+            ("step_up_minutes", "10"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    assert_eq!(location, "/settings");
+    let (_, policy) = app.call(Method::GET, "/api/v1/policies/mfa", None).await;
+    assert_eq!(policy["step_up_minutes"], 10, "{policy}");
+    add_user(&app, "vera", Role::Viewer).await;
+    let viewer = crate::browser::sign_in(&app, "vera", PASSWORD)
+        .await
+        .unwrap();
+    let (status, _, _) = post_form(
+        &app,
+        &viewer,
+        "/settings/mfa",
+        &[("required", "owner"), ("step_up_minutes", "60")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
