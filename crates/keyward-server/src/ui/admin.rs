@@ -133,6 +133,15 @@ fn decision_forms(viewer: &Viewer, r: &ApprovalRequest, decides: bool) -> Markup
                 button type="submit" name="decision" value="deny" class="quiet small" { "Deny" }
             }
         }
+        @if own && r.status == ApprovalStatus::Approved {
+            @if let Some(key) = r.operation.target.strip_prefix("key:") {
+                @match r.operation.action.as_str() {
+                    "reveal" => { a class="button small" href={ "/keys/" (key) "/reveal?approval=" (r.id) } { "Reveal now" } }
+                    "delete" => { a class="button small" href={ "/keys/" (key) "/delete?approval=" (r.id) } { "Delete now" } }
+                    _ => { span class="muted small" { "Repeat the request with " code { "X-Keyward-Approval: " (r.id) } } }
+                }
+            }
+        }
         @if open && own && r.status == ApprovalStatus::Pending {
             form method="post" action={ "/approvals/" (r.id) "/cancel" } {
                 input type="hidden" name="csrf" value=(viewer.csrf);

@@ -631,6 +631,30 @@ pub async fn validate(
     }
 }
 
+/// What a form says about approval: `request` (with the reason) files a request instead of
+/// acting; `apr_…` acts under an approval the viewer was granted.
+fn approval_use(fields: &[(String, String)], reason: &str) -> Option<ApprovalUse> {
+    match field(fields, "approval") {
+        Some("request") => Some(ApprovalUse::Request(reason.to_owned())),
+        Some(other) if other.starts_with("apr_") => other.parse().ok().map(ApprovalUse::Use),
+        _ => None,
+    }
+}
+
+/// An approval id handed to a page in its URL (from the approvals inbox).
+#[derive(Debug, Default, Deserialize)]
+pub struct UnderApproval {
+    approval: Option<String>,
+}
+
+impl UnderApproval {
+    fn id(&self) -> Option<&str> {
+        self.approval.as_deref().filter(|a| {
+            a.starts_with("apr_") && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    }
+}
+
 // ------------------------------------------------------------------ reveal
 
 /// How long a revealed value stays on the page (and in the clipboard).
@@ -640,6 +664,7 @@ pub async fn reveal_form(
     State(app): State<Arc<App>>,
     viewer: Viewer,
     Path(id): Path<String>,
+    Query(under): Query<UnderApproval>,
 ) -> Response {
     if let Some(redirect) = super::mfa::needs_step_up(&viewer, &format!("/keys/{id}/reveal")) {
         return redirect;
@@ -648,7 +673,7 @@ pub async fn reveal_form(
         Ok(key) => key,
         Err(e) => return error_page(&viewer, "/", "Reveal", e),
     };
-    let content = reveal_form_markup(&viewer, &key, "", None);
+    let content = reveal_form_markup(&viewer, &key, "", None, under.id());
     page(
         StatusCode::OK,
         framed(&viewer, "/", &format!("Reveal {}", key.alias), content),
@@ -660,6 +685,7 @@ fn reveal_form_markup(
     key: &Key,
     reason: &str,
     error: Option<(&Error, bool)>,
+    approval: Option<&str>,
 ) -> Markup {
     html! {
         @if let Some((e, _)) = error {
@@ -677,6 +703,10 @@ fn reveal_form_markup(
             @if let Some((_, true)) = error {
                 input type="hidden" name="approval" value="request";
                 button type="submit" { "Request approval" }
+            } @else if let Some(approval) = approval {
+                input type="hidden" name="approval" value=(approval);
+                p class="muted small" { "Under approval " code { (approval) } " (usable once)." }
+                button type="submit" { "Reveal" }
             } @else {
                 button type="submit" { "Reveal" }
             }
@@ -707,11 +737,7 @@ pub async fn reveal(
             None => error_page(&viewer, "/", "Reveal", refusal),
         };
     }
-    caller.actor.approval = match field(&fields, "approval") {
-        Some("request") => Some(ApprovalUse::Request(reason.clone())),
-        Some(other) if other.starts_with("apr_") => other.parse().ok().map(ApprovalUse::Use),
-        _ => None,
-    };
+    caller.actor.approval = approval_use(&fields, &reason);
     let key = match async { app.key(&caller.actor, &parse_id(&id)?).await }.await {
         Ok(key) => key,
         Err(e) => return refused(caller, csrf, "/", e),
@@ -760,7 +786,7 @@ pub async fn reveal(
                     &viewer,
                     "/",
                     &format!("Reveal {}", key.alias),
-                    reveal_form_markup(&viewer, &key, &reason, Some((&e, approval))),
+                    reveal_form_markup(&viewer, &key, &reason, Some((&e, approval)), None),
                 ),
             )
         }
@@ -773,11 +799,12 @@ pub async fn delete_form(
     State(app): State<Arc<App>>,
     viewer: Viewer,
     Path(id): Path<String>,
+    Query(under): Query<UnderApproval>,
 ) -> Response {
     if let Some(redirect) = super::mfa::needs_step_up(&viewer, &format!("/keys/{id}/delete")) {
         return redirect;
     }
-    match delete_markup(&app, &viewer, &id, None).await {
+    match delete_markup(&app, &viewer, &id, None, under.id()).await {
         Ok((title, content)) => page(StatusCode::OK, framed(&viewer, "/", &title, content)),
         Err(e) => error_page(&viewer, "/", "Delete", e),
     }
@@ -788,12 +815,14 @@ async fn delete_markup(
     viewer: &Viewer,
     id: &str,
     error: Option<&Error>,
+    approval: Option<&str>,
 ) -> Result<(String, Markup), Error> {
     let id = parse_id(id)?;
     let impact = app.impact(&viewer.caller.actor, &id).await?;
     let key = &impact.key;
     let now = app.now();
     let critical = key.criticality == Criticality::Critical;
+    let needs_approval = error.is_some_and(|e| e.code == "approval_required");
     let content = html! {
         @if let Some(e) = error { p class="flash error" role="alert" { (e.message) } }
         section class="panel narrow" aria-labelledby="impact-title" {
@@ -824,7 +853,20 @@ async fn delete_markup(
                         input id="confirm" name="confirm" type="text" required autocomplete="off";
                     }
                 }
-                button type="submit" class="danger" { "Delete " (key.alias) }
+                @if needs_approval {
+                    div class="field" {
+                        label for="reason" { "Why it should be deleted" }
+                        input id="reason" name="reason" type="text" required minlength="4";
+                    }
+                    input type="hidden" name="approval" value="request";
+                    button type="submit" { "Request approval" }
+                } @else {
+                    @if let Some(approval) = approval {
+                        input type="hidden" name="approval" value=(approval);
+                        p class="muted small" { "Under approval " code { (approval) } " (usable once)." }
+                    }
+                    button type="submit" class="danger" { "Delete " (key.alias) }
+                }
                 " " a href={ "/keys/" (key.id) } { "Cancel" }
             }
         }
@@ -842,6 +884,12 @@ pub async fn delete(
         Err(r) => return r,
     };
     let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
+    let mut caller = caller;
+    let reason = field(&fields, "reason")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    caller.actor.approval = approval_use(&fields, &reason);
     let viewer = Viewer { caller, csrf };
     if let Some(refusal) = viewer
         .caller
@@ -874,7 +922,7 @@ pub async fn delete(
         }
         Err(e) => {
             let status = crate::http::error::ApiError::from(e.clone()).status;
-            match delete_markup(&app, &viewer, &id, Some(&e)).await {
+            match delete_markup(&app, &viewer, &id, Some(&e), None).await {
                 Ok((title, content)) => page(status, framed(&viewer, "/", &title, content)),
                 Err(_) => error_page(&viewer, "/", "Delete", e),
             }

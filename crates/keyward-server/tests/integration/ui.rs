@@ -517,3 +517,96 @@ async fn key_forms_keep_what_was_typed_and_rotation_asks_the_provider_first() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// The first `apr_…` id in a page.
+fn approval_id(html: &str) -> Option<String> {
+    let start = html.find("apr_")?;
+    Some(
+        html[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn a_reveal_that_needs_approval_is_requested_approved_and_used_once_through_the_pages() {
+    use crate::browser::enrolled_user;
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let (status, policy) = app
+        .call(
+            Method::PUT,
+            "/api/v1/policies/approvals",
+            Some(json!({"rules": [{"actions": ["reveal"], "approvals": 1,
+                                   "approver_roles": ["admin", "owner"]}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{policy}");
+    let key = app
+        .create_key("openai", "production", "main", OPENAI_KEY)
+        .await;
+    let id = key["id"].as_str().unwrap();
+    let (_, ada, _) = enrolled_user(&app, "ada", Role::Admin).await;
+    let (_, otto, _) = enrolled_user(&app, "otto", Role::Owner).await;
+    let reason = [("reason", "configure the fallback")];
+
+    // Refused for want of approval: the page offers to ask for it, keeping the reason.
+    let (status, _, html) = post_form(&app, &ada, &format!("/keys/{id}/reveal"), &reason).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+    assert!(
+        html.contains("name=\"approval\" value=\"request\""),
+        "{html}"
+    );
+    assert!(html.contains("value=\"configure the fallback\""), "{html}");
+    assert!(!html.contains(OPENAI_KEY));
+    let (status, location, _) = post_form(
+        &app,
+        &ada,
+        &format!("/keys/{id}/reveal"),
+        &[
+            ("reason", "configure the fallback"),
+            ("approval", "request"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location, format!("/keys/{id}?notice=approval_requested"));
+
+    // The requester cannot decide their own request; the owner approves it in the inbox.
+    let (_, _, mine) = get_page(&app, &ada.cookie, "/approvals").await;
+    assert!(
+        !mine.contains("/decide\""),
+        "no approve button on one's own request"
+    );
+    let (_, _, inbox) = get_page(&app, &otto.cookie, "/approvals").await;
+    let apr = approval_id(&inbox).expect("the request is in the inbox");
+    let (status, _, html) = post_form(
+        &app,
+        &otto,
+        &format!("/approvals/{apr}/decide"),
+        &[("comment", "ok for the migration"), ("decision", "approve")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+
+    // The requester continues from "mine", once.
+    let (_, _, mine) = get_page(&app, &ada.cookie, "/approvals?view=mine").await;
+    let continue_at = format!("/keys/{id}/reveal?approval={apr}");
+    assert!(mine.contains(&continue_at), "{mine}");
+    let (status, _, form_page) = get_page(&app, &ada.cookie, &continue_at).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        form_page.contains(&format!("name=\"approval\" value=\"{apr}\"")),
+        "{form_page}"
+    );
+    let under = [
+        ("reason", "configure the fallback"),
+        ("approval", apr.as_str()),
+    ];
+    let (status, _, shown) = post_form(&app, &ada, &format!("/keys/{id}/reveal"), &under).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert!(shown.contains(OPENAI_KEY), "revealed under the approval");
+    let (status, _, again) = post_form(&app, &ada, &format!("/keys/{id}/reveal"), &under).await;
+    assert_ne!(status, StatusCode::OK, "an approval is used once");
+    assert!(!again.contains(OPENAI_KEY));
+}
