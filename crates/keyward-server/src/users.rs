@@ -200,6 +200,7 @@ impl App {
         role: keyward_core::access::Role,
     ) -> Result<User, Error> {
         use secrecy::ExposeSecret;
+        App::require_everywhere(actor, keyward_core::access::Permission::UsersWrite)?;
         let username = validate_username(username)?;
         if role == keyward_core::access::Role::Owner
             && actor.kind != ActorKind::System
@@ -252,6 +253,7 @@ impl App {
         id: &UserId,
         disabled: bool,
     ) -> Result<User, Error> {
+        App::require_everywhere(actor, keyward_core::access::Permission::UsersWrite)?;
         let user = self.user(id).await?;
         if user.disabled == disabled {
             return Ok(user);

@@ -68,7 +68,7 @@ impl From<User> for UserBody {
     }
 }
 
-pub(super) fn user_id(text: &str) -> Result<UserId, keyward_core::Error> {
+pub(crate) fn user_id(text: &str) -> Result<UserId, keyward_core::Error> {
     text.parse()
         .map_err(|_| keyward_core::Error::not_found("user_not_found", "there is no such user"))
 }

@@ -345,8 +345,18 @@ pub async fn audit(
 // ------------------------------------------------------------------ users and roles
 
 pub async fn users(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
+    users_page(&app, &viewer, (String::new(), String::new()), None).await
+}
+
+/// The users page; `typed` is the add-user form's username and role after a refusal.
+async fn users_page(
+    app: &App,
+    viewer: &Viewer,
+    typed: (String, String),
+    error: Option<Error>,
+) -> Response {
     if let Some(refused) =
-        super::unless_may(&viewer, Permission::UsersRead, "/users", "Users & roles")
+        super::unless_may(viewer, Permission::UsersRead, "/users", "Users & roles")
     {
         return refused;
     }
@@ -358,9 +368,13 @@ pub async fn users(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
     .await;
     let (users, roles) = match result {
         Ok(r) => r,
-        Err(e) => return error_page(&viewer, "/users", "Users & roles", e),
+        Err(e) => return error_page(viewer, "/users", "Users & roles", e),
     };
     let now = app.now();
+    let manages = viewer.may(Permission::UsersWrite);
+    let status = error.as_ref().map_or(StatusCode::OK, |e| {
+        crate::http::error::ApiError::from(e.clone()).status
+    });
     let content = html! {
         section aria-labelledby="users-title" {
             h2 id="users-title" { "Users" }
@@ -369,6 +383,7 @@ pub async fn users(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
                     thead { tr {
                         th scope="col" { "Username" } th scope="col" { "Role" } th scope="col" { "Second factor" }
                         th scope="col" { "Networks" } th scope="col" { "Status" } th scope="col" { "Since" }
+                        th scope="col" { span class="sr-only" { "Actions" } }
                     } }
                     tbody {
                         @for u in &users {
@@ -382,9 +397,47 @@ pub async fn users(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
                                 }
                                 td data-label="Status" { @if u.disabled { span class="badge disabled" { "disabled" } } @else { span class="badge active" { "active" } } }
                                 td data-label="Since" { (relative(now, Some(u.created_at))) }
+                                td class="actions" {
+                                    @if manages && u.id.as_str() != viewer.caller.actor.id {
+                                        form method="post" action={ "/users/" (u.id) "/" (if u.disabled { "enable" } else { "disable" }) } {
+                                            input type="hidden" name="csrf" value=(viewer.csrf);
+                                            button type="submit" class="quiet small" { (if u.disabled { "Enable" } else { "Disable" }) " " (u.username) }
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
+                }
+            }
+        }
+        @if manages {
+            section aria-labelledby="new-user-title" {
+                h2 id="new-user-title" { "Add a user" }
+                form method="post" action="/users" class="panel narrow" {
+                    @if let Some(e) = &error { p class="flash error" role="alert" { "The user was not added: " (e.message) } }
+                    input type="hidden" name="csrf" value=(viewer.csrf);
+                    div class="field" {
+                        label for="username" { "Username" }
+                        input id="username" name="username" type="text" required autocomplete="off" value=(typed.0);
+                    }
+                    div class="field" {
+                        label for="new-password" { "First password" }
+                        div class="secret" {
+                            input id="new-password" name="password" type="password" required autocomplete="new-password";
+                            button type="button" class="quiet" data-toggle-secret="new-password" aria-pressed="false" hidden { "Show" }
+                        }
+                        span class="help" { "At least 12 characters; tell it to them in person. Roles the MFA policy names enrol at first sign-in." }
+                    }
+                    div class="field" {
+                        label for="role" { "Role" }
+                        select id="role" name="role" {
+                            @for role in keyward_core::access::Role::ALL {
+                                option value=(role.as_str()) selected[typed.1 == role.as_str() || (typed.1.is_empty() && role.as_str() == "viewer")] { (role.as_str()) }
+                            }
+                        }
+                    }
+                    button type="submit" { "Add user" }
                 }
             }
         }
@@ -400,10 +453,74 @@ pub async fn users(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
             p class="muted small" { "Users, grants and roles are changed through the API (" code { "/api/v1/users" } ", " code { "/api/v1/roles" } "); changes may need approval." }
         }
     };
-    page(
-        StatusCode::OK,
-        framed(&viewer, "/users", "Users & roles", content),
-    )
+    page(status, framed(viewer, "/users", "Users & roles", content))
+}
+
+/// Adds a user from the users page; a refusal keeps the username and role (never the
+/// password).
+pub async fn add_user(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (caller, fields) = match form_post(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let viewer = Viewer {
+        csrf: field(&fields, "csrf").unwrap_or_default().to_owned(),
+        caller,
+    };
+    let username = field(&fields, "username")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let role = field(&fields, "role").unwrap_or_default().to_owned();
+    let password =
+        secrecy::SecretString::from(field(&fields, "password").unwrap_or_default().to_owned());
+    let result = async {
+        let parsed = role.parse::<keyward_core::access::Role>()?;
+        app.add_user(&viewer.caller.actor, &username, password, parsed)
+            .await
+    }
+    .await;
+    match result {
+        Ok(_) => Redirect::to("/users").into_response(),
+        Err(e) => users_page(&app, &viewer, (username, role), Some(e)).await,
+    }
+}
+
+pub async fn enable_user(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    user_disabled(app, id, request, false).await
+}
+
+pub async fn disable_user(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    user_disabled(app, id, request, true).await
+}
+
+async fn user_disabled(app: Arc<App>, id: String, request: Request, disabled: bool) -> Response {
+    let (caller, fields) = match form_post(&app, request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let viewer = Viewer {
+        csrf: field(&fields, "csrf").unwrap_or_default().to_owned(),
+        caller,
+    };
+    let result = async {
+        let id = crate::http::users::user_id(&id)?;
+        app.set_user_disabled(&viewer.caller.actor, &id, disabled)
+            .await
+    }
+    .await;
+    match result {
+        Ok(_) => Redirect::to("/users").into_response(),
+        Err(e) => users_page(&app, &viewer, (String::new(), String::new()), Some(e)).await,
+    }
 }
 
 // ------------------------------------------------------------------ settings

@@ -610,3 +610,82 @@ async fn a_reveal_that_needs_approval_is_requested_approved_and_used_once_throug
     assert_ne!(status, StatusCode::OK, "an approval is used once");
     assert!(!again.contains(OPENAI_KEY));
 }
+
+#[tokio::test]
+async fn users_are_added_and_disabled_from_the_users_page_by_those_who_may() {
+    use crate::browser::enrolled_user;
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let (_, ada, _) = enrolled_user(&app, "ada", Role::Admin).await;
+    let (status, _, html) = post_form(
+        &app,
+        &ada,
+        "/users",
+        &[
+            ("username", "kim"),
+            ("password", "short"),
+            ("role", "key_manager"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{html}");
+    assert!(html.contains("value=\"kim\""), "the username is kept");
+    assert!(
+        html.contains("<option value=\"key_manager\" selected"),
+        "and the role"
+    );
+    assert!(!html.contains("value=\"short\""), "never the password");
+    let (status, location, _) = post_form(
+        &app,
+        &ada,
+        "/users",
+        &[
+            ("username", "kim"),
+            ("password", PASSWORD),
+            ("role", "key_manager"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, location.as_str()),
+        (StatusCode::SEE_OTHER, "/users")
+    );
+    let (_, users) = app.call(Method::GET, "/api/v1/users", None).await;
+    let kim = users["users"]
+        .as_array()
+        .or(users.as_array())
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "kim")
+        .cloned()
+        .unwrap();
+    assert_eq!(kim["role"], "key_manager");
+    let kim_id = kim["id"].as_str().unwrap();
+    let (status, _, _) = post_form(&app, &ada, &format!("/users/{kim_id}/disable"), &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        crate::browser::sign_in(&app, "kim", PASSWORD)
+            .await
+            .is_err(),
+        "disabled"
+    );
+
+    // A viewer's role may not add users, whatever it posts.
+    add_user(&app, "vera", Role::Viewer).await;
+    let viewer = crate::browser::sign_in(&app, "vera", PASSWORD)
+        .await
+        .unwrap();
+    let (status, _, _) = post_form(
+        &app,
+        &viewer,
+        "/users",
+        &[
+            ("username", "mallory"),
+            ("password", PASSWORD),
+            ("role", "owner"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, users) = app.call(Method::GET, "/api/v1/users", None).await;
+    assert!(!users.to_string().contains("mallory"));
+}
