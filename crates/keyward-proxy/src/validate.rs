@@ -37,6 +37,19 @@ pub enum Verdict {
     Unreachable,
 }
 
+impl Verdict {
+    /// The word the API and pages use (`valid`, `rejected`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::Rejected => "rejected",
+            Verdict::Throttled => "throttled",
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::Unreachable => "unreachable",
+        }
+    }
+}
+
 /// The outcome of one validation request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Validation {

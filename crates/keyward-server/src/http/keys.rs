@@ -417,12 +417,8 @@ pub struct ValidationBody {
 
 impl From<keyward_proxy::Validation> for ValidationBody {
     fn from(v: keyward_proxy::Validation) -> Self {
-        let verdict = serde_json::to_value(v.verdict)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
         Self {
-            verdict,
+            verdict: v.verdict.as_str().to_owned(),
             status: v.status,
             message: v.message,
             costs_quota: v.costs_quota,

@@ -293,7 +293,7 @@ pub(super) fn field_of(code: &str) -> &'static str {
 
 pub async fn create(State(app): State<Arc<App>>, request: Request) -> Response {
     // The page's own session, to show the form again on a refusal.
-    let (caller, fields) = match form_post(&app, request).await {
+    let (Viewer { caller, .. }, fields) = match form_post(&app, request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };

@@ -156,21 +156,11 @@ pub async fn decide(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (caller, fields) = match form_post(&app, request).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let (viewer, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
-    let viewer = Viewer {
-        csrf: field(&fields, "csrf").unwrap_or_default().to_owned(),
-        caller,
-    };
-    if viewer
-        .caller
-        .mfa
-        .refusal(Permission::ApprovalsDecide.needs_step_up())
-        .is_some()
-        && let Some(redirect) = super::mfa::needs_step_up(&viewer, "/approvals")
-    {
+    if let Some(redirect) = viewer.step_up_for(Permission::ApprovalsDecide, "/approvals") {
         return redirect;
     }
     let approve = field(&fields, "decision") == Some("approve");
@@ -192,9 +182,9 @@ pub async fn cancel(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (caller, fields) = match form_post(&app, request).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let (Viewer { caller, .. }, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
     let result = async {
         let id = id.parse().map_err(|_| approval_not_found())?;
@@ -459,13 +449,9 @@ async fn users_page(
 /// Adds a user from the users page; a refusal keeps the username and role (never the
 /// password).
 pub async fn add_user(State(app): State<Arc<App>>, request: Request) -> Response {
-    let (caller, fields) = match form_post(&app, request).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let viewer = Viewer {
-        csrf: field(&fields, "csrf").unwrap_or_default().to_owned(),
-        caller,
+    let (viewer, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
     let username = field(&fields, "username")
         .unwrap_or_default()
@@ -503,13 +489,9 @@ pub async fn disable_user(
 }
 
 async fn user_disabled(app: Arc<App>, id: String, request: Request, disabled: bool) -> Response {
-    let (caller, fields) = match form_post(&app, request).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let viewer = Viewer {
-        csrf: field(&fields, "csrf").unwrap_or_default().to_owned(),
-        caller,
+    let (viewer, _) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
     let result = async {
         let id = crate::http::users::user_id(&id)?;
@@ -635,21 +617,11 @@ pub async fn settings(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
 /// Saves the MFA policy from the settings form (a fresh MFA check first; approval where the
 /// policy says, as through the API).
 pub async fn save_mfa_policy(State(app): State<Arc<App>>, request: Request) -> Response {
-    let (caller, fields) = match form_post(&app, request).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let (viewer, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
-    let viewer = Viewer {
-        csrf: field(&fields, "csrf").unwrap_or_default().to_owned(),
-        caller,
-    };
-    if viewer
-        .caller
-        .mfa
-        .refusal(Permission::AccessWrite.needs_step_up())
-        .is_some()
-        && let Some(redirect) = super::mfa::needs_step_up(&viewer, "/settings")
-    {
+    if let Some(redirect) = viewer.step_up_for(Permission::AccessWrite, "/settings") {
         return redirect;
     }
     let result = async {
@@ -689,7 +661,7 @@ pub async fn save_mfa_policy(State(app): State<Arc<App>>, request: Request) -> R
 
 /// Ends every session of the signed-in user, this one included.
 pub async fn sign_out_everywhere(State(app): State<Arc<App>>, request: Request) -> Response {
-    let (caller, _) = match form_post(&app, request).await {
+    let (Viewer { caller, .. }, _) = match form_post(&app, request).await {
         Ok(p) => p,
         Err(r) => return r,
     };

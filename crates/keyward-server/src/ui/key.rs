@@ -417,19 +417,13 @@ pub fn tags_of(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// A form post's caller, or the refusal page.
-async fn posted(app: &App, request: Request) -> Result<(Caller, Vec<(String, String)>), Response> {
-    form_post(app, request).await
-}
-
 /// The refusal of an action, shown on a page of its own with a way back.
-fn refused(caller: Caller, csrf: String, back: &str, e: Error) -> Response {
-    let viewer = Viewer { caller, csrf };
+fn refused(viewer: &Viewer, back: &str, e: Error) -> Response {
     let status = crate::http::error::ApiError::from(e.clone()).status;
     page(
         status,
         framed(
-            &viewer,
+            viewer,
             "/",
             "Not done",
             html! {
@@ -445,11 +439,10 @@ pub async fn edit(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (caller, fields) = match posted(&app, request).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let (Viewer { caller, csrf }, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
-    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
     let get = |name: &str| field(&fields, name).unwrap_or_default().trim().to_owned();
     let typed = Typed {
         alias: get("alias"),
@@ -502,20 +495,12 @@ pub async fn rotate(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (caller, fields) = match posted(&app, request).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let (viewer, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
-    let viewer = Viewer {
-        csrf: field(&fields, "csrf").unwrap_or_default().to_owned(),
-        caller,
-    };
-    if viewer
-        .caller
-        .mfa
-        .refusal(Permission::KeysRotate.needs_step_up())
-        .is_some()
-        && let Some(redirect) = super::mfa::needs_step_up(&viewer, &format!("/keys/{id}#rotate"))
+    if let Some(redirect) =
+        viewer.step_up_for(Permission::KeysRotate, &format!("/keys/{id}#rotate"))
     {
         return redirect;
     }
@@ -581,11 +566,10 @@ pub async fn disable(
 }
 
 async fn toggle(app: Arc<App>, id: String, request: Request, enabled: bool) -> Response {
-    let (caller, fields) = match posted(&app, request).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let (Viewer { caller, csrf }, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
-    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
     let back = field(&fields, "back")
         .filter(|b| super::local_path(b))
         .map(str::to_owned);
@@ -600,7 +584,7 @@ async fn toggle(app: Arc<App>, id: String, request: Request, enabled: bool) -> R
             Some(back) => Redirect::to(&back).into_response(),
             None => Redirect::to(&format!("/keys/{}?notice={word}", key.id)).into_response(),
         },
-        Err(e) => refused(caller, csrf, &format!("/keys/{id}"), e),
+        Err(e) => refused(&Viewer { caller, csrf }, &format!("/keys/{id}"), e),
     }
 }
 
@@ -609,25 +593,18 @@ pub async fn validate(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (caller, fields) = match posted(&app, request).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let (viewer, _) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
-    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
     let result = async {
         let id = parse_id(&id)?;
-        app.validate_key(&caller.actor, &id).await
+        app.validate_key(&viewer.caller.actor, &id).await
     }
     .await;
     match result {
-        Ok(v) => {
-            let word = serde_json::to_value(v.verdict)
-                .ok()
-                .and_then(|w| w.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            Redirect::to(&format!("/keys/{id}?notice={word}")).into_response()
-        }
-        Err(e) => refused(caller, csrf, &format!("/keys/{id}"), e),
+        Ok(v) => Redirect::to(&format!("/keys/{id}?notice={}", v.verdict.as_str())).into_response(),
+        Err(e) => refused(&viewer, &format!("/keys/{id}"), e),
     }
 }
 
@@ -666,7 +643,9 @@ pub async fn reveal_form(
     Path(id): Path<String>,
     Query(under): Query<UnderApproval>,
 ) -> Response {
-    if let Some(redirect) = super::mfa::needs_step_up(&viewer, &format!("/keys/{id}/reveal")) {
+    if let Some(redirect) =
+        viewer.step_up_for(Permission::KeysReveal, &format!("/keys/{id}/reveal"))
+    {
         return redirect;
     }
     let key = match async { app.key(&viewer.caller.actor, &parse_id(&id)?).await }.await {
@@ -720,27 +699,24 @@ pub async fn reveal(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (mut caller, fields) = match posted(&app, request).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let (viewer, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
-    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
+    if let Some(redirect) =
+        viewer.step_up_for(Permission::KeysReveal, &format!("/keys/{id}/reveal"))
+    {
+        return redirect;
+    }
+    let Viewer { mut caller, csrf } = viewer;
     let reason = field(&fields, "reason")
         .unwrap_or_default()
         .trim()
         .to_owned();
-    let viewer_path = format!("/keys/{id}/reveal");
-    if let Some(refusal) = caller.mfa.refusal(Permission::KeysReveal.needs_step_up()) {
-        let viewer = Viewer { caller, csrf };
-        return match super::mfa::needs_step_up(&viewer, &viewer_path) {
-            Some(redirect) => redirect,
-            None => error_page(&viewer, "/", "Reveal", refusal),
-        };
-    }
     caller.actor.approval = approval_use(&fields, &reason);
     let key = match async { app.key(&caller.actor, &parse_id(&id)?).await }.await {
         Ok(key) => key,
-        Err(e) => return refused(caller, csrf, "/", e),
+        Err(e) => return refused(&Viewer { caller, csrf }, "/", e),
     };
     match app.reveal_key(&caller.actor, &key.id, None, &reason).await {
         Ok((version, value)) => {
@@ -801,7 +777,9 @@ pub async fn delete_form(
     Path(id): Path<String>,
     Query(under): Query<UnderApproval>,
 ) -> Response {
-    if let Some(redirect) = super::mfa::needs_step_up(&viewer, &format!("/keys/{id}/delete")) {
+    if let Some(redirect) =
+        viewer.step_up_for(Permission::KeysDelete, &format!("/keys/{id}/delete"))
+    {
         return redirect;
     }
     match delete_markup(&app, &viewer, &id, None, under.id()).await {
@@ -879,28 +857,20 @@ pub async fn delete(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (caller, fields) = match posted(&app, request).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let (mut viewer, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
-    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
-    let mut caller = caller;
+    if let Some(redirect) =
+        viewer.step_up_for(Permission::KeysDelete, &format!("/keys/{id}/delete"))
+    {
+        return redirect;
+    }
     let reason = field(&fields, "reason")
         .unwrap_or_default()
         .trim()
         .to_owned();
-    caller.actor.approval = approval_use(&fields, &reason);
-    let viewer = Viewer { caller, csrf };
-    if let Some(refusal) = viewer
-        .caller
-        .mfa
-        .refusal(Permission::KeysDelete.needs_step_up())
-    {
-        return match super::mfa::needs_step_up(&viewer, &format!("/keys/{id}/delete")) {
-            Some(redirect) => redirect,
-            None => error_page(&viewer, "/", "Delete", refusal),
-        };
-    }
+    viewer.caller.actor.approval = approval_use(&fields, &reason);
     let result = async {
         let key_id = parse_id(&id)?;
         let key = app.key(&viewer.caller.actor, &key_id).await?;
@@ -1012,19 +982,11 @@ pub async fn restore(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (caller, fields) = match posted(&app, request).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let (viewer, _) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
-    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
-    let viewer = Viewer { caller, csrf };
-    if viewer
-        .caller
-        .mfa
-        .refusal(Permission::KeysDelete.needs_step_up())
-        .is_some()
-        && let Some(redirect) = super::mfa::needs_step_up(&viewer, "/keys/deleted")
-    {
+    if let Some(redirect) = viewer.step_up_for(Permission::KeysDelete, "/keys/deleted") {
         return redirect;
     }
     let result = async {
@@ -1034,7 +996,7 @@ pub async fn restore(
     .await;
     match result {
         Ok(key) => Redirect::to(&format!("/keys/{}?notice=restored", key.id)).into_response(),
-        Err(e) => refused(viewer.caller, viewer.csrf, "/keys/deleted", e),
+        Err(e) => refused(&viewer, "/keys/deleted", e),
     }
 }
 
@@ -1043,19 +1005,11 @@ pub async fn purge(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (caller, fields) = match posted(&app, request).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let (viewer, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
-    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
-    let viewer = Viewer { caller, csrf };
-    if viewer
-        .caller
-        .mfa
-        .refusal(Permission::KeysPurge.needs_step_up())
-        .is_some()
-        && let Some(redirect) = super::mfa::needs_step_up(&viewer, "/keys/deleted")
-    {
+    if let Some(redirect) = viewer.step_up_for(Permission::KeysPurge, "/keys/deleted") {
         return redirect;
     }
     let confirm = field(&fields, "confirm").map(str::trim);
@@ -1069,6 +1023,6 @@ pub async fn purge(
         Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
             Redirect::to("/keys/deleted").into_response()
         }
-        Err(e) => refused(viewer.caller, viewer.csrf, "/keys/deleted", e),
+        Err(e) => refused(&viewer, "/keys/deleted", e),
     }
 }

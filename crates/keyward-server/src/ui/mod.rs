@@ -148,6 +148,21 @@ pub struct Viewer {
 }
 
 impl Viewer {
+    /// For an action whose permission needs a recent MFA check: `None` to go on; else the
+    /// way to the step-up page (which comes back to `next`) when the viewer's check is
+    /// stale, or the refusal (e.g. "enrol first") when no check is possible — as the API.
+    pub fn step_up_for(
+        &self,
+        permission: keyward_core::access::Permission,
+        next: &str,
+    ) -> Option<Response> {
+        let refusal = self.caller.mfa.refusal(permission.needs_step_up())?;
+        Some(
+            mfa::needs_step_up(self, next)
+                .unwrap_or_else(|| error_page(self, "/", "Confirm it is you", refusal)),
+        )
+    }
+
     /// Whether the viewer holds `permission` anywhere (for showing a section or button;
     /// per-key buttons also check the key's category and environment).
     pub fn may(&self, permission: keyward_core::access::Permission) -> bool {
@@ -191,12 +206,12 @@ impl FromRequestParts<Arc<App>> for Viewer {
     }
 }
 
-/// A form post from a signed-in page: its fields, and the caller — authenticated by the
-/// session cookie with the form's `csrf` field as the CSRF token (the API's own checks).
+/// A form post from a signed-in page: the viewer — authenticated by the session cookie
+/// with the form's `csrf` field as the CSRF token (the API's own checks) — and the fields.
 pub async fn form_post(
     app: &App,
     request: Request,
-) -> Result<(Caller, Vec<(String, String)>), Response> {
+) -> Result<(Viewer, Vec<(String, String)>), Response> {
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, 64 * 1024)
         .await
@@ -208,7 +223,8 @@ pub async fn form_post(
     let caller = crate::http::auth::authenticate_form(&parts, app, csrf)
         .await
         .map_err(IntoResponse::into_response)?;
-    Ok((caller, fields))
+    let csrf = csrf.to_owned();
+    Ok((Viewer { caller, csrf }, fields))
 }
 
 /// The value of a form field.

@@ -166,11 +166,10 @@ pub async fn create(State(app): State<Arc<App>>, request: Request) -> Response {
             format!("{scheme}://{host}")
         })
         .unwrap_or_else(|| "https://keyward.example".into());
-    let (caller, fields) = match form_post(&app, request).await {
+    let (Viewer { caller, csrf }, fields) = match form_post(&app, request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
-    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
     let all = |name: &str| -> Vec<String> {
         fields
             .iter()
@@ -313,20 +312,19 @@ pub async fn revoke(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (caller, fields) = match form_post(&app, request).await {
+    let (viewer, _) = match form_post(&app, request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
-    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
     let result = async {
         let id = id
             .parse()
             .map_err(|_| Error::not_found("app_token_not_found", "there is no such app token"))?;
-        app.revoke_app_token(&caller.actor, &id).await
+        app.revoke_app_token(&viewer.caller.actor, &id).await
     }
     .await;
     match result {
         Ok(_) => Redirect::to("/app-tokens").into_response(),
-        Err(e) => error_page(&Viewer { caller, csrf }, "/app-tokens", "App tokens", e),
+        Err(e) => error_page(&viewer, "/app-tokens", "App tokens", e),
     }
 }

@@ -689,3 +689,44 @@ async fn users_are_added_and_disabled_from_the_users_page_by_those_who_may() {
     let (_, users) = app.call(Method::GET, "/api/v1/users", None).await;
     assert!(!users.to_string().contains("mallory"));
 }
+
+#[tokio::test]
+async fn pages_refuse_step_up_actions_to_someone_without_a_second_factor() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    // Admins need not enrol under this policy, but reveal still needs a fresh check.
+    let (status, policy) = app
+        .call(
+            Method::PUT,
+            "/api/v1/policies/mfa",
+            Some(json!({"required_roles": ["owner"], "step_up_minutes": 5})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{policy}");
+    let key = app
+        .create_key("openai", "production", "main", OPENAI_KEY)
+        .await;
+    let id = key["id"].as_str().unwrap();
+    add_user(&app, "ada", Role::Admin).await;
+    let ada = crate::browser::sign_in(&app, "ada", PASSWORD)
+        .await
+        .unwrap();
+    for (path, fields) in [
+        (
+            format!("/keys/{id}/reveal"),
+            vec![("reason", "just looking")],
+        ),
+        (format!("/keys/{id}/delete"), vec![]),
+        (format!("/keys/{id}/rotate"), vec![("secret", OPENAI_KEY)]),
+    ] {
+        let (status, _, html) = post_form(&app, &ada, &path, &fields).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {html}");
+        assert!(!html.contains(OPENAI_KEY), "{path}");
+    }
+    let (_, after) = app
+        .call(Method::GET, &format!("/api/v1/keys/{id}"), None)
+        .await;
+    assert!(
+        after["deleted_at"].is_null() && after["current_version"] == 1,
+        "{after}"
+    );
+}
