@@ -24,6 +24,9 @@ pub enum ApprovalAction {
     Purge,
     Rotate,
     Disable,
+    /// Emergency revocation: never waits for approval (it must stop a leak now); always
+    /// filed for review afterwards.
+    Revoke,
     Export,
     AccessChange,
 }
@@ -34,6 +37,7 @@ string_enum!(ApprovalAction {
     Purge = "purge",
     Rotate = "rotate",
     Disable = "disable",
+    Revoke = "revoke",
     Export = "export",
     AccessChange = "access_change",
 }, "invalid_action", "approval action");

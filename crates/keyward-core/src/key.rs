@@ -46,12 +46,23 @@ pub enum KeyStatus {
     Active,
     Disabled,
     Expired,
+    /// Stopped for good in an emergency (leaked, compromised): never injected again.
+    Revoked,
     Deleted,
 }
 
 string_enum!(Criticality { Low = "low", Medium = "medium", High = "high", Critical = "critical" }, "invalid_criticality", "criticality");
 string_enum!(VersionState { Current = "current", Previous = "previous", Pending = "pending", Retired = "retired" }, "invalid_version_state", "version state");
-string_enum!(KeyStatus { Active = "active", Disabled = "disabled", Expired = "expired", Deleted = "deleted" }, "invalid_status", "key status");
+string_enum!(KeyStatus { Active = "active", Disabled = "disabled", Expired = "expired", Revoked = "revoked", Deleted = "deleted" }, "invalid_status", "key status");
+
+/// An emergency revocation: who stopped the key, when and why. Irreversible — a leaked
+/// value stays leaked; the way on is a new key (or a rotation) and deleting this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub at: Timestamp,
+    pub by: String,
+    pub reason: String,
+}
 
 /// Metadata of a stored key. Holds no secret material; safe to log and return.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +87,7 @@ pub struct Key {
     pub last_used_at: Option<Timestamp>,
     pub deleted_at: Option<Timestamp>,
     pub deleted_by: Option<String>,
+    pub revoked: Option<Revocation>,
     /// The provider plan's limits this key is held to (copied from a catalog plan or set by
     /// hand); the proxy refuses locally instead of spending a request the provider refuses.
     pub limits: Vec<Limit>,
@@ -87,12 +99,29 @@ impl Key {
     pub fn status(&self, now: Timestamp) -> KeyStatus {
         if self.deleted_at.is_some() {
             KeyStatus::Deleted
+        } else if self.revoked.is_some() {
+            KeyStatus::Revoked
         } else if !self.enabled {
             KeyStatus::Disabled
         } else if self.expires_at.is_some_and(|at| at <= now) {
             KeyStatus::Expired
         } else {
             KeyStatus::Active
+        }
+    }
+
+    /// Refuses to give a revoked key new values or bring it back (`key_revoked`): the way
+    /// on is a new key.
+    pub fn ensure_not_revoked(&self) -> Result<(), Error> {
+        match &self.revoked {
+            Some(r) => Err(Error::conflict(
+                "key_revoked",
+                format!(
+                    "key {} was revoked on {} ({}); add a new key instead",
+                    self.id, r.at, r.reason
+                ),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -434,6 +463,7 @@ mod tests {
             last_used_at: None,
             deleted_at: None,
             deleted_by: None,
+            revoked: None,
             limits: vec![],
             budget: None,
         }

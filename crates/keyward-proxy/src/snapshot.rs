@@ -205,7 +205,16 @@ impl Snapshot {
             .filter(|k| k.key.status(now) == KeyStatus::Active)
             .collect();
         if active.is_empty() {
+            let revoked = candidates
+                .iter()
+                .any(|k| k.key.status(now) == KeyStatus::Revoked);
             return Err(match candidates.first().map(|k| k.key.status(now)) {
+                Some(_) if revoked => forbidden(
+                    "key_revoked",
+                    format!(
+                        "the {service_id} key for {environment} was revoked; ask an administrator for a new one"
+                    ),
+                ),
                 None => Error::not_found(
                     "no_key_available",
                     format!(
@@ -272,6 +281,7 @@ mod tests {
             last_used_at: None,
             deleted_at: None,
             deleted_by: None,
+            revoked: None,
             limits: vec![],
             budget: None,
         };

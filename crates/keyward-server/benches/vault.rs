@@ -80,6 +80,7 @@ fn seed(rt: &tokio::runtime::Runtime, db: &TestDatabase) -> (Arc<App>, KeyId) {
                     last_used_at: None,
                     deleted_at: None,
                     deleted_by: None,
+                    revoked: None,
                     limits: vec![],
                     budget: None,
                 };

@@ -646,6 +646,7 @@ impl App {
             last_used_at: None,
             deleted_at: None,
             deleted_by: None,
+            revoked: None,
             limits: draft.limits,
             budget: draft.budget,
         };
@@ -871,6 +872,9 @@ impl App {
     ) -> Result<Key, Error> {
         let mut key = self.key_for(actor, Permission::KeysWrite, id).await?;
         key.ensure_not_deleted()?;
+        if enabled {
+            key.ensure_not_revoked()?;
+        }
         if key.enabled == enabled {
             return Ok(key);
         }
@@ -904,6 +908,7 @@ impl App {
         }
         let key = self.key_for(actor, Permission::KeysRotate, id).await?;
         key.ensure_not_deleted()?;
+        key.ensure_not_revoked()?;
         let catalog = self.catalog().await?;
         let service = catalog.require(&key.service_id)?;
         let value = secret::normalize(&secret_value)?;
@@ -1009,6 +1014,47 @@ impl App {
             )
             .await?;
         tracing::warn!(key = %id, actor = %actor.name, "key disabled in an emergency (break-glass)");
+        Ok(key)
+    }
+
+    /// Emergency revocation: stops every use of the key at once — on this instance before
+    /// answering, on others within their next snapshot poll (half a second) — with no
+    /// approval to wait for, and files the act for review. Irreversible; needs `keys_write`
+    /// and a reason. The proxy then answers `key_revoked`.
+    pub async fn revoke_key(&self, actor: &Actor, id: &KeyId, reason: &str) -> Result<Key, Error> {
+        let reason = reveal_reason(reason)?;
+        let mut key = self.key_for(actor, Permission::KeysWrite, id).await?;
+        key.ensure_not_deleted()?;
+        if key.revoked.is_some() {
+            return Err(Error::conflict(
+                "key_already_revoked",
+                format!("key {id} is already revoked"),
+            ));
+        }
+        let operation = Operation {
+            action: ApprovalAction::Revoke,
+            target: format!("key:{id}"),
+            payload: json!({}),
+        };
+        let review = self
+            .flag_break_glass(actor, operation, reason.clone())
+            .await?;
+        let before = key.updated_at;
+        key.revoked = Some(keyward_core::key::Revocation {
+            at: self.now(),
+            by: actor.name.clone(),
+            reason: reason.clone(),
+        });
+        let key = self
+            .save(
+                actor,
+                "key.revoke",
+                json!({"reason": reason, "review": review.as_str()}),
+                key,
+                before,
+            )
+            .await?;
+        tracing::warn!(key = %id, actor = %actor.name, "key revoked in an emergency");
         Ok(key)
     }
 

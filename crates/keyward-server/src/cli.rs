@@ -59,6 +59,22 @@ enum Command {
     /// Check the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Act on stored keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Emergency revocation: stop every use of a key now (running servers within a
+    /// second), without waiting for approvals; filed for review. Irreversible.
+    Revoke {
+        /// The key's id, e.g. key_01J….
+        key_id: String,
+        /// Why (recorded in the audit trail and the review).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,7 +227,33 @@ async fn run(cli: Cli) -> Result<(), String> {
             let settings = load_settings(config_file, FlagOverrides::default())?;
             master_key(&settings, command).await
         }
+        Command::Keys(KeysCommand::Revoke { key_id, reason }) => {
+            let settings = load_settings(config_file, FlagOverrides::default())?;
+            keys_revoke(&settings, &key_id, &reason).await
+        }
     }
+}
+
+async fn keys_revoke(settings: &Settings, key_id: &str, reason: &str) -> Result<(), String> {
+    let id: keyward_core::id::KeyId = key_id.parse().map_err(|_| {
+        format!(
+            "`{}` is not a key id",
+            keyward_core::label::printable(key_id)
+        )
+    })?;
+    let app = open_app(settings).await?;
+    let revoked = app
+        .revoke_key(&Actor::system("cli"), &id, reason)
+        .await
+        .map_err(|e| e.message);
+    app.store.close().await;
+    let key = revoked?;
+    println!(
+        "revoked key {} ({}, {} in {}); running servers stop using it within a second. \
+         The act is filed for review in the approvals inbox.",
+        key.id, key.alias, key.service_id, key.environment
+    );
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> Result<(), String> {

@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "approvals",
         include_str!("../migrations/postgres/0008_approvals.sql"),
     ),
+    (
+        9,
+        "revocation",
+        include_str!("../migrations/postgres/0009_revocation.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -16,6 +16,7 @@ use keyward_core::audit::{
 use keyward_core::catalog::BaseUrlOverride;
 use keyward_core::id::{AppTokenId, ApprovalId, GrantId, KeyId, TokenId, UserId};
 use keyward_core::key::{
+    Revocation,
     Key, KeyFilter, KeyStatus, KeyVersion, Page, PageRequest, SealedSecret, VersionState,
 };
 use keyward_core::approval::{ApprovalRequest, ApprovalStatus};
@@ -40,7 +41,8 @@ use sqlx::{QueryBuilder, Row, SqlSafeStr};
 use crate::{corrupt, db_error};
 
 const KEY_COLUMNS: &str = "id, service_id, environment, alias, description, owner, tags, criticality, enabled, \
-    expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by, controls";
+    expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by, controls, \
+    revoked_at, revoked_by, revoke_reason";
 
 /// A key's limits and budget, stored as one JSON column.
 #[derive(serde::Serialize, serde::Deserialize, Default)]
@@ -111,6 +113,14 @@ fn key_from_row(row: &DbRow) -> Result<Key, Error> {
         last_used_at: opt_timestamp(get(row, "last_used_at")?)?,
         deleted_at: opt_timestamp(get(row, "deleted_at")?)?,
         deleted_by: get(row, "deleted_by")?,
+        revoked: match opt_timestamp(get(row, "revoked_at")?)? {
+            Some(at) => Some(Revocation {
+                at,
+                by: get::<Option<String>>(row, "revoked_by")?.unwrap_or_default(),
+                reason: get::<Option<String>>(row, "revoke_reason")?.unwrap_or_default(),
+            }),
+            None => None,
+        },
         limits: controls.limits,
         budget: controls.budget,
     })
@@ -247,8 +257,9 @@ impl KeyStore for ThisStore {
         for (key, first) in batch {
             sqlx::query(
                 "INSERT INTO keys (id, service_id, environment, alias, alias_lower, description, owner, tags, criticality, enabled, \
-                 expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by, controls) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+                 expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by, controls, \
+                 revoked_at, revoked_by, revoke_reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
             )
             .bind(key.id.as_str())
             .bind(&key.service_id)
@@ -270,6 +281,9 @@ impl KeyStore for ThisStore {
             .bind(key.deleted_at.map(millis))
             .bind(&key.deleted_by)
             .bind(controls_json(key)?)
+            .bind(key.revoked.as_ref().map(|r| millis(r.at)))
+            .bind(key.revoked.as_ref().map(|r| r.by.clone()))
+            .bind(key.revoked.as_ref().map(|r| r.reason.clone()))
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, Some(ALIAS_TAKEN)))?;
@@ -302,16 +316,17 @@ impl KeyStore for ThisStore {
         match filter.status {
             None => q.push("deleted_at IS NULL"),
             Some(KeyStatus::Deleted) => q.push("deleted_at IS NOT NULL"),
-            Some(KeyStatus::Disabled) => {
-                q.push("deleted_at IS NULL AND enabled = ").push_bind(false)
-            }
+            Some(KeyStatus::Revoked) => q.push("deleted_at IS NULL AND revoked_at IS NOT NULL"),
+            Some(KeyStatus::Disabled) => q
+                .push("deleted_at IS NULL AND revoked_at IS NULL AND enabled = ")
+                .push_bind(false),
             Some(KeyStatus::Expired) => q
-                .push("deleted_at IS NULL AND enabled = ")
+                .push("deleted_at IS NULL AND revoked_at IS NULL AND enabled = ")
                 .push_bind(true)
                 .push(" AND expires_at <= ")
                 .push_bind(millis(now)),
             Some(KeyStatus::Active) => q
-                .push("deleted_at IS NULL AND enabled = ")
+                .push("deleted_at IS NULL AND revoked_at IS NULL AND enabled = ")
                 .push_bind(true)
                 .push(" AND (expires_at IS NULL OR expires_at > ")
                 .push_bind(millis(now))
@@ -400,7 +415,8 @@ impl KeyStore for ThisStore {
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE keys SET alias = $1, alias_lower = $2, description = $3, owner = $4, tags = $5, criticality = $6, \
-             enabled = $7, expires_at = $8, updated_at = $9, deleted_at = $10, deleted_by = $11, controls = $14 \
+             enabled = $7, expires_at = $8, updated_at = $9, deleted_at = $10, deleted_by = $11, controls = $14, \
+             revoked_at = $15, revoked_by = $16, revoke_reason = $17 \
              WHERE id = $12 AND updated_at = $13",
         )
         .bind(&key.alias)
@@ -417,6 +433,9 @@ impl KeyStore for ThisStore {
         .bind(key.id.as_str())
         .bind(millis(expected_updated_at))
         .bind(controls_json(key)?)
+        .bind(key.revoked.as_ref().map(|r| millis(r.at)))
+        .bind(key.revoked.as_ref().map(|r| r.by.clone()))
+        .bind(key.revoked.as_ref().map(|r| r.reason.clone()))
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error(e, Some(ALIAS_TAKEN)))?;

@@ -56,6 +56,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "approvals",
         include_str!("../migrations/sqlite/0008_approvals.sql"),
     ),
+    (
+        9,
+        "revocation",
+        include_str!("../migrations/sqlite/0009_revocation.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

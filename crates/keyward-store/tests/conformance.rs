@@ -79,6 +79,7 @@ fn new_key(id: KeyId, service: &str, env: &str, alias: &str, at: i64) -> (Key, K
         last_used_at: None,
         deleted_at: None,
         deleted_by: None,
+        revoked: None,
         limits: vec![],
         budget: None,
     };
@@ -953,6 +954,48 @@ async fn updates_are_optimistic(store: Arc<dyn Store>) {
         store.key(&key.id).await.expect("get").map(|k| k.alias),
         Some("renamed".into())
     );
+}
+
+async fn revocations_round_trip_and_listings_see_them(store: Arc<dyn Store>) {
+    let r = rng();
+    let key = add(&store, &r, "openai", "production", "main", 1).await;
+    let other = add(&store, &r, "openai", "production", "spare", 1).await;
+    let mut revoked = key.clone();
+    revoked.revoked = Some(keyward_core::key::Revocation {
+        at: ts(5),
+        by: "olga".into(),
+        reason: "leaked".into(),
+    });
+    revoked.updated_at = ts(5);
+    store
+        .update_key(&revoked, key.updated_at)
+        .await
+        .expect("revoke");
+    let read = store.key(&key.id).await.expect("get").expect("exists");
+    assert_eq!(read.revoked, revoked.revoked);
+    assert_eq!(read.status(ts(6)), KeyStatus::Revoked);
+    let listed = |status| {
+        let store = store.clone();
+        async move {
+            store
+                .list_keys(
+                    &KeyFilter {
+                        status: Some(status),
+                        ..KeyFilter::default()
+                    },
+                    &PageRequest::new(None, Some(50)).expect("page"),
+                    ts(6),
+                )
+                .await
+                .expect("list")
+                .items
+                .into_iter()
+                .map(|k| k.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(KeyStatus::Revoked).await, vec![key.id.clone()]);
+    assert_eq!(listed(KeyStatus::Active).await, vec![other.id.clone()]);
 }
 
 async fn new_current_versions_demote_older_ones(store: Arc<dyn Store>) {
@@ -2145,6 +2188,7 @@ conformance!(
     key_use_only_moves_forward_and_survives_metadata_updates,
     the_change_marker_moves_with_every_change_the_proxy_cares_about,
     updates_are_optimistic,
+    revocations_round_trip_and_listings_see_them,
     new_current_versions_demote_older_ones,
     purging_destroys_keys_and_versions,
     catalog_labels_services_and_overrides,

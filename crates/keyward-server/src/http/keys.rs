@@ -131,7 +131,7 @@ pub struct ListKeysQuery {
     /// Category id (e.g. `financial-data`).
     pub category: Option<String>,
     pub environment: Option<String>,
-    /// active, disabled, expired or deleted. Without it, deleted keys are left out.
+    /// active, disabled, expired, revoked or deleted. Without it, deleted keys are left out.
     pub status: Option<String>,
     pub tag: Option<String>,
     /// Case-insensitive text in alias or description.
@@ -154,7 +154,7 @@ pub struct KeyResponse {
     #[schema(value_type = String)]
     pub criticality: Criticality,
     pub enabled: bool,
-    /// active, disabled, expired or deleted.
+    /// active, disabled, expired, revoked or deleted.
     #[schema(value_type = String)]
     pub status: KeyStatus,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -175,6 +175,8 @@ pub struct KeyResponse {
     /// For deleted keys: when the recovery window ends and the key is purged.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub purge_after: Option<Timestamp>,
+    /// For revoked keys: when, by whom and why.
+    pub revocation: Option<RevocationBody>,
     #[schema(value_type = Vec<Object>)]
     pub limits: Vec<Limit>,
     pub budget: Option<BudgetBody>,
@@ -266,6 +268,14 @@ pub struct VersionResponse {
     pub created_at: Timestamp,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevocationBody {
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    pub by: String,
+    pub reason: String,
+}
+
 fn key_response(app: &App, key: Key) -> KeyResponse {
     let status = key.status(app.now());
     let flag = app.proxy.key_flag(&key.id).map(|f| FlagBody {
@@ -284,6 +294,11 @@ fn key_response(app: &App, key: Key) -> KeyResponse {
         purge_after: key
             .deleted_at
             .map(|at| app.recovery_window.purgeable_at(at)),
+        revocation: key.revoked.clone().map(|r| RevocationBody {
+            at: r.at,
+            by: r.by,
+            reason: r.reason,
+        }),
         id: key.id.to_string(),
         service: key.service_id,
         environment: key.environment,
@@ -742,6 +757,30 @@ pub async fn disable_key(
     } else {
         app.set_enabled(auth.actor(), &id, false).await?
     };
+    Ok(Json(key_response(&app, key)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Why (4–500 characters); recorded in the audit trail and the review.
+    pub reason: String,
+}
+
+/// Emergency revocation: stop every use of the key now (all instances within a second),
+/// without approval; filed for review. Irreversible: the proxy answers `key_revoked`.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "keys", params(("id" = String, Path)), request_body = RevokeRequest,
+    responses((status = 200, body = KeyResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "key_deleted, key_already_revoked")),
+    security(("bearer" = [])))]
+pub async fn revoke_key(
+    auth: Authorized<perm::KeysWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<RevokeRequest>,
+) -> ApiResult<Json<KeyResponse>> {
+    let key = app
+        .revoke_key(auth.actor(), &key_id(&id)?, &req.reason)
+        .await?;
     Ok(Json(key_response(&app, key)))
 }
 

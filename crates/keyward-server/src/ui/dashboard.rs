@@ -27,6 +27,7 @@ const EXPIRING_DAYS: i64 = 30;
 pub fn display_status(key: &Key, now: Timestamp, flag: Option<&KeyFlag>) -> &'static str {
     match key.status(now) {
         KeyStatus::Deleted => "deleted",
+        KeyStatus::Revoked => "revoked",
         KeyStatus::Disabled => "disabled",
         KeyStatus::Expired => "expired",
         KeyStatus::Active => match flag.map(|f| f.kind) {
@@ -82,13 +83,14 @@ pub struct Filters {
     added: Option<String>,
 }
 
-const STATUSES: [&str; 7] = [
+const STATUSES: [&str; 8] = [
     "active",
     "disabled",
     "expiring",
     "expired",
     "quota_limited",
     "rejected",
+    "revoked",
     "deleted",
 ];
 

@@ -57,6 +57,10 @@ fn notice_text(notice: Option<&str>) -> Option<(&'static str, bool)> {
         ),
         "unreachable" => ("Validation: the provider could not be reached.", true),
         "restored" => ("Key restored.", false),
+        "revoked" => (
+            "Revoked: no instance injects this key any more. Revoke it at the provider too, and add a new key.",
+            true,
+        ),
         "rotated" => (
             "Rotated: the new value is the current version; the old one is kept as previous.",
             false,
@@ -210,6 +214,9 @@ async fn detail_markup(
                 dt { "Last used" } dd { (relative(now, key.last_used_at)) }
                 dt { "Quota" } dd { (quota_meter(app.proxy.quota_used(&key.id))) }
                 dt { "Proxy URL" } dd class="mono" { (proxy_url) }
+                @if let Some(r) = &key.revoked {
+                    dt { "Revoked" } dd class="warn" { (relative(now, Some(r.at))) " by " (r.by) ": " (r.reason) }
+                }
                 @if let Some(flag) = &flag {
                     dt { "Warning" } dd class="warn" { (flag_word(flag.kind)) ": " (flag.reason) }
                 }
@@ -229,6 +236,9 @@ async fn detail_markup(
                     button type="button" class="quiet" data-copy=(proxy_url) hidden { "Copy proxy URL" }
                     @if can_reveal {
                         a class="button quiet" href={ "/keys/" (key.id) "/reveal" } { "Reveal…" }
+                    }
+                    @if can_write && key.revoked.is_none() {
+                        a class="button danger" href={ "/keys/" (key.id) "/revoke" } { "Revoke…" }
                     }
                     @if can_delete {
                         a class="button danger" href={ "/keys/" (key.id) "/delete" } { "Delete…" }
@@ -804,24 +814,7 @@ async fn delete_markup(
     let content = html! {
         @if let Some(e) = error { p class="flash error" role="alert" { (e.message) } }
         section class="panel narrow" aria-labelledby="impact-title" {
-            h2 id="impact-title" { "Impact" }
-            dl class="facts impact" {
-                dt { "App tokens using it" } dd {
-                    @if impact.tokens.is_empty() { "none" } @else {
-                        (impact.tokens.len()) ": "
-                        @for (i, t) in impact.tokens.iter().enumerate() { @if i > 0 { ", " } (t.name) }
-                    }
-                }
-                dt { "Requests, last 7 days" } dd data-requests-7d=(impact.last_7_days.requests) { (impact.last_7_days.requests) " (" (impact.last_7_days.errors) " failed, " (usd(impact.last_7_days.cost_nanos)) ")" }
-                dt { "Requests, last 30 days" } dd { (impact.last_30_days.requests) }
-                dt { "Last used" } dd { (relative(now, impact.last_used_at)) }
-                dt { "Other active keys in its pool" } dd {
-                    (impact.other_active_keys)
-                    @if impact.other_active_keys == 0 && !impact.tokens.is_empty() {
-                        " — " strong class="warn" { "requests through these tokens will fail" }
-                    }
-                }
-            }
+            (impact_facts(&impact, now))
             form method="post" action={ "/keys/" (key.id) "/delete" } {
                 input type="hidden" name="csrf" value=(viewer.csrf);
                 p { "Deleting stops all use at once. The key can be restored from Deleted keys within the recovery window." }
@@ -850,6 +843,30 @@ async fn delete_markup(
         }
     };
     Ok((format!("Delete {}", key.alias), content))
+}
+
+/// What depends on a key, for every confirmation that stops it (delete, revoke).
+fn impact_facts(impact: &crate::app::Impact, now: jiff::Timestamp) -> Markup {
+    html! {
+            h2 id="impact-title" { "Impact" }
+            dl class="facts impact" {
+                dt { "App tokens using it" } dd {
+                    @if impact.tokens.is_empty() { "none" } @else {
+                        (impact.tokens.len()) ": "
+                        @for (i, t) in impact.tokens.iter().enumerate() { @if i > 0 { ", " } (t.name) }
+                    }
+                }
+                dt { "Requests, last 7 days" } dd data-requests-7d=(impact.last_7_days.requests) { (impact.last_7_days.requests) " (" (impact.last_7_days.errors) " failed, " (usd(impact.last_7_days.cost_nanos)) ")" }
+                dt { "Requests, last 30 days" } dd { (impact.last_30_days.requests) }
+                dt { "Last used" } dd { (relative(now, impact.last_used_at)) }
+                dt { "Other active keys in its pool" } dd {
+                    (impact.other_active_keys)
+                    @if impact.other_active_keys == 0 && !impact.tokens.is_empty() {
+                        " — " strong class="warn" { "requests through these tokens will fail" }
+                    }
+                }
+            }
+    }
 }
 
 pub async fn delete(
@@ -1024,5 +1041,80 @@ pub async fn purge(
             Redirect::to("/keys/deleted").into_response()
         }
         Err(e) => refused(&viewer, "/keys/deleted", e),
+    }
+}
+
+// ------------------------------------------------------------------ revoke
+
+pub async fn revoke_form(
+    State(app): State<Arc<App>>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> Response {
+    match revoke_markup(&app, &viewer, &id, None, "").await {
+        Ok((title, content)) => page(StatusCode::OK, framed(&viewer, "/", &title, content)),
+        Err(e) => error_page(&viewer, "/", "Revoke", e),
+    }
+}
+
+async fn revoke_markup(
+    app: &App,
+    viewer: &Viewer,
+    id: &str,
+    error: Option<&Error>,
+    reason: &str,
+) -> Result<(String, Markup), Error> {
+    let id = parse_id(id)?;
+    let impact = app.impact(&viewer.caller.actor, &id).await?;
+    let key = &impact.key;
+    let content = html! {
+        @if let Some(e) = error { p class="flash error" role="alert" { (e.message) } }
+        section class="panel narrow" aria-labelledby="impact-title" {
+            (impact_facts(&impact, app.now()))
+            form method="post" action={ "/keys/" (key.id) "/revoke" } {
+                input type="hidden" name="csrf" value=(viewer.csrf);
+                p { strong { "Emergency revocation" } " stops every use of " (key.alias)
+                    " at once, on every instance within a second, without waiting for approval. "
+                    "It cannot be undone: add a new key afterwards, and revoke the value at the provider too. "
+                    "The act is filed for review." }
+                div class="field" {
+                    label for="reason" { "Reason" }
+                    input id="reason" name="reason" type="text" required minlength="4" maxlength="500" value=(reason);
+                }
+                button type="submit" class="danger" { "Revoke " (key.alias) " now" }
+                " " a href={ "/keys/" (key.id) } { "Cancel" }
+            }
+        }
+    };
+    Ok((format!("Revoke {}", key.alias), content))
+}
+
+pub async fn revoke(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let (viewer, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
+    let reason = field(&fields, "reason")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let result = async {
+        let key_id = parse_id(&id)?;
+        app.revoke_key(&viewer.caller.actor, &key_id, &reason).await
+    }
+    .await;
+    match result {
+        Ok(key) => Redirect::to(&format!("/keys/{}?notice=revoked", key.id)).into_response(),
+        Err(e) => {
+            let status = crate::http::error::ApiError::from(e.clone()).status;
+            match revoke_markup(&app, &viewer, &id, Some(&e), &reason).await {
+                Ok((title, content)) => page(status, framed(&viewer, "/", &title, content)),
+                Err(_) => error_page(&viewer, "/", "Revoke", e),
+            }
+        }
     }
 }

@@ -68,6 +68,7 @@ pub fn router() -> Router<Arc<App>> {
         .route("/keys/{id}/disable", post(key::disable))
         .route("/keys/{id}/validate", post(key::validate))
         .route("/keys/{id}/rotate", post(key::rotate))
+        .route("/keys/{id}/revoke", get(key::revoke_form).post(key::revoke))
         .route("/keys/{id}/reveal", get(key::reveal_form).post(key::reveal))
         .route("/keys/{id}/delete", get(key::delete_form).post(key::delete))
         .route("/keys/{id}/restore", post(key::restore))

@@ -28,6 +28,7 @@ mod llm;
 mod matrix;
 mod mfa;
 mod proxy;
+mod revocation;
 mod sdk;
 mod sessions;
 mod ui;

@@ -295,6 +295,7 @@ async fn every_page_carries_the_csp_and_a_viewer_is_offered_no_action() {
         format!("/keys/{id}"),
         format!("/keys/{id}/reveal"),
         format!("/keys/{id}/delete"),
+        format!("/keys/{id}/revoke"),
         "/keys/deleted".into(),
         "/app-tokens".into(),
         "/usage?days=90".into(),
@@ -353,6 +354,7 @@ async fn every_page_carries_the_csp_and_a_viewer_is_offered_no_action() {
             "href=\"/keys/new\"",
             "/reveal\"",
             "/delete\"",
+            "/revoke\"",
             "#rotate\"",
             "href=\"/audit\"",
             "href=\"/users\"",
@@ -728,5 +730,47 @@ async fn pages_refuse_step_up_actions_to_someone_without_a_second_factor() {
     assert!(
         after["deleted_at"].is_null() && after["current_version"] == 1,
         "{after}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_is_revoked_from_its_page_after_seeing_what_depends_on_it() {
+    use crate::browser::enrolled_user;
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let key = app
+        .create_key("openai", "production", "main", OPENAI_KEY)
+        .await;
+    let id = key["id"].as_str().unwrap();
+    app.app_token(
+        json!({"name": "stockpulse-web", "services": ["openai"], "environments": ["production"]}),
+    )
+    .await;
+    let (_, ada, _) = enrolled_user(&app, "ada", Role::Admin).await;
+    let (status, _, page) = get_page(&app, &ada.cookie, &format!("/keys/{id}/revoke")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("stockpulse-web"),
+        "the impact names the token"
+    );
+    let (status, _, html) =
+        post_form(&app, &ada, &format!("/keys/{id}/revoke"), &[("reason", "")]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{html}");
+    let (status, location, _) = post_form(
+        &app,
+        &ada,
+        &format!("/keys/{id}/revoke"),
+        &[("reason", "pasted in a chat")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location, format!("/keys/{id}?notice=revoked"));
+    let (_, after) = app
+        .call(Method::GET, &format!("/api/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(after["status"], "revoked");
+    let (_, _, detail) = get_page(&app, &ada.cookie, &format!("/keys/{id}")).await;
+    assert!(
+        detail.contains("pasted in a chat") && !detail.contains("/revoke\""),
+        "{detail}"
     );
 }
