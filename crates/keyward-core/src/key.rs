@@ -88,6 +88,10 @@ pub struct Key {
     pub deleted_at: Option<Timestamp>,
     pub deleted_by: Option<String>,
     pub revoked: Option<Revocation>,
+    /// When the current value became current (creation, or the last rotation).
+    pub rotated_at: Timestamp,
+    /// This key's own rotation rule, over its category's and the vault's.
+    pub rotation_rule: Option<crate::rotation::RotationRule>,
     /// The provider plan's limits this key is held to (copied from a catalog plan or set by
     /// hand); the proxy refuses locally instead of spending a request the provider refuses.
     pub limits: Vec<Limit>,
@@ -281,6 +285,8 @@ pub struct KeyChanges {
     pub expires_at: Option<Option<Timestamp>>,
     pub limits: Option<Vec<Limit>>,
     pub budget: Option<Option<Budget>>,
+    /// The key's own rotation rule (`Some(None)` falls back to its category's).
+    pub rotation_rule: Option<Option<crate::rotation::RotationRule>>,
 }
 
 impl KeyChanges {
@@ -295,6 +301,7 @@ impl KeyChanges {
             ("expires_at", self.expires_at.is_some()),
             ("limits", self.limits.is_some()),
             ("budget", self.budget.is_some()),
+            ("rotation", self.rotation_rule.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -332,6 +339,11 @@ impl KeyChanges {
         }
         if let Some(budget) = self.budget {
             key.budget = budget;
+        }
+        if let Some(rule) = self.rotation_rule {
+            key.rotation_rule = rule
+                .map(crate::rotation::RotationRule::validate)
+                .transpose()?;
         }
         Ok(*key != before)
     }
@@ -464,6 +476,8 @@ mod tests {
             deleted_at: None,
             deleted_by: None,
             revoked: None,
+            rotated_at: ts(0),
+            rotation_rule: None,
             limits: vec![],
             budget: None,
         }

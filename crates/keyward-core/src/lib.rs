@@ -51,6 +51,7 @@ pub mod label;
 pub mod master_key;
 pub mod mfa;
 pub mod ports;
+pub mod rotation;
 pub mod secret;
 pub mod service;
 pub mod session;

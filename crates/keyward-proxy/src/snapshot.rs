@@ -282,6 +282,8 @@ mod tests {
             deleted_at: None,
             deleted_by: None,
             revoked: None,
+            rotated_at: ts(0),
+            rotation_rule: None,
             limits: vec![],
             budget: None,
         };

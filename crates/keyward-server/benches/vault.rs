@@ -81,6 +81,8 @@ fn seed(rt: &tokio::runtime::Runtime, db: &TestDatabase) -> (Arc<App>, KeyId) {
                     deleted_at: None,
                     deleted_by: None,
                     revoked: None,
+                    rotated_at: start,
+                    rotation_rule: None,
                     limits: vec![],
                     budget: None,
                 };

@@ -647,6 +647,8 @@ impl App {
             deleted_at: None,
             deleted_by: None,
             revoked: None,
+            rotated_at: now,
+            rotation_rule: None,
             limits: draft.limits,
             budget: draft.budget,
         };

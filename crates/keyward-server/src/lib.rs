@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod mfa;
 mod qr;
+pub mod rotation;
 pub mod server;
 pub mod sessions;
 pub mod setup;

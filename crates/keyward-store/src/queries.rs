@@ -42,7 +42,7 @@ use crate::{corrupt, db_error};
 
 const KEY_COLUMNS: &str = "id, service_id, environment, alias, description, owner, tags, criticality, enabled, \
     expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by, controls, \
-    revoked_at, revoked_by, revoke_reason";
+    revoked_at, revoked_by, revoke_reason, rotated_at";
 
 /// A key's limits and budget, stored as one JSON column.
 #[derive(serde::Serialize, serde::Deserialize, Default)]
@@ -51,12 +51,15 @@ struct Controls {
     limits: Vec<Limit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     budget: Option<Budget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rotation: Option<keyward_core::rotation::RotationRule>,
 }
 
 fn controls_json(key: &Key) -> Result<String, Error> {
     serde_json::to_string(&Controls {
         limits: key.limits.clone(),
         budget: key.budget,
+        rotation: key.rotation_rule,
     })
     .map_err(|e| Error::internal(format!("cannot encode key controls: {e}")))
 }
@@ -121,6 +124,11 @@ fn key_from_row(row: &DbRow) -> Result<Key, Error> {
             }),
             None => None,
         },
+        rotated_at: match opt_timestamp(get(row, "rotated_at")?)? {
+            Some(at) => at,
+            None => timestamp(get(row, "created_at")?)?,
+        },
+        rotation_rule: controls.rotation,
         limits: controls.limits,
         budget: controls.budget,
     })
@@ -258,8 +266,8 @@ impl KeyStore for ThisStore {
             sqlx::query(
                 "INSERT INTO keys (id, service_id, environment, alias, alias_lower, description, owner, tags, criticality, enabled, \
                  expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by, controls, \
-                 revoked_at, revoked_by, revoke_reason) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+                 revoked_at, revoked_by, revoke_reason, rotated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
             )
             .bind(key.id.as_str())
             .bind(&key.service_id)
@@ -284,6 +292,7 @@ impl KeyStore for ThisStore {
             .bind(key.revoked.as_ref().map(|r| millis(r.at)))
             .bind(key.revoked.as_ref().map(|r| r.by.clone()))
             .bind(key.revoked.as_ref().map(|r| r.reason.clone()))
+            .bind(millis(key.rotated_at))
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, Some(ALIAS_TAKEN)))?;
@@ -468,12 +477,14 @@ impl KeyStore for ThisStore {
                     .map_err(|e| db_error(e, None))?;
             }
             let updated = sqlx::query(
-                "UPDATE keys SET current_version = $1, current_hint = $2, updated_at = $3 WHERE id = $4 AND deleted_at IS NULL",
+                "UPDATE keys SET current_version = $1, current_hint = $2, updated_at = $3, rotated_at = $5 \
+                 WHERE id = $4 AND deleted_at IS NULL",
             )
             .bind(i64::from(version.version))
             .bind(&version.hint)
             .bind(millis(now))
             .bind(version.key_id.as_str())
+            .bind(millis(version.created_at))
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, None))?;

@@ -61,6 +61,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "revocation",
         include_str!("../migrations/sqlite/0009_revocation.sql"),
     ),
+    (
+        10,
+        "rotation",
+        include_str!("../migrations/sqlite/0010_rotation.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

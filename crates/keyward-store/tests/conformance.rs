@@ -80,6 +80,8 @@ fn new_key(id: KeyId, service: &str, env: &str, alias: &str, at: i64) -> (Key, K
         deleted_at: None,
         deleted_by: None,
         revoked: None,
+        rotated_at: ts(at),
+        rotation_rule: None,
         limits: vec![],
         budget: None,
     };
@@ -1027,6 +1029,12 @@ async fn new_current_versions_demote_older_ones(store: Arc<dyn Store>) {
         created_at: ts(5),
     };
     store.add_version(&pending, ts(5)).await.expect("pending");
+    let read = store.key(&key.id).await.expect("get").expect("exists");
+    assert_eq!(
+        read.rotated_at,
+        ts(4),
+        "a current version restarts the rotation clock; a pending one does not"
+    );
     let states: Vec<(u32, VersionState)> = store
         .versions(&key.id)
         .await

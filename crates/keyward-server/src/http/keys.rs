@@ -101,6 +101,11 @@ pub struct UpdateKeyRequest {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<BudgetBody>)]
     pub budget: Option<Option<BudgetBody>>,
+    /// This key's own rotation rule `{"max_age_days", "remind_days"}`; `null` falls back to
+    /// its category's (or the vault's default).
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Object>)]
+    pub rotation: Option<Option<keyward_core::rotation::RotationRule>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -177,6 +182,9 @@ pub struct KeyResponse {
     pub purge_after: Option<Timestamp>,
     /// For revoked keys: when, by whom and why.
     pub revocation: Option<RevocationBody>,
+    /// Where the key stands against its rotation rule (on reads: get and list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationBody>,
     #[schema(value_type = Vec<Object>)]
     pub limits: Vec<Limit>,
     pub budget: Option<BudgetBody>,
@@ -269,6 +277,39 @@ pub struct VersionResponse {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+pub struct RotationBody {
+    /// no_policy, ok, due (inside the reminder window) or overdue.
+    pub state: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub rotated_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub due_at: Option<Timestamp>,
+    /// The rule that applies (the key's own, its category's or the default).
+    #[schema(value_type = Option<Object>)]
+    pub rule: Option<keyward_core::rotation::RotationRule>,
+}
+
+impl From<keyward_core::rotation::RotationStatus> for RotationBody {
+    fn from(s: keyward_core::rotation::RotationStatus) -> Self {
+        Self {
+            state: s.state.as_str().to_owned(),
+            rotated_at: s.rotated_at,
+            due_at: s.due_at,
+            rule: s.rule,
+        }
+    }
+}
+
+/// A key as read (get, list): with its rotation status.
+fn read_response(app: &App, rotation: &crate::rotation::RotationContext, key: Key) -> KeyResponse {
+    let status = rotation.status(&key);
+    KeyResponse {
+        rotation: Some(status.into()),
+        ..key_response(app, key)
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RevocationBody {
     #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
@@ -294,6 +335,7 @@ fn key_response(app: &App, key: Key) -> KeyResponse {
         purge_after: key
             .deleted_at
             .map(|at| app.recovery_window.purgeable_at(at)),
+        rotation: None,
         revocation: key.revoked.clone().map(|r| RevocationBody {
             at: r.at,
             by: r.by,
@@ -637,14 +679,38 @@ async fn list(
     let page = app
         .list_keys(actor, filter, query.category.as_deref(), page)
         .await?;
+    let rotation = app.rotation_context().await?;
     Ok(Json(KeyPage {
         next_cursor: page.next.map(|id| id.to_string()),
         items: page
             .items
             .into_iter()
-            .map(|k| key_response(app, k))
+            .map(|k| read_response(app, &rotation, k))
             .collect(),
     }))
+}
+
+/// The rotation policy: a default rule and rules per category (`max_age_days`,
+/// `remind_days`); a key's own rule (PATCH `rotation`) wins over both.
+#[utoipa::path(get, path = "/api/v1/policies/rotation", tag = "keys",
+    responses((status = 200, body = Object)), security(("bearer" = [])))]
+pub async fn get_rotation_policy(
+    _auth: Authorized<perm::KeysRead>,
+    State(app): State<Arc<App>>,
+) -> ApiResult<Json<keyward_core::rotation::RotationPolicy>> {
+    Ok(Json(app.rotation_policy().await?))
+}
+
+/// Replace the rotation policy (needs `access_write`; approval where the policy says).
+#[utoipa::path(put, path = "/api/v1/policies/rotation", tag = "keys", request_body = Object,
+    responses((status = 200, body = Object), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_rotation_policy(
+    auth: Authorized<perm::AccessWrite>,
+    State(app): State<Arc<App>>,
+    ApiJson(policy): ApiJson<keyward_core::rotation::RotationPolicy>,
+) -> ApiResult<Json<keyward_core::rotation::RotationPolicy>> {
+    Ok(Json(app.set_rotation_policy(auth.actor(), policy).await?))
 }
 
 /// Read one key's metadata (deleted keys included).
@@ -656,7 +722,8 @@ pub async fn get_key(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<KeyResponse>> {
     let key = app.key(auth.actor(), &key_id(&id)?).await?;
-    Ok(Json(key_response(&app, key)))
+    let rotation = app.rotation_context().await?;
+    Ok(Json(read_response(&app, &rotation, key)))
 }
 
 /// Key ids in paths: a malformed one is simply not found.
@@ -700,6 +767,7 @@ pub async fn update_key(
         expires_at: req.expires_at,
         limits,
         budget,
+        rotation_rule: req.rotation,
     };
     let key = app.update_key(auth.actor(), &id, changes).await?;
     Ok(Json(key_response(&app, key)))

@@ -49,7 +49,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
     paths(
         keys::create_key, keys::list_keys, keys::list_deleted_keys, keys::get_key, keys::update_key,
         keys::enable_key, keys::disable_key, keys::list_versions, keys::add_version, keys::delete_key,
-        keys::restore_key, keys::purge_key, keys::reveal_key, keys::validate_secret, keys::validate_key, keys::key_impact, keys::revoke_key,
+        keys::restore_key, keys::purge_key, keys::reveal_key, keys::validate_secret, keys::validate_key, keys::key_impact, keys::revoke_key, keys::get_rotation_policy, keys::set_rotation_policy,
         catalog::list_services, catalog::get_service, catalog::create_service, catalog::update_service,
         catalog::list_categories, catalog::create_category, catalog::list_environments, catalog::create_environment,
         app_tokens::create_app_token, app_tokens::list_app_tokens, app_tokens::get_app_token, app_tokens::revoke_app_token,
@@ -231,6 +231,18 @@ pub fn routes() -> Vec<Route> {
             "/api/v1/keys/{id}/revoke",
             p(P::KeysWrite),
             post(keys::revoke_key),
+        ),
+        route(
+            M::GET,
+            "/api/v1/policies/rotation",
+            p(P::KeysRead),
+            get(keys::get_rotation_policy),
+        ),
+        route(
+            M::PUT,
+            "/api/v1/policies/rotation",
+            p(P::AccessWrite),
+            put(keys::set_rotation_policy),
         ),
         route(
             M::GET,

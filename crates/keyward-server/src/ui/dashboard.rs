@@ -106,6 +106,7 @@ struct Row {
     quota: Option<f64>,
     can_write: bool,
     can_rotate: bool,
+    rotation: keyward_core::rotation::RotationStatus,
 }
 
 async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, keyward_core::Error> {
@@ -149,6 +150,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
             )?,
         )
         .await?;
+    let rotation = app.rotation_context().await?;
     let write = actor.access.reach(Permission::KeysWrite);
     let rotate = actor.access.reach(Permission::KeysRotate);
     let mut rows = Vec::new();
@@ -171,6 +173,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
             quota: app.proxy.quota_used(&key.id),
             can_write: write.covers(&category, &key.environment),
             can_rotate: rotate.covers(&category, &key.environment),
+            rotation: rotation.status(&key),
             status,
             flag,
             key,
@@ -325,6 +328,18 @@ fn security_panel(
         .filter(|r| matches!(r.status, "expiring" | "expired"))
         .collect();
     let flagged: Vec<&Row> = rows.iter().filter(|r| r.flag.is_some()).collect();
+    let rotation_due: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            r.key.deleted_at.is_none()
+                && r.key.revoked.is_none()
+                && matches!(
+                    r.rotation.state,
+                    keyward_core::rotation::RotationState::Due
+                        | keyward_core::rotation::RotationState::Overdue
+                )
+        })
+        .collect();
     let link = |r: &Row| html! { a href={ "/keys/" (r.key.id) } { (r.key.alias) } };
     html! {
         section class="security" aria-labelledby="security-title" {
@@ -335,6 +350,13 @@ fn security_panel(
                     div class="value" { (flagged.len()) }
                     @for r in &flagged {
                         div class="small" { (link(r)) " — " (super::key::flag_word(r.flag.as_ref().map_or(KeyFlagKind::Rejected, |f| f.kind))) }
+                    }
+                }
+                div class={ "card signal" @if !rotation_due.is_empty() { " warn" } } data-signal="rotation" {
+                    div class="label" { "Rotation due or overdue" }
+                    div class="value" { (rotation_due.len()) }
+                    @for r in &rotation_due {
+                        div class="small" { (link(r)) " — " (r.rotation.state.as_str()) " " (relative(now, r.rotation.due_at)) }
                     }
                 }
                 div class={ "card signal" @if !expiring.is_empty() { " warn" } } {

@@ -199,6 +199,7 @@ async fn detail_markup(
     let deleted = key.deleted_at.is_some();
     let flag = app.proxy.key_flag(&key.id);
     let status = display_status(&key, now, flag.as_ref());
+    let rotation = app.rotation_context().await?.status(&key);
     let proxy_url = format!("/proxy/{}/", key.service_id);
     let content = html! {
         @if let Some((text, bad)) = notice_text(notice) {
@@ -212,6 +213,13 @@ async fn detail_markup(
                 dt { "Hint" } dd class="mono" { (key.current_hint) }
                 dt { "Criticality" } dd { (key.criticality.as_str()) }
                 dt { "Last used" } dd { (relative(now, key.last_used_at)) }
+                dt { "Rotation" } dd data-rotation=(rotation.state.as_str()) {
+                    @match (rotation.state, rotation.due_at) {
+                        (keyward_core::rotation::RotationState::NoPolicy, _) => { span class="muted" { "no policy · value set " (relative(now, Some(rotation.rotated_at))) } }
+                        (state, Some(due)) => { span class={ "badge " (state.as_str()) } { (state.as_str()) } " due " (short_day(due)) " · value set " (relative(now, Some(rotation.rotated_at))) }
+                        (state, None) => { (state.as_str()) }
+                    }
+                }
                 dt { "Quota" } dd { (quota_meter(app.proxy.quota_used(&key.id))) }
                 dt { "Proxy URL" } dd class="mono" { (proxy_url) }
                 @if let Some(r) = &key.revoked {
@@ -474,6 +482,7 @@ pub async fn edit(
             expires_at: Some(expiry_of(&typed.expires)?),
             limits: None,
             budget: None,
+            rotation_rule: None,
         };
         app.update_key(&caller.actor, &id, changes).await
     }

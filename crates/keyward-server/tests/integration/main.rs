@@ -29,6 +29,7 @@ mod matrix;
 mod mfa;
 mod proxy;
 mod revocation;
+mod rotation_policy;
 mod sdk;
 mod sessions;
 mod ui;

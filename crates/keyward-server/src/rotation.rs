@@ -1,0 +1,94 @@
+//! Rotation policies (`impl App`): the vault's default and per-category rules, stored as a
+//! setting like the other policies, and where each key stands against its rule.
+
+use std::collections::BTreeMap;
+
+use keyward_core::Error;
+use keyward_core::access::Permission;
+use keyward_core::key::Key;
+use keyward_core::rotation::{RotationPolicy, RotationStatus};
+use serde_json::json;
+
+use crate::app::{Actor, App};
+
+pub const ROTATION_POLICY_SETTING: &str = "rotation_policy";
+
+/// What working out many keys' rotation status needs, read once.
+#[derive(Debug, Clone)]
+pub struct RotationContext {
+    policy: RotationPolicy,
+    /// Service id → category id.
+    categories: BTreeMap<String, String>,
+    now: jiff::Timestamp,
+}
+
+impl RotationContext {
+    pub fn status(&self, key: &Key) -> RotationStatus {
+        let category = self
+            .categories
+            .get(&key.service_id)
+            .map(String::as_str)
+            .unwrap_or_default();
+        let rule = self.policy.rule_for(key.rotation_rule, category);
+        keyward_core::rotation::status(rule, key.rotated_at, self.now)
+    }
+}
+
+impl App {
+    pub async fn rotation_policy(&self) -> Result<RotationPolicy, Error> {
+        self.stored_policy(ROTATION_POLICY_SETTING, RotationPolicy::default())
+            .await
+    }
+
+    /// Replaces the rotation policy (access_write; approval where the policy says).
+    pub async fn set_rotation_policy(
+        &self,
+        actor: &Actor,
+        policy: RotationPolicy,
+    ) -> Result<RotationPolicy, Error> {
+        App::require_everywhere(actor, Permission::AccessWrite)?;
+        let policy = policy.validate()?;
+        let known: Vec<String> = self
+            .store
+            .categories()
+            .await?
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        if let Some(unknown) = policy.categories.keys().find(|c| !known.contains(c)) {
+            return Err(Error::invalid(
+                "unknown_category",
+                format!(
+                    "there is no category `{}`",
+                    keyward_core::label::printable(unknown)
+                ),
+            ));
+        }
+        let details = serde_json::to_value(&policy)
+            .map_err(|e| Error::internal(format!("cannot describe the rotation policy: {e}")))?;
+        let text = details.to_string();
+        self.gate_access(actor, "policy:rotation".into(), details.clone())
+            .await?;
+        self.audited(
+            actor,
+            "policy.rotation.update",
+            "policy:rotation".into(),
+            json!({ "policy": details }),
+            self.store_policy(ROTATION_POLICY_SETTING, &text),
+        )
+        .await?;
+        Ok(policy)
+    }
+
+    pub async fn rotation_context(&self) -> Result<RotationContext, Error> {
+        let catalog = self.catalog().await?;
+        Ok(RotationContext {
+            policy: self.rotation_policy().await?,
+            categories: catalog
+                .iter()
+                .map(|s| (s.id.clone(), s.category.clone()))
+                .collect(),
+            now: self.now(),
+        })
+    }
+}
