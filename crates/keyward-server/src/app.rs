@@ -996,13 +996,8 @@ impl App {
         let reason = reveal_reason(reason)?;
         let mut key = self.key_for(actor, Permission::KeysWrite, id).await?;
         key.ensure_not_deleted()?;
-        let operation = Operation {
-            action: ApprovalAction::Disable,
-            target: format!("key:{id}"),
-            payload: json!({}),
-        };
         let review = self
-            .flag_break_glass(actor, operation, reason.clone())
+            .break_glass_on_key(actor, ApprovalAction::Disable, id, &reason)
             .await?;
         let before = key.updated_at;
         key.enabled = false;
@@ -1019,6 +1014,23 @@ impl App {
         Ok(key)
     }
 
+    /// Files a break-glass act on a key (done without approval) for review afterwards.
+    async fn break_glass_on_key(
+        &self,
+        actor: &Actor,
+        action: ApprovalAction,
+        id: &KeyId,
+        reason: &str,
+    ) -> Result<keyward_core::id::ApprovalId, Error> {
+        let operation = Operation {
+            action,
+            target: format!("key:{id}"),
+            payload: json!({}),
+        };
+        self.flag_break_glass(actor, operation, reason.to_owned())
+            .await
+    }
+
     /// Emergency revocation: stops every use of the key at once — on this instance before
     /// answering, on others within their next snapshot poll (half a second) — with no
     /// approval to wait for, and files the act for review. Irreversible; needs `keys_write`
@@ -1033,13 +1045,8 @@ impl App {
                 format!("key {id} is already revoked"),
             ));
         }
-        let operation = Operation {
-            action: ApprovalAction::Revoke,
-            target: format!("key:{id}"),
-            payload: json!({}),
-        };
         let review = self
-            .flag_break_glass(actor, operation, reason.clone())
+            .break_glass_on_key(actor, ApprovalAction::Revoke, id, &reason)
             .await?;
         let before = key.updated_at;
         key.revoked = Some(keyward_core::key::Revocation {

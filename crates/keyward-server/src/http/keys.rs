@@ -182,8 +182,7 @@ pub struct KeyResponse {
     pub purge_after: Option<Timestamp>,
     /// For revoked keys: when, by whom and why.
     pub revocation: Option<RevocationBody>,
-    /// Where the key stands against its rotation rule (on reads: get and list).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Where the key stands against its rotation rule.
     pub rotation: Option<RotationBody>,
     #[schema(value_type = Vec<Object>)]
     pub limits: Vec<Limit>,
@@ -300,13 +299,11 @@ impl From<keyward_core::rotation::RotationStatus> for RotationBody {
     }
 }
 
-/// A key as read (get, list): with its rotation status.
-fn read_response(app: &App, rotation: &crate::rotation::RotationContext, key: Key) -> KeyResponse {
-    let status = rotation.status(&key);
-    KeyResponse {
-        rotation: Some(status.into()),
-        ..key_response(app, key)
-    }
+/// A key as every answer shows it (reads the rotation policy; listings use
+/// [`key_response_in`] with one context for the page).
+async fn key_response(app: &App, key: Key) -> Result<KeyResponse, keyward_core::Error> {
+    let rotation = app.rotation_context().await?;
+    Ok(key_response_in(app, &rotation, key))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -317,7 +314,13 @@ pub struct RevocationBody {
     pub reason: String,
 }
 
-fn key_response(app: &App, key: Key) -> KeyResponse {
+/// A key as every answer shows it, with its rotation status from `rotation`.
+fn key_response_in(
+    app: &App,
+    rotation: &crate::rotation::RotationContext,
+    key: Key,
+) -> KeyResponse {
+    let rotation = Some(rotation.status(&key).into());
     let status = key.status(app.now());
     let flag = app.proxy.key_flag(&key.id).map(|f| FlagBody {
         kind: f.kind.as_str().to_owned(),
@@ -335,7 +338,7 @@ fn key_response(app: &App, key: Key) -> KeyResponse {
         purge_after: key
             .deleted_at
             .map(|at| app.recovery_window.purgeable_at(at)),
-        rotation: None,
+        rotation,
         revocation: key.revoked.clone().map(|r| RevocationBody {
             at: r.at,
             by: r.by,
@@ -619,7 +622,7 @@ pub async fn create_key(
         force: req.force,
     };
     let key = app.create_key(auth.actor(), new).await?;
-    Ok((StatusCode::CREATED, Json(key_response(&app, key))))
+    Ok((StatusCode::CREATED, Json(key_response(&app, key).await?)))
 }
 
 /// List keys, newest first, with filters and cursor pagination.
@@ -685,7 +688,7 @@ async fn list(
         items: page
             .items
             .into_iter()
-            .map(|k| read_response(app, &rotation, k))
+            .map(|k| key_response_in(app, &rotation, k))
             .collect(),
     }))
 }
@@ -722,8 +725,7 @@ pub async fn get_key(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<KeyResponse>> {
     let key = app.key(auth.actor(), &key_id(&id)?).await?;
-    let rotation = app.rotation_context().await?;
-    Ok(Json(read_response(&app, &rotation, key)))
+    Ok(Json(key_response(&app, key).await?))
 }
 
 /// Key ids in paths: a malformed one is simply not found.
@@ -770,7 +772,7 @@ pub async fn update_key(
         rotation_rule: req.rotation,
     };
     let key = app.update_key(auth.actor(), &id, changes).await?;
-    Ok(Json(key_response(&app, key)))
+    Ok(Json(key_response(&app, key).await?))
 }
 
 /// Clear what the proxy learned about a key (e.g. after fixing it at the provider).
@@ -782,7 +784,7 @@ pub async fn clear_key_flag(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<KeyResponse>> {
     let key = app.clear_key_flag(auth.actor(), &key_id(&id)?).await?;
-    Ok(Json(key_response(&app, key)))
+    Ok(Json(key_response(&app, key).await?))
 }
 
 /// Enable a key (the proxy may inject it again).
@@ -794,7 +796,7 @@ pub async fn enable_key(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<KeyResponse>> {
     let key = app.set_enabled(auth.actor(), &key_id(&id)?, true).await?;
-    Ok(Json(key_response(&app, key)))
+    Ok(Json(key_response(&app, key).await?))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -825,7 +827,7 @@ pub async fn disable_key(
     } else {
         app.set_enabled(auth.actor(), &id, false).await?
     };
-    Ok(Json(key_response(&app, key)))
+    Ok(Json(key_response(&app, key).await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -849,7 +851,7 @@ pub async fn revoke_key(
     let key = app
         .revoke_key(auth.actor(), &key_id(&id)?, &req.reason)
         .await?;
-    Ok(Json(key_response(&app, key)))
+    Ok(Json(key_response(&app, key).await?))
 }
 
 /// List a key's versions (hints and states, never values).
@@ -895,7 +897,7 @@ pub async fn delete_key(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<KeyResponse>> {
     let key = app.delete_key(auth.actor(), &key_id(&id)?).await?;
-    Ok(Json(key_response(&app, key)))
+    Ok(Json(key_response(&app, key).await?))
 }
 
 /// Restore a soft-deleted key.
@@ -908,7 +910,7 @@ pub async fn restore_key(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<KeyResponse>> {
     let key = app.restore_key(auth.actor(), &key_id(&id)?).await?;
-    Ok(Json(key_response(&app, key)))
+    Ok(Json(key_response(&app, key).await?))
 }
 
 /// Destroy a deleted key and all its versions. Inside the recovery window, confirm with the alias.
