@@ -81,10 +81,13 @@ pub fn flag_word(kind: keyward_core::usage::KeyFlagKind) -> &'static str {
 }
 
 /// Whether the viewer may do `permission` on this key (its category and environment).
-async fn may(app: &App, viewer_caller: &Caller, permission: Permission, key: &Key) -> bool {
-    let Ok(catalog) = app.catalog().await else {
-        return false;
-    };
+/// The catalog is read once by the page, not once per button.
+fn may(
+    catalog: &keyward_core::catalog::ServiceCatalog,
+    viewer_caller: &Caller,
+    permission: Permission,
+    key: &Key,
+) -> bool {
     let category = catalog
         .get(&key.service_id)
         .map(|s| s.category.clone())
@@ -190,10 +193,11 @@ async fn detail_markup(
     } else {
         Vec::new()
     };
-    let can_write = may(app, &viewer.caller, Permission::KeysWrite, &key).await;
-    let can_reveal = may(app, &viewer.caller, Permission::KeysReveal, &key).await;
-    let can_delete = may(app, &viewer.caller, Permission::KeysDelete, &key).await;
-    let can_rotate = may(app, &viewer.caller, Permission::KeysRotate, &key).await;
+    let catalog = app.catalog().await?;
+    let can_write = may(&catalog, &viewer.caller, Permission::KeysWrite, &key);
+    let can_reveal = may(&catalog, &viewer.caller, Permission::KeysReveal, &key);
+    let can_delete = may(&catalog, &viewer.caller, Permission::KeysDelete, &key);
+    let can_rotate = may(&catalog, &viewer.caller, Permission::KeysRotate, &key);
     let edit_refused = refused.filter(|r| r.form == "edit");
     let rotate_refused = refused.filter(|r| r.form == "rotate");
     let deleted = key.deleted_at.is_some();
@@ -939,19 +943,19 @@ pub async fn deleted(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
                 PageRequest::new(None, Some(PageRequest::MAX_LIMIT))?,
             )
             .await?;
-        Ok::<_, Error>(page.items)
+        Ok::<_, Error>((page.items, app.catalog().await?))
     }
     .await;
-    let keys = match result {
-        Ok(keys) => keys,
+    let (keys, catalog) = match result {
+        Ok(read) => read,
         Err(e) => return error_page(&viewer, "/keys/deleted", "Deleted keys", e),
     };
     let now = app.now();
     let window = app.recovery_window;
     let mut rows = Vec::new();
     for key in &keys {
-        let restore = may(&app, &viewer.caller, Permission::KeysDelete, key).await;
-        let purge = may(&app, &viewer.caller, Permission::KeysPurge, key).await;
+        let restore = may(&catalog, &viewer.caller, Permission::KeysDelete, key);
+        let purge = may(&catalog, &viewer.caller, Permission::KeysPurge, key);
         rows.push((key, restore, purge));
     }
     let content = html! {
