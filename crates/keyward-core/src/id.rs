@@ -101,6 +101,18 @@ prefixed_id!(
     /// A grant of a role to a user for part of the vault.
     GrantId, "grt_", "grant"
 );
+prefixed_id!(
+    /// One guided rotation of a key's value.
+    RotationId, "rot_", "rotation"
+);
+prefixed_id!(
+    /// A notification webhook.
+    WebhookId, "whk_", "webhook"
+);
+prefixed_id!(
+    /// One notification on its way to one webhook.
+    DeliveryId, "dlv_", "delivery"
+);
 
 #[cfg(test)]
 mod tests {

@@ -15,10 +15,12 @@ use crate::app_token::AppToken;
 use crate::approval::{ApprovalRequest, ApprovalStatus};
 use crate::audit::{AuditCheckpoint, AuditDraft, AuditEvent, AuditFilter};
 use crate::catalog::BaseUrlOverride;
-use crate::id::{AppTokenId, ApprovalId, GrantId, KeyId, TokenId, UserId};
+use crate::guided_rotation::{Rotation, RotationTraffic, VersionMove};
+use crate::id::{AppTokenId, ApprovalId, GrantId, KeyId, RotationId, TokenId, UserId, WebhookId};
 use crate::key::{Key, KeyFilter, KeyVersion, Page, PageRequest, SealedSecret};
 use crate::master_key::{KekUsage, MasterKeyRecord};
 use crate::mfa::MfaEnrolment;
+use crate::notification::{Delivery, Webhook};
 use crate::service::{Category, Environment, ServiceDefinition};
 use crate::session::Session;
 use crate::token::ManagementToken;
@@ -60,7 +62,8 @@ pub trait KeyStore: Send + Sync {
 
     /// Adds a version. A `current` version demotes the old current to `previous` and any
     /// older `previous` to `retired`, and updates the key's current version and hint.
-    /// `concurrent_update` if the version number is taken.
+    /// `concurrent_update` if the version number is taken; `rotation_in_progress` if the
+    /// key has an active guided rotation (which owns its versions until it ends).
     async fn add_version(&self, version: &KeyVersion, now: Timestamp) -> Result<()>;
 
     /// Moves each key's `last_used_at` forward to the given time (never back), in one
@@ -276,6 +279,82 @@ pub trait ApprovalStore: Send + Sync {
     async fn update_approval(&self, request: &ApprovalRequest, expected: u32) -> Result<bool>;
 }
 
+/// Guided rotations. Every step is a compare-and-set on `revision`, applied in one
+/// transaction with the version states it moves, so a crash leaves a step done or not done.
+#[async_trait]
+pub trait RotationStore: Send + Sync {
+    /// Stores a new rotation and, unless it is still creating its value, the pending
+    /// version, in one transaction. Conflict `rotation_in_progress` if the key already has
+    /// an active rotation (one per key, on any instance).
+    async fn insert_rotation(
+        &self,
+        rotation: &Rotation,
+        pending: Option<&KeyVersion>,
+    ) -> Result<()>;
+    async fn rotation(&self, id: &RotationId) -> Result<Option<Rotation>>;
+    /// A key's rotations, newest first.
+    async fn rotations_of_key(&self, key_id: &KeyId, limit: u32) -> Result<Vec<Rotation>>;
+    /// Every rotation in an active step, across all keys.
+    async fn active_rotations(&self) -> Result<Vec<Rotation>>;
+    /// Stores `next` if the stored rotation still has revision `expected`, inserting
+    /// `pending` (a managed rotation's created value) and applying `moves` in the same
+    /// transaction; `false` (and nothing written) if someone else moved it first.
+    /// `Promote` refuses a key that was deleted or revoked meanwhile (`key_not_found`).
+    async fn advance_rotation(
+        &self,
+        next: &Rotation,
+        expected: u64,
+        pending: Option<&KeyVersion>,
+        moves: Option<VersionMove>,
+        now: Timestamp,
+    ) -> Result<bool>;
+    /// Adds what the proxy saw to each key's active rotation (a key without one is skipped).
+    async fn add_rotation_traffic(&self, traffic: &[(KeyId, RotationTraffic)]) -> Result<()>;
+}
+
+/// Health probes: when each key was last probed, claimed by compare-and-set.
+#[async_trait]
+pub trait HealthStore: Send + Sync {
+    /// Takes the key's next probe if its last one was at or before `last_before` (or it
+    /// never had one), recording `now` as its probe time; `false` if another instance (or
+    /// an earlier run) probed it more recently.
+    async fn claim_probe(
+        &self,
+        key_id: &KeyId,
+        now: Timestamp,
+        last_before: Timestamp,
+    ) -> Result<bool>;
+    /// Records what the key's last probe said.
+    async fn set_probe_verdict(&self, key_id: &KeyId, verdict: &str) -> Result<()>;
+    /// Every key's last probe: time and verdict.
+    async fn probes(&self) -> Result<Vec<(KeyId, Timestamp, Option<String>)>>;
+}
+
+/// Notification webhooks and their deliveries.
+#[async_trait]
+pub trait NotificationStore: Send + Sync {
+    async fn insert_webhook(&self, webhook: &Webhook) -> Result<()>;
+    /// Every webhook, oldest first.
+    async fn webhooks(&self) -> Result<Vec<Webhook>>;
+    /// Removes a webhook and its deliveries; `false` if there was none.
+    async fn delete_webhook(&self, id: &WebhookId) -> Result<bool>;
+    /// Queues deliveries; one already queued for the same webhook and `dedupe` is kept
+    /// and the new one dropped. Returns how many were queued.
+    async fn enqueue_deliveries(&self, deliveries: &[Delivery]) -> Result<u64>;
+    /// Pending deliveries due at `now` that no instance holds, each leased to the caller
+    /// until `lease_until` (compare-and-set: two instances never get the same one).
+    async fn claim_due_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Delivery>>;
+    /// Stores the outcome of an attempt and releases the lease.
+    async fn save_delivery(&self, delivery: &Delivery) -> Result<()>;
+    /// A webhook's deliveries, newest first.
+    async fn deliveries(&self, webhook_id: &WebhookId, limit: u32) -> Result<Vec<Delivery>>;
+}
+
 /// Second factors. Every "use" method is a compare-and-set, so two instances (or two
 /// racing requests) cannot both accept the same TOTP step or recovery code.
 #[async_trait]
@@ -345,6 +424,9 @@ pub trait Store:
     + MfaStore
     + AccessStore
     + ApprovalStore
+    + RotationStore
+    + NotificationStore
+    + HealthStore
     + std::fmt::Debug
 {
     /// `sqlite` or `postgres`.

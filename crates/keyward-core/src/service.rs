@@ -213,6 +213,20 @@ pub struct ServiceDefinition {
     /// Provider credits a request spends when not 1 (e.g. Twelve Data's endpoint weights).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credits: Vec<CreditRule>,
+    /// The provider's API for creating and revoking keys, if Keyward can use it: then a
+    /// rotation creates the new key and revokes the old one itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_management: Option<KeyManagementApi>,
+}
+
+/// A provider API Keyward drives to create and revoke keys during a rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyManagementApi {
+    /// OpenAI's Administration API with an admin key (`sk-admin-…`): a project service
+    /// account per key (`POST /v1/organization/projects/{project}/service_accounts`
+    /// returns its API key once; deleting the account revokes the key).
+    OpenaiServiceAccounts,
 }
 
 /// The response shape an LLM provider reports token usage in.

@@ -12,8 +12,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
+use keyward_core::guided_rotation::RotationTraffic;
 use keyward_core::id::KeyId;
-use keyward_core::key::SealContext;
+use keyward_core::key::{KeyVersion, SealContext};
 use keyward_core::service::{KeyPlacement, ServiceDefinition, SoftErrorKind};
 use keyward_core::usage::{
     CacheOutcome, KeyFlag, KeyFlagKind, Outcome, PricingTable, Subject, TokenUsage, UsageRecord,
@@ -28,7 +29,7 @@ use crate::meter::{LlmRequest, UsageReader, inspect_request};
 use crate::quota::{Meters, Reservation, Spend};
 use crate::redact::{redact_bytes, redact_stream};
 use crate::upstream::{BoxError, ProxyBody, SendError, UpstreamClient, full_body, stream_body};
-use crate::{LiveKey, Route, Snapshot, TokenRateLimits};
+use crate::{Alternate, LiveKey, Route, Snapshot, TokenRateLimits};
 
 /// Where clients may always put their app token, whatever the service.
 pub const TOKEN_HEADER: &str = "x-keyward-token";
@@ -36,6 +37,8 @@ pub const TOKEN_HEADER: &str = "x-keyward-token";
 pub const ENVIRONMENT_HEADER: &str = "x-keyward-environment";
 /// `hit` or `miss` on answers to cacheable requests.
 pub const CACHE_HEADER: &str = "x-keyward-cache";
+/// Set when Keyward injected a key past its expiry, inside the configured grace period.
+pub const WARNING_HEADER: &str = "x-keyward-warning";
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus `host`.
 const HOP_BY_HOP: [&str; 9] = [
@@ -103,6 +106,9 @@ pub struct ProxyConfig {
     pub soft_error_peek_bytes: usize,
     /// Serving lanes, one upstream connection pool each (default: one per CPU).
     pub lanes: usize,
+    /// How long past its `expires_at` a key is still injected (with a warning header and a
+    /// metric); zero: an expired key is refused at once.
+    pub expiry_grace: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -119,6 +125,7 @@ impl Default for ProxyConfig {
             cache_max_entry_bytes: 1024 * 1024,
             soft_error_peek_bytes: 64 * 1024,
             lanes: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            expiry_grace: Duration::ZERO,
         }
     }
 }
@@ -129,6 +136,34 @@ pub enum ProxyEvent {
     Usage(Box<UsageRecord>),
     Flag(KeyFlag),
     FlagCleared(KeyId),
+    /// What one request showed about a key's rotation (canary or fallback use).
+    Rotation(KeyId, RotationTraffic),
+}
+
+/// Which of a key's values one try injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueRole {
+    Current,
+    /// A guided rotation's pending value, for a canary share of requests.
+    Canary,
+    /// The value before the rotation, during the dual-key window.
+    Previous,
+}
+
+/// The value a try injects: the `second` after the provider rejected the first, if the key
+/// has one. `canary` says whether this request drew the canary (pending value first).
+fn value_to_try(key: &LiveKey, second: bool, canary: bool) -> Option<(&KeyVersion, ValueRole)> {
+    match (&key.alternate, second) {
+        (Some(Alternate::Canary { version, .. }), false) if canary => {
+            Some((version, ValueRole::Canary))
+        }
+        (Some(Alternate::Canary { .. }), true) if canary => {
+            Some((&key.current, ValueRole::Current))
+        }
+        (Some(Alternate::Fallback(previous)), true) => Some((previous, ValueRole::Previous)),
+        (_, false) => Some((&key.current, ValueRole::Current)),
+        (_, true) => None,
+    }
 }
 
 /// Point-in-time figures about the data plane.
@@ -140,6 +175,8 @@ pub struct ProxyGauges {
     pub queued_events: usize,
     pub cache_entries: u64,
     pub cache_bytes: u64,
+    /// Calls answered with a key past its expiry, inside the grace period.
+    pub expired_key_uses: u64,
 }
 
 /// Bound of the event channel: when the writer falls this far behind, events are dropped
@@ -148,15 +185,16 @@ pub const EVENT_CHANNEL_CAPACITY: usize = 10_000;
 
 /// Where finished calls go: the event channel, the meters, the prices.
 #[derive(Debug)]
-struct Sink {
+pub(crate) struct Sink {
     events: tokio::sync::mpsc::Sender<ProxyEvent>,
     dropped: AtomicU64,
-    meters: Arc<Meters>,
+    expired_key_uses: AtomicU64,
+    pub(crate) meters: Arc<Meters>,
     pricing: PricingTable,
 }
 
 impl Sink {
-    fn emit(&self, event: ProxyEvent) {
+    pub(crate) fn emit(&self, event: ProxyEvent) {
         if self.events.try_send(event).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -171,13 +209,13 @@ pub struct Proxy {
     keyring: Arc<Keyring>,
     /// One per serving lane (see `Inbound::lane`).
     pub(crate) clients: Vec<UpstreamClient>,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     random: Arc<dyn keyward_core::Randomness>,
     config: ProxyConfig,
     rate_limits: TokenRateLimits,
-    health: KeyHealth,
+    pub(crate) health: KeyHealth,
     cache: ResponseCache,
-    sink: Arc<Sink>,
+    pub(crate) sink: Arc<Sink>,
 }
 
 fn bad_request(code: &'static str, message: impl Into<String>) -> Error {
@@ -191,6 +229,8 @@ struct Exchange {
     started: Instant,
     reservations: Vec<Reservation>,
     reader: Option<UsageReader>,
+    /// The key used had expired at this time (injected inside the grace period).
+    expired_at: Option<jiff::Timestamp>,
 }
 
 impl Exchange {
@@ -224,6 +264,7 @@ impl Exchange {
             started: Instant::now(),
             reservations: Vec::new(),
             reader: None,
+            expired_at: None,
         }
     }
 
@@ -350,6 +391,7 @@ impl Proxy {
             sink: Arc::new(Sink {
                 events,
                 dropped: AtomicU64::new(0),
+                expired_key_uses: AtomicU64::new(0),
                 meters: Arc::new(Meters::default()),
                 pricing,
             }),
@@ -391,6 +433,7 @@ impl Proxy {
                 .saturating_sub(self.sink.events.capacity()),
             cache_entries: self.cache.entry_count(),
             cache_bytes: self.cache.weighted_size(),
+            expired_key_uses: self.sink.expired_key_uses.load(Ordering::Relaxed),
         }
     }
 
@@ -516,7 +559,13 @@ impl Proxy {
                 })?),
                 None => None,
             };
-        let route = snapshot.route(token, &inbound.service, environment, now)?;
+        let route = snapshot.route(
+            token,
+            &inbound.service,
+            environment,
+            now,
+            self.config.expiry_grace,
+        )?;
         exchange.record.environment = Some(route.environment.clone());
         self.rate_limits.check(&route.token)?;
         if let Some(length) = content_length(&inbound.headers)?
@@ -550,9 +599,12 @@ impl Proxy {
             .filter(|_| inbound.method == Method::POST);
         // A request that is safe to repeat is buffered (within the size limit) so a retry or
         // a failover can send it again, and so is an LLM request (to read its model and
-        // output allowance); anything else streams through exactly once.
+        // output allowance) and any request to a pool with a key in rotation (a value the
+        // provider rejects is followed by the key's other one); anything else streams
+        // through exactly once.
         let repeatable = is_idempotent(&inbound.method);
-        let mut body = if repeatable || llm.is_some() {
+        let rotating = route.candidates.iter().any(|k| k.alternate.is_some());
+        let mut body = if repeatable || llm.is_some() || rotating {
             Outgoing::Buffered(collect_limited(inbound.body, limit).await?)
         } else {
             Outgoing::Streaming(Some(stream_body(limited(inbound.body, limit))))
@@ -599,8 +651,13 @@ impl Proxy {
             1
         };
         let mut attempt = 0;
+        let mut canary = self.draws_canary(&key);
+        // Whether this try is the key's second value, after the provider rejected the first.
+        let mut second = false;
         loop {
-            attempt += 1;
+            if !second {
+                attempt += 1;
+            }
             let last = attempt >= attempts;
             exchange.record.key_id = Some(key.key.id.clone());
             exchange.record.credits = exchange
@@ -608,9 +665,11 @@ impl Proxy {
                 .credits
                 .saturating_add(u32::try_from(spend.credits).unwrap_or(u32::MAX));
             exchange.record.retries = u32::try_from(attempt - 1).unwrap_or(u32::MAX);
+            let (version, role) = value_to_try(&key, second, canary)
+                .ok_or_else(|| Error::internal("a key ran out of values to try"))?;
             let secret = self.keyring.unseal(
-                &key.current.sealed,
-                &SealContext::key_secret(&key.key.id, key.current.version),
+                &version.sealed,
+                &SealContext::key_secret(&key.key.id, version.version),
             )?;
             let url = upstream_url(route.service, &inbound.path, &query, &secret)?;
             let mut headers = upstream_headers(route.service, &inbound.headers, &secret)?;
@@ -629,10 +688,15 @@ impl Proxy {
             *outgoing.uri_mut() = http::Uri::try_from(url.as_str())
                 .map_err(|_| bad_request("invalid_path", "the path is not valid in a URL"))?;
             *outgoing.headers_mut() = headers;
+            let attempt_started = Instant::now();
             let sent = client.send(outgoing).await;
+            let attempt_ms =
+                u64::try_from(attempt_started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let response = match sent {
                 Ok(response) => response,
                 Err(e) => {
+                    self.health
+                        .record_call(&key.key.id, true, attempt_ms, self.clock.now());
                     let error = upstream_error(&e, limit, &route.service.name);
                     if last || error.kind == ErrorKind::TooLarge {
                         return Err(error);
@@ -643,11 +707,43 @@ impl Proxy {
                             Ok(next) => next,
                             Err(_) => return Err(error),
                         };
+                    canary = self.draws_canary(&key);
+                    second = false;
                     continue;
                 }
             };
             exchange.mark_latency();
             let status = response.0.status;
+            self.health.record_call(
+                &key.key.id,
+                status.is_server_error(),
+                attempt_ms,
+                self.clock.now(),
+            );
+            if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
+                && !second
+                && value_to_try(&key, true, canary).is_some()
+            {
+                // The provider refused the rotation's new value (a canary, or the freshly
+                // promoted one): the key's other value gets the same request, and the key
+                // is not flagged — one of its values works.
+                let now = self.clock.now();
+                let traffic = match role {
+                    ValueRole::Canary => RotationTraffic {
+                        canary_rejected: 1,
+                        new_rejected_at: Some(now),
+                        ..RotationTraffic::default()
+                    },
+                    _ => RotationTraffic {
+                        new_rejected_at: Some(now),
+                        ..RotationTraffic::default()
+                    },
+                };
+                self.sink
+                    .emit(ProxyEvent::Rotation(key.key.id.clone(), traffic));
+                second = true;
+                continue;
+            }
             let mut upstream = Upstream::new(response);
             let verdict = self
                 .judge(&mut upstream, &key, &route, last, ordered.len(), attempt)
@@ -661,6 +757,8 @@ impl Proxy {
                 }
             {
                 (key, key_reservation) = next;
+                canary = self.draws_canary(&key);
+                second = false;
                 continue;
             }
             // A key the provider accepts again is no longer flagged as rejected.
@@ -674,6 +772,21 @@ impl Proxy {
                 self.health.clear(&key.key.id, self.clock.now());
                 self.sink.emit(ProxyEvent::FlagCleared(key.key.id.clone()));
             }
+            if status.is_success() && role != ValueRole::Current {
+                let traffic = if role == ValueRole::Canary {
+                    RotationTraffic {
+                        canary_served: 1,
+                        ..RotationTraffic::default()
+                    }
+                } else {
+                    RotationTraffic {
+                        fallback_served: 1,
+                        ..RotationTraffic::default()
+                    }
+                };
+                self.sink
+                    .emit(ProxyEvent::Rotation(key.key.id.clone(), traffic));
+            }
             exchange.record.status = status.as_u16();
             exchange.record.outcome = if upstream.soft_error {
                 Outcome::SoftError
@@ -685,6 +798,7 @@ impl Proxy {
             if let Some(reservation) = key_reservation.take() {
                 exchange.reservations.push(reservation);
             }
+            exchange.expired_at = key.key.expires_at.filter(|at| *at <= now);
             if let Some(format) = llm {
                 let sse = upstream
                     .headers
@@ -729,6 +843,10 @@ impl Proxy {
         let mut healthy = Vec::with_capacity(route.candidates.len());
         let mut rejected = Vec::new();
         for key in &route.candidates {
+            // An open circuit keeps traffic away until its trial is due.
+            if !self.health.admits(&key.key.id, now) {
+                continue;
+            }
             match self
                 .health
                 .flag(&key.key.id, key.flag.as_ref(), now)
@@ -770,6 +888,27 @@ impl Proxy {
     ) -> Result<(Arc<LiveKey>, Option<Reservation>), Error> {
         let now = self.clock.now();
         if ordered.is_empty() {
+            let open: Vec<jiff::Timestamp> = route
+                .candidates
+                .iter()
+                .filter_map(|k| self.health.passive(&k.key.id, now).2)
+                .filter(|until| *until > now)
+                .collect();
+            if let Some(until) = open.iter().min() {
+                return Err(Error {
+                    retry_after: Some(
+                        keyward_core::usage::until(now, *until).max(Duration::from_secs(1)),
+                    ),
+                    ..Error::new(
+                        ErrorKind::Unavailable,
+                        "circuit_open",
+                        format!(
+                            "every usable {} key for {} failed repeatedly; Keyward tries again shortly",
+                            route.service.name, route.environment
+                        ),
+                    )
+                });
+            }
             let until = route
                 .candidates
                 .iter()
@@ -934,6 +1073,14 @@ impl Proxy {
         if cached_marker != CacheOutcome::None {
             headers.insert(CACHE_HEADER, HeaderValue::from_static("miss"));
         }
+        if let Some(expired) = exchange.expired_at {
+            self.sink.expired_key_uses.fetch_add(1, Ordering::Relaxed);
+            if let Ok(value) = HeaderValue::from_str(&format!(
+                "key_expired; expired_at={expired}; injected during the grace period, replace the key"
+            )) {
+                headers.insert(WARNING_HEADER, value);
+            }
+        }
         let mut finisher = Finisher {
             exchange: Some(exchange),
             sink: self.sink.clone(),
@@ -985,6 +1132,16 @@ impl Proxy {
         *out.status_mut() = hit.status;
         *out.headers_mut() = headers;
         out
+    }
+
+    /// Whether a request tries `key`'s canary value first: `percent`% of them do.
+    fn draws_canary(&self, key: &LiveKey) -> bool {
+        let Some(Alternate::Canary { percent, .. }) = &key.alternate else {
+            return false;
+        };
+        let mut bytes = [0u8; 4];
+        self.random.fill(&mut bytes);
+        u32::from_le_bytes(bytes) % 100 < u32::from(*percent)
     }
 
     /// Exponential backoff with full jitter: a random wait up to `base × 2^(attempt-1)`,

@@ -1,5 +1,7 @@
 //! What the proxy has learned about each key from provider answers: rejected (401/403) or
-//! quota-limited. Raised here at once (so the very next request avoids the key), written
+//! quota-limited flags, and — per instance, in memory — the key's recent calls (passive
+//! health: calls, failures, latency over the last five minutes) and its circuit breaker.
+//! Flags are raised here at once (so the very next request avoids the key), written
 //! to the store off the request path (so the API and other instances see it), and read back
 //! through the snapshot. The newer of the local and the stored state wins.
 
@@ -7,8 +9,19 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use jiff::Timestamp;
+use keyward_core::health::{Breaker, BreakerState, CallStats};
 use keyward_core::id::KeyId;
 use keyward_core::usage::KeyFlag;
+
+/// Minutes of calls passive health looks back over.
+const WINDOW_MINUTES: i64 = 5;
+
+/// One key's recent calls by minute, and its breaker.
+#[derive(Debug, Default)]
+struct Calls {
+    minutes: std::collections::VecDeque<(i64, CallStats)>,
+    breaker: Breaker,
+}
 
 #[derive(Debug, Clone)]
 enum Local {
@@ -19,6 +32,7 @@ enum Local {
 #[derive(Debug, Default)]
 pub struct KeyHealth {
     local: Mutex<HashMap<KeyId, Local>>,
+    calls: Mutex<HashMap<KeyId, Calls>>,
 }
 
 impl KeyHealth {
@@ -52,6 +66,70 @@ impl KeyHealth {
     /// Forgets keys no longer in the snapshot.
     pub fn retain(&self, keep: impl Fn(&KeyId) -> bool) {
         self.lock().retain(|k, _| keep(k));
+        self.calls_lock().retain(|k, _| keep(k));
+    }
+
+    fn calls_lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, Calls>> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records one call with `key`: `failed` is a provider error, a timeout or no answer.
+    pub fn record_call(&self, key: &KeyId, failed: bool, latency_ms: u64, now: Timestamp) {
+        let minute = now.as_second().div_euclid(60);
+        let mut all = self.calls_lock();
+        let calls = all.entry(key.clone()).or_default();
+        while calls
+            .minutes
+            .front()
+            .is_some_and(|(m, _)| *m <= minute - WINDOW_MINUTES)
+        {
+            calls.minutes.pop_front();
+        }
+        if calls.minutes.back().is_none_or(|(m, _)| *m != minute) {
+            calls.minutes.push_back((minute, CallStats::default()));
+        }
+        if let Some((_, stats)) = calls.minutes.back_mut() {
+            stats.calls += 1;
+            stats.failures += u64::from(failed);
+            stats.latency_ms_total += latency_ms;
+        }
+        if failed {
+            calls.breaker.failed(now);
+        } else {
+            calls.breaker.succeeded();
+        }
+    }
+
+    /// Whether the key's circuit lets a call through now.
+    pub fn admits(&self, key: &KeyId, now: Timestamp) -> bool {
+        self.calls_lock()
+            .get(key)
+            .is_none_or(|c| c.breaker.admits(now))
+    }
+
+    /// The key's calls over the last five minutes, its breaker's state, and until when it
+    /// stays open.
+    pub fn passive(
+        &self,
+        key: &KeyId,
+        now: Timestamp,
+    ) -> (CallStats, BreakerState, Option<Timestamp>) {
+        let minute = now.as_second().div_euclid(60);
+        let all = self.calls_lock();
+        let Some(calls) = all.get(key) else {
+            return (CallStats::default(), BreakerState::Closed, None);
+        };
+        let stats = calls
+            .minutes
+            .iter()
+            .filter(|(m, _)| *m > minute - WINDOW_MINUTES)
+            .fold(CallStats::default(), |mut sum, (_, s)| {
+                sum.calls += s.calls;
+                sum.failures += s.failures;
+                sum.latency_ms_total += s.latency_ms_total;
+                sum
+            });
+        (stats, calls.breaker.state(now), calls.breaker.open_until)
     }
 }
 
@@ -73,6 +151,30 @@ mod tests {
             since: ts(since),
             until: until.map(ts),
         }
+    }
+
+    #[test]
+    fn calls_open_the_breaker_and_age_out_of_the_window() {
+        let health = KeyHealth::default();
+        let key = flag(0, None).key_id;
+        for s in 0..5 {
+            health.record_call(&key, true, 100, ts(1_000 + s));
+        }
+        assert!(!health.admits(&key, ts(1_010)));
+        let (stats, state, until) = health.passive(&key, ts(1_010));
+        assert_eq!(
+            (stats.calls, stats.failures, state),
+            (5, 5, BreakerState::Open)
+        );
+        assert_eq!(until, Some(ts(1_034)));
+        assert!(health.admits(&key, ts(1_034)), "half-open: one trial");
+        health.record_call(&key, false, 50, ts(1_035));
+        assert_eq!(health.passive(&key, ts(1_036)).1, BreakerState::Closed);
+        assert_eq!(
+            health.passive(&key, ts(1_000 + 6 * 60)).0.calls,
+            0,
+            "aged out"
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ mod cache;
 mod forward;
 mod health;
 mod limits;
+mod manage;
 mod meter;
+mod probe;
 mod quota;
 mod redact;
 mod snapshot;
@@ -18,9 +20,10 @@ mod validate;
 
 pub use forward::{
     CACHE_HEADER, ENVIRONMENT_HEADER, EVENT_CHANNEL_CAPACITY, Inbound, Proxy, ProxyConfig,
-    ProxyEvent, ProxyGauges, TOKEN_HEADER,
+    ProxyEvent, ProxyGauges, TOKEN_HEADER, WARNING_HEADER,
 };
 pub use limits::TokenRateLimits;
-pub use snapshot::{LiveKey, Route, Snapshot};
+pub use manage::CreatedKey;
+pub use snapshot::{Alternate, LiveKey, Route, Snapshot};
 pub use upstream::{BoxError, Outbound, ProxyBody};
 pub use validate::{Validation, Verdict};

@@ -22,8 +22,22 @@ use keyward_crypto::token;
 pub struct LiveKey {
     pub key: Key,
     pub current: KeyVersion,
+    /// A second value while a guided rotation runs.
+    pub alternate: Option<Alternate>,
     /// The flag stored for this key when the snapshot was built.
     pub flag: Option<KeyFlag>,
+}
+
+/// A key's second value during a guided rotation (still sealed). Either way a value the
+/// provider rejects (401/403) is followed by the other one within the same request, so
+/// callers see no failure from a rotation.
+#[derive(Debug, Clone)]
+pub enum Alternate {
+    /// The pending value, tried first by `percent`% of requests.
+    Canary { version: KeyVersion, percent: u8 },
+    /// The previous value, tried when the provider rejects the current one (the dual-key
+    /// window).
+    Fallback(KeyVersion),
 }
 
 /// The keys of one service in one environment, used in turn.
@@ -67,6 +81,7 @@ impl Snapshot {
         catalog: &ServiceCatalog,
         tokens: Vec<AppToken>,
         keys: Vec<(Key, KeyVersion)>,
+        mut alternates: HashMap<KeyId, Alternate>,
         flags: Vec<KeyFlag>,
         pool_settings: &[PoolSetting],
     ) -> Self {
@@ -75,11 +90,17 @@ impl Snapshot {
         let mut pools: HashMap<(String, String), Pool> = HashMap::new();
         for (key, current) in keys {
             let flag = flags.remove(&key.id);
+            let alternate = alternates.remove(&key.id);
             pools
                 .entry((key.service_id.clone(), key.environment.clone()))
                 .or_default()
                 .keys
-                .push(Arc::new(LiveKey { key, current, flag }));
+                .push(Arc::new(LiveKey {
+                    key,
+                    current,
+                    alternate,
+                    flag,
+                }));
         }
         for setting in pool_settings {
             if let Some(pool) =
@@ -163,6 +184,7 @@ impl Snapshot {
         service_id: &str,
         environment: Option<&str>,
         now: Timestamp,
+        expiry_grace: std::time::Duration,
     ) -> Result<Route<'a>, Error> {
         let service = self.service(service_id)?;
         if !token.services.iter().any(|s| s == service_id) {
@@ -199,10 +221,21 @@ impl Snapshot {
                     .collect()
             })
             .unwrap_or_default();
+        let grace =
+            jiff::SignedDuration::try_from(expiry_grace).unwrap_or(jiff::SignedDuration::MAX);
         let active: Vec<&Arc<LiveKey>> = candidates
             .iter()
             .copied()
-            .filter(|k| k.key.status(now) == KeyStatus::Active)
+            .filter(|k| match k.key.status(now) {
+                KeyStatus::Active => true,
+                // Expired, but inside the configured grace period: still injected (with a
+                // warning), after every key that has not expired.
+                KeyStatus::Expired => k
+                    .key
+                    .expires_at
+                    .is_some_and(|at| at.saturating_add(grace).is_ok_and(|end| now < end)),
+                _ => false,
+            })
             .collect();
         if active.is_empty() {
             let revoked = candidates
@@ -233,9 +266,10 @@ impl Snapshot {
         }
         let turn = pool.map_or(0, |p| p.next.fetch_add(1, Ordering::Relaxed));
         let first = turn % active.len();
-        let candidates = (0..active.len())
+        let mut candidates: Vec<Arc<LiveKey>> = (0..active.len())
             .map(|i| active[(first + i) % active.len()].clone())
             .collect();
+        candidates.sort_by_key(|k| k.key.expires_at.is_some_and(|at| at <= now));
         Ok(Route {
             service,
             environment,
@@ -334,6 +368,7 @@ mod tests {
         ServiceCatalog::assemble(builtin_services().expect("catalog"), vec![], &[])
     }
 
+    const NO_GRACE: std::time::Duration = std::time::Duration::ZERO;
     const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     #[test]
@@ -347,6 +382,7 @@ mod tests {
             &catalog(),
             vec![token, revoked, fenced],
             vec![],
+            HashMap::new(),
             vec![],
             &[],
         );
@@ -385,15 +421,16 @@ mod tests {
             &catalog(),
             vec![],
             vec![(a.clone(), va), (b.clone(), vb), (off, voff), (old, vold)],
+            HashMap::new(),
             vec![],
             &[],
         );
 
         let first = snapshot
-            .route(token.clone(), "openai", None, ts(5))
+            .route(token.clone(), "openai", None, ts(5), NO_GRACE)
             .expect("route");
         let second = snapshot
-            .route(token.clone(), "openai", None, ts(5))
+            .route(token.clone(), "openai", None, ts(5), NO_GRACE)
             .expect("route");
         assert_eq!(
             first.environment, "production",
@@ -407,7 +444,7 @@ mod tests {
 
         let code = |service: &str, env: Option<&str>| {
             snapshot
-                .route(token.clone(), service, env, ts(5))
+                .route(token.clone(), service, env, ts(5), NO_GRACE)
                 .map(|_| ())
                 .map_err(|e| e.code)
         };
@@ -419,6 +456,31 @@ mod tests {
         assert_eq!(code("openai", Some("staging")), Err("no_key_available"));
         assert_eq!(code("finnhub", None), Err("key_disabled"));
         assert_eq!(code("finnhub", Some("staging")), Err("key_expired"));
+        // Within a grace period an expired key is still routed (after live ones).
+        let graced = snapshot
+            .route(
+                token.clone(),
+                "finnhub",
+                Some("staging"),
+                ts(5),
+                std::time::Duration::from_secs(10),
+            )
+            .expect("inside the grace period");
+        assert_eq!(graced.candidates.len(), 1);
+        assert_eq!(
+            snapshot
+                .route(
+                    token.clone(),
+                    "finnhub",
+                    Some("staging"),
+                    ts(5),
+                    std::time::Duration::from_secs(3),
+                )
+                .map(|_| ())
+                .map_err(|e| e.code),
+            Err("key_expired"),
+            "past the grace period"
+        );
         assert_eq!(code("nope", None), Err("service_not_found"));
 
         let pinned = Arc::new(AppToken {
@@ -428,7 +490,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(
                 snapshot
-                    .route(pinned.clone(), "openai", None, ts(5))
+                    .route(pinned.clone(), "openai", None, ts(5), NO_GRACE)
                     .expect("route")
                     .candidates[0]
                     .key

@@ -11,6 +11,7 @@ use keyward_core::app_token::{AppToken, AppTokenDraft};
 use keyward_core::approval::{ApprovalAction, Operation};
 use keyward_core::audit::{ActorKind, AuditDraft, AuditOutcome};
 use keyward_core::catalog::{ServiceCatalog, builtin_services};
+use keyward_core::guided_rotation::RotationTraffic;
 use keyward_core::id::{AppTokenId, KeyId, TokenId};
 use keyward_core::key::{
     Key, KeyArea, KeyChanges, KeyDraft, KeyDraftInput, KeyFilter, KeyVersion, Page, PageRequest,
@@ -112,6 +113,8 @@ pub struct App {
 pub struct AppOptions {
     pub recovery_window: RecoveryWindow,
     pub usage_retention_days: u16,
+    /// How long past its expiry a key is still injected (with a warning).
+    pub expiry_grace: std::time::Duration,
     pub pricing: PricingTable,
     pub sessions: keyward_core::session::SessionPolicy,
     pub secure_cookies: bool,
@@ -123,6 +126,7 @@ impl AppOptions {
         Self {
             recovery_window: settings.recovery_window,
             usage_retention_days: settings.usage_retention_days,
+            expiry_grace: settings.expiry_grace,
             pricing: settings.pricing.clone(),
             sessions: settings.sessions,
             secure_cookies: settings.secure_cookies,
@@ -198,7 +202,10 @@ impl App {
             keyring.clone(),
             clock.clone(),
             random.clone(),
-            ProxyConfig::default(),
+            ProxyConfig {
+                expiry_grace: options.expiry_grace,
+                ..ProxyConfig::default()
+            },
             options.pricing,
         )?;
         Ok(Self {
@@ -320,6 +327,8 @@ impl App {
         let mut records = Vec::new();
         let mut flags: std::collections::HashMap<KeyId, Option<KeyFlag>> =
             std::collections::HashMap::new();
+        let mut rotations: std::collections::HashMap<KeyId, RotationTraffic> =
+            std::collections::HashMap::new();
         for event in events {
             match event {
                 ProxyEvent::Usage(record) => records.push(*record),
@@ -328,6 +337,9 @@ impl App {
                 }
                 ProxyEvent::FlagCleared(key) => {
                     flags.insert(key, None);
+                }
+                ProxyEvent::Rotation(key, seen) => {
+                    rotations.entry(key).or_default().add(&seen);
                 }
             }
         }
@@ -372,6 +384,8 @@ impl App {
                 self.store.clear_key_flag(&key).await?;
             }
         }
+        let rotations: Vec<(KeyId, RotationTraffic)> = rotations.into_iter().collect();
+        self.store.add_rotation_traffic(&rotations).await?;
         Ok(())
     }
 
@@ -392,10 +406,12 @@ impl App {
         let catalog = self.catalog().await?;
         let tokens = self.store.app_tokens().await?;
         let keys = self.store.live_keys().await?;
+        let alternates = self.rotation_alternates().await?;
         let flags = self.store.key_flags().await?;
         let pools = self.store.pool_settings().await?;
-        self.proxy
-            .install(Snapshot::build(&catalog, tokens, keys, flags, &pools));
+        self.proxy.install(Snapshot::build(
+            &catalog, tokens, keys, alternates, flags, &pools,
+        ));
         Ok(())
     }
 
@@ -591,7 +607,7 @@ impl App {
     /// After a write: the proxy must see it before the caller hears it succeeded (a revoked
     /// token or disabled key stops working at once). A failed refresh is logged; the
     /// write itself stands.
-    async fn changed(&self) {
+    pub(crate) async fn changed(&self) {
         if let Err(e) = self.refresh_proxy().await {
             tracing::error!(error = %e, "could not refresh the proxy snapshot after a change");
         }
@@ -892,8 +908,9 @@ impl App {
         Ok(key)
     }
 
-    /// Adds a version. `current` (the default) makes it the injected value at once;
-    /// `pending` stores it for a rotation to promote later.
+    /// Adds a version that is current at once (an immediate rotation, without a dual-key
+    /// window). A value to try before it takes over goes through a guided rotation
+    /// (`guided_rotation.rs`), which owns pending versions.
     pub async fn add_version(
         &self,
         actor: &Actor,
@@ -902,10 +919,10 @@ impl App {
         force: bool,
         state: VersionState,
     ) -> Result<KeyVersion, Error> {
-        if !matches!(state, VersionState::Current | VersionState::Pending) {
+        if state != VersionState::Current {
             return Err(Error::invalid(
                 "invalid_version_state",
-                "a new version is either current or pending",
+                "a value added directly is current at once; to try a value first, start a rotation (POST /api/v1/keys/{id}/rotations)",
             ));
         }
         let key = self.key_for(actor, Permission::KeysRotate, id).await?;
@@ -915,15 +932,7 @@ impl App {
         let service = catalog.require(&key.service_id)?;
         let value = secret::normalize(&secret_value)?;
         secret::check_format(service, &value, force)?;
-        let number = self
-            .store
-            .versions(id)
-            .await?
-            .iter()
-            .map(|v| v.version)
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let number = self.next_version_number(id).await?;
         let now = self.now();
         let fingerprint = self.audit.fingerprint(&value);
         // Bound to the new value (by its fingerprint): approvers approve this value only.
@@ -934,19 +943,7 @@ impl App {
             json!({"fingerprint": fingerprint, "state": state.to_string()}),
         )
         .await?;
-        let version = KeyVersion {
-            key_id: id.clone(),
-            version: number,
-            state,
-            hint: secret::hint(service, &value)?,
-            sealed: self.keyring.seal(
-                &*self.random,
-                &value,
-                &SealContext::key_secret(id, number),
-            )?,
-            created_by: actor.name.clone(),
-            created_at: now,
-        };
+        let version = self.seal_version(service, id, number, state, &value, actor, now)?;
         self.audited(
             actor,
             "key.version.add",
@@ -960,8 +957,68 @@ impl App {
         Ok(version)
     }
 
+    /// The number the key's next version gets.
+    pub(crate) async fn next_version_number(&self, id: &KeyId) -> Result<u32, Error> {
+        Ok(self
+            .store
+            .versions(id)
+            .await?
+            .iter()
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(0)
+            + 1)
+    }
+
+    /// A new version of key `id` holding `value` (normalized and format-checked), sealed
+    /// for exactly that key and version number.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn seal_version(
+        &self,
+        service: &ServiceDefinition,
+        id: &KeyId,
+        number: u32,
+        state: VersionState,
+        value: &SecretString,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<KeyVersion, Error> {
+        Ok(KeyVersion {
+            key_id: id.clone(),
+            version: number,
+            state,
+            hint: secret::hint(service, value)?,
+            sealed: self.keyring.seal(
+                &*self.random,
+                value,
+                &SealContext::key_secret(id, number),
+            )?,
+            created_by: actor.name.clone(),
+            created_at: now,
+        })
+    }
+
+    /// A stored version's value (for injection-like uses: validation, probes, admin calls).
+    pub(crate) async fn version_value(
+        &self,
+        id: &KeyId,
+        number: u32,
+    ) -> Result<SecretString, Error> {
+        let version = self
+            .store
+            .versions(id)
+            .await?
+            .into_iter()
+            .find(|v| v.version == number)
+            .ok_or_else(|| Error::internal(format!("key {id} has no version {number}")))?;
+        Ok(self.keyring.unseal(
+            &version.sealed,
+            &SealContext::key_secret(id, version.version),
+        )?)
+    }
+
     /// Passes `action` on `key` through the approval gate (see `approvals.rs`).
-    async fn gate_key(
+    pub(crate) async fn gate_key(
         &self,
         actor: &Actor,
         action: ApprovalAction,
@@ -1064,6 +1121,14 @@ impl App {
             )
             .await?;
         tracing::warn!(key = %id, actor = %actor.name, "key revoked in an emergency");
+        self.notify(
+            keyward_core::notification::NotificationKind::KeyRevoked,
+            self.category_of(&key).await.as_deref(),
+            format!("key_revoked:{id}"),
+            json!({"key": id.as_str(), "alias": key.alias, "service": key.service_id,
+                   "environment": key.environment, "by": actor.name, "reason": reason}),
+        )
+        .await;
         Ok(key)
     }
 
@@ -1169,17 +1234,7 @@ impl App {
         let service = catalog
             .get(&key.service_id)
             .ok_or_else(|| Error::internal(format!("key {id} names an unknown service")))?;
-        let version = self
-            .store
-            .versions(id)
-            .await?
-            .into_iter()
-            .find(|v| v.version == key.current_version)
-            .ok_or_else(|| Error::internal(format!("key {id} has no current version")))?;
-        let value = self.keyring.unseal(
-            &version.sealed,
-            &SealContext::key_secret(id, version.version),
-        )?;
+        let value = self.version_value(id, key.current_version).await?;
         let fingerprint = self.audit.fingerprint(&value);
         self.validated(actor, format!("key:{id}"), service, &value, fingerprint)
             .await

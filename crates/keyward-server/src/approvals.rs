@@ -207,6 +207,15 @@ impl App {
                     self.store.insert_approval(&request),
                 )
                 .await?;
+                self.notify(
+                    keyward_core::notification::NotificationKind::ApprovalRequested,
+                    facts.category,
+                    format!("approval_requested:{}", request.id),
+                    json!({"approval": request.id.as_str(), "action": operation.action,
+                           "target": operation.target, "requested_by": actor.name,
+                           "reason": request.reason, "expires_at": request.expires_at.to_string()}),
+                )
+                .await;
                 Err(Error::accepted(
                     "approval_requested",
                     format!(

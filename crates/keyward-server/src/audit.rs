@@ -104,6 +104,11 @@ impl AuditLog {
         self.keys.fingerprint(secret)
     }
 
+    /// A notification webhook's signing secret (see `AuditKeys::webhook_secret`).
+    pub fn webhook_secret(&self, webhook_id: &str) -> SecretString {
+        self.keys.webhook_secret(webhook_id)
+    }
+
     /// The CSRF token that belongs to a session cookie (see `AuditKeys::session_csrf`).
     pub fn session_csrf(&self, session_token: &SecretString) -> SecretString {
         self.keys.session_csrf(session_token)

@@ -32,6 +32,7 @@ const KNOWN_KEYS: &[&str] = &[
     "master_passphrase_previous",
     "recovery_window_days",
     "usage_retention_days",
+    "expiry_grace_minutes",
     "audit_checkpoint_seconds",
     "audit_webhook_url",
     "session_idle_minutes",
@@ -125,6 +126,12 @@ pub struct RawSettings {
         deserialize_with = "scalar_as_string"
     )]
     pub usage_retention_days: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub expiry_grace_minutes: Option<String>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -245,6 +252,9 @@ pub struct Settings {
     pub recovery_window: RecoveryWindow,
     /// Days usage records are kept (1–3650); hourly sums are kept regardless.
     pub usage_retention_days: u16,
+    /// How long past `expires_at` the proxy still injects a key, with a warning (0–10080
+    /// minutes; default 0: expired keys are refused at once).
+    pub expiry_grace: std::time::Duration,
     /// How often the audit chain's head is signed (when it moved).
     pub audit_checkpoint_every: std::time::Duration,
     /// Where every audit entry is also POSTed, as JSON Lines (at least once, in order).
@@ -540,6 +550,15 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         1..=3650,
         USAGE_RETENTION_DAYS_DEFAULT,
     )?;
+    let expiry_grace = std::time::Duration::from_secs(
+        60 * u64::from(bounded(
+            "expiry_grace_minutes",
+            "minutes",
+            raw.expiry_grace_minutes.as_deref(),
+            0..=10_080u32,
+            0,
+        )?),
+    );
     let audit_checkpoint_every = std::time::Duration::from_secs(u64::from(bounded(
         "audit_checkpoint_seconds",
         "seconds",
@@ -636,6 +655,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         master_key,
         recovery_window,
         usage_retention_days,
+        expiry_grace,
         audit_checkpoint_every,
         audit_webhook_url,
         sessions,

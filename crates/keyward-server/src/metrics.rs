@@ -146,6 +146,8 @@ impl Metrics {
             metrics::gauge!("keyward_proxy_events_queued").set(gauges.queued_events as f64);
             metrics::gauge!("keyward_proxy_cache_entries").set(gauges.cache_entries as f64);
             metrics::gauge!("keyward_proxy_cache_bytes").set(gauges.cache_bytes as f64);
+            metrics::counter!("keyward_proxy_expired_key_uses_total")
+                .absolute(gauges.expired_key_uses);
         });
         self.handle.render()
     }
@@ -201,6 +203,7 @@ mod tests {
             queued_events: 2,
             cache_entries: 3,
             cache_bytes: 4096,
+            expired_key_uses: 2,
         });
         for line in [
             r#"keyward_proxy_requests_total{service="openai",outcome="success",cache="miss"} 1"#,
@@ -211,6 +214,7 @@ mod tests {
             r#"keyward_proxy_retries_total{service="openai"} 1"#,
             "keyward_proxy_events_dropped_total 7",
             "keyward_proxy_cache_bytes 4096",
+            "keyward_proxy_expired_key_uses_total 2",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -74,6 +74,8 @@ impl Started {
             self.audit_checkpoint_every,
         ));
         let watcher = tokio::spawn(snapshot_loop(self.app.clone()));
+        let rotator = tokio::spawn(rotation_loop(self.app.clone()));
+        let notifier = tokio::spawn(crate::notifications::notification_loop(self.app.clone()));
         let webhook = self.audit_webhook_url.clone().map(|url| {
             tokio::spawn(crate::audit::webhook_loop(
                 self.app.clone(),
@@ -93,6 +95,8 @@ impl Started {
         purger.abort();
         checkpointer.abort();
         watcher.abort();
+        rotator.abort();
+        notifier.abort();
         if let Some(webhook) = webhook {
             webhook.abort();
         }
@@ -257,6 +261,20 @@ async fn purge_loop(app: Arc<App>) {
         }
         if let Err(e) = app.store.maintain().await {
             tracing::warn!(error = %e, "store maintenance failed; will retry");
+        }
+    }
+}
+
+/// Moves guided rotations on by themselves (`App::run_rotations`): retires old values whose
+/// dual-key window has ended and resumes managed rotations a crash interrupted. Every
+/// instance runs it; the store's compare-and-set lets only one of them take each step.
+async fn rotation_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.run_rotations().await {
+            tracing::warn!(error = %e, "could not check rotations; will retry");
         }
     }
 }

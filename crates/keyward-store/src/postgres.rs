@@ -64,6 +64,21 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rotation",
         include_str!("../migrations/postgres/0010_rotation.sql"),
     ),
+    (
+        11,
+        "guided_rotations",
+        include_str!("../migrations/postgres/0011_guided_rotations.sql"),
+    ),
+    (
+        12,
+        "notifications",
+        include_str!("../migrations/postgres/0012_notifications.sql"),
+    ),
+    (
+        13,
+        "key probes",
+        include_str!("../migrations/postgres/0013_key_probes.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

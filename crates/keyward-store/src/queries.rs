@@ -14,7 +14,9 @@ use keyward_core::audit::{
     AuditCheckpoint, AuditDraft, AuditEvent, AuditFilter, chain_hash, hash_hex, parse_hash,
 };
 use keyward_core::catalog::BaseUrlOverride;
-use keyward_core::id::{AppTokenId, ApprovalId, GrantId, KeyId, TokenId, UserId};
+use keyward_core::guided_rotation::{Rotation, RotationTraffic, VersionMove};
+use keyward_core::id::{AppTokenId, ApprovalId, GrantId, KeyId, RotationId, TokenId, UserId, WebhookId};
+use keyward_core::notification::{Delivery, Webhook};
 use keyward_core::key::{
     Revocation,
     Key, KeyFilter, KeyStatus, KeyVersion, Page, PageRequest, SealedSecret, VersionState,
@@ -23,7 +25,7 @@ use keyward_core::approval::{ApprovalRequest, ApprovalStatus};
 use keyward_core::master_key::{KekUsage, MasterKeyRecord};
 use keyward_core::mfa::MfaEnrolment;
 use keyward_core::ports::{
-    AccessStore, AppTokenStore, ApprovalStore, AuditStore, CatalogStore, MfaStore, SessionStore, KeyStore, Store, TokenStore, UsageStore, UserStore, VaultStore,
+    AccessStore, AppTokenStore, ApprovalStore, AuditStore, CatalogStore, HealthStore, MfaStore, NotificationStore, RotationStore, SessionStore, KeyStore, Store, TokenStore, UsageStore, UserStore, VaultStore,
 };
 use keyward_core::service::Limit;
 use keyward_core::service::{Category, Environment, ServiceDefinition};
@@ -463,6 +465,19 @@ impl KeyStore for ThisStore {
 
     async fn add_version(&self, version: &KeyVersion, now: Timestamp) -> Result<(), Error> {
         let mut tx = self.begin_write().await?;
+        let rotating: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM rotations WHERE key_id = $1 AND {ACTIVE_ROTATION}"
+        )))
+        .bind(version.key_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        if let Some((id,)) = rotating {
+            return Err(Error::conflict(
+                "rotation_in_progress",
+                format!("rotation {id} is replacing this key's value; finish or cancel it first"),
+            ));
+        }
         if version.state == VersionState::Current {
             for (from, to) in [
                 (VersionState::Previous, VersionState::Retired),
@@ -562,6 +577,8 @@ impl KeyStore for ThisStore {
         let mut tx = self.begin_write().await?;
         // Explicit deletes rather than relying on ON DELETE CASCADE being enabled.
         for sql in [
+            "DELETE FROM rotations WHERE key_id = $1",
+            "DELETE FROM key_probes WHERE key_id = $1",
             "DELETE FROM key_versions WHERE key_id = $1",
             "DELETE FROM key_tags WHERE key_id = $1",
             "DELETE FROM key_flags WHERE key_id = $1",
@@ -1370,7 +1387,7 @@ impl VaultStore for ThisStore {
 }
 
 /// The change marker's columns.
-type MarkerRow = (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64);
+type MarkerRow = (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64);
 
 /// Integers the database stores as signed 64-bit.
 fn db_int(value: u64) -> i64 {
@@ -2239,6 +2256,491 @@ impl ApprovalStore for ThisStore {
     }
 }
 
+const ROTATION_COLUMNS: &str = "id, key_id, step, old_version, new_version, managed, canary_percent, window_ms, \
+    window_ends_at, validation, verification, canary_served, canary_rejected, fallback_served, new_rejected_at, \
+    created_by, created_at, updated_at, revision";
+
+/// The steps in which a rotation holds its key (matches the partial unique index).
+const ACTIVE_ROTATION: &str =
+    "step IN ('creating', 'pending', 'validated', 'canary', 'promoted')";
+
+fn count(r: &DbRow, column: &str) -> Result<u64, Error> {
+    u64::try_from(get::<i64>(r, column)?).map_err(|e| corrupt(column, e))
+}
+
+fn opt_json<T: serde::de::DeserializeOwned>(what: &str, text: Option<String>) -> Result<Option<T>, Error> {
+    text.as_deref().map(|t| from_json(what, t)).transpose()
+}
+
+fn opt_json_text<T: serde::Serialize>(what: &str, value: Option<&T>) -> Result<Option<String>, Error> {
+    value.map(|v| json_text(what, v)).transpose()
+}
+
+fn rotation_row(r: &DbRow) -> Result<Rotation, Error> {
+    let percent = get::<i64>(r, "canary_percent")?;
+    Ok(Rotation {
+        id: parse("rotation id", &get::<String>(r, "id")?)?,
+        key_id: parse("key id", &get::<String>(r, "key_id")?)?,
+        step: parse("rotation step", &get::<String>(r, "step")?)?,
+        old_version: version_number(get(r, "old_version")?)?,
+        new_version: version_number(get(r, "new_version")?)?,
+        managed: opt_json("rotation management", get(r, "managed")?)?,
+        canary_percent: u8::try_from(percent).map_err(|e| corrupt("canary percent", e))?,
+        window: jiff::SignedDuration::from_millis(get(r, "window_ms")?),
+        window_ends_at: opt_timestamp(get(r, "window_ends_at")?)?,
+        validation: opt_json("rotation validation", get(r, "validation")?)?,
+        verification: opt_json("rotation verification", get(r, "verification")?)?,
+        traffic: RotationTraffic {
+            canary_served: count(r, "canary_served")?,
+            canary_rejected: count(r, "canary_rejected")?,
+            fallback_served: count(r, "fallback_served")?,
+            new_rejected_at: opt_timestamp(get(r, "new_rejected_at")?)?,
+        },
+        created_by: get(r, "created_by")?,
+        created_at: timestamp(get(r, "created_at")?)?,
+        updated_at: timestamp(get(r, "updated_at")?)?,
+        revision: count(r, "revision")?,
+    })
+}
+
+fn window_ms(rotation: &Rotation) -> i64 {
+    i64::try_from(rotation.window.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl ThisStore {
+    /// Moves version states (and the key's current version) for one rotation step.
+    async fn move_versions(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        key_id: &KeyId,
+        moves: VersionMove,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let set_state = |state: VersionState, version: u32, from: VersionState| {
+            sqlx::query("UPDATE key_versions SET state = $1 WHERE key_id = $2 AND version = $3 AND state = $4")
+                .bind(state.as_str())
+                .bind(key_id.as_str())
+                .bind(i64::from(version))
+                .bind(from.as_str())
+        };
+        match moves {
+            VersionMove::Promote { new, old } => {
+                sqlx::query("UPDATE key_versions SET state = $1 WHERE key_id = $2 AND state = $3")
+                    .bind(VersionState::Retired.as_str())
+                    .bind(key_id.as_str())
+                    .bind(VersionState::Previous.as_str())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| db_error(e, None))?;
+                set_state(VersionState::Previous, old, VersionState::Current)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| db_error(e, None))?;
+                let promoted = set_state(VersionState::Current, new, VersionState::Pending)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| db_error(e, None))?;
+                let key = sqlx::query(
+                    "UPDATE keys SET current_version = $1, updated_at = $2, rotated_at = $2, \
+                     current_hint = (SELECT hint FROM key_versions WHERE key_id = $3 AND version = $1) \
+                     WHERE id = $3 AND deleted_at IS NULL AND revoked_at IS NULL",
+                )
+                .bind(i64::from(new))
+                .bind(millis(now))
+                .bind(key_id.as_str())
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
+                if promoted.rows_affected() != 1 || key.rows_affected() != 1 {
+                    return Err(Error::not_found(
+                        "key_not_found",
+                        format!("key {key_id} is no longer live, or its pending version {new} is gone"),
+                    ));
+                }
+            }
+            VersionMove::Retire { version } => {
+                for from in [VersionState::Previous, VersionState::Pending] {
+                    set_state(VersionState::Retired, version, from)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| db_error(e, None))?;
+                }
+                sqlx::query("UPDATE keys SET updated_at = $1 WHERE id = $2")
+                    .bind(millis(now))
+                    .bind(key_id.as_str())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| db_error(e, None))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RotationStore for ThisStore {
+    async fn insert_rotation(&self, r: &Rotation, pending: Option<&KeyVersion>) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO rotations ({ROTATION_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+        )))
+        .bind(r.id.as_str())
+        .bind(r.key_id.as_str())
+        .bind(r.step.as_str())
+        .bind(i64::from(r.old_version))
+        .bind(i64::from(r.new_version))
+        .bind(opt_json_text("rotation management", r.managed.as_ref())?)
+        .bind(i64::from(r.canary_percent))
+        .bind(window_ms(r))
+        .bind(r.window_ends_at.map(millis))
+        .bind(opt_json_text("rotation validation", r.validation.as_ref())?)
+        .bind(opt_json_text("rotation verification", r.verification.as_ref())?)
+        .bind(0_i64)
+        .bind(0_i64)
+        .bind(0_i64)
+        .bind(Option::<i64>::None)
+        .bind(&r.created_by)
+        .bind(millis(r.created_at))
+        .bind(millis(r.updated_at))
+        .bind(i64::try_from(r.revision).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            db_error(
+                e,
+                Some(("rotation_in_progress", "this key already has a rotation in progress; finish or cancel it first")),
+            )
+        })?;
+        if let Some(version) = pending {
+            Self::insert_version(&mut tx, version).await?;
+        }
+        commit(tx).await
+    }
+
+    async fn rotation(&self, id: &RotationId) -> Result<Option<Rotation>, Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROTATION_COLUMNS} FROM rotations WHERE id = $1"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        row.as_ref().map(rotation_row).transpose()
+    }
+
+    async fn rotations_of_key(&self, key_id: &KeyId, limit: u32) -> Result<Vec<Rotation>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROTATION_COLUMNS} FROM rotations WHERE key_id = $1 ORDER BY id DESC LIMIT $2"
+        )))
+        .bind(key_id.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.iter().map(rotation_row).collect()
+    }
+
+    async fn active_rotations(&self) -> Result<Vec<Rotation>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROTATION_COLUMNS} FROM rotations WHERE {ACTIVE_ROTATION} ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.iter().map(rotation_row).collect()
+    }
+
+    async fn advance_rotation(
+        &self,
+        next: &Rotation,
+        expected: u64,
+        pending: Option<&KeyVersion>,
+        moves: Option<VersionMove>,
+        now: Timestamp,
+    ) -> Result<bool, Error> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE rotations SET step = $1, managed = $2, canary_percent = $3, window_ends_at = $4, \
+             validation = $5, verification = $6, updated_at = $7, revision = $8 \
+             WHERE id = $9 AND revision = $10",
+        )
+        .bind(next.step.as_str())
+        .bind(opt_json_text("rotation management", next.managed.as_ref())?)
+        .bind(i64::from(next.canary_percent))
+        .bind(next.window_ends_at.map(millis))
+        .bind(opt_json_text("rotation validation", next.validation.as_ref())?)
+        .bind(opt_json_text("rotation verification", next.verification.as_ref())?)
+        .bind(millis(next.updated_at))
+        .bind(i64::try_from(next.revision).unwrap_or(i64::MAX))
+        .bind(next.id.as_str())
+        .bind(i64::try_from(expected).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        if let Some(version) = pending {
+            Self::insert_version(&mut tx, version).await?;
+        }
+        if let Some(moves) = moves {
+            Self::move_versions(&mut tx, &next.key_id, moves, now).await?;
+        }
+        commit(tx).await?;
+        Ok(true)
+    }
+
+    async fn add_rotation_traffic(&self, traffic: &[(KeyId, RotationTraffic)]) -> Result<(), Error> {
+        if traffic.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for (key_id, t) in traffic {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE rotations SET canary_served = canary_served + $1, canary_rejected = canary_rejected + $2, \
+                 fallback_served = fallback_served + $3, \
+                 new_rejected_at = CASE WHEN $4 IS NULL THEN new_rejected_at \
+                     WHEN new_rejected_at IS NULL OR new_rejected_at < $4 THEN $4 ELSE new_rejected_at END \
+                 WHERE key_id = $5 AND {ACTIVE_ROTATION}"
+            )))
+            .bind(i64::try_from(t.canary_served).unwrap_or(i64::MAX))
+            .bind(i64::try_from(t.canary_rejected).unwrap_or(i64::MAX))
+            .bind(i64::try_from(t.fallback_served).unwrap_or(i64::MAX))
+            .bind(t.new_rejected_at.map(millis))
+            .bind(key_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        }
+        commit(tx).await
+    }
+}
+
+#[async_trait]
+impl HealthStore for ThisStore {
+    async fn claim_probe(
+        &self,
+        key_id: &KeyId,
+        now: Timestamp,
+        last_before: Timestamp,
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "INSERT INTO key_probes (key_id, probed_at) VALUES ($1, $2) \
+             ON CONFLICT (key_id) DO UPDATE SET probed_at = $2, verdict = NULL \
+             WHERE key_probes.probed_at <= $3",
+        )
+        .bind(key_id.as_str())
+        .bind(millis(now))
+        .bind(millis(last_before))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_probe_verdict(&self, key_id: &KeyId, verdict: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE key_probes SET verdict = $1 WHERE key_id = $2")
+            .bind(verdict)
+            .bind(key_id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(())
+    }
+
+    async fn probes(&self) -> Result<Vec<(KeyId, Timestamp, Option<String>)>, Error> {
+        let rows: Vec<(String, i64, Option<String>)> =
+            sqlx::query_as("SELECT key_id, probed_at, verdict FROM key_probes ORDER BY key_id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        rows.into_iter()
+            .map(|(id, at, verdict)| Ok((parse("key id", &id)?, timestamp(at)?, verdict)))
+            .collect()
+    }
+}
+
+const WEBHOOK_COLUMNS: &str = "id, url, kinds, categories, allow_private_network, created_by, created_at";
+const DELIVERY_COLUMNS: &str = "id, webhook_id, kind, dedupe, body, attempts, status, next_attempt_at, last_status, last_error, created_at, updated_at";
+
+fn webhook_row(r: &DbRow) -> Result<Webhook, Error> {
+    Ok(Webhook {
+        id: parse("webhook id", &get::<String>(r, "id")?)?,
+        url: get(r, "url")?,
+        kinds: from_json("webhook kinds", &get::<String>(r, "kinds")?)?,
+        categories: from_json("webhook categories", &get::<String>(r, "categories")?)?,
+        allow_private_network: get(r, "allow_private_network")?,
+        created_by: get(r, "created_by")?,
+        created_at: timestamp(get(r, "created_at")?)?,
+    })
+}
+
+fn delivery_row(r: &DbRow) -> Result<Delivery, Error> {
+    let last_status: Option<i64> = get(r, "last_status")?;
+    Ok(Delivery {
+        id: parse("delivery id", &get::<String>(r, "id")?)?,
+        webhook_id: parse("webhook id", &get::<String>(r, "webhook_id")?)?,
+        kind: parse("notification kind", &get::<String>(r, "kind")?)?,
+        dedupe: get(r, "dedupe")?,
+        body: get(r, "body")?,
+        attempts: u32::try_from(get::<i64>(r, "attempts")?).map_err(|e| corrupt("attempts", e))?,
+        status: parse("delivery status", &get::<String>(r, "status")?)?,
+        next_attempt_at: opt_timestamp(get(r, "next_attempt_at")?)?,
+        last_status: last_status
+            .map(u16::try_from)
+            .transpose()
+            .map_err(|e| corrupt("last status", e))?,
+        last_error: get(r, "last_error")?,
+        created_at: timestamp(get(r, "created_at")?)?,
+        updated_at: timestamp(get(r, "updated_at")?)?,
+    })
+}
+
+#[async_trait]
+impl NotificationStore for ThisStore {
+    async fn insert_webhook(&self, w: &Webhook) -> Result<(), Error> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        )))
+        .bind(w.id.as_str())
+        .bind(&w.url)
+        .bind(json_text("webhook kinds", &w.kinds)?)
+        .bind(json_text("webhook categories", &w.categories)?)
+        .bind(w.allow_private_network)
+        .bind(&w.created_by)
+        .bind(millis(w.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, Some(("webhook_exists", "a webhook with this id exists"))))?;
+        Ok(())
+    }
+
+    async fn webhooks(&self) -> Result<Vec<Webhook>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.iter().map(webhook_row).collect()
+    }
+
+    async fn delete_webhook(&self, id: &WebhookId) -> Result<bool, Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        let done = sqlx::query("DELETE FROM webhooks WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        commit(tx).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn enqueue_deliveries(&self, deliveries: &[Delivery]) -> Result<u64, Error> {
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        let mut queued = 0;
+        for d in deliveries {
+            let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (webhook_id, dedupe) DO NOTHING"
+            )))
+            .bind(d.id.as_str())
+            .bind(d.webhook_id.as_str())
+            .bind(d.kind.as_str())
+            .bind(&d.dedupe)
+            .bind(&d.body)
+            .bind(i64::from(d.attempts))
+            .bind(d.status.as_str())
+            .bind(d.next_attempt_at.map(millis))
+            .bind(d.last_status.map(i64::from))
+            .bind(&d.last_error)
+            .bind(millis(d.created_at))
+            .bind(millis(d.updated_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+            queued += done.rows_affected();
+        }
+        commit(tx).await?;
+        Ok(queued)
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries \
+             WHERE status = 'pending' AND next_attempt_at <= $1 \
+             AND (claimed_until IS NULL OR claimed_until < $1) ORDER BY next_attempt_at, id LIMIT $2"
+        )))
+        .bind(millis(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        let mut claimed = Vec::new();
+        for row in &rows {
+            let delivery = delivery_row(row)?;
+            let won = sqlx::query(
+                "UPDATE webhook_deliveries SET claimed_until = $1 \
+                 WHERE id = $2 AND status = 'pending' AND (claimed_until IS NULL OR claimed_until < $3)",
+            )
+            .bind(millis(lease_until))
+            .bind(delivery.id.as_str())
+            .bind(millis(now))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+            if won.rows_affected() == 1 {
+                claimed.push(delivery);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn save_delivery(&self, d: &Delivery) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET attempts = $1, status = $2, next_attempt_at = $3, \
+             last_status = $4, last_error = $5, updated_at = $6, claimed_until = NULL WHERE id = $7",
+        )
+        .bind(i64::from(d.attempts))
+        .bind(d.status.as_str())
+        .bind(d.next_attempt_at.map(millis))
+        .bind(d.last_status.map(i64::from))
+        .bind(&d.last_error)
+        .bind(millis(d.updated_at))
+        .bind(d.id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        Ok(())
+    }
+
+    async fn deliveries(&self, webhook_id: &WebhookId, limit: u32) -> Result<Vec<Delivery>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook_id = $1 ORDER BY id DESC LIMIT $2"
+        )))
+        .bind(webhook_id.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.iter().map(delivery_row).collect()
+    }
+}
+
 const MFA_COLUMNS: &str = "user_id, sealed_secret, kek_id, created_at, confirmed_at, last_step";
 
 fn mfa_row(r: &DbRow) -> Result<MfaEnrolment, Error> {
@@ -2489,13 +2991,15 @@ impl Store for ThisStore {
                     (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM base_url_overrides), \
                     (SELECT COUNT(*) FROM key_flags), \
                     (SELECT CAST(COALESCE(SUM((since + COALESCE(until, 0)) % 1000000007), 0) AS BIGINT) FROM key_flags), \
-                    (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM pool_strategies)",
+                    (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM pool_strategies), \
+                    (SELECT COUNT(*) FROM rotations), \
+                    (SELECT CAST(COALESCE(SUM(revision), 0) AS BIGINT) FROM rotations)",
         )
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error(e, None))?;
         Ok(vec![
-            row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9,
+            row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11,
         ])
     }
 

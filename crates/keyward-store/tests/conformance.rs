@@ -10,7 +10,8 @@ use keyward_core::audit::{
     ActorKind, AuditDraft, AuditFilter, AuditOutcome, BreakKind, ChainBreak, ChainVerifier,
     VerifyReport,
 };
-use keyward_core::id::{AppTokenId, ApprovalId, GrantId, KeyId, TokenId, UserId};
+use keyward_core::guided_rotation::{Advance, Probe, ProbeRecord, Rotation, RotationTraffic};
+use keyward_core::id::{AppTokenId, ApprovalId, GrantId, KeyId, RotationId, TokenId, UserId};
 use keyward_core::key::{
     Criticality, Key, KeyArea, KeyFilter, KeyStatus, KeyVersion, PageRequest, SealedSecret,
     VersionState,
@@ -2128,6 +2129,362 @@ async fn mfa_steps_and_recovery_codes_are_used_once(store: Arc<dyn Store>) {
         .expect("enrol again after reset");
 }
 
+fn version(key: &Key, n: u32, state: VersionState) -> KeyVersion {
+    KeyVersion {
+        key_id: key.id.clone(),
+        version: n,
+        state,
+        hint: format!("sk-…000{n}"),
+        sealed: sealed("kek_a", n as u8),
+        created_by: "tester".into(),
+        created_at: ts(i64::from(n) * 10),
+    }
+}
+
+/// Applies one core step through the store; `false` if the compare-and-set lost.
+async fn step(
+    store: &Arc<dyn Store>,
+    from: &Rotation,
+    advance: Result<Advance, keyward_core::Error>,
+    pending: Option<&KeyVersion>,
+    now: i64,
+) -> (Rotation, bool) {
+    let Advance::Changed(next, moves) = advance.expect("step allowed") else {
+        panic!("expected a change from {}", from.step)
+    };
+    let stored = store
+        .advance_rotation(&next, from.revision, pending, moves, ts(now))
+        .await
+        .expect("advance");
+    (*next, stored)
+}
+
+async fn guided_rotations_step_by_compare_and_set(store: Arc<dyn Store>) {
+    use VersionState::*;
+    let r = rng();
+    let key = add(&store, &r, "openai", "production", "main", 1).await;
+    let states = |store: Arc<dyn Store>, id: KeyId| async move {
+        store
+            .versions(&id)
+            .await
+            .expect("versions")
+            .iter()
+            .map(|v| (v.version, v.state))
+            .collect::<Vec<_>>()
+    };
+    let start = Rotation::start(
+        RotationId::generate(ts(5), &r),
+        &key,
+        2,
+        None,
+        jiff::SignedDuration::from_hours(1),
+        "tester",
+        ts(5),
+    )
+    .expect("start");
+    store
+        .insert_rotation(&start, Some(&version(&key, 2, Pending)))
+        .await
+        .expect("insert");
+    assert_eq!(
+        store.rotation(&start.id).await.expect("read"),
+        Some(start.clone())
+    );
+
+    // One active rotation per key, and it owns the key's versions.
+    let second = Rotation {
+        id: RotationId::generate(ts(6), &r),
+        ..start.clone()
+    };
+    let refused = store
+        .insert_rotation(&second, None)
+        .await
+        .expect_err("second rotation");
+    assert_eq!(refused.code, "rotation_in_progress");
+    let refused = store
+        .add_version(&version(&key, 3, Current), ts(6))
+        .await
+        .expect_err("direct rotation");
+    assert_eq!(refused.code, "rotation_in_progress");
+    assert_eq!(
+        states(store.clone(), key.id.clone()).await,
+        vec![(2, Pending), (1, Current)]
+    );
+
+    let marker = store.change_marker().await.expect("marker");
+    let record = |probe, at| ProbeRecord {
+        probe,
+        verdict: "valid".into(),
+        status: Some(200),
+        at: ts(at),
+    };
+    let (validated, ok) = step(
+        &store,
+        &start,
+        start.validated(record(Probe::Accepted, 7)),
+        None,
+        7,
+    )
+    .await;
+    assert!(ok);
+    assert_ne!(
+        store.change_marker().await.expect("marker"),
+        marker,
+        "a step moves the marker"
+    );
+    // The same step again from the old revision loses, and changes nothing.
+    let (_, ok) = step(
+        &store,
+        &start,
+        start.validated(record(Probe::Rejected, 8)),
+        None,
+        8,
+    )
+    .await;
+    assert!(!ok, "a stale revision must not win");
+    assert_eq!(
+        store.rotation(&start.id).await.expect("read"),
+        Some(validated.clone())
+    );
+
+    let (promoted, ok) = step(&store, &validated, validated.promote(ts(10)), None, 10).await;
+    assert!(ok);
+    assert_eq!(
+        states(store.clone(), key.id.clone()).await,
+        vec![(2, Current), (1, Previous)]
+    );
+    let read = store.key(&key.id).await.expect("key").expect("exists");
+    assert_eq!(
+        (
+            read.current_version,
+            read.current_hint.as_str(),
+            read.rotated_at
+        ),
+        (2, "sk-…0002", ts(10))
+    );
+
+    // Traffic adds up, keeps the latest rejection, and is not part of the compare-and-set.
+    for (served, at) in [(3, Some(20)), (2, Some(15)), (1, None)] {
+        store
+            .add_rotation_traffic(&[(
+                key.id.clone(),
+                RotationTraffic {
+                    fallback_served: served,
+                    new_rejected_at: at.map(ts),
+                    ..RotationTraffic::default()
+                },
+            )])
+            .await
+            .expect("traffic");
+    }
+    let read = store
+        .rotation(&start.id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        (read.traffic.fallback_served, read.traffic.new_rejected_at),
+        (6, Some(ts(20)))
+    );
+    assert_eq!(read.revision, promoted.revision);
+    assert_eq!(store.active_rotations().await.expect("active").len(), 1);
+
+    let (_, ok) = step(&store, &read, read.retire(true, ts(30)), None, 30).await;
+    assert!(ok);
+    assert_eq!(
+        states(store.clone(), key.id.clone()).await,
+        vec![(2, Current), (1, Retired)]
+    );
+    assert!(store.active_rotations().await.expect("active").is_empty());
+
+    // Once finished, the key may rotate again; a promotion of a key deleted meanwhile
+    // fails as a whole.
+    let again = Rotation::start(
+        RotationId::generate(ts(40), &r),
+        &store.key(&key.id).await.expect("key").expect("exists"),
+        3,
+        None,
+        jiff::SignedDuration::from_hours(1),
+        "tester",
+        ts(40),
+    )
+    .expect("start");
+    store
+        .insert_rotation(&again, Some(&version(&key, 3, Pending)))
+        .await
+        .expect("insert again");
+    let (valid, _) = step(
+        &store,
+        &again,
+        again.validated(record(Probe::Accepted, 41)),
+        None,
+        41,
+    )
+    .await;
+    let mut deleted = store.key(&key.id).await.expect("key").expect("exists");
+    let before = deleted.updated_at;
+    deleted.deleted_at = Some(ts(42));
+    deleted.updated_at = ts(42);
+    store.update_key(&deleted, before).await.expect("delete");
+    let Ok(Advance::Changed(next, moves)) = valid.promote(ts(43)) else {
+        panic!("promote")
+    };
+    let refused = store
+        .advance_rotation(&next, valid.revision, None, moves, ts(43))
+        .await
+        .expect_err("deleted key");
+    assert_eq!(refused.code, "key_not_found");
+    assert_eq!(store.rotation(&again.id).await.expect("read"), Some(valid));
+    assert_eq!(
+        states(store.clone(), key.id.clone()).await,
+        vec![(3, Pending), (2, Current), (1, Retired)]
+    );
+    assert!(store.purge_key(&key.id).await.expect("purge"));
+    assert_eq!(store.rotation(&again.id).await.expect("read"), None);
+}
+
+async fn probes_are_claimed_once_per_interval(store: Arc<dyn Store>) {
+    let r = rng();
+    let key = add(&store, &r, "alpha-vantage", "production", "quotes", 1).await;
+    let day = 86_400_000;
+    assert!(
+        store
+            .claim_probe(&key.id, ts(10), ts(10 - day))
+            .await
+            .expect("first")
+    );
+    assert!(
+        !store
+            .claim_probe(&key.id, ts(20), ts(20 - day))
+            .await
+            .expect("too soon")
+    );
+    store
+        .set_probe_verdict(&key.id, "valid")
+        .await
+        .expect("verdict");
+    assert_eq!(
+        store.probes().await.expect("probes"),
+        vec![(key.id.clone(), ts(10), Some("valid".into()))]
+    );
+    assert!(
+        store
+            .claim_probe(&key.id, ts(10 + day), ts(10))
+            .await
+            .expect("a day later")
+    );
+    assert_eq!(
+        store.probes().await.expect("probes"),
+        vec![(key.id.clone(), ts(10 + day), None)]
+    );
+    assert!(store.purge_key(&key.id).await.expect("purge"));
+    assert!(store.probes().await.expect("probes").is_empty());
+}
+
+async fn notifications_queue_once_and_lease_to_one_instance(store: Arc<dyn Store>) {
+    use keyward_core::id::{DeliveryId, WebhookId};
+    use keyward_core::notification::{Delivery, DeliveryStatus, NotificationKind, Webhook};
+    let r = rng();
+    let hook = Webhook {
+        id: WebhookId::generate(ts(1), &r),
+        url: "https://hooks.example.com/k".into(),
+        kinds: vec![NotificationKind::KeyRevoked],
+        categories: vec!["llm-providers".into()],
+        allow_private_network: true,
+        created_by: "ada".into(),
+        created_at: ts(1),
+    };
+    store.insert_webhook(&hook).await.expect("insert");
+    assert_eq!(store.webhooks().await.expect("list"), vec![hook.clone()]);
+    let delivery = |dedupe: &str, at: i64| {
+        Delivery::new(
+            DeliveryId::generate(ts(at), &r),
+            hook.id.clone(),
+            NotificationKind::KeyRevoked,
+            dedupe.into(),
+            "{\"kind\":\"key_revoked\"}".into(),
+            ts(at),
+        )
+    };
+    let first = delivery("key_revoked:key_a", 10);
+    let queued = store
+        .enqueue_deliveries(&[
+            first.clone(),
+            delivery("key_revoked:key_a", 11),
+            delivery("key_revoked:key_b", 12),
+        ])
+        .await
+        .expect("enqueue");
+    assert_eq!(queued, 2, "the same event is queued once per webhook");
+    assert_eq!(
+        store
+            .enqueue_deliveries(&[delivery("key_revoked:key_a", 13)])
+            .await
+            .expect("again"),
+        0
+    );
+
+    let claimed = store
+        .claim_due_deliveries(ts(20), ts(50), 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2);
+    assert!(
+        store
+            .claim_due_deliveries(ts(21), ts(50), 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "leased"
+    );
+    let retried = claimed[0].after_attempt(Ok(503), ts(22));
+    store.save_delivery(&retried).await.expect("save");
+    // Released, but not due until its backoff has passed.
+    assert!(
+        store
+            .claim_due_deliveries(ts(23), ts(60), 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let again = store
+        .claim_due_deliveries(ts(22 + 10_000), ts(99_000), 10)
+        .await
+        .expect("claim");
+    // Both are due now: the retried one, and the other whose lease has lapsed.
+    assert_eq!(again.len(), 2, "{again:?}");
+    let again: Vec<_> = again.into_iter().filter(|d| d.id == retried.id).collect();
+    assert_eq!(again[0].attempts, 1);
+    let delivered = again[0].after_attempt(Ok(200), ts(10_030));
+    store.save_delivery(&delivered).await.expect("save");
+    let log = store.deliveries(&hook.id, 10).await.expect("log");
+    let stored = log
+        .iter()
+        .find(|d| d.id == delivered.id)
+        .expect("in the log");
+    assert_eq!(
+        (stored.attempts, stored.status, stored.last_status),
+        (2, DeliveryStatus::Delivered, Some(200))
+    );
+    assert_eq!(stored, &delivered);
+    // Delivered ones are never claimed again; a lapsed lease is.
+    let lapsed = store
+        .claim_due_deliveries(ts(99_001), ts(99_100), 10)
+        .await
+        .expect("claim");
+    assert_eq!(lapsed.len(), 1);
+    assert_ne!(lapsed[0].id, delivered.id);
+    assert!(store.delete_webhook(&hook.id).await.expect("delete"));
+    assert!(
+        store
+            .deliveries(&hook.id, 10)
+            .await
+            .expect("log")
+            .is_empty()
+    );
+    assert!(!store.delete_webhook(&hook.id).await.expect("delete"));
+}
+
 macro_rules! conformance {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -2182,6 +2539,9 @@ macro_rules! conformance_with_db {
 conformance_with_db!(audit_tampering_is_found);
 
 conformance!(
+    probes_are_claimed_once_per_interval,
+    notifications_queue_once_and_lease_to_one_instance,
+    guided_rotations_step_by_compare_and_set,
     audit_appends_are_numbered_chained_and_filtered,
     sessions_round_trip_touch_forward_and_end,
     mfa_steps_and_recovery_codes_are_used_once,

@@ -115,7 +115,8 @@ pub struct AddVersionRequest {
     pub secret: SecretString,
     #[serde(default)]
     pub force: bool,
-    /// `current` (default) replaces the injected value now; `pending` stores it for a rotation.
+    /// Only `current` (the default): replaces the injected value now. To try a value before
+    /// it takes over, start a rotation (`POST /api/v1/keys/{id}/rotations`).
     #[schema(value_type = Option<String>)]
     pub state: Option<String>,
 }
@@ -729,7 +730,7 @@ pub async fn get_key(
 }
 
 /// Key ids in paths: a malformed one is simply not found.
-fn key_id(text: &str) -> Result<KeyId, keyward_core::Error> {
+pub(super) fn key_id(text: &str) -> Result<KeyId, keyward_core::Error> {
     text.parse().map_err(|_| {
         keyward_core::Error::not_found(
             "key_not_found",

@@ -33,9 +33,11 @@ pub mod extract;
 mod keys;
 mod mfa;
 mod proxy;
+pub mod rotations;
 pub(crate) mod sessions;
 mod usage;
 pub(crate) mod users;
+mod webhooks;
 
 use error::ApiError;
 
@@ -66,6 +68,10 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         access::create_token, access::revoke_token,
         approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
         approvals::cancel, approvals::get_policy, approvals::set_policy,
+        rotations::start_rotation, rotations::list_rotations, rotations::get_rotation,
+        rotations::validate_rotation, rotations::canary_rotation, rotations::promote_rotation,
+        rotations::retire_rotation, rotations::verify_rotation, rotations::cancel_rotation,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::delete_webhook, webhooks::list_deliveries,
     ),
     modifiers(&BearerAuth),
     tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
@@ -75,7 +81,9 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "users", description = "People who sign in"),
         (name = "auth", description = "Signing in and out; sessions; second factors"),
         (name = "access", description = "Roles, scoped grants, network allowlists, management tokens"),
-        (name = "approvals", description = "Approval requests for sensitive operations, and the policy"))
+        (name = "approvals", description = "Approval requests for sensitive operations, and the policy"),
+        (name = "notifications", description = "Webhooks for rotation, expiry, revocation, health and approval events; signed with HMAC-SHA256"),
+        (name = "rotations", description = "Guided rotations: pending, validated, canary, promoted with a dual-key window, retired, revoked-verified"))
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -231,6 +239,84 @@ pub fn routes() -> Vec<Route> {
             "/api/v1/keys/{id}/revoke",
             p(P::KeysWrite),
             post(keys::revoke_key),
+        ),
+        route(
+            M::POST,
+            "/api/v1/webhooks",
+            p(P::AccessWrite),
+            post(webhooks::create_webhook),
+        ),
+        route(
+            M::GET,
+            "/api/v1/webhooks",
+            p(P::AccessWrite),
+            get(webhooks::list_webhooks),
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/webhooks/{id}",
+            p(P::AccessWrite),
+            delete(webhooks::delete_webhook),
+        ),
+        route(
+            M::GET,
+            "/api/v1/webhooks/{id}/deliveries",
+            p(P::AccessWrite),
+            get(webhooks::list_deliveries),
+        ),
+        route(
+            M::POST,
+            "/api/v1/keys/{id}/rotations",
+            p(P::KeysRotate),
+            post(rotations::start_rotation),
+        ),
+        route(
+            M::GET,
+            "/api/v1/keys/{id}/rotations",
+            p(P::KeysRead),
+            get(rotations::list_rotations),
+        ),
+        route(
+            M::GET,
+            "/api/v1/rotations/{id}",
+            p(P::KeysRead),
+            get(rotations::get_rotation),
+        ),
+        route(
+            M::POST,
+            "/api/v1/rotations/{id}/validate",
+            p(P::KeysRotate),
+            post(rotations::validate_rotation),
+        ),
+        route(
+            M::POST,
+            "/api/v1/rotations/{id}/canary",
+            p(P::KeysRotate),
+            post(rotations::canary_rotation),
+        ),
+        route(
+            M::POST,
+            "/api/v1/rotations/{id}/promote",
+            p(P::KeysRotate),
+            post(rotations::promote_rotation),
+        ),
+        route(
+            M::POST,
+            "/api/v1/rotations/{id}/retire",
+            p(P::KeysRotate),
+            post(rotations::retire_rotation),
+        ),
+        route(
+            M::POST,
+            "/api/v1/rotations/{id}/verify",
+            p(P::KeysRotate),
+            post(rotations::verify_rotation),
+        ),
+        route(
+            M::POST,
+            "/api/v1/rotations/{id}/cancel",
+            p(P::KeysRotate),
+            post(rotations::cancel_rotation),
         ),
         route(
             M::GET,

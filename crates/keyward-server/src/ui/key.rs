@@ -26,7 +26,7 @@ use crate::app::App;
 use crate::approvals::ApprovalUse;
 use crate::http::auth::Caller;
 
-fn parse_id(id: &str) -> Result<KeyId, Error> {
+pub(super) fn parse_id(id: &str) -> Result<KeyId, Error> {
     id.parse()
         .map_err(|_| Error::not_found("key_not_found", "there is no such key"))
 }
@@ -204,6 +204,33 @@ async fn detail_markup(
     let flag = app.proxy.key_flag(&key.id);
     let status = display_status(&key, now, flag.as_ref());
     let rotation = app.rotation_context().await?.status(&key);
+    let latest = app.rotations(actor, &id).await?.into_iter().next();
+    let revoke_link = match &latest {
+        Some(r) => app.revoke_link(r).await?,
+        None => None,
+    };
+    let managed_possible = catalog
+        .get(&key.service_id)
+        .is_some_and(|s| s.key_management.is_some());
+    let admin_keys = if managed_possible && can_rotate {
+        app.list_keys(
+            actor,
+            KeyFilter {
+                service_ids: Some(vec![key.service_id.clone()]),
+                status: Some(KeyStatus::Active),
+                ..KeyFilter::default()
+            },
+            None,
+            PageRequest::new(None, Some(PageRequest::MAX_LIMIT))?,
+        )
+        .await?
+        .items
+        .into_iter()
+        .filter(|k| k.id != key.id)
+        .collect()
+    } else {
+        Vec::new()
+    };
     let proxy_url = format!("/proxy/{}/", key.service_id);
     let content = html! {
         @if let Some((text, bad)) = notice_text(notice) {
@@ -257,6 +284,15 @@ async fn detail_markup(
                     }
                 }
             }
+        }
+        @if !deleted || latest.is_some() {
+            (super::rotation::section(viewer, &key, &super::rotation::RotationView {
+                latest: latest.as_ref(),
+                managed_possible,
+                admin_keys: &admin_keys,
+                may_rotate: can_rotate && !deleted,
+                revoke_link: revoke_link.as_deref(),
+            }, now))
         }
         section aria-labelledby="usage-title" {
             h2 id="usage-title" { "Usage, last 30 days" }
@@ -396,7 +432,7 @@ fn edit_form(viewer: &Viewer, key: &Key, refused: Option<&Refused>) -> Markup {
 fn rotate_form(viewer: &Viewer, key: &Key, error: Option<&Error>) -> Markup {
     html! {
         details class="panel" id="rotate" open[error.is_some()] {
-            summary { "Rotate: store a new value" }
+            summary { "Rotate now: replace the value at once" }
             form method="post" action={ "/keys/" (key.id) "/rotate" } {
                 input type="hidden" name="csrf" value=(viewer.csrf);
                 @if let Some(e) = error { p class="flash error" role="alert" { "Not rotated: " (e.message) } }

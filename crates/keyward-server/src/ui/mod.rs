@@ -26,6 +26,7 @@ mod chart;
 mod dashboard;
 mod key;
 mod mfa;
+mod rotation;
 mod sign_in;
 mod tokens;
 mod usage;
@@ -68,6 +69,8 @@ pub fn router() -> Router<Arc<App>> {
         .route("/keys/{id}/disable", post(key::disable))
         .route("/keys/{id}/validate", post(key::validate))
         .route("/keys/{id}/rotate", post(key::rotate))
+        .route("/keys/{id}/rotations", post(rotation::start))
+        .route("/rotations/{id}/{action}", post(rotation::step))
         .route("/keys/{id}/revoke", get(key::revoke_form).post(key::revoke))
         .route("/keys/{id}/reveal", get(key::reveal_form).post(key::reveal))
         .route("/keys/{id}/delete", get(key::delete_form).post(key::delete))

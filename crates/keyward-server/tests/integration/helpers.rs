@@ -248,6 +248,7 @@ async fn start(
         session_idle_minutes: raw.session_idle_minutes.clone(),
         session_absolute_hours: raw.session_absolute_hours.clone(),
         trusted_proxies: raw.trusted_proxies.clone(),
+        expiry_grace_minutes: raw.expiry_grace_minutes.clone(),
         ..Default::default()
     })
     .unwrap();

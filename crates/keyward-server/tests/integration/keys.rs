@@ -77,14 +77,25 @@ async fn full_lifecycle(app: &TestApp) {
         ),
         (Some(2), Some("current"), Some("sk-proj-…ABCD"))
     );
-    let (_, pending) = app
+    // A value to try before it takes over goes through a guided rotation.
+    let (status, pending) = app
         .call(
             Method::POST,
             &format!("/api/v1/keys/{id}/versions"),
             Some(json!({"secret": OPENAI_KEY, "state": "pending"})),
         )
         .await;
-    assert_eq!(pending["state"], "pending");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{pending}");
+    assert_eq!(pending["error"]["code"], "invalid_version_state");
+    let (status, rotation) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{id}/rotations"),
+            Some(json!({"secret": OPENAI_KEY})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotation}");
+    assert_eq!(rotation["step"], "pending");
     let (_, versions) = app
         .call(Method::GET, &format!("/api/v1/keys/{id}/versions"), None)
         .await;

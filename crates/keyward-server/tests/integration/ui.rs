@@ -719,6 +719,10 @@ async fn pages_refuse_step_up_actions_to_someone_without_a_second_factor() {
         ),
         (format!("/keys/{id}/delete"), vec![]),
         (format!("/keys/{id}/rotate"), vec![("secret", OPENAI_KEY)]),
+        (
+            format!("/keys/{id}/rotations"),
+            vec![("secret", OPENAI_KEY)],
+        ),
     ] {
         let (status, _, html) = post_form(&app, &ada, &path, &fields).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {html}");
@@ -773,4 +777,100 @@ async fn a_key_is_revoked_from_its_page_after_seeing_what_depends_on_it() {
         detail.contains("pasted in a chat") && !detail.contains("/revoke\""),
         "{detail}"
     );
+}
+
+#[tokio::test]
+async fn a_guided_rotation_is_walked_from_the_key_page() {
+    use crate::browser::enrolled_user;
+    use crate::guided_rotation::{KeyedProvider, NEW_KEY};
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let (provider, base) = KeyedProvider::start(&[OPENAI_KEY, NEW_KEY]).await;
+    app.point_service("openai", &base).await;
+    let key = app
+        .create_key("openai", "production", "main", OPENAI_KEY)
+        .await;
+    let id = key["id"].as_str().unwrap();
+    let (_, ada, _) = enrolled_user(&app, "ada", Role::Admin).await;
+    let (_, _, page) = get_page(&app, &ada.cookie, &format!("/keys/{id}")).await;
+    assert!(page.contains("Start a rotation"), "{page}");
+    assert!(
+        page.contains("name=\"admin_key\""),
+        "OpenAI offers a managed rotation"
+    );
+
+    // Both a value and an admin key: refused, nothing stored.
+    let (status, _, html) = post_form(
+        &app,
+        &ada,
+        &format!("/keys/{id}/rotations"),
+        &[
+            ("secret", NEW_KEY),
+            ("admin_key", id),
+            ("project", "proj_1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{html}");
+    assert!(!html.contains(NEW_KEY));
+    let (status, location, _) = post_form(
+        &app,
+        &ada,
+        &format!("/keys/{id}/rotations"),
+        &[("secret", NEW_KEY), ("window_minutes", "30")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location, format!("/keys/{id}#rotation"));
+    let (_, rotations) = app
+        .call(Method::GET, &format!("/api/v1/keys/{id}/rotations"), None)
+        .await;
+    let rid = rotations[0]["id"].as_str().unwrap().to_owned();
+
+    // Each step from the page, checking what the page offers next.
+    for (action, fields, shown) in [
+        ("validate", vec![], "data-rotation-step=\"validated\""),
+        ("canary", vec![("percent", "20")], "20% · "),
+        ("promote", vec![], "data-rotation-step=\"promoted\""),
+        ("retire", vec![("confirm", "yes")], "Old key still live"),
+    ] {
+        if action == "retire" {
+            // Inside the window, not without the confirmation box.
+            let (status, _, html) =
+                post_form(&app, &ada, &format!("/rotations/{rid}/retire"), &[]).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{html}");
+            assert!(html.contains("confirm"), "{html}");
+        }
+        let (_, _, before) = get_page(&app, &ada.cookie, &format!("/keys/{id}")).await;
+        assert!(
+            before.contains(&format!("action=\"/rotations/{rid}/{action}\"")),
+            "{action} offered: {before}"
+        );
+        let (status, location, html) =
+            post_form(&app, &ada, &format!("/rotations/{rid}/{action}"), &fields).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{action}: {html}");
+        assert_eq!(location, format!("/keys/{id}#rotation"));
+        let (_, _, after) = get_page(&app, &ada.cookie, &format!("/keys/{id}")).await;
+        assert!(after.contains(shown), "after {action}: {after}");
+        assert!(!after.contains(NEW_KEY) && !after.contains(OPENAI_KEY));
+    }
+    // The provider's page is linked while the old key lives.
+    let (_, _, page) = get_page(&app, &ada.cookie, &format!("/keys/{id}")).await;
+    assert!(
+        page.contains("https://platform.openai.com/api-keys"),
+        "{page}"
+    );
+    provider.revoke(OPENAI_KEY);
+    let (status, _, _) = post_form(&app, &ada, &format!("/rotations/{rid}/verify"), &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, _, page) = get_page(&app, &ada.cookie, &format!("/keys/{id}")).await;
+    assert!(
+        page.contains("data-rotation-step=\"revoked_verified\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("Start a rotation"),
+        "a finished rotation allows the next one"
+    );
+    let (status, _, html) = post_form(&app, &ada, &format!("/rotations/{rid}/bogus"), &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
 }
