@@ -5,6 +5,7 @@
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
+use crate::id::KeyId;
 use crate::service::{Limit, LimitUnit};
 
 /// Probes are never more frequent than this.
@@ -40,6 +41,9 @@ pub enum BreakerState {
     /// The open period is over: the next call is a trial.
     HalfOpen,
 }
+
+string_enum!(BreakerState { Closed = "closed", Open = "open", HalfOpen = "half_open" },
+    "invalid_breaker_state", "breaker state");
 
 /// A key's circuit breaker: failures are provider errors, timeouts and unreachable
 /// providers (not rejections, which are flags of their own).
@@ -91,14 +95,39 @@ pub enum HealthStatus {
     Down,
 }
 
-impl HealthStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HealthStatus::Healthy => "healthy",
-            HealthStatus::Degraded => "degraded",
-            HealthStatus::Down => "down",
-        }
-    }
+string_enum!(HealthStatus { Healthy = "healthy", Degraded = "degraded", Down = "down" },
+    "invalid_health_status", "health status");
+
+/// How long passive health looks back over real calls (shared by every instance through
+/// the store's usage records).
+pub const PASSIVE_WINDOW: SignedDuration = SignedDuration::from_mins(5);
+
+/// One key's upstream calls over the passive window, as the store counts them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCalls {
+    pub key_id: KeyId,
+    pub service_id: String,
+    pub stats: CallStats,
+}
+
+/// The last health status announced for a subject (`key:<id>` or `service:<id>`), so a
+/// change is announced once across instances (compare-and-set in the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthState {
+    pub subject: String,
+    pub status: HealthStatus,
+    /// For a service: whether many of its keys were failing at once.
+    pub disruption: bool,
+    pub since: Timestamp,
+}
+
+/// When a key is next probed: nothing has told us about it (creation, a new value, real
+/// traffic, the last probe) for its probe interval. Keys in use need no probes — their
+/// traffic is the evidence — so probes spend quota only on idle keys.
+pub fn next_probe_at(last_evidence: Timestamp, limits: &[Limit]) -> Timestamp {
+    last_evidence
+        .saturating_add(probe_interval(limits))
+        .unwrap_or(last_evidence)
 }
 
 /// What a key's recent calls add up to.
@@ -125,26 +154,68 @@ impl CallStats {
     }
 }
 
-/// A key is down when its circuit is open or the provider rejects it, degraded when at
-/// least a fifth of at least five recent calls failed, healthy otherwise.
-pub fn key_status(stats: &CallStats, breaker: BreakerState, rejected: bool) -> HealthStatus {
-    if rejected || breaker == BreakerState::Open {
+/// A key's status and the plain-language reasons for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Assessment {
+    pub status: HealthStatus,
+    pub reasons: Vec<String>,
+}
+
+/// A key is down when the provider rejects it or its circuit is open; degraded when its
+/// allowance is used up, its circuit is trying again, or at least a fifth of at least
+/// five recent calls failed; healthy otherwise.
+pub fn assess_key(
+    stats: &CallStats,
+    breaker: BreakerState,
+    flag: Option<crate::usage::KeyFlagKind>,
+) -> Assessment {
+    use crate::usage::KeyFlagKind;
+    let mut down = Vec::new();
+    let mut degraded = Vec::new();
+    if flag == Some(KeyFlagKind::Rejected) {
+        down.push("the provider rejects the key (401/403)".to_owned());
+    }
+    match breaker {
+        BreakerState::Open => {
+            down.push("circuit open: repeated provider errors, traffic paused".to_owned());
+        }
+        BreakerState::HalfOpen => {
+            degraded.push("circuit half-open: the next call is a trial".to_owned());
+        }
+        BreakerState::Closed => {}
+    }
+    if flag == Some(KeyFlagKind::QuotaLimited) {
+        degraded.push("the key's allowance is used up".to_owned());
+    }
+    if stats.calls >= 5 && stats.failure_rate() >= 0.2 {
+        degraded.push(format!(
+            "{} of {} calls failed in the last {} minutes",
+            stats.failures,
+            stats.calls,
+            PASSIVE_WINDOW.as_mins()
+        ));
+    }
+    let status = if !down.is_empty() {
         HealthStatus::Down
-    } else if breaker == BreakerState::HalfOpen || (stats.calls >= 5 && stats.failure_rate() >= 0.2)
-    {
+    } else if !degraded.is_empty() {
         HealthStatus::Degraded
     } else {
         HealthStatus::Healthy
+    };
+    down.append(&mut degraded);
+    Assessment {
+        status,
+        reasons: down,
     }
 }
 
-/// A service's health from its keys': `disruption` when at least two keys and at least
-/// half of them are failing at the same time — the provider, not the keys, is the likely
+/// A service's health from its keys': `disruption` when at least two keys, and at least
+/// half of them, are failing at the same time — the provider, not the keys, is the likely
 /// cause (a single bad key fails alone).
 pub fn service_status(keys: &[HealthStatus]) -> (HealthStatus, bool) {
     let failing = keys.iter().filter(|s| **s != HealthStatus::Healthy).count();
     let down = keys.iter().filter(|s| **s == HealthStatus::Down).count();
-    let disruption = keys.len() >= 2 && failing * 2 >= keys.len();
+    let disruption = failing >= 2 && failing * 2 >= keys.len();
     let status = if !keys.is_empty() && down == keys.len() {
         HealthStatus::Down
     } else if disruption || failing > 0 {
@@ -233,6 +304,11 @@ mod tests {
             (Degraded, false),
             "one bad key"
         );
+        assert_eq!(
+            service_status(&[Healthy, Down]),
+            (Degraded, false),
+            "one bad key of two"
+        );
         assert_eq!(service_status(&[Down, Degraded, Healthy]), (Degraded, true));
         assert_eq!(service_status(&[Down, Down]), (Down, true));
         assert_eq!(
@@ -246,27 +322,37 @@ mod tests {
             failures: 2,
             latency_ms_total: 1_000,
         };
-        assert_eq!(key_status(&stats, BreakerState::Closed, false), Degraded);
+        let status = |stats: &CallStats, breaker, flag| assess_key(stats, breaker, flag).status;
+        let failing = assess_key(&stats, BreakerState::Closed, None);
+        assert_eq!(failing.status, Degraded);
+        assert_eq!(
+            failing.reasons,
+            vec!["2 of 10 calls failed in the last 5 minutes"]
+        );
         assert_eq!(stats.mean_latency_ms(), Some(100));
+        let few = CallStats {
+            calls: 3,
+            failures: 3,
+            latency_ms_total: 0,
+        };
+        assert_eq!(status(&few, BreakerState::Closed, None), Healthy);
         assert_eq!(
-            key_status(
-                &CallStats {
-                    calls: 3,
-                    failures: 3,
-                    latency_ms_total: 0
-                },
-                BreakerState::Closed,
-                false
-            ),
-            Healthy
-        );
-        assert_eq!(
-            key_status(&CallStats::default(), BreakerState::Open, false),
+            status(&CallStats::default(), BreakerState::Open, None),
             Down
         );
         assert_eq!(
-            key_status(&CallStats::default(), BreakerState::Closed, true),
+            status(&CallStats::default(), BreakerState::HalfOpen, None),
+            Degraded
+        );
+        let rejected = Some(crate::usage::KeyFlagKind::Rejected);
+        assert_eq!(
+            status(&CallStats::default(), BreakerState::Closed, rejected),
             Down
+        );
+        let limited = Some(crate::usage::KeyFlagKind::QuotaLimited);
+        assert_eq!(
+            status(&CallStats::default(), BreakerState::Closed, limited),
+            Degraded
         );
     }
 }

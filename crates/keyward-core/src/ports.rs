@@ -16,6 +16,7 @@ use crate::approval::{ApprovalRequest, ApprovalStatus};
 use crate::audit::{AuditCheckpoint, AuditDraft, AuditEvent, AuditFilter};
 use crate::catalog::BaseUrlOverride;
 use crate::guided_rotation::{Rotation, RotationTraffic, VersionMove};
+use crate::health::{HealthState, HealthStatus, KeyCalls};
 use crate::id::{AppTokenId, ApprovalId, GrantId, KeyId, RotationId, TokenId, UserId, WebhookId};
 use crate::key::{Key, KeyFilter, KeyVersion, Page, PageRequest, SealedSecret};
 use crate::master_key::{KekUsage, MasterKeyRecord};
@@ -328,6 +329,19 @@ pub trait HealthStore: Send + Sync {
     async fn set_probe_verdict(&self, key_id: &KeyId, verdict: &str) -> Result<()>;
     /// Every key's last probe: time and verdict.
     async fn probes(&self) -> Result<Vec<(KeyId, Timestamp, Option<String>)>>;
+    /// Upstream calls per key since `since` from the usage records (every instance's):
+    /// Keyward's own refusals and cache hits are not calls; failures are unreachable
+    /// providers and 5xx answers.
+    async fn recent_calls(&self, since: Timestamp) -> Result<Vec<KeyCalls>>;
+    /// The last announced status of every subject.
+    async fn health_states(&self) -> Result<Vec<HealthState>>;
+    /// Records `next` if the subject's stored status is still `expected` (`None`: no row
+    /// yet); `false` if another instance announced a change first.
+    async fn set_health_state(
+        &self,
+        next: &HealthState,
+        expected: Option<(HealthStatus, bool)>,
+    ) -> Result<bool>;
 }
 
 /// Notification webhooks and their deliveries.

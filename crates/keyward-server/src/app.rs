@@ -103,6 +103,8 @@ pub struct App {
     pub secure_cookies: bool,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Whether idle keys get active health probes.
+    pub health_probes: bool,
     builtin: Vec<ServiceDefinition>,
     /// This server's own Prometheus recorder (never the process-global one).
     pub metrics: crate::metrics::Metrics,
@@ -119,6 +121,7 @@ pub struct AppOptions {
     pub sessions: keyward_core::session::SessionPolicy,
     pub secure_cookies: bool,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub health_probes: bool,
 }
 
 impl AppOptions {
@@ -131,6 +134,7 @@ impl AppOptions {
             sessions: settings.sessions,
             secure_cookies: settings.secure_cookies,
             trusted_proxies: settings.trusted_proxies.clone(),
+            health_probes: settings.health_probes,
         }
     }
 }
@@ -224,6 +228,7 @@ impl App {
             session_policy: options.sessions,
             secure_cookies: options.secure_cookies,
             trusted_proxies: options.trusted_proxies,
+            health_probes: options.health_probes,
             builtin: builtin_services()?,
             metrics: crate::metrics::Metrics::default(),
         })

@@ -38,6 +38,7 @@ const KNOWN_KEYS: &[&str] = &[
     "session_idle_minutes",
     "session_absolute_hours",
     "secure_cookies",
+    "health_probes",
     "trusted_proxies",
     "pricing_file",
     "log_format",
@@ -158,6 +159,12 @@ pub struct RawSettings {
         deserialize_with = "scalar_as_string"
     )]
     pub secure_cookies: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub health_probes: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_proxies: Option<String>,
     /// A TOML file of `[[price]]` entries laid over the built-in LLM price table.
@@ -263,6 +270,8 @@ pub struct Settings {
     /// Mark the session cookie `Secure` (and name it `__Host-kw_session`): set when users
     /// reach Keyward over HTTPS (directly or through a TLS-terminating proxy).
     pub secure_cookies: bool,
+    /// Send active health probes to idle keys (within each key's probe budget).
+    pub health_probes: bool,
     /// Reverse proxies whose `X-Forwarded-For` is believed (CIDRs); none by default.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// LLM prices: the built-in table plus `pricing_file`.
@@ -596,16 +605,8 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
             12,
         )?)),
     };
-    let secure_cookies = match raw.secure_cookies.as_deref().map(str::trim) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(ConfigError(format!(
-                "secure_cookies must be true or false, not `{}`",
-                keyward_core::label::printable(other)
-            )));
-        }
-    };
+    let secure_cookies = flag("secure_cookies", raw.secure_cookies.as_deref(), false)?;
+    let health_probes = flag("health_probes", raw.health_probes.as_deref(), true)?;
     let trusted_proxies = raw
         .trusted_proxies
         .as_deref()
@@ -660,11 +661,25 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         audit_webhook_url,
         sessions,
         secure_cookies,
+        health_probes,
         trusted_proxies,
         pricing,
         log_format,
         log: raw.log.unwrap_or_else(|| "info".to_owned()),
     })
+}
+
+/// A true/false setting.
+fn flag(name: &str, raw: Option<&str>, default: bool) -> Result<bool, ConfigError> {
+    match raw.map(str::trim) {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(ConfigError(format!(
+            "{name} must be true or false, not `{}`",
+            keyward_core::label::printable(other)
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod guided_rotation;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod mfa;

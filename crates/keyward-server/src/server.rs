@@ -76,6 +76,7 @@ impl Started {
         let watcher = tokio::spawn(snapshot_loop(self.app.clone()));
         let rotator = tokio::spawn(rotation_loop(self.app.clone()));
         let notifier = tokio::spawn(crate::notifications::notification_loop(self.app.clone()));
+        let health = tokio::spawn(crate::health::health_loop(self.app.clone()));
         let webhook = self.audit_webhook_url.clone().map(|url| {
             tokio::spawn(crate::audit::webhook_loop(
                 self.app.clone(),
@@ -97,6 +98,7 @@ impl Started {
         watcher.abort();
         rotator.abort();
         notifier.abort();
+        health.abort();
         if let Some(webhook) = webhook {
             webhook.abort();
         }

@@ -79,6 +79,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "key probes",
         include_str!("../migrations/postgres/0013_key_probes.sql"),
     ),
+    (
+        14,
+        "health states",
+        include_str!("../migrations/postgres/0014_health_states.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -15,6 +15,7 @@ use keyward_core::audit::{
 };
 use keyward_core::catalog::BaseUrlOverride;
 use keyward_core::guided_rotation::{Rotation, RotationTraffic, VersionMove};
+use keyward_core::health::{CallStats, HealthState, HealthStatus, KeyCalls};
 use keyward_core::id::{AppTokenId, ApprovalId, GrantId, KeyId, RotationId, TokenId, UserId, WebhookId};
 use keyward_core::notification::{Delivery, Webhook};
 use keyward_core::key::{
@@ -582,6 +583,7 @@ impl KeyStore for ThisStore {
             "DELETE FROM key_versions WHERE key_id = $1",
             "DELETE FROM key_tags WHERE key_id = $1",
             "DELETE FROM key_flags WHERE key_id = $1",
+            "DELETE FROM health_states WHERE subject = 'key:' || $1",
         ] {
             sqlx::query(sql)
                 .bind(id.as_str())
@@ -2557,6 +2559,85 @@ impl HealthStore for ThisStore {
         rows.into_iter()
             .map(|(id, at, verdict)| Ok((parse("key id", &id)?, timestamp(at)?, verdict)))
             .collect()
+    }
+
+    async fn recent_calls(&self, since: Timestamp) -> Result<Vec<KeyCalls>, Error> {
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT key_id, service_id, CAST(COUNT(*) AS BIGINT), \
+                    CAST(SUM(CASE WHEN outcome = 'failed' OR status >= 500 THEN 1 ELSE 0 END) AS BIGINT), \
+                    CAST(SUM(latency_ms) AS BIGINT) \
+             FROM usage_records \
+             WHERE at >= $1 AND key_id IS NOT NULL AND outcome <> 'refused' AND cache <> 'hit' \
+             GROUP BY key_id, service_id ORDER BY key_id",
+        )
+        .bind(millis(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.into_iter()
+            .map(|(key, service_id, calls, failures, latency)| {
+                let count = |what: &str, n: i64| u64::try_from(n).map_err(|e| corrupt(what, e));
+                Ok(KeyCalls {
+                    key_id: parse("key id", &key)?,
+                    service_id,
+                    stats: CallStats {
+                        calls: count("calls", calls)?,
+                        failures: count("failures", failures)?,
+                        latency_ms_total: count("latency", latency)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn health_states(&self) -> Result<Vec<HealthState>, Error> {
+        let rows: Vec<(String, String, bool, i64)> = sqlx::query_as(
+            "SELECT subject, status, disruption, since FROM health_states ORDER BY subject",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.into_iter()
+            .map(|(subject, status, disruption, since)| {
+                Ok(HealthState {
+                    subject,
+                    status: parse("health status", &status)?,
+                    disruption,
+                    since: timestamp(since)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_health_state(
+        &self,
+        next: &HealthState,
+        expected: Option<(HealthStatus, bool)>,
+    ) -> Result<bool, Error> {
+        let done = match expected {
+            None => sqlx::query(
+                "INSERT INTO health_states (subject, status, disruption, since) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (subject) DO NOTHING",
+            )
+            .bind(&next.subject)
+            .bind(next.status.as_str())
+            .bind(next.disruption)
+            .bind(millis(next.since)),
+            Some((status, disruption)) => sqlx::query(
+                "UPDATE health_states SET status = $2, disruption = $3, since = $4 \
+                 WHERE subject = $1 AND status = $5 AND disruption = $6",
+            )
+            .bind(&next.subject)
+            .bind(next.status.as_str())
+            .bind(next.disruption)
+            .bind(millis(next.since))
+            .bind(status.as_str())
+            .bind(disruption),
+        }
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

@@ -81,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "key probes",
         include_str!("../migrations/sqlite/0013_key_probes.sql"),
     ),
+    (
+        14,
+        "health states",
+        include_str!("../migrations/sqlite/0014_health_states.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

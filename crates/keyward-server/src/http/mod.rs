@@ -30,6 +30,7 @@ mod catalog;
 pub mod client_ip;
 pub mod error;
 pub mod extract;
+mod health;
 mod keys;
 mod mfa;
 mod proxy;
@@ -72,6 +73,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         rotations::validate_rotation, rotations::canary_rotation, rotations::promote_rotation,
         rotations::retire_rotation, rotations::verify_rotation, rotations::cancel_rotation,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::delete_webhook, webhooks::list_deliveries,
+        health::health, health::key_health,
     ),
     modifiers(&BearerAuth),
     tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
@@ -82,6 +84,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "auth", description = "Signing in and out; sessions; second factors"),
         (name = "access", description = "Roles, scoped grants, network allowlists, management tokens"),
         (name = "approvals", description = "Approval requests for sensitive operations, and the policy"),
+        (name = "health", description = "Key and service health: real traffic, provider flags, circuit breakers, probes"),
         (name = "notifications", description = "Webhooks for rotation, expiry, revocation, health and approval events; signed with HMAC-SHA256"),
         (name = "rotations", description = "Guided rotations: pending, validated, canary, promoted with a dual-key window, retired, revoked-verified"))
 )]
@@ -329,6 +332,18 @@ pub fn routes() -> Vec<Route> {
             "/api/v1/policies/rotation",
             p(P::AccessWrite),
             put(keys::set_rotation_policy),
+        ),
+        route(
+            M::GET,
+            "/api/v1/health",
+            p(P::KeysRead),
+            get(health::health),
+        ),
+        route(
+            M::GET,
+            "/api/v1/keys/{id}/health",
+            p(P::KeysRead),
+            get(health::key_health),
         ),
         route(
             M::GET,

@@ -55,7 +55,10 @@ pub fn relative(now: Timestamp, at: Option<Timestamp>) -> Markup {
     };
     let secs = now.duration_since(at).as_secs();
     let text = match secs {
-        ..0 => "soon".to_owned(),
+        -60..0 => "soon".to_owned(),
+        -3_600..0 => format!("in {} min", -secs / 60),
+        -86_400..0 => format!("in {} h", -secs / 3_600),
+        ..0 => format!("in {} d", -secs / 86_400),
         0..60 => "just now".to_owned(),
         60..3_600 => format!("{} min ago", secs / 60),
         3_600..86_400 => format!("{} h ago", secs / 3_600),
@@ -213,6 +216,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
         .collect();
     services.sort_by_key(|(_, name)| name.to_lowercase());
     let environments = app.store.environments().await?;
+    let health = app.health(actor).await?;
     let filtered = !(f.q.is_empty()
         && f.category.is_empty()
         && f.service.is_empty()
@@ -228,6 +232,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
             }
         }
         (security_panel(now, &rows, revealed.as_deref()))
+        (health_panel(&health))
         section aria-labelledby="keys-title" {
             div class="heading" {
                 h2 id="keys-title" { "Keys" }
@@ -381,6 +386,40 @@ fn security_panel(
                             div class="small" {
                                 @if let Some(r) = key { (link(r)) } @else { span class="mono" { (target) } }
                                 " by " (e.entry.actor_name)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Each service's health from its active keys, and the keys that are not healthy.
+fn health_panel(report: &crate::health::HealthReport) -> Markup {
+    if report.services.is_empty() {
+        return html! {};
+    }
+    html! {
+        section class="health" aria-labelledby="health-title" {
+            h2 id="health-title" { "Health" }
+            div class="cards" {
+                @for s in &report.services {
+                    @let status = s.status.as_str();
+                    div class={ "card signal" @if s.status == keyward_core::health::HealthStatus::Down || s.disruption { " bad" } @else if s.failing > 0 { " warn" } } data-service-health=(s.service_id) {
+                        div class="label" { (s.name) }
+                        div class="value small" { span class={ "badge health-" (status) } { (status) } }
+                        div class="small" {
+                            (s.keys) " active " (if s.keys == 1 { "key" } else { "keys" })
+                            @if s.failing > 0 { ", " (s.failing) " not healthy" }
+                            @if let Some(ms) = s.calls.mean_latency_ms() { " · " (ms) " ms" }
+                        }
+                        @if s.disruption {
+                            div class="small" data-disruption { "Many keys failing at once: likely a provider disruption, not bad keys." }
+                        }
+                        @for k in report.keys.iter().filter(|k| k.key.service_id == s.service_id && k.assessment.status != keyward_core::health::HealthStatus::Healthy) {
+                            div class="small" {
+                                a href={ "/keys/" (k.key.id) } { (k.key.alias) } " — " (k.assessment.reasons.join("; "))
                             }
                         }
                     }

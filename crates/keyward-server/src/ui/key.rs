@@ -203,6 +203,11 @@ async fn detail_markup(
     let deleted = key.deleted_at.is_some();
     let flag = app.proxy.key_flag(&key.id);
     let status = display_status(&key, now, flag.as_ref());
+    let health = if deleted {
+        None
+    } else {
+        Some(app.key_health(actor, &id).await?)
+    };
     let rotation = app.rotation_context().await?.status(&key);
     let latest = app.rotations(actor, &id).await?.into_iter().next();
     let revoke_link = match &latest {
@@ -252,6 +257,7 @@ async fn detail_markup(
                     }
                 }
                 dt { "Quota" } dd { (quota_meter(app.proxy.quota_used(&key.id))) }
+                @if let Some(h) = &health { (health_facts(h, now)) }
                 dt { "Proxy URL" } dd class="mono" { (proxy_url) }
                 @if let Some(r) = &key.revoked {
                     dt { "Revoked" } dd class="warn" { (relative(now, Some(r.at))) " by " (r.by) ": " (r.reason) }
@@ -373,6 +379,33 @@ async fn detail_markup(
         }
     };
     Ok((key.alias.clone(), content))
+}
+
+/// The key's health: status and why, the last five minutes of calls, the circuit, probes.
+fn health_facts(h: &crate::health::KeyHealth, now: jiff::Timestamp) -> Markup {
+    let status = h.assessment.status.as_str();
+    html! {
+        dt { "Health" }
+        dd data-health=(status) {
+            span class={ "badge health-" (status) } { (status) }
+            @for reason in &h.assessment.reasons { " · " (reason) }
+            div class="small muted" {
+                (h.calls.calls) " calls, " (h.calls.failures) " failed in the last 5 minutes"
+                @if let Some(ms) = h.calls.mean_latency_ms() { " · mean " (ms) " ms" }
+                @if h.breaker != keyward_core::health::BreakerState::Closed {
+                    " · circuit " (h.breaker.as_str())
+                    @if let Some(until) = h.breaker_open_until { " until " (relative(now, Some(until))) }
+                }
+            }
+            div class="small muted" {
+                @match &h.last_probe {
+                    Some((at, verdict)) => { "Last probe " (relative(now, Some(*at))) ": " (verdict.as_deref().unwrap_or("running")) }
+                    None => { "Not probed yet" }
+                }
+                @if let Some(next) = h.next_probe_at { " · next when idle " (relative(now, Some(next))) }
+            }
+        }
+    }
 }
 
 fn edit_form(viewer: &Viewer, key: &Key, refused: Option<&Refused>) -> Markup {

@@ -24,6 +24,7 @@ mod catalog;
 mod durability;
 mod expiry;
 mod guided_rotation;
+mod health;
 mod keys;
 mod leaks;
 mod llm;

@@ -17,22 +17,22 @@ use serde_json::{Value, json};
 use crate::helpers::{Backend, OPENAI_KEY, TestApp, assert_error, serve_fake};
 
 #[derive(Debug, Clone)]
-struct Received {
-    signature: String,
-    delivery: String,
-    event: String,
-    body: Vec<u8>,
+pub struct Received {
+    pub signature: String,
+    pub delivery: String,
+    pub event: String,
+    pub body: Vec<u8>,
 }
 
 /// A receiver that answers with the next planned status (then 200) and keeps every call.
 #[derive(Clone, Default)]
-struct Receiver {
+pub struct Receiver {
     received: Arc<Mutex<Vec<Received>>>,
     plan: Arc<Mutex<Vec<StatusCode>>>,
 }
 
 impl Receiver {
-    async fn start(plan: Vec<StatusCode>) -> (Self, String) {
+    pub async fn start(plan: Vec<StatusCode>) -> (Self, String) {
         let receiver = Self {
             plan: Arc::new(Mutex::new(plan)),
             ..Self::default()
@@ -77,11 +77,11 @@ impl Receiver {
         (receiver, serve_fake(app).await)
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
-    async fn wait_for(&self, n: usize) -> Vec<Received> {
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let got = self.received();

@@ -246,7 +246,11 @@ async fn the_setup_page_creates_the_first_owner() {
 }
 
 /// GETs a page with a session cookie, without following redirects.
-async fn get_page(app: &TestApp, cookie: &str, path: &str) -> (StatusCode, String, String) {
+pub(crate) async fn get_page(
+    app: &TestApp,
+    cookie: &str,
+    path: &str,
+) -> (StatusCode, String, String) {
     let response = no_redirects()
         .get(format!("{}{path}", app.base))
         .header(COOKIE, cookie)

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, OPENAI_KEY, TestApp, assert_error, audit_actions, serve_fake};
 
-const AV_KEY: &str = "ABCDEFGH12345678";
+pub const AV_KEY: &str = "ABCDEFGH12345678";
 
 /// What the fake saw: path, query and the credential headers.
 #[derive(Debug, Clone)]
