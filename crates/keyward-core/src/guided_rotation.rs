@@ -525,7 +525,6 @@ impl Rotation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::Criticality;
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).expect("valid")
@@ -533,29 +532,8 @@ mod tests {
 
     fn key() -> Key {
         Key {
-            id: "key_01JD0000000000000000000000".parse().expect("id"),
-            service_id: "openai".into(),
-            environment: "production".into(),
-            alias: "main".into(),
-            description: None,
-            owner: None,
-            tags: vec![],
-            criticality: Criticality::Medium,
-            enabled: true,
-            expires_at: None,
             current_version: 3,
-            current_hint: "sk-…abcd".into(),
-            created_by: "alice".into(),
-            created_at: at(0),
-            updated_at: at(0),
-            last_used_at: None,
-            deleted_at: None,
-            deleted_by: None,
-            revoked: None,
-            rotated_at: at(0),
-            rotation_rule: None,
-            limits: vec![],
-            budget: None,
+            ..crate::key::sample(at(0))
         }
     }
 

@@ -447,6 +447,36 @@ pub struct Page<T> {
     pub next: Option<KeyId>,
 }
 
+/// A plain active OpenAI key created at `at`, for tests.
+#[cfg(test)]
+pub(crate) fn sample(at: Timestamp) -> Key {
+    Key {
+        id: "key_01JD0000000000000000000000".parse().expect("id"),
+        service_id: "openai".into(),
+        environment: "production".into(),
+        alias: "main".into(),
+        description: None,
+        owner: None,
+        tags: vec![],
+        criticality: Criticality::Medium,
+        enabled: true,
+        expires_at: None,
+        current_version: 1,
+        current_hint: "sk-…abcd".into(),
+        created_by: "alice".into(),
+        created_at: at,
+        updated_at: at,
+        last_used_at: None,
+        deleted_at: None,
+        deleted_by: None,
+        revoked: None,
+        rotated_at: at,
+        rotation_rule: None,
+        limits: vec![],
+        budget: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,29 +487,10 @@ mod tests {
 
     fn key() -> Key {
         Key {
-            id: "key_01JD0000000000000000000000".parse().expect("id"),
-            service_id: "openai".into(),
-            environment: "production".into(),
-            alias: "main".into(),
-            description: None,
-            owner: None,
-            tags: vec![],
             criticality: Criticality::High,
-            enabled: true,
             expires_at: Some(ts(1000)),
-            current_version: 1,
-            current_hint: "sk-…abcd".into(),
             created_by: "tester".into(),
-            created_at: ts(0),
-            updated_at: ts(0),
-            last_used_at: None,
-            deleted_at: None,
-            deleted_by: None,
-            revoked: None,
-            rotated_at: ts(0),
-            rotation_rule: None,
-            limits: vec![],
-            budget: None,
+            ..sample(ts(0))
         }
     }
 

@@ -44,6 +44,7 @@ pub mod approval;
 pub mod audit;
 pub mod catalog;
 pub mod clock;
+pub mod compliance;
 pub mod error;
 pub mod guided_rotation;
 pub mod health;

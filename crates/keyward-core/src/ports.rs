@@ -421,6 +421,9 @@ pub trait AuditStore: Send + Sync {
     async fn insert_audit_checkpoint(&self, checkpoint: &AuditCheckpoint) -> Result<()>;
     /// All checkpoints, oldest first.
     async fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>>;
+    /// For one action, per target: how many successful entries, and the latest one's time
+    /// (e.g. how often each key was revealed, and when last).
+    async fn audit_action_counts(&self, action: &str) -> Result<Vec<(String, u64, Timestamp)>>;
 }
 
 /// Everything a Keyward server needs from its database.

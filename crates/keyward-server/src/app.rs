@@ -105,6 +105,8 @@ pub struct App {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Whether idle keys get active health probes.
     pub health_probes: bool,
+    /// What compliance checks know of each current value (never the value itself).
+    pub(crate) secret_traits: crate::compliance::TraitsCache,
     builtin: Vec<ServiceDefinition>,
     /// This server's own Prometheus recorder (never the process-global one).
     pub metrics: crate::metrics::Metrics,
@@ -229,6 +231,7 @@ impl App {
             secure_cookies: options.secure_cookies,
             trusted_proxies: options.trusted_proxies,
             health_probes: options.health_probes,
+            secret_traits: crate::compliance::TraitsCache::default(),
             builtin: builtin_services()?,
             metrics: crate::metrics::Metrics::default(),
         })

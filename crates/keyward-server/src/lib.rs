@@ -9,6 +9,7 @@ pub mod app;
 pub mod approvals;
 pub mod audit;
 pub mod cli;
+pub mod compliance;
 pub mod config;
 pub mod guided_rotation;
 pub mod health;

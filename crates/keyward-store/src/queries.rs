@@ -1844,6 +1844,27 @@ impl AuditStore for ThisStore {
             })
             .collect()
     }
+
+    async fn audit_action_counts(&self, action: &str) -> Result<Vec<(String, u64, Timestamp)>, Error> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT target, CAST(COUNT(*) AS BIGINT), MAX(at) FROM audit_events \
+             WHERE action = $1 AND outcome = 'success' AND target IS NOT NULL \
+             GROUP BY target ORDER BY target",
+        )
+        .bind(action)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.into_iter()
+            .map(|(target, count, at)| {
+                Ok((
+                    target,
+                    u64::try_from(count).map_err(|e| corrupt("count", e))?,
+                    timestamp(at)?,
+                ))
+            })
+            .collect()
+    }
 }
 
 const SESSION_COLUMNS: &str =

@@ -1596,6 +1596,23 @@ async fn audit_appends_are_numbered_chained_and_filtered(store: Arc<dyn Store>) 
         .expect("first");
     assert_eq!(first[0].seq, 1);
     assert!(first[0].entry.details.starts_with("{\"n\":"));
+    assert_eq!(
+        store
+            .audit_action_counts("key.create")
+            .await
+            .expect("counts"),
+        vec![
+            ("key:k1".to_owned(), 6, ts(1_764_000_000_021)),
+            ("key:k3".to_owned(), 6, ts(1_764_000_000_023)),
+        ]
+    );
+    assert!(
+        store
+            .audit_action_counts("key.reveal")
+            .await
+            .expect("none")
+            .is_empty()
+    );
 }
 
 /// Edits, reorderings, deletions and a cut tail made directly in the database are found, at

@@ -28,6 +28,7 @@ mod audit;
 pub mod auth;
 mod catalog;
 pub mod client_ip;
+mod compliance;
 pub mod error;
 pub mod extract;
 mod health;
@@ -73,7 +74,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         rotations::validate_rotation, rotations::canary_rotation, rotations::promote_rotation,
         rotations::retire_rotation, rotations::verify_rotation, rotations::cancel_rotation,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::delete_webhook, webhooks::list_deliveries,
-        health::health, health::key_health,
+        health::health, health::key_health, compliance::compliance, compliance::key_compliance,
     ),
     modifiers(&BearerAuth),
     tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
@@ -84,6 +85,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "auth", description = "Signing in and out; sessions; second factors"),
         (name = "access", description = "Roles, scoped grants, network allowlists, management tokens"),
         (name = "approvals", description = "Approval requests for sensitive operations, and the policy"),
+        (name = "compliance", description = "Key strength and compliance checks"),
         (name = "health", description = "Key and service health: real traffic, provider flags, circuit breakers, probes"),
         (name = "notifications", description = "Webhooks for rotation, expiry, revocation, health and approval events; signed with HMAC-SHA256"),
         (name = "rotations", description = "Guided rotations: pending, validated, canary, promoted with a dual-key window, retired, revoked-verified"))
@@ -344,6 +346,18 @@ pub fn routes() -> Vec<Route> {
             "/api/v1/keys/{id}/health",
             p(P::KeysRead),
             get(health::key_health),
+        ),
+        route(
+            M::GET,
+            "/api/v1/compliance",
+            p(P::KeysRead),
+            get(compliance::compliance),
+        ),
+        route(
+            M::GET,
+            "/api/v1/keys/{id}/compliance",
+            p(P::KeysRead),
+            get(compliance::key_compliance),
         ),
         route(
             M::GET,

@@ -217,6 +217,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
     services.sort_by_key(|(_, name)| name.to_lowercase());
     let environments = app.store.environments().await?;
     let health = app.health(actor).await?;
+    let compliance = app.compliance(actor).await?;
     let filtered = !(f.q.is_empty()
         && f.category.is_empty()
         && f.service.is_empty()
@@ -231,7 +232,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
                 div class="card" { div class="label" { (category) } div class="value" { (count) } }
             }
         }
-        (security_panel(now, &rows, revealed.as_deref()))
+        (security_panel(now, &rows, revealed.as_deref(), &compliance))
         (health_panel(&health))
         section aria-labelledby="keys-title" {
             div class="heading" {
@@ -323,7 +324,17 @@ fn security_panel(
     now: Timestamp,
     rows: &[Row],
     revealed: Option<&[keyward_core::audit::AuditEvent]>,
+    compliance: &[crate::compliance::KeyCompliance],
 ) -> Markup {
+    use keyward_core::compliance::ComplianceStatus;
+    let non_compliant: Vec<&crate::compliance::KeyCompliance> = compliance
+        .iter()
+        .filter(|k| k.compliance.status == ComplianceStatus::NonCompliant)
+        .collect();
+    let attention = compliance
+        .iter()
+        .filter(|k| k.compliance.status == ComplianceStatus::Attention)
+        .count();
     let never_used: Vec<&Row> = rows
         .iter()
         .filter(|r| r.key.last_used_at.is_none() && r.key.deleted_at.is_none())
@@ -355,6 +366,17 @@ fn security_panel(
                     div class="value" { (flagged.len()) }
                     @for r in &flagged {
                         div class="small" { (link(r)) " — " (super::key::flag_word(r.flag.as_ref().map_or(KeyFlagKind::Rejected, |f| f.kind))) }
+                    }
+                }
+                div class={ "card signal" @if !non_compliant.is_empty() { " bad" } } data-signal="compliance" {
+                    div class="label" { "Non-compliant keys" }
+                    div class="value" data-non-compliant=(non_compliant.len()) { (non_compliant.len()) }
+                    div class="small muted" { (compliance.len() - non_compliant.len() - attention) " compliant, " (attention) " need attention" }
+                    @for k in non_compliant.iter().take(5) {
+                        div class="small" {
+                            a href={ "/keys/" (k.key.id) "#compliance" } { (k.key.alias) } " — "
+                            (k.compliance.checks.iter().filter(|c| c.status == keyward_core::compliance::CheckStatus::Fail).map(|c| c.id).collect::<Vec<_>>().join(", "))
+                        }
                     }
                 }
                 div class={ "card signal" @if !rotation_due.is_empty() { " warn" } } data-signal="rotation" {

@@ -208,6 +208,11 @@ async fn detail_markup(
     } else {
         Some(app.key_health(actor, &id).await?)
     };
+    let compliance = if deleted || key.revoked.is_some() {
+        None
+    } else {
+        Some(app.key_compliance(actor, &id).await?)
+    };
     let rotation = app.rotation_context().await?.status(&key);
     let latest = app.rotations(actor, &id).await?.into_iter().next();
     let revoke_link = match &latest {
@@ -300,6 +305,7 @@ async fn detail_markup(
                 revoke_link: revoke_link.as_deref(),
             }, now))
         }
+        @if let Some(c) = &compliance { (compliance_section(c)) }
         section aria-labelledby="usage-title" {
             h2 id="usage-title" { "Usage, last 30 days" }
             div class="cards" {
@@ -404,6 +410,25 @@ fn health_facts(h: &crate::health::KeyHealth, now: jiff::Timestamp) -> Markup {
                 }
                 @if let Some(next) = h.next_probe_at { " · next when idle " (relative(now, Some(next))) }
             }
+        }
+    }
+}
+
+/// Strength and compliance: the overall status and every check with its finding.
+fn compliance_section(c: &crate::compliance::KeyCompliance) -> Markup {
+    let status = c.compliance.status.as_str();
+    html! {
+        section id="compliance" aria-labelledby="compliance-title" {
+            h2 id="compliance-title" { "Strength and compliance " span class={ "badge compliance-" (status) } data-compliance=(status) { (status.replace('_', "-")) } }
+            ul class="plain checks" {
+                @for check in &c.compliance.checks {
+                    li data-check=(check.id) data-check-status=(check.status.as_str()) {
+                        span class={ "badge check-" (check.status.as_str()) } { (check.status.as_str()) }
+                        " " strong { (check.id) } ": " (check.detail)
+                    }
+                }
+            }
+            p class="small muted" { "Fingerprint " span class="mono" { (c.traits.fingerprint) } " — the same value anywhere has the same fingerprint; it reveals nothing about the value." }
         }
     }
 }

@@ -21,6 +21,7 @@ mod approvals;
 mod audit;
 mod auth;
 mod catalog;
+mod compliance;
 mod durability;
 mod expiry;
 mod guided_rotation;
