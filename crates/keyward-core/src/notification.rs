@@ -8,7 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::id::{DeliveryId, WebhookId};
+use crate::id::{DeliveryId, UserId, WebhookId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -30,11 +30,15 @@ string_enum!(NotificationKind {
     HealthChanged = "health_changed", ApprovalRequested = "approval_requested"
 }, "invalid_notification_kind", "notification kind");
 
-/// A subscriber: where to POST, and what it wants.
+/// A subscriber: where to send, and what it wants. Either a webhook an admin registered
+/// (`https://…`) or a person's own e-mail subscription (`mailto:…`, with its `owner`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
     pub id: WebhookId,
     pub url: String,
+    /// The user whose personal subscription this is: only events about keys they may read
+    /// reach them.
+    pub owner: Option<UserId>,
     /// Kinds it wants; empty: every kind.
     pub kinds: Vec<NotificationKind>,
     /// Categories it wants (events about keys of services in them); empty: all.
@@ -46,6 +50,11 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// The address of an e-mail subscription.
+    pub fn email(&self) -> Option<&str> {
+        self.url.strip_prefix("mailto:")
+    }
+
     /// Whether an event of `kind` (about a key in `category`, if about a key) goes here.
     pub fn wants(&self, kind: NotificationKind, category: Option<&str>) -> bool {
         (self.kinds.is_empty() || self.kinds.contains(&kind))
@@ -285,6 +294,7 @@ mod tests {
         let hook = Webhook {
             id: "whk_01JD0000000000000000000000".parse().expect("id"),
             url: "https://hooks.example.com/keyward".into(),
+            owner: None,
             kinds: vec![NotificationKind::KeyRevoked],
             categories: vec!["llm-providers".into()],
             allow_private_network: false,
@@ -301,5 +311,11 @@ mod tests {
             ..hook
         };
         assert!(all.wants(NotificationKind::ApprovalRequested, None));
+        assert_eq!(all.email(), None);
+        let mail = Webhook {
+            url: "mailto:ada@example.com".into(),
+            ..all
+        };
+        assert_eq!(mail.email(), Some("ada@example.com"));
     }
 }

@@ -348,6 +348,8 @@ pub trait HealthStore: Send + Sync {
 #[async_trait]
 pub trait NotificationStore: Send + Sync {
     async fn insert_webhook(&self, webhook: &Webhook) -> Result<()>;
+    /// Stores a person's subscription (`owner` set), replacing the one they had.
+    async fn put_subscription(&self, subscription: &Webhook) -> Result<()>;
     /// Every webhook, oldest first.
     async fn webhooks(&self) -> Result<Vec<Webhook>>;
     /// Removes a webhook and its deliveries; `false` if there was none.

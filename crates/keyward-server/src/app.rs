@@ -107,6 +107,8 @@ pub struct App {
     pub health_probes: bool,
     /// What compliance checks know of each current value (never the value itself).
     pub(crate) secret_traits: crate::compliance::TraitsCache,
+    /// Sends notification e-mail, when SMTP is configured.
+    pub(crate) mailer: Option<crate::notifications::Mailer>,
     builtin: Vec<ServiceDefinition>,
     /// This server's own Prometheus recorder (never the process-global one).
     pub metrics: crate::metrics::Metrics,
@@ -124,6 +126,7 @@ pub struct AppOptions {
     pub secure_cookies: bool,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub health_probes: bool,
+    pub smtp: Option<crate::config::Smtp>,
 }
 
 impl AppOptions {
@@ -137,6 +140,7 @@ impl AppOptions {
             secure_cookies: settings.secure_cookies,
             trusted_proxies: settings.trusted_proxies.clone(),
             health_probes: settings.health_probes,
+            smtp: settings.smtp.clone(),
         }
     }
 }
@@ -232,6 +236,11 @@ impl App {
             trusted_proxies: options.trusted_proxies,
             health_probes: options.health_probes,
             secret_traits: crate::compliance::TraitsCache::default(),
+            mailer: options
+                .smtp
+                .as_ref()
+                .map(crate::notifications::Mailer::new)
+                .transpose()?,
             builtin: builtin_services()?,
             metrics: crate::metrics::Metrics::default(),
         })
@@ -1045,6 +1054,7 @@ impl App {
         };
         let facts = GateFacts {
             category: category.as_deref(),
+            environment: Some(&key.environment),
             criticality: Some(key.criticality),
         };
         self.gate(actor, &operation, facts).await
@@ -1131,7 +1141,10 @@ impl App {
         tracing::warn!(key = %id, actor = %actor.name, "key revoked in an emergency");
         self.notify(
             keyward_core::notification::NotificationKind::KeyRevoked,
-            self.category_of(&key).await.as_deref(),
+            crate::notifications::About::key(
+                self.category_of(&key).await.as_deref(),
+                &key.environment,
+            ),
             format!("key_revoked:{id}"),
             json!({"key": id.as_str(), "alias": key.alias, "service": key.service_id,
                    "environment": key.environment, "by": actor.name, "reason": reason}),

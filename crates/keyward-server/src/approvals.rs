@@ -49,6 +49,8 @@ fn not_found() -> Error {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GateFacts<'a> {
     pub category: Option<&'a str>,
+    /// The key's environment (who may hear of the request).
+    pub environment: Option<&'a str>,
     pub criticality: Option<Criticality>,
 }
 
@@ -209,7 +211,10 @@ impl App {
                 .await?;
                 self.notify(
                     keyward_core::notification::NotificationKind::ApprovalRequested,
-                    facts.category,
+                    crate::notifications::About {
+                        category: facts.category,
+                        environment: facts.environment,
+                    },
                     format!("approval_requested:{}", request.id),
                     json!({"approval": request.id.as_str(), "action": operation.action,
                            "target": operation.target, "requested_by": actor.name,

@@ -35,6 +35,8 @@ const KNOWN_KEYS: &[&str] = &[
     "expiry_grace_minutes",
     "audit_checkpoint_seconds",
     "audit_webhook_url",
+    "smtp_url",
+    "smtp_from",
     "session_idle_minutes",
     "session_absolute_hours",
     "secure_cookies",
@@ -51,6 +53,7 @@ const SECRET_KEYS: &[&str] = &[
     "database_url",
     "redis_url",
     "audit_webhook_url",
+    "smtp_url",
     "master_key",
     "master_key_previous",
     "master_passphrase",
@@ -141,6 +144,13 @@ pub struct RawSettings {
     pub audit_checkpoint_seconds: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_webhook_url: Option<String>,
+    /// `smtps://user:pass@host[:465]` or `smtp://…[:587]?tls=required`: where notification
+    /// e-mail is sent (personal subscriptions need it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_url: Option<String>,
+    /// The sender of notification e-mail, e.g. `Keyward <keyward@example.com>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_from: Option<String>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -266,6 +276,8 @@ pub struct Settings {
     pub audit_checkpoint_every: std::time::Duration,
     /// Where every audit entry is also POSTed, as JSON Lines (at least once, in order).
     pub audit_webhook_url: Option<SecretString>,
+    /// Where and as whom notification e-mail is sent; `None`: no e-mail.
+    pub smtp: Option<Smtp>,
     pub sessions: keyward_core::session::SessionPolicy,
     /// Mark the session cookie `Secure` (and name it `__Host-kw_session`): set when users
     /// reach Keyward over HTTPS (directly or through a TLS-terminating proxy).
@@ -589,6 +601,39 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
             Some(SecretString::from(url))
         }
     };
+    let smtp = match (raw.smtp_url, raw.smtp_from) {
+        (None, None) => None,
+        (Some(url), Some(from)) => {
+            let parsed = url::Url::parse(&url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some());
+            if parsed.is_none() {
+                return Err(ConfigError(
+                    "smtp_url must be an smtp:// or smtps:// URL with a host".into(),
+                ));
+            }
+            let from: lettre::message::Mailbox = from.trim().parse().map_err(|_| {
+                ConfigError(format!(
+                    "smtp_from must be an e-mail address such as `Keyward <keyward@example.com>`, not `{}`",
+                    keyward_core::label::printable(&from)
+                ))
+            })?;
+            Some(Smtp {
+                url: SecretString::from(url),
+                from,
+            })
+        }
+        (Some(_), None) => {
+            return Err(ConfigError(
+                "smtp_url needs smtp_from (the sender's address)".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError(
+                "smtp_from needs smtp_url (the server to send through)".into(),
+            ));
+        }
+    };
     let sessions = keyward_core::session::SessionPolicy {
         idle: jiff::SignedDuration::from_mins(i64::from(bounded(
             "session_idle_minutes",
@@ -659,6 +704,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         expiry_grace,
         audit_checkpoint_every,
         audit_webhook_url,
+        smtp,
         sessions,
         secure_cookies,
         health_probes,
@@ -667,6 +713,14 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         log_format,
         log: raw.log.unwrap_or_else(|| "info".to_owned()),
     })
+}
+
+/// The SMTP server notification e-mail goes through, and its sender.
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    /// Carries the server's credentials: secret.
+    pub url: SecretString,
+    pub from: lettre::message::Mailbox,
 }
 
 /// A true/false setting.
@@ -766,6 +820,39 @@ mod tests {
             })
             .is_err()
         );
+        for (url, from) in [
+            (Some("smtps://mail.example.com"), None),
+            (None, Some("keyward@example.com")),
+            (
+                Some("https://mail.example.com"),
+                Some("keyward@example.com"),
+            ),
+            (Some("smtps://mail.example.com"), Some("not an address")),
+        ] {
+            let refused = resolve(RawSettings {
+                smtp_url: url.map(str::to_owned),
+                smtp_from: from.map(str::to_owned),
+                ..Default::default()
+            })
+            .expect_err("refused");
+            assert!(refused.0.contains("smtp_"), "{refused}");
+        }
+        let mail = resolve(RawSettings {
+            smtp_url: Some("smtps://user:secret@mail.example.com".into()),
+            smtp_from: Some("Keyward <keyward@example.com>".into()),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert!(mail.smtp.is_some());
+        for flag in ["yes", "1"] {
+            assert!(
+                resolve(RawSettings {
+                    health_probes: Some(flag.into()),
+                    ..Default::default()
+                })
+                .is_err()
+            );
+        }
     }
 
     #[test]

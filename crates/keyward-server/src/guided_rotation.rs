@@ -377,7 +377,10 @@ impl App {
         {
             self.notify(
                 keyward_core::notification::NotificationKind::RotationStep,
-                self.category_of(&key).await.as_deref(),
+                crate::notifications::About::key(
+                    self.category_of(&key).await.as_deref(),
+                    &key.environment,
+                ),
                 format!("rotation_step:{}:{}", rotation.id, next.step),
                 json!({"rotation": rotation.id.as_str(), "key": key.id.as_str(), "alias": key.alias,
                        "service": key.service_id, "environment": key.environment,

@@ -284,7 +284,7 @@ impl App {
                     &known,
                     subject,
                     (k.assessment.status, false),
-                    category,
+                    crate::notifications::About::key(category.as_deref(), &k.key.environment),
                     data,
                 )
                 .await?
@@ -298,7 +298,16 @@ impl App {
             let data = json!({"service": s.service_id, "name": s.name, "keys": s.keys,
                               "failing": s.failing, "disruption": s.disruption});
             if self
-                .announce(&known, subject, (s.status, s.disruption), category, data)
+                .announce(
+                    &known,
+                    subject,
+                    (s.status, s.disruption),
+                    crate::notifications::About {
+                        category: category.as_deref(),
+                        environment: None,
+                    },
+                    data,
+                )
                 .await?
             {
                 changed += 1;
@@ -312,7 +321,7 @@ impl App {
         known: &HashMap<String, HealthState>,
         subject: String,
         (status, disruption): (HealthStatus, bool),
-        category: Option<String>,
+        about: crate::notifications::About<'_>,
         mut data: serde_json::Value,
     ) -> Result<bool, Error> {
         let previous = known.get(&subject);
@@ -337,7 +346,7 @@ impl App {
         data["previous"] = previous.map(|p| p.status.as_str()).into();
         self.notify(
             NotificationKind::HealthChanged,
-            category.as_deref(),
+            about,
             format!("health:{}:{}", next.subject, next.since.as_millisecond()),
             data,
         )

@@ -1,6 +1,8 @@
-//! Notifications (`impl App`): webhooks (create, list, delete, delivery log), queuing an
-//! event for every webhook that wants it, delivering due deliveries signed with the
-//! webhook's secret, and the periodic scan for rotation and expiry reminders.
+//! Notifications (`impl App`): webhooks (create, list, delete, delivery log), personal
+//! e-mail subscriptions (one per user, only for keys the user may read), queuing an event
+//! for every subscriber that wants it, delivering due deliveries (webhooks signed with their
+//! secret, e-mail through the configured SMTP server), and the periodic scan for rotation
+//! and expiry reminders.
 //!
 //! Webhooks are vault configuration that makes Keyward call out, so managing them needs
 //! `access_write` everywhere (owner, admin). An address is resolved when the webhook is
@@ -13,15 +15,138 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use keyward_core::access::Permission;
+use keyward_core::audit::ActorKind;
 use keyward_core::id::{DeliveryId, WebhookId};
 use keyward_core::key::{Key, KeyStatus};
 use keyward_core::notification::{Delivery, NotificationKind, Webhook, ensure_reachable};
 use keyward_core::rotation::RotationState;
-use keyward_core::{Error, label};
+use keyward_core::{Error, ErrorKind, label};
 use secrecy::SecretString;
 use serde_json::json;
 
 use crate::app::{Actor, App};
+
+/// What an event is about, so subscriptions can filter on it: the category of the key's
+/// service and the key's environment (both absent for events about no key).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct About<'a> {
+    pub category: Option<&'a str>,
+    pub environment: Option<&'a str>,
+}
+
+impl<'a> About<'a> {
+    pub fn key(category: Option<&'a str>, environment: &'a str) -> Self {
+        Self {
+            category,
+            environment: Some(environment),
+        }
+    }
+}
+
+/// Sends notification e-mail through the configured SMTP server.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    from: lettre::message::Mailbox,
+}
+
+impl std::fmt::Debug for Mailer {
+    /// The transport holds the server's credentials: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer").field("from", &self.from).finish()
+    }
+}
+
+impl Mailer {
+    pub fn new(smtp: &crate::config::Smtp) -> Result<Self, Error> {
+        use secrecy::ExposeSecret;
+        let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(
+            smtp.url.expose_secret(),
+        )
+        .map_err(|_| Error::invalid("invalid_smtp_url", "smtp_url is not a usable SMTP URL"))?
+        .timeout(Some(Duration::from_secs(20)))
+        .build();
+        Ok(Self {
+            transport,
+            from: smtp.from.clone(),
+        })
+    }
+
+    /// Sends one message; `Ok(250)` once the server accepted it.
+    async fn send(&self, to: &str, subject: &str, body: String) -> Result<u16, String> {
+        use lettre::AsyncTransport;
+        let to: lettre::message::Mailbox = to
+            .parse()
+            .map_err(|_| "the subscription's address is not valid".to_owned())?;
+        let message = lettre::Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject)
+            .header(lettre::message::header::ContentType::TEXT_PLAIN)
+            .body(body)
+            .map_err(|e| format!("could not build the message: {e}"))?;
+        match self.transport.send(message).await {
+            Ok(response) => Ok(u16::from(response.code())),
+            Err(e) => Err(match e.status() {
+                Some(code) => format!("the SMTP server refused: {code}"),
+                None => "the SMTP server could not be reached".to_owned(),
+            }),
+        }
+    }
+}
+
+/// The subject and plain-text body of a notification e-mail.
+fn email_text(delivery: &keyward_core::notification::Delivery) -> (String, String) {
+    let body: serde_json::Value = serde_json::from_str(&delivery.body).unwrap_or_default();
+    let data = &body["data"];
+    let about = data["alias"]
+        .as_str()
+        .map(|alias| {
+            format!(
+                ": {alias} ({}, {})",
+                data["service"].as_str().unwrap_or_default(),
+                data["environment"].as_str().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    let subject = format!(
+        "[Keyward] {}{about}",
+        delivery.kind.as_str().replace('_', " ")
+    );
+    let details = serde_json::to_string_pretty(data).unwrap_or_default();
+    let text = format!(
+        "{subject}\n\nEvent: {}\nAt: {}\n\n{details}\n\nYou get this because of your notification subscription in Keyward; change it on the settings page.\n",
+        body["event"].as_str().unwrap_or_default(),
+        body["at"].as_str().unwrap_or_default(),
+    );
+    (subject, text)
+}
+
+/// The user behind a request: personal subscriptions belong to people, not tokens.
+fn person(actor: &Actor) -> Result<keyward_core::id::UserId, Error> {
+    if actor.kind != ActorKind::User {
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            "user_required",
+            "subscriptions belong to people: sign in as a user",
+        ));
+    }
+    actor
+        .id
+        .parse()
+        .map_err(|_| Error::internal("a signed-in user without a user id"))
+}
+
+/// An e-mail address as accepted for a subscription.
+fn parse_email(text: &str) -> Result<String, Error> {
+    let address: lettre::Address = text.trim().parse().map_err(|_| {
+        Error::invalid(
+            "invalid_email",
+            format!("`{}` is not an e-mail address", label::printable(text)),
+        )
+    })?;
+    Ok(address.to_string())
+}
 
 /// How long a claimed delivery is held by the instance that claimed it.
 const LEASE: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
@@ -74,24 +199,13 @@ impl App {
     ) -> Result<(Webhook, SecretString), Error> {
         App::require_everywhere(actor, Permission::AccessWrite)?;
         let parsed = parse_url(url)?;
-        let known: Vec<String> = self
-            .store
-            .categories()
-            .await?
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
-        if let Some(unknown) = categories.iter().find(|c| !known.contains(c)) {
-            return Err(Error::invalid(
-                "unknown_category",
-                format!("there is no category `{}`", label::printable(unknown)),
-            ));
-        }
+        self.ensure_categories(&categories).await?;
         ensure_reachable(&resolve(&parsed).await?, allow_private_network)?;
         let now = self.now();
         let webhook = Webhook {
             id: WebhookId::generate(now, &*self.random),
             url: parsed.to_string(),
+            owner: None,
             kinds,
             categories,
             allow_private_network,
@@ -159,11 +273,11 @@ impl App {
     pub async fn notify(
         &self,
         kind: NotificationKind,
-        category: Option<&str>,
+        about: About<'_>,
         dedupe: String,
         data: serde_json::Value,
     ) {
-        if let Err(e) = self.try_notify(kind, category, dedupe, data).await {
+        if let Err(e) = self.try_notify(kind, about, dedupe, data).await {
             tracing::warn!(error = %e, kind = kind.as_str(), "could not queue a notification");
         }
     }
@@ -171,25 +285,147 @@ impl App {
     async fn try_notify(
         &self,
         kind: NotificationKind,
-        category: Option<&str>,
+        about: About<'_>,
         dedupe: String,
         data: serde_json::Value,
     ) -> Result<u64, Error> {
         let now = self.now();
-        let deliveries: Vec<Delivery> = self
+        let category = about.category;
+        let mut deliveries = Vec::new();
+        for w in self.store.webhooks().await? {
+            if !w.wants(kind, category) {
+                continue;
+            }
+            if let Some(owner) = &w.owner
+                && !self.may_hear(owner, about).await?
+            {
+                continue;
+            }
+            let id = DeliveryId::generate(now, &*self.random);
+            let body = json!({"id": id.as_str(), "kind": kind.as_str(), "event": dedupe,
+                              "at": now.to_string(), "category": category, "data": data});
+            deliveries.push(Delivery::new(
+                id,
+                w.id,
+                kind,
+                dedupe.clone(),
+                body.to_string(),
+                now,
+            ));
+        }
+        self.store.enqueue_deliveries(&deliveries).await
+    }
+
+    /// Whether a person may hear of an event: an enabled user who may read keys where it
+    /// happened (events about no key: who may read keys everywhere).
+    async fn may_hear(
+        &self,
+        owner: &keyward_core::id::UserId,
+        about: About<'_>,
+    ) -> Result<bool, Error> {
+        let Some(user) = self.store.user(owner).await? else {
+            return Ok(false);
+        };
+        if user.disabled {
+            return Ok(false);
+        }
+        let reach = self
+            .user_access(&user, None)
+            .await?
+            .reach(Permission::KeysRead);
+        Ok(match (about.category, about.environment) {
+            (Some(category), Some(environment)) => reach.covers(category, environment),
+            _ => reach.is_everywhere(),
+        })
+    }
+
+    /// The caller's own e-mail subscription, if any.
+    pub async fn my_subscription(&self, actor: &Actor) -> Result<Option<Webhook>, Error> {
+        let owner = person(actor)?;
+        Ok(self
             .store
             .webhooks()
             .await?
             .into_iter()
-            .filter(|w| w.wants(kind, category))
-            .map(|w| {
-                let id = DeliveryId::generate(now, &*self.random);
-                let body = json!({"id": id.as_str(), "kind": kind.as_str(), "event": dedupe,
-                                  "at": now.to_string(), "category": category, "data": data});
-                Delivery::new(id, w.id, kind, dedupe.clone(), body.to_string(), now)
-            })
+            .find(|w| w.owner.as_ref() == Some(&owner)))
+    }
+
+    /// Subscribes the caller by e-mail to `kinds` (empty: all) about keys in `categories`
+    /// (empty: all they may read), replacing their earlier subscription.
+    pub async fn subscribe(
+        &self,
+        actor: &Actor,
+        email: &str,
+        kinds: Vec<NotificationKind>,
+        categories: Vec<String>,
+    ) -> Result<Webhook, Error> {
+        let owner = person(actor)?;
+        if self.mailer.is_none() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "email_not_configured",
+                "this Keyward sends no e-mail: an administrator must set smtp_url and smtp_from first",
+            ));
+        }
+        let address = parse_email(email)?;
+        self.ensure_categories(&categories).await?;
+        let now = self.now();
+        let subscription = Webhook {
+            id: WebhookId::generate(now, &*self.random),
+            url: format!("mailto:{address}"),
+            owner: Some(owner),
+            kinds,
+            categories,
+            allow_private_network: false,
+            created_by: actor.name.clone(),
+            created_at: now,
+        };
+        self.audited(
+            actor,
+            "subscription.set",
+            format!("user:{}", actor.id),
+            json!({"kinds": subscription.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                   "categories": subscription.categories}),
+            self.store.put_subscription(&subscription),
+        )
+        .await?;
+        Ok(subscription)
+    }
+
+    /// Ends the caller's e-mail subscription.
+    pub async fn unsubscribe(&self, actor: &Actor) -> Result<(), Error> {
+        let Some(mine) = self.my_subscription(actor).await? else {
+            return Err(Error::not_found(
+                "subscription_not_found",
+                "you have no e-mail subscription",
+            ));
+        };
+        self.audited(
+            actor,
+            "subscription.delete",
+            format!("user:{}", actor.id),
+            json!({}),
+            self.store.delete_webhook(&mine.id),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn ensure_categories(&self, categories: &[String]) -> Result<(), Error> {
+        let known: Vec<String> = self
+            .store
+            .categories()
+            .await?
+            .into_iter()
+            .map(|c| c.id)
             .collect();
-        self.store.enqueue_deliveries(&deliveries).await
+        match categories.iter().find(|c| !known.contains(c)) {
+            Some(unknown) => Err(Error::invalid(
+                "unknown_category",
+                format!("there is no category `{}`", label::printable(unknown)),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The category of a key's service (for subscriptions by category).
@@ -232,6 +468,14 @@ impl App {
         webhook: &Webhook,
         delivery: &Delivery,
     ) -> Result<u16, String> {
+        if let Some(address) = webhook.email() {
+            let mailer = self
+                .mailer
+                .as_ref()
+                .ok_or_else(|| "e-mail is not configured (smtp_url)".to_owned())?;
+            let (subject, text) = email_text(delivery);
+            return mailer.send(address, &subject, text).await;
+        }
         let url = parse_url(&webhook.url).map_err(|e| e.message)?;
         // Resolved again: a name may point somewhere else since the webhook was created.
         let addresses = resolve(&url).await.map_err(|e| e.message)?;
@@ -287,7 +531,7 @@ impl App {
                 queued += self
                     .try_notify(
                         kind,
-                        category.as_deref(),
+                        About::key(category.as_deref(), &key.environment),
                         format!("{kind}:{}:{}", key.id, due.as_millisecond()),
                         data,
                     )
@@ -309,7 +553,7 @@ impl App {
                     queued += self
                         .try_notify(
                             kind,
-                            category.as_deref(),
+                            About::key(category.as_deref(), &key.environment),
                             format!("{kind}:{}:{}", key.id, expires.as_millisecond()),
                             data,
                         )

@@ -84,6 +84,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "health states",
         include_str!("../migrations/postgres/0014_health_states.sql"),
     ),
+    (
+        15,
+        "subscriptions",
+        include_str!("../migrations/postgres/0015_subscriptions.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

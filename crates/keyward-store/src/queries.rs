@@ -2662,7 +2662,8 @@ impl HealthStore for ThisStore {
     }
 }
 
-const WEBHOOK_COLUMNS: &str = "id, url, kinds, categories, allow_private_network, created_by, created_at";
+const WEBHOOK_COLUMNS: &str =
+    "id, url, kinds, categories, allow_private_network, created_by, created_at, owner_id";
 const DELIVERY_COLUMNS: &str = "id, webhook_id, kind, dedupe, body, attempts, status, next_attempt_at, last_status, last_error, created_at, updated_at";
 
 fn webhook_row(r: &DbRow) -> Result<Webhook, Error> {
@@ -2674,6 +2675,9 @@ fn webhook_row(r: &DbRow) -> Result<Webhook, Error> {
         allow_private_network: get(r, "allow_private_network")?,
         created_by: get(r, "created_by")?,
         created_at: timestamp(get(r, "created_at")?)?,
+        owner: get::<Option<String>>(r, "owner_id")?
+            .map(|id| parse("user id", &id))
+            .transpose()?,
     })
 }
 
@@ -2698,23 +2702,54 @@ fn delivery_row(r: &DbRow) -> Result<Delivery, Error> {
     })
 }
 
+async fn insert_webhook<'e, E>(executor: E, w: &Webhook) -> Result<(), Error>
+where
+    E: sqlx::Executor<'e, Database = Db>,
+{
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    )))
+    .bind(w.id.as_str())
+    .bind(&w.url)
+    .bind(json_text("webhook kinds", &w.kinds)?)
+    .bind(json_text("webhook categories", &w.categories)?)
+    .bind(w.allow_private_network)
+    .bind(&w.created_by)
+    .bind(millis(w.created_at))
+    .bind(w.owner.as_ref().map(|o| o.as_str().to_owned()))
+    .execute(executor)
+    .await
+    .map_err(|e| db_error(e, Some(("webhook_exists", "a webhook with this id exists"))))?;
+    Ok(())
+}
+
 #[async_trait]
 impl NotificationStore for ThisStore {
     async fn insert_webhook(&self, w: &Webhook) -> Result<(), Error> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        )))
-        .bind(w.id.as_str())
-        .bind(&w.url)
-        .bind(json_text("webhook kinds", &w.kinds)?)
-        .bind(json_text("webhook categories", &w.categories)?)
-        .bind(w.allow_private_network)
-        .bind(&w.created_by)
-        .bind(millis(w.created_at))
-        .execute(&self.pool)
+        insert_webhook(&self.pool, w).await
+    }
+
+    async fn put_subscription(&self, w: &Webhook) -> Result<(), Error> {
+        let owner = w
+            .owner
+            .as_ref()
+            .ok_or_else(|| Error::internal("a subscription without an owner"))?;
+        let mut tx = self.begin_write().await?;
+        // Its deliveries go with it, as when a webhook is deleted.
+        sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE webhook_id IN (SELECT id FROM webhooks WHERE owner_id = $1)",
+        )
+        .bind(owner.as_str())
+        .execute(&mut *tx)
         .await
-        .map_err(|e| db_error(e, Some(("webhook_exists", "a webhook with this id exists"))))?;
-        Ok(())
+        .map_err(|e| db_error(e, None))?;
+        sqlx::query("DELETE FROM webhooks WHERE owner_id = $1")
+            .bind(owner.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        insert_webhook(&mut *tx, w).await?;
+        commit(tx).await
     }
 
     async fn webhooks(&self) -> Result<Vec<Webhook>, Error> {

@@ -86,6 +86,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "health states",
         include_str!("../migrations/sqlite/0014_health_states.sql"),
     ),
+    (
+        15,
+        "subscriptions",
+        include_str!("../migrations/sqlite/0015_subscriptions.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -2488,6 +2488,7 @@ async fn notifications_queue_once_and_lease_to_one_instance(store: Arc<dyn Store
     let hook = Webhook {
         id: WebhookId::generate(ts(1), &r),
         url: "https://hooks.example.com/k".into(),
+        owner: None,
         kinds: vec![NotificationKind::KeyRevoked],
         categories: vec!["llm-providers".into()],
         allow_private_network: true,
@@ -2496,6 +2497,36 @@ async fn notifications_queue_once_and_lease_to_one_instance(store: Arc<dyn Store
     };
     store.insert_webhook(&hook).await.expect("insert");
     assert_eq!(store.webhooks().await.expect("list"), vec![hook.clone()]);
+
+    // A person's subscription: one per owner, replaced as a whole.
+    let ada: UserId = UserId::generate(ts(1), &r);
+    let mine = |n: i64, address: &str| Webhook {
+        id: WebhookId::generate(ts(n), &r),
+        url: format!("mailto:{address}"),
+        owner: Some(ada.clone()),
+        kinds: vec![],
+        categories: vec![],
+        allow_private_network: false,
+        created_by: "ada".into(),
+        created_at: ts(n),
+    };
+    let first = mine(2, "ada@example.com");
+    store.put_subscription(&first).await.expect("subscribe");
+    let second = mine(3, "ada@example.org");
+    store.put_subscription(&second).await.expect("replace");
+    assert_eq!(
+        store.webhooks().await.expect("list"),
+        vec![hook.clone(), second.clone()]
+    );
+    let duplicate = Webhook {
+        id: WebhookId::generate(ts(4), &r),
+        ..second.clone()
+    };
+    assert!(
+        store.insert_webhook(&duplicate).await.is_err(),
+        "one subscription per owner"
+    );
+    assert!(store.delete_webhook(&second.id).await.expect("delete"));
     let delivery = |dedupe: &str, at: i64| {
         Delivery::new(
             DeliveryId::generate(ts(at), &r),

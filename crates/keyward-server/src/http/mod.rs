@@ -74,6 +74,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         rotations::validate_rotation, rotations::canary_rotation, rotations::promote_rotation,
         rotations::retire_rotation, rotations::verify_rotation, rotations::cancel_rotation,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::delete_webhook, webhooks::list_deliveries,
+        webhooks::get_subscription, webhooks::put_subscription, webhooks::delete_subscription,
         health::health, health::key_health, compliance::compliance, compliance::key_compliance,
     ),
     modifiers(&BearerAuth),
@@ -497,6 +498,24 @@ pub fn routes() -> Vec<Route> {
             get(sessions::who_am_i),
         ),
         route(M::GET, "/api/v1/auth/mfa", SignedIn, get(mfa::mfa_status)),
+        route(
+            M::GET,
+            "/api/v1/me/subscription",
+            SignedIn,
+            get(webhooks::get_subscription),
+        ),
+        route(
+            M::PUT,
+            "/api/v1/me/subscription",
+            SignedIn,
+            put(webhooks::put_subscription),
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/me/subscription",
+            SignedIn,
+            delete(webhooks::delete_subscription),
+        ),
         route(
             M::POST,
             "/api/v1/auth/mfa/enroll",

@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::{Authorized, perm};
+use super::auth::{Authorized, SignedIn, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use crate::app::App;
@@ -42,7 +42,10 @@ pub struct CreateWebhookRequest {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookResponse {
     pub id: String,
+    /// `https://…`, or `mailto:…` for a person's e-mail subscription.
     pub url: String,
+    /// The user a personal subscription belongs to.
+    pub owner: Option<String>,
     pub kinds: Vec<String>,
     pub categories: Vec<String>,
     pub allow_private_network: bool,
@@ -81,6 +84,7 @@ fn webhook_response(w: Webhook) -> WebhookResponse {
     WebhookResponse {
         id: w.id.to_string(),
         url: w.url,
+        owner: w.owner.map(|o| o.to_string()),
         kinds: w.kinds.iter().map(|k| k.as_str().to_owned()).collect(),
         categories: w.categories,
         allow_private_network: w.allow_private_network,
@@ -185,4 +189,87 @@ pub async fn list_deliveries(
         .webhook_deliveries(auth.actor(), &webhook_id(&id)?)
         .await?;
     Ok(Json(log.into_iter().map(delivery_response).collect()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionRequest {
+    /// Where notification e-mail goes.
+    pub email: String,
+    /// Kinds as for webhooks; empty or absent: all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Only events about keys in these categories; empty or absent: every key you may read.
+    #[serde(default)]
+    pub categories: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionResponse {
+    pub email: String,
+    pub kinds: Vec<String>,
+    pub categories: Vec<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    /// The last deliveries to it, newest first.
+    pub deliveries: Vec<DeliveryResponse>,
+}
+
+async fn subscription_response(app: &App, w: Webhook) -> ApiResult<SubscriptionResponse> {
+    let deliveries = app.store.deliveries(&w.id, 20).await?;
+    Ok(SubscriptionResponse {
+        email: w.email().unwrap_or_default().to_owned(),
+        kinds: w.kinds.iter().map(|k| k.as_str().to_owned()).collect(),
+        categories: w.categories,
+        created_at: w.created_at,
+        deliveries: deliveries.into_iter().map(delivery_response).collect(),
+    })
+}
+
+/// Your own e-mail subscription, with its last deliveries.
+#[utoipa::path(get, path = "/api/v1/me/subscription", tag = "notifications",
+    responses((status = 200, body = SubscriptionResponse), (status = 404, body = ErrorBody, description = "subscription_not_found")),
+    security(("bearer" = [])))]
+pub async fn get_subscription(
+    SignedIn(caller): SignedIn,
+    State(app): State<Arc<App>>,
+) -> ApiResult<Json<SubscriptionResponse>> {
+    let mine = app.my_subscription(&caller.actor).await?.ok_or_else(|| {
+        keyward_core::Error::not_found("subscription_not_found", "you have no e-mail subscription")
+    })?;
+    Ok(Json(subscription_response(&app, mine).await?))
+}
+
+/// Subscribe yourself by e-mail (replaces your earlier subscription). Only events about
+/// keys you may read reach you. Needs `smtp_url` on the server.
+#[utoipa::path(put, path = "/api/v1/me/subscription", tag = "notifications", request_body = SubscriptionRequest,
+    responses((status = 200, body = SubscriptionResponse), (status = 403, body = ErrorBody, description = "user_required"),
+        (status = 409, body = ErrorBody, description = "email_not_configured"),
+        (status = 422, body = ErrorBody, description = "invalid_email, invalid_notification_kind, unknown_category")),
+    security(("bearer" = [])))]
+pub async fn put_subscription(
+    SignedIn(caller): SignedIn,
+    State(app): State<Arc<App>>,
+    ApiJson(req): ApiJson<SubscriptionRequest>,
+) -> ApiResult<Json<SubscriptionResponse>> {
+    let kinds = req
+        .kinds
+        .iter()
+        .map(|k| k.parse::<NotificationKind>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let mine = app
+        .subscribe(&caller.actor, &req.email, kinds, req.categories)
+        .await?;
+    Ok(Json(subscription_response(&app, mine).await?))
+}
+
+/// End your e-mail subscription.
+#[utoipa::path(delete, path = "/api/v1/me/subscription", tag = "notifications",
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn delete_subscription(
+    SignedIn(caller): SignedIn,
+    State(app): State<Arc<App>>,
+) -> ApiResult<StatusCode> {
+    app.unsubscribe(&caller.actor).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

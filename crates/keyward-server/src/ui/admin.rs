@@ -508,6 +508,28 @@ async fn user_disabled(app: Arc<App>, id: String, request: Request, disabled: bo
 // ------------------------------------------------------------------ settings
 
 pub async fn settings(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
+    settings_page(&app, viewer, None).await
+}
+
+/// What was typed into the notification form when it was refused.
+struct RefusedSubscription {
+    fields: Vec<(String, String)>,
+    error: Error,
+}
+
+/// The settings page; `refused` keeps a refused notification form as it was typed.
+async fn settings_page(
+    app: &App,
+    viewer: Viewer,
+    refused: Option<RefusedSubscription>,
+) -> Response {
+    let notifications = match notification_panel(app, &viewer, refused.as_ref()).await {
+        Ok(panel) => panel,
+        Err(e) => return error_page(&viewer, "/settings", "Settings", e),
+    };
+    let status = refused.as_ref().map_or(StatusCode::OK, |r| {
+        crate::http::error::ApiError::from(r.error.clone()).status
+    });
     let policies = viewer.may(Permission::UsersRead);
     let result = async {
         if !policies {
@@ -599,6 +621,7 @@ pub async fn settings(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
             p class="muted small" { "Policies change through the API (" code { "/api/v1/policies/…" } "), with a fresh MFA check and approval where the policy says." }
         }
         }
+        (notifications)
         section class="panel" aria-labelledby="account-title" {
             h2 id="account-title" { "Your sessions" }
             form method="post" action="/logout/everywhere" {
@@ -608,10 +631,121 @@ pub async fn settings(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
             }
         }
     };
-    page(
-        StatusCode::OK,
-        framed(&viewer, "/settings", "Settings", content),
-    )
+    page(status, framed(&viewer, "/settings", "Settings", content))
+}
+
+/// The signed-in person's e-mail subscription: kinds, categories, address.
+async fn notification_panel(
+    app: &App,
+    viewer: &Viewer,
+    refused: Option<&RefusedSubscription>,
+) -> Result<Markup, Error> {
+    use keyward_core::notification::NotificationKind;
+    if viewer.caller.session.is_none() {
+        return Ok(html! {});
+    }
+    let mine = app.my_subscription(&viewer.caller.actor).await?;
+    let categories = app.store.categories().await?;
+    let typed = |name: &str| refused.and_then(|r| field(&r.fields, name).map(str::to_owned));
+    let chosen = |name: &str, value: &str| match refused {
+        Some(r) => r.fields.iter().any(|(k, v)| k == name && v == value),
+        None => mine.as_ref().is_some_and(|m| match name {
+            "kind" => m.kinds.iter().any(|k| k.as_str() == value),
+            _ => m.categories.iter().any(|c| c == value),
+        }),
+    };
+    let email = typed("email")
+        .or_else(|| mine.as_ref().and_then(|m| m.email().map(str::to_owned)))
+        .unwrap_or_default();
+    Ok(html! {
+        section class="panel" id="notifications" aria-labelledby="notifications-title" {
+            h2 id="notifications-title" { "Your notifications" }
+            @if app.mailer.is_none() {
+                p class="muted" { "This Keyward sends no e-mail: an administrator sets " code { "smtp_url" } " and " code { "smtp_from" } " to turn it on. Webhooks work without it." }
+            } @else {
+                @if let Some(r) = refused { p class="flash error" role="alert" { (r.error.message) } }
+                p class="muted small" { "E-mail about the keys you may read. Nothing ticked: everything." }
+                form method="post" action="/settings/notifications" {
+                    input type="hidden" name="csrf" value=(viewer.csrf);
+                    div class="field" {
+                        label for="notify-email" { "E-mail address" }
+                        input id="notify-email" name="email" type="email" required value=(email) autocomplete="email";
+                    }
+                    fieldset {
+                        legend { "Events" }
+                        @for kind in NotificationKind::ALL {
+                            label class="check" {
+                                input type="checkbox" name="kind" value=(kind.as_str()) checked[chosen("kind", kind.as_str())];
+                                " " (kind.as_str().replace('_', " "))
+                            }
+                        }
+                    }
+                    fieldset {
+                        legend { "Categories" }
+                        @for c in &categories {
+                            label class="check" {
+                                input type="checkbox" name="category" value=(c.id) checked[chosen("category", &c.id)];
+                                " " (c.name)
+                            }
+                        }
+                    }
+                    button type="submit" { (if mine.is_some() { "Save subscription" } else { "Subscribe" }) }
+                }
+                @if mine.is_some() {
+                    form method="post" action="/settings/notifications/delete" {
+                        input type="hidden" name="csrf" value=(viewer.csrf);
+                        button type="submit" class="quiet" { "Unsubscribe" }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Saves the signed-in person's e-mail subscription from the settings form.
+pub async fn save_subscription(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (viewer, fields) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
+    let result = async {
+        let kinds = fields
+            .iter()
+            .filter(|(k, _)| k == "kind")
+            .map(|(_, v)| v.parse())
+            .collect::<Result<Vec<_>, _>>()?;
+        let categories = fields
+            .iter()
+            .filter(|(k, _)| k == "category")
+            .map(|(_, v)| v.clone())
+            .collect();
+        app.subscribe(
+            &viewer.caller.actor,
+            field(&fields, "email").unwrap_or_default(),
+            kinds,
+            categories,
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(_) => Redirect::to("/settings#notifications").into_response(),
+        Err(error) => {
+            settings_page(&app, viewer, Some(RefusedSubscription { fields, error })).await
+        }
+    }
+}
+
+/// Ends the signed-in person's e-mail subscription.
+pub async fn delete_subscription(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (viewer, _) = match form_post(&app, request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
+    match app.unsubscribe(&viewer.caller.actor).await {
+        Ok(()) => Redirect::to("/settings#notifications").into_response(),
+        Err(e) => error_page(&viewer, "/settings", "Settings", e),
+    }
 }
 
 /// Saves the MFA policy from the settings form (a fresh MFA check first; approval where the

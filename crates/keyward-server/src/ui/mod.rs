@@ -89,6 +89,11 @@ pub fn router() -> Router<Arc<App>> {
         .route("/users/{id}/disable", post(admin::disable_user))
         .route("/settings", get(admin::settings))
         .route("/settings/mfa", post(admin::save_mfa_policy))
+        .route("/settings/notifications", post(admin::save_subscription))
+        .route(
+            "/settings/notifications/delete",
+            post(admin::delete_subscription),
+        )
         .route("/logout/everywhere", post(admin::sign_out_everywhere))
         .route("/login", get(sign_in::login_form).post(sign_in::login))
         .route("/setup", get(sign_in::setup_form).post(sign_in::setup))

@@ -23,6 +23,7 @@ mod auth;
 mod catalog;
 mod compliance;
 mod durability;
+mod email;
 mod expiry;
 mod guided_rotation;
 mod health;

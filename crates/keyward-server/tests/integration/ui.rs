@@ -390,7 +390,7 @@ async fn every_page_carries_the_csp_and_a_viewer_is_offered_no_action() {
 }
 
 /// Posts a form with the session cookie and its CSRF token, without following redirects.
-async fn post_form(
+pub(crate) async fn post_form(
     app: &TestApp,
     b: &crate::browser::Browser,
     path: &str,
