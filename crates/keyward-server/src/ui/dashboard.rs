@@ -295,10 +295,14 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
                                     td data-label="Quota" { (quota_meter(row.quota)) }
                                     td class="actions" {
                                         @if row.can_write && key.deleted_at.is_none() {
-                                            form method="post" action={ "/keys/" (key.id) "/" (if key.enabled { "disable" } else { "enable" }) } {
-                                                input type="hidden" name="csrf" value=(viewer.csrf);
-                                                input type="hidden" name="back" value="/";
-                                                button type="submit" class="quiet small" { (if key.enabled { "Disable" } else { "Enable" }) }
+                                            @if key.enabled {
+                                                a class="button quiet small" href={ "/keys/" (key.id) "/disable" } { "Disable…" }
+                                            } @else {
+                                                form method="post" action={ "/keys/" (key.id) "/enable" } {
+                                                    input type="hidden" name="csrf" value=(viewer.csrf);
+                                                    input type="hidden" name="back" value="/";
+                                                    button type="submit" class="quiet small" { "Enable" }
+                                                }
                                             }
                                         }
                                         @if row.can_rotate && key.deleted_at.is_none() {
@@ -375,7 +379,7 @@ fn security_panel(
                     @for k in non_compliant.iter().take(5) {
                         div class="small" {
                             a href={ "/keys/" (k.key.id) "#compliance" } { (k.key.alias) } " — "
-                            (k.compliance.checks.iter().filter(|c| c.status == keyward_core::compliance::CheckStatus::Fail).map(|c| c.id).collect::<Vec<_>>().join(", "))
+                            (k.compliance.checks.iter().filter(|c| c.status == keyward_core::compliance::CheckStatus::Fail).map(|c| failed_check_words(c.id)).collect::<Vec<_>>().join(", "))
                         }
                     }
                 }
@@ -414,6 +418,18 @@ fn security_panel(
                 }
             }
         }
+    }
+}
+
+/// A failed compliance check in a few words, for the security panel.
+fn failed_check_words(id: &str) -> &str {
+    match id {
+        "format" => "wrong format",
+        "strength" => "weak value",
+        "age" => "rotation overdue",
+        "unique" => "value reused across environments",
+        "owner" => "no owner",
+        other => other,
     }
 }
 

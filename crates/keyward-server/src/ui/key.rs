@@ -274,9 +274,13 @@ async fn detail_markup(
             @if !deleted {
                 div class="actions" {
                     @if can_write {
-                        form method="post" action={ "/keys/" (key.id) "/" (if key.enabled { "disable" } else { "enable" }) } {
-                            input type="hidden" name="csrf" value=(viewer.csrf);
-                            button type="submit" class="quiet" { (if key.enabled { "Disable" } else { "Enable" }) }
+                        @if key.enabled {
+                            a class="button quiet" href={ "/keys/" (key.id) "/disable" } { "Disable…" }
+                        } @else {
+                            form method="post" action={ "/keys/" (key.id) "/enable" } {
+                                input type="hidden" name="csrf" value=(viewer.csrf);
+                                button type="submit" class="quiet" { "Enable" }
+                            }
                         }
                         form method="post" action={ "/keys/" (key.id) "/validate" } {
                             input type="hidden" name="csrf" value=(viewer.csrf);
@@ -303,6 +307,7 @@ async fn detail_markup(
                 admin_keys: &admin_keys,
                 may_rotate: can_rotate && !deleted,
                 revoke_link: revoke_link.as_deref(),
+                impact: &impact,
             }, now))
         }
         @if let Some(c) = &compliance { (compliance_section(c)) }
@@ -344,7 +349,7 @@ async fn detail_markup(
                 }
                 h2 id="versions" { "Versions" }
                 @if can_rotate && !deleted {
-                    (rotate_form(viewer, &key, rotate_refused.map(|r| &r.error)))
+                    (rotate_form(viewer, &key, &impact, rotate_refused.map(|r| &r.error)))
                 }
                 div class="table-wrap" {
                     table {
@@ -487,10 +492,28 @@ fn edit_form(viewer: &Viewer, key: &Key, refused: Option<&Refused>) -> Markup {
 
 /// A new value becomes the current version at once (guided rotation with a dual-key window
 /// is its own flow); the provider is asked first, and a value it rejects is not stored.
-fn rotate_form(viewer: &Viewer, key: &Key, error: Option<&Error>) -> Markup {
+/// The impact assessment in one line, for the rotation forms.
+pub(super) fn impact_line(impact: &crate::app::Impact) -> Markup {
+    html! {
+        p class="small impact-line" data-impact {
+            strong { "Impact: " }
+            (impact.tokens.len()) " app " (if impact.tokens.len() == 1 { "token" } else { "tokens" }) " use it · "
+            (impact.last_7_days.requests) " requests in 7 days (" (usd(impact.last_7_days.cost_nanos)) ") · "
+            (impact.other_active_keys) " other active " (if impact.other_active_keys == 1 { "key" } else { "keys" }) " in its pool"
+        }
+    }
+}
+
+fn rotate_form(
+    viewer: &Viewer,
+    key: &Key,
+    impact: &crate::app::Impact,
+    error: Option<&Error>,
+) -> Markup {
     html! {
         details class="panel" id="rotate" open[error.is_some()] {
             summary { "Rotate now: replace the value at once" }
+            (impact_line(impact))
             form method="post" action={ "/keys/" (key.id) "/rotate" } {
                 input type="hidden" name="csrf" value=(viewer.csrf);
                 @if let Some(e) = error { p class="flash error" role="alert" { "Not rotated: " (e.message) } }
@@ -663,6 +686,39 @@ pub async fn rotate(
             };
             refused_on_page(&app, viewer, &id, refused).await
         }
+    }
+}
+
+/// Asks before disabling: what depends on the key, and whether its pool can take over.
+pub async fn disable_form(
+    State(app): State<Arc<App>>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let id = parse_id(&id)?;
+        // Only those who may disable it are asked.
+        app.key_for(&viewer.caller.actor, Permission::KeysWrite, &id)
+            .await?;
+        let impact = app.impact(&viewer.caller.actor, &id).await?;
+        let key = &impact.key;
+        let content = html! {
+            section class="panel narrow" aria-labelledby="impact-title" {
+                (impact_facts(&impact, app.now()))
+                form method="post" action={ "/keys/" (key.id) "/disable" } {
+                    input type="hidden" name="csrf" value=(viewer.csrf);
+                    p { "Disabling stops the proxy from using " strong { (key.alias) } " until it is enabled again; nothing is deleted." }
+                    button type="submit" class="danger" { "Disable " (key.alias) }
+                    " " a href={ "/keys/" (key.id) } { "Cancel" }
+                }
+            }
+        };
+        Ok::<_, Error>((format!("Disable {}", key.alias), content))
+    }
+    .await;
+    match result {
+        Ok((title, content)) => page(StatusCode::OK, framed(&viewer, "/", &title, content)),
+        Err(e) => error_page(&viewer, "/", "Disable", e),
     }
 }
 

@@ -66,7 +66,10 @@ pub fn router() -> Router<Arc<App>> {
         .route("/keys/{id}", get(key::detail))
         .route("/keys/{id}/edit", post(key::edit))
         .route("/keys/{id}/enable", post(key::enable))
-        .route("/keys/{id}/disable", post(key::disable))
+        .route(
+            "/keys/{id}/disable",
+            get(key::disable_form).post(key::disable),
+        )
         .route("/keys/{id}/validate", post(key::validate))
         .route("/keys/{id}/rotate", post(key::rotate))
         .route("/keys/{id}/rotations", post(rotation::start))

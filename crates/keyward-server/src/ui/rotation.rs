@@ -32,6 +32,8 @@ pub struct RotationView<'a> {
     pub may_rotate: bool,
     /// The provider's page to revoke a still-live old key on.
     pub revoke_link: Option<&'a str>,
+    /// What depends on the key, shown before a rotation starts.
+    pub impact: &'a crate::app::Impact,
 }
 
 /// The rotation part of a key page: the latest rotation (if any) and, when none is
@@ -48,6 +50,7 @@ pub fn section(
         admin_keys,
         may_rotate,
         revoke_link,
+        impact,
     } = *view;
     let running = latest.filter(|r| r.step.is_active() || r.step == RotationStep::OldKeyLive);
     html! {
@@ -60,6 +63,7 @@ pub fn section(
                 details class="panel" open[latest.is_none()] {
                     summary { "Start a rotation" }
                     p class="help" { "The new value is stored as pending and used only once it is validated and promoted; the old one stays as a fallback for the window, then Keyward retires it and checks that the provider rejects it." }
+                    (super::key::impact_line(impact))
                     form method="post" action={ "/keys/" (key.id) "/rotations" } {
                         input type="hidden" name="csrf" value=(viewer.csrf);
                         div class="field" {

@@ -300,6 +300,7 @@ async fn every_page_carries_the_csp_and_a_viewer_is_offered_no_action() {
         format!("/keys/{id}/reveal"),
         format!("/keys/{id}/delete"),
         format!("/keys/{id}/revoke"),
+        format!("/keys/{id}/disable"),
         "/keys/deleted".into(),
         "/app-tokens".into(),
         "/usage?days=90".into(),
@@ -327,9 +328,18 @@ async fn every_page_carries_the_csp_and_a_viewer_is_offered_no_action() {
     let (_, _, detail) = get_page(&app, &admin.cookie, &format!("/keys/{id}")).await;
     let actions = main_form_actions(&detail);
     assert!(
-        actions.iter().any(|a| a.ends_with("/disable"))
+        detail.contains(&format!("href=\"/keys/{id}/disable\""))
+            && detail.contains("data-impact")
             && actions.iter().any(|a| a.ends_with("/edit")),
         "an admin may act: {actions:?}"
+    );
+    let (_, _, confirm) = get_page(&app, &admin.cookie, &format!("/keys/{id}/disable")).await;
+    assert!(
+        confirm.contains("Impact")
+            && main_form_actions(&confirm)
+                .iter()
+                .any(|a| a.ends_with("/disable")),
+        "disabling is confirmed after the impact: {confirm}"
     );
 
     // A viewer reads, and is offered nothing to do but sign out everywhere.
@@ -359,6 +369,7 @@ async fn every_page_carries_the_csp_and_a_viewer_is_offered_no_action() {
             "/reveal\"",
             "/delete\"",
             "/revoke\"",
+            "/disable\"",
             "#rotate\"",
             "href=\"/audit\"",
             "href=\"/users\"",
@@ -367,8 +378,13 @@ async fn every_page_carries_the_csp_and_a_viewer_is_offered_no_action() {
         }
     }
     // Sections and pages of actions the viewer's role does not have are refused.
-    for path in ["/keys/new", "/audit", "/users"] {
-        let (status, csp, _) = get_page(&app, &viewer.cookie, path).await;
+    for path in [
+        "/keys/new".to_owned(),
+        "/audit".into(),
+        "/users".into(),
+        format!("/keys/{id}/disable"),
+    ] {
+        let (status, csp, _) = get_page(&app, &viewer.cookie, &path).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
         assert_eq!(csp, keyward_server::ui::CONTENT_SECURITY_POLICY, "{path}");
     }
