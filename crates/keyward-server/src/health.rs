@@ -130,13 +130,7 @@ impl App {
             .filter(|f| f.in_force(now))
             .map(|f| (f.key_id.clone(), f))
             .collect();
-        let probes: HashMap<KeyId, (Timestamp, Option<String>)> = self
-            .store
-            .probes()
-            .await?
-            .into_iter()
-            .map(|(id, at, verdict)| (id, (at, verdict)))
-            .collect();
+        let probes = self.last_probes().await?;
         let catalog = self.catalog().await?;
         let mut report = Vec::with_capacity(keys.len());
         for key in keys {
@@ -208,6 +202,17 @@ impl App {
         })
     }
 
+    /// Every key's last probe: when, and its verdict.
+    async fn last_probes(&self) -> Result<HashMap<KeyId, (Timestamp, Option<String>)>, Error> {
+        Ok(self
+            .store
+            .probes()
+            .await?
+            .into_iter()
+            .map(|(id, at, verdict)| (id, (at, verdict)))
+            .collect())
+    }
+
     /// Probes every active, idle key whose probe is due, each at most once per its probe
     /// interval across all instances (the store's claim). Returns how many were sent.
     pub async fn run_probes(&self) -> Result<usize, Error> {
@@ -216,13 +221,7 @@ impl App {
         }
         let now = self.now();
         let catalog = self.catalog().await?;
-        let probes: HashMap<KeyId, (Timestamp, Option<String>)> = self
-            .store
-            .probes()
-            .await?
-            .into_iter()
-            .map(|(id, at, verdict)| (id, (at, verdict)))
-            .collect();
+        let probes = self.last_probes().await?;
         let mut sent = 0;
         for (key, version) in self.store.live_keys().await? {
             if key.status(now) != KeyStatus::Active {

@@ -411,7 +411,8 @@ impl App {
         Ok(())
     }
 
-    async fn ensure_categories(&self, categories: &[String]) -> Result<(), Error> {
+    /// Refuses the first name that is not a category (`unknown_category`).
+    pub(crate) async fn ensure_categories(&self, categories: &[String]) -> Result<(), Error> {
         let known: Vec<String> = self
             .store
             .categories()

@@ -48,22 +48,8 @@ impl App {
     ) -> Result<RotationPolicy, Error> {
         App::require_everywhere(actor, Permission::AccessWrite)?;
         let policy = policy.validate()?;
-        let known: Vec<String> = self
-            .store
-            .categories()
-            .await?
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
-        if let Some(unknown) = policy.categories.keys().find(|c| !known.contains(c)) {
-            return Err(Error::invalid(
-                "unknown_category",
-                format!(
-                    "there is no category `{}`",
-                    keyward_core::label::printable(unknown)
-                ),
-            ));
-        }
+        let named: Vec<String> = policy.categories.keys().cloned().collect();
+        self.ensure_categories(&named).await?;
         let details = serde_json::to_value(&policy)
             .map_err(|e| Error::internal(format!("cannot describe the rotation policy: {e}")))?;
         let text = details.to_string();
