@@ -63,7 +63,7 @@ const SECRET_KEYS: &[&str] = &[
 /// Variables that are not settings but are still ours.
 const OTHER_VARIABLES: &[&str] = &["KEYWARD_CONFIG"];
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSettings {
     #[serde(
@@ -723,6 +723,18 @@ pub struct Smtp {
     pub from: lettre::message::Mailbox,
 }
 
+impl std::fmt::Debug for RawSettings {
+    /// Raw settings hold secrets as plain text (master key, database and SMTP URLs):
+    /// only the names of the settings that are set are printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set: Vec<String> = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(fields)) => fields.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        f.debug_struct("RawSettings").field("set", &set).finish()
+    }
+}
+
 /// A true/false setting.
 fn flag(name: &str, raw: Option<&str>, default: bool) -> Result<bool, ConfigError> {
     match raw.map(str::trim) {
@@ -844,6 +856,16 @@ mod tests {
         })
         .expect("valid");
         assert!(mail.smtp.is_some());
+        let raw = RawSettings {
+            smtp_url: Some("smtps://user:hunter2@mail.example.com".into()),
+            master_key: Some("c2VjcmV0LWtleS1tYXRlcmlhbA".into()),
+            ..Default::default()
+        };
+        let shown = format!("{raw:?}");
+        assert!(
+            shown.contains("smtp_url") && !shown.contains("hunter2") && !shown.contains("c2Vj"),
+            "{shown}"
+        );
         for flag in ["yes", "1"] {
             assert!(
                 resolve(RawSettings {
