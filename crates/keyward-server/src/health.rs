@@ -239,7 +239,15 @@ impl App {
             if !self.store.claim_probe(&key.id, now, last_before).await? {
                 continue;
             }
-            let value = self.version_value(&key.id, version.version).await?;
+            // One key that cannot be read must not stop the probes of the others.
+            let value = match self.version_value(&key.id, version.version).await {
+                Ok(value) => value,
+                Err(e) => {
+                    tracing::warn!(key = %key.id, error = %e, "a key could not be unsealed for its health probe");
+                    self.store.set_probe_verdict(&key.id, "error").await?;
+                    continue;
+                }
+            };
             let verdict = match self.proxy.probe(service, &key, &value).await {
                 Ok(Some(validation)) => {
                     sent += 1;

@@ -17,7 +17,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::dashboard::relative;
-use super::{Viewer, error_page, field, form_post, framed, page};
+use super::{Viewer, error_page, field, form_post, framed, page, stepped_up_form_post};
 use crate::app::App;
 
 // ------------------------------------------------------------------ approvals
@@ -156,13 +156,17 @@ pub async fn decide(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, fields) = match form_post(&app, request).await {
+    let (viewer, fields) = match stepped_up_form_post(
+        &app,
+        request,
+        Permission::ApprovalsDecide,
+        "/approvals",
+    )
+    .await
+    {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
-    if let Some(redirect) = viewer.step_up_for(Permission::ApprovalsDecide, "/approvals") {
-        return redirect;
-    }
     let approve = field(&fields, "decision") == Some("approve");
     let comment = field(&fields, "comment").unwrap_or_default();
     let result = async {
@@ -751,13 +755,11 @@ pub async fn delete_subscription(State(app): State<Arc<App>>, request: Request) 
 /// Saves the MFA policy from the settings form (a fresh MFA check first; approval where the
 /// policy says, as through the API).
 pub async fn save_mfa_policy(State(app): State<Arc<App>>, request: Request) -> Response {
-    let (viewer, fields) = match form_post(&app, request).await {
-        Ok(posted) => posted,
-        Err(refused) => return refused,
-    };
-    if let Some(redirect) = viewer.step_up_for(Permission::AccessWrite, "/settings") {
-        return redirect;
-    }
+    let (viewer, fields) =
+        match stepped_up_form_post(&app, request, Permission::AccessWrite, "/settings").await {
+            Ok(posted) => posted,
+            Err(refused) => return refused,
+        };
     let result = async {
         let required_roles = fields
             .iter()

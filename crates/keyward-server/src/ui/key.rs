@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::chart::{daily, daily_bars, quota_meter, short_day, usd};
 use super::dashboard::{display_status, relative, status_badge};
-use super::{Viewer, error_page, field, form_post, framed, page};
+use super::{Viewer, error_page, field, form_post, framed, page, stepped_up_form_post};
 use crate::app::App;
 use crate::approvals::ApprovalUse;
 use crate::http::auth::Caller;
@@ -635,15 +635,17 @@ pub async fn rotate(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, fields) = match form_post(&app, request).await {
+    let (viewer, fields) = match stepped_up_form_post(
+        &app,
+        request,
+        Permission::KeysRotate,
+        &format!("/keys/{id}#rotate"),
+    )
+    .await
+    {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
-    if let Some(redirect) =
-        viewer.step_up_for(Permission::KeysRotate, &format!("/keys/{id}#rotate"))
-    {
-        return redirect;
-    }
     let secret =
         secrecy::SecretString::from(field(&fields, "secret").unwrap_or_default().to_owned());
     let result = async {
@@ -872,15 +874,17 @@ pub async fn reveal(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, fields) = match form_post(&app, request).await {
+    let (viewer, fields) = match stepped_up_form_post(
+        &app,
+        request,
+        Permission::KeysReveal,
+        &format!("/keys/{id}/reveal"),
+    )
+    .await
+    {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
-    if let Some(redirect) =
-        viewer.step_up_for(Permission::KeysReveal, &format!("/keys/{id}/reveal"))
-    {
-        return redirect;
-    }
     let Viewer { mut caller, csrf } = viewer;
     let reason = field(&fields, "reason")
         .unwrap_or_default()
@@ -1037,15 +1041,17 @@ pub async fn delete(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (mut viewer, fields) = match form_post(&app, request).await {
+    let (mut viewer, fields) = match stepped_up_form_post(
+        &app,
+        request,
+        Permission::KeysDelete,
+        &format!("/keys/{id}/delete"),
+    )
+    .await
+    {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
-    if let Some(redirect) =
-        viewer.step_up_for(Permission::KeysDelete, &format!("/keys/{id}/delete"))
-    {
-        return redirect;
-    }
     let reason = field(&fields, "reason")
         .unwrap_or_default()
         .trim()
@@ -1162,13 +1168,11 @@ pub async fn restore(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, _) = match form_post(&app, request).await {
-        Ok(posted) => posted,
-        Err(refused) => return refused,
-    };
-    if let Some(redirect) = viewer.step_up_for(Permission::KeysDelete, "/keys/deleted") {
-        return redirect;
-    }
+    let (viewer, _) =
+        match stepped_up_form_post(&app, request, Permission::KeysDelete, "/keys/deleted").await {
+            Ok(posted) => posted,
+            Err(refused) => return refused,
+        };
     let result = async {
         let id = parse_id(&id)?;
         app.restore_key(&viewer.caller.actor, &id).await
@@ -1185,13 +1189,11 @@ pub async fn purge(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, fields) = match form_post(&app, request).await {
-        Ok(posted) => posted,
-        Err(refused) => return refused,
-    };
-    if let Some(redirect) = viewer.step_up_for(Permission::KeysPurge, "/keys/deleted") {
-        return redirect;
-    }
+    let (viewer, fields) =
+        match stepped_up_form_post(&app, request, Permission::KeysPurge, "/keys/deleted").await {
+            Ok(posted) => posted,
+            Err(refused) => return refused,
+        };
     let confirm = field(&fields, "confirm").map(str::trim);
     let result = async {
         let id = parse_id(&id)?;

@@ -239,6 +239,21 @@ pub async fn form_post(
     Ok((Viewer { caller, csrf }, fields))
 }
 
+/// [`form_post`] for an action whose permission may need a recent MFA check: the refusal
+/// or the way to the step-up page (coming back to `next`) is the `Err`.
+pub async fn stepped_up_form_post(
+    app: &App,
+    request: Request,
+    permission: keyward_core::access::Permission,
+    next: &str,
+) -> Result<(Viewer, Vec<(String, String)>), Response> {
+    let (viewer, fields) = form_post(app, request).await?;
+    match viewer.step_up_for(permission, next) {
+        Some(redirect) => Err(redirect),
+        None => Ok((viewer, fields)),
+    }
+}
+
 /// The value of a form field.
 pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields

@@ -17,7 +17,7 @@ use maud::{Markup, html};
 
 use super::dashboard::relative;
 use super::key::parse_id;
-use super::{Viewer, error_page, field, form_post};
+use super::{Viewer, error_page, field, form_post, stepped_up_form_post};
 use crate::app::App;
 use crate::guided_rotation::NewValue;
 
@@ -202,15 +202,17 @@ pub async fn start(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, fields) = match form_post(&app, request).await {
+    let (viewer, fields) = match stepped_up_form_post(
+        &app,
+        request,
+        Permission::KeysRotate,
+        &format!("/keys/{id}#rotation"),
+    )
+    .await
+    {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
-    if let Some(redirect) =
-        viewer.step_up_for(Permission::KeysRotate, &format!("/keys/{id}#rotation"))
-    {
-        return redirect;
-    }
     let result = async {
         let key_id = parse_id(&id)?;
         let secret = field(&fields, "secret").unwrap_or_default();
