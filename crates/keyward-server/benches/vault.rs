@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use keyward_app::vault::Vault;
+use keyward_app::{Actor, App, AppOptions, NewKey};
 use keyward_core::id::KeyId;
 use keyward_core::key::{
     Criticality, Key, KeyDraftInput, KeyFilter, KeyStatus, KeyVersion, PageRequest, RecoveryWindow,
@@ -24,8 +26,6 @@ use keyward_core::key::{
 };
 use keyward_core::{SystemClock, Timestamp};
 use keyward_crypto::{Keyring, MasterKey, OsRandomness};
-use keyward_server::app::{Actor, App, AppOptions, NewKey};
-use keyward_server::vault::Vault;
 use keyward_store::testing::TestDatabase;
 use secrecy::SecretString;
 
@@ -103,7 +103,7 @@ fn seed(rt: &tokio::runtime::Runtime, db: &TestDatabase) -> (Arc<App>, KeyId) {
     }
     rt.block_on(store.maintain()).unwrap();
     let audit_keys = rt
-        .block_on(keyward_server::audit::load_keys(
+        .block_on(keyward_app::audit::load_keys(
             &*store,
             &keyring,
             &OsRandomness,

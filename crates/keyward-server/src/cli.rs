@@ -21,10 +21,10 @@ use keyward_core::{Clock, SystemClock};
 use keyward_crypto::{MasterKey, OsRandomness};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::app::{Actor, App, AppOptions};
 use crate::config::{self, FlagOverrides, LogFormat, Settings};
 use crate::server;
-use crate::vault::{self, RotationProgress};
+use keyward_app::vault::{self, RotationProgress};
+use keyward_app::{Actor, App};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -303,19 +303,13 @@ fn warn_new_master_key(path: &std::path::Path) {
 /// Opens the vault (verifying the master key) for a one-shot command.
 async fn open_app(settings: &Settings) -> Result<App, String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let vault = vault::open(settings, &OsRandomness, &*clock)
+    let vault = vault::open(settings.vault_location(), &OsRandomness, &*clock)
         .await
         .map_err(|e| e.to_string())?;
     if let Some(path) = &vault.created_key_file {
         warn_new_master_key(path);
     }
-    App::new(
-        vault,
-        clock,
-        Arc::new(OsRandomness),
-        AppOptions::from_settings(settings),
-    )
-    .map_err(|e| e.message)
+    App::new(vault, clock, Arc::new(OsRandomness), settings.app_options()).map_err(|e| e.message)
 }
 
 fn read_password() -> Result<SecretString, String> {
@@ -430,7 +424,7 @@ async fn master_key(settings: &Settings, command: MasterKeyCommand) -> Result<()
     match command {
         MasterKeyCommand::Rotate => {
             let report = vault::rotate(
-                settings,
+                settings.vault_location(),
                 &OsRandomness,
                 &SystemClock,
                 &mut PrintProgress { last: None },
@@ -450,9 +444,14 @@ async fn master_key(settings: &Settings, command: MasterKeyCommand) -> Result<()
             Ok(())
         }
         MasterKeyCommand::Retire { kek_id } => {
-            vault::retire(settings, &kek_id, &OsRandomness, &SystemClock)
-                .await
-                .map_err(|e| e.to_string())?;
+            vault::retire(
+                settings.vault_location(),
+                &kek_id,
+                &OsRandomness,
+                &SystemClock,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             println!("master key {kek_id} retired");
             Ok(())
         }
@@ -480,9 +479,10 @@ async fn master_key(settings: &Settings, command: MasterKeyCommand) -> Result<()
             Ok(())
         }
         MasterKeyCommand::Verify => {
-            let report = vault::verify_readable(settings, &OsRandomness, &SystemClock)
-                .await
-                .map_err(|e| e.to_string())?;
+            let report =
+                vault::verify_readable(settings.vault_location(), &OsRandomness, &SystemClock)
+                    .await
+                    .map_err(|e| e.to_string())?;
             for problem in &report.unreadable {
                 eprintln!("unreadable: {problem}");
             }

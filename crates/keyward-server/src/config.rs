@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
+use keyward_app::AppOptions;
+pub use keyward_app::notifications::Smtp;
+pub use keyward_app::vault::MasterKeySource;
 use keyward_core::key::RecoveryWindow;
 use keyward_core::usage::PricingTable;
 use secrecy::{ExposeSecret, SecretString};
@@ -231,24 +234,6 @@ fn scalar_as_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
     d.deserialize_any(Scalar)
 }
 
-/// Where the master key comes from.
-#[derive(Debug)]
-pub enum MasterKeySource {
-    /// A keyring file Keyward creates (mode 0600) and rotates.
-    File(PathBuf),
-    /// `KEYWARD_MASTER_KEY` (current) and `KEYWARD_MASTER_KEY_PREVIOUS` (comma-separated,
-    /// still needed until rotation has rewrapped everything).
-    Env {
-        current: SecretString,
-        previous: Vec<SecretString>,
-    },
-    /// `KEYWARD_MASTER_PASSPHRASE`, stretched with Argon2id; `…_PREVIOUS` as above.
-    Passphrase {
-        current: SecretString,
-        previous: Vec<SecretString>,
-    },
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -290,6 +275,33 @@ pub struct Settings {
     pub pricing: PricingTable,
     pub log_format: LogFormat,
     pub log: String,
+}
+
+impl Settings {
+    /// Where the vault is and how its master key is found.
+    pub fn vault_location(&self) -> keyward_app::vault::Location<'_> {
+        keyward_app::vault::Location {
+            database_url: &self.database_url,
+            data_dir: &self.data_dir,
+            database_is_default: self.database_is_default,
+            master_key: &self.master_key,
+        }
+    }
+
+    /// The settings the use cases need.
+    pub fn app_options(&self) -> AppOptions {
+        AppOptions {
+            recovery_window: self.recovery_window,
+            usage_retention_days: self.usage_retention_days,
+            expiry_grace: self.expiry_grace,
+            pricing: self.pricing.clone(),
+            sessions: self.sessions,
+            secure_cookies: self.secure_cookies,
+            trusted_proxies: self.trusted_proxies.clone(),
+            health_probes: self.health_probes,
+            smtp: self.smtp.clone(),
+        }
+    }
 }
 
 /// A whole number setting within `range`, or `default` when unset.
@@ -713,14 +725,6 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         log_format,
         log: raw.log.unwrap_or_else(|| "info".to_owned()),
     })
-}
-
-/// The SMTP server notification e-mail goes through, and its sender.
-#[derive(Debug, Clone)]
-pub struct Smtp {
-    /// Carries the server's credentials: secret.
-    pub url: SecretString,
-    pub from: lettre::message::Mailbox,
 }
 
 impl std::fmt::Debug for RawSettings {

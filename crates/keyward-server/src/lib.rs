@@ -1,27 +1,15 @@
-//! The `keyward` binary's library: configuration, vault start-up, the management
-//! operations ([`app`]), the HTTP API ([`http`]) and the CLI ([`cli`]).
+//! The `keyward` binary's library: the edges around the use cases in `keyward_app` —
+//! configuration, the HTTP API ([`http`]), the web UI ([`ui`]), the CLI ([`cli`]), the
+//! background jobs ([`jobs`]), metrics and the server itself.
 //!
-//! Architecture invariant: this is the only crate that knows HTTP status codes, and it has
-//! no SQL; persistence goes through `keyward_core::ports::Store`.
+//! Architecture invariant: this is the only crate that knows HTTP status codes and HTML, and
+//! it decides nothing: handlers and pages translate requests into use cases and their
+//! answers or refusals back into responses.
 
-pub mod access;
-pub mod app;
-pub mod approvals;
-pub mod audit;
 pub mod cli;
-pub mod compliance;
 pub mod config;
-pub mod guided_rotation;
-pub mod health;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
-pub mod mfa;
-pub mod notifications;
-mod qr;
-pub mod rotation;
 pub mod server;
-pub mod sessions;
-pub mod setup;
 pub mod ui;
-pub mod users;
-pub mod vault;

@@ -88,7 +88,11 @@ impl Metrics {
     }
 
     /// Counts a batch of finished calls. `known` says whether a service id is in the catalog.
-    pub fn observe(&self, records: &[UsageRecord], known: impl Fn(&str) -> bool) {
+    pub fn observe<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a UsageRecord>,
+        known: impl Fn(&str) -> bool,
+    ) {
         self.with(|| {
             for r in records {
                 let service = if known(&r.service_id) {

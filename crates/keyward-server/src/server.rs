@@ -9,14 +9,16 @@ use keyward_core::SystemClock;
 use keyward_crypto::OsRandomness;
 use tokio::net::TcpListener;
 
-use crate::app::{App, AppOptions};
 use crate::config::Settings;
-use crate::vault::{self, VaultError};
+use keyward_app::App;
+use keyward_app::vault::{self, VaultError};
 
 /// A server whose vault is open and whose socket is bound, not yet serving.
 #[derive(Debug)]
 pub struct Started {
     pub app: Arc<App>,
+    /// This server's own Prometheus recorder (never the process-global one).
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub listener: TcpListener,
     pub addr: SocketAddr,
     /// The master key file this start created (first run), to warn about.
@@ -35,14 +37,9 @@ pub async fn start_with_clock(
     clock: Arc<dyn keyward_core::Clock>,
 ) -> Result<Started, VaultError> {
     let random = Arc::new(OsRandomness);
-    let vault = vault::open(settings, &*random, &*clock).await?;
+    let vault = vault::open(settings.vault_location(), &*random, &*clock).await?;
     let created_key_file = vault.created_key_file.clone();
-    let app = Arc::new(App::new(
-        vault,
-        clock,
-        random,
-        AppOptions::from_settings(settings),
-    )?);
+    let app = Arc::new(App::new(vault, clock, random, settings.app_options())?);
     app.refresh_proxy().await?;
     app.restore_meters().await?;
     let listener = TcpListener::bind(settings.listen)
@@ -53,6 +50,7 @@ pub async fn start_with_clock(
         .map_err(|e| VaultError(format!("cannot read the bound address: {e}")))?;
     Ok(Started {
         app,
+        metrics: Arc::default(),
         listener,
         addr,
         created_key_file,
@@ -68,48 +66,21 @@ impl Started {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), VaultError> {
-        let purger = tokio::spawn(purge_loop(self.app.clone()));
-        let checkpointer = tokio::spawn(checkpoint_loop(
-            self.app.clone(),
-            self.audit_checkpoint_every,
-        ));
-        let watcher = tokio::spawn(snapshot_loop(self.app.clone()));
-        let rotator = tokio::spawn(rotation_loop(self.app.clone()));
-        let notifier = tokio::spawn(crate::notifications::notification_loop(self.app.clone()));
-        let health = tokio::spawn(crate::health::health_loop(self.app.clone()));
-        let webhook = self.audit_webhook_url.clone().map(|url| {
-            tokio::spawn(crate::audit::webhook_loop(
-                self.app.clone(),
-                url,
-                Duration::from_secs(1),
-            ))
-        });
-        let (stop_recording, stop) = tokio::sync::oneshot::channel();
-        let recorder = self
-            .app
-            .take_proxy_events()
-            .map(|events| tokio::spawn(record_events(self.app.clone(), events, stop)));
-        let router = crate::http::router(self.app.clone());
+        let jobs = crate::jobs::Jobs::start(
+            &self.app,
+            &self.metrics,
+            crate::jobs::JobSettings {
+                audit_checkpoint_every: self.audit_checkpoint_every,
+                audit_webhook_url: self.audit_webhook_url.clone(),
+            },
+        );
+        let router = crate::http::router(self.app.clone(), self.metrics.clone());
         // As many lanes as the proxy has connection pools (one per CPU).
         let lanes = self.app.proxy.lanes();
         let result = serve_on_lanes(&self.app, router, self.listener, lanes, shutdown).await;
-        purger.abort();
-        checkpointer.abort();
-        watcher.abort();
-        rotator.abort();
-        notifier.abort();
-        health.abort();
-        if let Some(webhook) = webhook {
-            webhook.abort();
-        }
-        // Every connection has ended, so every call has sent its events: write them all
-        // before closing the store.
-        let _ = stop_recording.send(());
-        if let Some(recorder) = recorder
-            && let Err(e) = recorder.await
-        {
-            tracing::warn!(error = %e, "the usage writer did not finish");
-        }
+        // Every connection has ended, so every call has sent its events: the jobs write
+        // them all before the store closes.
+        jobs.stop().await;
         if let Err(e) = self.app.audit.checkpoint().await {
             tracing::warn!(error = %e, "could not sign the audit trail's last checkpoint");
         }
@@ -231,113 +202,6 @@ async fn serve_lane(
         });
     }
     graceful.shutdown().await;
-}
-
-/// Hourly housekeeping, first run at start: purge keys whose recovery window has passed,
-/// prune usage records past their retention, then refresh planner statistics.
-/// Signs the audit chain's head every `every` when it moved, so a trail rewritten later
-/// (even with every hash recomputed) no longer matches a signature.
-async fn checkpoint_loop(app: Arc<App>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = app.audit.checkpoint().await {
-            tracing::warn!(error = %e, "could not sign an audit checkpoint; will retry");
-        }
-    }
-}
-
-async fn purge_loop(app: Arc<App>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        tick.tick().await;
-        if let Err(e) = app.purge_expired().await {
-            tracing::warn!(error = %e, "scheduled purge failed; will retry");
-        }
-        if let Err(e) = app.prune_sessions().await {
-            tracing::warn!(error = %e, "pruning ended sessions failed; will retry");
-        }
-        if let Err(e) = app.prune_usage().await {
-            tracing::warn!(error = %e, "pruning old usage records failed; will retry");
-        }
-        if let Err(e) = app.store.maintain().await {
-            tracing::warn!(error = %e, "store maintenance failed; will retry");
-        }
-    }
-}
-
-/// Moves guided rotations on by themselves (`App::run_rotations`): retires old values whose
-/// dual-key window has ended and resumes managed rotations a crash interrupted. Every
-/// instance runs it; the store's compare-and-set lets only one of them take each step.
-async fn rotation_loop(app: Arc<App>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = app.run_rotations().await {
-            tracing::warn!(error = %e, "could not check rotations; will retry");
-        }
-    }
-}
-
-/// Keeps the proxy snapshot current with changes made by other instances: polls the
-/// store's change marker twice a second and rebuilds only when it moved, so a revocation
-/// anywhere takes effect everywhere within a second. (Changes made through
-/// this instance are applied before their API call returns.)
-async fn snapshot_loop(app: Arc<App>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = None;
-    loop {
-        tick.tick().await;
-        if let Err(e) = app.refresh_proxy_if_changed(&mut last).await {
-            tracing::warn!(error = %e, "could not check for changes; the proxy keeps its current snapshot");
-        }
-    }
-}
-
-/// Writes the proxy's events (usage records, last use, key flags) in batches: the first
-/// event opens a quarter-second window, and everything queued when it closes goes in one
-/// transaction per table. The channel is not polled during the window, so senders never
-/// wake this task per event (that cost one cross-thread wake-up per proxied call). When
-/// `stop` fires it writes whatever is still queued and returns.
-async fn record_events(
-    app: Arc<App>,
-    mut events: tokio::sync::mpsc::Receiver<keyward_proxy::ProxyEvent>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    let mut stopping = false;
-    while !stopping {
-        let first = tokio::select! {
-            first = events.recv() => first,
-            _ = &mut stop => None,
-        };
-        let Some(first) = first else { break };
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(250)) => {}
-            _ = &mut stop => stopping = true,
-        }
-        let mut batch = vec![first];
-        while let Ok(event) = events.try_recv() {
-            batch.push(event);
-        }
-        write_events(&app, batch).await;
-    }
-    let mut rest = Vec::new();
-    while let Ok(event) = events.try_recv() {
-        rest.push(event);
-    }
-    if !rest.is_empty() {
-        write_events(&app, rest).await;
-    }
-}
-
-async fn write_events(app: &App, batch: Vec<keyward_proxy::ProxyEvent>) {
-    let count = batch.len();
-    if let Err(e) = app.record_events(batch).await {
-        tracing::warn!(error = %e, events = count, "could not record proxy events");
-    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -19,7 +19,7 @@ use super::auth::{Authorized, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use super::users::{UserBody, user_id};
-use crate::app::{App, TokenLimits};
+use keyward_app::{App, TokenLimits};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RoleBody {

@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use super::auth::{Authorized, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
-use crate::app::App;
+use keyward_app::App;
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

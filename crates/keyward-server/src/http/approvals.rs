@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Authorized, SignedIn, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, optional_json};
-use crate::app::App;
+use keyward_app::App;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ApprovalBody {
@@ -118,7 +118,7 @@ pub struct DecisionRequest {
 
 async fn decide(
     app: &App,
-    actor: &crate::app::Actor,
+    actor: &keyward_app::Actor,
     id: &str,
     approve: bool,
     raw: &[u8],

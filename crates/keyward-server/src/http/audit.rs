@@ -14,8 +14,8 @@ use super::auth::{Authorized, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::ApiQuery;
 use super::usage::instant;
-use crate::app::App;
-use crate::audit::{AuditEventBody, event_line};
+use keyward_app::App;
+use keyward_app::audit::{AuditEventBody, event_line};
 
 /// Most entries one listing returns.
 const PAGE_MAX: u32 = 1_000;

@@ -17,8 +17,8 @@ use keyward_core::audit::{ActorKind, AuditOutcome};
 use keyward_core::{Error, ErrorKind};
 
 use super::error::ApiError;
-use crate::app::{Actor, App};
-use crate::approvals::ApprovalUse;
+use keyward_app::approvals::ApprovalUse;
+use keyward_app::{Actor, App};
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]

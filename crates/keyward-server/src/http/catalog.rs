@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Authorized, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::app::App;
+use keyward_app::App;
 
 /// A service definition as JSON (same shape as the catalog file).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -15,8 +15,8 @@ use super::auth::{Authorized, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::ApiPath;
 use super::keys::key_id;
-use crate::app::App;
-use crate::compliance::KeyCompliance;
+use keyward_app::App;
+use keyward_app::lifecycle::compliance::KeyCompliance;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CheckBody {

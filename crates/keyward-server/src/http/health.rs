@@ -14,8 +14,8 @@ use super::auth::{Authorized, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::ApiPath;
 use super::keys::key_id;
-use crate::app::App;
-use crate::health::{KeyHealth, ServiceHealth};
+use keyward_app::App;
+use keyward_app::lifecycle::health::{KeyHealth, ServiceHealth};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CallsBody {

@@ -21,7 +21,7 @@ use super::app_tokens::BudgetBody;
 use super::auth::{Authorized, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, optional_json};
-use crate::app::{App, NewKey};
+use keyward_app::{App, NewKey};
 use keyward_core::app_token::{Budget, micros_to_usd, usd_to_micros};
 use keyward_core::service::Limit;
 
@@ -318,7 +318,7 @@ pub struct RevocationBody {
 /// A key as every answer shows it, with its rotation status from `rotation`.
 fn key_response_in(
     app: &App,
-    rotation: &crate::rotation::RotationContext,
+    rotation: &keyward_app::lifecycle::rotation_policy::RotationContext,
     key: Key,
 ) -> KeyResponse {
     let rotation = Some(rotation.status(&key).into());
@@ -656,7 +656,7 @@ pub async fn list_deleted_keys(
 
 async fn list(
     app: &App,
-    actor: &crate::app::Actor,
+    actor: &keyward_app::Actor,
     query: ListKeysQuery,
     status: Option<KeyStatus>,
 ) -> ApiResult<Json<KeyPage>> {

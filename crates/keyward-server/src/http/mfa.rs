@@ -17,7 +17,7 @@ use super::auth::{Authorized, SignedIn, SteppedUp, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use super::sessions::{SignedInBody, second_factor, session_response};
-use crate::app::App;
+use keyward_app::App;
 
 fn needs_session(
     caller: &super::auth::Caller,

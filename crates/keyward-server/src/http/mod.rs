@@ -19,7 +19,7 @@ use utoipa::OpenApi;
 
 use keyward_core::access::Permission;
 
-use crate::app::App;
+use keyward_app::App;
 
 mod access;
 mod app_tokens;
@@ -759,7 +759,8 @@ pub fn routes() -> Vec<Route> {
 
 const API_PREFIX: &str = "/api/v1";
 
-pub fn router(app: Arc<App>) -> Router {
+/// The whole HTTP face: the API under `/api/v1`, the pages, `/metrics` from `metrics`.
+pub fn router(app: Arc<App>, metrics: Arc<crate::metrics::Metrics>) -> Router {
     let mut api = Router::new();
     let mut top = Router::new();
     for r in routes() {
@@ -777,6 +778,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::ui::router())
         .fallback(not_found)
         .layer(middleware::from_fn(access_log))
+        .layer(axum::Extension(metrics))
         .with_state(app)
 }
 
@@ -806,13 +808,16 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 /// Prometheus text format. Unauthenticated like the health checks: it carries counts by
 /// service and outcome, never ids, paths or values (see `crate::metrics`).
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+async fn metrics(
+    State(app): State<Arc<App>>,
+    axum::Extension(metrics): axum::Extension<Arc<crate::metrics::Metrics>>,
+) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        app.metrics.render(app.proxy.gauges()),
+        metrics.render(app.proxy.gauges()),
     )
         .into_response()
 }

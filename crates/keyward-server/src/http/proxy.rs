@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use keyward_proxy::{Inbound, ProxyBody};
 
 use super::error::ApiError;
-use crate::app::App;
+use keyward_app::App;
 
 /// Where the proxy's paths start.
 pub const PREFIX: &str = "/proxy/";

@@ -18,8 +18,8 @@ use super::auth::{Authorized, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, optional_json};
 use super::keys::key_id;
-use crate::app::App;
-use crate::guided_rotation::NewValue;
+use keyward_app::App;
+use keyward_app::lifecycle::guided_rotation::NewValue;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

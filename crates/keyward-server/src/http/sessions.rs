@@ -17,9 +17,9 @@ use super::auth::{Authorized, ClientAddress, SignedIn, cookie_name, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use super::users::UserBody;
-use crate::app::App;
-use crate::mfa::SecondFactor;
-use crate::sessions::NewSession;
+use keyward_app::App;
+use keyward_app::identity::mfa::SecondFactor;
+use keyward_app::identity::sessions::NewSession;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use super::auth::{Authorized, ClientAddress, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
-use crate::app::App;
+use keyward_app::App;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 use super::auth::{Authorized, SignedIn, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
-use crate::app::App;
+use keyward_app::App;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -15,7 +15,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::{Viewer, field, form_post, framed, page};
-use crate::app::{App, NewKey};
+use keyward_app::{App, NewKey};
 
 /// What the form shows (again): everything but the secret.
 #[derive(Debug, Default, Clone)]

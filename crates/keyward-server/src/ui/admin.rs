@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::dashboard::relative;
 use super::{Viewer, error_page, field, form_post, framed, page, stepped_up_form_post};
-use crate::app::App;
+use keyward_app::App;
 
 // ------------------------------------------------------------------ approvals
 
@@ -664,7 +664,7 @@ async fn notification_panel(
     Ok(html! {
         section class="panel" id="notifications" aria-labelledby="notifications-title" {
             h2 id="notifications-title" { "Your notifications" }
-            @if app.mailer.is_none() {
+            @if !app.sends_email() {
                 p class="muted" { "This Keyward sends no e-mail: an administrator sets " code { "smtp_url" } " and " code { "smtp_from" } " to turn it on. Webhooks work without it." }
             } @else {
                 @if let Some(r) = refused { p class="flash error" role="alert" { (r.error.message) } }

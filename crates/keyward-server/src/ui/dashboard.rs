@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::chart::{daily, quota_meter, sparkline};
 use super::{Viewer, error_page, framed};
-use crate::app::App;
+use keyward_app::App;
 
 /// Keys expiring within this many days show as expiring.
 const EXPIRING_DAYS: i64 = 30;
@@ -328,10 +328,10 @@ fn security_panel(
     now: Timestamp,
     rows: &[Row],
     revealed: Option<&[keyward_core::audit::AuditEvent]>,
-    compliance: &[crate::compliance::KeyCompliance],
+    compliance: &[keyward_app::lifecycle::compliance::KeyCompliance],
 ) -> Markup {
     use keyward_core::compliance::ComplianceStatus;
-    let non_compliant: Vec<&crate::compliance::KeyCompliance> = compliance
+    let non_compliant: Vec<&keyward_app::lifecycle::compliance::KeyCompliance> = compliance
         .iter()
         .filter(|k| k.compliance.status == ComplianceStatus::NonCompliant)
         .collect();
@@ -434,7 +434,7 @@ fn failed_check_words(id: &str) -> &str {
 }
 
 /// Each service's health from its active keys, and the keys that are not healthy.
-fn health_panel(report: &crate::health::HealthReport) -> Markup {
+fn health_panel(report: &keyward_app::lifecycle::health::HealthReport) -> Markup {
     if report.services.is_empty() {
         return html! {};
     }

@@ -22,9 +22,9 @@ use serde::Deserialize;
 use super::chart::{daily, daily_bars, quota_meter, short_day, usd};
 use super::dashboard::{display_status, relative, status_badge};
 use super::{Viewer, error_page, field, form_post, framed, page, stepped_up_form_post};
-use crate::app::App;
-use crate::approvals::ApprovalUse;
 use crate::http::auth::Caller;
+use keyward_app::App;
+use keyward_app::approvals::ApprovalUse;
 
 pub(super) fn parse_id(id: &str) -> Result<KeyId, Error> {
     id.parse()
@@ -393,7 +393,7 @@ async fn detail_markup(
 }
 
 /// The key's health: status and why, the last five minutes of calls, the circuit, probes.
-fn health_facts(h: &crate::health::KeyHealth, now: jiff::Timestamp) -> Markup {
+fn health_facts(h: &keyward_app::lifecycle::health::KeyHealth, now: jiff::Timestamp) -> Markup {
     let status = h.assessment.status.as_str();
     html! {
         dt { "Health" }
@@ -420,7 +420,7 @@ fn health_facts(h: &crate::health::KeyHealth, now: jiff::Timestamp) -> Markup {
 }
 
 /// Strength and compliance: the overall status and every check with its finding.
-fn compliance_section(c: &crate::compliance::KeyCompliance) -> Markup {
+fn compliance_section(c: &keyward_app::lifecycle::compliance::KeyCompliance) -> Markup {
     let status = c.compliance.status.as_str();
     html! {
         section id="compliance" aria-labelledby="compliance-title" {
@@ -493,7 +493,7 @@ fn edit_form(viewer: &Viewer, key: &Key, refused: Option<&Refused>) -> Markup {
 /// A new value becomes the current version at once (guided rotation with a dual-key window
 /// is its own flow); the provider is asked first, and a value it rejects is not stored.
 /// The impact assessment in one line, for the rotation forms.
-pub(super) fn impact_line(impact: &crate::app::Impact) -> Markup {
+pub(super) fn impact_line(impact: &keyward_app::Impact) -> Markup {
     html! {
         p class="small impact-line" data-impact {
             strong { "Impact: " }
@@ -507,7 +507,7 @@ pub(super) fn impact_line(impact: &crate::app::Impact) -> Markup {
 fn rotate_form(
     viewer: &Viewer,
     key: &Key,
-    impact: &crate::app::Impact,
+    impact: &keyward_app::Impact,
     error: Option<&Error>,
 ) -> Markup {
     html! {
@@ -1013,7 +1013,7 @@ async fn delete_markup(
 }
 
 /// What depends on a key, for every confirmation that stops it (delete, revoke).
-fn impact_facts(impact: &crate::app::Impact, now: jiff::Timestamp) -> Markup {
+fn impact_facts(impact: &keyward_app::Impact, now: jiff::Timestamp) -> Markup {
     html! {
             h2 id="impact-title" { "Impact" }
             dl class="facts impact" {

@@ -12,8 +12,8 @@ use maud::{Markup, html};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{Viewer, bare, field, form_post, page};
-use crate::app::App;
 use crate::http::sessions::set_cookie;
+use keyward_app::App;
 
 fn start_markup(csrf: &str, required: bool) -> Markup {
     html! {
@@ -239,9 +239,9 @@ pub async fn verify(State(app): State<Arc<App>>, request: Request) -> Response {
         .to_owned();
     let code = field(&fields, "code").unwrap_or_default().trim().to_owned();
     let factor = if code.chars().all(|c| c.is_ascii_digit() || c == ' ') {
-        crate::mfa::SecondFactor::Totp(SecretString::from(code))
+        keyward_app::identity::mfa::SecondFactor::Totp(SecretString::from(code))
     } else {
-        crate::mfa::SecondFactor::RecoveryCode(SecretString::from(code))
+        keyward_app::identity::mfa::SecondFactor::RecoveryCode(SecretString::from(code))
     };
     let Some(session) = caller.session.as_ref() else {
         return axum::response::Redirect::to("/login").into_response();

@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
 
-use crate::app::App;
 use crate::http::auth::{Caller, SignedIn};
+use keyward_app::App;
 
 mod add_key;
 mod admin;

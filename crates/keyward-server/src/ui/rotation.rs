@@ -18,8 +18,8 @@ use maud::{Markup, html};
 use super::dashboard::relative;
 use super::key::parse_id;
 use super::{Viewer, error_page, field, form_post, stepped_up_form_post};
-use crate::app::App;
-use crate::guided_rotation::NewValue;
+use keyward_app::App;
+use keyward_app::lifecycle::guided_rotation::NewValue;
 
 /// What the key page knows about its rotations.
 pub struct RotationView<'a> {
@@ -33,7 +33,7 @@ pub struct RotationView<'a> {
     /// The provider's page to revoke a still-live old key on.
     pub revoke_link: Option<&'a str>,
     /// What depends on the key, shown before a rotation starts.
-    pub impact: &'a crate::app::Impact,
+    pub impact: &'a keyward_app::Impact,
 }
 
 /// The rotation part of a key page: the latest rotation (if any) and, when none is

@@ -12,10 +12,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::{bare, page};
-use crate::app::App;
 use crate::http::auth::ClientAddress;
 use crate::http::sessions::set_cookie;
-use crate::mfa::SecondFactor;
+use keyward_app::App;
+use keyward_app::identity::mfa::SecondFactor;
 
 #[derive(Default, Deserialize)]
 pub struct Notice {

@@ -15,7 +15,7 @@ use secrecy::ExposeSecret;
 use super::chart::usd;
 use super::dashboard::relative;
 use super::{Viewer, error_page, field, form_post, framed, page};
-use crate::app::App;
+use keyward_app::App;
 
 /// What the create form shows again after a refusal.
 #[derive(Debug, Default)]

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::chart::{daily, daily_bars, usd};
 use super::{Viewer, error_page, framed, page as html_page};
-use crate::app::App;
+use keyward_app::App;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Range {

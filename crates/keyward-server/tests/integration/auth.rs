@@ -142,7 +142,7 @@ async fn expired_tokens_are_refused() {
     let (_, token) = app
         .app
         .issue_token(
-            &keyward_server::app::Actor::system("test"),
+            &keyward_app::Actor::system("test"),
             "old",
             Role::Owner,
             Some(past),

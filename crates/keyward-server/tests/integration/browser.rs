@@ -23,7 +23,7 @@ pub struct Browser {
 pub async fn add_user(app: &TestApp, name: &str, role: Role) -> String {
     app.app
         .add_user(
-            &keyward_server::app::Actor::system("test"),
+            &keyward_app::Actor::system("test"),
             name,
             SecretString::from(PASSWORD),
             role,

@@ -6,8 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use keyward_app::{Actor, App};
 use keyward_core::access::Role;
-use keyward_server::app::{Actor, App};
 use keyward_server::config::{RawSettings, resolve};
 use keyward_server::server;
 use keyward_store::testing::TestDatabase;

@@ -133,7 +133,7 @@ async fn unknown_users_and_wrong_passwords_are_answered_alike_in_the_same_time()
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
     app.app
         .add_user(
-            &keyward_server::app::Actor::system("test"),
+            &keyward_app::Actor::system("test"),
             "alice",
             SecretString::from(GOOD),
             Role::Viewer,

@@ -14,7 +14,9 @@ use keyward_core::audit::ActorKind;
 use keyward_core::id::{GrantId, TokenId, UserId};
 use keyward_core::token::ManagementToken;
 use keyward_core::user::User;
-use keyward_core::{Error, ErrorKind};
+use keyward_core::{Error, ErrorKind, Timestamp, label};
+use keyward_crypto::token;
+use secrecy::SecretString;
 use serde_json::json;
 
 use crate::app::{Actor, App};
@@ -470,7 +472,7 @@ impl App {
         name: &str,
         role: Role,
         expires_at: Option<keyward_core::Timestamp>,
-        limits: crate::app::TokenLimits,
+        limits: TokenLimits,
     ) -> Result<(ManagementToken, secrecy::SecretString), Error> {
         if expires_at.is_some_and(|at| at <= self.now()) {
             return Err(Error::invalid(
@@ -484,7 +486,7 @@ impl App {
             role.permissions(),
             &limits.scope,
         )?;
-        let limits = crate::app::TokenLimits {
+        let limits = TokenLimits {
             allowed_networks: validate_networks(limits.allowed_networks)?,
             ..limits
         };
@@ -529,4 +531,93 @@ fn role_not_found(id: &str) -> Error {
             keyward_core::label::printable(id)
         ),
     )
+}
+
+/// What limits a management token beyond its role.
+#[derive(Debug, Clone, Default)]
+pub struct TokenLimits {
+    pub scope: keyward_core::access::Scope,
+    pub allowed_networks: Vec<ipnet::IpNet>,
+}
+
+impl App {
+    /// Issues a management API token; the returned secret is shown once and never stored.
+    pub async fn issue_token(
+        &self,
+        actor: &Actor,
+        name: &str,
+        role: Role,
+        expires_at: Option<Timestamp>,
+    ) -> Result<(ManagementToken, SecretString), Error> {
+        self.issue_limited_token(actor, name, role, expires_at, TokenLimits::default())
+            .await
+    }
+
+    /// [`App::issue_token`] for part of the vault and/or from some networks only.
+    pub async fn issue_limited_token(
+        &self,
+        actor: &Actor,
+        name: &str,
+        role: Role,
+        expires_at: Option<Timestamp>,
+        limits: TokenLimits,
+    ) -> Result<(ManagementToken, SecretString), Error> {
+        let scope = limits.scope.validate()?;
+        let now = self.now();
+        let issued = token::issue(token::MANAGEMENT_PREFIX, &*self.random);
+        let record = ManagementToken {
+            id: TokenId::generate(now, &*self.random),
+            public_id: issued.public_id,
+            name: label::name("token name", name)?,
+            role,
+            secret_hash: issued.secret_hash,
+            created_by: actor.name.clone(),
+            created_at: now,
+            expires_at,
+            last_used_at: None,
+            revoked_at: None,
+            scope,
+            allowed_networks: limits.allowed_networks,
+        };
+        self.audited(
+            actor,
+            "token.create",
+            format!("token:{}", record.id),
+            json!({"name": record.name, "role": role.as_str(), "public_id": record.public_id,
+                   "scope": record.scope, "allowed_networks": record.allowed_networks}),
+            self.store.insert_token(&record),
+        )
+        .await?;
+        Ok((record, issued.token))
+    }
+
+    /// Resolves a presented bearer token to its record, or `Unauthenticated`. Every failure
+    /// looks the same to the caller.
+    pub async fn authenticate_token(&self, presented: &str) -> Result<ManagementToken, Error> {
+        let denied = || {
+            Error::new(
+                ErrorKind::Unauthenticated,
+                "invalid_token",
+                "the token is missing, malformed, unknown, expired or revoked",
+            )
+        };
+        let parsed = token::parse(token::MANAGEMENT_PREFIX, presented).ok_or_else(denied)?;
+        let record = self
+            .store
+            .token_by_public_id(&parsed.public_id)
+            .await?
+            .ok_or_else(denied)?;
+        let now = self.now();
+        if !parsed.matches(&record.secret_hash) || !record.usable_at(now) {
+            return Err(denied());
+        }
+        // Record use at most once a minute: a write per API call would serialise SQLite.
+        if record
+            .last_used_at
+            .is_none_or(|at| now.duration_since(at).as_secs() >= 60)
+        {
+            self.store.touch_token(&record.id, now).await?;
+        }
+        Ok(record)
+    }
 }

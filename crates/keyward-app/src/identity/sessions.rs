@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use crate::app::{Actor, App};
-use crate::mfa::SecondFactor;
+use crate::identity::mfa::SecondFactor;
 
 /// What a successful sign-in hands to the browser, once.
 #[derive(Debug)]

@@ -16,7 +16,34 @@ use keyward_core::{Clock, Randomness};
 use keyward_crypto::{Keyring, KeyringFile, MasterKey, derive_from_passphrase, parse_master_key};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{MasterKeySource, Settings};
+/// Where the master key comes from.
+#[derive(Debug)]
+pub enum MasterKeySource {
+    /// A keyring file Keyward creates (mode 0600) and rotates.
+    File(std::path::PathBuf),
+    /// `KEYWARD_MASTER_KEY` (current) and `KEYWARD_MASTER_KEY_PREVIOUS` (comma-separated,
+    /// still needed until rotation has rewrapped everything).
+    Env {
+        current: SecretString,
+        previous: Vec<SecretString>,
+    },
+    /// `KEYWARD_MASTER_PASSPHRASE`, stretched with Argon2id; `…_PREVIOUS` as above.
+    Passphrase {
+        current: SecretString,
+        previous: Vec<SecretString>,
+    },
+}
+
+/// Where the vault lives and how its master key is found: the part of the server's settings
+/// opening it needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Location<'a> {
+    pub database_url: &'a SecretString,
+    /// Created (mode 0700) when the database is the default one inside it.
+    pub data_dir: &'a std::path::Path,
+    pub database_is_default: bool,
+    pub master_key: &'a MasterKeySource,
+}
 
 /// Why the vault could not be opened; printed as one line before exiting.
 #[derive(Debug, thiserror::Error)]
@@ -49,19 +76,19 @@ pub struct Vault {
 
 const PASSPHRASE_SALT: &str = "master_passphrase_salt";
 
-/// Opens the store named by the settings and verifies the master key against it.
+/// Opens the store at `location` and verifies the master key against it.
 pub async fn open(
-    settings: &Settings,
+    location: Location<'_>,
     random: &dyn Randomness,
     clock: &dyn Clock,
 ) -> Result<Vault, VaultError> {
-    if settings.database_is_default {
-        create_private_dir(&settings.data_dir)?;
+    if location.database_is_default {
+        create_private_dir(location.data_dir)?;
     }
-    let store = keyward_store::open(settings.database_url.expose_secret())
+    let store = keyward_store::open(location.database_url.expose_secret())
         .await
         .map_err(|e| VaultError(format!("cannot open the database: {}", e.message)))?;
-    open_store(store, &settings.master_key, random, clock).await
+    open_store(store, location.master_key, random, clock).await
 }
 
 /// The part of [`open`] after connecting; separate so tests can pass their own store.
@@ -281,12 +308,12 @@ pub struct RotationReport {
 /// and passphrase sources the operator configures the new key as current and the old one as
 /// `…_PREVIOUS` first. Idempotent: running it again finishes an interrupted rewrap.
 pub async fn rotate(
-    settings: &Settings,
+    location: Location<'_>,
     random: &dyn Randomness,
     clock: &dyn Clock,
     progress: &mut dyn RotationProgress,
 ) -> Result<RotationReport, VaultError> {
-    let vault = open(settings, random, clock).await?;
+    let vault = open(location, random, clock).await?;
     let store = vault.store.clone();
     let registered = store.master_keys().await?;
     let db_current = registered
@@ -295,7 +322,7 @@ pub async fn rotate(
         .map(|r| r.kek_id.clone())
         .ok_or_else(|| VaultError("the vault has no current master key".into()))?;
 
-    let mut keyring = match &settings.master_key {
+    let mut keyring = match &location.master_key {
         MasterKeySource::File(path) => {
             let file = KeyringFile::new(path);
             let newest_registered = vault
@@ -315,8 +342,8 @@ pub async fn rotate(
         .last()
         .map(str::to_owned)
         .ok_or_else(|| VaultError("no master key configured".into()))?;
-    if new_kek == db_current && !matches!(settings.master_key, MasterKeySource::File(_)) {
-        let var = match settings.master_key {
+    if new_kek == db_current && !matches!(location.master_key, MasterKeySource::File(_)) {
+        let var = match location.master_key {
             MasterKeySource::Passphrase { .. } => "KEYWARD_MASTER_PASSPHRASE",
             _ => "KEYWARD_MASTER_KEY",
         };
@@ -418,12 +445,12 @@ async fn rewrap_mfa_secrets(
 /// Forgets a master key that no longer wraps anything (and, for the key-file source,
 /// removes it from the file). Refused while any key version still references it.
 pub async fn retire(
-    settings: &Settings,
+    location: Location<'_>,
     kek_id: &str,
     random: &dyn Randomness,
     clock: &dyn Clock,
 ) -> Result<(), VaultError> {
-    let vault = open(settings, random, clock).await?;
+    let vault = open(location, random, clock).await?;
     if crate::audit::keys_sealed_by(&*vault.store)
         .await?
         .as_deref()
@@ -440,7 +467,7 @@ pub async fn retire(
         )));
     }
     vault.store.remove_master_key(kek_id).await?;
-    if let MasterKeySource::File(path) = &settings.master_key {
+    if let MasterKeySource::File(path) = &location.master_key {
         let file = KeyringFile::new(path);
         if file.load()?.iter().any(|k| k.id() == kek_id) {
             file.remove(kek_id)?;
@@ -462,11 +489,11 @@ pub struct VerifyReport {
 /// configured master keys can read the whole vault — e.g. before retiring an old key or
 /// after restoring a backup.
 pub async fn verify_readable(
-    settings: &Settings,
+    location: Location<'_>,
     random: &dyn Randomness,
     clock: &dyn Clock,
 ) -> Result<VerifyReport, VaultError> {
-    let vault = open(settings, random, clock).await?;
+    let vault = open(location, random, clock).await?;
     let mut report = VerifyReport {
         readable: 0,
         unreadable: Vec::new(),

@@ -4,7 +4,6 @@
 //! The chain itself is `keyward_core::audit`; the keys are `keyward_crypto::audit`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use keyward_core::audit::{
     AuditCheckpoint, AuditDraft, AuditEvent, AuditFilter, AuditOutcome, BreakKind, ChainVerifier,
@@ -199,45 +198,8 @@ const WEBHOOK_CURSOR_SETTING: &str = "audit_webhook_cursor";
 /// Entries per webhook call.
 const WEBHOOK_BATCH: u32 = 500;
 
-/// Streams the trail to `url` as JSON Lines, oldest first, from where the last delivery
-/// stopped (the whole history on first use). Delivery is at least once: a batch is resent
-/// until a 2xx answer, with backoff up to a minute, and instances sharing a database may
-/// both send one — receivers deduplicate by `seq`. Each call carries
-/// `X-Keyward-Audit-Last-Seq`.
-pub async fn webhook_loop(app: Arc<crate::app::App>, url: SecretString, poll: Duration) {
-    use secrecy::ExposeSecret;
-    let client = match keyward_proxy::Outbound::new(Duration::from_secs(10)) {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::error!(error = %e, "the audit webhook cannot start");
-            return;
-        }
-    };
-    let mut backoff = poll;
-    loop {
-        let delivered = deliver_batch(&app, &client, url.expose_secret()).await;
-        let wait = match delivered {
-            Ok(true) => {
-                backoff = poll;
-                Duration::ZERO
-            }
-            Ok(false) => {
-                backoff = poll;
-                poll
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_s = backoff.as_secs_f64(), "audit webhook delivery failed; will retry");
-                let wait = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-                wait
-            }
-        };
-        tokio::time::sleep(wait).await;
-    }
-}
-
-/// Sends the next batch; `Ok(true)` if one was delivered, `Ok(false)` if there was nothing.
-async fn deliver_batch(
+/// Sends the audit webhook its next batch; `Ok(true)` if one was delivered, `Ok(false)` if there was nothing.
+pub async fn deliver_webhook_batch(
     app: &crate::app::App,
     client: &keyward_proxy::Outbound,
     url: &str,

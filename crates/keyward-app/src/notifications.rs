@@ -10,10 +10,8 @@
 //! refused unless the webhook was created with `allow_private_network`.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::Timestamp;
 use keyward_core::access::Permission;
 use keyward_core::audit::ActorKind;
 use keyward_core::id::{DeliveryId, WebhookId};
@@ -43,6 +41,14 @@ impl<'a> About<'a> {
     }
 }
 
+/// The SMTP server notification e-mail goes through, and its sender.
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    /// Carries the server's credentials: secret.
+    pub url: SecretString,
+    pub from: lettre::message::Mailbox,
+}
+
 /// Sends notification e-mail through the configured SMTP server.
 #[derive(Clone)]
 pub struct Mailer {
@@ -58,7 +64,7 @@ impl std::fmt::Debug for Mailer {
 }
 
 impl Mailer {
-    pub fn new(smtp: &crate::config::Smtp) -> Result<Self, Error> {
+    pub fn new(smtp: &Smtp) -> Result<Self, Error> {
         use secrecy::ExposeSecret;
         let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(
             smtp.url.expose_secret(),
@@ -185,6 +191,13 @@ async fn resolve(url: &url::Url) -> Result<Vec<IpAddr>, Error> {
         Error::invalid("invalid_webhook_url", "the webhook's host does not resolve")
     })?;
     Ok(found.map(|a| a.ip()).collect())
+}
+
+impl App {
+    /// Whether e-mail can be sent (SMTP is configured): subscriptions are offered only then.
+    pub fn sends_email(&self) -> bool {
+        self.mailer.is_some()
+    }
 }
 
 impl App {
@@ -563,32 +576,5 @@ impl App {
             }
         }
         Ok(queued)
-    }
-}
-
-/// Delivers notifications every second and scans for reminders every five minutes.
-pub async fn notification_loop(app: Arc<App>) {
-    let client = match keyward_proxy::Outbound::new(Duration::from_secs(10)) {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::error!(error = %e, "notifications cannot start");
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_scan: Option<Timestamp> = None;
-    loop {
-        tick.tick().await;
-        let now = app.now();
-        if last_scan.is_none_or(|at| now.duration_since(at) >= jiff::SignedDuration::from_mins(5)) {
-            last_scan = Some(now);
-            if let Err(e) = app.scan_reminders().await {
-                tracing::warn!(error = %e, "could not scan for reminders; will retry");
-            }
-        }
-        if let Err(e) = app.deliver_notifications(&client).await {
-            tracing::warn!(error = %e, "could not deliver notifications; will retry");
-        }
     }
 }

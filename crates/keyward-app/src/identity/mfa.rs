@@ -19,8 +19,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use crate::app::{Actor, App};
-use crate::sessions::NewSession;
-use crate::users::attempt_subjects;
+use crate::identity::sessions::NewSession;
+use crate::identity::users::attempt_subjects;
 
 /// The vault setting that holds the MFA policy (JSON); absent means the default.
 pub const MFA_POLICY_SETTING: &str = "mfa_policy";
@@ -135,7 +135,7 @@ impl App {
             last_step: None,
         };
         let otpauth_uri = secret.otpauth_uri(ISSUER, &user.username)?;
-        let qr_svg = SecretString::from(crate::qr::svg(otpauth_uri.expose_secret())?);
+        let qr_svg = SecretString::from(crate::identity::qr::svg(otpauth_uri.expose_secret())?);
         self.audited(
             actor,
             "mfa.enrol.start",

@@ -5,8 +5,6 @@
 //! probes and announces changes (`health_changed`) once across instances.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::Duration;
 
 use jiff::Timestamp;
 use keyward_core::Error;
@@ -375,19 +373,4 @@ fn last_evidence(key: &Key, last_probe: Option<&(Timestamp, Option<String>)>) ->
     .flatten()
     .max()
     .unwrap_or(key.created_at)
-}
-
-/// Every 30 seconds: probe the keys whose probe is due, then announce health changes.
-pub async fn health_loop(app: Arc<App>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = app.run_probes().await {
-            tracing::warn!(error = %e, "could not run health probes; will retry");
-        }
-        if let Err(e) = app.announce_health_changes().await {
-            tracing::warn!(error = %e, "could not check health changes; will retry");
-        }
-    }
 }

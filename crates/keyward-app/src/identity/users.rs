@@ -346,3 +346,17 @@ impl App {
         }
     }
 }
+
+impl App {
+    /// Stores a user whose password is already hashed.
+    pub async fn create_user(&self, actor: &Actor, user: &User) -> Result<(), Error> {
+        self.audited(
+            actor,
+            "user.create",
+            format!("user:{}", user.id),
+            json!({"username": user.username, "role": user.role.as_str()}),
+            self.store.insert_user(user),
+        )
+        .await
+    }
+}

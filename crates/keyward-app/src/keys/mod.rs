@@ -1,0 +1,467 @@
+//! Keys: create, read, list, edit, enable/disable, delete/restore/purge, and the one place a
+//! caller's reach over a key is checked (`key_for`, `ensure_reach`).
+
+pub mod impact;
+pub mod pools;
+pub mod reveal;
+pub mod revoke;
+pub mod validate;
+pub mod versions;
+
+use jiff::Timestamp;
+use keyward_core::access::{Permission, Reach};
+use keyward_core::approval::{ApprovalAction, Operation};
+use keyward_core::id::KeyId;
+use keyward_core::key::{
+    Key, KeyArea, KeyChanges, KeyDraft, KeyDraftInput, KeyFilter, KeyVersion, Page, PageRequest,
+    SealContext, VersionState,
+};
+use keyward_core::{Error, ErrorKind, label, secret};
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::approvals::GateFacts;
+
+use crate::app::{Actor, App};
+
+/// Input for a new key: metadata plus the secret and whether to skip the format check.
+#[derive(Debug)]
+pub struct NewKey {
+    pub draft: KeyDraftInput,
+    pub secret: SecretString,
+    pub force: bool,
+}
+
+/// Why someone wants to see a value: 4–500 characters, kept in the trail.
+pub(crate) fn reveal_reason(reason: &str) -> Result<String, Error> {
+    match label::text("reason", Some(reason), 500)? {
+        Some(reason) if reason.chars().count() >= 4 => Ok(reason),
+        _ => Err(Error::invalid(
+            "reason_required",
+            "say why the value is needed (at least 4 characters)",
+        )),
+    }
+}
+
+pub(crate) fn key_not_found(id: &KeyId) -> Error {
+    Error::not_found("key_not_found", format!("there is no key {id}"))
+}
+
+pub(crate) fn out_of_scope_error(service_id: &str, environment: &str) -> Error {
+    Error::new(
+        ErrorKind::Forbidden,
+        "out_of_scope",
+        format!(
+            "your grants do not allow this for {} keys in {}",
+            label::printable(service_id),
+            label::printable(environment)
+        ),
+    )
+}
+
+impl App {
+    pub async fn create_key(&self, actor: &Actor, new: NewKey) -> Result<Key, Error> {
+        let now = self.now();
+        let draft = KeyDraft::validate(new.draft, now)?;
+        let catalog = self.catalog().await?;
+        let service = catalog.get(&draft.service_id).ok_or_else(|| {
+            Error::invalid(
+                "unknown_service",
+                format!("there is no service `{}`", draft.service_id),
+            )
+        })?;
+        self.require_environment(&draft.environment).await?;
+        self.ensure_reach(
+            actor,
+            Permission::KeysWrite,
+            &draft.service_id,
+            &draft.environment,
+            || out_of_scope_error(&draft.service_id, &draft.environment),
+        )
+        .await?;
+        let value = secret::normalize(&new.secret)?;
+        secret::check_format(service, &value, new.force)?;
+        let hint = secret::hint(service, &value)?;
+        let id = KeyId::generate(now, &*self.random);
+        let fingerprint = self.audit.fingerprint(&value);
+        let sealed = self
+            .keyring
+            .seal(&*self.random, &value, &SealContext::key_secret(&id, 1))?;
+        drop(value);
+        let key = Key {
+            id: id.clone(),
+            service_id: draft.service_id,
+            environment: draft.environment,
+            alias: draft.alias,
+            description: draft.description,
+            owner: draft.owner,
+            tags: draft.tags,
+            criticality: draft.criticality,
+            enabled: draft.enabled,
+            expires_at: draft.expires_at,
+            current_version: 1,
+            current_hint: hint.clone(),
+            created_by: actor.name.clone(),
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            deleted_at: None,
+            deleted_by: None,
+            revoked: None,
+            rotated_at: now,
+            rotation_rule: None,
+            limits: draft.limits,
+            budget: draft.budget,
+        };
+        let version = KeyVersion {
+            key_id: id,
+            version: 1,
+            state: VersionState::Current,
+            hint,
+            sealed,
+            created_by: actor.name.clone(),
+            created_at: now,
+        };
+        self.audited(
+            actor,
+            "key.create",
+            format!("key:{}", key.id),
+            json!({
+                "service": key.service_id,
+                "environment": key.environment,
+                "alias": key.alias,
+                "version": 1,
+                "fingerprint": fingerprint,
+            }),
+            self.store.insert_key(&key, &version),
+        )
+        .await?;
+        self.changed().await;
+        tracing::info!(key = %key.id, service = %key.service_id, environment = %key.environment, actor = %actor.name, "key created");
+        Ok(key)
+    }
+
+    /// The key, if `actor` may see it (a key outside every scope they can read is
+    /// `key_not_found`, as if it did not exist).
+    pub async fn key(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
+        self.key_for(actor, Permission::KeysRead, id).await
+    }
+
+    /// The key, if `actor` holds `permission` where it lives: not visible at all is
+    /// `key_not_found`; visible but outside the permission's scope is `out_of_scope`.
+    /// Every key use case starts here — the one place grants' scopes are applied.
+    pub async fn key_for(
+        &self,
+        actor: &Actor,
+        permission: Permission,
+        id: &KeyId,
+    ) -> Result<Key, Error> {
+        let key = self.store.key(id).await?.ok_or_else(|| key_not_found(id))?;
+        self.ensure_reach(actor, permission, &key.service_id, &key.environment, || {
+            key_not_found(id)
+        })
+        .await?;
+        Ok(key)
+    }
+
+    /// Whether `actor`'s `permission` covers keys of `service_id` in `environment`; if not,
+    /// `hidden()` when they cannot even read there, else `out_of_scope`.
+    pub(crate) async fn ensure_reach(
+        &self,
+        actor: &Actor,
+        permission: Permission,
+        service_id: &str,
+        environment: &str,
+        hidden: impl FnOnce() -> Error,
+    ) -> Result<(), Error> {
+        let reach = actor.access.reach(permission);
+        if reach.is_everywhere() {
+            return Ok(());
+        }
+        let category = self
+            .catalog()
+            .await?
+            .get(service_id)
+            .map(|s| s.category.clone())
+            .unwrap_or_default();
+        if reach.covers(&category, environment) {
+            return Ok(());
+        }
+        if actor
+            .access
+            .reach(Permission::KeysRead)
+            .covers(&category, environment)
+        {
+            Err(Error::new(
+                ErrorKind::Forbidden,
+                "out_of_scope",
+                format!("your grants do not allow this for {service_id} keys in {environment}"),
+            ))
+        } else {
+            Err(hidden())
+        }
+    }
+
+    /// The key areas (services × environments) `reach` covers, for listing in SQL; `None`
+    /// for everywhere.
+    pub(crate) async fn areas(&self, reach: &Reach) -> Result<Option<Vec<KeyArea>>, Error> {
+        let scopes = match reach {
+            Reach::Everywhere => return Ok(None),
+            Reach::Nowhere => return Ok(Some(Vec::new())),
+            Reach::Within(scopes) => scopes,
+        };
+        let catalog = self.catalog().await?;
+        Ok(Some(
+            scopes
+                .iter()
+                .map(|scope| KeyArea {
+                    service_ids: scope.categories.as_ref().map(|categories| {
+                        categories
+                            .iter()
+                            .flat_map(|c| catalog.ids_in_category(c))
+                            .collect()
+                    }),
+                    environments: scope
+                        .environments
+                        .as_ref()
+                        .map(|e| e.iter().cloned().collect()),
+                })
+                .collect(),
+        ))
+    }
+
+    /// Filters by category become the category's list of services; only keys `actor` may
+    /// read are listed.
+    pub async fn list_keys(
+        &self,
+        actor: &Actor,
+        mut filter: KeyFilter,
+        category: Option<&str>,
+        page: PageRequest,
+    ) -> Result<Page<Key>, Error> {
+        if let Some(category) = category {
+            let in_category = self.catalog().await?.ids_in_category(category);
+            filter.service_ids = Some(match filter.service_ids.take() {
+                Some(services) => services
+                    .into_iter()
+                    .filter(|s| in_category.contains(s))
+                    .collect(),
+                None => in_category,
+            });
+        }
+        filter.areas = self
+            .areas(&actor.access.reach(Permission::KeysRead))
+            .await?;
+        self.store.list_keys(&filter, &page, self.now()).await
+    }
+
+    pub(crate) async fn save(
+        &self,
+        actor: &Actor,
+        action: &str,
+        details: serde_json::Value,
+        mut key: Key,
+        before: Timestamp,
+    ) -> Result<Key, Error> {
+        // Timestamps are millisecond-precise in the store; make sure an update is visible as one.
+        let now = self.now();
+        key.updated_at = if now.as_millisecond() > before.as_millisecond() {
+            now
+        } else {
+            Timestamp::from_millisecond(before.as_millisecond() + 1).unwrap_or(now)
+        };
+        self.audited(
+            actor,
+            action,
+            format!("key:{}", key.id),
+            details,
+            self.store.update_key(&key, before),
+        )
+        .await?;
+        self.changed().await;
+        Ok(key)
+    }
+
+    pub async fn update_key(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        changes: KeyChanges,
+    ) -> Result<Key, Error> {
+        let mut key = self.key_for(actor, Permission::KeysWrite, id).await?;
+        let before = key.updated_at;
+        let fields = changes.field_names();
+        if !changes.apply(&mut key, self.now())? {
+            return Ok(key);
+        }
+        let key = self
+            .save(actor, "key.update", json!({"fields": fields}), key, before)
+            .await?;
+        tracing::info!(key = %id, actor = %actor.name, "key metadata updated");
+        Ok(key)
+    }
+
+    pub async fn set_enabled(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        enabled: bool,
+    ) -> Result<Key, Error> {
+        let mut key = self.key_for(actor, Permission::KeysWrite, id).await?;
+        key.ensure_not_deleted()?;
+        if enabled {
+            key.ensure_not_revoked()?;
+        }
+        if key.enabled == enabled {
+            return Ok(key);
+        }
+        if !enabled {
+            self.gate_key(actor, ApprovalAction::Disable, &key, json!({}))
+                .await?;
+        }
+        let before = key.updated_at;
+        key.enabled = enabled;
+        let action = if enabled { "key.enable" } else { "key.disable" };
+        let key = self.save(actor, action, json!({}), key, before).await?;
+        tracing::info!(key = %id, actor = %actor.name, enabled, "key enabled state changed");
+        Ok(key)
+    }
+
+    /// Clears what the proxy learned about a key (e.g. after fixing it at the provider).
+    pub async fn clear_key_flag(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
+        let key = self.key_for(actor, Permission::KeysWrite, id).await?;
+        self.audited(
+            actor,
+            "key.flag.clear",
+            format!("key:{id}"),
+            json!({}),
+            self.store.clear_key_flag(id),
+        )
+        .await?;
+        self.proxy.clear_key_flag(id);
+        self.changed().await;
+        tracing::info!(key = %id, actor = %actor.name, "key flag cleared");
+        Ok(key)
+    }
+
+    /// Passes `action` on `key` through the approval gate (see `approvals.rs`).
+    pub(crate) async fn gate_key(
+        &self,
+        actor: &Actor,
+        action: ApprovalAction,
+        key: &Key,
+        payload: serde_json::Value,
+    ) -> Result<(), Error> {
+        let category = self
+            .catalog()
+            .await?
+            .get(&key.service_id)
+            .map(|s| s.category.clone());
+        let operation = Operation {
+            action,
+            target: format!("key:{}", key.id),
+            payload,
+        };
+        let facts = GateFacts {
+            category: category.as_deref(),
+            environment: Some(&key.environment),
+            criticality: Some(key.criticality),
+        };
+        self.gate(actor, &operation, facts).await
+    }
+
+    pub async fn delete_key(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
+        let mut key = self.key_for(actor, Permission::KeysDelete, id).await?;
+        key.ensure_not_deleted()?;
+        self.gate_key(actor, ApprovalAction::Delete, &key, json!({}))
+            .await?;
+        let before = key.updated_at;
+        key.deleted_at = Some(self.now());
+        key.deleted_by = Some(actor.name.clone());
+        let key = self
+            .save(actor, "key.delete", json!({}), key, before)
+            .await?;
+        tracing::info!(key = %id, actor = %actor.name, "key soft-deleted");
+        Ok(key)
+    }
+
+    pub async fn restore_key(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
+        let mut key = self.key_for(actor, Permission::KeysDelete, id).await?;
+        if key.deleted_at.is_none() {
+            return Err(Error::conflict(
+                "key_not_deleted",
+                format!("key {id} is not deleted"),
+            ));
+        }
+        let before = key.updated_at;
+        key.deleted_at = None;
+        key.deleted_by = None;
+        let key = self
+            .save(actor, "key.restore", json!({}), key, before)
+            .await?;
+        tracing::info!(key = %id, actor = %actor.name, "key restored");
+        Ok(key)
+    }
+
+    /// Destroys a deleted key. Inside the recovery window the caller must confirm by
+    /// repeating the key's alias.
+    pub async fn purge_key(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        confirm_alias: Option<&str>,
+    ) -> Result<(), Error> {
+        let key = self.key_for(actor, Permission::KeysPurge, id).await?;
+        let Some(deleted_at) = key.deleted_at else {
+            return Err(Error::conflict(
+                "key_not_deleted",
+                format!("key {id} is not deleted; delete it first"),
+            ));
+        };
+        let purgeable_at = self.recovery_window.purgeable_at(deleted_at);
+        if self.now() < purgeable_at && confirm_alias != Some(key.alias.as_str()) {
+            return Err(Error::conflict(
+                "confirmation_required",
+                format!(
+                    "key {id} is inside its recovery window until {purgeable_at}; to purge it now send {{\"confirm\": \"<the key's alias>\"}}"
+                ),
+            ));
+        }
+        self.gate_key(actor, ApprovalAction::Purge, &key, json!({}))
+            .await?;
+        self.audited(
+            actor,
+            "key.purge",
+            format!("key:{id}"),
+            json!({"alias": key.alias, "service": key.service_id, "environment": key.environment}),
+            self.store.purge_key(id),
+        )
+        .await?;
+        self.changed().await;
+        tracing::warn!(key = %id, actor = %actor.name, "key purged");
+        Ok(())
+    }
+
+    pub async fn purge_expired(&self) -> Result<usize, Error> {
+        let cutoff = self
+            .now()
+            .saturating_sub(self.recovery_window.duration())
+            .unwrap_or(Timestamp::MIN);
+        let purged = self
+            .audited(
+                &Actor::system("recovery-window"),
+                "key.purge_expired",
+                "keys".to_owned(),
+                json!({"deleted_before": cutoff.to_string()}),
+                self.store.purge_deleted_before(cutoff),
+            )
+            .await?;
+        if !purged.is_empty() {
+            self.changed().await;
+        }
+        for id in &purged {
+            tracing::info!(key = %id, "key purged after its recovery window");
+        }
+        Ok(purged.len())
+    }
+}

@@ -1,0 +1,26 @@
+//! Keyward's use cases, one module per thing users do, over the store ports and the data
+//! plane: [`keys`], [`app_tokens`], [`catalog`], [`usage`], [`identity`] (users, sessions,
+//! MFA, first-run setup, access), [`approvals`], [`audit`], [`lifecycle`] (rotation policy,
+//! guided rotation, health, compliance), [`notifications`] and the [`vault`] (master key).
+//!
+//! Architecture invariant: nothing of HTTP, HTML or the command line lives here — no axum,
+//! maud, clap, hyper server, tower-http or status codes (`tests/dependencies.rs` checks the
+//! crate graph). The REST API, the web UI and the CLI in `keyward-server` are thin faces of
+//! these use cases; refusals are `keyward_core::Error`s whose kind the edges translate.
+
+pub mod app;
+pub mod app_tokens;
+pub mod approvals;
+pub mod audit;
+pub mod catalog;
+pub mod identity;
+pub mod keys;
+pub mod lifecycle;
+pub mod notifications;
+pub mod usage;
+pub mod vault;
+
+pub use app::{Actor, App, AppOptions};
+pub use identity::access::TokenLimits;
+pub use keys::NewKey;
+pub use keys::impact::Impact;

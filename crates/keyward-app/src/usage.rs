@@ -1,0 +1,157 @@
+//! Usage: the proxy's events written in batches (records, hourly sums, last use, flags),
+//! quota and budget counters restored at start-up, usage queries limited to what the caller
+//! may read, and pruning past the retention period.
+
+use jiff::Timestamp;
+use keyward_core::access::Permission;
+use keyward_core::guided_rotation::RotationTraffic;
+use keyward_core::id::{AppTokenId, KeyId};
+use keyward_core::key::{KeyFilter, PageRequest};
+use keyward_core::usage::{KeyFlag, Outcome, UsageBucket, UsageGrouping, UsageQuery};
+use keyward_core::{Error, ErrorKind};
+use keyward_proxy::ProxyEvent;
+
+use crate::app::{Actor, App};
+
+impl App {
+    /// Writes a batch of proxy events: usage records (with their hourly sums), the latest
+    /// use per key and per token, and key flags raised or cleared.
+    pub async fn record_events(&self, events: Vec<ProxyEvent>) -> Result<(), Error> {
+        let mut records = Vec::new();
+        let mut flags: std::collections::HashMap<KeyId, Option<KeyFlag>> =
+            std::collections::HashMap::new();
+        let mut rotations: std::collections::HashMap<KeyId, RotationTraffic> =
+            std::collections::HashMap::new();
+        for event in events {
+            match event {
+                ProxyEvent::Usage(record) => records.push(*record),
+                ProxyEvent::Flag(flag) => {
+                    flags.insert(flag.key_id.clone(), Some(flag));
+                }
+                ProxyEvent::FlagCleared(key) => {
+                    flags.insert(key, None);
+                }
+                ProxyEvent::Rotation(key, seen) => {
+                    rotations.entry(key).or_default().add(&seen);
+                }
+            }
+        }
+        let mut keys: std::collections::HashMap<&KeyId, Timestamp> =
+            std::collections::HashMap::new();
+        let mut tokens: std::collections::HashMap<&AppTokenId, Timestamp> =
+            std::collections::HashMap::new();
+        for r in &records {
+            // A key was used if the call reached the provider with it.
+            if let Some(key) = r
+                .key_id
+                .as_ref()
+                .filter(|_| !matches!(r.outcome, Outcome::Refused | Outcome::Failed))
+            {
+                let k = keys.entry(key).or_insert(r.at);
+                *k = (*k).max(r.at);
+            }
+            if let Some(token) = &r.token_id {
+                let t = tokens.entry(token).or_insert(r.at);
+                *t = (*t).max(r.at);
+            }
+        }
+        let keys: Vec<_> = keys.into_iter().map(|(id, at)| (id.clone(), at)).collect();
+        let tokens: Vec<_> = tokens
+            .into_iter()
+            .map(|(id, at)| (id.clone(), at))
+            .collect();
+        self.store.record_usage(&records).await?;
+        self.store.record_key_use(&keys).await?;
+        self.store.record_app_token_use(&tokens).await?;
+        let raised: Vec<KeyFlag> = flags.values().flatten().cloned().collect();
+        if !raised.is_empty() {
+            self.store.set_key_flags(&raised).await?;
+        }
+        for (key, flag) in flags {
+            if flag.is_none() {
+                self.store.clear_key_flag(&key).await?;
+            }
+        }
+        let rotations: Vec<(KeyId, RotationTraffic)> = rotations.into_iter().collect();
+        self.store.add_rotation_traffic(&rotations).await?;
+        Ok(())
+    }
+
+    /// Restores quota and budget counters from the hourly usage sums (start-up): everything
+    /// since the start of last month covers every calendar window and budget period.
+    pub async fn restore_meters(&self) -> Result<(), Error> {
+        let now = self.now();
+        let since = now
+            .checked_sub(jiff::SignedDuration::from_hours(32 * 24))
+            .unwrap_or(now);
+        self.proxy
+            .seed_meters(self.store.hourly_use_since(since).await?);
+        Ok(())
+    }
+
+    /// Usage of one key the actor may read, or of everything for someone who reads
+    /// everywhere (sums across keys would tell about keys outside a grant's scope).
+    pub async fn usage(
+        &self,
+        actor: &Actor,
+        query: &UsageQuery,
+    ) -> Result<Vec<UsageBucket>, Error> {
+        match &query.key_id {
+            Some(key) => {
+                self.key(actor, key).await?;
+            }
+            None if !actor.access.reach(Permission::KeysRead).is_everywhere() => {
+                return Err(Error::new(
+                    ErrorKind::Forbidden,
+                    "out_of_scope",
+                    "your grants cover only part of the vault: ask for one key's usage (`key=`)",
+                ));
+            }
+            None => {}
+        }
+        self.store.usage(query).await
+    }
+
+    /// Usage per key (sparklines, "by key" tables): all keys for someone who reads
+    /// everywhere, otherwise only the keys their grants let them read.
+    pub async fn usage_by_key(
+        &self,
+        actor: &Actor,
+        query: &UsageQuery,
+    ) -> Result<std::collections::BTreeMap<String, Vec<UsageBucket>>, Error> {
+        let rows = self.store.usage_grouped(query, UsageGrouping::Key).await?;
+        let visible: Option<std::collections::HashSet<String>> =
+            if actor.access.reach(Permission::KeysRead).is_everywhere() {
+                None
+            } else {
+                let keys = self
+                    .list_keys(
+                        actor,
+                        KeyFilter::default(),
+                        None,
+                        PageRequest::new(None, Some(PageRequest::MAX_LIMIT))?,
+                    )
+                    .await?;
+                Some(keys.items.into_iter().map(|k| k.id.to_string()).collect())
+            };
+        let mut out: std::collections::BTreeMap<String, Vec<UsageBucket>> = Default::default();
+        for (key, bucket) in rows {
+            if visible.as_ref().is_none_or(|v| v.contains(&key)) {
+                out.entry(key).or_default().push(bucket);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Purges keys whose recovery window has passed; run periodically.
+    /// Deletes usage records past the retention period; returns how many.
+    pub async fn prune_usage(&self) -> Result<u64, Error> {
+        let cutoff = self
+            .now()
+            .saturating_sub(jiff::SignedDuration::from_hours(
+                i64::from(self.usage_retention_days) * 24,
+            ))
+            .unwrap_or(Timestamp::MIN);
+        self.store.prune_usage(cutoff).await
+    }
+}

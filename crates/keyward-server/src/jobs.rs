@@ -1,0 +1,276 @@
+//! The background jobs, started and stopped in one place: every loop the server runs
+//! beside answering requests. Each calls one use case per tick and logs (never stops on) a
+//! failure; every instance runs all of them, and the store's compare-and-set decides which
+//! instance takes a step that must happen once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use keyward_app::App;
+use keyward_proxy::ProxyEvent;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+
+/// The running jobs.
+#[derive(Debug)]
+pub struct Jobs {
+    loops: Vec<JoinHandle<()>>,
+    stop_recording: Option<tokio::sync::oneshot::Sender<()>>,
+    recorder: Option<JoinHandle<()>>,
+}
+
+/// What the jobs need beyond the use cases.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    pub audit_checkpoint_every: Duration,
+    pub audit_webhook_url: Option<SecretString>,
+}
+
+impl Jobs {
+    /// Starts every loop: hourly purges and pruning, audit checkpoints, the snapshot's
+    /// freshness check, guided rotations, notifications, health, the audit webhook (when
+    /// configured) and the writer of the proxy's events.
+    pub fn start(app: &Arc<App>, metrics: &Arc<Metrics>, settings: JobSettings) -> Self {
+        let mut loops = vec![
+            tokio::spawn(purge_loop(app.clone())),
+            tokio::spawn(checkpoint_loop(
+                app.clone(),
+                settings.audit_checkpoint_every,
+            )),
+            tokio::spawn(snapshot_loop(app.clone())),
+            tokio::spawn(rotation_loop(app.clone())),
+            tokio::spawn(notification_loop(app.clone())),
+            tokio::spawn(health_loop(app.clone())),
+        ];
+        if let Some(url) = settings.audit_webhook_url {
+            loops.push(tokio::spawn(audit_webhook_loop(
+                app.clone(),
+                url,
+                Duration::from_secs(1),
+            )));
+        }
+        let (stop_recording, stop) = tokio::sync::oneshot::channel();
+        let recorder = app
+            .take_proxy_events()
+            .map(|events| tokio::spawn(record_events(app.clone(), metrics.clone(), events, stop)));
+        Self {
+            loops,
+            stop_recording: Some(stop_recording),
+            recorder,
+        }
+    }
+
+    /// Stops the loops, then writes every proxy event still queued (call it once every
+    /// connection has ended, so every call has sent its events).
+    pub async fn stop(mut self) {
+        for job in &self.loops {
+            job.abort();
+        }
+        if let Some(stop) = self.stop_recording.take() {
+            let _ = stop.send(());
+        }
+        if let Some(recorder) = self.recorder.take()
+            && let Err(e) = recorder.await
+        {
+            tracing::warn!(error = %e, "the usage writer did not finish");
+        }
+    }
+}
+
+/// Delivers notifications every second and scans for reminders every five minutes.
+async fn notification_loop(app: Arc<App>) {
+    let client = match keyward_proxy::Outbound::new(Duration::from_secs(10)) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "notifications cannot start");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_scan: Option<Timestamp> = None;
+    loop {
+        tick.tick().await;
+        let now = app.now();
+        if last_scan.is_none_or(|at| now.duration_since(at) >= jiff::SignedDuration::from_mins(5)) {
+            last_scan = Some(now);
+            if let Err(e) = app.scan_reminders().await {
+                tracing::warn!(error = %e, "could not scan for reminders; will retry");
+            }
+        }
+        if let Err(e) = app.deliver_notifications(&client).await {
+            tracing::warn!(error = %e, "could not deliver notifications; will retry");
+        }
+    }
+}
+
+/// Every 30 seconds: probe the keys whose probe is due, then announce health changes.
+async fn health_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.run_probes().await {
+            tracing::warn!(error = %e, "could not run health probes; will retry");
+        }
+        if let Err(e) = app.announce_health_changes().await {
+            tracing::warn!(error = %e, "could not check health changes; will retry");
+        }
+    }
+}
+
+/// Streams the trail to `url` as JSON Lines, oldest first, from where the last delivery
+/// stopped (the whole history on first use). Delivery is at least once: a batch is resent
+/// until a 2xx answer, with backoff up to a minute, and instances sharing a database may
+/// both send one — receivers deduplicate by `seq`. Each call carries
+/// `X-Keyward-Audit-Last-Seq`.
+async fn audit_webhook_loop(app: Arc<App>, url: SecretString, poll: Duration) {
+    let client = match keyward_proxy::Outbound::new(Duration::from_secs(10)) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "the audit webhook cannot start");
+            return;
+        }
+    };
+    let mut backoff = poll;
+    loop {
+        let delivered =
+            keyward_app::audit::deliver_webhook_batch(&app, &client, url.expose_secret()).await;
+        let wait = match delivered {
+            Ok(true) => {
+                backoff = poll;
+                Duration::ZERO
+            }
+            Ok(false) => {
+                backoff = poll;
+                poll
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = backoff.as_secs_f64(), "audit webhook delivery failed; will retry");
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Hourly housekeeping, first run at start: purge keys whose recovery window has passed,
+/// prune usage records past their retention, then refresh planner statistics.
+/// Signs the audit chain's head every `every` when it moved, so a trail rewritten later
+/// (even with every hash recomputed) no longer matches a signature.
+async fn checkpoint_loop(app: Arc<App>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.audit.checkpoint().await {
+            tracing::warn!(error = %e, "could not sign an audit checkpoint; will retry");
+        }
+    }
+}
+
+async fn purge_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.purge_expired().await {
+            tracing::warn!(error = %e, "scheduled purge failed; will retry");
+        }
+        if let Err(e) = app.prune_sessions().await {
+            tracing::warn!(error = %e, "pruning ended sessions failed; will retry");
+        }
+        if let Err(e) = app.prune_usage().await {
+            tracing::warn!(error = %e, "pruning old usage records failed; will retry");
+        }
+        if let Err(e) = app.store.maintain().await {
+            tracing::warn!(error = %e, "store maintenance failed; will retry");
+        }
+    }
+}
+
+/// Moves guided rotations on by themselves (`App::run_rotations`): retires old values whose
+/// dual-key window has ended and resumes managed rotations a crash interrupted. Every
+/// instance runs it; the store's compare-and-set lets only one of them take each step.
+async fn rotation_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.run_rotations().await {
+            tracing::warn!(error = %e, "could not check rotations; will retry");
+        }
+    }
+}
+
+/// Keeps the proxy snapshot current with changes made by other instances: polls the
+/// store's change marker twice a second and rebuilds only when it moved, so a revocation
+/// anywhere takes effect everywhere within a second. (Changes made through
+/// this instance are applied before their API call returns.)
+async fn snapshot_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.refresh_proxy_if_changed(&mut last).await {
+            tracing::warn!(error = %e, "could not check for changes; the proxy keeps its current snapshot");
+        }
+    }
+}
+
+/// Writes the proxy's events (usage records, last use, key flags) in batches: the first
+/// event opens a quarter-second window, and everything queued when it closes goes in one
+/// transaction per table. The channel is not polled during the window, so senders never
+/// wake this task per event (that cost one cross-thread wake-up per proxied call). When
+/// `stop` fires it writes whatever is still queued and returns.
+async fn record_events(
+    app: Arc<App>,
+    metrics: Arc<Metrics>,
+    mut events: tokio::sync::mpsc::Receiver<ProxyEvent>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut stopping = false;
+    while !stopping {
+        let first = tokio::select! {
+            first = events.recv() => first,
+            _ = &mut stop => None,
+        };
+        let Some(first) = first else { break };
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = &mut stop => stopping = true,
+        }
+        let mut batch = vec![first];
+        while let Ok(event) = events.try_recv() {
+            batch.push(event);
+        }
+        write_events(&app, &metrics, batch).await;
+    }
+    let mut rest = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        rest.push(event);
+    }
+    if !rest.is_empty() {
+        write_events(&app, &metrics, rest).await;
+    }
+}
+
+async fn write_events(app: &App, metrics: &Metrics, batch: Vec<ProxyEvent>) {
+    let count = batch.len();
+    metrics.observe(
+        batch.iter().filter_map(|event| match event {
+            ProxyEvent::Usage(record) => Some(&**record),
+            _ => None,
+        }),
+        |service| app.proxy.knows_service(service),
+    );
+    if let Err(e) = app.record_events(batch).await {
+        metrics.usage_write_failed();
+        tracing::warn!(error = %e, events = count, "could not record proxy events");
+    }
+}
