@@ -10,6 +10,7 @@ use keyward_core::access::{Access, Permission, Role};
 use keyward_core::audit::{ActorKind, AuditDraft, AuditOutcome};
 use keyward_core::catalog::builtin_services;
 use keyward_core::key::RecoveryWindow;
+use keyward_core::mfa::MfaStanding;
 use keyward_core::ports::Store;
 use keyward_core::service::ServiceDefinition;
 use keyward_core::usage::PricingTable;
@@ -17,7 +18,7 @@ use keyward_core::{Clock, Error, ErrorKind, Randomness};
 use keyward_crypto::Keyring;
 use keyward_proxy::{Proxy, ProxyConfig, ProxyEvent, Snapshot};
 
-use crate::audit::{AuditLog, outcome_of};
+use crate::audit::AuditLog;
 use crate::vault::Vault;
 
 /// Who is acting: recorded in `created_by`/`deleted_by` and in the audit trail.
@@ -34,6 +35,9 @@ pub struct Actor {
     pub access: Access,
     /// What the request says about approval (`X-Keyward-Approval`).
     pub approval: Option<crate::approvals::ApprovalUse>,
+    /// Where the actor stands with MFA: the change pipeline refuses a step-up operation
+    /// without a recent check, whatever face (API, page, CLI) the request came through.
+    pub mfa: MfaStanding,
 }
 
 impl Actor {
@@ -47,7 +51,14 @@ impl Actor {
             source,
             access: Access::default(),
             approval: None,
+            mfa: MfaStanding::NotApplicable,
         }
+    }
+
+    /// The id of the user or token acting, recorded as the creator of what they create;
+    /// `None` for Keyward itself and the console.
+    pub fn person_id(&self) -> Option<String> {
+        matches!(self.kind, ActorKind::User | ActorKind::Token).then(|| self.id.clone())
     }
 
     /// Keyward itself, or an operator at the server's console (the CLI): `name` says which.
@@ -60,6 +71,7 @@ impl Actor {
             source: None,
             access: Access::of_role(Role::Owner),
             approval: None,
+            mfa: MfaStanding::NotApplicable,
         }
     }
 }
@@ -195,40 +207,6 @@ impl App {
         })
     }
 
-    /// Writes the audit entry for `action`, then runs `op`. If the entry cannot be written,
-    /// `op` never runs (fail closed); if `op` fails, a failure entry with its error code
-    /// follows (best effort: the operation did not happen either way).
-    pub(crate) async fn audited<T>(
-        &self,
-        actor: &Actor,
-        action: &str,
-        target: String,
-        details: serde_json::Value,
-        op: impl Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
-        let entry = self.audit_entry(
-            actor,
-            action,
-            Some(target.clone()),
-            AuditOutcome::Success,
-            &details,
-        )?;
-        self.audit.record(&entry).await?;
-        let result = op.await;
-        if let Err(e) = &result {
-            let mut details = details;
-            if let Some(map) = details.as_object_mut() {
-                map.insert("error".into(), e.code.into());
-            }
-            let failed =
-                self.audit_entry(actor, action, Some(target), outcome_of(&result), &details);
-            if let Err(audit_error) = async { self.audit.record(&failed?).await }.await {
-                tracing::error!(error = %audit_error, action, "could not record an operation's failure in the audit trail");
-            }
-        }
-        result
-    }
-
     /// Now, at the store's millisecond precision, so a response shows exactly what was stored.
     pub fn now(&self) -> Timestamp {
         let now = self.clock.now();
@@ -268,15 +246,6 @@ impl App {
         self.refresh_proxy().await?;
         *last = Some(marker);
         Ok(true)
-    }
-
-    /// After a write: the proxy must see it before the caller hears it succeeded (a revoked
-    /// token or disabled key stops working at once). A failed refresh is logged; the
-    /// write itself stands.
-    pub(crate) async fn changed(&self) {
-        if let Err(e) = self.refresh_proxy().await {
-            tracing::error!(error = %e, "could not refresh the proxy snapshot after a change");
-        }
     }
 
     /// Refuses an actor without `permission` over the whole vault: for use cases that are

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::app::{Actor, App};
 use crate::keys::out_of_scope_error;
+use crate::pipeline::{Change, Subject};
 
 impl App {
     /// Issues an app token after checking its scope names real services, environments and
@@ -86,20 +87,25 @@ impl App {
             last_used_at: None,
             revoked_at: None,
         };
-        self.audited(
-            actor,
+        let change = Change::new(
             "app_token.create",
-            format!("app_token:{}", record.id),
+            Subject::Areas {
+                target: format!("app_token:{}", record.id),
+                areas: self
+                    .areas_of(&record.services, &record.environments)
+                    .await?,
+            },
+            Permission::AppTokensWrite,
             json!({
                 "name": record.name,
                 "services": record.services,
                 "environments": record.environments,
                 "public_id": record.public_id,
             }),
-            self.store.insert_app_token(&record),
         )
-        .await?;
-        self.changed().await;
+        .refreshes_proxy();
+        self.apply(actor, change, self.store.insert_app_token(&record))
+            .await?;
         tracing::info!(app_token = %record.id, actor = %actor.name, "app token created");
         Ok((record, issued.token))
     }
@@ -162,19 +168,23 @@ impl App {
         actor: &Actor,
         id: &AppTokenId,
     ) -> Result<AppToken, Error> {
-        self.app_token_for(actor, Permission::AppTokensWrite, id)
+        let token = self
+            .app_token_for(actor, Permission::AppTokensWrite, id)
             .await?;
-        let revoked = self
-            .audited(
-                actor,
-                "app_token.revoke",
-                format!("app_token:{id}"),
-                json!({}),
-                self.store.revoke_app_token(id, self.now()),
-            )
-            .await?;
-        if revoked {
-            self.changed().await;
+        let change = Change::new(
+            "app_token.revoke",
+            Subject::Areas {
+                target: format!("app_token:{id}"),
+                areas: self.areas_of(&token.services, &token.environments).await?,
+            },
+            Permission::AppTokensWrite,
+            json!({}),
+        )
+        .refreshes_proxy();
+        if self
+            .apply(actor, change, self.store.revoke_app_token(id, self.now()))
+            .await?
+        {
             tracing::warn!(app_token = %id, actor = %actor.name, "app token revoked");
         }
         self.app_token_for(actor, Permission::AppTokensWrite, id)

@@ -10,16 +10,16 @@
 //! operation (its hash) and the approval has not expired.
 
 use keyward_core::access::Permission;
-use keyward_core::approval::{
-    ApprovalPolicy, ApprovalRequest, ApprovalStatus, Operation, Participant,
-};
-use keyward_core::audit::{ActorKind, AuditOutcome};
+use keyward_core::approval::{ApprovalPolicy, ApprovalRequest, ApprovalStatus, Participant};
+use keyward_core::audit::AuditOutcome;
 use keyward_core::id::ApprovalId;
+use keyward_core::id::UserId;
 use keyward_core::key::Criticality;
 use keyward_core::{Error, ErrorKind};
 use serde_json::json;
 
 use crate::app::{Actor, App};
+use crate::pipeline::{Change, Subject};
 
 /// The vault setting holding the approval policy (JSON); absent means no approvals.
 pub const APPROVAL_POLICY_SETTING: &str = "approval_policy";
@@ -33,7 +33,7 @@ pub enum ApprovalUse {
     Use(ApprovalId),
 }
 
-fn participant(actor: &Actor) -> Participant {
+pub(crate) fn participant(actor: &Actor) -> Participant {
     Participant {
         id: actor.id.clone(),
         name: actor.name.clone(),
@@ -41,7 +41,7 @@ fn participant(actor: &Actor) -> Participant {
     }
 }
 
-fn not_found() -> Error {
+pub(crate) fn not_found() -> Error {
     Error::not_found("approval_not_found", "there is no such approval request")
 }
 
@@ -92,7 +92,7 @@ impl App {
 
     /// Writes a changed request over the revision it was read at; `code` if someone else
     /// changed it first.
-    async fn save_approval(
+    pub(crate) async fn save_approval(
         &self,
         request: &ApprovalRequest,
         expected: u32,
@@ -118,171 +118,24 @@ impl App {
         let policy = policy.validate()?;
         let text = serde_json::to_string(&policy)
             .map_err(|e| Error::internal(format!("cannot store the approval policy: {e}")))?;
-        let operation = Operation {
-            action: keyward_core::approval::ApprovalAction::AccessChange,
-            target: "policy:approvals".into(),
-            payload: serde_json::to_value(&policy)
-                .map_err(|e| Error::internal(format!("cannot describe the policy: {e}")))?,
-        };
-        self.gate(actor, &operation, GateFacts::default()).await?;
-        self.audited(
-            actor,
+        let change = Change::new(
             "policy.approvals.update",
-            "policy:approvals".into(),
+            Subject::vault("policy:approvals"),
+            Permission::AccessWrite,
             json!({"rules": policy.rules.len(), "ttl_hours": policy.ttl_hours}),
+        )
+        .access_change(
+            "policy:approvals",
+            serde_json::to_value(&policy)
+                .map_err(|e| Error::internal(format!("cannot describe the policy: {e}")))?,
+        );
+        self.apply(
+            actor,
+            change,
             self.store_policy(APPROVAL_POLICY_SETTING, &text),
         )
         .await?;
         Ok(policy)
-    }
-
-    /// Lets `operation` through if the policy does not cover it, or if the actor brings an
-    /// approval for exactly it; otherwise refuses (`approval_required`) or, when asked,
-    /// files the request (`Accepted`). Every request, use and refusal is audited.
-    pub(crate) async fn gate(
-        &self,
-        actor: &Actor,
-        operation: &Operation,
-        facts: GateFacts<'_>,
-    ) -> Result<(), Error> {
-        let policy = self.approval_policy().await?;
-        let Some(requirement) =
-            policy.requirement(operation.action, facts.category, facts.criticality)
-        else {
-            return Ok(());
-        };
-        // The operator at the server's console (the CLI) is not asked.
-        if actor.kind == ActorKind::System {
-            return Ok(());
-        }
-        let roles: Vec<&str> = requirement
-            .approver_roles
-            .iter()
-            .map(|r| r.as_str())
-            .collect();
-        match &actor.approval {
-            None => {
-                self.record_audit(
-                    actor,
-                    "approval.required",
-                    Some(operation.target.clone()),
-                    AuditOutcome::Denied,
-                    json!({"action": operation.action, "approvals": requirement.approvals}),
-                )
-                .await?;
-                Err(Error::new(
-                    ErrorKind::Forbidden,
-                    "approval_required",
-                    format!(
-                        "this {} needs {} approval(s) from {}: repeat the request with `X-Keyward-Approval: request` and a reason in `X-Keyward-Reason`",
-                        operation.action,
-                        requirement.approvals,
-                        roles.join(" or ")
-                    ),
-                ))
-            }
-            Some(ApprovalUse::Request(reason)) => {
-                let reason = keyward_core::label::text("reason", Some(reason), 500)?
-                    .filter(|r| r.chars().count() >= 4)
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            "reason_required",
-                            "say why in `X-Keyward-Reason` (at least 4 characters)",
-                        )
-                    })?;
-                let now = self.now();
-                let request = ApprovalRequest::open(
-                    ApprovalId::generate(now, &*self.random),
-                    operation.clone(),
-                    reason,
-                    participant(actor),
-                    requirement,
-                    now,
-                    policy.ttl(),
-                );
-                self.audited(
-                    actor,
-                    "approval.request",
-                    format!("approval:{}", request.id),
-                    json!({"action": operation.action, "target": operation.target,
-                           "operation_hash": request.operation_hash, "reason": request.reason}),
-                    self.store.insert_approval(&request),
-                )
-                .await?;
-                self.notify(
-                    keyward_core::notification::NotificationKind::ApprovalRequested,
-                    crate::notifications::About {
-                        category: facts.category,
-                        environment: facts.environment,
-                    },
-                    format!("approval_requested:{}", request.id),
-                    json!({"approval": request.id.as_str(), "action": operation.action,
-                           "target": operation.target, "requested_by": actor.name,
-                           "reason": request.reason, "expires_at": request.expires_at.to_string()}),
-                )
-                .await;
-                Err(Error::accepted(
-                    "approval_requested",
-                    format!(
-                        "nothing was done: approval request {} waits for {} approval(s) from {}",
-                        request.id,
-                        request.required,
-                        roles.join(" or ")
-                    ),
-                    request.id.to_string(),
-                ))
-            }
-            Some(ApprovalUse::Use(id)) => {
-                let mut request = self.store.approval(id).await?.ok_or_else(not_found)?;
-                let expected = request.revision;
-                if let Err(refused) = request.execute(&participant(actor), operation, self.now()) {
-                    self.record_audit(
-                        actor,
-                        "approval.use",
-                        Some(format!("approval:{id}")),
-                        AuditOutcome::Denied,
-                        json!({"reason": refused.code, "target": operation.target}),
-                    )
-                    .await?;
-                    return Err(refused);
-                }
-                self.audited(
-                    actor,
-                    "approval.use",
-                    format!("approval:{id}"),
-                    json!({"action": operation.action, "target": operation.target}),
-                    self.save_approval(&request, expected, "approval_used"),
-                )
-                .await
-            }
-        }
-    }
-
-    /// Records a break-glass action (done without approval) for review afterwards.
-    pub(crate) async fn flag_break_glass(
-        &self,
-        actor: &Actor,
-        operation: Operation,
-        reason: String,
-    ) -> Result<ApprovalId, Error> {
-        let now = self.now();
-        let record = ApprovalRequest::break_glass(
-            ApprovalId::generate(now, &*self.random),
-            operation,
-            reason,
-            participant(actor),
-            now,
-        );
-        self.audited(
-            actor,
-            "approval.break_glass",
-            format!("approval:{}", record.id),
-            json!({"action": record.operation.action, "target": record.operation.target,
-                   "reason": record.reason}),
-            self.store.insert_approval(&record),
-        )
-        .await?;
-        Ok(record.id)
     }
 
     /// An approver approves or denies (or reviews a break-glass action).
@@ -302,8 +155,19 @@ impl App {
         } else {
             "approval.deny"
         };
-        if let Err(refused) =
-            request.decide(participant(actor), approve, comment.clone(), self.now())
+        let change = Change::new(
+            action,
+            Subject::vault(format!("approval:{id}")),
+            Permission::ApprovalsDecide,
+            json!({"comment": comment}),
+        );
+        let admitted = self.admit(actor, change).await?;
+        // Who may decide this request (not the requester, nor anyone acting for them) is
+        // the request's own rule; a refusal is recorded like any denial.
+        if let Err(refused) = self
+            .check_four_eyes(actor, &request)
+            .await
+            .and_then(|()| request.decide(participant(actor), approve, comment.clone(), self.now()))
         {
             self.record_audit(
                 actor,
@@ -315,15 +179,72 @@ impl App {
             .await?;
             return Err(refused);
         }
-        self.audited(
+        let admitted = admitted.detail(
+            "status",
+            serde_json::to_value(request.status).unwrap_or_default(),
+        );
+        self.commit(
             actor,
-            action,
-            format!("approval:{id}"),
-            json!({"comment": comment, "status": request.status}),
+            admitted,
             self.save_approval(&request, expected, "approval_changed"),
         )
         .await?;
         Ok(request)
+    }
+
+    /// Four eyes means two people: refuses (`self_approval`) a decision by the requester
+    /// under another credential — a token acts for whoever minted it, whenever that was — or
+    /// by an account the requester (or one of their tokens) created after opening the request,
+    /// and so on up a chain of such accounts. Accounts that existed before the request are
+    /// people in their own right.
+    async fn check_four_eyes(&self, actor: &Actor, request: &ApprovalRequest) -> Result<(), Error> {
+        let refused = || {
+            Error::new(
+                ErrorKind::Forbidden,
+                "self_approval",
+                "you cannot decide this request: the requester made the account or token you act with",
+            )
+        };
+        let requester = self.person_behind(&request.requested_by.id).await?;
+        let mut person = self.person_behind(&actor.id).await?;
+        // Bounded: a creation chain is short, and bad data must not loop.
+        for _ in 0..16 {
+            if person == requester {
+                return Err(refused());
+            }
+            let Ok(id) = person.parse::<UserId>() else {
+                break;
+            };
+            let Some(user) = self.store.user(&id).await? else {
+                break;
+            };
+            let Some(creator) = user
+                .created_by_id
+                .filter(|_| user.created_at >= request.created_at)
+            else {
+                break;
+            };
+            person = self.person_behind(&creator).await?;
+        }
+        Ok(())
+    }
+
+    /// Who acts behind a user or token id: a token acts for its minter (and theirs, for a
+    /// token minted by a token); a user, or a token minted at the console, for itself.
+    async fn person_behind(&self, id: &str) -> Result<String, Error> {
+        let tokens = self.store.tokens().await?;
+        let mut id = id.to_owned();
+        for _ in 0..16 {
+            match tokens
+                .iter()
+                .find(|t| t.id.as_str() == id)
+                .and_then(|t| t.created_by_id.clone())
+            {
+                Some(minter) => id = minter,
+                None => break,
+            }
+        }
+        Ok(id)
     }
 
     pub async fn cancel_approval(
@@ -334,11 +255,9 @@ impl App {
         let mut request = self.store.approval(id).await?.ok_or_else(not_found)?;
         let expected = request.revision;
         request.cancel(&participant(actor))?;
-        self.audited(
+        self.apply(
             actor,
-            "approval.cancel",
-            format!("approval:{id}"),
-            json!({}),
+            Change::own("approval.cancel", format!("approval:{id}"), json!({})),
             self.save_approval(&request, expected, "approval_changed"),
         )
         .await?;

@@ -314,22 +314,14 @@ impl crate::app::App {
             "actor": filter.actor, "action": filter.action, "target": filter.target,
             "after": filter.after_seq, "limit": filter.limit,
         });
-        let operation = keyward_core::approval::Operation {
-            action: keyward_core::approval::ApprovalAction::Export,
-            target: "audit".into(),
-            payload: details.clone(),
-        };
-        self.gate(actor, &operation, crate::approvals::GateFacts::default())
-            .await?;
-        self.record_audit(
-            actor,
+        let change = crate::pipeline::Change::new(
             "audit.export",
-            None,
-            keyward_core::audit::AuditOutcome::Success,
-            details,
+            crate::pipeline::Subject::vault("audit"),
+            keyward_core::access::Permission::AuditExport,
+            details.clone(),
         )
-        .await?;
-        self.audit.events(filter).await
+        .approval(keyward_core::approval::ApprovalAction::Export, details);
+        self.apply(actor, change, self.audit.events(filter)).await
     }
 }
 

@@ -8,6 +8,8 @@ use keyward_core::{Error, label};
 use serde_json::json;
 
 use crate::app::{Actor, App};
+use crate::pipeline::{Change, Subject};
+use keyward_core::access::Permission;
 
 impl App {
     /// The catalog as stored now (built-ins + custom services + overrides). Read per request
@@ -58,15 +60,18 @@ impl App {
                 format!("there is no category `{}`", service.category),
             ));
         }
-        self.audited(
+        self.apply(
             actor,
-            "service.create",
-            format!("service:{}", service.id),
-            json!({"base_url": service.base_url, "category": service.category}),
+            Change::new(
+                "service.create",
+                Subject::vault(format!("service:{}", service.id)),
+                Permission::CatalogWrite,
+                json!({"base_url": service.base_url, "category": service.category}),
+            )
+            .refreshes_proxy(),
             self.store.insert_custom_service(&service, self.now()),
         )
         .await?;
-        self.changed().await;
         tracing::info!(service = %service.id, actor = %actor.name, "custom service added");
         Ok(service)
     }
@@ -82,15 +87,18 @@ impl App {
         if let Some(url) = base_url {
             validate_base_url(url)?;
         }
-        self.audited(
+        self.apply(
             actor,
-            "service.base_url.set",
-            format!("service:{id}"),
-            json!({"base_url": base_url}),
+            Change::new(
+                "service.base_url.set",
+                Subject::vault(format!("service:{id}")),
+                Permission::CatalogWrite,
+                json!({"base_url": base_url}),
+            )
+            .refreshes_proxy(),
             self.store.set_base_url_override(id, base_url, self.now()),
         )
         .await?;
-        self.changed().await;
         tracing::info!(service = %id, actor = %actor.name, base_url = ?base_url, "service base URL changed");
         self.catalog().await?.require(id).cloned()
     }
@@ -106,11 +114,14 @@ impl App {
             name: label::name("environment name", name)?,
             builtin: false,
         };
-        self.audited(
+        self.apply(
             actor,
-            "environment.create",
-            format!("environment:{}", env.id),
-            json!({"name": env.name}),
+            Change::new(
+                "environment.create",
+                Subject::vault(format!("environment:{}", env.id)),
+                Permission::CatalogWrite,
+                json!({"name": env.name}),
+            ),
             self.store.insert_environment(&env, self.now()),
         )
         .await?;
@@ -128,11 +139,14 @@ impl App {
             name: label::name("category name", name)?,
             builtin: false,
         };
-        self.audited(
+        self.apply(
             actor,
-            "category.create",
-            format!("category:{}", category.id),
-            json!({"name": category.name}),
+            Change::new(
+                "category.create",
+                Subject::vault(format!("category:{}", category.id)),
+                Permission::CatalogWrite,
+                json!({"name": category.name}),
+            ),
             self.store.insert_category(&category, self.now()),
         )
         .await?;

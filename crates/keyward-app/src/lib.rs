@@ -17,6 +17,7 @@ pub mod identity;
 pub mod keys;
 pub mod lifecycle;
 pub mod notifications;
+pub mod pipeline;
 pub mod usage;
 pub mod vault;
 

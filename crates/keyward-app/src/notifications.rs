@@ -23,6 +23,7 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use crate::app::{Actor, App};
+use crate::pipeline::{Change, Subject};
 
 /// What an event is about, so subscriptions can filter on it: the category of the key's
 /// service and the key's environment (both absent for events about no key).
@@ -225,14 +226,8 @@ impl App {
             created_by: actor.name.clone(),
             created_at: now,
         };
-        self.audited(
-            actor,
-            "webhook.create",
-            format!("webhook:{}", webhook.id),
-            json!({"host": parsed.host_str(), "kinds": webhook.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
-                   "categories": webhook.categories, "allow_private_network": allow_private_network}),
-            self.store.insert_webhook(&webhook),
-        )
+        self.apply(actor, Change::new("webhook.create", Subject::vault(format!("webhook:{}", webhook.id)), Permission::AccessWrite, json!({"host": parsed.host_str(), "kinds": webhook.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                   "categories": webhook.categories, "allow_private_network": allow_private_network})), self.store.insert_webhook(&webhook))
         .await?;
         let secret = self.audit.webhook_secret(webhook.id.as_str());
         Ok((webhook, secret))
@@ -244,13 +239,15 @@ impl App {
     }
 
     pub async fn delete_webhook(&self, actor: &Actor, id: &WebhookId) -> Result<(), Error> {
-        App::require_everywhere(actor, Permission::AccessWrite)?;
         let deleted = self
-            .audited(
+            .apply(
                 actor,
-                "webhook.delete",
-                format!("webhook:{id}"),
-                json!({}),
+                Change::new(
+                    "webhook.delete",
+                    Subject::vault(format!("webhook:{id}")),
+                    Permission::AccessWrite,
+                    json!({}),
+                ),
                 self.store.delete_webhook(id),
             )
             .await?;
@@ -393,12 +390,14 @@ impl App {
             created_by: actor.name.clone(),
             created_at: now,
         };
-        self.audited(
+        self.apply(
             actor,
-            "subscription.set",
-            format!("user:{}", actor.id),
-            json!({"kinds": subscription.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            Change::own(
+                "subscription.set",
+                format!("user:{}", actor.id),
+                json!({"kinds": subscription.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
                    "categories": subscription.categories}),
+            ),
             self.store.put_subscription(&subscription),
         )
         .await?;
@@ -413,11 +412,13 @@ impl App {
                 "you have no e-mail subscription",
             ));
         };
-        self.audited(
+        self.apply(
             actor,
-            "subscription.delete",
-            format!("user:{}", actor.id),
-            json!({}),
+            Change::own(
+                "subscription.delete",
+                format!("user:{}", actor.id),
+                json!({}),
+            ),
             self.store.delete_webhook(&mine.id),
         )
         .await?;

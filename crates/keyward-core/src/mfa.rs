@@ -4,9 +4,9 @@
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
 use crate::access::Role;
 use crate::id::UserId;
+use crate::{Error, ErrorKind};
 
 /// A user's TOTP factor. Pending until the first code proves the app has the secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,5 +114,55 @@ mod tests {
         .validate()
         .expect("valid");
         assert_eq!(ok.required_roles, vec![Role::Owner, Role::Viewer]);
+    }
+}
+
+/// Where a caller stands with MFA, worked out once per request from the MFA policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MfaStanding {
+    /// A management token: non-interactive, bound by its role, scope and allowlist instead.
+    NotApplicable,
+    /// The policy says this role needs a second factor and the user has none yet: the
+    /// session may enrol, see who it is and sign out, nothing else.
+    EnrolmentRequired,
+    /// No MFA check within the step-up window (`enrolled` says whether one is possible).
+    Stale { enrolled: bool },
+    /// An MFA check within the step-up window.
+    Fresh,
+}
+
+impl MfaStanding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MfaStanding::NotApplicable => "not_applicable",
+            MfaStanding::EnrolmentRequired => "enrolment_required",
+            MfaStanding::Stale { .. } => "stale",
+            MfaStanding::Fresh => "fresh",
+        }
+    }
+
+    /// Why this caller may not go on yet, if so; `step_up` for operations that need a recent
+    /// MFA check.
+    pub fn refusal(self, step_up: bool) -> Option<Error> {
+        let enrol = || {
+            Error::new(
+                ErrorKind::Forbidden,
+                "mfa_enrolment_required",
+                "set up a second factor (POST /api/v1/auth/mfa/enroll) before doing this",
+            )
+        };
+        match self {
+            MfaStanding::EnrolmentRequired => Some(enrol()),
+            MfaStanding::Stale { enrolled } if step_up => Some(if enrolled {
+                Error::new(
+                    ErrorKind::Forbidden,
+                    "step_up_required",
+                    "confirm it is you: enter a code from your authenticator app (POST /api/v1/auth/mfa/verify), then try again",
+                )
+            } else {
+                enrol()
+            }),
+            _ => None,
+        }
     }
 }

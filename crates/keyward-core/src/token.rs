@@ -18,6 +18,8 @@ pub struct ManagementToken {
     /// SHA-256 of the secret part (the secret is 256 random bits, so a fast hash is enough).
     pub secret_hash: Vec<u8>,
     pub created_by: String,
+    /// The user or token that minted this one (`None`: the console — the CLI).
+    pub created_by_id: Option<String>,
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,

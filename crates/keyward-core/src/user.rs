@@ -15,6 +15,8 @@ pub struct User {
     pub role: Role,
     pub disabled: bool,
     pub created_at: Timestamp,
+    /// The user or token that created this account (`None`: the console — setup, the CLI).
+    pub created_by_id: Option<String>,
     /// Has a confirmed second factor (derived by the store from the enrolment).
     pub mfa_enabled: bool,
     /// Where the user may sign in and work from (empty: anywhere the role allows).

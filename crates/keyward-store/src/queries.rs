@@ -163,6 +163,7 @@ fn token_from_row(row: &DbRow) -> Result<ManagementToken, Error> {
         role: parse::<Role>("role", &get::<String>(row, "role")?)?,
         secret_hash: get(row, "secret_hash")?,
         created_by: get(row, "created_by")?,
+        created_by_id: get(row, "created_by_id")?,
         created_at: timestamp(get(row, "created_at")?)?,
         expires_at: opt_timestamp(get(row, "expires_at")?)?,
         last_used_at: opt_timestamp(get(row, "last_used_at")?)?,
@@ -175,7 +176,7 @@ fn token_from_row(row: &DbRow) -> Result<ManagementToken, Error> {
     })
 }
 
-const TOKEN_COLUMNS: &str = "id, public_id, name, role, secret_hash, created_by, created_at, expires_at, last_used_at, revoked_at, scope, allowed_networks";
+const TOKEN_COLUMNS: &str = "id, public_id, name, role, secret_hash, created_by, created_by_id, created_at, expires_at, last_used_at, revoked_at, scope, allowed_networks";
 
 fn scope_text(scope: &Scope) -> Result<String, Error> {
     serde_json::to_string(scope).map_err(|e| Error::internal(format!("cannot encode a scope: {e}")))
@@ -890,8 +891,8 @@ impl ThisStore {
 impl TokenStore for ThisStore {
     async fn insert_token(&self, t: &ManagementToken) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO management_tokens (id, public_id, name, role, secret_hash, created_by, created_at, expires_at, last_used_at, revoked_at, scope, allowed_networks) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            "INSERT INTO management_tokens (id, public_id, name, role, secret_hash, created_by, created_at, expires_at, last_used_at, revoked_at, scope, allowed_networks, created_by_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(t.id.as_str())
         .bind(&t.public_id)
@@ -905,6 +906,7 @@ impl TokenStore for ThisStore {
         .bind(t.revoked_at.map(millis))
         .bind(if t.scope.is_everywhere() { None } else { Some(scope_text(&t.scope)?) })
         .bind(networks_text(&t.allowed_networks)?)
+        .bind(t.created_by_id.as_deref())
         .execute(&self.pool)
         .await
         .map_err(|e| db_error(e, Some(("token_exists", "a token with this id already exists"))))?;
@@ -1077,7 +1079,7 @@ impl AppTokenStore for ThisStore {
     }
 }
 
-const USER_COLUMNS: &str = "id, username, password_hash, role, disabled, created_at, allowed_networks, \
+const USER_COLUMNS: &str = "id, username, password_hash, role, disabled, created_at, created_by_id, allowed_networks, \
     EXISTS (SELECT 1 FROM user_mfa m WHERE m.user_id = users.id AND m.confirmed_at IS NOT NULL) AS mfa_enabled";
 
 fn user_row(r: &DbRow) -> Result<User, Error> {
@@ -1088,6 +1090,7 @@ fn user_row(r: &DbRow) -> Result<User, Error> {
         role: parse("role", &get::<String>(r, "role")?)?,
         disabled: get(r, "disabled")?,
         created_at: timestamp(get(r, "created_at")?)?,
+        created_by_id: get(r, "created_by_id")?,
         mfa_enabled: get(r, "mfa_enabled")?,
         allowed_networks: networks_from(get(r, "allowed_networks")?)?,
     })
@@ -1112,7 +1115,7 @@ fn networks_text(networks: &[ipnet::IpNet]) -> Result<Option<String>, Error> {
 impl UserStore for ThisStore {
     async fn insert_user(&self, u: &User) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO users (id, username, username_lower, password_hash, role, disabled, created_at, allowed_networks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO users (id, username, username_lower, password_hash, role, disabled, created_at, allowed_networks, created_by_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(u.id.as_str())
         .bind(&u.username)
@@ -1122,6 +1125,7 @@ impl UserStore for ThisStore {
         .bind(u.disabled)
         .bind(millis(u.created_at))
         .bind(networks_text(&u.allowed_networks)?)
+        .bind(u.created_by_id.as_deref())
         .execute(&self.pool)
         .await
         .map_err(|e| db_error(e, Some(("username_taken", "a user with this name already exists"))))?;

@@ -91,6 +91,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "subscriptions",
         include_str!("../migrations/sqlite/0015_subscriptions.sql"),
     ),
+    (
+        16,
+        "creators",
+        include_str!("../migrations/sqlite/0016_creators.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -1182,6 +1182,7 @@ async fn tokens_and_users(store: Arc<dyn Store>) {
         role: Role::KeyManager,
         secret_hash: vec![1, 2, 3, 0, 255],
         created_by: "cli".into(),
+        created_by_id: Some("usr_01JCREATOR0000000000000000".into()),
         created_at: ts(1),
         expires_at: Some(ts(100)),
         last_used_at: None,
@@ -1214,6 +1215,7 @@ async fn tokens_and_users(store: Arc<dyn Store>) {
         role: Role::Owner,
         disabled: false,
         created_at: ts(1),
+        created_by_id: Some("tok_01JCREATOR0000000000000000".into()),
         mfa_enabled: false,
         allowed_networks: vec![],
     };
@@ -1687,6 +1689,7 @@ async fn sessions_round_trip_touch_forward_and_end(store: Arc<dyn Store>) {
         role: Role::Viewer,
         disabled: false,
         created_at: ts(1),
+        created_by_id: None,
         mfa_enabled: false,
         allowed_networks: vec![],
     };
@@ -1785,6 +1788,7 @@ async fn custom_roles_grants_networks_and_token_revocation(store: Arc<dyn Store>
         role: Role::Viewer,
         disabled: false,
         created_at: ts(1),
+        created_by_id: None,
         mfa_enabled: false,
         allowed_networks: vec!["192.0.2.0/24".parse().expect("net")],
     };
@@ -1998,6 +2002,7 @@ async fn mfa_steps_and_recovery_codes_are_used_once(store: Arc<dyn Store>) {
         role: Role::Admin,
         disabled: false,
         created_at: ts(1),
+        created_by_id: None,
         mfa_enabled: false,
         allowed_networks: vec![],
     };

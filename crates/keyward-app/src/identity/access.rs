@@ -20,6 +20,8 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use crate::app::{Actor, App};
+use crate::pipeline::{Change, Subject};
+use keyward_core::access::Permission;
 
 /// At most this many networks in one allowlist.
 const NETWORKS_MAX: usize = 64;
@@ -90,22 +92,6 @@ impl RoleBook {
 }
 
 impl App {
-    /// Changes to who may do what pass the approval gate as `access_change`.
-    pub(crate) async fn gate_access(
-        &self,
-        actor: &Actor,
-        target: String,
-        payload: serde_json::Value,
-    ) -> Result<(), Error> {
-        let operation = keyward_core::approval::Operation {
-            action: keyward_core::approval::ApprovalAction::AccessChange,
-            target,
-            payload,
-        };
-        self.gate(actor, &operation, crate::approvals::GateFacts::default())
-            .await
-    }
-
     async fn role_book(&self) -> Result<RoleBook, Error> {
         Ok(RoleBook {
             custom: self.store.custom_roles().await?,
@@ -163,12 +149,9 @@ impl App {
         if !actor.access.includes(permissions, &Scope::everywhere()) {
             return Err(no_escalation());
         }
-        self.gate_access(
-            actor,
-            format!("role:{id}"),
-            json!({"create": {"permissions": permissions, "description": description}}),
-        )
-        .await?;
+        let approval_target: String = format!("role:{id}");
+        let approval_payload =
+            json!({"create": {"permissions": permissions, "description": description}});
         let now = self.now();
         let role = CustomRole {
             id,
@@ -178,11 +161,15 @@ impl App {
             created_at: now,
             updated_at: now,
         };
-        self.audited(
+        self.apply(
             actor,
-            "role.create",
-            format!("role:{}", role.id),
-            json!({"permissions": role.permissions}),
+            Change::new(
+                "role.create",
+                Subject::vault(format!("role:{}", role.id)),
+                Permission::AccessWrite,
+                json!({"permissions": role.permissions}),
+            )
+            .access_change(approval_target, approval_payload),
             self.store.insert_custom_role(&role),
         )
         .await?;
@@ -207,18 +194,19 @@ impl App {
             }
             role.permissions = permissions;
         }
-        self.gate_access(
-            actor,
-            format!("role:{}", role.id),
-            json!({"update": {"permissions": role.permissions, "description": role.description}}),
-        )
-        .await?;
+        let approval_target: String = format!("role:{}", role.id);
+        let approval_payload =
+            json!({"update": {"permissions": role.permissions, "description": role.description}});
         role.updated_at = self.now();
-        self.audited(
+        self.apply(
             actor,
-            "role.update",
-            format!("role:{}", role.id),
-            json!({"permissions": role.permissions}),
+            Change::new(
+                "role.update",
+                Subject::vault(format!("role:{}", role.id)),
+                Permission::AccessWrite,
+                json!({"permissions": role.permissions}),
+            )
+            .access_change(approval_target, approval_payload),
             async {
                 if self.store.update_custom_role(&role).await? {
                     Ok(())
@@ -233,13 +221,17 @@ impl App {
 
     pub async fn delete_role(&self, actor: &Actor, id: &str) -> Result<(), Error> {
         self.custom_role(id).await?;
-        self.gate_access(actor, format!("role:{id}"), json!({"delete": true}))
-            .await?;
-        self.audited(
+        let approval_target: String = format!("role:{id}");
+        let approval_payload = json!({"delete": true});
+        self.apply(
             actor,
-            "role.delete",
-            format!("role:{id}"),
-            json!({}),
+            Change::new(
+                "role.delete",
+                Subject::vault(format!("role:{id}")),
+                Permission::AccessWrite,
+                json!({}),
+            )
+            .access_change(approval_target, approval_payload),
             async {
                 if self.store.delete_custom_role(id).await? {
                     Ok(())
@@ -288,12 +280,8 @@ impl App {
             ));
         }
         self.check_can_give(actor, &role, book.permissions(&role), &scope)?;
-        self.gate_access(
-            actor,
-            format!("user:{user_id}"),
-            json!({"grant": {"role": role.as_str(), "scope": scope}}),
-        )
-        .await?;
+        let approval_target: String = format!("user:{user_id}");
+        let approval_payload = json!({"grant": {"role": role.as_str(), "scope": scope}});
         let now = self.now();
         let grant = Grant {
             id: GrantId::generate(now, &*self.random),
@@ -303,13 +291,7 @@ impl App {
             created_by: actor.name.clone(),
             created_at: now,
         };
-        self.audited(
-            actor,
-            "grant.create",
-            format!("user:{user_id}"),
-            json!({"grant": grant.id.as_str(), "role": grant.role.as_str(), "scope": grant.scope}),
-            self.store.insert_grant(&grant),
-        )
+        self.apply(actor, Change::new("grant.create", Subject::vault(format!("user:{user_id}")), Permission::AccessWrite, json!({"grant": grant.id.as_str(), "role": grant.role.as_str(), "scope": grant.scope})).access_change(approval_target, approval_payload), self.store.insert_grant(&grant))
         .await?;
         Ok(grant)
     }
@@ -320,17 +302,17 @@ impl App {
         user_id: &UserId,
         grant_id: &GrantId,
     ) -> Result<(), Error> {
-        self.gate_access(
+        let approval_target: String = format!("user:{user_id}");
+        let approval_payload = json!({"remove_grant": grant_id.as_str()});
+        self.apply(
             actor,
-            format!("user:{user_id}"),
-            json!({"remove_grant": grant_id.as_str()}),
-        )
-        .await?;
-        self.audited(
-            actor,
-            "grant.delete",
-            format!("user:{user_id}"),
-            json!({"grant": grant_id.as_str()}),
+            Change::new(
+                "grant.delete",
+                Subject::vault(format!("user:{user_id}")),
+                Permission::AccessWrite,
+                json!({"grant": grant_id.as_str()}),
+            )
+            .access_change(approval_target, approval_payload),
             async {
                 if self.store.delete_grant(user_id, grant_id).await? {
                     Ok(())
@@ -388,13 +370,17 @@ impl App {
             role.permissions(),
             &Scope::everywhere(),
         )?;
-        self.gate_access(actor, format!("user:{user_id}"), json!({"role": role}))
-            .await?;
-        self.audited(
+        let approval_target: String = format!("user:{user_id}");
+        let approval_payload = json!({"role": role});
+        self.apply(
             actor,
-            "user.role",
-            format!("user:{user_id}"),
-            json!({"from": user.role, "to": role}),
+            Change::new(
+                "user.role",
+                Subject::vault(format!("user:{user_id}")),
+                Permission::AccessWrite,
+                json!({"from": user.role, "to": role}),
+            )
+            .access_change(approval_target, approval_payload),
             self.store.set_user_role(user_id, role),
         )
         .await?;
@@ -410,17 +396,17 @@ impl App {
     ) -> Result<User, Error> {
         self.user(user_id).await?;
         let networks = validate_networks(networks)?;
-        self.gate_access(
+        let approval_target: String = format!("user:{user_id}");
+        let approval_payload = json!({"allowed_networks": networks});
+        self.apply(
             actor,
-            format!("user:{user_id}"),
-            json!({"allowed_networks": networks}),
-        )
-        .await?;
-        self.audited(
-            actor,
-            "user.networks",
-            format!("user:{user_id}"),
-            json!({"allowed_networks": networks}),
+            Change::new(
+                "user.networks",
+                Subject::vault(format!("user:{user_id}")),
+                Permission::AccessWrite,
+                json!({"allowed_networks": networks}),
+            )
+            .access_change(approval_target, approval_payload),
             self.store.set_user_networks(user_id, &networks),
         )
         .await?;
@@ -443,17 +429,17 @@ impl App {
             self.custom_role(id).await?;
         }
         let networks = validate_networks(networks)?;
-        self.gate_access(
+        let approval_target: String = format!("role:{}", role.as_str());
+        let approval_payload = json!({"allowed_networks": networks});
+        self.apply(
             actor,
-            format!("role:{}", role.as_str()),
-            json!({"allowed_networks": networks}),
-        )
-        .await?;
-        self.audited(
-            actor,
-            "role.networks",
-            format!("role:{}", role.as_str()),
-            json!({"allowed_networks": networks}),
+            Change::new(
+                "role.networks",
+                Subject::vault(format!("role:{}", role.as_str())),
+                Permission::AccessWrite,
+                json!({"allowed_networks": networks}),
+            )
+            .access_change(approval_target, approval_payload),
             self.store.set_role_networks(role.as_str(), &networks),
         )
         .await
@@ -490,24 +476,20 @@ impl App {
             allowed_networks: validate_networks(limits.allowed_networks)?,
             ..limits
         };
-        self.gate_access(
-            actor,
-            "tokens".into(),
-            json!({"create": {"name": name, "role": role, "scope": limits.scope,
-                              "allowed_networks": limits.allowed_networks,
-                              "expires_at": expires_at.map(|t| t.to_string())}}),
-        )
-        .await?;
         self.issue_limited_token(actor, name, role, expires_at, limits)
             .await
     }
 
     pub async fn revoke_token(&self, actor: &Actor, id: &TokenId) -> Result<(), Error> {
-        self.audited(
+        self.apply(
             actor,
-            "token.revoke",
-            format!("token:{id}"),
-            json!({}),
+            Change::new(
+                "token.revoke",
+                Subject::vault(format!("token:{id}")),
+                Permission::AccessWrite,
+                json!({}),
+            )
+            .access_change(format!("token:{id}"), json!({"revoke": true})),
             async {
                 if self.store.revoke_token(id, self.now()).await? {
                     Ok(())
@@ -572,6 +554,7 @@ impl App {
             role,
             secret_hash: issued.secret_hash,
             created_by: actor.name.clone(),
+            created_by_id: actor.person_id(),
             created_at: now,
             expires_at,
             last_used_at: None,
@@ -579,15 +562,20 @@ impl App {
             scope,
             allowed_networks: limits.allowed_networks,
         };
-        self.audited(
-            actor,
+        // Bound to what the token can do, not to its id (a new one each time it is asked for).
+        let terms = json!({"create": {"name": name, "role": role, "scope": record.scope,
+                                      "allowed_networks": record.allowed_networks,
+                                      "expires_at": expires_at.map(|t| t.to_string())}});
+        let change = Change::new(
             "token.create",
-            format!("token:{}", record.id),
+            Subject::vault(format!("token:{}", record.id)),
+            Permission::AccessWrite,
             json!({"name": record.name, "role": role.as_str(), "public_id": record.public_id,
                    "scope": record.scope, "allowed_networks": record.allowed_networks}),
-            self.store.insert_token(&record),
         )
-        .await?;
+        .access_change("tokens", terms);
+        self.apply(actor, change, self.store.insert_token(&record))
+            .await?;
         Ok((record, issued.token))
     }
 

@@ -21,6 +21,7 @@ use serde_json::json;
 use crate::app::{Actor, App};
 use crate::identity::sessions::NewSession;
 use crate::identity::users::attempt_subjects;
+use crate::pipeline::{Change, Subject};
 
 /// The vault setting that holds the MFA policy (JSON); absent means the default.
 pub const MFA_POLICY_SETTING: &str = "mfa_policy";
@@ -87,19 +88,22 @@ impl App {
         actor: &Actor,
         policy: MfaPolicy,
     ) -> Result<MfaPolicy, Error> {
-        App::require_everywhere(actor, Permission::AccessWrite)?;
         let policy = policy.validate()?;
         let text = serde_json::to_string(&policy)
             .map_err(|e| Error::internal(format!("cannot store the MFA policy: {e}")))?;
         let details = json!({"required_roles": policy.required_roles,
                              "step_up_minutes": policy.step_up_minutes});
-        self.gate_access(actor, "policy:mfa".into(), details.clone())
-            .await?;
-        self.audited(
+        let approval_target: String = "policy:mfa".into();
+        let approval_payload = details.clone();
+        self.apply(
             actor,
-            "policy.mfa.update",
-            "policy:mfa".into(),
-            details,
+            Change::new(
+                "policy.mfa.update",
+                Subject::vault("policy:mfa"),
+                Permission::AccessWrite,
+                details,
+            )
+            .access_change(approval_target, approval_payload),
             self.store_policy(MFA_POLICY_SETTING, &text),
         )
         .await?;
@@ -136,11 +140,9 @@ impl App {
         };
         let otpauth_uri = secret.otpauth_uri(ISSUER, &user.username)?;
         let qr_svg = SecretString::from(crate::identity::qr::svg(otpauth_uri.expose_secret())?);
-        self.audited(
+        self.apply(
             actor,
-            "mfa.enrol.start",
-            user_target(&user.id),
-            json!({}),
+            Change::own("mfa.enrol.start", user_target(&user.id), json!({})),
             self.store.put_pending_mfa(&enrolment),
         )
         .await?;
@@ -183,11 +185,13 @@ impl App {
         let codes = totp::recovery_codes(&*self.random);
         let hashes: Vec<Vec<u8>> = codes.iter().map(|(_, h)| h.clone()).collect();
         let now = self.now();
-        self.audited(
+        self.apply(
             actor,
-            "mfa.enrol.confirm",
-            user_target(&user.id),
-            json!({"recovery_codes": hashes.len()}),
+            Change::own(
+                "mfa.enrol.confirm",
+                user_target(&user.id),
+                json!({"recovery_codes": hashes.len()}),
+            ),
             async {
                 if self.store.confirm_mfa(&user.id, step, now, &hashes).await? {
                     Ok(())
@@ -310,11 +314,13 @@ impl App {
     ) -> Result<Vec<SecretString>, Error> {
         let codes = totp::recovery_codes(&*self.random);
         let hashes: Vec<Vec<u8>> = codes.iter().map(|(_, h)| h.clone()).collect();
-        self.audited(
+        self.apply(
             actor,
-            "mfa.recovery_codes.replace",
-            user_target(user_id),
-            json!({"recovery_codes": hashes.len()}),
+            Change::own(
+                "mfa.recovery_codes.replace",
+                user_target(user_id),
+                json!({"recovery_codes": hashes.len()}),
+            ),
             self.store.replace_recovery_codes(user_id, &hashes),
         )
         .await?;
@@ -333,13 +339,17 @@ impl App {
                 "only an owner may reset an owner's second factor",
             ));
         }
-        self.gate_access(actor, user_target(user_id), json!({"reset_mfa": true}))
-            .await?;
-        self.audited(
+        let approval_target: String = user_target(user_id);
+        let approval_payload = json!({"reset_mfa": true});
+        self.apply(
             actor,
-            "mfa.reset",
-            user_target(user_id),
-            json!({"username": user.username}),
+            Change::new(
+                "mfa.reset",
+                Subject::vault(user_target(user_id)),
+                Permission::AccessWrite,
+                json!({"username": user.username}),
+            )
+            .access_change(approval_target, approval_payload),
             async {
                 if self.store.delete_mfa(user_id).await? {
                     Ok(())

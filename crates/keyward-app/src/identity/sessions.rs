@@ -12,6 +12,8 @@ use serde_json::json;
 
 use crate::app::{Actor, App};
 use crate::identity::mfa::SecondFactor;
+use crate::pipeline::{Change, Subject};
+use keyward_core::access::Permission;
 
 /// What a successful sign-in hands to the browser, once.
 #[derive(Debug)]
@@ -85,11 +87,13 @@ impl App {
         session.expires_at = now
             .checked_add(self.session_policy.absolute)
             .unwrap_or(Timestamp::MAX);
-        self.audited(
+        self.apply(
             &actor,
-            "session.create",
-            format!("session:{}", session.public_id),
-            json!({"expires_at": session.expires_at.to_string(), "mfa": mfa_at.is_some()}),
+            Change::own(
+                "session.create",
+                format!("session:{}", session.public_id),
+                json!({"expires_at": session.expires_at.to_string(), "mfa": mfa_at.is_some()}),
+            ),
             self.store.insert_session(&session),
         )
         .await?;
@@ -137,11 +141,13 @@ impl App {
         session.created_at = old.created_at;
         session.expires_at = old.expires_at;
         session.mfa_at = Some(self.now());
-        self.audited(
+        self.apply(
             actor,
-            "session.renew",
-            format!("session:{}", old.public_id),
-            json!({"new_session": session.public_id, "reason": "mfa"}),
+            Change::own(
+                "session.renew",
+                format!("session:{}", old.public_id),
+                json!({"new_session": session.public_id, "reason": "mfa"}),
+            ),
             async {
                 if self.store.replace_session(&old.public_id, &session).await? {
                     Ok(())
@@ -207,11 +213,13 @@ impl App {
     }
 
     pub async fn sign_out(&self, actor: &Actor, session: &Session) -> Result<(), Error> {
-        self.audited(
+        self.apply(
             actor,
-            "session.end",
-            format!("session:{}", session.public_id),
-            json!({"reason": "sign_out"}),
+            Change::own(
+                "session.end",
+                format!("session:{}", session.public_id),
+                json!({"reason": "sign_out"}),
+            ),
             self.store.delete_session(&session.public_id),
         )
         .await
@@ -225,11 +233,13 @@ impl App {
         user_id: &UserId,
         reason: &str,
     ) -> Result<u64, Error> {
-        self.audited(
+        self.apply(
             actor,
-            "session.end_all",
-            format!("user:{user_id}"),
-            json!({"reason": reason}),
+            Change::own(
+                "session.end_all",
+                format!("user:{user_id}"),
+                json!({"reason": reason}),
+            ),
             self.store.delete_user_sessions(user_id),
         )
         .await
@@ -249,11 +259,14 @@ impl App {
     /// An admin ends someone's session.
     pub async fn end_session(&self, actor: &Actor, public_id: &str) -> Result<(), Error> {
         let ended = self
-            .audited(
+            .apply(
                 actor,
-                "session.end",
-                format!("session:{public_id}"),
-                json!({"reason": "ended_by_admin"}),
+                Change::new(
+                    "session.end",
+                    Subject::vault(format!("session:{public_id}")),
+                    Permission::UsersWrite,
+                    json!({"reason": "ended_by_admin"}),
+                ),
                 self.store.delete_session(public_id),
             )
             .await?;
@@ -288,6 +301,10 @@ impl Actor {
             // The base role; `App::user_access` adds grants for a request.
             access: keyward_core::access::Access::of_role(user.role),
             approval: None,
+            // Until the session's standing is worked out (`App::session_standing`).
+            mfa: keyward_core::mfa::MfaStanding::Stale {
+                enrolled: user.mfa_enabled,
+            },
         }
     }
 }

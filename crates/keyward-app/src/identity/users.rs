@@ -19,6 +19,8 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::app::{Actor, App};
+use crate::pipeline::{Change, Subject as ChangeSubject};
+use keyward_core::access::Permission;
 
 /// How many password hashes run at once.
 pub const HASH_CONCURRENCY: usize = 2;
@@ -168,16 +170,25 @@ impl App {
             Subject::Source(ip) => format!("source:{ip}"),
         };
         let details = json!({"subject": subject});
-        self.audited(actor, "auth.lockout.lift", target, details, async {
-            if self.with_attempts(|a| a.clear(&subject)) {
-                Ok(())
-            } else {
-                Err(Error::not_found(
-                    "lockout_not_found",
-                    "that account or address is not delayed or locked",
-                ))
-            }
-        })
+        self.apply(
+            actor,
+            Change::new(
+                "auth.lockout.lift",
+                ChangeSubject::vault(target),
+                Permission::UsersWrite,
+                details,
+            ),
+            async {
+                if self.with_attempts(|a| a.clear(&subject)) {
+                    Ok(())
+                } else {
+                    Err(Error::not_found(
+                        "lockout_not_found",
+                        "that account or address is not delayed or locked",
+                    ))
+                }
+            },
+        )
         .await
     }
 }
@@ -200,7 +211,6 @@ impl App {
         role: keyward_core::access::Role,
     ) -> Result<User, Error> {
         use secrecy::ExposeSecret;
-        App::require_everywhere(actor, keyward_core::access::Permission::UsersWrite)?;
         let username = validate_username(username)?;
         if role == keyward_core::access::Role::Owner
             && actor.kind != ActorKind::System
@@ -219,19 +229,40 @@ impl App {
                 "a user with this name already exists",
             ));
         }
+        // Admitted before the (deliberately slow) password hash: a refused caller costs
+        // nothing, and the approval is bound to the name and role, not to the new id.
+        let id = UserId::generate(self.now(), &*self.random);
+        let admitted = self
+            .admit(
+                actor,
+                Change::new(
+                    "user.create",
+                    ChangeSubject::vault(format!("user:{id}")),
+                    Permission::UsersWrite,
+                    json!({"username": username, "role": role.as_str()}),
+                )
+                .needs_step_up()
+                .access_change(
+                    "users",
+                    json!({"create": {"username": username, "role": role.as_str()}}),
+                ),
+            )
+            .await?;
         let password_hash = self.passwords.hash(secret, self.random.clone()).await?;
         let now = self.now();
         let user = User {
-            id: UserId::generate(now, &*self.random),
+            id,
             username,
             password_hash,
             role,
             disabled: false,
             created_at: now,
+            created_by_id: actor.person_id(),
             mfa_enabled: false,
             allowed_networks: Vec::new(),
         };
-        self.create_user(actor, &user).await?;
+        self.commit(actor, admitted, self.store.insert_user(&user))
+            .await?;
         Ok(user)
     }
 
@@ -253,7 +284,6 @@ impl App {
         id: &UserId,
         disabled: bool,
     ) -> Result<User, Error> {
-        App::require_everywhere(actor, keyward_core::access::Permission::UsersWrite)?;
         let user = self.user(id).await?;
         if user.disabled == disabled {
             return Ok(user);
@@ -269,14 +299,14 @@ impl App {
         } else {
             "user.enable"
         };
-        self.audited(
-            actor,
+        let change = Change::new(
             action,
-            format!("user:{id}"),
+            ChangeSubject::vault(format!("user:{id}")),
+            Permission::UsersWrite,
             json!({"username": user.username}),
-            self.store.set_user_disabled(id, disabled),
-        )
-        .await?;
+        );
+        self.apply(actor, change, self.store.set_user_disabled(id, disabled))
+            .await?;
         if disabled {
             self.end_user_sessions(actor, id, "user_disabled").await?;
         }
@@ -344,19 +374,5 @@ impl App {
                 Err(invalid_credentials())
             }
         }
-    }
-}
-
-impl App {
-    /// Stores a user whose password is already hashed.
-    pub async fn create_user(&self, actor: &Actor, user: &User) -> Result<(), Error> {
-        self.audited(
-            actor,
-            "user.create",
-            format!("user:{}", user.id),
-            json!({"username": user.username, "role": user.role.as_str()}),
-            self.store.insert_user(user),
-        )
-        .await
     }
 }

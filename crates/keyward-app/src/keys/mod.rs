@@ -10,7 +10,7 @@ pub mod versions;
 
 use jiff::Timestamp;
 use keyward_core::access::{Permission, Reach};
-use keyward_core::approval::{ApprovalAction, Operation};
+use keyward_core::approval::ApprovalAction;
 use keyward_core::id::KeyId;
 use keyward_core::key::{
     Key, KeyArea, KeyChanges, KeyDraft, KeyDraftInput, KeyFilter, KeyVersion, Page, PageRequest,
@@ -20,9 +20,8 @@ use keyward_core::{Error, ErrorKind, label, secret};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::approvals::GateFacts;
-
 use crate::app::{Actor, App};
+use crate::pipeline::{Admitted, Change, Subject};
 
 /// Input for a new key: metadata plus the secret and whether to skip the format check.
 #[derive(Debug)]
@@ -122,10 +121,15 @@ impl App {
             created_by: actor.name.clone(),
             created_at: now,
         };
-        self.audited(
-            actor,
+        let mut subject = self.subject_of(&key).await?;
+        if let Subject::Key { criticality, .. } = &mut subject {
+            // A key about to exist is not yet critical for the approval policy's conditions.
+            *criticality = None;
+        }
+        let change = Change::new(
             "key.create",
-            format!("key:{}", key.id),
+            subject,
+            Permission::KeysWrite,
             json!({
                 "service": key.service_id,
                 "environment": key.environment,
@@ -133,10 +137,10 @@ impl App {
                 "version": 1,
                 "fingerprint": fingerprint,
             }),
-            self.store.insert_key(&key, &version),
         )
-        .await?;
-        self.changed().await;
+        .refreshes_proxy();
+        self.apply(actor, change, self.store.insert_key(&key, &version))
+            .await?;
         tracing::info!(key = %key.id, service = %key.service_id, environment = %key.environment, actor = %actor.name, "key created");
         Ok(key)
     }
@@ -255,11 +259,12 @@ impl App {
         self.store.list_keys(&filter, &page, self.now()).await
     }
 
+    /// Writes `key` as changed by an admitted change over the version read at `before` (the
+    /// proxy is refreshed: every key field can change what it injects).
     pub(crate) async fn save(
         &self,
         actor: &Actor,
-        action: &str,
-        details: serde_json::Value,
+        change: Admitted,
         mut key: Key,
         before: Timestamp,
     ) -> Result<Key, Error> {
@@ -270,15 +275,12 @@ impl App {
         } else {
             Timestamp::from_millisecond(before.as_millisecond() + 1).unwrap_or(now)
         };
-        self.audited(
+        self.commit(
             actor,
-            action,
-            format!("key:{}", key.id),
-            details,
+            change.refreshes_proxy(),
             self.store.update_key(&key, before),
         )
         .await?;
-        self.changed().await;
         Ok(key)
     }
 
@@ -294,8 +296,14 @@ impl App {
         if !changes.apply(&mut key, self.now())? {
             return Ok(key);
         }
+        let change = Change::new(
+            "key.update",
+            self.subject_of(&key).await?,
+            Permission::KeysWrite,
+            json!({"fields": fields}),
+        );
         let key = self
-            .save(actor, "key.update", json!({"fields": fields}), key, before)
+            .save(actor, self.admit(actor, change).await?, key, before)
             .await?;
         tracing::info!(key = %id, actor = %actor.name, "key metadata updated");
         Ok(key)
@@ -315,14 +323,21 @@ impl App {
         if key.enabled == enabled {
             return Ok(key);
         }
+        let action = if enabled { "key.enable" } else { "key.disable" };
+        let mut change = Change::new(
+            action,
+            self.subject_of(&key).await?,
+            Permission::KeysWrite,
+            json!({}),
+        );
         if !enabled {
-            self.gate_key(actor, ApprovalAction::Disable, &key, json!({}))
-                .await?;
+            change = change.approval(ApprovalAction::Disable, json!({}));
         }
         let before = key.updated_at;
         key.enabled = enabled;
-        let action = if enabled { "key.enable" } else { "key.disable" };
-        let key = self.save(actor, action, json!({}), key, before).await?;
+        let key = self
+            .save(actor, self.admit(actor, change).await?, key, before)
+            .await?;
         tracing::info!(key = %id, actor = %actor.name, enabled, "key enabled state changed");
         Ok(key)
     }
@@ -330,56 +345,38 @@ impl App {
     /// Clears what the proxy learned about a key (e.g. after fixing it at the provider).
     pub async fn clear_key_flag(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
         let key = self.key_for(actor, Permission::KeysWrite, id).await?;
-        self.audited(
-            actor,
+        let change = Change::new(
             "key.flag.clear",
-            format!("key:{id}"),
+            self.subject_of(&key).await?,
+            Permission::KeysWrite,
             json!({}),
-            self.store.clear_key_flag(id),
         )
+        .refreshes_proxy();
+        self.apply(actor, change, async {
+            self.store.clear_key_flag(id).await?;
+            self.proxy.clear_key_flag(id);
+            Ok(())
+        })
         .await?;
-        self.proxy.clear_key_flag(id);
-        self.changed().await;
         tracing::info!(key = %id, actor = %actor.name, "key flag cleared");
         Ok(key)
-    }
-
-    /// Passes `action` on `key` through the approval gate (see `approvals.rs`).
-    pub(crate) async fn gate_key(
-        &self,
-        actor: &Actor,
-        action: ApprovalAction,
-        key: &Key,
-        payload: serde_json::Value,
-    ) -> Result<(), Error> {
-        let category = self
-            .catalog()
-            .await?
-            .get(&key.service_id)
-            .map(|s| s.category.clone());
-        let operation = Operation {
-            action,
-            target: format!("key:{}", key.id),
-            payload,
-        };
-        let facts = GateFacts {
-            category: category.as_deref(),
-            environment: Some(&key.environment),
-            criticality: Some(key.criticality),
-        };
-        self.gate(actor, &operation, facts).await
     }
 
     pub async fn delete_key(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
         let mut key = self.key_for(actor, Permission::KeysDelete, id).await?;
         key.ensure_not_deleted()?;
-        self.gate_key(actor, ApprovalAction::Delete, &key, json!({}))
-            .await?;
+        let change = Change::new(
+            "key.delete",
+            self.subject_of(&key).await?,
+            Permission::KeysDelete,
+            json!({}),
+        )
+        .approval(ApprovalAction::Delete, json!({}));
         let before = key.updated_at;
         key.deleted_at = Some(self.now());
         key.deleted_by = Some(actor.name.clone());
         let key = self
-            .save(actor, "key.delete", json!({}), key, before)
+            .save(actor, self.admit(actor, change).await?, key, before)
             .await?;
         tracing::info!(key = %id, actor = %actor.name, "key soft-deleted");
         Ok(key)
@@ -393,11 +390,17 @@ impl App {
                 format!("key {id} is not deleted"),
             ));
         }
+        let change = Change::new(
+            "key.restore",
+            self.subject_of(&key).await?,
+            Permission::KeysDelete,
+            json!({}),
+        );
         let before = key.updated_at;
         key.deleted_at = None;
         key.deleted_by = None;
         let key = self
-            .save(actor, "key.restore", json!({}), key, before)
+            .save(actor, self.admit(actor, change).await?, key, before)
             .await?;
         tracing::info!(key = %id, actor = %actor.name, "key restored");
         Ok(key)
@@ -427,17 +430,15 @@ impl App {
                 ),
             ));
         }
-        self.gate_key(actor, ApprovalAction::Purge, &key, json!({}))
-            .await?;
-        self.audited(
-            actor,
+        let change = Change::new(
             "key.purge",
-            format!("key:{id}"),
+            self.subject_of(&key).await?,
+            Permission::KeysPurge,
             json!({"alias": key.alias, "service": key.service_id, "environment": key.environment}),
-            self.store.purge_key(id),
         )
-        .await?;
-        self.changed().await;
+        .approval(ApprovalAction::Purge, json!({}))
+        .refreshes_proxy();
+        self.apply(actor, change, self.store.purge_key(id)).await?;
         tracing::warn!(key = %id, actor = %actor.name, "key purged");
         Ok(())
     }
@@ -447,18 +448,20 @@ impl App {
             .now()
             .saturating_sub(self.recovery_window.duration())
             .unwrap_or(Timestamp::MIN);
+        let change = Change::new(
+            "key.purge_expired",
+            Subject::vault("keys"),
+            Permission::KeysPurge,
+            json!({"deleted_before": cutoff.to_string()}),
+        )
+        .refreshes_proxy();
         let purged = self
-            .audited(
+            .apply(
                 &Actor::system("recovery-window"),
-                "key.purge_expired",
-                "keys".to_owned(),
-                json!({"deleted_before": cutoff.to_string()}),
+                change,
                 self.store.purge_deleted_before(cutoff),
             )
             .await?;
-        if !purged.is_empty() {
-            self.changed().await;
-        }
         for id in &purged {
             tracing::info!(key = %id, "key purged after its recovery window");
         }

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::app::{Actor, App};
 use crate::keys::out_of_scope_error;
+use crate::pipeline::{Change, Subject};
 
 impl App {
     pub async fn pool_settings(&self) -> Result<Vec<PoolSetting>, Error> {
@@ -42,15 +43,25 @@ impl App {
             environment: environment.to_owned(),
             strategy,
         };
-        self.audited(
-            actor,
+        let change = Change::new(
             "pool.set",
-            format!("pool:{service_id}/{environment}"),
+            Subject::Key {
+                target: format!("pool:{service_id}/{environment}"),
+                service_id: service_id.to_owned(),
+                category: catalog.get(service_id).map(|s| s.category.clone()),
+                environment: environment.to_owned(),
+                criticality: None,
+            },
+            Permission::KeysWrite,
             json!({"strategy": strategy.as_str()}),
+        )
+        .refreshes_proxy();
+        self.apply(
+            actor,
+            change,
             self.store.set_pool_strategy(&setting, self.now()),
         )
         .await?;
-        self.changed().await;
         tracing::info!(service = service_id, environment, strategy = strategy.as_str(), actor = %actor.name, "pool strategy set");
         Ok(setting)
     }

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::app::{Actor, App};
 use crate::keys::reveal_reason;
+use crate::pipeline::Change;
 
 impl App {
     /// Reveals a key's value: the explicit, audited way a person sees it (never through
@@ -26,13 +27,14 @@ impl App {
         let key = self.key_for(actor, Permission::KeysReveal, id).await?;
         key.ensure_not_deleted()?;
         let wanted = version.unwrap_or(key.current_version);
-        self.gate_key(
-            actor,
-            ApprovalAction::Reveal,
-            &key,
-            json!({"version": wanted}),
+        let change = Change::new(
+            "key.reveal",
+            self.subject_of(&key).await?,
+            Permission::KeysReveal,
+            json!({"reason": reason}),
         )
-        .await?;
+        .approval(ApprovalAction::Reveal, json!({"version": wanted}));
+        let admitted = self.admit(actor, change).await?;
         let version = self
             .store
             .versions(id)
@@ -49,15 +51,10 @@ impl App {
             &version.sealed,
             &SealContext::key_secret(id, version.version),
         )?;
-        self.audited(
-            actor,
-            "key.reveal",
-            format!("key:{id}"),
-            json!({"version": version.version, "reason": reason,
-                   "fingerprint": self.audit.fingerprint(&value)}),
-            async { Ok(()) },
-        )
-        .await?;
+        let admitted = admitted
+            .detail("version", version.version)
+            .detail("fingerprint", self.audit.fingerprint(&value));
+        self.commit(actor, admitted, async { Ok(()) }).await?;
         tracing::warn!(key = %id, version = version.version, actor = %actor.name, "key value revealed");
         Ok((version, value))
     }

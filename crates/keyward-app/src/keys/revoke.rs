@@ -10,6 +10,8 @@ use serde_json::json;
 
 use crate::app::{Actor, App};
 use crate::keys::reveal_reason;
+use crate::pipeline::{Change, Notice};
+use keyward_core::notification::NotificationKind;
 
 impl App {
     /// Emergency disable (break-glass): stops all use of a key at once, without waiting for
@@ -23,6 +25,13 @@ impl App {
         let reason = reveal_reason(reason)?;
         let mut key = self.key_for(actor, Permission::KeysWrite, id).await?;
         key.ensure_not_deleted()?;
+        let change = Change::new(
+            "key.disable",
+            self.subject_of(&key).await?,
+            Permission::KeysWrite,
+            json!({"break_glass": true, "reason": reason}),
+        );
+        let admitted = self.admit(actor, change).await?;
         let review = self
             .break_glass_on_key(actor, ApprovalAction::Disable, id, &reason)
             .await?;
@@ -31,8 +40,7 @@ impl App {
         let key = self
             .save(
                 actor,
-                "key.disable",
-                json!({"break_glass": true, "reason": reason, "review": review.as_str()}),
+                admitted.detail("review", review.as_str()),
                 key,
                 before,
             )
@@ -72,6 +80,19 @@ impl App {
                 format!("key {id} is already revoked"),
             ));
         }
+        let change = Change::new(
+            "key.revoke",
+            self.subject_of(&key).await?,
+            Permission::KeysWrite,
+            json!({"reason": reason}),
+        )
+        .notifies(Notice {
+            kind: NotificationKind::KeyRevoked,
+            dedupe: format!("key_revoked:{id}"),
+            data: json!({"key": id.as_str(), "alias": key.alias, "service": key.service_id,
+                         "environment": key.environment, "by": actor.name, "reason": reason}),
+        });
+        let admitted = self.admit(actor, change).await?;
         let review = self
             .break_glass_on_key(actor, ApprovalAction::Revoke, id, &reason)
             .await?;
@@ -84,24 +105,12 @@ impl App {
         let key = self
             .save(
                 actor,
-                "key.revoke",
-                json!({"reason": reason, "review": review.as_str()}),
+                admitted.detail("review", review.as_str()),
                 key,
                 before,
             )
             .await?;
         tracing::warn!(key = %id, actor = %actor.name, "key revoked in an emergency");
-        self.notify(
-            keyward_core::notification::NotificationKind::KeyRevoked,
-            crate::notifications::About::key(
-                self.category_of(&key).await.as_deref(),
-                &key.environment,
-            ),
-            format!("key_revoked:{id}"),
-            json!({"key": id.as_str(), "alias": key.alias, "service": key.service_id,
-                   "environment": key.environment, "by": actor.name, "reason": reason}),
-        )
-        .await;
         Ok(key)
     }
 }

@@ -12,6 +12,7 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use crate::app::{Actor, App};
+use crate::pipeline::Change;
 
 impl App {
     /// Adds a version that is current at once (an immediate rotation, without a dual-key
@@ -41,24 +42,21 @@ impl App {
         let number = self.next_version_number(id).await?;
         let now = self.now();
         let fingerprint = self.audit.fingerprint(&value);
+        let change = Change::new(
+            "key.version.add",
+            self.subject_of(&key).await?,
+            Permission::KeysRotate,
+            json!({"version": number, "state": state.to_string(), "fingerprint": fingerprint}),
+        )
         // Bound to the new value (by its fingerprint): approvers approve this value only.
-        self.gate_key(
-            actor,
+        .approval(
             ApprovalAction::Rotate,
-            &key,
             json!({"fingerprint": fingerprint, "state": state.to_string()}),
         )
-        .await?;
+        .refreshes_proxy();
         let version = self.seal_version(service, id, number, state, &value, actor, now)?;
-        self.audited(
-            actor,
-            "key.version.add",
-            format!("key:{id}"),
-            json!({"version": number, "state": state.to_string(), "fingerprint": fingerprint}),
-            self.store.add_version(&version, now),
-        )
-        .await?;
-        self.changed().await;
+        self.apply(actor, change, self.store.add_version(&version, now))
+            .await?;
         tracing::info!(key = %id, version = number, state = %state, actor = %actor.name, "key version added");
         Ok(version)
     }

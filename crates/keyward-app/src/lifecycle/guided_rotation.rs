@@ -25,6 +25,7 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use crate::app::{Actor, App};
+use crate::pipeline::{Admitted, Change};
 
 /// How a rotation gets its new value.
 #[derive(Debug)]
@@ -79,13 +80,17 @@ impl App {
                 let value = secret::normalize(&value)?;
                 secret::check_format(service, &value, force)?;
                 let fingerprint = self.audit.fingerprint(&value);
-                self.gate_key(
-                    actor,
-                    ApprovalAction::Rotate,
-                    &key,
-                    json!({"fingerprint": fingerprint, "state": "pending"}),
+                let change = Change::new(
+                    "key.rotation.start",
+                    self.subject_of(&key).await?,
+                    Permission::KeysRotate,
+                    json!({"fingerprint": fingerprint}),
                 )
-                .await?;
+                .approval(
+                    ApprovalAction::Rotate,
+                    json!({"fingerprint": fingerprint, "state": "pending"}),
+                );
+                let admitted = self.admit(actor, change).await?;
                 let rotation =
                     Rotation::start(rotation_id, &key, number, None, window, &actor.name, now)?;
                 let version = self.seal_version(
@@ -98,13 +103,8 @@ impl App {
                     now,
                 )?;
                 drop(value);
-                self.insert_rotation(
-                    actor,
-                    &rotation,
-                    Some(&version),
-                    json!({"fingerprint": fingerprint}),
-                )
-                .await?;
+                self.insert_rotation(actor, admitted, &rotation, Some(&version))
+                    .await?;
                 Ok(rotation)
             }
             NewValue::Managed { admin_key, project } => {
@@ -129,13 +129,17 @@ impl App {
                         format!("the admin key must be another stored {} key", service.name),
                     ));
                 }
-                self.gate_key(
-                    actor,
-                    ApprovalAction::Rotate,
-                    &key,
+                let change = Change::new(
+                    "key.rotation.start",
+                    self.subject_of(&key).await?,
+                    Permission::KeysRotate,
                     json!({"managed": true, "admin_key": admin_key.as_str(), "project": project}),
                 )
-                .await?;
+                .approval(
+                    ApprovalAction::Rotate,
+                    json!({"managed": true, "admin_key": admin_key.as_str(), "project": project}),
+                );
+                let admitted = self.admit(actor, change).await?;
                 let managed = Managed {
                     admin_key,
                     project,
@@ -150,13 +154,8 @@ impl App {
                     &actor.name,
                     now,
                 )?;
-                self.insert_rotation(
-                    actor,
-                    &rotation,
-                    None,
-                    json!({"managed": true, "admin_key": managed.admin_key.as_str(), "project": managed.project}),
-                )
-                .await?;
+                self.insert_rotation(actor, admitted, &rotation, None)
+                    .await?;
                 self.create_managed_value(actor, rotation).await
             }
         }
@@ -165,22 +164,19 @@ impl App {
     async fn insert_rotation(
         &self,
         actor: &Actor,
+        admitted: Admitted,
         rotation: &Rotation,
         pending: Option<&KeyVersion>,
-        details: serde_json::Value,
     ) -> Result<(), Error> {
-        let mut details = details;
-        if let Some(map) = details.as_object_mut() {
-            map.insert("rotation".into(), rotation.id.as_str().into());
-            map.insert("version".into(), rotation.new_version.into());
-            map.insert("window_seconds".into(), rotation.window.as_secs().into());
-        }
+        let admitted = admitted
+            .detail("rotation", rotation.id.as_str())
+            .detail("version", rotation.new_version)
+            .detail("window_seconds", rotation.window.as_secs())
+            .refreshes_proxy();
         let inserted = self
-            .audited(
+            .commit(
                 actor,
-                "key.rotation.start",
-                format!("key:{}", rotation.key_id),
-                details,
+                admitted,
                 self.store.insert_rotation(rotation, pending),
             )
             .await;
@@ -193,7 +189,6 @@ impl App {
             }
             return Err(e);
         }
-        self.changed().await;
         tracing::info!(key = %rotation.key_id, rotation = %rotation.id, actor = %actor.name, "rotation started");
         Ok(())
     }
@@ -325,7 +320,7 @@ impl App {
     async fn apply_step(
         &self,
         actor: &Actor,
-        action: &str,
+        action: &'static str,
         rotation: &Rotation,
         advance: Advance,
         pending: Option<KeyVersion>,
@@ -340,31 +335,32 @@ impl App {
             map.insert("step".into(), next.step.as_str().into());
         }
         let now = self.now();
-        self.audited(
-            actor,
+        let (key, _) = self.rotation_key(rotation).await?;
+        let change = Change::new(
             action,
-            format!("key:{}", rotation.key_id),
+            self.subject_of(&key).await?,
+            Permission::KeysRotate,
             details,
-            async {
-                if self
-                    .store
-                    .advance_rotation(&next, rotation.revision, pending.as_ref(), moves, now)
-                    .await?
-                {
-                    Ok(())
-                } else {
-                    Err(Error::conflict(
-                        "concurrent_update",
-                        format!(
-                            "rotation {} moved on meanwhile; read it again and retry",
-                            rotation.id
-                        ),
-                    ))
-                }
-            },
         )
+        .refreshes_proxy();
+        self.apply(actor, change, async {
+            if self
+                .store
+                .advance_rotation(&next, rotation.revision, pending.as_ref(), moves, now)
+                .await?
+            {
+                Ok(())
+            } else {
+                Err(Error::conflict(
+                    "concurrent_update",
+                    format!(
+                        "rotation {} moved on meanwhile; read it again and retry",
+                        rotation.id
+                    ),
+                ))
+            }
+        })
         .await?;
-        self.changed().await;
         tracing::info!(key = %rotation.key_id, rotation = %rotation.id, step = %next.step, actor = %actor.name, "rotation step");
         if matches!(
             next.step,
@@ -539,13 +535,17 @@ impl App {
         let Some(provider_id) = earlier else {
             return Ok(());
         };
-        let (_, service) = self.rotation_key(rotation).await?;
         let admin = self.admin_value(&managed.admin_key).await?;
-        self.audited(
-            actor,
+        let (key, service) = self.rotation_key(rotation).await?;
+        let change = Change::new(
             "key.rotation.revoke_at_provider",
-            format!("key:{}", rotation.key_id),
+            self.subject_of(&key).await?,
+            Permission::KeysRotate,
             json!({"rotation": rotation.id.as_str(), "provider_key": provider_id}),
+        );
+        self.apply(
+            actor,
+            change,
             self.proxy
                 .revoke_provider_key(&service, &admin, &managed.project, &provider_id),
         )

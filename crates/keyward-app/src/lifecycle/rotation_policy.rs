@@ -10,6 +10,7 @@ use keyward_core::rotation::{RotationPolicy, RotationStatus};
 use serde_json::json;
 
 use crate::app::{Actor, App};
+use crate::pipeline::{Change, Subject};
 
 pub const ROTATION_POLICY_SETTING: &str = "rotation_policy";
 
@@ -46,20 +47,23 @@ impl App {
         actor: &Actor,
         policy: RotationPolicy,
     ) -> Result<RotationPolicy, Error> {
-        App::require_everywhere(actor, Permission::AccessWrite)?;
         let policy = policy.validate()?;
         let named: Vec<String> = policy.categories.keys().cloned().collect();
         self.ensure_categories(&named).await?;
         let details = serde_json::to_value(&policy)
             .map_err(|e| Error::internal(format!("cannot describe the rotation policy: {e}")))?;
         let text = details.to_string();
-        self.gate_access(actor, "policy:rotation".into(), details.clone())
-            .await?;
-        self.audited(
+        let approval_target: String = "policy:rotation".into();
+        let approval_payload = details.clone();
+        self.apply(
             actor,
-            "policy.rotation.update",
-            "policy:rotation".into(),
-            json!({ "policy": details }),
+            Change::new(
+                "policy.rotation.update",
+                Subject::vault("policy:rotation"),
+                Permission::AccessWrite,
+                json!({ "policy": details }),
+            )
+            .access_change(approval_target, approval_payload),
             self.store_policy(ROTATION_POLICY_SETTING, &text),
         )
         .await?;

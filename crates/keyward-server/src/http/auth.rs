@@ -19,6 +19,7 @@ use keyward_core::{Error, ErrorKind};
 use super::error::ApiError;
 use keyward_app::approvals::ApprovalUse;
 use keyward_app::{Actor, App};
+use keyward_core::mfa::MfaStanding;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -26,57 +27,6 @@ pub struct Caller {
     pub actor: Actor,
     /// The session, when the caller signed in (rather than sending a token).
     pub session: Option<keyward_core::session::Session>,
-    pub mfa: MfaStanding,
-}
-
-/// Where a caller stands with MFA, worked out once per request from the MFA policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MfaStanding {
-    /// A management token: non-interactive, bound by its role, scope and allowlist instead.
-    NotApplicable,
-    /// The policy says this role needs a second factor and the user has none yet: the
-    /// session may enrol, see who it is and sign out, nothing else.
-    EnrolmentRequired,
-    /// No MFA check within the step-up window (`enrolled` says whether one is possible).
-    Stale { enrolled: bool },
-    /// An MFA check within the step-up window.
-    Fresh,
-}
-
-impl MfaStanding {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MfaStanding::NotApplicable => "not_applicable",
-            MfaStanding::EnrolmentRequired => "enrolment_required",
-            MfaStanding::Stale { .. } => "stale",
-            MfaStanding::Fresh => "fresh",
-        }
-    }
-
-    /// Why this caller may not go on yet, if so; `step_up` for operations that need a recent
-    /// MFA check.
-    pub(crate) fn refusal(self, step_up: bool) -> Option<Error> {
-        let enrol = || {
-            Error::new(
-                ErrorKind::Forbidden,
-                "mfa_enrolment_required",
-                "set up a second factor (POST /api/v1/auth/mfa/enroll) before doing this",
-            )
-        };
-        match self {
-            MfaStanding::EnrolmentRequired => Some(enrol()),
-            MfaStanding::Stale { enrolled } if step_up => Some(if enrolled {
-                Error::new(
-                    ErrorKind::Forbidden,
-                    "step_up_required",
-                    "confirm it is you: enter a code from your authenticator app (POST /api/v1/auth/mfa/verify), then try again",
-                )
-            } else {
-                enrol()
-            }),
-            _ => None,
-        }
-    }
 }
 
 /// Compile-time name of a permission, for use in handler signatures.
@@ -142,7 +92,7 @@ impl FromRequestParts<Arc<App>> for SteppedUp {
         let Some(session) = caller.session.clone() else {
             return Err(Error::invalid("no_session", "this needs a signed-in session").into());
         };
-        if let Some(refusal) = caller.mfa.refusal(true) {
+        if let Some(refusal) = caller.actor.mfa.refusal(true) {
             return Err(deny(app, parts, &caller, refusal, None).await);
         }
         Ok(Self(caller, session))
@@ -183,7 +133,7 @@ impl<P: RequiredPermission> FromRequestParts<Arc<App>> for Authorized<P> {
             );
             return Err(deny(app, parts, &caller, denied, Some(P::PERMISSION)).await);
         }
-        if let Some(refusal) = caller.mfa.refusal(P::PERMISSION.needs_step_up()) {
+        if let Some(refusal) = caller.actor.mfa.refusal(P::PERMISSION.needs_step_up()) {
             return Err(deny(app, parts, &caller, refusal, Some(P::PERMISSION)).await);
         }
         Ok(Self {
@@ -199,7 +149,6 @@ async fn refuse_network(app: &App, parts: &Parts, actor: &Actor, refusal: Error)
     let caller = Caller {
         actor: actor.clone(),
         session: None,
-        mfa: MfaStanding::NotApplicable,
     };
     deny(app, parts, &caller, refusal, None).await
 }
@@ -289,6 +238,7 @@ async fn authenticate_with(
                 source,
                 access: keyward_core::access::Access::default(),
                 approval: approval_use(parts)?,
+                mfa: MfaStanding::NotApplicable,
             };
             actor.access = match app.token_access(&record, source).await {
                 Ok(access) => access,
@@ -297,7 +247,6 @@ async fn authenticate_with(
             Ok(Caller {
                 actor,
                 session: None,
-                mfa: MfaStanding::NotApplicable,
             })
         }
         Err(e) => {
@@ -390,7 +339,7 @@ async fn authenticate_session(
         .into());
     }
     let policy = app.mfa_policy().await?;
-    let mfa = if policy.step_up_fresh(session.mfa_at, app.now()) {
+    actor.mfa = if policy.step_up_fresh(session.mfa_at, app.now()) {
         MfaStanding::Fresh
     } else if !user.mfa_enabled && policy.required_for(user.role) {
         MfaStanding::EnrolmentRequired
@@ -402,7 +351,6 @@ async fn authenticate_session(
     Ok(Caller {
         actor,
         session: Some(session),
-        mfa,
     })
 }
 

@@ -223,7 +223,7 @@ pub async fn who_am_i(SignedIn(caller): SignedIn) -> Json<WhoAmIBody> {
         name: caller.actor.name,
         role: caller.actor.role.to_string(),
         session: caller.session.map(SessionBody::from),
-        mfa: caller.mfa.as_str().to_owned(),
+        mfa: caller.actor.mfa.as_str().to_owned(),
     })
 }
 

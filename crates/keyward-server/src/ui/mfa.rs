@@ -32,7 +32,7 @@ fn start_markup(csrf: &str, required: bool) -> Markup {
 }
 
 pub async fn start_page(viewer: Viewer) -> Response {
-    let required = viewer.caller.mfa == crate::http::auth::MfaStanding::EnrolmentRequired;
+    let required = viewer.caller.actor.mfa == keyward_core::mfa::MfaStanding::EnrolmentRequired;
     page(
         StatusCode::OK,
         bare("Second factor", start_markup(&viewer.csrf, required)),
@@ -171,8 +171,8 @@ pub async fn confirm(State(app): State<Arc<App>>, request: Request) -> Response 
 /// For pages whose action needs a recent MFA check (reveal, delete, restore, purge): when
 /// the viewer's is stale, the way to the step-up page, which comes back to `next`.
 pub fn needs_step_up(viewer: &Viewer, next: &str) -> Option<Response> {
-    match viewer.caller.mfa {
-        crate::http::auth::MfaStanding::Stale { enrolled: true } => {
+    match viewer.caller.actor.mfa {
+        keyward_core::mfa::MfaStanding::Stale { enrolled: true } => {
             let mut url = url::Url::parse("http://keyward.invalid/mfa/verify").ok()?;
             url.query_pairs_mut().append_pair("next", next);
             let target = format!("/mfa/verify?{}", url.query().unwrap_or_default());

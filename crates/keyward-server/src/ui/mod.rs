@@ -168,7 +168,7 @@ impl Viewer {
         permission: keyward_core::access::Permission,
         next: &str,
     ) -> Option<Response> {
-        let refusal = self.caller.mfa.refusal(permission.needs_step_up())?;
+        let refusal = self.caller.actor.mfa.refusal(permission.needs_step_up())?;
         Some(
             mfa::needs_step_up(self, next)
                 .unwrap_or_else(|| error_page(self, "/", "Confirm it is you", refusal)),
@@ -205,7 +205,7 @@ impl FromRequestParts<Arc<App>> for Viewer {
         match SignedIn::from_request_parts(parts, app).await {
             Ok(SignedIn(caller)) if caller.session.is_some() => {
                 use secrecy::ExposeSecret;
-                if caller.mfa == crate::http::auth::MfaStanding::EnrolmentRequired
+                if caller.actor.mfa == keyward_core::mfa::MfaStanding::EnrolmentRequired
                     && !parts.uri.path().starts_with("/mfa/")
                 {
                     return Err(Redirect::to("/mfa/enroll").into_response());
@@ -375,6 +375,13 @@ fn framed(viewer: &Viewer, current: &str, title: &str, content: Markup) -> Marku
 
 /// A page that could not be shown, with the reason (the error's own message).
 pub fn error_page(viewer: &Viewer, current: &str, title: &str, e: keyward_core::Error) -> Response {
+    // A use case refused for want of a recent MFA check: the way on is the code prompt,
+    // coming back to this page.
+    if e.code == "step_up_required"
+        && let Some(prompt) = mfa::needs_step_up(viewer, current)
+    {
+        return prompt;
+    }
     let status = crate::http::error::ApiError::from(e.clone()).status;
     page(
         status,

@@ -286,6 +286,17 @@ async fn events_are_signed_retried_with_backoff_and_logged() {
     );
     clock.advance(SignedDuration::from_secs(10));
     receiver.wait_for(2).await;
+    // The next wait counts from when the second attempt is recorded: move the clock only
+    // after that, or the retry lands 30 s after the moved time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let l = log(&app, &hook_id).await;
+        if l[0]["attempts"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{l}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     clock.advance(SignedDuration::from_secs(30));
     let got = receiver.wait_for(3).await;
     assert!(
