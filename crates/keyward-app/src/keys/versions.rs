@@ -14,18 +14,43 @@ use serde_json::json;
 use crate::app::{Actor, App};
 use crate::pipeline::Change;
 
+/// A new value for a key, current at once: the command the API reads from JSON and the key
+/// page from its form.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewVersion {
+    #[schema(value_type = String, format = Password, write_only)]
+    pub secret: SecretString,
+    /// Store a value that does not match the service's key format.
+    #[serde(default)]
+    pub force: bool,
+    /// Only `current` (the default): replaces the injected value now. To try a value before
+    /// it takes over, start a rotation (`POST /api/v1/keys/{id}/rotations`).
+    #[schema(value_type = Option<String>)]
+    pub state: Option<String>,
+    /// Ask the provider first (the service's validation request, audited as
+    /// `key.validate`): a value it rejects is not stored (`new_value_rejected`).
+    #[serde(default)]
+    pub validate: bool,
+}
+
 impl App {
     /// Adds a version that is current at once (an immediate rotation, without a dual-key
-    /// window). A value to try before it takes over goes through a guided rotation
-    /// (`guided_rotation.rs`), which owns pending versions.
+    /// window), under `keys_rotate` — also when the provider is asked first. A value to try
+    /// before it takes over goes through a guided rotation (`guided_rotation.rs`), which owns
+    /// pending versions.
     pub async fn add_version(
         &self,
         actor: &Actor,
         id: &KeyId,
-        secret_value: SecretString,
-        force: bool,
-        state: VersionState,
+        new: NewVersion,
     ) -> Result<KeyVersion, Error> {
+        let state = new
+            .state
+            .as_deref()
+            .map(str::parse::<VersionState>)
+            .transpose()?
+            .unwrap_or(VersionState::Current);
         if state != VersionState::Current {
             return Err(Error::invalid(
                 "invalid_version_state",
@@ -37,8 +62,8 @@ impl App {
         key.ensure_not_revoked()?;
         let catalog = self.catalog().await?;
         let service = catalog.require(&key.service_id)?;
-        let value = secret::normalize(&secret_value)?;
-        secret::check_format(service, &value, force)?;
+        let value = secret::normalize(&new.secret)?;
+        secret::check_format(service, &value, new.force)?;
         let number = self.next_version_number(id).await?;
         let now = self.now();
         let fingerprint = self.audit.fingerprint(&value);
@@ -54,8 +79,21 @@ impl App {
             json!({"fingerprint": fingerprint, "state": state.to_string()}),
         )
         .refreshes_proxy();
+        let admitted = self.admit(actor, change).await?;
+        if new.validate {
+            // Only once let through: the value is not sent anywhere for a refused caller.
+            let check = self
+                .validated(actor, format!("key:{id}"), service, &value, fingerprint)
+                .await?;
+            if check.verdict == keyward_proxy::Verdict::Rejected {
+                return Err(Error::invalid(
+                    "new_value_rejected",
+                    format!("{}; nothing was changed", check.message),
+                ));
+            }
+        }
         let version = self.seal_version(service, id, number, state, &value, actor, now)?;
-        self.apply(actor, change, self.store.add_version(&version, now))
+        self.commit(actor, admitted, self.store.add_version(&version, now))
             .await?;
         tracing::info!(key = %id, version = number, state = %state, actor = %actor.name, "key version added");
         Ok(version)

@@ -21,6 +21,7 @@ use super::app_tokens::BudgetBody;
 use super::auth::{Authorized, perm};
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, optional_json};
+use keyward_app::keys::versions::NewVersion;
 use keyward_app::{App, NewKey};
 use keyward_core::app_token::{Budget, micros_to_usd, usd_to_micros};
 use keyward_core::service::Limit;
@@ -106,19 +107,6 @@ pub struct UpdateKeyRequest {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Object>)]
     pub rotation: Option<Option<keyward_core::rotation::RotationRule>>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AddVersionRequest {
-    #[schema(value_type = String, format = Password, write_only)]
-    pub secret: SecretString,
-    #[serde(default)]
-    pub force: bool,
-    /// Only `current` (the default): replaces the injected value now. To try a value before
-    /// it takes over, start a rotation (`POST /api/v1/keys/{id}/rotations`).
-    #[schema(value_type = Option<String>)]
-    pub state: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -868,24 +856,16 @@ pub async fn list_versions(
 }
 
 /// Add a new value for a key.
-#[utoipa::path(post, path = "/api/v1/keys/{id}/versions", tag = "keys", params(("id" = String, Path)), request_body = AddVersionRequest,
+#[utoipa::path(post, path = "/api/v1/keys/{id}/versions", tag = "keys", params(("id" = String, Path)), request_body = NewVersion,
     responses((status = 201, body = VersionResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn add_version(
     auth: Authorized<perm::KeysRotate>,
     State(app): State<Arc<App>>,
     ApiPath(id): ApiPath<String>,
-    ApiJson(req): ApiJson<AddVersionRequest>,
+    ApiJson(req): ApiJson<NewVersion>,
 ) -> ApiResult<(StatusCode, Json<VersionResponse>)> {
-    let state = req
-        .state
-        .as_deref()
-        .map(str::parse::<VersionState>)
-        .transpose()?
-        .unwrap_or(VersionState::Current);
-    let version = app
-        .add_version(auth.actor(), &key_id(&id)?, req.secret, req.force, state)
-        .await?;
+    let version = app.add_version(auth.actor(), &key_id(&id)?, req).await?;
     Ok((StatusCode::CREATED, Json(version_response(version))))
 }
 

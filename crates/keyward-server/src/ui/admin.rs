@@ -134,12 +134,10 @@ fn decision_forms(viewer: &Viewer, r: &ApprovalRequest, decides: bool) -> Markup
             }
         }
         @if own && r.status == ApprovalStatus::Approved {
-            @if let Some(key) = r.operation.target.strip_prefix("key:") {
-                @match r.operation.action.as_str() {
-                    "reveal" => { a class="button small" href={ "/keys/" (key) "/reveal?approval=" (r.id) } { "Reveal now" } }
-                    "delete" => { a class="button small" href={ "/keys/" (key) "/delete?approval=" (r.id) } { "Delete now" } }
-                    _ => { span class="muted small" { "Repeat the request with " code { "X-Keyward-Approval: " (r.id) } } }
-                }
+            @if let Some(at) = super::approval::continue_at(r) {
+                a class="button small" href=(at) { "Continue" }
+            } @else {
+                span class="muted small" { "Repeat the request with " code { "X-Keyward-Approval: " (r.id) } }
             }
         }
         @if open && own && r.status == ApprovalStatus::Pending {
@@ -338,8 +336,19 @@ pub async fn audit(
 
 // ------------------------------------------------------------------ users and roles
 
-pub async fn users(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
-    users_page(&app, &viewer, (String::new(), String::new()), None).await
+pub async fn users(
+    State(app): State<Arc<App>>,
+    viewer: Viewer,
+    Query(under): Query<super::approval::UnderApproval>,
+) -> Response {
+    users_page(
+        &app,
+        &viewer,
+        (String::new(), String::new()),
+        None,
+        under.id(),
+    )
+    .await
 }
 
 /// The users page; `typed` is the add-user form's username and role after a refusal.
@@ -348,7 +357,14 @@ async fn users_page(
     viewer: &Viewer,
     typed: (String, String),
     error: Option<Error>,
+    under: Option<&str>,
 ) -> Response {
+    if let Some(prompt) = error
+        .as_ref()
+        .and_then(|e| super::step_up_prompt(viewer, e, "/users"))
+    {
+        return prompt;
+    }
     if let Some(refused) =
         super::unless_may(viewer, Permission::UsersRead, "/users", "Users & roles")
     {
@@ -431,7 +447,7 @@ async fn users_page(
                             }
                         }
                     }
-                    button type="submit" { "Add user" }
+                    (super::approval::controls(error.as_ref(), under, "", false, html! { button type="submit" { "Add user" } }))
                 }
             }
         }
@@ -472,7 +488,10 @@ pub async fn add_user(State(app): State<Arc<App>>, request: Request) -> Response
     .await;
     match result {
         Ok(_) => Redirect::to("/users").into_response(),
-        Err(e) => users_page(&app, &viewer, (username, role), Some(e)).await,
+        Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
+            Redirect::to("/approvals?view=mine").into_response()
+        }
+        Err(e) => users_page(&app, &viewer, (username, role), Some(e), None).await,
     }
 }
 
@@ -505,14 +524,25 @@ async fn user_disabled(app: Arc<App>, id: String, request: Request, disabled: bo
     .await;
     match result {
         Ok(_) => Redirect::to("/users").into_response(),
-        Err(e) => users_page(&app, &viewer, (String::new(), String::new()), Some(e)).await,
+        Err(e) => users_page(&app, &viewer, (String::new(), String::new()), Some(e), None).await,
     }
 }
 
 // ------------------------------------------------------------------ settings
 
-pub async fn settings(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
-    settings_page(&app, viewer, None).await
+pub async fn settings(
+    State(app): State<Arc<App>>,
+    viewer: Viewer,
+    Query(under): Query<super::approval::UnderApproval>,
+) -> Response {
+    settings_page(&app, viewer, None, None, under.id()).await
+}
+
+/// What was typed into the MFA policy form when it was refused.
+struct RefusedMfaPolicy {
+    required: Vec<String>,
+    step_up_minutes: String,
+    error: Error,
 }
 
 /// What was typed into the notification form when it was refused.
@@ -526,14 +556,20 @@ async fn settings_page(
     app: &App,
     viewer: Viewer,
     refused: Option<RefusedSubscription>,
+    refused_mfa: Option<RefusedMfaPolicy>,
+    under: Option<&str>,
 ) -> Response {
     let notifications = match notification_panel(app, &viewer, refused.as_ref()).await {
         Ok(panel) => panel,
         Err(e) => return error_page(&viewer, "/settings", "Settings", e),
     };
-    let status = refused.as_ref().map_or(StatusCode::OK, |r| {
-        crate::http::error::ApiError::from(r.error.clone()).status
-    });
+    let status = refused
+        .as_ref()
+        .map(|r| &r.error)
+        .or(refused_mfa.as_ref().map(|r| &r.error))
+        .map_or(StatusCode::OK, |e| {
+            crate::http::error::ApiError::from(e.clone()).status
+        });
     let policies = viewer.may(Permission::UsersRead);
     let result = async {
         if !policies {
@@ -555,14 +591,15 @@ async fn settings_page(
             section class="panel" aria-labelledby="mfa-title" {
                 h2 id="mfa-title" { "MFA policy" }
                 @if viewer.may(Permission::AccessWrite) {
-                    form method="post" action="/settings/mfa" {
+                    form method="post" action="/settings/mfa" id="mfa" {
                         input type="hidden" name="csrf" value=(viewer.csrf);
+                        @if let Some(r) = &refused_mfa { p class="flash error" role="alert" { "Not saved: " (r.error.message) } }
                         fieldset {
                             legend { "Roles that must use an authenticator app" }
                             @for role in keyward_core::access::Role::ALL {
                                 label class="check" {
                                     input type="checkbox" name="required" value=(role.as_str())
-                                        checked[mfa.required_roles.contains(&role)];
+                                        checked[refused_mfa.as_ref().map_or(mfa.required_roles.contains(&role), |r| r.required.iter().any(|t| t == role.as_str()))];
                                     " " (role.as_str())
                                 }
                             }
@@ -570,10 +607,10 @@ async fn settings_page(
                         div class="field" {
                             label for="step-up" { "Step-up window (minutes)" }
                             input id="step-up" name="step_up_minutes" type="text" inputmode="numeric"
-                                required value=(mfa.step_up_minutes);
+                                required value=(refused_mfa.as_ref().map_or(mfa.step_up_minutes.to_string(), |r| r.step_up_minutes.clone()));
                             span class="help" { "Reveal, rotate, delete, purge, export, approvals and access changes need a code this recent." }
                         }
-                        button type="submit" { "Save MFA policy" }
+                        (super::approval::controls(refused_mfa.as_ref().map(|r| &r.error), under, "", false, html! { button type="submit" { "Save MFA policy" } }))
                     }
                 } @else {
                     dl class="facts" {
@@ -735,7 +772,14 @@ pub async fn save_subscription(State(app): State<Arc<App>>, request: Request) ->
     match result {
         Ok(_) => Redirect::to("/settings#notifications").into_response(),
         Err(error) => {
-            settings_page(&app, viewer, Some(RefusedSubscription { fields, error })).await
+            settings_page(
+                &app,
+                viewer,
+                Some(RefusedSubscription { fields, error }),
+                None,
+                None,
+            )
+            .await
         }
     }
 }
@@ -791,7 +835,21 @@ pub async fn save_mfa_policy(State(app): State<Arc<App>>, request: Request) -> R
         Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
             Redirect::to("/approvals?view=mine").into_response()
         }
-        Err(e) => error_page(&viewer, "/settings", "Settings", e),
+        Err(error) => {
+            let typed = RefusedMfaPolicy {
+                required: fields
+                    .iter()
+                    .filter(|(k, _)| k == "required")
+                    .map(|(_, v)| v.clone())
+                    .collect(),
+                step_up_minutes: field(&fields, "step_up_minutes")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+                error,
+            };
+            settings_page(&app, viewer, None, Some(typed), None).await
+        }
     }
 }
 

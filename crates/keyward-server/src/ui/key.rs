@@ -21,10 +21,10 @@ use serde::Deserialize;
 
 use super::chart::{daily, daily_bars, quota_meter, short_day, usd};
 use super::dashboard::{display_status, relative, status_badge};
-use super::{Viewer, error_page, field, form_post, framed, page, stepped_up_form_post};
+use super::{Viewer, approval, error_page, field, form_post, framed, page, stepped_up_form_post};
 use crate::http::auth::Caller;
 use keyward_app::App;
-use keyward_app::approvals::ApprovalUse;
+use keyward_app::keys::versions::NewVersion;
 
 pub(super) fn parse_id(id: &str) -> Result<KeyId, Error> {
     id.parse()
@@ -35,6 +35,20 @@ pub(super) fn parse_id(id: &str) -> Result<KeyId, Error> {
 #[derive(Debug, Default, Deserialize)]
 pub struct Notice {
     notice: Option<String>,
+    /// An approval from the inbox, for the form named by `form` (`rotate`, `rotation`).
+    approval: Option<String>,
+    form: Option<String>,
+}
+
+impl Notice {
+    /// The approval a form completes, if the URL carries one for it.
+    fn under(&self, form: &str) -> Option<&str> {
+        if self.form.as_deref() == Some(form) {
+            approval::valid_id(self.approval.as_deref())
+        } else {
+            None
+        }
+    }
 }
 
 fn notice_text(notice: Option<&str>) -> Option<(&'static str, bool)> {
@@ -105,7 +119,7 @@ pub async fn detail(
     Path(id): Path<String>,
     Query(notice): Query<Notice>,
 ) -> Response {
-    match detail_markup(&app, &viewer, &id, notice.notice.as_deref(), None).await {
+    match detail_markup(&app, &viewer, &id, &notice, None).await {
         Ok((title, content)) => page(StatusCode::OK, framed(&viewer, "/", &title, content)),
         Err(e) => error_page(&viewer, "/", "Key", e),
     }
@@ -114,13 +128,17 @@ pub async fn detail(
 /// What the edit form (or the rotate form) shows again after a refusal: what was typed
 /// (never a secret) and the error, next to its field.
 #[derive(Debug, Default, Clone)]
-struct Typed {
-    alias: String,
-    description: String,
-    owner: String,
-    tags: String,
-    criticality: String,
-    expires: String,
+pub(super) struct Typed {
+    pub(super) alias: String,
+    pub(super) description: String,
+    pub(super) owner: String,
+    pub(super) tags: String,
+    pub(super) criticality: String,
+    pub(super) expires: String,
+    /// The guided-rotation form (never its secret).
+    pub(super) window_minutes: String,
+    pub(super) project: String,
+    pub(super) admin_key: String,
 }
 
 impl Typed {
@@ -139,24 +157,26 @@ impl Typed {
                         .to_string()
                 })
                 .unwrap_or_default(),
+            ..Self::default()
         }
     }
 }
 
 /// A refused form on the key page: which form, what was typed, and why.
-struct Refused {
-    form: &'static str,
-    typed: Typed,
-    error: Error,
+pub(super) struct Refused {
+    pub(super) form: &'static str,
+    pub(super) typed: Typed,
+    pub(super) error: Error,
 }
 
 async fn detail_markup(
     app: &App,
     viewer: &Viewer,
     id: &str,
-    notice: Option<&str>,
+    query: &Notice,
     refused: Option<&Refused>,
 ) -> Result<(String, Markup), Error> {
+    let notice = query.notice.as_deref();
     let actor = &viewer.caller.actor;
     let id = parse_id(id)?;
     let key = app.key(actor, &id).await?;
@@ -200,6 +220,7 @@ async fn detail_markup(
     let can_rotate = may(&catalog, &viewer.caller, Permission::KeysRotate, &key);
     let edit_refused = refused.filter(|r| r.form == "edit");
     let rotate_refused = refused.filter(|r| r.form == "rotate");
+    let rotation_refused = refused.filter(|r| r.form == "rotation");
     let deleted = key.deleted_at.is_some();
     let flag = app.proxy.key_flag(&key.id);
     let status = display_status(&key, now, flag.as_ref());
@@ -308,6 +329,8 @@ async fn detail_markup(
                 may_rotate: can_rotate && !deleted,
                 revoke_link: revoke_link.as_deref(),
                 impact: &impact,
+                refused: rotation_refused.map(|r| (&r.error, &r.typed)),
+                under: query.under("rotation"),
             }, now))
         }
         @if let Some(c) = &compliance { (compliance_section(c)) }
@@ -349,7 +372,7 @@ async fn detail_markup(
                 }
                 h2 id="versions" { "Versions" }
                 @if can_rotate && !deleted {
-                    (rotate_form(viewer, &key, &impact, rotate_refused.map(|r| &r.error)))
+                    (rotate_form(viewer, &key, &impact, rotate_refused.map(|r| &r.error), query.under("rotate")))
                 }
                 div class="table-wrap" {
                     table {
@@ -509,9 +532,10 @@ fn rotate_form(
     key: &Key,
     impact: &keyward_app::Impact,
     error: Option<&Error>,
+    under: Option<&str>,
 ) -> Markup {
     html! {
-        details class="panel" id="rotate" open[error.is_some()] {
+        details class="panel" id="rotate" open[error.is_some() || under.is_some()] {
             summary { "Rotate now: replace the value at once" }
             (impact_line(impact))
             form method="post" action={ "/keys/" (key.id) "/rotate" } {
@@ -525,7 +549,7 @@ fn rotate_form(
                     }
                     span class="help" { "Keyward sends the service's check request with it first; a value the provider rejects is not stored." }
                 }
-                button type="submit" { "Rotate" }
+                (approval::controls(error, under, "", false, html! { button type="submit" { "Rotate" } }))
             }
         }
     }
@@ -590,6 +614,7 @@ pub async fn edit(
         tags: get("tags"),
         criticality: get("criticality"),
         expires: get("expires"),
+        ..Typed::default()
     };
     let result = async {
         let id = parse_id(&id)?;
@@ -622,9 +647,14 @@ pub async fn edit(
 }
 
 /// The key page again with a refused form filled in as it was sent.
-async fn refused_on_page(app: &App, viewer: Viewer, id: &str, refused: Refused) -> Response {
+pub(super) async fn refused_on_page(
+    app: &App,
+    viewer: Viewer,
+    id: &str,
+    refused: Refused,
+) -> Response {
     let status = crate::http::error::ApiError::from(refused.error.clone()).status;
-    match detail_markup(app, &viewer, id, None, Some(&refused)).await {
+    match detail_markup(app, &viewer, id, &Notice::default(), Some(&refused)).await {
         Ok((title, content)) => page(status, framed(&viewer, "/", &title, content)),
         Err(_) => error_page(&viewer, "/", "Key", refused.error),
     }
@@ -650,27 +680,15 @@ pub async fn rotate(
         secrecy::SecretString::from(field(&fields, "secret").unwrap_or_default().to_owned());
     let result = async {
         let key_id = parse_id(&id)?;
-        let key = app.key(&viewer.caller.actor, &key_id).await?;
-        let check = app
-            .validate_secret(
-                &viewer.caller.actor,
-                &key.service_id,
-                &key.environment,
-                &secret,
-            )
-            .await?;
-        if check.verdict == keyward_proxy::Verdict::Rejected {
-            return Err(Error::invalid(
-                "new_value_rejected",
-                format!("{}; nothing was changed", check.message),
-            ));
-        }
         app.add_version(
             &viewer.caller.actor,
             &key_id,
-            secret,
-            false,
-            keyward_core::key::VersionState::Current,
+            NewVersion {
+                secret,
+                force: false,
+                state: None,
+                validate: true,
+            },
         )
         .await
     }
@@ -696,21 +714,38 @@ pub async fn disable_form(
     State(app): State<Arc<App>>,
     viewer: Viewer,
     Path(id): Path<String>,
+    Query(under): Query<approval::UnderApproval>,
+) -> Response {
+    disable_page(&app, &viewer, &id, StatusCode::OK, None, under.id()).await
+}
+
+/// Asks before disabling, with the impact; after a refusal, why (and, if the policy wants
+/// an approval, the way to ask for it).
+async fn disable_page(
+    app: &App,
+    viewer: &Viewer,
+    id: &str,
+    status: StatusCode,
+    error: Option<&Error>,
+    under: Option<&str>,
 ) -> Response {
     let result = async {
-        let id = parse_id(&id)?;
+        let id = parse_id(id)?;
         // Only those who may disable it are asked.
         app.key_for(&viewer.caller.actor, Permission::KeysWrite, &id)
             .await?;
         let impact = app.impact(&viewer.caller.actor, &id).await?;
         let key = &impact.key;
         let content = html! {
+            @if let Some(e) = error { p class="flash error" role="alert" { (e.message) } }
             section class="panel narrow" aria-labelledby="impact-title" {
                 (impact_facts(&impact, app.now()))
                 form method="post" action={ "/keys/" (key.id) "/disable" } {
                     input type="hidden" name="csrf" value=(viewer.csrf);
                     p { "Disabling stops the proxy from using " strong { (key.alias) } " until it is enabled again; nothing is deleted." }
-                    button type="submit" class="danger" { "Disable " (key.alias) }
+                    (approval::controls(error, under, "", false, html! {
+                        button type="submit" class="danger" { "Disable " (key.alias) }
+                    }))
                     " " a href={ "/keys/" (key.id) } { "Cancel" }
                 }
             }
@@ -719,8 +754,8 @@ pub async fn disable_form(
     }
     .await;
     match result {
-        Ok((title, content)) => page(StatusCode::OK, framed(&viewer, "/", &title, content)),
-        Err(e) => error_page(&viewer, "/", "Disable", e),
+        Ok((title, content)) => page(status, framed(viewer, "/", &title, content)),
+        Err(e) => error_page(viewer, "/", "Disable", e),
     }
 }
 
@@ -759,6 +794,14 @@ async fn toggle(app: Arc<App>, id: String, request: Request, enabled: bool) -> R
             Some(back) => Redirect::to(&back).into_response(),
             None => Redirect::to(&format!("/keys/{}?notice={word}", key.id)).into_response(),
         },
+        Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
+            Redirect::to(&format!("/keys/{id}?notice=approval_requested")).into_response()
+        }
+        // A refused disable is answered on the page that asks before disabling.
+        Err(e) if !enabled => {
+            let status = crate::http::error::ApiError::from(e.clone()).status;
+            disable_page(&app, &Viewer { caller, csrf }, &id, status, Some(&e), None).await
+        }
         Err(e) => refused(&Viewer { caller, csrf }, &format!("/keys/{id}"), e),
     }
 }
@@ -783,30 +826,6 @@ pub async fn validate(
     }
 }
 
-/// What a form says about approval: `request` (with the reason) files a request instead of
-/// acting; `apr_…` acts under an approval the viewer was granted.
-fn approval_use(fields: &[(String, String)], reason: &str) -> Option<ApprovalUse> {
-    match field(fields, "approval") {
-        Some("request") => Some(ApprovalUse::Request(reason.to_owned())),
-        Some(other) if other.starts_with("apr_") => other.parse().ok().map(ApprovalUse::Use),
-        _ => None,
-    }
-}
-
-/// An approval id handed to a page in its URL (from the approvals inbox).
-#[derive(Debug, Default, Deserialize)]
-pub struct UnderApproval {
-    approval: Option<String>,
-}
-
-impl UnderApproval {
-    fn id(&self) -> Option<&str> {
-        self.approval.as_deref().filter(|a| {
-            a.starts_with("apr_") && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
-    }
-}
-
 // ------------------------------------------------------------------ reveal
 
 /// How long a revealed value stays on the page (and in the clipboard).
@@ -816,7 +835,7 @@ pub async fn reveal_form(
     State(app): State<Arc<App>>,
     viewer: Viewer,
     Path(id): Path<String>,
-    Query(under): Query<UnderApproval>,
+    Query(under): Query<approval::UnderApproval>,
 ) -> Response {
     if let Some(redirect) =
         viewer.step_up_for(Permission::KeysReveal, &format!("/keys/{id}/reveal"))
@@ -838,11 +857,11 @@ fn reveal_form_markup(
     viewer: &Viewer,
     key: &Key,
     reason: &str,
-    error: Option<(&Error, bool)>,
+    error: Option<&Error>,
     approval: Option<&str>,
 ) -> Markup {
     html! {
-        @if let Some((e, _)) = error {
+        @if let Some(e) = error {
             p class="flash error" role="alert" { (e.message) }
         }
         form method="post" action={ "/keys/" (key.id) "/reveal" } class="panel narrow" {
@@ -854,16 +873,7 @@ fn reveal_form_markup(
                 input id="reason" name="reason" type="text" required minlength="4" maxlength="500" value=(reason);
                 span class="help" { "Why you need the value, e.g. “configure the batch job's fallback”." }
             }
-            @if let Some((_, true)) = error {
-                input type="hidden" name="approval" value="request";
-                button type="submit" { "Request approval" }
-            } @else if let Some(approval) = approval {
-                input type="hidden" name="approval" value=(approval);
-                p class="muted small" { "Under approval " code { (approval) } " (usable once)." }
-                button type="submit" { "Reveal" }
-            } @else {
-                button type="submit" { "Reveal" }
-            }
+            (approval::controls(error, approval, reason, true, html! { button type="submit" { "Reveal" } }))
             " " a href={ "/keys/" (key.id) } { "Cancel" }
         }
     }
@@ -885,12 +895,11 @@ pub async fn reveal(
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
-    let Viewer { mut caller, csrf } = viewer;
+    let Viewer { caller, csrf } = viewer;
     let reason = field(&fields, "reason")
         .unwrap_or_default()
         .trim()
         .to_owned();
-    caller.actor.approval = approval_use(&fields, &reason);
     let key = match async { app.key(&caller.actor, &parse_id(&id)?).await }.await {
         Ok(key) => key,
         Err(e) => return refused(&Viewer { caller, csrf }, "/", e),
@@ -930,7 +939,6 @@ pub async fn reveal(
             Redirect::to(&format!("/keys/{}?notice=approval_requested", key.id)).into_response()
         }
         Err(e) => {
-            let approval = e.code == "approval_required";
             let viewer = Viewer { caller, csrf };
             let status = crate::http::error::ApiError::from(e.clone()).status;
             page(
@@ -939,7 +947,7 @@ pub async fn reveal(
                     &viewer,
                     "/",
                     &format!("Reveal {}", key.alias),
-                    reveal_form_markup(&viewer, &key, &reason, Some((&e, approval)), None),
+                    reveal_form_markup(&viewer, &key, &reason, Some(&e), None),
                 ),
             )
         }
@@ -952,7 +960,7 @@ pub async fn delete_form(
     State(app): State<Arc<App>>,
     viewer: Viewer,
     Path(id): Path<String>,
-    Query(under): Query<UnderApproval>,
+    Query(under): Query<approval::UnderApproval>,
 ) -> Response {
     if let Some(redirect) =
         viewer.step_up_for(Permission::KeysDelete, &format!("/keys/{id}/delete"))
@@ -977,7 +985,6 @@ async fn delete_markup(
     let key = &impact.key;
     let now = app.now();
     let critical = key.criticality == Criticality::Critical;
-    let needs_approval = error.is_some_and(|e| e.code == "approval_required");
     let content = html! {
         @if let Some(e) = error { p class="flash error" role="alert" { (e.message) } }
         section class="panel narrow" aria-labelledby="impact-title" {
@@ -991,20 +998,9 @@ async fn delete_markup(
                         input id="confirm" name="confirm" type="text" required autocomplete="off";
                     }
                 }
-                @if needs_approval {
-                    div class="field" {
-                        label for="reason" { "Why it should be deleted" }
-                        input id="reason" name="reason" type="text" required minlength="4";
-                    }
-                    input type="hidden" name="approval" value="request";
-                    button type="submit" { "Request approval" }
-                } @else {
-                    @if let Some(approval) = approval {
-                        input type="hidden" name="approval" value=(approval);
-                        p class="muted small" { "Under approval " code { (approval) } " (usable once)." }
-                    }
+                (approval::controls(error, approval, "", false, html! {
                     button type="submit" class="danger" { "Delete " (key.alias) }
-                }
+                }))
                 " " a href={ "/keys/" (key.id) } { "Cancel" }
             }
         }
@@ -1041,7 +1037,7 @@ pub async fn delete(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (mut viewer, fields) = match stepped_up_form_post(
+    let (viewer, fields) = match stepped_up_form_post(
         &app,
         request,
         Permission::KeysDelete,
@@ -1052,11 +1048,6 @@ pub async fn delete(
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
-    let reason = field(&fields, "reason")
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    viewer.caller.actor.approval = approval_use(&fields, &reason);
     let result = async {
         let key_id = parse_id(&id)?;
         let key = app.key(&viewer.caller.actor, &key_id).await?;
@@ -1086,7 +1077,40 @@ pub async fn delete(
     }
 }
 
-pub async fn deleted(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
+/// `?approval=…&key=…`: the inbox sends a requester back to purge `key` under an approval.
+#[derive(Debug, Default, Deserialize)]
+pub struct PurgeUnder {
+    approval: Option<String>,
+    key: Option<String>,
+    notice: Option<String>,
+}
+
+/// A refused purge, shown on its row: which key, why, and the alias typed.
+struct PurgeRefused {
+    key: KeyId,
+    error: Error,
+    confirm: String,
+}
+
+pub async fn deleted(
+    State(app): State<Arc<App>>,
+    viewer: Viewer,
+    Query(under): Query<PurgeUnder>,
+) -> Response {
+    let requested = under.notice.as_deref() == Some("approval_requested");
+    let under = approval::valid_id(under.approval.as_deref())
+        .zip(under.key.as_deref().and_then(|k| parse_id(k).ok()));
+    deleted_page(&app, &viewer, StatusCode::OK, None, under, requested).await
+}
+
+async fn deleted_page(
+    app: &App,
+    viewer: &Viewer,
+    status: StatusCode,
+    refused: Option<&PurgeRefused>,
+    under: Option<(&str, KeyId)>,
+    requested: bool,
+) -> Response {
     let result = async {
         let page = app
             .list_keys(
@@ -1104,7 +1128,7 @@ pub async fn deleted(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
     .await;
     let (keys, catalog) = match result {
         Ok(read) => read,
-        Err(e) => return error_page(&viewer, "/keys/deleted", "Deleted keys", e),
+        Err(e) => return error_page(viewer, "/keys/deleted", "Deleted keys", e),
     };
     let now = app.now();
     let window = app.recovery_window;
@@ -1115,6 +1139,9 @@ pub async fn deleted(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
         rows.push((key, restore, purge));
     }
     let content = html! {
+        @if requested {
+            p class="flash" role="status" { (notice_text(Some("approval_requested")).map_or("", |(text, _)| text)) }
+        }
         p class="muted" { "Deleted keys are kept for " (window.in_days()) " days, then purged for good. Restoring brings a key back as it was." }
         @if keys.is_empty() {
             div class="table-wrap" { p class="empty" { "No deleted keys." } }
@@ -1142,11 +1169,17 @@ pub async fn deleted(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
                                         }
                                     }
                                     @if *purge {
-                                        form method="post" action={ "/keys/" (key.id) "/purge" } {
+                                        @let refusal = refused.filter(|r| r.key == key.id);
+                                        @let approved = under.as_ref().filter(|(_, k)| *k == key.id).map(|(a, _)| *a);
+                                        form method="post" action={ "/keys/" (key.id) "/purge" } id={ "purge-" (key.id) } {
                                             input type="hidden" name="csrf" value=(viewer.csrf);
+                                            @if let Some(r) = refusal { p class="flash error" role="alert" { "Not purged: " (r.error.message) } }
                                             label class="sr-only" for={ "confirm-" (key.id) } { "Type the alias to purge now" }
-                                            input id={ "confirm-" (key.id) } name="confirm" type="text" placeholder="alias, to purge now" required autocomplete="off";
-                                            button type="submit" class="danger" { "Purge" }
+                                            input id={ "confirm-" (key.id) } name="confirm" type="text" placeholder="alias, to purge now" autocomplete="off"
+                                                value=(refusal.map_or("", |r| r.confirm.as_str()));
+                                            (approval::controls(refusal.map(|r| &r.error), approved, "", false, html! {
+                                                button type="submit" class="danger" { "Purge" }
+                                            }))
                                         }
                                     }
                                 }
@@ -1158,8 +1191,8 @@ pub async fn deleted(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
         }
     };
     page(
-        StatusCode::OK,
-        framed(&viewer, "/keys/deleted", "Deleted keys", content),
+        status,
+        framed(viewer, "/keys/deleted", "Deleted keys", content),
     )
 }
 
@@ -1195,17 +1228,24 @@ pub async fn purge(
             Err(refused) => return refused,
         };
     let confirm = field(&fields, "confirm").map(str::trim);
-    let result = async {
-        let id = parse_id(&id)?;
-        app.purge_key(&viewer.caller.actor, &id, confirm).await
-    }
-    .await;
-    match result {
+    let key_id = match parse_id(&id) {
+        Ok(key_id) => key_id,
+        Err(e) => return refused(&viewer, "/keys/deleted", e),
+    };
+    match app.purge_key(&viewer.caller.actor, &key_id, confirm).await {
         Ok(()) => Redirect::to("/keys/deleted").into_response(),
         Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
-            Redirect::to("/keys/deleted").into_response()
+            Redirect::to("/keys/deleted?notice=approval_requested").into_response()
         }
-        Err(e) => refused(&viewer, "/keys/deleted", e),
+        Err(error) => {
+            let status = crate::http::error::ApiError::from(error.clone()).status;
+            let refusal = PurgeRefused {
+                key: key_id,
+                error,
+                confirm: confirm.unwrap_or_default().to_owned(),
+            };
+            deleted_page(&app, &viewer, status, Some(&refusal), None, false).await
+        }
     }
 }
 

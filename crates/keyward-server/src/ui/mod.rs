@@ -22,6 +22,7 @@ use keyward_app::App;
 
 mod add_key;
 mod admin;
+pub mod approval;
 mod chart;
 mod dashboard;
 mod key;
@@ -232,9 +233,12 @@ pub async fn form_post(
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     let csrf = field(&fields, "csrf").unwrap_or_default();
-    let caller = crate::http::auth::authenticate_form(&parts, app, csrf)
+    let mut caller = crate::http::auth::authenticate_form(&parts, app, csrf)
         .await
         .map_err(IntoResponse::into_response)?;
+    if let Some(approval) = approval::from_form(&fields) {
+        caller.actor.approval = Some(approval);
+    }
     let csrf = csrf.to_owned();
     Ok((Viewer { caller, csrf }, fields))
 }
@@ -375,11 +379,7 @@ fn framed(viewer: &Viewer, current: &str, title: &str, content: Markup) -> Marku
 
 /// A page that could not be shown, with the reason (the error's own message).
 pub fn error_page(viewer: &Viewer, current: &str, title: &str, e: keyward_core::Error) -> Response {
-    // A use case refused for want of a recent MFA check: the way on is the code prompt,
-    // coming back to this page.
-    if e.code == "step_up_required"
-        && let Some(prompt) = mfa::needs_step_up(viewer, current)
-    {
+    if let Some(prompt) = step_up_prompt(viewer, &e, current) {
         return prompt;
     }
     let status = crate::http::error::ApiError::from(e.clone()).status;
@@ -392,6 +392,16 @@ pub fn error_page(viewer: &Viewer, current: &str, title: &str, e: keyward_core::
             html! { p class="flash error" role="alert" { (e.message) } },
         ),
     )
+}
+
+/// A use case refused for want of a recent MFA check: the way on is the code prompt,
+/// coming back to `next`.
+pub fn step_up_prompt(viewer: &Viewer, e: &keyward_core::Error, next: &str) -> Option<Response> {
+    if e.code == "step_up_required" {
+        mfa::needs_step_up(viewer, next)
+    } else {
+        None
+    }
 }
 
 /// The refusal page for a section the viewer's role cannot read, or `None` if it can.

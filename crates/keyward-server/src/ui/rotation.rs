@@ -34,6 +34,10 @@ pub struct RotationView<'a> {
     pub revoke_link: Option<&'a str>,
     /// What depends on the key, shown before a rotation starts.
     pub impact: &'a keyward_app::Impact,
+    /// A refused start: why, and what was typed (never the value).
+    pub refused: Option<(&'a Error, &'a super::key::Typed)>,
+    /// An approval from the inbox this form completes.
+    pub under: Option<&'a str>,
 }
 
 /// The rotation part of a key page: the latest rotation (if any) and, when none is
@@ -51,7 +55,14 @@ pub fn section(
         may_rotate,
         revoke_link,
         impact,
+        refused,
+        under,
     } = *view;
+    let error = refused.map(|(e, _)| e);
+    let typed = refused.map(|(_, t)| t);
+    let window = typed.map_or("1440", |t| t.window_minutes.as_str());
+    let project = typed.map_or("", |t| t.project.as_str());
+    let admin = typed.map_or("", |t| t.admin_key.as_str());
     let running = latest.filter(|r| r.step.is_active() || r.step == RotationStep::OldKeyLive);
     html! {
         section id="rotation" aria-labelledby="rotation-title" {
@@ -60,8 +71,9 @@ pub fn section(
                 (rotation_panel(viewer, r, may_rotate, revoke_link, now))
             }
             @if may_rotate && running.is_none() && key.deleted_at.is_none() && key.revoked.is_none() {
-                details class="panel" open[latest.is_none()] {
+                details class="panel" open[latest.is_none() || refused.is_some() || under.is_some()] {
                     summary { "Start a rotation" }
+                    @if let Some(e) = error { p class="flash error" role="alert" { "Not started: " (e.message) } }
                     p class="help" { "The new value is stored as pending and used only once it is validated and promoted; the old one stays as a fallback for the window, then Keyward retires it and checks that the provider rejects it." }
                     (super::key::impact_line(impact))
                     form method="post" action={ "/keys/" (key.id) "/rotations" } {
@@ -82,21 +94,21 @@ pub fn section(
                                 select id="rotation-admin" name="admin_key" {
                                     option value="" { "— none: I give the new value —" }
                                     @for k in admin_keys {
-                                        option value=(k.id) { (k.alias) " (" (k.environment) ", " (k.current_hint) ")" }
+                                        option value=(k.id) selected[k.id.as_str() == admin] { (k.alias) " (" (k.environment) ", " (k.current_hint) ")" }
                                     }
                                 }
                             }
                             div class="field" {
                                 label for="rotation-project" { "Project id" }
-                                input id="rotation-project" name="project" placeholder="proj_…" autocomplete="off";
+                                input id="rotation-project" name="project" placeholder="proj_…" autocomplete="off" value=(project);
                             }
                         }
                         div class="field" {
                             label for="rotation-window" { "Dual-key window (minutes)" }
-                            input id="rotation-window" name="window_minutes" type="number" min="0" max="43200" value="1440";
+                            input id="rotation-window" name="window_minutes" type="number" min="0" max="43200" value=(window);
                             span class="help" { "How long the old value answers when the provider rejects the new one." }
                         }
-                        button type="submit" { "Start rotation" }
+                        (super::approval::controls(error, under, "", false, html! { button type="submit" { "Start rotation" } }))
                     }
                 }
             }
@@ -254,7 +266,29 @@ pub async fn start(
         Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
             Redirect::to(&format!("/keys/{id}?notice=approval_requested")).into_response()
         }
-        Err(e) => error_page(&viewer, "/", "Rotation not started", e),
+        Err(error) => {
+            let typed = super::key::Typed {
+                window_minutes: field(&fields, "window_minutes")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+                project: field(&fields, "project")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+                admin_key: field(&fields, "admin_key")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+                ..super::key::Typed::default()
+            };
+            let refused = super::key::Refused {
+                form: "rotation",
+                typed,
+                error,
+            };
+            super::key::refused_on_page(&app, viewer, &id, refused).await
+        }
     }
 }
 

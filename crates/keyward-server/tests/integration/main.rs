@@ -39,6 +39,7 @@ mod rotation_policy;
 mod sdk;
 mod sessions;
 mod ui;
+mod ui_approvals;
 mod users;
 mod validation;
 mod vault;

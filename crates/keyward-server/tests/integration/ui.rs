@@ -541,7 +541,7 @@ async fn key_forms_keep_what_was_typed_and_rotation_asks_the_provider_first() {
 }
 
 /// The first `apr_…` id in a page.
-fn approval_id(html: &str) -> Option<String> {
+pub(crate) fn approval_id(html: &str) -> Option<String> {
     let start = html.find("apr_")?;
     Some(
         html[start..]
@@ -893,4 +893,73 @@ async fn a_guided_rotation_is_walked_from_the_key_page() {
     );
     let (status, _, html) = post_form(&app, &ada, &format!("/rotations/{rid}/bogus"), &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
+}
+
+#[tokio::test]
+async fn a_role_that_may_only_rotate_rotates_from_the_page_with_the_provider_asked_first() {
+    use crate::browser::enrolled_user;
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let (_provider, base) = crate::validation::Provider::start().await;
+    app.point_service("openai", &base).await;
+    let key = app
+        .create_key(
+            "openai",
+            "production",
+            "main",
+            &OPENAI_KEY.replace("WXYZ", "BBBB"),
+        )
+        .await;
+    let id = key["id"].as_str().unwrap();
+    let (status, role) = app
+        .call(
+            Method::POST,
+            "/api/v1/roles",
+            Some(json!({"id": "rotator", "permissions": ["keys_read", "keys_rotate"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{role}");
+    let (rory_id, rory, _) = enrolled_user(&app, "rory", Role::Viewer).await;
+    let (status, grant) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/users/{rory_id}/grants"),
+            Some(json!({"role": "rotator"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{grant}");
+    // Validation is part of rotating, under keys_rotate: a rejected value is refused...
+    let rejected = OPENAI_KEY.replace("WXYZ", "QQQQ");
+    let (status, _, html) = post_form(
+        &app,
+        &rory,
+        &format!("/keys/{id}/rotate"),
+        &[("secret", &rejected)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{html}");
+    assert!(html.contains("rejected"), "{html}");
+    // ...and a good one becomes current, without keys_write.
+    let (status, location, html) = post_form(
+        &app,
+        &rory,
+        &format!("/keys/{id}/rotate"),
+        &[("secret", OPENAI_KEY)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    assert_eq!(location, format!("/keys/{id}?notice=rotated"));
+    // The API offers the same check as an option of the same use case.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{id}/versions"),
+            Some(json!({"secret": rejected, "validate": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "new_value_rejected", "{body}");
+    let (_, after) = app
+        .call(Method::GET, &format!("/api/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(after["current_version"], 2, "{after}");
 }
