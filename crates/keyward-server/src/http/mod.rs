@@ -34,6 +34,7 @@ pub mod extract;
 mod health;
 mod keys;
 mod mfa;
+pub mod openapi;
 mod proxy;
 pub mod rotations;
 pub(crate) mod sessions;
@@ -783,7 +784,7 @@ pub fn router(app: Arc<App>, metrics: Arc<crate::metrics::Metrics>) -> Router {
 }
 
 async fn openapi() -> Response {
-    match ApiDoc::openapi().to_pretty_json() {
+    match openapi::document().to_pretty_json() {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => ApiError::from(keyward_core::Error::internal(format!(
             "cannot render OpenAPI: {e}"
