@@ -2,15 +2,13 @@
 //! domain, seal with the keyring, persist through the store port. The HTTP handlers and the
 //! CLI are thin adapters over this.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use keyward_core::access::{Access, Permission, Role};
-use keyward_core::audit::{ActorKind, AuditDraft, AuditOutcome};
+use keyward_core::access::Permission;
+use keyward_core::audit::{AuditDraft, AuditOutcome};
 use keyward_core::catalog::builtin_services;
 use keyward_core::key::RecoveryWindow;
-use keyward_core::mfa::MfaStanding;
 use keyward_core::ports::Store;
 use keyward_core::service::ServiceDefinition;
 use keyward_core::usage::PricingTable;
@@ -18,75 +16,22 @@ use keyward_core::{Clock, Error, ErrorKind, Randomness};
 use keyward_crypto::Keyring;
 use keyward_proxy::{Proxy, ProxyConfig, ProxyEvent, Snapshot};
 
-use crate::audit::AuditLog;
+use crate::actor::Actor;
+use crate::audit::log::AuditLog;
 use crate::vault::Vault;
-
-/// Who is acting: recorded in `created_by`/`deleted_by` and in the audit trail.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
-    pub kind: ActorKind,
-    /// The user's or token's id; empty for Keyward itself.
-    pub id: String,
-    pub name: String,
-    pub role: Role,
-    /// The client's address, when the action came over the network.
-    pub source: Option<IpAddr>,
-    /// What this actor may do, and where (resolved from role, grants and scope).
-    pub access: Access,
-    /// What the request says about approval (`X-Keyward-Approval`).
-    pub approval: Option<crate::approvals::ApprovalUse>,
-    /// Where the actor stands with MFA: the change pipeline refuses a step-up operation
-    /// without a recent check, whatever face (API, page, CLI) the request came through.
-    pub mfa: MfaStanding,
-}
-
-impl Actor {
-    /// Someone not (yet) authenticated; `name` is what they claimed to be, if anything.
-    pub fn anonymous(name: &str, source: Option<IpAddr>) -> Self {
-        Self {
-            kind: ActorKind::Anonymous,
-            id: String::new(),
-            name: name.to_owned(),
-            role: Role::Viewer,
-            source,
-            access: Access::default(),
-            approval: None,
-            mfa: MfaStanding::NotApplicable,
-        }
-    }
-
-    /// The id of the user or token acting, recorded as the creator of what they create;
-    /// `None` for Keyward itself and the console.
-    pub fn person_id(&self) -> Option<String> {
-        matches!(self.kind, ActorKind::User | ActorKind::Token).then(|| self.id.clone())
-    }
-
-    /// Keyward itself, or an operator at the server's console (the CLI): `name` says which.
-    pub fn system(name: &str) -> Self {
-        Self {
-            kind: ActorKind::System,
-            id: String::new(),
-            name: name.to_owned(),
-            role: Role::Owner,
-            source: None,
-            access: Access::of_role(Role::Owner),
-            approval: None,
-            mfa: MfaStanding::NotApplicable,
-        }
-    }
-}
 
 #[derive(Debug)]
 pub struct App {
-    pub store: Arc<dyn Store>,
+    /// Only use cases reach the store: the edges go through `App`'s methods.
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) keyring: Arc<Keyring>,
     /// The data plane; its snapshot is rebuilt after every write here.
     pub proxy: Arc<Proxy>,
     /// The proxy's events, until the server's batch writer takes them.
     events: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<ProxyEvent>>>,
-    pub audit: AuditLog,
+    pub(crate) audit: AuditLog,
     /// Password hashing, capped and off the async threads.
-    pub passwords: crate::identity::users::Passwords,
+    pub passwords: crate::identity::passwords::Passwords,
     /// Failed sign-ins per account and address (this instance's count).
     pub attempts: std::sync::Mutex<keyward_core::throttle::Attempts>,
     pub throttle: keyward_core::throttle::ThrottlePolicy,
@@ -103,9 +48,9 @@ pub struct App {
     /// Whether idle keys get active health probes.
     pub health_probes: bool,
     /// What compliance checks know of each current value (never the value itself).
-    pub(crate) secret_traits: crate::lifecycle::compliance::TraitsCache,
+    pub(crate) secret_traits: crate::lifecycle::traits::TraitsCache,
     /// Sends notification e-mail, when SMTP is configured.
-    pub(crate) mailer: Option<crate::notifications::Mailer>,
+    pub(crate) mailer: Option<crate::notifications::mail::Mailer>,
     pub(crate) builtin: Vec<ServiceDefinition>,
 }
 
@@ -121,7 +66,7 @@ pub struct AppOptions {
     pub secure_cookies: bool,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub health_probes: bool,
-    pub smtp: Option<crate::notifications::Smtp>,
+    pub smtp: Option<crate::notifications::mail::Smtp>,
 }
 
 impl App {
@@ -144,8 +89,8 @@ impl App {
         )?;
         Ok(Self {
             audit: AuditLog::new(vault.store.clone(), vault.audit_keys, clock.clone()),
-            passwords: crate::identity::users::Passwords::new(
-                crate::identity::users::HASH_CONCURRENCY,
+            passwords: crate::identity::passwords::Passwords::new(
+                crate::identity::passwords::HASH_CONCURRENCY,
                 &*random,
             )?,
             attempts: std::sync::Mutex::default(),
@@ -162,11 +107,11 @@ impl App {
             secure_cookies: options.secure_cookies,
             trusted_proxies: options.trusted_proxies,
             health_probes: options.health_probes,
-            secret_traits: crate::lifecycle::compliance::TraitsCache::default(),
+            secret_traits: crate::lifecycle::traits::TraitsCache::default(),
             mailer: options
                 .smtp
                 .as_ref()
-                .map(crate::notifications::Mailer::new)
+                .map(crate::notifications::mail::Mailer::new)
                 .transpose()?,
             builtin: builtin_services()?,
         })
@@ -261,5 +206,34 @@ impl App {
                 format!("this needs the `{}` permission", permission.as_str()),
             ))
         }
+    }
+
+    /// Whether the store answers (`/readyz`), and which backend it is.
+    pub async fn ready(&self) -> Result<&'static str, Error> {
+        self.store.ping().await?;
+        Ok(self.store.backend())
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn store_backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    /// Signs an audit checkpoint over the entries since the last one (periodically, and
+    /// once at shutdown).
+    pub async fn sign_checkpoint(
+        &self,
+    ) -> Result<Option<keyward_core::audit::AuditCheckpoint>, Error> {
+        self.audit.checkpoint().await
+    }
+
+    /// The store's housekeeping (planner statistics, WAL checkpoints); run hourly.
+    pub async fn maintain_store(&self) -> Result<(), Error> {
+        self.store.maintain().await
+    }
+
+    /// Closes the store cleanly (SQLite checkpoints its WAL into the database file).
+    pub async fn close(&self) {
+        self.store.close().await;
     }
 }

@@ -9,7 +9,8 @@ use keyward_crypto::token;
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 use crate::keys::out_of_scope_error;
 use crate::pipeline::{Change, Subject};
 

@@ -10,49 +10,21 @@
 //! operation (its hash) and the approval has not expired.
 
 use keyward_core::access::Permission;
-use keyward_core::approval::{ApprovalPolicy, ApprovalRequest, ApprovalStatus, Participant};
+use keyward_core::approval::{ApprovalPolicy, ApprovalRequest, ApprovalStatus};
 use keyward_core::audit::AuditOutcome;
 use keyward_core::id::ApprovalId;
 use keyward_core::id::UserId;
-use keyward_core::key::Criticality;
 use keyward_core::{Error, ErrorKind};
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+pub use crate::actor::ApprovalUse;
+use crate::app::App;
+use crate::pipeline::gate::{not_found, participant};
 use crate::pipeline::{Change, Subject};
 
 /// The vault setting holding the approval policy (JSON); absent means no approvals.
 pub const APPROVAL_POLICY_SETTING: &str = "approval_policy";
-
-/// What a request says about approval (the `X-Keyward-Approval` header).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApprovalUse {
-    /// Ask for approval of this request instead of doing it, with a reason.
-    Request(String),
-    /// Do it under this approval.
-    Use(ApprovalId),
-}
-
-pub(crate) fn participant(actor: &Actor) -> Participant {
-    Participant {
-        id: actor.id.clone(),
-        name: actor.name.clone(),
-        role: actor.role,
-    }
-}
-
-pub(crate) fn not_found() -> Error {
-    Error::not_found("approval_not_found", "there is no such approval request")
-}
-
-/// Where an operation happens, for the policy's conditions.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GateFacts<'a> {
-    pub category: Option<&'a str>,
-    /// The key's environment (who may hear of the request).
-    pub environment: Option<&'a str>,
-    pub criticality: Option<Criticality>,
-}
 
 impl App {
     pub async fn approval_policy(&self) -> Result<ApprovalPolicy, Error> {

@@ -7,7 +7,8 @@ use keyward_core::service::{Category, Environment, ServiceDefinition, validate_b
 use keyward_core::{Error, label};
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 use crate::pipeline::{Change, Subject};
 use keyward_core::access::Permission;
 
@@ -151,5 +152,13 @@ impl App {
         )
         .await?;
         Ok(category)
+    }
+
+    pub async fn environments(&self) -> Result<Vec<Environment>, Error> {
+        self.store.environments().await
+    }
+
+    pub async fn categories(&self) -> Result<Vec<Category>, Error> {
+        self.store.categories().await
     }
 }

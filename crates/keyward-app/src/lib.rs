@@ -8,6 +8,7 @@
 //! crate graph). The REST API, the web UI and the CLI in `keyward-server` are thin faces of
 //! these use cases; refusals are `keyward_core::Error`s whose kind the edges translate.
 
+pub mod actor;
 pub mod app;
 pub mod app_tokens;
 pub mod approvals;
@@ -21,7 +22,8 @@ pub mod pipeline;
 pub mod usage;
 pub mod vault;
 
-pub use app::{Actor, App, AppOptions};
+pub use actor::Actor;
+pub use app::{App, AppOptions};
 pub use identity::access::TokenLimits;
 pub use keys::NewKey;
 pub use keys::impact::Impact;

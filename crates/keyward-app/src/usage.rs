@@ -11,7 +11,8 @@ use keyward_core::usage::{KeyFlag, Outcome, UsageBucket, UsageGrouping, UsageQue
 use keyward_core::{Error, ErrorKind};
 use keyward_proxy::ProxyEvent;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 
 impl App {
     /// Writes a batch of proxy events: usage records (with their hourly sums), the latest

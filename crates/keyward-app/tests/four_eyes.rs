@@ -85,6 +85,8 @@ async fn decide(app: &App, actor: &Actor, id: &ApprovalId) -> Result<(), &'stati
 
 async fn approvals_across_people(db: TestDatabase) {
     let app = app_on(&db).await;
+    // The test's own view of the database (the use cases keep theirs to themselves).
+    let store = db.store().await;
     with_delete_policy(&app).await;
     let system = Actor::system("test");
     let rita = acting_as(&user(&app, &system, "rita", Role::Admin).await);
@@ -138,7 +140,7 @@ async fn approvals_across_people(db: TestDatabase) {
         );
     }
     assert!(
-        app.store
+        store
             .key(&key.id)
             .await
             .unwrap()
@@ -164,6 +166,8 @@ async fn approvals_across_people(db: TestDatabase) {
 
 async fn creating_users_and_minting_tokens_are_access_changes(db: TestDatabase) {
     let app = app_on(&db).await;
+    // The test's own view of the database (the use cases keep theirs to themselves).
+    let store = db.store().await;
     let system = Actor::system("test");
     let owner = user(&app, &system, "olga", Role::Owner).await;
     // Step-up: a stale session neither adds users nor mints tokens.
@@ -206,14 +210,8 @@ async fn creating_users_and_minting_tokens_are_access_changes(db: TestDatabase) 
         .await
         .unwrap_err();
     assert_eq!(err.code, "approval_required");
-    assert!(
-        app.store
-            .user_by_username("newbie")
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(app.store.tokens().await.unwrap().is_empty());
+    assert!(store.user_by_username("newbie").await.unwrap().is_none());
+    assert!(store.tokens().await.unwrap().is_empty());
 }
 
 both_backends!(

@@ -37,6 +37,8 @@ fn probe_service() -> keyward_core::service::ServiceDefinition {
 
 async fn steps_run_in_order(db: TestDatabase) {
     let app = app_on(&db).await;
+    // The test's own view of the database (the use cases keep theirs to themselves).
+    let store = db.store().await;
     let owner = Actor::system("test");
     let (webhook, _) = app
         .create_webhook(
@@ -69,8 +71,8 @@ async fn steps_run_in_order(db: TestDatabase) {
             "audit before write"
         );
         assert!(!app.proxy.knows_service("pipeline-probe"));
-        assert!(app.store.deliveries(&webhook.id, 10).await?.is_empty());
-        app.store
+        assert!(store.deliveries(&webhook.id, 10).await?.is_empty());
+        store
             .insert_custom_service(&probe_service(), app.now())
             .await?;
         wrote.store(true, Ordering::SeqCst);
@@ -83,7 +85,7 @@ async fn steps_run_in_order(db: TestDatabase) {
         "the proxy sees the write before the caller hears of it"
     );
     assert_eq!(
-        app.store.deliveries(&webhook.id, 10).await.unwrap().len(),
+        store.deliveries(&webhook.id, 10).await.unwrap().len(),
         1,
         "the notification is queued after the write"
     );
@@ -178,6 +180,8 @@ async fn each_refusal_comes_before_any_write(db: TestDatabase) {
 
 async fn use_cases_refuse_a_missing_step_up_themselves(db: TestDatabase) {
     let app = app_on(&db).await;
+    // The test's own view of the database (the use cases keep theirs to themselves).
+    let store = db.store().await;
     let key = app
         .create_key(
             &Actor::system("test"),
@@ -204,7 +208,7 @@ async fn use_cases_refuse_a_missing_step_up_themselves(db: TestDatabase) {
     let err = app.delete_key(&stale, &key.id).await.unwrap_err();
     assert_eq!(err.code, "step_up_required");
     assert!(
-        app.store
+        store
             .key(&key.id)
             .await
             .unwrap()

@@ -11,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::app_token::Budget;
+use crate::budget::Budget;
 use crate::id::KeyId;
 use crate::label;
 use crate::service::{Limit, validate_limits};

@@ -42,6 +42,7 @@ pub mod access;
 pub mod app_token;
 pub mod approval;
 pub mod audit;
+pub mod budget;
 pub mod catalog;
 pub mod clock;
 pub mod compliance;

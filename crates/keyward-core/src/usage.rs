@@ -13,7 +13,7 @@ use jiff::{SignedDuration, Timestamp, ToSpan, ZonedDateTime};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::app_token::{Budget, BudgetPeriod};
+use crate::budget::{Budget, BudgetPeriod};
 use crate::id::{AppTokenId, KeyId};
 use crate::service::{Limit, QuotaCalendar};
 

@@ -142,7 +142,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, db
     group.throughput(Throughput::Elements(1));
 
     group.bench_function("baseline: SELECT 1 round trip", |b| {
-        b.to_async(rt).iter(|| app.store.ping())
+        b.to_async(rt).iter(|| app.ready())
     });
     group.bench_function("get one key", |b| {
         b.to_async(rt).iter(|| app.key(&owner, &probe))
@@ -197,7 +197,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, db
         })
     });
     group.finish();
-    rt.block_on(app.store.close());
+    rt.block_on(app.close());
 }
 
 fn benches(c: &mut Criterion) {

@@ -246,7 +246,7 @@ async fn keys_revoke(settings: &Settings, key_id: &str, reason: &str) -> Result<
         .revoke_key(&Actor::system("cli"), &id, reason)
         .await
         .map_err(|e| e.message);
-    app.store.close().await;
+    app.close().await;
     let key = revoked?;
     println!(
         "revoked key {} ({}, {} in {}); running servers stop using it within a second. \
@@ -265,7 +265,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         "Keyward {} listening on http://{} (store: {})",
         env!("CARGO_PKG_VERSION"),
         started.addr,
-        started.app.store.backend()
+        started.app.store_backend()
     );
     if let Some(token) = started
         .app
@@ -337,7 +337,7 @@ async fn admin_create(settings: &Settings, username: &str, role: &str) -> Result
         .add_user(&Actor::system("cli"), &username, password, role)
         .await
         .map_err(|e| e.message);
-    app.store.close().await;
+    app.close().await;
     let user = user?;
     println!(
         "created user {} ({}) with role {}",
@@ -348,8 +348,11 @@ async fn admin_create(settings: &Settings, username: &str, role: &str) -> Result
 
 async fn audit_verify(settings: &Settings) -> Result<(), String> {
     let app = open_app(settings).await?;
-    let report = app.audit.verify().await.map_err(|e| e.message);
-    app.store.close().await;
+    let report = app
+        .verify_audit(&Actor::system("cli"))
+        .await
+        .map_err(|e| e.message);
+    app.close().await;
     let report = report?;
     match report.first_broken {
         None => {
@@ -391,7 +394,7 @@ async fn token_create(
         .issue_token(&Actor::system("cli"), name, role, expires_at)
         .await
         .map_err(|e| e.message)?;
-    app.store.close().await;
+    app.close().await;
     eprintln!(
         "Created management token {} \"{}\" with role {}. It is shown only this once:",
         record.id, record.name, record.role
@@ -457,13 +460,8 @@ async fn master_key(settings: &Settings, command: MasterKeyCommand) -> Result<()
         }
         MasterKeyCommand::Status => {
             let app = open_app(settings).await?;
-            let records = app.store.master_keys().await.map_err(|e| e.message)?;
-            let usage = app.store.kek_usage().await.map_err(|e| e.message)?;
-            for record in records {
-                let versions = usage
-                    .iter()
-                    .find(|u| u.kek_id == record.kek_id)
-                    .map_or(0, |u| u.versions);
+            let status = app.master_key_status().await.map_err(|e| e.message)?;
+            for (record, versions) in status {
                 println!(
                     "{} {:8} wraps {versions} key version(s), registered {}",
                     record.kek_id,
@@ -475,7 +473,7 @@ async fn master_key(settings: &Settings, command: MasterKeyCommand) -> Result<()
                     record.created_at
                 );
             }
-            app.store.close().await;
+            app.close().await;
             Ok(())
         }
         MasterKeyCommand::Verify => {

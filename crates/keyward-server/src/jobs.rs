@@ -168,7 +168,7 @@ async fn checkpoint_loop(app: Arc<App>, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = app.audit.checkpoint().await {
+        if let Err(e) = app.sign_checkpoint().await {
             tracing::warn!(error = %e, "could not sign an audit checkpoint; will retry");
         }
     }
@@ -187,7 +187,7 @@ async fn purge_loop(app: Arc<App>) {
         if let Err(e) = app.prune_usage().await {
             tracing::warn!(error = %e, "pruning old usage records failed; will retry");
         }
-        if let Err(e) = app.store.maintain().await {
+        if let Err(e) = app.maintain_store().await {
             tracing::warn!(error = %e, "store maintenance failed; will retry");
         }
     }

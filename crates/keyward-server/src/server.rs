@@ -81,10 +81,10 @@ impl Started {
         // Every connection has ended, so every call has sent its events: the jobs write
         // them all before the store closes.
         jobs.stop().await;
-        if let Err(e) = self.app.audit.checkpoint().await {
+        if let Err(e) = self.app.sign_checkpoint().await {
             tracing::warn!(error = %e, "could not sign the audit trail's last checkpoint");
         }
-        self.app.store.close().await;
+        self.app.close().await;
         result
     }
 }

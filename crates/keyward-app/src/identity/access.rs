@@ -19,7 +19,8 @@ use keyward_crypto::token;
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 use crate::pipeline::{Change, Subject};
 use keyward_core::access::Permission;
 

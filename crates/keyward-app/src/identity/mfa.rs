@@ -18,8 +18,10 @@ use keyward_crypto::totp::{self, TotpSecret};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 use crate::identity::sessions::NewSession;
+pub use crate::identity::sessions::SecondFactor;
 use crate::identity::users::attempt_subjects;
 use crate::pipeline::{Change, Subject};
 
@@ -41,15 +43,6 @@ impl std::fmt::Debug for MfaSetup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MfaSetup(…)")
     }
-}
-
-/// A second factor as presented.
-#[derive(Debug)]
-pub enum SecondFactor {
-    /// Six digits from the authenticator app.
-    Totp(SecretString),
-    /// One of the recovery codes (each works once).
-    RecoveryCode(SecretString),
 }
 
 fn invalid_code() -> Error {

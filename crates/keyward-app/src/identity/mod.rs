@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod mfa;
+pub mod passwords;
 pub mod qr;
 pub mod sessions;
 pub mod setup;

@@ -1,7 +1,7 @@
 //! Sign-in sessions as use cases: sign in (a fresh session every time), resolve a cookie to
 //! its user, sign out here or everywhere, and let admins list and end sessions.
 
-use keyward_core::audit::{ActorKind, AuditOutcome};
+use keyward_core::audit::AuditOutcome;
 use keyward_core::id::UserId;
 use keyward_core::session::Session;
 use keyward_core::user::User;
@@ -10,10 +10,19 @@ use keyward_crypto::token;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use crate::app::{Actor, App};
-use crate::identity::mfa::SecondFactor;
+use crate::actor::Actor;
+use crate::app::App;
 use crate::pipeline::{Change, Subject};
 use keyward_core::access::Permission;
+
+/// A second factor as presented.
+#[derive(Debug)]
+pub enum SecondFactor {
+    /// Six digits from the authenticator app.
+    Totp(SecretString),
+    /// One of the recovery codes (each works once).
+    RecoveryCode(SecretString),
+}
 
 /// What a successful sign-in hands to the browser, once.
 #[derive(Debug)]
@@ -287,24 +296,5 @@ impl App {
             .checked_sub(self.session_policy.idle)
             .unwrap_or(Timestamp::MIN);
         self.store.prune_sessions(now, idle_before).await
-    }
-}
-
-impl Actor {
-    pub fn for_user(user: &User, source: Option<std::net::IpAddr>) -> Self {
-        Self {
-            kind: ActorKind::User,
-            id: user.id.to_string(),
-            name: user.username.clone(),
-            role: user.role,
-            source,
-            // The base role; `App::user_access` adds grants for a request.
-            access: keyward_core::access::Access::of_role(user.role),
-            approval: None,
-            // Until the session's standing is worked out (`App::session_standing`).
-            mfa: keyward_core::mfa::MfaStanding::Stale {
-                enrolled: user.mfa_enabled,
-            },
-        }
     }
 }

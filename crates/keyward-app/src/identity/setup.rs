@@ -9,7 +9,8 @@ use keyward_core::{Error, ErrorKind};
 use keyward_crypto::token;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 
 /// The vault setting holding the setup token's hash (hex), or [`USED`].
 const SETUP_SETTING: &str = "setup_token_hash";

@@ -7,7 +7,8 @@ use keyward_core::id::KeyId;
 use keyward_core::key::{Key, KeyFilter, PageRequest};
 use keyward_core::usage::UsageQuery;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 
 /// What depends on a key (see [`App::impact`]).
 #[derive(Debug, Clone)]

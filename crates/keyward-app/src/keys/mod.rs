@@ -20,7 +20,8 @@ use keyward_core::{Error, ErrorKind, label, secret};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 use crate::pipeline::{Admitted, Change, Subject};
 
 /// Input for a new key: metadata plus the secret and whether to skip the format check.

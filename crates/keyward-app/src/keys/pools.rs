@@ -5,7 +5,8 @@ use keyward_core::usage::{PoolSetting, PoolStrategy};
 use keyward_core::{Error, label};
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 use crate::keys::out_of_scope_error;
 use crate::pipeline::{Change, Subject};
 

@@ -8,7 +8,8 @@ use keyward_core::key::{KeyVersion, SealContext};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 use crate::keys::reveal_reason;
 use crate::pipeline::Change;
 

@@ -8,7 +8,8 @@ use keyward_core::id::KeyId;
 use keyward_core::key::Key;
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 use crate::keys::reveal_reason;
 use crate::pipeline::{Change, Notice};
 use keyward_core::notification::NotificationKind;

@@ -8,9 +8,10 @@ use keyward_core::{Error, label, secret};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::audit::outcome_of;
+use crate::audit::log::outcome_of;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 use crate::keys::out_of_scope_error;
 
 impl App {

@@ -11,7 +11,8 @@ use keyward_core::{Error, secret};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 use crate::pipeline::Change;
 
 /// A new value for a key, current at once: the command the API reads from JSON and the key

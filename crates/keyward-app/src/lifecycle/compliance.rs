@@ -12,7 +12,8 @@ use keyward_core::compliance::{Compliance, Evidence, SameValue, SecretTraits, as
 use keyward_core::id::KeyId;
 use keyward_core::key::{Key, KeyVersion, SealContext};
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 
 /// Audit actions that put a key's value in someone's hands.
 const EXPOSING_ACTIONS: [&str; 2] = ["key.reveal", "key.export"];
@@ -26,16 +27,6 @@ pub struct KeyCompliance {
     pub exposures: u64,
     pub last_exposed_at: Option<jiff::Timestamp>,
     pub same_value: Vec<SameValue>,
-}
-
-/// Traits of the values already looked at, by key and version.
-#[derive(Debug, Default)]
-pub struct TraitsCache(std::sync::Mutex<HashMap<(KeyId, u32), SecretTraits>>);
-
-impl TraitsCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(KeyId, u32), SecretTraits>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 impl App {

@@ -24,7 +24,8 @@ use keyward_proxy::{Alternate, Verdict};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 use crate::pipeline::{Admitted, Change};
 
 /// How a rotation gets its new value.
@@ -373,7 +374,7 @@ impl App {
         {
             self.notify(
                 keyward_core::notification::NotificationKind::RotationStep,
-                crate::notifications::About::key(
+                crate::notifications::about::About::key(
                     self.category_of(&key).await.as_deref(),
                     &key.environment,
                 ),

@@ -19,7 +19,8 @@ use keyward_core::notification::NotificationKind;
 use keyward_core::usage::KeyFlag;
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 
 /// One key's health.
 #[derive(Debug, Clone)]
@@ -289,7 +290,10 @@ impl App {
                     &known,
                     subject,
                     (k.assessment.status, false),
-                    crate::notifications::About::key(category.as_deref(), &k.key.environment),
+                    crate::notifications::about::About::key(
+                        category.as_deref(),
+                        &k.key.environment,
+                    ),
                     data,
                 )
                 .await?
@@ -307,7 +311,7 @@ impl App {
                     &known,
                     subject,
                     (s.status, s.disruption),
-                    crate::notifications::About {
+                    crate::notifications::about::About {
                         category: category.as_deref(),
                         environment: None,
                     },
@@ -326,7 +330,7 @@ impl App {
         known: &HashMap<String, HealthState>,
         subject: String,
         (status, disruption): (HealthStatus, bool),
-        about: crate::notifications::About<'_>,
+        about: crate::notifications::about::About<'_>,
         mut data: serde_json::Value,
     ) -> Result<bool, Error> {
         let previous = known.get(&subject);

@@ -7,3 +7,4 @@ pub mod compliance;
 pub mod guided_rotation;
 pub mod health;
 pub mod rotation_policy;
+pub mod traits;

@@ -9,7 +9,8 @@ use keyward_core::key::Key;
 use keyward_core::rotation::{RotationPolicy, RotationStatus};
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 use crate::pipeline::{Change, Subject};
 
 pub const ROTATION_POLICY_SETTING: &str = "rotation_policy";

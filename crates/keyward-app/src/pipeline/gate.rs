@@ -10,8 +10,32 @@ use keyward_core::id::ApprovalId;
 use keyward_core::{Error, ErrorKind};
 use serde_json::json;
 
-use crate::app::{Actor, App};
-use crate::approvals::{ApprovalUse, GateFacts, not_found, participant};
+use crate::actor::Actor;
+use crate::actor::ApprovalUse;
+use crate::app::App;
+use keyward_core::approval::Participant;
+use keyward_core::key::Criticality;
+
+/// Where an operation happens, for the policy's conditions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GateFacts<'a> {
+    pub category: Option<&'a str>,
+    /// The key's environment (who may hear of the request).
+    pub environment: Option<&'a str>,
+    pub criticality: Option<Criticality>,
+}
+
+pub(crate) fn participant(actor: &Actor) -> Participant {
+    Participant {
+        id: actor.id.clone(),
+        name: actor.name.clone(),
+        role: actor.role,
+    }
+}
+
+pub(crate) fn not_found() -> Error {
+    Error::not_found("approval_not_found", "there is no such approval request")
+}
 
 impl App {
     /// Lets `operation` through if the policy does not cover it, or if the actor brings an
@@ -89,7 +113,7 @@ impl App {
                 .await?;
                 self.notify(
                     keyward_core::notification::NotificationKind::ApprovalRequested,
-                    crate::notifications::About {
+                    crate::notifications::about::About {
                         category: facts.category,
                         environment: facts.environment,
                     },

@@ -33,13 +33,14 @@ use keyward_core::key::{Criticality, Key};
 use keyward_core::notification::NotificationKind;
 use keyward_core::{Error, ErrorKind, label};
 
-use crate::app::{Actor, App};
-use crate::approvals::GateFacts;
-use crate::audit::outcome_of;
-use crate::notifications::About;
+use crate::actor::Actor;
+use crate::app::App;
+use crate::audit::log::outcome_of;
+use crate::notifications::about::About;
+use gate::GateFacts;
 use keyward_core::audit::AuditOutcome;
 
-mod gate;
+pub(crate) mod gate;
 
 /// Where a change lands, for the reach check, the approval policy's conditions, the audit
 /// target and who hears of it.

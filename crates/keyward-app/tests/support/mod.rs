@@ -51,15 +51,17 @@ pub fn person(name: &str, role: Role, mfa: MfaStanding) -> Actor {
 
 /// How many audit entries record `action`.
 pub async fn entries(app: &App, action: &str) -> usize {
-    app.store
-        .audit_events(&AuditFilter {
+    app.audit_events(
+        &Actor::system("test"),
+        &AuditFilter {
             action: Some(action.to_owned()),
             limit: 1_000,
             ..AuditFilter::default()
-        })
-        .await
-        .unwrap()
-        .len()
+        },
+    )
+    .await
+    .unwrap()
+    .len()
 }
 
 /// Runs each case against a fresh SQLite database and a fresh PostgreSQL one.

@@ -85,12 +85,12 @@ pub struct AuditPage {
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditParams),
     responses((status = 200, body = AuditPage), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_audit(
-    _auth: Authorized<perm::AuditRead>,
+    auth: Authorized<perm::AuditRead>,
     State(app): State<Arc<App>>,
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> ApiResult<Json<AuditPage>> {
     let filter = params.filter(100, PAGE_MAX)?;
-    let events = app.audit.events(&filter).await?;
+    let events = app.audit_events(auth.actor(), &filter).await?;
     let full = events.len() == filter.limit as usize;
     let next_after = events.last().filter(|_| full).map(|e| e.seq);
     Ok(Json(AuditPage {
@@ -130,8 +130,8 @@ pub async fn export_audit(
     responses((status = 200, body = Object, description = "`ok`, `verified`, `last_seq`, `checkpoints`, `first_broken` {seq, kind}")),
     security(("bearer" = [])))]
 pub async fn verify_audit(
-    _auth: Authorized<perm::AuditRead>,
+    auth: Authorized<perm::AuditRead>,
     State(app): State<Arc<App>>,
 ) -> ApiResult<Json<VerifyReport>> {
-    Ok(Json(app.audit.verify().await?))
+    Ok(Json(app.verify_audit(auth.actor()).await?))
 }

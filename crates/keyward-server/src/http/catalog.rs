@@ -136,8 +136,7 @@ pub async fn list_categories(
     State(app): State<Arc<App>>,
 ) -> ApiResult<Json<Vec<LabelBody>>> {
     Ok(Json(
-        app.store
-            .categories()
+        app.categories()
             .await?
             .into_iter()
             .map(LabelBody::from)
@@ -168,8 +167,7 @@ pub async fn list_environments(
     State(app): State<Arc<App>>,
 ) -> ApiResult<Json<Vec<LabelBody>>> {
     Ok(Json(
-        app.store
-            .environments()
+        app.environments()
             .await?
             .into_iter()
             .map(LabelBody::from)

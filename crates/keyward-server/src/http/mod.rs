@@ -798,9 +798,10 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match app.store.ping().await {
-        Ok(()) => Json(serde_json::json!({"status": "ready", "store": app.store.backend()}))
-            .into_response(),
+    match app.ready().await {
+        Ok(backend) => {
+            Json(serde_json::json!({"status": "ready", "store": backend})).into_response()
+        }
         Err(e) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.message).into_response()
         }

@@ -215,8 +215,12 @@ pub struct SubscriptionResponse {
     pub deliveries: Vec<DeliveryResponse>,
 }
 
-async fn subscription_response(app: &App, w: Webhook) -> ApiResult<SubscriptionResponse> {
-    let deliveries = app.store.deliveries(&w.id, 20).await?;
+async fn subscription_response(
+    app: &App,
+    actor: &keyward_app::Actor,
+    w: Webhook,
+) -> ApiResult<SubscriptionResponse> {
+    let deliveries = app.subscription_deliveries(actor, &w).await?;
     Ok(SubscriptionResponse {
         email: w.email().unwrap_or_default().to_owned(),
         kinds: w.kinds.iter().map(|k| k.as_str().to_owned()).collect(),
@@ -237,7 +241,9 @@ pub async fn get_subscription(
     let mine = app.my_subscription(&caller.actor).await?.ok_or_else(|| {
         keyward_core::Error::not_found("subscription_not_found", "you have no e-mail subscription")
     })?;
-    Ok(Json(subscription_response(&app, mine).await?))
+    Ok(Json(
+        subscription_response(&app, &caller.actor, mine).await?,
+    ))
 }
 
 /// Subscribe yourself by e-mail (replaces your earlier subscription). Only events about
@@ -260,7 +266,9 @@ pub async fn put_subscription(
     let mine = app
         .subscribe(&caller.actor, &req.email, kinds, req.categories)
         .await?;
-    Ok(Json(subscription_response(&app, mine).await?))
+    Ok(Json(
+        subscription_response(&app, &caller.actor, mine).await?,
+    ))
 }
 
 /// End your e-mail subscription.

@@ -104,7 +104,6 @@ async fn choices(app: &App) -> Result<Choices, keyward_core::Error> {
         });
     }
     let environments = app
-        .store
         .environments()
         .await?
         .into_iter()

@@ -251,20 +251,22 @@ pub async fn audit(
         };
         let text = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
         let mut events = app
-            .audit
-            .events(&AuditFilter {
-                action: text(&q.action),
-                actor: text(&q.actor),
-                target: text(&q.target),
-                outcome,
-                limit: 1_000,
-                ..AuditFilter::default()
-            })
+            .audit_events(
+                &viewer.caller.actor,
+                &AuditFilter {
+                    action: text(&q.action),
+                    actor: text(&q.actor),
+                    target: text(&q.target),
+                    outcome,
+                    limit: 1_000,
+                    ..AuditFilter::default()
+                },
+            )
             .await?;
         events.reverse();
         events.truncate(200);
         let report = match q.verify {
-            Some(_) => Some(app.audit.verify().await?),
+            Some(_) => Some(app.verify_audit(&viewer.caller.actor).await?),
             None => None,
         };
         Ok::<_, Error>((events, report))
@@ -686,7 +688,7 @@ async fn notification_panel(
         return Ok(html! {});
     }
     let mine = app.my_subscription(&viewer.caller.actor).await?;
-    let categories = app.store.categories().await?;
+    let categories = app.categories().await?;
     let typed = |name: &str| refused.and_then(|r| field(&r.fields, name).map(str::to_owned));
     let chosen = |name: &str, value: &str| match refused {
         Some(r) => r.fields.iter().any(|(k, v)| k == name && v == value),

@@ -198,14 +198,16 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
     let active = rows.iter().filter(|r| r.status == "active").count();
     let revealed = if actor.access.reach(Permission::AuditRead).is_everywhere() {
         Some(
-            app.audit
-                .events(&AuditFilter {
+            app.audit_events(
+                actor,
+                &AuditFilter {
                     action: Some("key.reveal".into()),
                     from: Some(now - SignedDuration::from_hours(24 * 7)),
                     limit: 50,
                     ..AuditFilter::default()
-                })
-                .await?,
+                },
+            )
+            .await?,
         )
     } else {
         None
@@ -215,7 +217,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
         .map(|s| (s.id.as_str(), s.name.as_str()))
         .collect();
     services.sort_by_key(|(_, name)| name.to_lowercase());
-    let environments = app.store.environments().await?;
+    let environments = app.environments().await?;
     let health = app.health(actor).await?;
     let compliance = app.compliance(actor).await?;
     let filtered = !(f.q.is_empty()

@@ -203,13 +203,15 @@ async fn detail_markup(
         });
     let impact = app.impact(actor, &id).await?;
     let trail = if actor.access.reach(Permission::AuditRead).is_everywhere() {
-        app.audit
-            .events(&AuditFilter {
+        app.audit_events(
+            actor,
+            &AuditFilter {
                 target: Some(format!("key:{id}")),
                 limit: 20,
                 ..AuditFilter::default()
-            })
-            .await?
+            },
+        )
+        .await?
     } else {
         Vec::new()
     };

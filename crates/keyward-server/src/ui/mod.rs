@@ -271,7 +271,6 @@ pub async fn category_names(
     app: &App,
 ) -> Result<std::collections::BTreeMap<String, String>, keyward_core::Error> {
     Ok(app
-        .store
         .categories()
         .await?
         .into_iter()

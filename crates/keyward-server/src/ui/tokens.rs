@@ -44,7 +44,7 @@ async fn list_markup(
         .map(|s| (s.id.as_str(), s.name.as_str()))
         .collect();
     services.sort_by_key(|(_, name)| name.to_lowercase());
-    let environments = app.store.environments().await?;
+    let environments = app.environments().await?;
     Ok(html! {
         @if let Some(e) = error { p class="flash error" role="alert" { "The token was not created: " (e.message) } }
         section aria-labelledby="tokens-title" {

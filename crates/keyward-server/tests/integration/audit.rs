@@ -148,7 +148,7 @@ async fn tampering_is_reported_with_its_sequence_number_by_the_api_and_the_cli()
             .await;
     }
     assert_eq!(verify(&app).await["ok"], true);
-    let checkpoint = app.app.audit.checkpoint().await.unwrap().unwrap();
+    let checkpoint = app.app.sign_checkpoint().await.unwrap().unwrap();
     let out = app.cli(&["audit", "verify"]);
     assert!(
         out.status.success(),

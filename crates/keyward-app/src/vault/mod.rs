@@ -5,6 +5,8 @@
 //! a missing key file next to an existing vault must never be "fixed" by generating a new
 //! one. Master-key rotation and retirement live here too, because they are the same dance.
 
+mod status;
+
 use std::sync::Arc;
 
 use base64::Engine;
@@ -137,7 +139,7 @@ pub async fn open_store(
     if records.iter().all(|r| !r.current) {
         register(&*store, &keyring, keyring.current_id(), true, random, clock).await?;
     }
-    let audit_keys = crate::audit::load_keys(&*store, &keyring, random).await?;
+    let audit_keys = crate::audit::log::load_keys(&*store, &keyring, random).await?;
     Ok(Vault {
         store,
         keyring,
@@ -394,7 +396,7 @@ pub async fn rotate(
             }
         }
     }
-    crate::audit::rewrap_keys(&*store, &keyring, random).await?;
+    crate::audit::log::rewrap_keys(&*store, &keyring, random).await?;
     rewrap_mfa_secrets(&*store, &keyring, random, &new_kek).await?;
     let mut retirable = Vec::new();
     for usage in store.kek_usage().await? {
@@ -451,7 +453,7 @@ pub async fn retire(
     clock: &dyn Clock,
 ) -> Result<(), VaultError> {
     let vault = open(location, random, clock).await?;
-    if crate::audit::keys_sealed_by(&*vault.store)
+    if crate::audit::log::keys_sealed_by(&*vault.store)
         .await?
         .as_deref()
         == Some(kek_id)

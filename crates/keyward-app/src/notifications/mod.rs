@@ -9,8 +9,10 @@
 //! created and again before every delivery; loopback and private-network addresses are
 //! refused unless the webhook was created with `allow_private_network`.
 
+pub mod about;
+pub mod mail;
+
 use std::net::IpAddr;
-use std::time::Duration;
 
 use keyward_core::access::Permission;
 use keyward_core::audit::ActorKind;
@@ -22,85 +24,12 @@ use keyward_core::{Error, ErrorKind, label};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::app::{Actor, App};
+use crate::actor::Actor;
+use crate::app::App;
 use crate::pipeline::{Change, Subject};
 
-/// What an event is about, so subscriptions can filter on it: the category of the key's
-/// service and the key's environment (both absent for events about no key).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct About<'a> {
-    pub category: Option<&'a str>,
-    pub environment: Option<&'a str>,
-}
-
-impl<'a> About<'a> {
-    pub fn key(category: Option<&'a str>, environment: &'a str) -> Self {
-        Self {
-            category,
-            environment: Some(environment),
-        }
-    }
-}
-
-/// The SMTP server notification e-mail goes through, and its sender.
-#[derive(Debug, Clone)]
-pub struct Smtp {
-    /// Carries the server's credentials: secret.
-    pub url: SecretString,
-    pub from: lettre::message::Mailbox,
-}
-
-/// Sends notification e-mail through the configured SMTP server.
-#[derive(Clone)]
-pub struct Mailer {
-    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
-    from: lettre::message::Mailbox,
-}
-
-impl std::fmt::Debug for Mailer {
-    /// The transport holds the server's credentials: never printed.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mailer").field("from", &self.from).finish()
-    }
-}
-
-impl Mailer {
-    pub fn new(smtp: &Smtp) -> Result<Self, Error> {
-        use secrecy::ExposeSecret;
-        let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(
-            smtp.url.expose_secret(),
-        )
-        .map_err(|_| Error::invalid("invalid_smtp_url", "smtp_url is not a usable SMTP URL"))?
-        .timeout(Some(Duration::from_secs(20)))
-        .build();
-        Ok(Self {
-            transport,
-            from: smtp.from.clone(),
-        })
-    }
-
-    /// Sends one message; `Ok(250)` once the server accepted it.
-    async fn send(&self, to: &str, subject: &str, body: String) -> Result<u16, String> {
-        use lettre::AsyncTransport;
-        let to: lettre::message::Mailbox = to
-            .parse()
-            .map_err(|_| "the subscription's address is not valid".to_owned())?;
-        let message = lettre::Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject(subject)
-            .header(lettre::message::header::ContentType::TEXT_PLAIN)
-            .body(body)
-            .map_err(|e| format!("could not build the message: {e}"))?;
-        match self.transport.send(message).await {
-            Ok(response) => Ok(u16::from(response.code())),
-            Err(e) => Err(match e.status() {
-                Some(code) => format!("the SMTP server refused: {code}"),
-                None => "the SMTP server could not be reached".to_owned(),
-            }),
-        }
-    }
-}
+pub use about::About;
+pub use mail::{Mailer, Smtp};
 
 /// The subject and plain-text body of a notification e-mail.
 fn email_text(delivery: &keyward_core::notification::Delivery) -> (String, String) {
@@ -358,6 +287,21 @@ impl App {
             .await?
             .into_iter()
             .find(|w| w.owner.as_ref() == Some(&owner)))
+    }
+
+    /// The latest deliveries to the caller's own subscription `subscription`, newest first.
+    pub async fn subscription_deliveries(
+        &self,
+        actor: &Actor,
+        subscription: &Webhook,
+    ) -> Result<Vec<Delivery>, Error> {
+        if subscription.owner.as_ref() != Some(&person(actor)?) {
+            return Err(Error::not_found(
+                "subscription_not_found",
+                "you have no e-mail subscription",
+            ));
+        }
+        self.store.deliveries(&subscription.id, 20).await
     }
 
     /// Subscribes the caller by e-mail to `kinds` (empty: all) about keys in `categories`
