@@ -1,7 +1,7 @@
 //! No import circles between the modules of any workspace crate: read every crate's sources,
 //! draw an edge from a module (a file) to each module its `crate::…`, `super::…` and
-//! `self::…` paths name (the deepest one that exists), and look for strongly connected
-//! components. The crate root is left out: it only declares modules and re-exports them.
+//! `self::…` paths name (the deepest one that exists) and to each child module it names
+//! (`child::…`), and look for strongly connected components. The crate root is left out: it only declares modules and re-exports them.
 //! Test modules (`#[cfg(test)]`, to the end of a file) are left out too.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,13 +12,42 @@ use regex::Regex;
 /// Circles still being taken apart, by crate (each a sorted list of modules). The test
 /// fails on any other circle, and on one listed here that no longer exists (so the list
 /// only shrinks).
-const KNOWN: &[(&str, &[&str])] = &[
-    ("keyward-server", &["http", "http::auth", "ui"]),
-    (
-        "keyward-server",
-        &["ui::add_key", "ui::dashboard", "ui::key", "ui::rotation"],
-    ),
-];
+const KNOWN: &[(&str, &[&str])] = &[(
+    // The server's faces: `http/mod.rs` and `ui/mod.rs` route to their handlers and pages,
+    // which take the frame, the error body and the extractors back from them (and `ui` pages
+    // from each other). Next: frame and extractors in modules of their own.
+    "keyward-server",
+    &[
+        "http",
+        "http::access",
+        "http::app_tokens",
+        "http::approvals",
+        "http::audit",
+        "http::auth",
+        "http::catalog",
+        "http::compliance",
+        "http::health",
+        "http::keys",
+        "http::mfa",
+        "http::openapi",
+        "http::rotations",
+        "http::sessions",
+        "http::usage",
+        "http::users",
+        "http::webhooks",
+        "ui",
+        "ui::add_key",
+        "ui::admin",
+        "ui::approval",
+        "ui::dashboard",
+        "ui::key",
+        "ui::mfa",
+        "ui::rotation",
+        "ui::sign_in",
+        "ui::tokens",
+        "ui::usage",
+    ],
+)];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -122,6 +151,7 @@ fn paths(text: &str) -> Vec<(String, Vec<String>)> {
 fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let mods = modules(src);
     let comment = Regex::new(r"//[^\n]*").expect("valid regex");
+    let visibility = Regex::new(r"pub\((?:crate|super|self|in [^)]*)\)").expect("valid regex");
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (module, file) in &mods {
         if module.is_empty() {
@@ -130,8 +160,21 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         let text = std::fs::read_to_string(file).unwrap_or_default();
         let text = text.split("#[cfg(test)]").next().unwrap_or_default();
         let text = comment.replace_all(text, "");
+        // Visibility (`pub(super)`, `pub(in crate::x)`) names no module it depends on.
+        let text = visibility.replace_all(&text, "pub");
         let here: Vec<String> = module.split("::").map(str::to_owned).collect();
         let targets = edges.entry(module.clone()).or_default();
+        // A child module named without a prefix (`rewrite::x` inside `forward`).
+        for child in mods.keys().filter_map(|m| {
+            m.strip_prefix(module.as_str())
+                .and_then(|rest| rest.strip_prefix("::"))
+                .filter(|rest| !rest.contains("::"))
+        }) {
+            let named = Regex::new(&format!(r"(^|[^:\w]){child}::")).expect("valid regex");
+            if named.is_match(&text) {
+                targets.insert(format!("{module}::{child}"));
+            }
+        }
         for (base, segments) in paths(&text) {
             let full: Vec<String> = match base.as_str() {
                 "crate" => segments,

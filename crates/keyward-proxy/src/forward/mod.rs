@@ -10,18 +10,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use keyward_core::guided_rotation::RotationTraffic;
 use keyward_core::id::KeyId;
 use keyward_core::key::{KeyVersion, SealContext};
-use keyward_core::service::{KeyPlacement, ServiceDefinition, SoftErrorKind};
+use keyward_core::service::SoftErrorKind;
 use keyward_core::usage::{
     CacheOutcome, KeyFlag, KeyFlagKind, Outcome, PricingTable, Subject, TokenUsage, UsageRecord,
 };
 use keyward_core::{Clock, Error, ErrorKind};
 use keyward_crypto::Keyring;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 use crate::cache::{CachedResponse, ResponseCache, client_allows, storable};
 use crate::health::KeyHealth;
@@ -31,38 +31,16 @@ use crate::redact::{redact_bytes, redact_stream};
 use crate::upstream::{BoxError, ProxyBody, SendError, UpstreamClient, full_body, stream_body};
 use crate::{Alternate, LiveKey, Route, Snapshot, TokenRateLimits};
 
-/// Where clients may always put their app token, whatever the service.
-pub const TOKEN_HEADER: &str = "x-keyward-token";
-/// Chooses the environment (must be in the token's scope); default: the token's first.
-pub const ENVIRONMENT_HEADER: &str = "x-keyward-environment";
+mod rewrite;
+
+pub use rewrite::{ENVIRONMENT_HEADER, TOKEN_HEADER};
+use rewrite::{bad_request, check_path, client_query, find_token, strip_hop_by_hop};
+pub(crate) use rewrite::{upstream_headers, upstream_url};
+
 /// `hit` or `miss` on answers to cacheable requests.
 pub const CACHE_HEADER: &str = "x-keyward-cache";
 /// Set when Keyward injected a key past its expiry, inside the configured grace period.
 pub const WARNING_HEADER: &str = "x-keyward-warning";
-
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus `host`.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Headers that carry credentials for one provider or another; a client's are never passed on.
-const CREDENTIAL_HEADERS: [&str; 7] = [
-    "authorization",
-    "x-api-key",
-    "x-goog-api-key",
-    "api-key",
-    "x-api-token",
-    "x-finnhub-token",
-    "cookie",
-];
 
 /// A request as it reached `/proxy/{service}/{path}`.
 #[derive(Debug)]
@@ -216,10 +194,6 @@ pub struct Proxy {
     pub(crate) health: KeyHealth,
     cache: ResponseCache,
     pub(crate) sink: Arc<Sink>,
-}
-
-fn bad_request(code: &'static str, message: impl Into<String>) -> Error {
-    Error::new(ErrorKind::Malformed, code, message)
 }
 
 /// One call in progress: the usage record being filled in, and what it holds.
@@ -1230,26 +1204,6 @@ impl Upstream {
     }
 }
 
-/// The client's query minus every credential parameter: what cache keys, credit weights and
-/// cache rules look at.
-fn client_query(service: &ServiceDefinition, query: Option<&str>) -> Vec<(String, String)> {
-    let credential: Vec<&str> = std::iter::once(&service.auth)
-        .chain(&service.alternate_auth)
-        .filter_map(|p| match p {
-            KeyPlacement::Query { name } => Some(name.as_str()),
-            KeyPlacement::Header { .. } => None,
-        })
-        .collect();
-    query
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .filter(|(k, _)| !credential.contains(&k.as_ref()))
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The request body as it will be sent: kept for retries, or a one-shot stream.
 enum Outgoing {
     Buffered(Bytes),
@@ -1376,331 +1330,9 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
         .transpose()
 }
 
-/// The app token, from wherever this service's SDK puts its key, or `X-Keyward-Token`.
-fn find_token(
-    service: &ServiceDefinition,
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Option<String> {
-    if let Some(value) = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
-        return Some(value.trim().to_owned());
-    }
-    for placement in std::iter::once(&service.auth).chain(&service.alternate_auth) {
-        let found = match placement {
-            KeyPlacement::Header { name, prefix } => headers
-                .get(name.as_str())
-                .and_then(|v| v.to_str().ok())
-                .map(|v| {
-                    strip_prefix_ignore_case(v.trim(), prefix.trim())
-                        .trim()
-                        .to_owned()
-                }),
-            KeyPlacement::Query { name } => query.and_then(|q| {
-                url::form_urlencoded::parse(q.as_bytes())
-                    .find(|(k, _)| k == name.as_str())
-                    .map(|(_, v)| v.into_owned())
-            }),
-        };
-        if let Some(value) = found.filter(|v| v.starts_with("kwp_")) {
-            return Some(value);
-        }
-    }
-    None
-}
-
-fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> &'a str {
-    if !prefix.is_empty()
-        && value.len() >= prefix.len()
-        && value[..prefix.len()].eq_ignore_ascii_case(prefix)
-    {
-        &value[prefix.len()..]
-    } else {
-        value
-    }
-}
-
-/// Rejects paths that could escape the service's base URL: dot segments (also
-/// percent-encoded, once or twice), backslashes, control characters, and anything that is
-/// not a plain absolute path.
-fn check_path(path: &str) -> Result<(), Error> {
-    let refuse = || {
-        bad_request(
-            "invalid_path",
-            "the path must be a plain absolute path without `..` segments",
-        )
-    };
-    if !path.starts_with('/') || path.starts_with("//") {
-        return Err(refuse());
-    }
-    let mut decoded = path.to_owned();
-    for _ in 0..3 {
-        if decoded.chars().any(|c| c == '\\' || c.is_control())
-            || decoded
-                .split('/')
-                .any(|segment| segment == ".." || segment == ".")
-        {
-            return Err(refuse());
-        }
-        let next = percent_decode(&decoded);
-        if next == decoded {
-            break;
-        }
-        decoded = next;
-    }
-    Ok(())
-}
-
-fn percent_decode(text: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        char::from(b)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let (Some(hi), Some(lo)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push(hi * 16 + lo);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The upstream URL: the service's base URL, the client's path, the client's query without
-/// credential parameters (`kept`, from [`client_query`]), plus the real key if this service
-/// takes it in the query.
-/// Whatever the input, the result's scheme, host and port are the base URL's.
-pub(crate) fn upstream_url(
-    service: &ServiceDefinition,
-    path: &str,
-    kept: &[(String, String)],
-    secret: &SecretString,
-) -> Result<url::Url, Error> {
-    check_path(path)?;
-    let base = url::Url::parse(&service.base_url)
-        .map_err(|e| Error::internal(format!("bad base URL for {}: {e}", service.id)))?;
-    let joined = format!("{}{}", service.base_url.trim_end_matches('/'), path);
-    let mut url = url::Url::parse(&joined)
-        .map_err(|_| bad_request("invalid_path", "the path is not valid in a URL"))?;
-    if url.scheme() != base.scheme()
-        || url.host() != base.host()
-        || url.port_or_known_default() != base.port_or_known_default()
-    {
-        return Err(bad_request(
-            "invalid_path",
-            "the path would leave the service's host",
-        ));
-    }
-    url.set_query(None);
-    let injected = match &service.auth {
-        KeyPlacement::Query { name } => Some(name.as_str()),
-        KeyPlacement::Header { .. } => None,
-    };
-    if !kept.is_empty() || injected.is_some() {
-        let mut pairs = url.query_pairs_mut();
-        for (k, v) in kept {
-            pairs.append_pair(k, v);
-        }
-        if let Some(name) = injected {
-            pairs.append_pair(name, secret.expose_secret());
-        }
-    }
-    Ok(url)
-}
-
-/// The client's headers minus hop-by-hop, Keyward's own and every credential, plus the
-/// real key where the service expects it (marked sensitive so it is never logged).
-pub(crate) fn upstream_headers(
-    service: &ServiceDefinition,
-    inbound: &HeaderMap,
-    secret: &SecretString,
-) -> Result<HeaderMap, Error> {
-    let mut headers = inbound.clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    for name in [TOKEN_HEADER, ENVIRONMENT_HEADER]
-        .into_iter()
-        .chain(CREDENTIAL_HEADERS)
-    {
-        headers.remove(name);
-    }
-    for placement in std::iter::once(&service.auth).chain(&service.alternate_auth) {
-        if let KeyPlacement::Header { name, .. } = placement {
-            headers.remove(name.as_str());
-        }
-    }
-    if let KeyPlacement::Header { name, prefix } = &service.auth {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| Error::internal(format!("bad auth header name for {}", service.id)))?;
-        let mut value = HeaderValue::from_str(&format!("{prefix}{}", secret.expose_secret()))
-            .map_err(|_| Error::internal("the stored key cannot be sent as a header"))?;
-        value.set_sensitive(true);
-        headers.insert(name, value);
-    }
-    Ok(headers)
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
-    {
-        headers.remove(name);
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use keyward_core::catalog::builtin_services;
-
     use super::*;
-
-    fn service(id: &str) -> ServiceDefinition {
-        builtin_services()
-            .expect("catalog")
-            .into_iter()
-            .find(|s| s.id == id)
-            .expect("service")
-    }
-
-    fn secret() -> SecretString {
-        SecretString::from("REAL-KEY".to_owned())
-    }
-
-    #[test]
-    fn upstream_urls_never_leave_the_service_host() {
-        let openai = service("openai");
-        let ok = upstream_url(
-            &openai,
-            "/v1/chat/completions",
-            &client_query(&openai, Some("a=1")),
-            &secret(),
-        )
-        .expect("url");
-        assert_eq!(
-            ok.as_str(),
-            "https://api.openai.com/v1/chat/completions?a=1"
-        );
-        for evil in [
-            "/../admin",
-            "/v1/../../etc",
-            "/%2e%2e/x",
-            "/%2E%2E/x",
-            "/%252e%252e/x",
-            "/v1/%2e%2e%2fsecret",
-            "//evil.example/x",
-            "/\\evil",
-            "/v1/.%2e/x",
-            "/a/./b",
-            "/x%00y",
-        ] {
-            assert!(
-                upstream_url(&openai, evil, &[], &secret()).is_err(),
-                "{evil} must be refused"
-            );
-        }
-        for tricky in [
-            "/@evil.example/x",
-            "/v1/models@evil.example",
-            "/:80@evil.example/",
-        ] {
-            let url = upstream_url(&openai, tricky, &[], &secret()).expect("stays on the host");
-            assert_eq!(url.host_str(), Some("api.openai.com"), "{tricky}");
-        }
-    }
-
-    #[test]
-    fn query_credentials_are_replaced_by_the_real_key() {
-        let av = service("alpha-vantage");
-        let url = upstream_url(
-            &av,
-            "/query",
-            &client_query(&av, Some("function=GLOBAL_QUOTE&apikey=kwp_x_y&symbol=IBM")),
-            &secret(),
-        )
-        .expect("url");
-        assert_eq!(
-            url.query(),
-            Some("function=GLOBAL_QUOTE&symbol=IBM&apikey=REAL-KEY")
-        );
-        let polygon = service("polygon");
-        let url = upstream_url(
-            &polygon,
-            "/v3/x",
-            &client_query(&polygon, Some("apiKey=client-own&limit=1")),
-            &secret(),
-        )
-        .expect("url");
-        assert_eq!(
-            url.query(),
-            Some("limit=1"),
-            "header services drop query credentials and add none"
-        );
-    }
-
-    #[test]
-    fn headers_lose_hop_by_hop_and_credentials_and_gain_the_key() {
-        let anthropic = service("anthropic");
-        let mut inbound = HeaderMap::new();
-        for (k, v) in [
-            ("x-api-key", "kwp_token"),
-            ("authorization", "Bearer other"),
-            ("connection", "keep-alive, x-custom"),
-            ("x-custom", "hop"),
-            ("keep-alive", "timeout=5"),
-            ("host", "keyward.local"),
-            ("cookie", "a=b"),
-            ("x-keyward-token", "kwp_t"),
-            ("anthropic-version", "2023-06-01"),
-            ("content-type", "application/json"),
-        ] {
-            inbound.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
-        let out = upstream_headers(&anthropic, &inbound, &secret()).expect("headers");
-        assert_eq!(out.get("x-api-key").map(|v| v.is_sensitive()), Some(true));
-        assert_eq!(
-            out.get("x-api-key").and_then(|v| v.to_str().ok()),
-            Some("REAL-KEY")
-        );
-        for gone in [
-            "authorization",
-            "connection",
-            "x-custom",
-            "keep-alive",
-            "host",
-            "cookie",
-            "x-keyward-token",
-        ] {
-            assert!(out.get(gone).is_none(), "{gone} must not be forwarded");
-        }
-        assert_eq!(
-            out.get("anthropic-version").and_then(|v| v.to_str().ok()),
-            Some("2023-06-01")
-        );
-        let bearer =
-            upstream_headers(&service("openai"), &HeaderMap::new(), &secret()).expect("headers");
-        assert_eq!(
-            bearer.get("authorization").and_then(|v| v.to_str().ok()),
-            Some("Bearer REAL-KEY")
-        );
-    }
 
     #[test]
     fn retry_after_and_idempotency() {
@@ -1722,51 +1354,5 @@ mod tests {
                 && is_idempotent(&Method::DELETE)
         );
         assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
-    }
-
-    #[test]
-    fn tokens_are_found_where_each_sdk_puts_its_key() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "authorization",
-            HeaderValue::from_static("Bearer kwp_abc_def"),
-        );
-        assert_eq!(
-            find_token(&service("openai"), &headers, None).as_deref(),
-            Some("kwp_abc_def")
-        );
-        let mut headers = HeaderMap::new();
-        headers.insert("x-goog-api-key", HeaderValue::from_static("kwp_g_1"));
-        assert_eq!(
-            find_token(&service("gemini"), &headers, None).as_deref(),
-            Some("kwp_g_1")
-        );
-        assert_eq!(
-            find_token(&service("gemini"), &HeaderMap::new(), Some("key=kwp_q_1")).as_deref(),
-            Some("kwp_q_1")
-        );
-        assert_eq!(
-            find_token(
-                &service("alpha-vantage"),
-                &HeaderMap::new(),
-                Some("function=X&apikey=kwp_a_b")
-            )
-            .as_deref(),
-            Some("kwp_a_b")
-        );
-        assert_eq!(
-            find_token(
-                &service("alpha-vantage"),
-                &HeaderMap::new(),
-                Some("apikey=REALKEY")
-            ),
-            None
-        );
-        let mut headers = HeaderMap::new();
-        headers.insert(TOKEN_HEADER, HeaderValue::from_static("kwp_h_1"));
-        assert_eq!(
-            find_token(&service("finnhub"), &headers, None).as_deref(),
-            Some("kwp_h_1")
-        );
     }
 }
