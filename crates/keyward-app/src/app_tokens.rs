@@ -11,7 +11,6 @@ use serde_json::json;
 
 use crate::actor::Actor;
 use crate::app::App;
-use crate::keys::out_of_scope_error;
 use crate::pipeline::{Change, Subject};
 
 impl App {
@@ -36,19 +35,25 @@ impl App {
         for environment in &draft.environments {
             self.require_environment(environment).await?;
         }
-        // A token may reach only keys its creator could manage: no escalation by token.
-        for service in &draft.services {
-            for environment in &draft.environments {
-                self.ensure_reach(
-                    actor,
-                    Permission::AppTokensWrite,
-                    service,
-                    environment,
-                    || out_of_scope_error(service, environment),
-                )
-                .await?;
-            }
-        }
+        let id = AppTokenId::generate(now, &*self.random);
+        // A token may reach only keys its creator could manage (no escalation by token): the
+        // pipeline checks the creator's reach over every service × environment — before the
+        // named keys are looked up, so a refused caller learns nothing about them.
+        let change = Change::new(
+            "app_token.create",
+            Subject::Areas {
+                target: format!("app_token:{id}"),
+                areas: self.areas_of(&draft.services, &draft.environments).await?,
+            },
+            Permission::AppTokensWrite,
+            json!({
+                "name": draft.name,
+                "services": draft.services,
+                "environments": draft.environments,
+            }),
+        )
+        .refreshes_proxy();
+        let admitted = self.admit(actor, change).await?;
         for key_id in &draft.key_ids {
             let key = self
                 .store
@@ -72,7 +77,7 @@ impl App {
         }
         let issued = token::issue(token::APP_PREFIX, &*self.random);
         let record = AppToken {
-            id: AppTokenId::generate(now, &*self.random),
+            id,
             public_id: issued.public_id,
             name: draft.name,
             secret_hash: issued.secret_hash,
@@ -88,25 +93,12 @@ impl App {
             last_used_at: None,
             revoked_at: None,
         };
-        let change = Change::new(
-            "app_token.create",
-            Subject::Areas {
-                target: format!("app_token:{}", record.id),
-                areas: self
-                    .areas_of(&record.services, &record.environments)
-                    .await?,
-            },
-            Permission::AppTokensWrite,
-            json!({
-                "name": record.name,
-                "services": record.services,
-                "environments": record.environments,
-                "public_id": record.public_id,
-            }),
+        self.commit(
+            actor,
+            admitted.detail("public_id", record.public_id.as_str()),
+            self.store.insert_app_token(&record),
         )
-        .refreshes_proxy();
-        self.apply(actor, change, self.store.insert_app_token(&record))
-            .await?;
+        .await?;
         tracing::info!(app_token = %record.id, actor = %actor.name, "app token created");
         Ok((record, issued.token))
     }

@@ -11,7 +11,7 @@ mod support;
 use keyward_app::approvals::ApprovalUse;
 use keyward_app::{Actor, App, NewKey, TokenLimits};
 use keyward_core::access::{Access, Role};
-use keyward_core::approval::{ApprovalAction, ApprovalPolicy, ApprovalRule};
+use keyward_core::approval::ApprovalAction;
 use keyward_core::audit::ActorKind;
 use keyward_core::id::ApprovalId;
 use keyward_core::key::KeyDraftInput;
@@ -19,7 +19,7 @@ use keyward_core::mfa::MfaStanding;
 use keyward_core::user::User;
 use keyward_store::testing::TestDatabase;
 use secrecy::SecretString;
-use support::app_on;
+use support::{app_on, require_one_approval};
 
 const PASSWORD: &str = "correct horse battery staple 42";
 
@@ -57,25 +57,6 @@ async fn mint(app: &App, by: &Actor, name: &str) -> keyward_core::token::Managem
         .0
 }
 
-/// Deletes need one approval from an owner or admin.
-async fn with_delete_policy(app: &App) {
-    app.set_approval_policy(
-        &Actor::system("test"),
-        ApprovalPolicy {
-            rules: vec![ApprovalRule {
-                actions: vec![ApprovalAction::Delete],
-                categories: None,
-                criticalities: None,
-                approvals: 1,
-                approver_roles: vec![Role::Owner, Role::Admin],
-            }],
-            ttl_hours: 24,
-        },
-    )
-    .await
-    .unwrap();
-}
-
 async fn decide(app: &App, actor: &Actor, id: &ApprovalId) -> Result<(), &'static str> {
     app.decide_approval(actor, id, true, "looks right")
         .await
@@ -87,7 +68,7 @@ async fn approvals_across_people(db: TestDatabase) {
     let app = app_on(&db).await;
     // The test's own view of the database (the use cases keep theirs to themselves).
     let store = db.store().await;
-    with_delete_policy(&app).await;
+    require_one_approval(&app, &[ApprovalAction::Delete], &[Role::Owner, Role::Admin]).await;
     let system = Actor::system("test");
     let rita = acting_as(&user(&app, &system, "rita", Role::Admin).await);
     // Made by Rita before she asks: her token is still her; her earlier hire is a person.
@@ -184,21 +165,7 @@ async fn creating_users_and_minting_tokens_are_access_changes(db: TestDatabase) 
         .unwrap_err();
     assert_eq!(err.code, "step_up_required");
     // The gate: a policy on access changes holds both.
-    app.set_approval_policy(
-        &system,
-        ApprovalPolicy {
-            rules: vec![ApprovalRule {
-                actions: vec![ApprovalAction::AccessChange],
-                categories: None,
-                criticalities: None,
-                approvals: 1,
-                approver_roles: vec![Role::Owner],
-            }],
-            ttl_hours: 24,
-        },
-    )
-    .await
-    .unwrap();
+    require_one_approval(&app, &[ApprovalAction::AccessChange], &[Role::Owner]).await;
     let olga = acting_as(&owner);
     let err = app
         .add_user(&olga, "newbie", SecretString::from(PASSWORD), Role::Viewer)

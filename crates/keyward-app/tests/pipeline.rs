@@ -13,14 +13,14 @@ use keyward_app::pipeline::{Change, Notice, Subject};
 use keyward_app::{Actor, App, NewKey};
 use keyward_core::Error;
 use keyward_core::access::{Permission, Role};
-use keyward_core::approval::{ApprovalAction, ApprovalPolicy, ApprovalRule};
+use keyward_core::approval::ApprovalAction;
 use keyward_core::key::KeyDraftInput;
 use keyward_core::mfa::MfaStanding;
 use keyward_core::notification::NotificationKind;
 use keyward_store::testing::TestDatabase;
 use secrecy::SecretString;
 use serde_json::json;
-use support::{app_on, entries, person};
+use support::{app_on, entries, person, require_one_approval};
 
 /// A custom service the proxy knows only once its snapshot was rebuilt.
 fn probe_service() -> keyward_core::service::ServiceDefinition {
@@ -132,21 +132,12 @@ async fn each_refusal_comes_before_any_write(db: TestDatabase) {
     let unenrolled = person("ada", Role::Admin, MfaStanding::Stale { enrolled: false });
     refused_before_writing(&app, &unenrolled, access_change(), "mfa_enrolment_required").await;
     // The approval gate: the policy covers access changes.
-    app.set_approval_policy(
-        &Actor::system("test"),
-        ApprovalPolicy {
-            rules: vec![ApprovalRule {
-                actions: vec![ApprovalAction::AccessChange],
-                categories: None,
-                criticalities: None,
-                approvals: 1,
-                approver_roles: vec![Role::Owner, Role::Admin],
-            }],
-            ttl_hours: 24,
-        },
+    require_one_approval(
+        &app,
+        &[ApprovalAction::AccessChange],
+        &[Role::Owner, Role::Admin],
     )
-    .await
-    .unwrap();
+    .await;
     let admin = person("ada", Role::Admin, MfaStanding::Fresh);
     refused_before_writing(&app, &admin, access_change(), "approval_required").await;
     let mut asking = admin.clone();

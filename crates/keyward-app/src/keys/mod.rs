@@ -47,18 +47,6 @@ pub(crate) fn key_not_found(id: &KeyId) -> Error {
     Error::not_found("key_not_found", format!("there is no key {id}"))
 }
 
-pub(crate) fn out_of_scope_error(service_id: &str, environment: &str) -> Error {
-    Error::new(
-        ErrorKind::Forbidden,
-        "out_of_scope",
-        format!(
-            "your grants do not allow this for {} keys in {}",
-            label::printable(service_id),
-            label::printable(environment)
-        ),
-    )
-}
-
 impl App {
     pub async fn create_key(&self, actor: &Actor, new: NewKey) -> Result<Key, Error> {
         let now = self.now();
@@ -71,18 +59,29 @@ impl App {
             )
         })?;
         self.require_environment(&draft.environment).await?;
-        self.ensure_reach(
-            actor,
+        let id = KeyId::generate(now, &*self.random);
+        let change = Change::new(
+            "key.create",
+            Subject::area(
+                format!("key:{id}"),
+                &draft.service_id,
+                Some(service.category.clone()),
+                &draft.environment,
+            ),
             Permission::KeysWrite,
-            &draft.service_id,
-            &draft.environment,
-            || out_of_scope_error(&draft.service_id, &draft.environment),
+            json!({
+                "service": draft.service_id,
+                "environment": draft.environment,
+                "alias": draft.alias,
+                "version": 1,
+            }),
         )
-        .await?;
+        .refreshes_proxy();
+        // Admitted before the value is looked at: a refused caller's value is never sealed.
+        let admitted = self.admit(actor, change).await?;
         let value = secret::normalize(&new.secret)?;
         secret::check_format(service, &value, new.force)?;
         let hint = secret::hint(service, &value)?;
-        let id = KeyId::generate(now, &*self.random);
         let fingerprint = self.audit.fingerprint(&value);
         let sealed = self
             .keyring
@@ -122,26 +121,12 @@ impl App {
             created_by: actor.name.clone(),
             created_at: now,
         };
-        let mut subject = self.subject_of(&key).await?;
-        if let Subject::Key { criticality, .. } = &mut subject {
-            // A key about to exist is not yet critical for the approval policy's conditions.
-            *criticality = None;
-        }
-        let change = Change::new(
-            "key.create",
-            subject,
-            Permission::KeysWrite,
-            json!({
-                "service": key.service_id,
-                "environment": key.environment,
-                "alias": key.alias,
-                "version": 1,
-                "fingerprint": fingerprint,
-            }),
+        self.commit(
+            actor,
+            admitted.detail("fingerprint", fingerprint),
+            self.store.insert_key(&key, &version),
         )
-        .refreshes_proxy();
-        self.apply(actor, change, self.store.insert_key(&key, &version))
-            .await?;
+        .await?;
         tracing::info!(key = %key.id, service = %key.service_id, environment = %key.environment, actor = %actor.name, "key created");
         Ok(key)
     }

@@ -7,7 +7,6 @@ use serde_json::json;
 
 use crate::actor::Actor;
 use crate::app::App;
-use crate::keys::out_of_scope_error;
 use crate::pipeline::{Change, Subject};
 
 impl App {
@@ -31,14 +30,6 @@ impl App {
             ));
         }
         self.require_environment(environment).await?;
-        self.ensure_reach(
-            actor,
-            Permission::KeysWrite,
-            service_id,
-            environment,
-            || out_of_scope_error(service_id, environment),
-        )
-        .await?;
         let setting = PoolSetting {
             service_id: service_id.to_owned(),
             environment: environment.to_owned(),
@@ -46,13 +37,12 @@ impl App {
         };
         let change = Change::new(
             "pool.set",
-            Subject::Key {
-                target: format!("pool:{service_id}/{environment}"),
-                service_id: service_id.to_owned(),
-                category: catalog.get(service_id).map(|s| s.category.clone()),
-                environment: environment.to_owned(),
-                criticality: None,
-            },
+            Subject::area(
+                format!("pool:{service_id}/{environment}"),
+                service_id,
+                catalog.get(service_id).map(|s| s.category.clone()),
+                environment,
+            ),
             Permission::KeysWrite,
             json!({"strategy": strategy.as_str()}),
         )

@@ -24,7 +24,7 @@ impl App {
         reason: &str,
     ) -> Result<Key, Error> {
         let reason = reveal_reason(reason)?;
-        let mut key = self.key_for(actor, Permission::KeysWrite, id).await?;
+        let key = self.key_for(actor, Permission::KeysWrite, id).await?;
         key.ensure_not_deleted()?;
         let change = Change::new(
             "key.disable",
@@ -32,39 +32,45 @@ impl App {
             Permission::KeysWrite,
             json!({"break_glass": true, "reason": reason}),
         );
-        let admitted = self.admit(actor, change).await?;
-        let review = self
-            .break_glass_on_key(actor, ApprovalAction::Disable, id, &reason)
-            .await?;
-        let before = key.updated_at;
-        key.enabled = false;
         let key = self
-            .save(
-                actor,
-                admitted.detail("review", review.as_str()),
-                key,
-                before,
-            )
+            .break_glass(actor, change, ApprovalAction::Disable, &reason, key, |k| {
+                k.enabled = false;
+            })
             .await?;
         tracing::warn!(key = %id, actor = %actor.name, "key disabled in an emergency (break-glass)");
         Ok(key)
     }
 
-    /// Files a break-glass act on a key (done without approval) for review afterwards.
-    pub(crate) async fn break_glass_on_key(
+    /// A break-glass act on `key`: admitted without the approval gate, filed for review as
+    /// `action` with `reason`, then `apply`'d to the key and saved (the review's id in the
+    /// audit entry).
+    async fn break_glass(
         &self,
         actor: &Actor,
+        change: Change,
         action: ApprovalAction,
-        id: &KeyId,
         reason: &str,
-    ) -> Result<keyward_core::id::ApprovalId, Error> {
+        mut key: Key,
+        apply: impl FnOnce(&mut Key),
+    ) -> Result<Key, Error> {
+        let admitted = self.admit(actor, change).await?;
         let operation = Operation {
             action,
-            target: format!("key:{id}"),
+            target: format!("key:{}", key.id),
             payload: json!({}),
         };
-        self.flag_break_glass(actor, operation, reason.to_owned())
-            .await
+        let review = self
+            .flag_break_glass(actor, operation, reason.to_owned())
+            .await?;
+        let before = key.updated_at;
+        apply(&mut key);
+        self.save(
+            actor,
+            admitted.detail("review", review.as_str()),
+            key,
+            before,
+        )
+        .await
     }
 
     /// Emergency revocation: stops every use of the key at once — on this instance before
@@ -73,7 +79,7 @@ impl App {
     /// and a reason. The proxy then answers `key_revoked`.
     pub async fn revoke_key(&self, actor: &Actor, id: &KeyId, reason: &str) -> Result<Key, Error> {
         let reason = reveal_reason(reason)?;
-        let mut key = self.key_for(actor, Permission::KeysWrite, id).await?;
+        let key = self.key_for(actor, Permission::KeysWrite, id).await?;
         key.ensure_not_deleted()?;
         if key.revoked.is_some() {
             return Err(Error::conflict(
@@ -93,23 +99,15 @@ impl App {
             data: json!({"key": id.as_str(), "alias": key.alias, "service": key.service_id,
                          "environment": key.environment, "by": actor.name, "reason": reason}),
         });
-        let admitted = self.admit(actor, change).await?;
-        let review = self
-            .break_glass_on_key(actor, ApprovalAction::Revoke, id, &reason)
-            .await?;
-        let before = key.updated_at;
-        key.revoked = Some(keyward_core::key::Revocation {
+        let revocation = keyward_core::key::Revocation {
             at: self.now(),
             by: actor.name.clone(),
             reason: reason.clone(),
-        });
+        };
         let key = self
-            .save(
-                actor,
-                admitted.detail("review", review.as_str()),
-                key,
-                before,
-            )
+            .break_glass(actor, change, ApprovalAction::Revoke, &reason, key, |k| {
+                k.revoked = Some(revocation);
+            })
             .await?;
         tracing::warn!(key = %id, actor = %actor.name, "key revoked in an emergency");
         Ok(key)

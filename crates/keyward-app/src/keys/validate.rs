@@ -12,7 +12,7 @@ use crate::audit::log::outcome_of;
 
 use crate::actor::Actor;
 use crate::app::App;
-use crate::keys::out_of_scope_error;
+use crate::pipeline::out_of_scope;
 
 impl App {
     /// Sends `service_id`'s validation request with a value not stored yet (the add-key
@@ -38,7 +38,7 @@ impl App {
             Permission::KeysWrite,
             service_id,
             environment,
-            || out_of_scope_error(service_id, environment),
+            || out_of_scope(service_id, environment),
         )
         .await?;
         let value = secret::normalize(secret)?;

@@ -79,6 +79,22 @@ impl Subject {
         }
     }
 
+    /// Keys of `service_id` in `environment` (a new key, a pool): no criticality yet.
+    pub fn area(
+        target: String,
+        service_id: &str,
+        category: Option<String>,
+        environment: &str,
+    ) -> Self {
+        Subject::Key {
+            target,
+            service_id: service_id.to_owned(),
+            category,
+            environment: environment.to_owned(),
+            criticality: None,
+        }
+    }
+
     pub fn vault(target: impl Into<String>) -> Self {
         Subject::Vault {
             target: target.into(),
@@ -258,6 +274,19 @@ impl Change {
     }
 }
 
+/// Readable, but outside the scope of the permission a change needs.
+pub(crate) fn out_of_scope(service_id: &str, environment: &str) -> Error {
+    Error::new(
+        ErrorKind::Forbidden,
+        "out_of_scope",
+        format!(
+            "your grants do not allow this for {} keys in {}",
+            label::printable(service_id),
+            label::printable(environment)
+        ),
+    )
+}
+
 /// Refuses `actor` unless `permission` reaches `subject`.
 fn check_reach(
     actor: &Actor,
@@ -307,15 +336,7 @@ fn check_reach(
         Subject::Vault { .. } | Subject::Own { .. } => None,
     };
     Err(match outside {
-        Some((service_id, environment)) => Error::new(
-            ErrorKind::Forbidden,
-            "out_of_scope",
-            format!(
-                "your grants do not allow this for {} keys in {}",
-                label::printable(service_id),
-                label::printable(environment)
-            ),
-        ),
+        Some((service_id, environment)) => out_of_scope(service_id, environment),
         None => Error::new(
             ErrorKind::Forbidden,
             "forbidden",

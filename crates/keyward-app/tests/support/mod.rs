@@ -8,6 +8,7 @@ use keyward_app::vault::MasterKeySource;
 use keyward_app::{Actor, App, AppOptions};
 use keyward_core::SystemClock;
 use keyward_core::access::{Access, Role};
+use keyward_core::approval::{ApprovalAction, ApprovalPolicy, ApprovalRule};
 use keyward_core::audit::{ActorKind, AuditFilter};
 use keyward_core::mfa::MfaStanding;
 use keyward_crypto::OsRandomness;
@@ -62,6 +63,25 @@ pub async fn entries(app: &App, action: &str) -> usize {
     .await
     .unwrap()
     .len()
+}
+
+/// An approval policy: one approval from `roles` for each of `actions`.
+pub async fn require_one_approval(app: &App, actions: &[ApprovalAction], roles: &[Role]) {
+    app.set_approval_policy(
+        &Actor::system("test"),
+        ApprovalPolicy {
+            rules: vec![ApprovalRule {
+                actions: actions.to_vec(),
+                categories: None,
+                criticalities: None,
+                approvals: 1,
+                approver_roles: roles.to_vec(),
+            }],
+            ttl_hours: 24,
+        },
+    )
+    .await
+    .unwrap();
 }
 
 /// Runs each case against a fresh SQLite database and a fresh PostgreSQL one.
