@@ -1,5 +1,5 @@
 //! The `keyward` binary's library: the edges around the use cases in `keyward_app` —
-//! configuration, the HTTP API ([`http`]), the web UI ([`ui`]), the CLI ([`cli`]), the
+//! configuration, the route table ([`routes`]), the HTTP API ([`http`]), the web UI ([`ui`]), the CLI ([`cli`]), the
 //! background jobs ([`jobs`]), metrics and the server itself.
 //!
 //! Architecture invariant: this is the only crate that knows HTTP status codes and HTML, and
@@ -11,5 +11,6 @@ pub mod config;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod routes;
 pub mod server;
 pub mod ui;

@@ -74,7 +74,7 @@ impl Started {
                 audit_webhook_url: self.audit_webhook_url.clone(),
             },
         );
-        let router = crate::http::router(self.app.clone(), self.metrics.clone());
+        let router = crate::routes::router(self.app.clone(), self.metrics.clone());
         // As many lanes as the proxy has connection pools (one per CPU).
         let lanes = self.app.proxy.lanes();
         let result = serve_on_lanes(&self.app, router, self.listener, lanes, shutdown).await;

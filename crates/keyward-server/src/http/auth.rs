@@ -21,6 +21,25 @@ use keyward_app::approvals::ApprovalUse;
 use keyward_app::{Actor, App};
 use keyward_core::mfa::MfaStanding;
 
+/// Who may call a route, as the route table (`crate::routes`) declares it. An API handler's
+/// extractors enforce it; a page's guard layer (`ui::guard`) enforces it for pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Anyone: health, metrics, sign-in, the OpenAPI document.
+    Public,
+    /// Any authenticated caller (sign-out, who am I, one's own MFA enrolment). On a page,
+    /// one the MFA policy lets work: someone who must enrol a second factor first is sent
+    /// to enrolment.
+    SignedIn,
+    /// Any signed-in person, even one the MFA policy still asks to enrol a second factor:
+    /// the enrolment pages and signing out.
+    Enrolling,
+    /// A signed-in person with a recent MFA check (a session, not a token).
+    SteppedUp,
+    /// The permission — with its scope, the MFA policy and step-up where it needs one.
+    Permission(Permission),
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -93,7 +112,7 @@ impl FromRequestParts<Arc<App>> for SteppedUp {
             return Err(Error::invalid("no_session", "this needs a signed-in session").into());
         };
         if let Some(refusal) = caller.actor.mfa.refusal(true) {
-            return Err(deny(app, parts, &caller, refusal, None).await);
+            return Err(deny(app, parts, &caller, refusal, None).await.into());
         }
         Ok(Self(caller, session))
     }
@@ -117,25 +136,7 @@ impl<P: RequiredPermission> FromRequestParts<Arc<App>> for Authorized<P> {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         let caller = authenticate(parts, app).await?;
-        if caller.actor.access.reach(P::PERMISSION) == Reach::Nowhere {
-            let denied = Error::new(
-                ErrorKind::Forbidden,
-                "forbidden",
-                format!(
-                    "your role and grants do not allow this (`{}` is required{})",
-                    P::PERMISSION.as_str(),
-                    if P::PERMISSION.scoped() {
-                        ""
-                    } else {
-                        " everywhere"
-                    }
-                ),
-            );
-            return Err(deny(app, parts, &caller, denied, Some(P::PERMISSION)).await);
-        }
-        if let Some(refusal) = caller.actor.mfa.refusal(P::PERMISSION.needs_step_up()) {
-            return Err(deny(app, parts, &caller, refusal, Some(P::PERMISSION)).await);
-        }
+        authorize(app, parts, &caller, P::PERMISSION).await?;
         Ok(Self {
             caller,
             _permission: PhantomData,
@@ -143,9 +144,40 @@ impl<P: RequiredPermission> FromRequestParts<Arc<App>> for Authorized<P> {
     }
 }
 
+/// Whether `caller` may use `permission` somewhere (the object's scope is the use case's to
+/// check) with the MFA standing it needs; a refusal is audited (`access.denied`) before
+/// it is returned. The one check behind every permission guard, API and page.
+pub(crate) async fn authorize(
+    app: &App,
+    parts: &Parts,
+    caller: &Caller,
+    permission: Permission,
+) -> Result<(), Error> {
+    if caller.actor.access.reach(permission) == Reach::Nowhere {
+        let denied = Error::new(
+            ErrorKind::Forbidden,
+            "forbidden",
+            format!(
+                "your role and grants do not allow this (`{}` is required{})",
+                permission.as_str(),
+                if permission.scoped() {
+                    ""
+                } else {
+                    " everywhere"
+                }
+            ),
+        );
+        return Err(deny(app, parts, caller, denied, Some(permission)).await);
+    }
+    if let Some(refusal) = caller.actor.mfa.refusal(permission.needs_step_up()) {
+        return Err(deny(app, parts, caller, refusal, Some(permission)).await);
+    }
+    Ok(())
+}
+
 /// A caller refused for where they connect from (the allowlists of their user, role or
 /// token); audited like any refusal.
-async fn refuse_network(app: &App, parts: &Parts, actor: &Actor, refusal: Error) -> ApiError {
+async fn refuse_network(app: &App, parts: &Parts, actor: &Actor, refusal: Error) -> Error {
     let caller = Caller {
         actor: actor.clone(),
         session: None,
@@ -161,7 +193,7 @@ async fn deny(
     caller: &Caller,
     refusal: Error,
     permission: Option<Permission>,
-) -> ApiError {
+) -> Error {
     let recorded = app
         .record_audit(
             &caller.actor,
@@ -177,8 +209,8 @@ async fn deny(
         )
         .await;
     match recorded {
-        Ok(()) => refusal.into(),
-        Err(e) => e.into(),
+        Ok(()) => refusal,
+        Err(e) => e,
     }
 }
 
@@ -186,13 +218,23 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
     authenticate_with(parts, app, None).await
 }
 
-/// [`authenticate`] for an HTML form post, whose CSRF token comes in the form body.
-pub(crate) async fn authenticate_form(
+/// A page's caller: a session only (pages never take tokens), its CSRF token — for a form
+/// post — from the form's `csrf` field.
+pub(crate) async fn authenticate_page(
     parts: &Parts,
     app: &App,
-    csrf: &str,
+    form_csrf: Option<&str>,
 ) -> Result<Caller, ApiError> {
-    authenticate_with(parts, app, Some(csrf)).await
+    let source = source_of(parts, app)?;
+    let Some(cookie) = session_cookie(parts, app.secure_cookies) else {
+        return Err(Error::new(
+            ErrorKind::Unauthenticated,
+            "unauthenticated",
+            "sign in first",
+        )
+        .into());
+    };
+    authenticate_session(parts, app, cookie, source, form_csrf).await
 }
 
 async fn authenticate_with(
@@ -242,7 +284,9 @@ async fn authenticate_with(
             };
             actor.access = match app.token_access(&record, source).await {
                 Ok(access) => access,
-                Err(refusal) => return Err(refuse_network(app, parts, &actor, refusal).await),
+                Err(refusal) => {
+                    return Err(refuse_network(app, parts, &actor, refusal).await.into());
+                }
             };
             Ok(Caller {
                 actor,
@@ -318,7 +362,7 @@ async fn authenticate_session(
     actor.approval = approval_use(parts)?;
     actor.access = match app.user_access(&user, source).await {
         Ok(access) => access,
-        Err(refusal) => return Err(refuse_network(app, parts, &actor, refusal).await),
+        Err(refusal) => return Err(refuse_network(app, parts, &actor, refusal).await.into()),
     };
     if !parts.method.is_safe()
         && let Some(problem) = csrf_problem(parts, &session, form_csrf)

@@ -1,4 +1,5 @@
-//! The HTTP surface: routes, middleware, health endpoints and the OpenAPI document.
+//! The JSON API: handlers, extractors, middleware, health endpoints and the OpenAPI
+//! document (routed from `crate::routes`).
 //!
 //! Architecture invariant: this module (and only this crate) knows status codes. Handlers
 //! are thin: extract, call [`App`], map the result.
@@ -7,40 +8,36 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::Method;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use axum::{Json, Router};
 use keyward_proxy::ProxyBody;
 use utoipa::OpenApi;
 
-use keyward_core::access::Permission;
-
 use keyward_app::App;
 
-mod access;
-mod app_tokens;
-mod approvals;
-mod audit;
+pub(crate) mod access;
+pub(crate) mod app_tokens;
+pub(crate) mod approvals;
+pub(crate) mod audit;
 pub mod auth;
-mod catalog;
+pub(crate) mod catalog;
 pub mod client_ip;
-mod compliance;
+pub(crate) mod compliance;
 pub mod error;
 pub mod extract;
-mod health;
-mod keys;
-mod mfa;
+pub(crate) mod health;
+pub(crate) mod keys;
+pub(crate) mod mfa;
 pub mod openapi;
 mod proxy;
 pub mod rotations;
 pub(crate) mod sessions;
-mod usage;
+pub(crate) mod usage;
 pub(crate) mod users;
-mod webhooks;
+pub(crate) mod webhooks;
 
 use error::ApiError;
 
@@ -113,691 +110,25 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// Who may call a route. The handler's extractors enforce it; the table declares it, so
-/// the authorization matrix test can hold every route to its declaration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Guard {
-    /// Anyone: health, metrics, sign-in, the OpenAPI document.
-    Public,
-    /// Any authenticated caller (sign-out, who am I, one's own MFA enrolment).
-    SignedIn,
-    /// A signed-in person with a recent MFA check (a session, not a token).
-    SteppedUp,
-    /// The permission — with its scope, the MFA policy and step-up where it needs one.
-    Permission(Permission),
+pub(crate) const API_PREFIX: &str = "/api/v1";
+
+/// The OpenAPI document, rendered once when the router is built (`crate::routes`).
+#[derive(Debug, Clone)]
+pub struct OpenApiJson(pub Arc<str>);
+
+pub(crate) async fn openapi(axum::Extension(json): axum::Extension<OpenApiJson>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json.0.to_string(),
+    )
+        .into_response()
 }
 
-/// One route: method, full path, guard, handler.
-pub struct Route {
-    pub method: Method,
-    pub path: &'static str,
-    pub guard: Guard,
-    handler: MethodRouter<Arc<App>>,
-}
-
-impl std::fmt::Debug for Route {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} ({:?})", self.method, self.path, self.guard)
-    }
-}
-
-fn route(
-    method: Method,
-    path: &'static str,
-    guard: Guard,
-    handler: MethodRouter<Arc<App>>,
-) -> Route {
-    Route {
-        method,
-        path,
-        guard,
-        handler,
-    }
-}
-
-/// Every route Keyward serves (except `/proxy/…`, the data plane, which authenticates app
-/// tokens itself). The router is built from this table and nothing else.
-pub fn routes() -> Vec<Route> {
-    use Guard::{Public, SignedIn, SteppedUp};
-    use Method as M;
-    use Permission as P;
-    let p = Guard::Permission;
-    vec![
-        route(M::GET, "/healthz", Public, get(healthz)),
-        route(M::GET, "/readyz", Public, get(readyz)),
-        route(M::GET, "/metrics", Public, get(metrics)),
-        route(M::GET, "/api/v1/openapi.json", Public, get(openapi)),
-        // keys
-        route(
-            M::POST,
-            "/api/v1/keys",
-            p(P::KeysWrite),
-            post(keys::create_key),
-        ),
-        route(M::GET, "/api/v1/keys", p(P::KeysRead), get(keys::list_keys)),
-        route(
-            M::GET,
-            "/api/v1/deleted-keys",
-            p(P::KeysRead),
-            get(keys::list_deleted_keys),
-        ),
-        route(
-            M::GET,
-            "/api/v1/keys/{id}",
-            p(P::KeysRead),
-            get(keys::get_key),
-        ),
-        route(
-            M::PATCH,
-            "/api/v1/keys/{id}",
-            p(P::KeysWrite),
-            patch(keys::update_key),
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/keys/{id}",
-            p(P::KeysDelete),
-            delete(keys::delete_key),
-        ),
-        route(
-            M::POST,
-            "/api/v1/keys/{id}/enable",
-            p(P::KeysWrite),
-            post(keys::enable_key),
-        ),
-        route(
-            M::POST,
-            "/api/v1/keys/{id}/disable",
-            p(P::KeysWrite),
-            post(keys::disable_key),
-        ),
-        route(
-            M::GET,
-            "/api/v1/keys/{id}/versions",
-            p(P::KeysRead),
-            get(keys::list_versions),
-        ),
-        route(
-            M::POST,
-            "/api/v1/keys/{id}/versions",
-            p(P::KeysRotate),
-            post(keys::add_version),
-        ),
-        route(
-            M::POST,
-            "/api/v1/keys/{id}/restore",
-            p(P::KeysDelete),
-            post(keys::restore_key),
-        ),
-        route(
-            M::POST,
-            "/api/v1/keys/{id}/purge",
-            p(P::KeysPurge),
-            post(keys::purge_key),
-        ),
-        route(
-            M::POST,
-            "/api/v1/keys/{id}/reveal",
-            p(P::KeysReveal),
-            post(keys::reveal_key),
-        ),
-        route(
-            M::POST,
-            "/api/v1/keys/{id}/revoke",
-            p(P::KeysWrite),
-            post(keys::revoke_key),
-        ),
-        route(
-            M::POST,
-            "/api/v1/webhooks",
-            p(P::AccessWrite),
-            post(webhooks::create_webhook),
-        ),
-        route(
-            M::GET,
-            "/api/v1/webhooks",
-            p(P::AccessWrite),
-            get(webhooks::list_webhooks),
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/webhooks/{id}",
-            p(P::AccessWrite),
-            delete(webhooks::delete_webhook),
-        ),
-        route(
-            M::GET,
-            "/api/v1/webhooks/{id}/deliveries",
-            p(P::AccessWrite),
-            get(webhooks::list_deliveries),
-        ),
-        route(
-            M::POST,
-            "/api/v1/keys/{id}/rotations",
-            p(P::KeysRotate),
-            post(rotations::start_rotation),
-        ),
-        route(
-            M::GET,
-            "/api/v1/keys/{id}/rotations",
-            p(P::KeysRead),
-            get(rotations::list_rotations),
-        ),
-        route(
-            M::GET,
-            "/api/v1/rotations/{id}",
-            p(P::KeysRead),
-            get(rotations::get_rotation),
-        ),
-        route(
-            M::POST,
-            "/api/v1/rotations/{id}/validate",
-            p(P::KeysRotate),
-            post(rotations::validate_rotation),
-        ),
-        route(
-            M::POST,
-            "/api/v1/rotations/{id}/canary",
-            p(P::KeysRotate),
-            post(rotations::canary_rotation),
-        ),
-        route(
-            M::POST,
-            "/api/v1/rotations/{id}/promote",
-            p(P::KeysRotate),
-            post(rotations::promote_rotation),
-        ),
-        route(
-            M::POST,
-            "/api/v1/rotations/{id}/retire",
-            p(P::KeysRotate),
-            post(rotations::retire_rotation),
-        ),
-        route(
-            M::POST,
-            "/api/v1/rotations/{id}/verify",
-            p(P::KeysRotate),
-            post(rotations::verify_rotation),
-        ),
-        route(
-            M::POST,
-            "/api/v1/rotations/{id}/cancel",
-            p(P::KeysRotate),
-            post(rotations::cancel_rotation),
-        ),
-        route(
-            M::GET,
-            "/api/v1/policies/rotation",
-            p(P::KeysRead),
-            get(keys::get_rotation_policy),
-        ),
-        route(
-            M::PUT,
-            "/api/v1/policies/rotation",
-            p(P::AccessWrite),
-            put(keys::set_rotation_policy),
-        ),
-        route(
-            M::GET,
-            "/api/v1/health",
-            p(P::KeysRead),
-            get(health::health),
-        ),
-        route(
-            M::GET,
-            "/api/v1/keys/{id}/health",
-            p(P::KeysRead),
-            get(health::key_health),
-        ),
-        route(
-            M::GET,
-            "/api/v1/compliance",
-            p(P::KeysRead),
-            get(compliance::compliance),
-        ),
-        route(
-            M::GET,
-            "/api/v1/keys/{id}/compliance",
-            p(P::KeysRead),
-            get(compliance::key_compliance),
-        ),
-        route(
-            M::GET,
-            "/api/v1/keys/{id}/impact",
-            p(P::KeysRead),
-            get(keys::key_impact),
-        ),
-        route(
-            M::POST,
-            "/api/v1/keys/{id}/validate",
-            p(P::KeysWrite),
-            post(keys::validate_key),
-        ),
-        route(
-            M::POST,
-            "/api/v1/services/{id}/validate",
-            p(P::KeysWrite),
-            post(keys::validate_secret),
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/keys/{id}/flag",
-            p(P::KeysWrite),
-            delete(keys::clear_key_flag),
-        ),
-        // pools and usage
-        route(
-            M::GET,
-            "/api/v1/pools",
-            p(P::KeysRead),
-            get(usage::list_pools),
-        ),
-        route(
-            M::PUT,
-            "/api/v1/pools/{service}/{environment}",
-            p(P::KeysWrite),
-            put(usage::set_pool),
-        ),
-        route(M::GET, "/api/v1/usage", p(P::KeysRead), get(usage::usage)),
-        // catalog
-        route(
-            M::GET,
-            "/api/v1/services",
-            p(P::CatalogRead),
-            get(catalog::list_services),
-        ),
-        route(
-            M::POST,
-            "/api/v1/services",
-            p(P::CatalogWrite),
-            post(catalog::create_service),
-        ),
-        route(
-            M::GET,
-            "/api/v1/services/{id}",
-            p(P::CatalogRead),
-            get(catalog::get_service),
-        ),
-        route(
-            M::PATCH,
-            "/api/v1/services/{id}",
-            p(P::CatalogWrite),
-            patch(catalog::update_service),
-        ),
-        route(
-            M::GET,
-            "/api/v1/categories",
-            p(P::CatalogRead),
-            get(catalog::list_categories),
-        ),
-        route(
-            M::POST,
-            "/api/v1/categories",
-            p(P::CatalogWrite),
-            post(catalog::create_category),
-        ),
-        route(
-            M::GET,
-            "/api/v1/environments",
-            p(P::CatalogRead),
-            get(catalog::list_environments),
-        ),
-        route(
-            M::POST,
-            "/api/v1/environments",
-            p(P::CatalogWrite),
-            post(catalog::create_environment),
-        ),
-        // app tokens
-        route(
-            M::POST,
-            "/api/v1/app-tokens",
-            p(P::AppTokensWrite),
-            post(app_tokens::create_app_token),
-        ),
-        route(
-            M::GET,
-            "/api/v1/app-tokens",
-            p(P::AppTokensRead),
-            get(app_tokens::list_app_tokens),
-        ),
-        route(
-            M::GET,
-            "/api/v1/app-tokens/{id}",
-            p(P::AppTokensRead),
-            get(app_tokens::get_app_token),
-        ),
-        route(
-            M::POST,
-            "/api/v1/app-tokens/{id}/revoke",
-            p(P::AppTokensWrite),
-            post(app_tokens::revoke_app_token),
-        ),
-        // signing in, sessions, MFA
-        route(
-            M::POST,
-            "/api/v1/auth/login",
-            Public,
-            post(sessions::sign_in),
-        ),
-        route(
-            M::POST,
-            "/api/v1/auth/logout",
-            SignedIn,
-            post(sessions::sign_out),
-        ),
-        route(
-            M::POST,
-            "/api/v1/auth/logout-all",
-            SignedIn,
-            post(sessions::sign_out_everywhere),
-        ),
-        route(
-            M::GET,
-            "/api/v1/auth/session",
-            SignedIn,
-            get(sessions::who_am_i),
-        ),
-        route(M::GET, "/api/v1/auth/mfa", SignedIn, get(mfa::mfa_status)),
-        route(
-            M::GET,
-            "/api/v1/me/subscription",
-            SignedIn,
-            get(webhooks::get_subscription),
-        ),
-        route(
-            M::PUT,
-            "/api/v1/me/subscription",
-            SignedIn,
-            put(webhooks::put_subscription),
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/me/subscription",
-            SignedIn,
-            delete(webhooks::delete_subscription),
-        ),
-        route(
-            M::POST,
-            "/api/v1/auth/mfa/enroll",
-            SignedIn,
-            post(mfa::start_enrolment),
-        ),
-        route(
-            M::POST,
-            "/api/v1/auth/mfa/confirm",
-            SignedIn,
-            post(mfa::confirm_enrolment),
-        ),
-        route(
-            M::POST,
-            "/api/v1/auth/mfa/verify",
-            SignedIn,
-            post(mfa::step_up),
-        ),
-        route(
-            M::POST,
-            "/api/v1/auth/mfa/recovery-codes",
-            SteppedUp,
-            post(mfa::regenerate_recovery_codes),
-        ),
-        route(
-            M::GET,
-            "/api/v1/auth/lockouts",
-            p(P::UsersRead),
-            get(sessions::list_lockouts),
-        ),
-        route(
-            M::POST,
-            "/api/v1/auth/lockouts/lift",
-            p(P::UsersWrite),
-            post(sessions::lift_lockout),
-        ),
-        route(
-            M::GET,
-            "/api/v1/sessions",
-            p(P::UsersRead),
-            get(sessions::list_sessions),
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/sessions/{id}",
-            p(P::UsersWrite),
-            delete(sessions::end_session),
-        ),
-        route(M::POST, "/api/v1/setup", Public, post(users::setup)),
-        // users and access
-        route(
-            M::GET,
-            "/api/v1/users",
-            p(P::UsersRead),
-            get(users::list_users),
-        ),
-        route(
-            M::POST,
-            "/api/v1/users",
-            p(P::UsersWrite),
-            post(users::create_user),
-        ),
-        route(
-            M::GET,
-            "/api/v1/users/{id}",
-            p(P::UsersRead),
-            get(users::get_user),
-        ),
-        route(
-            M::POST,
-            "/api/v1/users/{id}/disable",
-            p(P::UsersWrite),
-            post(users::disable_user),
-        ),
-        route(
-            M::POST,
-            "/api/v1/users/{id}/enable",
-            p(P::UsersWrite),
-            post(users::enable_user),
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/users/{id}/mfa",
-            p(P::AccessWrite),
-            delete(mfa::reset_mfa),
-        ),
-        route(
-            M::PUT,
-            "/api/v1/users/{id}/role",
-            p(P::AccessWrite),
-            put(access::set_user_role),
-        ),
-        route(
-            M::PUT,
-            "/api/v1/users/{id}/networks",
-            p(P::AccessWrite),
-            put(access::set_user_networks),
-        ),
-        route(
-            M::GET,
-            "/api/v1/users/{id}/grants",
-            p(P::UsersRead),
-            get(access::list_grants),
-        ),
-        route(
-            M::POST,
-            "/api/v1/users/{id}/grants",
-            p(P::AccessWrite),
-            post(access::add_grant),
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/users/{id}/grants/{grant}",
-            p(P::AccessWrite),
-            delete(access::remove_grant),
-        ),
-        route(
-            M::GET,
-            "/api/v1/roles",
-            p(P::UsersRead),
-            get(access::list_roles),
-        ),
-        route(
-            M::POST,
-            "/api/v1/roles",
-            p(P::AccessWrite),
-            post(access::create_role),
-        ),
-        route(
-            M::PATCH,
-            "/api/v1/roles/{id}",
-            p(P::AccessWrite),
-            patch(access::update_role),
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/roles/{id}",
-            p(P::AccessWrite),
-            delete(access::delete_role),
-        ),
-        route(
-            M::PUT,
-            "/api/v1/roles/{id}/networks",
-            p(P::AccessWrite),
-            put(access::set_role_networks),
-        ),
-        route(
-            M::GET,
-            "/api/v1/tokens",
-            p(P::UsersRead),
-            get(access::list_tokens),
-        ),
-        route(
-            M::POST,
-            "/api/v1/tokens",
-            p(P::AccessWrite),
-            post(access::create_token),
-        ),
-        route(
-            M::POST,
-            "/api/v1/tokens/{id}/revoke",
-            p(P::AccessWrite),
-            post(access::revoke_token),
-        ),
-        route(
-            M::GET,
-            "/api/v1/policies/mfa",
-            p(P::UsersRead),
-            get(mfa::get_mfa_policy),
-        ),
-        route(
-            M::PUT,
-            "/api/v1/policies/mfa",
-            p(P::AccessWrite),
-            put(mfa::set_mfa_policy),
-        ),
-        // approvals
-        route(
-            M::GET,
-            "/api/v1/approvals",
-            SignedIn,
-            get(approvals::list_approvals),
-        ),
-        route(
-            M::GET,
-            "/api/v1/approvals/{id}",
-            SignedIn,
-            get(approvals::get_approval),
-        ),
-        route(
-            M::POST,
-            "/api/v1/approvals/{id}/approve",
-            p(P::ApprovalsDecide),
-            post(approvals::approve),
-        ),
-        route(
-            M::POST,
-            "/api/v1/approvals/{id}/deny",
-            p(P::ApprovalsDecide),
-            post(approvals::deny),
-        ),
-        route(
-            M::POST,
-            "/api/v1/approvals/{id}/cancel",
-            SignedIn,
-            post(approvals::cancel),
-        ),
-        route(
-            M::GET,
-            "/api/v1/policies/approvals",
-            p(P::UsersRead),
-            get(approvals::get_policy),
-        ),
-        route(
-            M::PUT,
-            "/api/v1/policies/approvals",
-            p(P::AccessWrite),
-            put(approvals::set_policy),
-        ),
-        // audit
-        route(
-            M::GET,
-            "/api/v1/audit",
-            p(P::AuditRead),
-            get(audit::list_audit),
-        ),
-        route(
-            M::GET,
-            "/api/v1/audit/export",
-            p(P::AuditExport),
-            get(audit::export_audit),
-        ),
-        route(
-            M::GET,
-            "/api/v1/audit/verify",
-            p(P::AuditRead),
-            get(audit::verify_audit),
-        ),
-    ]
-}
-
-const API_PREFIX: &str = "/api/v1";
-
-/// The whole HTTP face: the API under `/api/v1`, the pages, `/metrics` from `metrics`.
-pub fn router(app: Arc<App>, metrics: Arc<crate::metrics::Metrics>) -> Router {
-    let mut api = Router::new();
-    let mut top = Router::new();
-    for r in routes() {
-        match r.path.strip_prefix(API_PREFIX) {
-            Some(path) => api = api.route(path, r.handler),
-            None => top = top.route(r.path, r.handler),
-        }
-    }
-    let api = api
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(api_headers));
-    top.nest(API_PREFIX, api)
-        .merge(crate::ui::router())
-        .fallback(not_found)
-        .layer(middleware::from_fn(access_log))
-        .layer(axum::Extension(metrics))
-        .with_state(app)
-}
-
-async fn openapi() -> Response {
-    match openapi::document().to_pretty_json() {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Err(e) => ApiError::from(keyward_core::Error::internal(format!(
-            "cannot render OpenAPI: {e}"
-        )))
-        .into_response(),
-    }
-}
-
-async fn healthz() -> Json<serde_json::Value> {
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Response {
     match app.ready().await {
         Ok(backend) => {
             Json(serde_json::json!({"status": "ready", "store": backend})).into_response()
@@ -810,7 +141,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 /// Prometheus text format. Unauthenticated like the health checks: it carries counts by
 /// service and outcome, never ids, paths or values (see `crate::metrics`).
-async fn metrics(
+pub(crate) async fn metrics(
     State(app): State<Arc<App>>,
     axum::Extension(metrics): axum::Extension<Arc<crate::metrics::Metrics>>,
 ) -> Response {
@@ -824,7 +155,7 @@ async fn metrics(
         .into_response()
 }
 
-async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "route_not_found",
@@ -832,7 +163,7 @@ async fn not_found() -> ApiError {
     )
 }
 
-async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -841,7 +172,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// API responses describe secrets' metadata: never cache them, never sniff them.
-async fn api_headers(request: Request, next: Next) -> Response {
+pub(crate) async fn api_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -895,7 +226,7 @@ fn log_request(method: &axum::http::Method, path: &str, status: StatusCode, star
     tracing::info!(%method, %path, status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "request");
 }
 
-async fn access_log(request: Request, next: Next) -> Response {
+pub(crate) async fn access_log(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = Instant::now();

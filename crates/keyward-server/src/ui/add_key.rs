@@ -250,14 +250,6 @@ pub async fn form(
     viewer: Viewer,
     Query(pre): Query<Preselect>,
 ) -> Response {
-    if !viewer.may(keyward_core::access::Permission::KeysWrite) {
-        let refusal = keyward_core::Error::new(
-            keyward_core::ErrorKind::Forbidden,
-            "forbidden",
-            "your role cannot add keys",
-        );
-        return super::error_page(&viewer, "/keys/new", "Add a key", refusal);
-    }
     let choices = match choices(&app).await {
         Ok(c) => c,
         Err(e) => return crate::http::error::ApiError::from(e).into_response(),
@@ -292,7 +284,7 @@ pub(super) fn field_of(code: &str) -> &'static str {
 
 pub async fn create(State(app): State<Arc<App>>, request: Request) -> Response {
     // The page's own session, to show the form again on a refusal.
-    let (Viewer { caller, .. }, fields) = match form_post(&app, request).await {
+    let (Viewer { caller, .. }, fields) = match form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::chart::{daily, daily_bars, quota_meter, short_day, usd};
 use super::dashboard::{display_status, relative, status_badge};
-use super::{Viewer, approval, error_page, field, form_post, framed, page, stepped_up_form_post};
+use super::{Viewer, approval, error_page, field, form_post, framed, page};
 use crate::http::auth::Caller;
 use keyward_app::App;
 use keyward_app::keys::versions::NewVersion;
@@ -128,17 +128,17 @@ pub async fn detail(
 /// What the edit form (or the rotate form) shows again after a refusal: what was typed
 /// (never a secret) and the error, next to its field.
 #[derive(Debug, Default, Clone)]
-pub(super) struct Typed {
-    pub(super) alias: String,
-    pub(super) description: String,
-    pub(super) owner: String,
-    pub(super) tags: String,
-    pub(super) criticality: String,
-    pub(super) expires: String,
+pub(crate) struct Typed {
+    pub(crate) alias: String,
+    pub(crate) description: String,
+    pub(crate) owner: String,
+    pub(crate) tags: String,
+    pub(crate) criticality: String,
+    pub(crate) expires: String,
     /// The guided-rotation form (never its secret).
-    pub(super) window_minutes: String,
-    pub(super) project: String,
-    pub(super) admin_key: String,
+    pub(crate) window_minutes: String,
+    pub(crate) project: String,
+    pub(crate) admin_key: String,
 }
 
 impl Typed {
@@ -604,7 +604,7 @@ pub async fn edit(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (Viewer { caller, csrf }, fields) = match form_post(&app, request).await {
+    let (Viewer { caller, csrf }, fields) = match form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
@@ -667,14 +667,7 @@ pub async fn rotate(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, fields) = match stepped_up_form_post(
-        &app,
-        request,
-        Permission::KeysRotate,
-        &format!("/keys/{id}#rotate"),
-    )
-    .await
-    {
+    let (viewer, fields) = match form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
@@ -778,7 +771,7 @@ pub async fn disable(
 }
 
 async fn toggle(app: Arc<App>, id: String, request: Request, enabled: bool) -> Response {
-    let (Viewer { caller, csrf }, fields) = match form_post(&app, request).await {
+    let (Viewer { caller, csrf }, fields) = match form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
@@ -813,7 +806,7 @@ pub async fn validate(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, _) = match form_post(&app, request).await {
+    let (viewer, _) = match form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
@@ -839,12 +832,17 @@ pub async fn reveal_form(
     Path(id): Path<String>,
     Query(under): Query<approval::UnderApproval>,
 ) -> Response {
-    if let Some(redirect) =
-        viewer.step_up_for(Permission::KeysReveal, &format!("/keys/{id}/reveal"))
-    {
-        return redirect;
+    // Only those who may reveal it are asked.
+    let key = match async {
+        app.key_for(
+            &viewer.caller.actor,
+            Permission::KeysReveal,
+            &parse_id(&id)?,
+        )
+        .await
     }
-    let key = match async { app.key(&viewer.caller.actor, &parse_id(&id)?).await }.await {
+    .await
+    {
         Ok(key) => key,
         Err(e) => return error_page(&viewer, "/", "Reveal", e),
     };
@@ -886,14 +884,7 @@ pub async fn reveal(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, fields) = match stepped_up_form_post(
-        &app,
-        request,
-        Permission::KeysReveal,
-        &format!("/keys/{id}/reveal"),
-    )
-    .await
-    {
+    let (viewer, fields) = match form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
@@ -964,11 +955,6 @@ pub async fn delete_form(
     Path(id): Path<String>,
     Query(under): Query<approval::UnderApproval>,
 ) -> Response {
-    if let Some(redirect) =
-        viewer.step_up_for(Permission::KeysDelete, &format!("/keys/{id}/delete"))
-    {
-        return redirect;
-    }
     match delete_markup(&app, &viewer, &id, None, under.id()).await {
         Ok((title, content)) => page(StatusCode::OK, framed(&viewer, "/", &title, content)),
         Err(e) => error_page(&viewer, "/", "Delete", e),
@@ -983,6 +969,8 @@ async fn delete_markup(
     approval: Option<&str>,
 ) -> Result<(String, Markup), Error> {
     let id = parse_id(id)?;
+    app.key_for(&viewer.caller.actor, Permission::KeysDelete, &id)
+        .await?;
     let impact = app.impact(&viewer.caller.actor, &id).await?;
     let key = &impact.key;
     let now = app.now();
@@ -1039,14 +1027,7 @@ pub async fn delete(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, fields) = match stepped_up_form_post(
-        &app,
-        request,
-        Permission::KeysDelete,
-        &format!("/keys/{id}/delete"),
-    )
-    .await
-    {
+    let (viewer, fields) = match form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
@@ -1203,11 +1184,10 @@ pub async fn restore(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, _) =
-        match stepped_up_form_post(&app, request, Permission::KeysDelete, "/keys/deleted").await {
-            Ok(posted) => posted,
-            Err(refused) => return refused,
-        };
+    let (viewer, _) = match form_post(request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
     let result = async {
         let id = parse_id(&id)?;
         app.restore_key(&viewer.caller.actor, &id).await
@@ -1224,11 +1204,10 @@ pub async fn purge(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, fields) =
-        match stepped_up_form_post(&app, request, Permission::KeysPurge, "/keys/deleted").await {
-            Ok(posted) => posted,
-            Err(refused) => return refused,
-        };
+    let (viewer, fields) = match form_post(request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
     let confirm = field(&fields, "confirm").map(str::trim);
     let key_id = match parse_id(&id) {
         Ok(key_id) => key_id,
@@ -1272,6 +1251,8 @@ async fn revoke_markup(
     reason: &str,
 ) -> Result<(String, Markup), Error> {
     let id = parse_id(id)?;
+    app.key_for(&viewer.caller.actor, Permission::KeysWrite, &id)
+        .await?;
     let impact = app.impact(&viewer.caller.actor, &id).await?;
     let key = &impact.key;
     let content = html! {
@@ -1301,7 +1282,7 @@ pub async fn revoke(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, fields) = match form_post(&app, request).await {
+    let (viewer, fields) = match form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };

@@ -66,7 +66,7 @@ fn confirm_markup(csrf: &str, secret: &str, qr: &str, error: Option<&str>) -> Ma
 
 /// Starts enrolment (a new secret each time) and shows it.
 pub async fn start(State(app): State<Arc<App>>, request: Request) -> Response {
-    let (Viewer { caller, .. }, fields) = match form_post(&app, request).await {
+    let (Viewer { caller, .. }, fields) = match form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
@@ -100,7 +100,7 @@ pub async fn start(State(app): State<Arc<App>>, request: Request) -> Response {
 /// Confirms with the first code; the session is replaced (new cookie), and the recovery
 /// codes are shown once.
 pub async fn confirm(State(app): State<Arc<App>>, request: Request) -> Response {
-    let (Viewer { caller, .. }, fields) = match form_post(&app, request).await {
+    let (Viewer { caller, .. }, fields) = match form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
@@ -229,7 +229,7 @@ pub async fn verify_page(
 /// Step-up from a page: the session is swapped for one that records the check (new
 /// cookie), then back to where the viewer was going.
 pub async fn verify(State(app): State<Arc<App>>, request: Request) -> Response {
-    let (Viewer { caller, csrf }, fields) = match form_post(&app, request).await {
+    let (Viewer { caller, csrf }, fields) = match form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };

@@ -6,31 +6,30 @@
 //! Pages call the same `App` use cases as the API; the session, CSRF and permission checks
 //! are the API's own (`http::auth`), so a page can never do what the API would refuse.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
-use axum::Router;
 use axum::extract::{FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 
-use crate::http::auth::{Caller, SignedIn};
+use crate::http::auth::Caller;
 use keyward_app::App;
 
-mod add_key;
-mod admin;
+pub(crate) mod add_key;
+pub(crate) mod admin;
 pub mod approval;
 mod chart;
-mod dashboard;
-mod key;
-mod mfa;
-mod rotation;
-mod sign_in;
-mod tokens;
-mod usage;
+pub(crate) mod dashboard;
+pub(crate) mod guard;
+pub(crate) mod key;
+pub(crate) mod mfa;
+pub(crate) mod rotation;
+pub(crate) mod sign_in;
+pub(crate) mod tokens;
+pub(crate) mod usage;
 
 /// The policy every page is served with: our own files only, no inline code, no framing.
 /// `connect-src 'self'` lets our script call our own API (the add-key wizard's Validate,
@@ -59,56 +58,7 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
     }
 });
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new()
-        .route("/", get(dashboard::page))
-        .route("/keys/new", get(add_key::form).post(add_key::create))
-        .route("/keys/deleted", get(key::deleted))
-        .route("/keys/{id}", get(key::detail))
-        .route("/keys/{id}/edit", post(key::edit))
-        .route("/keys/{id}/enable", post(key::enable))
-        .route(
-            "/keys/{id}/disable",
-            get(key::disable_form).post(key::disable),
-        )
-        .route("/keys/{id}/validate", post(key::validate))
-        .route("/keys/{id}/rotate", post(key::rotate))
-        .route("/keys/{id}/rotations", post(rotation::start))
-        .route("/rotations/{id}/{action}", post(rotation::step))
-        .route("/keys/{id}/revoke", get(key::revoke_form).post(key::revoke))
-        .route("/keys/{id}/reveal", get(key::reveal_form).post(key::reveal))
-        .route("/keys/{id}/delete", get(key::delete_form).post(key::delete))
-        .route("/keys/{id}/restore", post(key::restore))
-        .route("/keys/{id}/purge", post(key::purge))
-        .route("/mfa/verify", get(mfa::verify_page).post(mfa::verify))
-        .route("/app-tokens", get(tokens::list).post(tokens::create))
-        .route("/app-tokens/{id}/revoke", post(tokens::revoke))
-        .route("/usage", get(usage::page))
-        .route("/approvals", get(admin::approvals))
-        .route("/approvals/{id}/decide", post(admin::decide))
-        .route("/approvals/{id}/cancel", post(admin::cancel))
-        .route("/audit", get(admin::audit))
-        .route("/users", get(admin::users).post(admin::add_user))
-        .route("/users/{id}/enable", post(admin::enable_user))
-        .route("/users/{id}/disable", post(admin::disable_user))
-        .route("/settings", get(admin::settings))
-        .route("/settings/mfa", post(admin::save_mfa_policy))
-        .route("/settings/notifications", post(admin::save_subscription))
-        .route(
-            "/settings/notifications/delete",
-            post(admin::delete_subscription),
-        )
-        .route("/logout/everywhere", post(admin::sign_out_everywhere))
-        .route("/login", get(sign_in::login_form).post(sign_in::login))
-        .route("/setup", get(sign_in::setup_form).post(sign_in::setup))
-        .route("/logout", post(sign_in::logout))
-        .route("/mfa/enroll", get(mfa::start_page).post(mfa::start))
-        .route("/mfa/confirm", post(mfa::confirm))
-        .route("/static/{file}", get(asset))
-        .layer(middleware::from_fn(page_headers))
-}
-
-async fn asset(Path(file): Path<String>) -> Response {
+pub(crate) async fn asset(Path(file): Path<String>) -> Response {
     let (body, content_type) = if file == ASSETS.css {
         (CSS, "text/css; charset=utf-8")
     } else if file == ASSETS.js {
@@ -128,7 +78,7 @@ async fn asset(Path(file): Path<String>) -> Response {
 
 /// Every page: the CSP, no framing, no sniffing, no referrer to other sites; pages are never cached (they
 /// show what a signed-in person may see), static files are.
-async fn page_headers(request: Request, next: Next) -> Response {
+pub(crate) async fn page_headers(request: Request, next: Next) -> Response {
     let is_static = request.uri().path().starts_with("/static/");
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
@@ -153,29 +103,15 @@ async fn page_headers(request: Request, next: Next) -> Response {
     response
 }
 
-/// A signed-in person viewing a page, with the CSRF token their forms carry. Anyone else
-/// is sent to the sign-in page; someone the MFA policy wants enrolled first, to enrolment.
+/// A signed-in person viewing a page, with the CSRF token their forms carry — admitted by
+/// the page's guard (`guard::admit`), which hands it to the handler.
+#[derive(Clone)]
 pub struct Viewer {
     pub caller: Caller,
     pub csrf: String,
 }
 
 impl Viewer {
-    /// For an action whose permission needs a recent MFA check: `None` to go on; else the
-    /// way to the step-up page (which comes back to `next`) when the viewer's check is
-    /// stale, or the refusal (e.g. "enrol first") when no check is possible — as the API.
-    pub fn step_up_for(
-        &self,
-        permission: keyward_core::access::Permission,
-        next: &str,
-    ) -> Option<Response> {
-        let refusal = self.caller.actor.mfa.refusal(permission.needs_step_up())?;
-        Some(
-            mfa::needs_step_up(self, next)
-                .unwrap_or_else(|| error_page(self, "/", "Confirm it is you", refusal)),
-        )
-    }
-
     /// Whether the viewer holds `permission` anywhere (for showing a section or button;
     /// per-key buttons also check the key's category and environment).
     pub fn may(&self, permission: keyward_core::access::Permission) -> bool {
@@ -194,68 +130,36 @@ impl std::fmt::Debug for Viewer {
     }
 }
 
-impl FromRequestParts<Arc<App>> for Viewer {
+impl<S: Send + Sync> FromRequestParts<S> for Viewer {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
-        let Some(cookie) =
-            crate::http::auth::session_cookie(parts, app.secure_cookies).map(str::to_owned)
-        else {
-            return Err(Redirect::to("/login").into_response());
-        };
-        match SignedIn::from_request_parts(parts, app).await {
-            Ok(SignedIn(caller)) if caller.session.is_some() => {
-                use secrecy::ExposeSecret;
-                if caller.actor.mfa == keyward_core::mfa::MfaStanding::EnrolmentRequired
-                    && !parts.uri.path().starts_with("/mfa/")
-                {
-                    return Err(Redirect::to("/mfa/enroll").into_response());
-                }
-                let csrf = app.csrf_for_cookie(&cookie).expose_secret().to_owned();
-                Ok(Self { caller, csrf })
-            }
-            _ => Err(Redirect::to("/login").into_response()),
-        }
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        parts.extensions.remove::<Viewer>().ok_or_else(unguarded)
     }
 }
 
-/// A form post from a signed-in page: the viewer — authenticated by the session cookie
-/// with the form's `csrf` field as the CSRF token (the API's own checks) — and the fields.
-pub async fn form_post(
-    app: &App,
-    request: Request,
-) -> Result<(Viewer, Vec<(String, String)>), Response> {
-    let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, "form too large").into_response())?;
-    let fields: Vec<(String, String)> = url::form_urlencoded::parse(&bytes)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let csrf = field(&fields, "csrf").unwrap_or_default();
-    let mut caller = crate::http::auth::authenticate_form(&parts, app, csrf)
-        .await
-        .map_err(IntoResponse::into_response)?;
+/// A page handler that wants a viewer on a route declared public: a mistake in the route
+/// table, answered as one rather than served to nobody in particular.
+fn unguarded() -> Response {
+    tracing::error!("a page that needs a signed-in viewer is routed without a guard");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "this page is routed without its guard",
+    )
+        .into_response()
+}
+
+/// A form post from a signed-in page: the viewer its guard admitted (the session, with the
+/// form's `csrf` field checked as the CSRF token) and the fields, with `approval` and
+/// `reason` read onto the actor for every form alike.
+pub async fn form_post(request: Request) -> Result<(Viewer, Vec<(String, String)>), Response> {
+    let (mut parts, body) = request.into_parts();
+    let mut viewer = parts.extensions.remove::<Viewer>().ok_or_else(unguarded)?;
+    let fields = guard::form_fields(body).await?;
     if let Some(approval) = approval::from_form(&fields) {
-        caller.actor.approval = Some(approval);
+        viewer.caller.actor.approval = Some(approval);
     }
-    let csrf = csrf.to_owned();
-    Ok((Viewer { caller, csrf }, fields))
-}
-
-/// [`form_post`] for an action whose permission may need a recent MFA check: the refusal
-/// or the way to the step-up page (coming back to `next`) is the `Err`.
-pub async fn stepped_up_form_post(
-    app: &App,
-    request: Request,
-    permission: keyward_core::access::Permission,
-    next: &str,
-) -> Result<(Viewer, Vec<(String, String)>), Response> {
-    let (viewer, fields) = form_post(app, request).await?;
-    match viewer.step_up_for(permission, next) {
-        Some(redirect) => Err(redirect),
-        None => Ok((viewer, fields)),
-    }
+    Ok((viewer, fields))
 }
 
 /// The value of a form field.
@@ -388,7 +292,7 @@ pub fn error_page(viewer: &Viewer, current: &str, title: &str, e: keyward_core::
             viewer,
             current,
             title,
-            html! { p class="flash error" role="alert" { (e.message) } },
+            html! { p class="flash error" role="alert" data-code=(e.code) { (e.message) } },
         ),
     )
 }
@@ -401,23 +305,6 @@ pub fn step_up_prompt(viewer: &Viewer, e: &keyward_core::Error, next: &str) -> O
     } else {
         None
     }
-}
-
-/// The refusal page for a section the viewer's role cannot read, or `None` if it can.
-pub fn unless_may(
-    viewer: &Viewer,
-    permission: keyward_core::access::Permission,
-    current: &str,
-    title: &str,
-) -> Option<Response> {
-    (!viewer.may(permission)).then(|| {
-        let refusal = keyward_core::Error::new(
-            keyward_core::ErrorKind::Forbidden,
-            "forbidden",
-            format!("your role cannot see {}", title.to_lowercase()),
-        );
-        error_page(viewer, current, title, refusal)
-    })
 }
 
 /// A path on this site (`/keys/…`), never another origin (`//evil`, `https://…`): where a

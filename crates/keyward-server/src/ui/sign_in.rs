@@ -272,7 +272,7 @@ pub async fn setup(
 
 /// Signs out (a form post carrying the session's CSRF token).
 pub async fn logout(State(app): State<Arc<App>>, request: Request) -> Response {
-    let (super::Viewer { caller, .. }, _) = match super::form_post(&app, request).await {
+    let (super::Viewer { caller, .. }, _) = match super::form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };

@@ -166,7 +166,7 @@ pub async fn create(State(app): State<Arc<App>>, request: Request) -> Response {
             format!("{scheme}://{host}")
         })
         .unwrap_or_else(|| "https://keyward.example".into());
-    let (Viewer { caller, csrf }, fields) = match form_post(&app, request).await {
+    let (Viewer { caller, csrf }, fields) = match form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
@@ -312,7 +312,7 @@ pub async fn revoke(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let (viewer, _) = match form_post(&app, request).await {
+    let (viewer, _) = match form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };
