@@ -139,14 +139,14 @@ fn pages() -> Vec<Route> {
     use Guard::{Enrolling, Public, SignedIn};
     use Method as M;
     use Permission as P;
-    use ui::{add_key, admin, dashboard, key, mfa, rotation, sign_in, tokens, usage};
+    use ui::{add_key, admin, dashboard, key, mfa, rotate, sign_in, tokens, usage};
     let p = Guard::Permission;
     vec![
         page(M::GET, "/login", Public, get(sign_in::login_form)),
         page(M::POST, "/login", Public, post(sign_in::login)),
         page(M::GET, "/setup", Public, get(sign_in::setup_form)),
         page(M::POST, "/setup", Public, post(sign_in::setup)),
-        page(M::GET, "/static/{file}", Public, get(ui::asset)),
+        page(M::GET, "/static/{file}", Public, get(ui::assets::asset)),
         page(M::POST, "/logout", Enrolling, post(sign_in::logout)),
         page(M::GET, "/mfa/enroll", Enrolling, get(mfa::start_page)),
         page(M::POST, "/mfa/enroll", Enrolling, post(mfa::start)),
@@ -187,19 +187,19 @@ fn pages() -> Vec<Route> {
             M::POST,
             "/keys/{id}/rotate",
             p(P::KeysRotate),
-            post(key::rotate),
+            post(rotate::rotate),
         ),
         page(
             M::POST,
             "/keys/{id}/rotations",
             p(P::KeysRotate),
-            post(rotation::start),
+            post(rotate::start),
         ),
         page(
             M::POST,
             "/rotations/{id}/{action}",
             p(P::KeysRotate),
-            post(rotation::step),
+            post(rotate::step),
         ),
         page(
             M::GET,

@@ -26,7 +26,7 @@ pub struct RoleBody {
     pub id: String,
     pub builtin: bool,
     pub description: String,
-    #[schema(schema_with = super::openapi::permissions_schema)]
+    #[schema(schema_with = super::schema::permissions_schema)]
     pub permissions: PermissionSet,
     /// Where holders of this role may work from (empty: anywhere).
     #[schema(value_type = Vec<String>)]
@@ -92,7 +92,7 @@ pub struct CreateRoleRequest {
     pub id: String,
     #[serde(default)]
     pub description: String,
-    #[schema(schema_with = super::openapi::permissions_schema)]
+    #[schema(schema_with = super::schema::permissions_schema)]
     pub permissions: PermissionSet,
 }
 
@@ -230,7 +230,7 @@ pub async fn remove_grant(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleRequest {
-    #[schema(schema_with = super::openapi::role_schema)]
+    #[schema(schema_with = super::schema::role_schema)]
     pub role: Role,
 }
 
@@ -346,7 +346,7 @@ pub async fn list_tokens(
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     pub name: String,
-    #[schema(schema_with = super::openapi::role_schema)]
+    #[schema(schema_with = super::schema::role_schema)]
     pub role: Role,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,

@@ -14,7 +14,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use keyward_proxy::ProxyBody;
-use utoipa::OpenApi;
 
 use keyward_app::App;
 
@@ -33,6 +32,7 @@ pub(crate) mod keys;
 pub(crate) mod mfa;
 pub mod openapi;
 mod proxy;
+mod schema;
 pub mod rotations;
 pub(crate) mod sessions;
 pub(crate) mod usage;
@@ -44,71 +44,6 @@ use error::ApiError;
 /// Largest accepted API request body. Keys are at most 4 KiB; 64 KiB leaves ample room for
 /// metadata and custom service definitions while bounding memory per request.
 pub const BODY_LIMIT: usize = 64 * 1024;
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "Keyward management API", description = "Self-hosted API key vault and key-injecting proxy. Errors are `{\"error\":{\"code\",\"message\"}}`."),
-    paths(
-        keys::create_key, keys::list_keys, keys::list_deleted_keys, keys::get_key, keys::update_key,
-        keys::enable_key, keys::disable_key, keys::list_versions, keys::add_version, keys::delete_key,
-        keys::restore_key, keys::purge_key, keys::reveal_key, keys::validate_secret, keys::validate_key, keys::key_impact, keys::revoke_key, keys::get_rotation_policy, keys::set_rotation_policy,
-        catalog::list_services, catalog::get_service, catalog::create_service, catalog::update_service,
-        catalog::list_categories, catalog::create_category, catalog::list_environments, catalog::create_environment,
-        app_tokens::create_app_token, app_tokens::list_app_tokens, app_tokens::get_app_token, app_tokens::revoke_app_token,
-        keys::clear_key_flag, usage::usage, usage::list_pools, usage::set_pool,
-        audit::list_audit, audit::export_audit, audit::verify_audit,
-        users::setup, users::create_user, users::list_users, users::get_user, users::disable_user, users::enable_user,
-        sessions::sign_in, sessions::sign_out, sessions::sign_out_everywhere, sessions::who_am_i,
-        sessions::list_sessions, sessions::end_session, sessions::list_lockouts, sessions::lift_lockout,
-        mfa::mfa_status, mfa::start_enrolment, mfa::confirm_enrolment, mfa::step_up,
-        mfa::regenerate_recovery_codes, mfa::reset_mfa, mfa::get_mfa_policy, mfa::set_mfa_policy,
-        access::list_roles, access::create_role, access::update_role, access::delete_role,
-        access::list_grants, access::add_grant, access::remove_grant, access::set_user_role,
-        access::set_user_networks, access::set_role_networks, access::list_tokens,
-        access::create_token, access::revoke_token,
-        approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
-        approvals::cancel, approvals::get_policy, approvals::set_policy,
-        rotations::start_rotation, rotations::list_rotations, rotations::get_rotation,
-        rotations::validate_rotation, rotations::canary_rotation, rotations::promote_rotation,
-        rotations::retire_rotation, rotations::verify_rotation, rotations::cancel_rotation,
-        webhooks::create_webhook, webhooks::list_webhooks, webhooks::delete_webhook, webhooks::list_deliveries,
-        webhooks::get_subscription, webhooks::put_subscription, webhooks::delete_subscription,
-        health::health, health::key_health, compliance::compliance, compliance::key_compliance,
-    ),
-    modifiers(&BearerAuth),
-    tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
-        (name = "app-tokens", description = "Credentials applications present to the proxy"),
-        (name = "usage", description = "Metered calls through the proxy"),
-        (name = "audit", description = "The tamper-evident audit trail"),
-        (name = "users", description = "People who sign in"),
-        (name = "auth", description = "Signing in and out; sessions; second factors"),
-        (name = "access", description = "Roles, scoped grants, network allowlists, management tokens"),
-        (name = "approvals", description = "Approval requests for sensitive operations, and the policy"),
-        (name = "compliance", description = "Key strength and compliance checks"),
-        (name = "health", description = "Key and service health: real traffic, provider flags, circuit breakers, probes"),
-        (name = "notifications", description = "Webhooks for rotation, expiry, revocation, health and approval events; signed with HMAC-SHA256"),
-        (name = "rotations", description = "Guided rotations: pending, validated, canary, promoted with a dual-key window, retired, revoked-verified"))
-)]
-#[derive(Debug)]
-pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("kwm_<public id>_<secret>")
-                    .build(),
-            ),
-        );
-    }
-}
 
 pub(crate) const API_PREFIX: &str = "/api/v1";
 

@@ -26,7 +26,7 @@ pub struct CreateUserRequest {
     /// 12–256 characters; not a common or predictable password; not containing the username.
     #[schema(value_type = String)]
     pub password: SecretString,
-    #[schema(schema_with = super::openapi::role_schema)]
+    #[schema(schema_with = super::schema::role_schema)]
     pub role: Role,
 }
 

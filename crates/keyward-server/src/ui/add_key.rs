@@ -14,7 +14,9 @@ use maud::{Markup, html};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{Viewer, field, form_post, framed, page};
+use super::frame::{Viewer, field, framed, page};
+use super::guard::form_post;
+use super::key_form::{expiry_of, field_of, tags_of};
 use keyward_app::{App, NewKey};
 
 /// What the form shows (again): everything but the secret.
@@ -81,7 +83,7 @@ struct Choices {
 
 async fn choices(app: &App) -> Result<Choices, keyward_core::Error> {
     let catalog: ServiceCatalog = app.catalog().await?;
-    let names = super::category_names(app).await?;
+    let names = super::frame::category_names(app).await?;
     let mut services: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for s in catalog.iter() {
         let category = names
@@ -270,18 +272,6 @@ pub async fn form(
     )
 }
 
-/// Which field an error code belongs to, so it can be shown next to it.
-pub(super) fn field_of(code: &str) -> &'static str {
-    match code {
-        c if c.starts_with("secret") => "secret",
-        "invalid_alias" | "alias_taken" => "alias",
-        "invalid_tag" | "too_many_tags" => "tags",
-        "unknown_service" | "invalid_slug" => "service",
-        "expires_at_in_past" | "invalid_expiry" => "expires",
-        _ => "form",
-    }
-}
-
 pub async fn create(State(app): State<Arc<App>>, request: Request) -> Response {
     // The page's own session, to show the form again on a refusal.
     let (Viewer { caller, .. }, fields) = match form_post(request).await {
@@ -328,7 +318,7 @@ pub async fn create(State(app): State<Arc<App>>, request: Request) -> Response {
         };
         return refused_page(&app, caller, csrf, &typed, refusal).await;
     }
-    let expires_at = match super::key::expiry_of(&typed.expires) {
+    let expires_at = match expiry_of(&typed.expires) {
         Ok(at) => at,
         Err(e) => {
             return refused_page(&app, caller, csrf, &typed, refuse(e.code, e.message)).await;
@@ -349,7 +339,7 @@ pub async fn create(State(app): State<Arc<App>>, request: Request) -> Response {
         alias: typed.alias.clone(),
         description: Some(typed.description.clone()).filter(|d| !d.trim().is_empty()),
         owner: None,
-        tags: super::key::tags_of(&typed.tags),
+        tags: tags_of(&typed.tags),
         criticality,
         enabled: None,
         expires_at,

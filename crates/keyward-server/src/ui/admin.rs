@@ -16,8 +16,9 @@ use keyward_core::audit::{AuditFilter, AuditOutcome};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::dashboard::relative;
-use super::{Viewer, error_page, field, form_post, framed, page};
+use super::frame::{Viewer, error_page, field, framed, page};
+use super::guard::form_post;
+use super::parts::relative;
 use keyward_app::App;
 
 // ------------------------------------------------------------------ approvals
@@ -352,7 +353,7 @@ async fn users_page(
 ) -> Response {
     if let Some(prompt) = error
         .as_ref()
-        .and_then(|e| super::step_up_prompt(viewer, e, "/users"))
+        .and_then(|e| super::frame::step_up_prompt(viewer, e, "/users"))
     {
         return prompt;
     }

@@ -11,7 +11,7 @@ use keyward_core::approval::{ApprovalAction, ApprovalRequest};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::field;
+use super::frame::field;
 
 /// `approval=request` (with `reason`) files a request instead of acting; `approval=apr_…`
 /// acts under that approval; anything else is no approval (the operation is then refused

@@ -17,55 +17,9 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::chart::{daily, quota_meter, sparkline};
-use super::{Viewer, error_page, framed};
+use super::frame::{Viewer, error_page, framed};
+use super::parts::{display_status, flag_word, relative, status_badge};
 use keyward_app::App;
-
-/// Keys expiring within this many days show as expiring.
-const EXPIRING_DAYS: i64 = 30;
-
-/// The status a person reads: the stored one, refined by expiry and the proxy's flags.
-pub fn display_status(key: &Key, now: Timestamp, flag: Option<&KeyFlag>) -> &'static str {
-    match key.status(now) {
-        KeyStatus::Deleted => "deleted",
-        KeyStatus::Revoked => "revoked",
-        KeyStatus::Disabled => "disabled",
-        KeyStatus::Expired => "expired",
-        KeyStatus::Active => match flag.map(|f| f.kind) {
-            Some(KeyFlagKind::Rejected) => "rejected",
-            Some(KeyFlagKind::QuotaLimited) => "quota_limited",
-            None if key.expires_at.is_some_and(|at| {
-                at.duration_since(now) < SignedDuration::from_hours(24 * EXPIRING_DAYS)
-            }) =>
-            {
-                "expiring"
-            }
-            None => "active",
-        },
-    }
-}
-
-pub fn status_badge(word: &str) -> Markup {
-    let text = word.replace('_', "-");
-    html! { span class={ "badge " (word) } { (text) } }
-}
-
-pub fn relative(now: Timestamp, at: Option<Timestamp>) -> Markup {
-    let Some(at) = at else {
-        return html! { span class="muted" { "never" } };
-    };
-    let secs = now.duration_since(at).as_secs();
-    let text = match secs {
-        -60..0 => "soon".to_owned(),
-        -3_600..0 => format!("in {} min", -secs / 60),
-        -86_400..0 => format!("in {} h", -secs / 3_600),
-        ..0 => format!("in {} d", -secs / 86_400),
-        0..60 => "just now".to_owned(),
-        60..3_600 => format!("{} min ago", secs / 60),
-        3_600..86_400 => format!("{} h ago", secs / 3_600),
-        _ => format!("{} d ago", secs / 86_400),
-    };
-    html! { time datetime=(at.to_string()) title=(at.to_string()) { (text) } }
-}
 
 /// Search and filters, as they appear in the URL.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -138,7 +92,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
         .await?
         .items;
     let catalog = app.catalog().await?;
-    let names = super::category_names(app).await?;
+    let names = super::frame::category_names(app).await?;
     let now = app.now();
     let week = app
         .usage_by_key(
@@ -371,7 +325,7 @@ fn security_panel(
                     div class="label" { "Flagged by the proxy" }
                     div class="value" { (flagged.len()) }
                     @for r in &flagged {
-                        div class="small" { (link(r)) " — " (super::key::flag_word(r.flag.as_ref().map_or(KeyFlagKind::Rejected, |f| f.kind))) }
+                        div class="small" { (link(r)) " — " (flag_word(r.flag.as_ref().map_or(KeyFlagKind::Rejected, |f| f.kind))) }
                     }
                 }
                 div class={ "card signal" @if !non_compliant.is_empty() { " bad" } } data-signal="compliance" {
@@ -482,7 +436,7 @@ pub async fn page(
                 }
                 (content)
             };
-            super::page(StatusCode::OK, framed(&viewer, "/", "Dashboard", content))
+            super::frame::page(StatusCode::OK, framed(&viewer, "/", "Dashboard", content))
         }
         Err(e) => error_page(&viewer, "/", "Dashboard", e),
     }

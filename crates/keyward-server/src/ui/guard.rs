@@ -22,7 +22,8 @@ use keyward_core::mfa::MfaStanding;
 use maud::html;
 use secrecy::ExposeSecret;
 
-use super::{Viewer, bare, error_page, local_path, page};
+use super::approval;
+use super::frame::{Viewer, bare, error_page, local_path, page, unguarded};
 use crate::http::auth::{Guard, authenticate_page, authorize, session_cookie};
 
 /// The largest form a page accepts: ample for a key, a description and a reason.
@@ -140,6 +141,19 @@ fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
     )
 }
 
+/// A form post from a signed-in page: the viewer its guard admitted (the session, with the
+/// form's `csrf` field checked as the CSRF token) and the fields, with `approval` and
+/// `reason` read onto the actor for every form alike.
+pub async fn form_post(request: Request) -> Result<(Viewer, Vec<(String, String)>), Response> {
+    let (mut parts, body) = request.into_parts();
+    let mut viewer = parts.extensions.remove::<Viewer>().ok_or_else(unguarded)?;
+    let fields = form_fields(body).await?;
+    if let Some(approval) = approval::from_form(&fields) {
+        viewer.caller.actor.approval = Some(approval);
+    }
+    Ok((viewer, fields))
+}
+
 /// A form's fields, read once the guard has let the post through.
 pub async fn form_fields(body: Body) -> Result<Vec<(String, String)>, Response> {
     let bytes = axum::body::to_bytes(body, FORM_LIMIT).await.map_err(|_| {
@@ -157,7 +171,7 @@ pub async fn form_fields(body: Body) -> Result<Vec<(String, String)>, Response> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ui::field;
+    use crate::ui::frame::field;
 
     fn post_from(referer: Option<&str>) -> Parts {
         let mut request =

@@ -19,17 +19,14 @@ use maud::{Markup, html};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
+use super::approval;
 use super::chart::{daily, daily_bars, quota_meter, short_day, usd};
-use super::dashboard::{display_status, relative, status_badge};
-use super::{Viewer, approval, error_page, field, form_post, framed, page};
+use super::frame::{Viewer, error_page, field, framed, page};
+use super::guard::form_post;
+use super::key_form::{Refused, Typed, expiry_of, field_of, parse_id, tags_of};
+use super::parts::{display_status, flag_word, impact_line, relative, status_badge};
 use crate::http::auth::Caller;
 use keyward_app::App;
-use keyward_app::keys::versions::NewVersion;
-
-pub(super) fn parse_id(id: &str) -> Result<KeyId, Error> {
-    id.parse()
-        .map_err(|_| Error::not_found("key_not_found", "there is no such key"))
-}
 
 /// Fixed notices a redirect may ask for (never text from the URL).
 #[derive(Debug, Default, Deserialize)]
@@ -87,13 +84,6 @@ fn notice_text(notice: Option<&str>) -> Option<(&'static str, bool)> {
     })
 }
 
-pub fn flag_word(kind: keyward_core::usage::KeyFlagKind) -> &'static str {
-    match kind {
-        keyward_core::usage::KeyFlagKind::Rejected => "rejected by the provider",
-        keyward_core::usage::KeyFlagKind::QuotaLimited => "quota-limited",
-    }
-}
-
 /// Whether the viewer may do `permission` on this key (its category and environment).
 /// The catalog is read once by the page, not once per button.
 fn may(
@@ -123,50 +113,6 @@ pub async fn detail(
         Ok((title, content)) => page(StatusCode::OK, framed(&viewer, "/", &title, content)),
         Err(e) => error_page(&viewer, "/", "Key", e),
     }
-}
-
-/// What the edit form (or the rotate form) shows again after a refusal: what was typed
-/// (never a secret) and the error, next to its field.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Typed {
-    pub(crate) alias: String,
-    pub(crate) description: String,
-    pub(crate) owner: String,
-    pub(crate) tags: String,
-    pub(crate) criticality: String,
-    pub(crate) expires: String,
-    /// The guided-rotation form (never its secret).
-    pub(crate) window_minutes: String,
-    pub(crate) project: String,
-    pub(crate) admin_key: String,
-}
-
-impl Typed {
-    fn of(key: &Key) -> Self {
-        Self {
-            alias: key.alias.clone(),
-            description: key.description.clone().unwrap_or_default(),
-            owner: key.owner.clone().unwrap_or_default(),
-            tags: key.tags.join(", "),
-            criticality: key.criticality.as_str().to_owned(),
-            expires: key
-                .expires_at
-                .map(|t| {
-                    t.to_zoned_datetime(jiff::tz::TimeZone::UTC)
-                        .date()
-                        .to_string()
-                })
-                .unwrap_or_default(),
-            ..Self::default()
-        }
-    }
-}
-
-/// A refused form on the key page: which form, what was typed, and why.
-pub(super) struct Refused {
-    pub(super) form: &'static str,
-    pub(super) typed: Typed,
-    pub(super) error: Error,
 }
 
 async fn detail_markup(
@@ -467,11 +413,11 @@ fn edit_form(viewer: &Viewer, key: &Key, refused: Option<&Refused>) -> Markup {
     let typed = refused.map_or_else(|| Typed::of(key), |r| r.typed.clone());
     let error_for = |name: &str| {
         refused
-            .filter(|r| super::add_key::field_of(r.error.code) == name)
+            .filter(|r| field_of(r.error.code) == name)
             .map(|r| r.error.message.clone())
     };
     let general = refused
-        .filter(|r| super::add_key::field_of(r.error.code) == "form")
+        .filter(|r| field_of(r.error.code) == "form")
         .map(|r| r.error.message.clone());
     html! {
         form method="post" action={ "/keys/" (key.id) "/edit" } class="panel" id="edit" {
@@ -515,20 +461,6 @@ fn edit_form(viewer: &Viewer, key: &Key, refused: Option<&Refused>) -> Markup {
     }
 }
 
-/// A new value becomes the current version at once (guided rotation with a dual-key window
-/// is its own flow); the provider is asked first, and a value it rejects is not stored.
-/// The impact assessment in one line, for the rotation forms.
-pub(super) fn impact_line(impact: &keyward_app::Impact) -> Markup {
-    html! {
-        p class="small impact-line" data-impact {
-            strong { "Impact: " }
-            (impact.tokens.len()) " app " (if impact.tokens.len() == 1 { "token" } else { "tokens" }) " use it · "
-            (impact.last_7_days.requests) " requests in 7 days (" (usd(impact.last_7_days.cost_nanos)) ") · "
-            (impact.other_active_keys) " other active " (if impact.other_active_keys == 1 { "key" } else { "keys" }) " in its pool"
-        }
-    }
-}
-
 fn rotate_form(
     viewer: &Viewer,
     key: &Key,
@@ -555,31 +487,6 @@ fn rotate_form(
             }
         }
     }
-}
-
-/// A day (`2026-12-31`) as the end of that day, UTC; empty is "no expiry".
-pub fn expiry_of(day: &str) -> Result<Option<jiff::Timestamp>, Error> {
-    match day.trim() {
-        "" => Ok(None),
-        day => day
-            .parse::<jiff::civil::Date>()
-            .ok()
-            .and_then(|d| {
-                d.at(23, 59, 59, 0)
-                    .to_zoned_datetime(jiff::tz::TimeZone::UTC)
-                    .ok()
-            })
-            .map(|z| Some(z.timestamp()))
-            .ok_or_else(|| Error::invalid("invalid_expiry", "the expiry is not a date")),
-    }
-}
-
-/// Comma-separated tags, trimmed and lower-cased.
-pub fn tags_of(text: &str) -> Vec<String> {
-    text.split(',')
-        .map(|t| t.trim().to_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
 }
 
 /// The refusal of an action, shown on a page of its own with a way back.
@@ -662,48 +569,6 @@ pub(super) async fn refused_on_page(
     }
 }
 
-pub async fn rotate(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    request: Request,
-) -> Response {
-    let (viewer, fields) = match form_post(request).await {
-        Ok(posted) => posted,
-        Err(refused) => return refused,
-    };
-    let secret =
-        secrecy::SecretString::from(field(&fields, "secret").unwrap_or_default().to_owned());
-    let result = async {
-        let key_id = parse_id(&id)?;
-        app.add_version(
-            &viewer.caller.actor,
-            &key_id,
-            NewVersion {
-                secret,
-                force: false,
-                state: None,
-                validate: true,
-            },
-        )
-        .await
-    }
-    .await;
-    match result {
-        Ok(_) => Redirect::to(&format!("/keys/{id}?notice=rotated")).into_response(),
-        Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
-            Redirect::to(&format!("/keys/{id}?notice=approval_requested")).into_response()
-        }
-        Err(error) => {
-            let refused = Refused {
-                form: "rotate",
-                typed: Typed::default(),
-                error,
-            };
-            refused_on_page(&app, viewer, &id, refused).await
-        }
-    }
-}
-
 /// Asks before disabling: what depends on the key, and whether its pool can take over.
 pub async fn disable_form(
     State(app): State<Arc<App>>,
@@ -776,7 +641,7 @@ async fn toggle(app: Arc<App>, id: String, request: Request, enabled: bool) -> R
         Err(refused) => return refused,
     };
     let back = field(&fields, "back")
-        .filter(|b| super::local_path(b))
+        .filter(|b| super::frame::local_path(b))
         .map(str::to_owned);
     let result = async {
         let id = parse_id(&id)?;

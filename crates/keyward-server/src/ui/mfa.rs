@@ -11,7 +11,8 @@ use base64::Engine;
 use maud::{Markup, html};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Viewer, bare, field, form_post, page};
+use super::frame::{Viewer, bare, field, page};
+use super::guard::form_post;
 use crate::http::sessions::set_cookie;
 use keyward_app::App;
 
@@ -168,20 +169,6 @@ pub async fn confirm(State(app): State<Arc<App>>, request: Request) -> Response 
     }
 }
 
-/// For pages whose action needs a recent MFA check (reveal, delete, restore, purge): when
-/// the viewer's is stale, the way to the step-up page, which comes back to `next`.
-pub fn needs_step_up(viewer: &Viewer, next: &str) -> Option<Response> {
-    match viewer.caller.actor.mfa {
-        keyward_core::mfa::MfaStanding::Stale { enrolled: true } => {
-            let mut url = url::Url::parse("http://keyward.invalid/mfa/verify").ok()?;
-            url.query_pairs_mut().append_pair("next", next);
-            let target = format!("/mfa/verify?{}", url.query().unwrap_or_default());
-            Some(axum::response::Redirect::to(&target).into_response())
-        }
-        _ => None,
-    }
-}
-
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct Next {
     next: Option<String>,
@@ -215,7 +202,7 @@ pub async fn verify_page(
 ) -> Response {
     let next = q
         .next
-        .filter(|n| super::local_path(n))
+        .filter(|n| super::frame::local_path(n))
         .unwrap_or_else(|| "/".into());
     page(
         StatusCode::OK,
@@ -234,7 +221,7 @@ pub async fn verify(State(app): State<Arc<App>>, request: Request) -> Response {
         Err(refused) => return refused,
     };
     let next = field(&fields, "next")
-        .filter(|n| super::local_path(n))
+        .filter(|n| super::frame::local_path(n))
         .unwrap_or("/")
         .to_owned();
     let code = field(&fields, "code").unwrap_or_default().trim().to_owned();

@@ -1,24 +1,17 @@
 //! Guided rotation on the key page: the start form (a new value, or — for services with a
 //! key-management API — a stored admin key and project), the running rotation with its
 //! evidence (validation, canary and fallback counts, the window, the revocation probe) and
-//! one button per step it can take next. Posts go through the same use cases as
-//! `/api/v1/rotations`; every step may be repeated harmlessly.
+//! one button per step it can take next. The forms post to `rotate`, through the same use
+//! cases as `/api/v1/rotations`; every step may be repeated harmlessly.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, Request, State};
-use axum::response::{IntoResponse, Redirect, Response};
 use keyward_core::Error;
 use keyward_core::guided_rotation::{Rotation, RotationStep};
-use keyward_core::id::RotationId;
 use keyward_core::key::Key;
 use maud::{Markup, html};
 
-use super::dashboard::relative;
-use super::key::parse_id;
-use super::{Viewer, error_page, field, form_post};
-use keyward_app::App;
-use keyward_app::lifecycle::guided_rotation::NewValue;
+use super::frame::Viewer;
+use super::key_form::Typed;
+use super::parts::{impact_line, relative};
 
 /// What the key page knows about its rotations.
 pub struct RotationView<'a> {
@@ -34,7 +27,7 @@ pub struct RotationView<'a> {
     /// What depends on the key, shown before a rotation starts.
     pub impact: &'a keyward_app::Impact,
     /// A refused start: why, and what was typed (never the value).
-    pub refused: Option<(&'a Error, &'a super::key::Typed)>,
+    pub refused: Option<(&'a Error, &'a Typed)>,
     /// An approval from the inbox this form completes.
     pub under: Option<&'a str>,
 }
@@ -74,7 +67,7 @@ pub fn section(
                     summary { "Start a rotation" }
                     @if let Some(e) = error { p class="flash error" role="alert" { "Not started: " (e.message) } }
                     p class="help" { "The new value is stored as pending and used only once it is validated and promoted; the old one stays as a fallback for the window, then Keyward retires it and checks that the provider rejects it." }
-                    (super::key::impact_line(impact))
+                    (impact_line(impact))
                     form method="post" action={ "/keys/" (key.id) "/rotations" } {
                         input type="hidden" name="csrf" value=(viewer.csrf);
                         div class="field" {
@@ -204,133 +197,5 @@ fn rotation_panel(
                 }
             }
         }
-    }
-}
-
-/// `POST /keys/{id}/rotations`: starts a guided rotation.
-pub async fn start(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    request: Request,
-) -> Response {
-    let (viewer, fields) = match form_post(request).await {
-        Ok(posted) => posted,
-        Err(refused) => return refused,
-    };
-    let result = async {
-        let key_id = parse_id(&id)?;
-        let secret = field(&fields, "secret").unwrap_or_default();
-        let admin = field(&fields, "admin_key").unwrap_or_default();
-        let value = match (secret.trim().is_empty(), admin.is_empty()) {
-            (false, true) => NewValue::Given {
-                value: secrecy::SecretString::from(secret.to_owned()),
-                force: false,
-            },
-            (true, false) => NewValue::Managed {
-                admin_key: parse_id(admin)?,
-                project: field(&fields, "project")
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned(),
-            },
-            _ => {
-                return Err(Error::invalid(
-                    "rotation_value_required",
-                    "give either the new value or an admin key (Keyward creates the key), not both",
-                ));
-            }
-        };
-        let window = match field(&fields, "window_minutes").map(str::trim) {
-            None | Some("") => None,
-            // The upper bound is the domain's (`Rotation::start`).
-            Some(text) => Some(jiff::SignedDuration::from_mins(i64::from(
-                text.parse::<u32>().map_err(|_| {
-                    Error::invalid("invalid_window", "the window is a whole number of minutes")
-                })?,
-            ))),
-        };
-        app.start_rotation(&viewer.caller.actor, &key_id, value, window)
-            .await
-    }
-    .await;
-    match result {
-        Ok(_) => Redirect::to(&format!("/keys/{id}#rotation")).into_response(),
-        Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
-            Redirect::to(&format!("/keys/{id}?notice=approval_requested")).into_response()
-        }
-        Err(error) => {
-            let typed = super::key::Typed {
-                window_minutes: field(&fields, "window_minutes")
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned(),
-                project: field(&fields, "project")
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned(),
-                admin_key: field(&fields, "admin_key")
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned(),
-                ..super::key::Typed::default()
-            };
-            let refused = super::key::Refused {
-                form: "rotation",
-                typed,
-                error,
-            };
-            super::key::refused_on_page(&app, viewer, &id, refused).await
-        }
-    }
-}
-
-/// `POST /rotations/{id}/{action}`: one step, then back to the key page.
-pub async fn step(
-    State(app): State<Arc<App>>,
-    Path((id, action)): Path<(String, String)>,
-    request: Request,
-) -> Response {
-    let (viewer, fields) = match form_post(request).await {
-        Ok(posted) => posted,
-        Err(refused) => return refused,
-    };
-    let result = async {
-        let rotation_id: RotationId = id
-            .parse()
-            .map_err(|_| Error::not_found("rotation_not_found", "there is no such rotation"))?;
-        let actor = &viewer.caller.actor;
-        let done = match action.as_str() {
-            "validate" => app.validate_rotation(actor, &rotation_id).await?,
-            "canary" => {
-                let percent = field(&fields, "percent")
-                    .and_then(|p| p.trim().parse::<u8>().ok())
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            "invalid_canary_percent",
-                            "the canary share must be between 1 and 50 percent",
-                        )
-                    })?;
-                app.canary_rotation(actor, &rotation_id, percent).await?
-            }
-            "promote" => app.promote_rotation(actor, &rotation_id).await?,
-            "retire" => {
-                let confirm = field(&fields, "confirm") == Some("yes");
-                app.retire_rotation(actor, &rotation_id, confirm).await?
-            }
-            "verify" => app.verify_rotation(actor, &rotation_id).await?,
-            "cancel" => app.cancel_rotation(actor, &rotation_id).await?,
-            _ => {
-                return Err(Error::not_found(
-                    "no_such_step",
-                    "a rotation has no such step",
-                ));
-            }
-        };
-        Ok(done)
-    }
-    .await;
-    match result {
-        Ok(r) => Redirect::to(&format!("/keys/{}#rotation", r.key_id)).into_response(),
-        Err(e) => error_page(&viewer, "/", "Rotation step not taken", e),
     }
 }

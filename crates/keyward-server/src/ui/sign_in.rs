@@ -11,7 +11,7 @@ use maud::{Markup, html};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{bare, page};
+use super::frame::{bare, page};
 use crate::http::auth::ClientAddress;
 use crate::http::sessions::set_cookie;
 use keyward_app::App;
@@ -272,7 +272,7 @@ pub async fn setup(
 
 /// Signs out (a form post carrying the session's CSRF token).
 pub async fn logout(State(app): State<Arc<App>>, request: Request) -> Response {
-    let (super::Viewer { caller, .. }, _) = match super::form_post(request).await {
+    let (super::frame::Viewer { caller, .. }, _) = match super::guard::form_post(request).await {
         Ok(posted) => posted,
         Err(refused) => return refused,
     };

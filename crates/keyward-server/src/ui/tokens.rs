@@ -13,8 +13,9 @@ use maud::{Markup, html};
 use secrecy::ExposeSecret;
 
 use super::chart::usd;
-use super::dashboard::relative;
-use super::{Viewer, error_page, field, form_post, framed, page};
+use super::frame::{Viewer, error_page, field, framed, page};
+use super::guard::form_post;
+use super::parts::relative;
 use keyward_app::App;
 
 /// What the create form shows again after a refusal.

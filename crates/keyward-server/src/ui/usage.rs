@@ -16,7 +16,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::chart::{daily, daily_bars, usd};
-use super::{Viewer, error_page, framed, page as html_page};
+use super::frame::{Viewer, error_page, framed, page as html_page};
 use keyward_app::App;
 
 #[derive(Debug, Default, Deserialize)]
