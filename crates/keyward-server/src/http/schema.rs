@@ -21,4 +21,3 @@ pub fn permissions_schema() -> utoipa::openapi::schema::Array {
         )
         .build()
 }
-
