@@ -114,7 +114,7 @@ pub async fn create_role(
 #[serde(deny_unknown_fields)]
 pub struct UpdateRoleRequest {
     pub description: Option<String>,
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(schema_with = super::schema::permissions_schema)]
     pub permissions: Option<PermissionSet>,
 }
 
@@ -152,7 +152,7 @@ pub async fn delete_role(
 pub struct GrantBody {
     pub id: String,
     pub role: String,
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::scope_schema)]
     pub scope: Scope,
     pub created_by: String,
     #[schema(value_type = String, format = DateTime)]
@@ -188,9 +188,8 @@ pub async fn list_grants(
 pub struct GrantRequest {
     /// A built-in or custom role.
     pub role: String,
-    /// `{"categories": [...], "environments": [...]}`; a missing list means all.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::scope_schema)]
     pub scope: Scope,
 }
 
@@ -254,9 +253,8 @@ pub async fn set_user_role(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworksRequest {
-    /// CIDRs (`203.0.113.0/24`, `2001:db8::/32`); empty removes the limit.
-    #[schema(value_type = Vec<String>)]
-    pub allowed_networks: Vec<IpNet>,
+    /// CIDRs (`203.0.113.0/24`, `2001:db8::/32`) or addresses; empty removes the limit.
+    pub allowed_networks: Vec<String>,
 }
 
 /// Where a user may sign in and work from.
@@ -269,9 +267,13 @@ pub async fn set_user_networks(
     ApiJson(req): ApiJson<NetworksRequest>,
 ) -> ApiResult<Json<UserBody>> {
     Ok(Json(
-        app.set_user_networks(auth.actor(), &user_id(&id)?, req.allowed_networks)
-            .await?
-            .into(),
+        app.set_user_networks(
+            auth.actor(),
+            &user_id(&id)?,
+            networks(&req.allowed_networks)?,
+        )
+        .await?
+        .into(),
     ))
 }
 
@@ -284,7 +286,7 @@ pub async fn set_role_networks(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<NetworksRequest>,
 ) -> ApiResult<StatusCode> {
-    app.set_role_networks(auth.actor(), &id, req.allowed_networks)
+    app.set_role_networks(auth.actor(), &id, networks(&req.allowed_networks)?)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -294,7 +296,7 @@ pub struct TokenBody {
     pub id: String,
     pub name: String,
     pub role: String,
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::scope_schema)]
     pub scope: Scope,
     #[schema(value_type = Vec<String>)]
     pub allowed_networks: Vec<IpNet>,
@@ -351,11 +353,11 @@ pub struct CreateTokenRequest {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::scope_schema)]
     pub scope: Scope,
+    /// CIDRs or addresses the token may be used from (empty: anywhere its role allows).
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
-    pub allowed_networks: Vec<IpNet>,
+    pub allowed_networks: Vec<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -377,7 +379,7 @@ pub async fn create_token(
 ) -> ApiResult<(StatusCode, Json<CreatedTokenBody>)> {
     let limits = TokenLimits {
         scope: req.scope,
-        allowed_networks: req.allowed_networks,
+        allowed_networks: networks(&req.allowed_networks)?,
     };
     let (record, token) = app
         .create_token(auth.actor(), &req.name, req.role, req.expires_at, limits)
@@ -403,4 +405,12 @@ pub async fn revoke_token(
     })?;
     app.revoke_token(auth.actor(), &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Networks as typed in a body: a CIDR block or an address each, or `invalid_network`.
+fn networks(typed: &[String]) -> Result<Vec<IpNet>, keyward_core::Error> {
+    typed
+        .iter()
+        .map(|t| keyward_core::app_token::parse_network(t))
+        .collect()
 }

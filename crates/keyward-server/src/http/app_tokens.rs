@@ -35,7 +35,7 @@ pub struct BudgetBody {
     /// US dollars per period (0–1,000,000,000).
     pub limit_usd: f64,
     /// `day` or `month`.
-    #[schema(value_type = String)]
+    #[schema(schema_with = super::schema::period_schema)]
     pub period: BudgetPeriod,
 }
 

@@ -79,6 +79,7 @@ fn approval_id(text: &str) -> Result<ApprovalId, keyward_core::Error> {
 #[serde(deny_unknown_fields)]
 pub struct ApprovalQuery {
     /// `pending`, `approved`, `denied`, `executed`, `cancelled`, `review_required`, `reviewed`.
+    #[param(schema_with = super::schema::approval_status_schema)]
     pub status: Option<String>,
     /// Only the caller's own requests.
     #[serde(default)]

@@ -33,14 +33,19 @@ pub struct AuditParams {
     /// A target such as `key:01J…`.
     pub target: Option<String>,
     /// `success`, `failure` or `denied`.
+    #[param(schema_with = super::schema::outcome_schema)]
     pub outcome: Option<String>,
     /// From (RFC 3339), inclusive.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// Until (RFC 3339), exclusive.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// Only entries after this sequence number (the next page starts after the last one seen).
-    pub after: Option<u64>,
+    #[param(minimum = 0)]
+    pub after: Option<i64>,
     /// At most this many (default 100, at most 1,000; exports up to 100,000).
+    #[param(minimum = 1, maximum = 100000)]
     pub limit: Option<u32>,
 }
 
@@ -68,7 +73,17 @@ impl AuditParams {
                 .map(|t| instant("from", t))
                 .transpose()?,
             until: self.to.as_deref().map(|t| instant("to", t)).transpose()?,
-            after_seq: self.after,
+            after_seq: self
+                .after
+                .map(|after| {
+                    u64::try_from(after).map_err(|_| {
+                        keyward_core::Error::invalid(
+                            "invalid_after",
+                            "`after` is a sequence number, 0 or more",
+                        )
+                    })
+                })
+                .transpose()?,
             limit,
         })
     }

@@ -65,8 +65,19 @@ pub async fn get_service(
 pub async fn create_service(
     auth: Authorized<perm::CatalogWrite>,
     State(app): State<Arc<App>>,
-    ApiJson(service): ApiJson<ServiceDefinition>,
+    ApiJson(definition): ApiJson<serde_json::Value>,
 ) -> ApiResult<(StatusCode, Json<ServiceDefinition>)> {
+    // Any JSON object is a well-formed body; one that is not a service definition is
+    // refused like any other definition that breaks the catalog's rules.
+    let service = serde_json::from_value::<ServiceDefinition>(definition).map_err(|e| {
+        keyward_core::Error::invalid(
+            "invalid_service",
+            format!(
+                "this is not a service definition: {}",
+                super::extract::redact_quoted(&e.to_string())
+            ),
+        )
+    })?;
     let service = app.create_service(auth.actor(), service).await?;
     Ok((StatusCode::CREATED, Json(service)))
 }

@@ -38,23 +38,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(
                 axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "send the body as JSON with `Content-Type: application/json`",
-            )),
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::bad_request(
-                "invalid_body",
-                format!(
-                    "the JSON body does not fit this endpoint: {}",
-                    redact_quoted(&e.body_text())
-                ),
-            )),
-            Err(JsonRejection::BytesRejection(e)) => {
-                Err(ApiError::new(e.status(), "body_unreadable", e.body_text()))
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), "body_unreadable", e.body_text()))?;
+        match axum::Json::<T>::from_bytes(&bytes) {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            // JSON Schema (and so the OpenAPI document) counts `3.0` as an integer; serde
+            // does not. Such a body is read once more with its whole numbers written whole.
+            Err(JsonRejection::JsonDataError(e)) if e.body_text().contains("floating point") => {
+                read_with_whole_numbers(&bytes)
+                    .map(Self)
+                    .ok_or_else(|| invalid_body(&e))
             }
+            Err(JsonRejection::JsonDataError(e)) => Err(invalid_body(&e)),
             Err(e) => Err(ApiError::bad_request(
                 "invalid_json",
                 format!(
@@ -63,6 +66,69 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ),
             )),
         }
+    }
+}
+
+fn invalid_body(e: &axum::extract::rejection::JsonDataError) -> ApiError {
+    ApiError::bad_request(
+        "invalid_body",
+        format!(
+            "the JSON body does not fit this endpoint: {}",
+            redact_quoted(&e.body_text())
+        ),
+    )
+}
+
+/// `application/json`, or a `+json` type, with any parameters.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let essence = essence.to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// `body` with every number that has no fraction (`2.0`, `1e3`) made an integer, then
+/// deserialized; the text it went through (a body may hold a key's value) is wiped.
+fn read_with_whole_numbers<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    make_whole(&mut value);
+    let read = T::deserialize(&value).ok();
+    wipe(&mut value);
+    read
+}
+
+fn make_whole(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            // Within ±2^53 a float holds its integer exactly.
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() <= 9_007_199_254_740_992.0
+            {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(make_whole),
+        Value::Object(map) => map.values_mut().for_each(make_whole),
+        _ => {}
+    }
+}
+
+fn wipe(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    use zeroize::Zeroize;
+    match value {
+        Value::String(s) => s.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(wipe),
+        Value::Object(map) => map.values_mut().for_each(wipe),
+        _ => {}
     }
 }
 
@@ -129,7 +195,40 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
 
 #[cfg(test)]
 mod tests {
-    use super::redact_quoted;
+    use super::{read_with_whole_numbers, redact_quoted};
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Numbers {
+        version: u32,
+        share: f64,
+    }
+
+    #[test]
+    fn whole_floats_are_integers_as_json_schema_says_and_fractions_stay_refused() {
+        let read = read_with_whole_numbers::<Numbers>(br#"{"version": 7.0, "share": 2.5}"#);
+        assert_eq!(
+            read,
+            Some(Numbers {
+                version: 7,
+                share: 2.5
+            })
+        );
+        assert_eq!(
+            read_with_whole_numbers::<Numbers>(br#"{"version": 1e3, "share": 1.0}"#),
+            Some(Numbers {
+                version: 1000,
+                share: 1.0
+            })
+        );
+        assert_eq!(
+            read_with_whole_numbers::<Numbers>(br#"{"version": 7.5, "share": 1}"#),
+            None
+        );
+        assert_eq!(
+            read_with_whole_numbers::<Numbers>(br#"{"version": -1.0, "share": 1}"#),
+            None
+        );
+    }
 
     #[test]
     fn string_values_are_redacted_but_field_names_kept() {

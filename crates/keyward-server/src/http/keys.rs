@@ -53,7 +53,7 @@ pub struct CreateKeyRequest {
     #[serde(default)]
     pub tags: Vec<String>,
     /// low, medium (default), high or critical.
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = super::schema::criticality_schema)]
     pub criticality: Option<Criticality>,
     /// Defaults to true.
     pub enabled: Option<bool>,
@@ -67,7 +67,7 @@ pub struct CreateKeyRequest {
     /// credits, tokens or symbols). Day- and month-long limits follow the service's quota
     /// calendar.
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(schema_with = super::schema::limits_schema)]
     pub limits: Vec<Limit>,
     /// Copy the limits of one of the service's catalog plans (e.g. `Free`) instead.
     pub plan: Option<String>,
@@ -88,13 +88,13 @@ pub struct UpdateKeyRequest {
     pub owner: Option<Option<String>>,
     /// Replaces all tags.
     pub tags: Option<Vec<String>>,
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = super::schema::criticality_schema)]
     pub criticality: Option<Criticality>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<Timestamp>>,
     /// Replaces the key's limits (`[]` removes them).
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(schema_with = super::schema::optional_limits_schema)]
     pub limits: Option<Vec<Limit>>,
     /// Replaces the key's limits by a catalog plan's.
     pub plan: Option<String>,
@@ -105,7 +105,7 @@ pub struct UpdateKeyRequest {
     /// This key's own rotation rule `{"max_age_days", "remind_days"}`; `null` falls back to
     /// its category's (or the vault's default).
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = super::schema::rotation_rule_schema)]
     pub rotation: Option<Option<keyward_core::rotation::RotationRule>>,
 }
 
@@ -126,6 +126,7 @@ pub struct ListKeysQuery {
     pub category: Option<String>,
     pub environment: Option<String>,
     /// active, disabled, expired, revoked or deleted. Without it, deleted keys are left out.
+    #[param(schema_with = super::schema::key_status_schema)]
     pub status: Option<String>,
     pub tag: Option<String>,
     /// Case-insensitive text in alias or description.
@@ -133,6 +134,7 @@ pub struct ListKeysQuery {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// 1–200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
@@ -639,6 +641,13 @@ pub async fn list_deleted_keys(
     State(app): State<Arc<App>>,
     ApiQuery(query): ApiQuery<ListKeysQuery>,
 ) -> ApiResult<Json<KeyPage>> {
+    if query.status.as_deref().is_some_and(|s| s != "deleted") {
+        return Err(keyward_core::Error::invalid(
+            "invalid_status",
+            "this lists deleted keys only: leave out `status`",
+        )
+        .into());
+    }
     list(&app, auth.actor(), query, Some(KeyStatus::Deleted)).await
 }
 

@@ -35,6 +35,7 @@ pub struct StartRotationRequest {
     pub managed: Option<ManagedRequest>,
     /// How long the old value stays as the fallback after promotion (0–43200, default
     /// 1440 = a day).
+    #[schema(maximum = 43200)]
     pub window_minutes: Option<u32>,
 }
 
@@ -51,6 +52,7 @@ pub struct ManagedRequest {
 #[serde(deny_unknown_fields)]
 pub struct CanaryRequest {
     /// Share of the key's requests that try the new value first, 1–50.
+    #[schema(minimum = 1, maximum = 50)]
     pub percent: u8,
 }
 

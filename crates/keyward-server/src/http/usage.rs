@@ -20,10 +20,13 @@ use keyward_app::App;
 #[into_params(parameter_in = Query)]
 pub struct UsageParams {
     /// Start (RFC 3339); default: 24 hours before `to`.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// End, exclusive (RFC 3339); default: now.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// `minute`, `hour` (default) or `day`; at most 2,000 buckets.
+    #[param(schema_with = super::schema::granularity_schema)]
     pub granularity: Option<String>,
     /// Only this key.
     pub key: Option<String>,
@@ -158,6 +161,7 @@ pub struct PoolBody {
 pub struct SetPoolRequest {
     /// `round_robin` (default), `least_used` (fewest requests today) or `quota_aware` (most
     /// quota left).
+    #[schema(schema_with = super::schema::strategy_schema)]
     pub strategy: String,
 }
 

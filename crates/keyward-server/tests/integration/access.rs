@@ -369,7 +369,8 @@ async fn network_allowlists_for_users_roles_and_tokens() {
             Some(json!({"allowed_networks": ["not-a-network"]})),
         )
         .await;
-    assert_eq!(bad.0, StatusCode::BAD_REQUEST, "{}", bad.1);
+    assert_eq!(bad.0, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.1);
+    assert_eq!(bad.1["error"]["code"], "invalid_network", "{}", bad.1);
     let (_, trail) = app
         .call(Method::GET, "/api/v1/audit?action=access.denied", None)
         .await;

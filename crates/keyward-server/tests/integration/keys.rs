@@ -485,8 +485,50 @@ async fn bad_input_is_refused_and_changes_nothing(app: &TestApp) {
     assert_eq!(still["status"], "deleted");
 }
 
+/// What the OpenAPI document allows, the API takes: JSON Schema counts `90.0` as an
+/// integer, so does Keyward (a fraction stays refused); a body that is JSON but not a
+/// service definition is a semantic refusal (422), as schemathesis holds the API to.
+async fn numbers_and_definitions_as_the_document_says(app: &TestApp) {
+    let key = app
+        .create_key("openai", "production", "whole", OPENAI_KEY)
+        .await;
+    let id = key["id"].as_str().unwrap();
+    let (status, patched) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/keys/{id}"),
+            Some(json!({"rotation": {"max_age_days": 90.0}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["rotation"]["rule"]["max_age_days"], 90, "{patched}");
+    let (status, refused) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/keys/{id}"),
+            Some(json!({"rotation": {"max_age_days": 90.5}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_body");
+    let (status, refused) = app
+        .call(
+            Method::POST,
+            "/api/v1/services",
+            Some(json!({"name": "half"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_service");
+    let (status, refused) = app
+        .call(Method::GET, "/api/v1/deleted-keys?status=active", None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+}
+
 both_backends!(
     full_lifecycle,
     listing_filters_and_cursor_pagination,
-    bad_input_is_refused_and_changes_nothing
+    bad_input_is_refused_and_changes_nothing,
+    numbers_and_definitions_as_the_document_says
 );
