@@ -1,0 +1,539 @@
+//! The attempt loop: the pool in the order to try (strategy, health, quota), a key picked
+//! within its limits and budget, the real value unsealed and injected, the answer judged —
+//! a rotation's other value after a rejected new one, a retry after `Retry-After` or a
+//! jittered backoff, failover to the next key on 401/403, 429 and 5xx — and the key flagged
+//! as the provider's answer says. Only a request safe to repeat is tried more than once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use http::header::{self, HeaderMap};
+use keyward_core::guided_rotation::RotationTraffic;
+use keyward_core::key::{KeyVersion, SealContext};
+use keyward_core::service::SoftErrorKind;
+use keyward_core::usage::{KeyFlagKind, Outcome, Subject};
+use keyward_core::{Error, ErrorKind};
+
+use super::admission::Admitted;
+use super::exchange::{Delivery, Exchange, Outgoing, Upstream, upstream_error};
+use super::proxy::{Proxy, ProxyEvent};
+use super::rewrite::{bad_request, upstream_headers, upstream_url};
+use crate::cache::storable;
+use crate::meter::UsageReader;
+use crate::quota::{Reservation, Spend};
+use crate::upstream::full_body;
+use crate::{Alternate, LiveKey, Route};
+
+/// Which of a key's values one try injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueRole {
+    Current,
+    /// A guided rotation's pending value, for a canary share of requests.
+    Canary,
+    /// The value before the rotation, during the dual-key window.
+    Previous,
+}
+
+/// The value a try injects: the `second` after the provider rejected the first, if the key
+/// has one. `canary` says whether this request drew the canary (pending value first).
+fn value_to_try(key: &LiveKey, second: bool, canary: bool) -> Option<(&KeyVersion, ValueRole)> {
+    match (&key.alternate, second) {
+        (Some(Alternate::Canary { version, .. }), false) if canary => {
+            Some((version, ValueRole::Canary))
+        }
+        (Some(Alternate::Canary { .. }), true) if canary => {
+            Some((&key.current, ValueRole::Current))
+        }
+        (Some(Alternate::Fallback(previous)), true) => Some((previous, ValueRole::Previous)),
+        (_, false) => Some((&key.current, ValueRole::Current)),
+        (_, true) => None,
+    }
+}
+
+/// What to do with an upstream answer.
+enum Verdict {
+    Deliver,
+    /// Try again (after `wait`) with the next usable key.
+    Retry(Duration),
+}
+
+/// `retry-after-ms` (OpenAI) or `retry-after` in seconds.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let number = |name: &str| {
+        headers
+            .get(name)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite() && *n >= 0.0)
+    };
+    number("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| number("retry-after").map(Duration::from_secs_f64))
+}
+
+impl Proxy {
+    /// Sends an admitted request, trying keys and values until an answer is worth
+    /// delivering (or the attempts run out), and returns it with what delivering needs.
+    pub(super) async fn attempt(
+        &self,
+        admitted: Admitted<'_>,
+        exchange: &mut Exchange,
+    ) -> Result<Delivery, Error> {
+        let Admitted {
+            route,
+            method,
+            path,
+            query,
+            headers: headers_in,
+            lane,
+            mut body,
+            request,
+            llm,
+            repeatable,
+            max_cost,
+            spend,
+            cache_key,
+            cache_ttl,
+            may_store,
+        } = admitted;
+        let now = exchange.record.at;
+        let client = &self.clients[lane % self.clients.len()];
+        let limit = self.config.max_request_body;
+        let ordered = self.order(&route, now);
+        let mut cursor = 0;
+        let (mut key, mut key_reservation) =
+            self.pick(&ordered, &mut cursor, &route, spend, max_cost)?;
+
+        let attempts = if repeatable {
+            self.config.max_attempts.max(1)
+        } else {
+            1
+        };
+        let mut attempt = 0;
+        let mut canary = self.draws_canary(&key);
+        // Whether this try is the key's second value, after the provider rejected the first.
+        let mut second = false;
+        loop {
+            if !second {
+                attempt += 1;
+            }
+            let last = attempt >= attempts;
+            exchange.record.key_id = Some(key.key.id.clone());
+            exchange.record.credits = exchange
+                .record
+                .credits
+                .saturating_add(u32::try_from(spend.credits).unwrap_or(u32::MAX));
+            exchange.record.retries = u32::try_from(attempt - 1).unwrap_or(u32::MAX);
+            let (version, role) = value_to_try(&key, second, canary)
+                .ok_or_else(|| Error::internal("a key ran out of values to try"))?;
+            let secret = self.keyring.unseal(
+                &version.sealed,
+                &SealContext::key_secret(&key.key.id, version.version),
+            )?;
+            let url = upstream_url(route.service, &path, &query, &secret)?;
+            let mut headers = upstream_headers(route.service, &headers_in, &secret)?;
+            let request_body = match &mut body {
+                Outgoing::Buffered(bytes) => {
+                    // The length of what is sent (the body may have been rewritten).
+                    headers.remove(header::CONTENT_LENGTH);
+                    full_body(bytes.clone())
+                }
+                Outgoing::Streaming(stream) => stream.take().ok_or_else(|| {
+                    Error::internal("a streamed request body cannot be sent twice")
+                })?,
+            };
+            let mut outgoing = http::Request::new(request_body);
+            *outgoing.method_mut() = method.clone();
+            *outgoing.uri_mut() = http::Uri::try_from(url.as_str())
+                .map_err(|_| bad_request("invalid_path", "the path is not valid in a URL"))?;
+            *outgoing.headers_mut() = headers;
+            let attempt_started = Instant::now();
+            let sent = client.send(outgoing).await;
+            let attempt_ms =
+                u64::try_from(attempt_started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let response = match sent {
+                Ok(response) => response,
+                Err(e) => {
+                    self.health
+                        .record_call(&key.key.id, true, attempt_ms, self.clock.now());
+                    let error = upstream_error(&e, limit, &route.service.name);
+                    if last || error.kind == ErrorKind::TooLarge {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    (key, key_reservation) =
+                        match self.pick(&ordered, &mut cursor, &route, spend, max_cost) {
+                            Ok(next) => next,
+                            Err(_) => return Err(error),
+                        };
+                    canary = self.draws_canary(&key);
+                    second = false;
+                    continue;
+                }
+            };
+            exchange.mark_latency();
+            let status = response.0.status;
+            self.health.record_call(
+                &key.key.id,
+                status.is_server_error(),
+                attempt_ms,
+                self.clock.now(),
+            );
+            if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
+                && !second
+                && value_to_try(&key, true, canary).is_some()
+            {
+                // The provider refused the rotation's new value (a canary, or the freshly
+                // promoted one): the key's other value gets the same request, and the key
+                // is not flagged — one of its values works.
+                let now = self.clock.now();
+                let traffic = match role {
+                    ValueRole::Canary => RotationTraffic {
+                        canary_rejected: 1,
+                        new_rejected_at: Some(now),
+                        ..RotationTraffic::default()
+                    },
+                    _ => RotationTraffic {
+                        new_rejected_at: Some(now),
+                        ..RotationTraffic::default()
+                    },
+                };
+                self.sink
+                    .emit(ProxyEvent::Rotation(key.key.id.clone(), traffic));
+                second = true;
+                continue;
+            }
+            let mut upstream = Upstream::new(response);
+            let verdict = self
+                .judge(&mut upstream, &key, &route, last, ordered.len(), attempt)
+                .await;
+            if let Verdict::Retry(wait) = verdict
+                && let Ok(next) = {
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    self.pick(&ordered, &mut cursor, &route, spend, max_cost)
+                }
+            {
+                (key, key_reservation) = next;
+                canary = self.draws_canary(&key);
+                second = false;
+                continue;
+            }
+            // A key the provider accepts again is no longer flagged as rejected.
+            if status.is_success()
+                && !upstream.soft_error
+                && self
+                    .health
+                    .flag(&key.key.id, key.flag.as_ref(), self.clock.now())
+                    .is_some_and(|f| f.kind == KeyFlagKind::Rejected)
+            {
+                self.health.clear(&key.key.id, self.clock.now());
+                self.sink.emit(ProxyEvent::FlagCleared(key.key.id.clone()));
+            }
+            if status.is_success() && role != ValueRole::Current {
+                let traffic = if role == ValueRole::Canary {
+                    RotationTraffic {
+                        canary_served: 1,
+                        ..RotationTraffic::default()
+                    }
+                } else {
+                    RotationTraffic {
+                        fallback_served: 1,
+                        ..RotationTraffic::default()
+                    }
+                };
+                self.sink
+                    .emit(ProxyEvent::Rotation(key.key.id.clone(), traffic));
+            }
+            exchange.record.status = status.as_u16();
+            exchange.record.outcome = if upstream.soft_error {
+                Outcome::SoftError
+            } else if status.is_success() || status.is_redirection() {
+                Outcome::Success
+            } else {
+                Outcome::UpstreamError
+            };
+            if let Some(reservation) = key_reservation.take() {
+                exchange.reservations.push(reservation);
+            }
+            exchange.expired_at = key.key.expires_at.filter(|at| *at <= now);
+            if let Some(format) = llm {
+                let sse = upstream
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("text/event-stream"));
+                exchange.reader = Some(UsageReader::new(format, sse, request.strip_usage_chunk));
+            }
+            let store_in_cache = cache_key.filter(|_| {
+                may_store
+                    && status == StatusCode::OK
+                    && !upstream.soft_error
+                    && storable(&upstream.headers)
+            });
+            return Ok(Delivery::Upstream {
+                upstream,
+                secret,
+                cache_key: store_in_cache,
+                ttl: cache_ttl,
+            });
+        }
+    }
+
+    /// The pool in the order to try: healthy keys by the pool's strategy, then keys the
+    /// provider rejected (the flag may be stale); quota-limited keys are left out.
+    fn order(&self, route: &Route<'_>, now: jiff::Timestamp) -> Vec<Arc<LiveKey>> {
+        use keyward_core::usage::PoolStrategy;
+        let meters = &self.sink.meters;
+        let mut healthy = Vec::with_capacity(route.candidates.len());
+        let mut rejected = Vec::new();
+        for key in &route.candidates {
+            // An open circuit keeps traffic away until its trial is due.
+            if !self.health.admits(&key.key.id, now) {
+                continue;
+            }
+            match self
+                .health
+                .flag(&key.key.id, key.flag.as_ref(), now)
+                .map(|f| f.kind)
+            {
+                None => healthy.push(key.clone()),
+                Some(KeyFlagKind::Rejected) => rejected.push(key.clone()),
+                Some(KeyFlagKind::QuotaLimited) => {}
+            }
+        }
+        match route.strategy {
+            PoolStrategy::RoundRobin => {}
+            PoolStrategy::LeastUsed => {
+                healthy.sort_by_key(|k| meters.used_today(&k.key.id, now));
+            }
+            PoolStrategy::QuotaAware => {
+                let calendar = &route.service.quota_calendar;
+                let mut scored: Vec<(f64, Arc<LiveKey>)> = healthy
+                    .drain(..)
+                    .map(|k| (meters.headroom(&k.key.id, &k.key.limits, calendar, now), k))
+                    .collect();
+                scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+                healthy = scored.into_iter().map(|(_, k)| k).collect();
+            }
+        }
+        healthy.extend(rejected);
+        healthy
+    }
+
+    /// The next key (from `cursor`, wrapping) whose limits and budget admit the call; the
+    /// refusal of the first key tried if none does.
+    fn pick(
+        &self,
+        ordered: &[Arc<LiveKey>],
+        cursor: &mut usize,
+        route: &Route<'_>,
+        spend: Spend,
+        max_cost: u64,
+    ) -> Result<(Arc<LiveKey>, Option<Reservation>), Error> {
+        let now = self.clock.now();
+        if ordered.is_empty() {
+            let open: Vec<jiff::Timestamp> = route
+                .candidates
+                .iter()
+                .filter_map(|k| self.health.passive(&k.key.id, now).2)
+                .filter(|until| *until > now)
+                .collect();
+            if let Some(until) = open.iter().min() {
+                return Err(Error {
+                    retry_after: Some(
+                        keyward_core::usage::until(now, *until).max(Duration::from_secs(1)),
+                    ),
+                    ..Error::new(
+                        ErrorKind::Unavailable,
+                        "circuit_open",
+                        format!(
+                            "every usable {} key for {} failed repeatedly; Keyward tries again shortly",
+                            route.service.name, route.environment
+                        ),
+                    )
+                });
+            }
+            let until = route
+                .candidates
+                .iter()
+                .filter_map(|k| self.health.flag(&k.key.id, k.flag.as_ref(), now))
+                .filter_map(|f| f.until)
+                .min();
+            let wait = until.map_or(self.config.quota_hold, |u| {
+                keyward_core::usage::until(now, u)
+            });
+            return Err(Error::limited(
+                "quota_exhausted",
+                format!(
+                    "every {} key for {} is quota-limited; try again later",
+                    route.service.name, route.environment
+                ),
+                wait.max(Duration::from_secs(1)),
+            ));
+        }
+        let mut first_refusal = None;
+        for _ in 0..ordered.len() {
+            let key = &ordered[*cursor % ordered.len()];
+            *cursor += 1;
+            let taken = self.sink.meters.take(
+                &key.key.id,
+                &key.key.limits,
+                &route.service.quota_calendar,
+                spend,
+                now,
+            );
+            let reserved = taken.and_then(|()| match key.key.budget {
+                Some(budget) => self
+                    .sink
+                    .meters
+                    .reserve(&[(Subject::Key(key.key.id.clone()), budget)], max_cost, now)
+                    .map(Some),
+                None => Ok(None),
+            });
+            match reserved {
+                Ok(reservation) => return Ok((key.clone(), reservation)),
+                Err(e) => {
+                    first_refusal.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_refusal.unwrap_or_else(|| Error::internal("no key was tried")))
+    }
+
+    /// Looks at an upstream answer: flags the key when the provider rejected or throttled
+    /// it, and says whether to try again.
+    async fn judge(
+        &self,
+        upstream: &mut Upstream,
+        key: &LiveKey,
+        route: &Route<'_>,
+        last: bool,
+        pool_size: usize,
+        attempt: usize,
+    ) -> Verdict {
+        let status = upstream.status;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            self.raise(
+                key,
+                KeyFlagKind::Rejected,
+                format!("the provider answered HTTP {}", status.as_u16()),
+                None,
+            );
+            return if !last && pool_size > 1 {
+                Verdict::Retry(Duration::ZERO)
+            } else {
+                Verdict::Deliver
+            };
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            let told = retry_after(&upstream.headers);
+            let wait = told.unwrap_or_else(|| self.backoff(attempt));
+            if status == StatusCode::TOO_MANY_REQUESTS
+                && told.is_none_or(|w| w > self.config.retry_wait_cap)
+            {
+                let hold = told.unwrap_or(self.config.quota_hold);
+                self.raise(
+                    key,
+                    KeyFlagKind::QuotaLimited,
+                    "the provider answered HTTP 429".into(),
+                    Some(hold),
+                );
+            }
+            if last {
+                return Verdict::Deliver;
+            }
+            if wait <= self.config.retry_wait_cap {
+                return Verdict::Retry(wait);
+            }
+            return if pool_size > 1 {
+                Verdict::Retry(Duration::ZERO)
+            } else {
+                Verdict::Deliver
+            };
+        }
+        if status == StatusCode::OK && !route.service.soft_errors.is_empty() {
+            upstream.peek(self.config.soft_error_peek_bytes).await;
+            if let Some(kind) = upstream
+                .complete_json()
+                .and_then(|body| route.service.soft_error(&body))
+            {
+                upstream.soft_error = true;
+                if kind == SoftErrorKind::Throttled {
+                    self.raise(
+                        key,
+                        KeyFlagKind::QuotaLimited,
+                        "the provider answered HTTP 200 with a throttling notice".into(),
+                        Some(self.config.quota_hold),
+                    );
+                    if !last && pool_size > 1 {
+                        return Verdict::Retry(Duration::ZERO);
+                    }
+                }
+            }
+        }
+        Verdict::Deliver
+    }
+
+    /// Whether a request tries `key`'s canary value first: `percent`% of them do.
+    fn draws_canary(&self, key: &LiveKey) -> bool {
+        let Some(Alternate::Canary { percent, .. }) = &key.alternate else {
+            return false;
+        };
+        let mut bytes = [0u8; 4];
+        self.random.fill(&mut bytes);
+        u32::from_le_bytes(bytes) % 100 < u32::from(*percent)
+    }
+
+    /// Exponential backoff with full jitter: a random wait up to `base × 2^(attempt-1)`,
+    /// capped.
+    fn backoff(&self, attempt: usize) -> Duration {
+        let exponent = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(16);
+        let ceiling = self
+            .config
+            .retry_base
+            .saturating_mul(1 << exponent)
+            .min(self.config.retry_wait_cap);
+        let mut bytes = [0u8; 8];
+        self.random.fill(&mut bytes);
+        let fraction = f64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+            / f64::from(u32::MAX);
+        ceiling.mul_f64(fraction)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::admission::is_idempotent;
+    use http::{HeaderMap, HeaderValue, Method};
+
+    #[test]
+    fn retry_after_and_idempotency() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert("retry-after-ms", HeaderValue::from_static("250"));
+        assert_eq!(
+            retry_after(&headers),
+            Some(Duration::from_millis(250)),
+            "OpenAI's millisecond header wins"
+        );
+        headers.insert("retry-after-ms", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+        assert!(
+            is_idempotent(&Method::GET)
+                && is_idempotent(&Method::PUT)
+                && is_idempotent(&Method::DELETE)
+        );
+        assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
+    }
+}

@@ -1,0 +1,436 @@
+//! The exchange: one call's usage record from the first check to the last byte, the
+//! upstream answer read ahead where it must be (soft errors, caching) without losing bytes,
+//! the response delivered — hop-by-hop headers dropped, the key masked, metered, cached —
+//! and the record finished (priced, budgets settled, sent) when the body ends or is dropped.
+//! Also the size limits on both bodies.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use keyward_core::usage::{CacheOutcome, Outcome, TokenUsage, UsageRecord};
+use keyward_core::{Error, ErrorKind};
+use secrecy::SecretString;
+
+use super::proxy::{Inbound, Proxy, ProxyEvent, Sink};
+use super::rewrite::{bad_request, strip_hop_by_hop};
+use crate::cache::CachedResponse;
+use crate::meter::UsageReader;
+use crate::quota::Reservation;
+use crate::redact::{redact_bytes, redact_stream};
+use crate::upstream::{BoxError, ProxyBody, SendError, full_body, stream_body};
+
+/// `hit` or `miss` on answers to cacheable requests.
+pub const CACHE_HEADER: &str = "x-keyward-cache";
+/// Set when Keyward injected a key past its expiry, inside the configured grace period.
+pub const WARNING_HEADER: &str = "x-keyward-warning";
+
+/// One call in progress: the usage record being filled in, and what it holds.
+#[derive(Debug)]
+pub(super) struct Exchange {
+    pub(super) record: UsageRecord,
+    pub(super) started: Instant,
+    pub(super) reservations: Vec<Reservation>,
+    pub(super) reader: Option<UsageReader>,
+    /// The key used had expired at this time (injected inside the grace period).
+    pub(super) expired_at: Option<jiff::Timestamp>,
+}
+
+impl Exchange {
+    pub(super) fn new<B>(inbound: &Inbound<B>, now: jiff::Timestamp) -> Self {
+        let endpoint: String = inbound.path.chars().take(200).collect();
+        Self {
+            record: UsageRecord {
+                at: now,
+                token_id: None,
+                key_id: None,
+                service_id: keyward_core::label::printable(&inbound.service)
+                    .chars()
+                    .take(64)
+                    .collect(),
+                environment: None,
+                method: inbound.method.as_str().chars().take(16).collect(),
+                endpoint,
+                status: 0,
+                outcome: Outcome::Refused,
+                error_code: None,
+                latency_ms: 0,
+                request_bytes: 0,
+                response_bytes: 0,
+                cache: CacheOutcome::None,
+                retries: 0,
+                model: None,
+                tokens: TokenUsage::default(),
+                credits: 0,
+                cost_nanos: 0,
+            },
+            started: Instant::now(),
+            reservations: Vec::new(),
+            reader: None,
+            expired_at: None,
+        }
+    }
+
+    pub(super) fn mark_latency(&mut self) {
+        self.record.latency_ms =
+            u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX);
+    }
+}
+
+/// Finishes an exchange when the response body ends or is dropped (an abandoned stream
+/// still records what was seen): reads the usage, prices it, settles budgets, charges
+/// token limits, and sends the record.
+#[derive(Debug)]
+pub(super) struct Finisher {
+    pub(super) exchange: Option<Exchange>,
+    pub(super) sink: Arc<Sink>,
+}
+
+impl Finisher {
+    pub(super) fn feed(&mut self, chunk: Bytes) -> Bytes {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return chunk;
+        };
+        let out = match exchange.reader.as_mut() {
+            Some(reader) => reader.feed(chunk),
+            None => chunk,
+        };
+        exchange.record.response_bytes += out.len() as u64;
+        out
+    }
+
+    pub(super) fn flush(&mut self) -> Bytes {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Bytes::new();
+        };
+        let rest = exchange
+            .reader
+            .as_mut()
+            .map(UsageReader::flush)
+            .unwrap_or_default();
+        exchange.record.response_bytes += rest.len() as u64;
+        rest
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        let Some(mut exchange) = self.exchange.take() else {
+            return;
+        };
+        if let Some(mut reader) = exchange.reader.take() {
+            reader.finish();
+            if let Some(model) = reader.model.take() {
+                exchange.record.model = Some(model);
+            }
+            if let Some(tokens) = reader.tokens {
+                exchange.record.tokens = tokens;
+                let price = exchange
+                    .record
+                    .model
+                    .as_deref()
+                    .and_then(|m| self.sink.pricing.price(&exchange.record.service_id, m));
+                exchange.record.cost_nanos = price.map_or(0, |p| p.cost_nanos(&tokens));
+                if let Some(key) = &exchange.record.key_id {
+                    self.sink.meters.charge_tokens(key, tokens.total());
+                }
+            }
+        }
+        for reservation in exchange.reservations.drain(..) {
+            // The token's budget and the key's budget are each charged the call's cost.
+            reservation.settle(exchange.record.cost_nanos);
+        }
+        self.sink.emit(ProxyEvent::Usage(Box::new(exchange.record)));
+    }
+}
+
+/// What `handle` decided to answer with; the exchange's record is finished by the caller.
+pub(super) enum Delivery {
+    Cached(Arc<CachedResponse>),
+    Upstream {
+        upstream: Upstream,
+        secret: SecretString,
+        cache_key: Option<String>,
+        ttl: Option<u32>,
+    },
+}
+
+type UpstreamStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
+
+/// An upstream answer whose first bytes may have been read ahead (to look for a soft error
+/// or to cache it) without losing them.
+pub(super) struct Upstream {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) head: Option<Bytes>,
+    pub(super) rest: Option<UpstreamStream>,
+    /// Whether `head` is the whole body.
+    pub(super) complete: bool,
+    pub(super) soft_error: bool,
+}
+
+impl Upstream {
+    pub(super) fn new(
+        (parts, body): (http::response::Parts, crate::upstream::IdleTimeoutBody),
+    ) -> Self {
+        Self {
+            status: parts.status,
+            headers: parts.headers,
+            head: None,
+            rest: Some(Box::pin(body)),
+            complete: false,
+            soft_error: false,
+        }
+    }
+
+    /// Reads up to `limit` bytes ahead (not more, unless a chunk is larger), unless the
+    /// declared length already exceeds it.
+    pub(super) async fn peek(&mut self, limit: usize) {
+        if self.complete
+            || content_length(&self.headers)
+                .ok()
+                .flatten()
+                .is_some_and(|n| n > limit as u64)
+        {
+            return;
+        }
+        let Some(rest) = self.rest.as_mut() else {
+            return;
+        };
+        let mut buffer = bytes::BytesMut::from(self.head.take().unwrap_or_default().as_ref());
+        while buffer.len() <= limit {
+            match rest.next().await {
+                Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                Some(Err(_)) => break,
+                None => {
+                    self.complete = true;
+                    self.rest = None;
+                    break;
+                }
+            }
+        }
+        self.head = Some(buffer.freeze());
+    }
+
+    pub(super) fn complete_body(&self) -> Option<Bytes> {
+        self.complete.then(|| self.head.clone().unwrap_or_default())
+    }
+
+    pub(super) fn complete_json(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        match serde_json::from_slice(&self.complete_body()?) {
+            Ok(serde_json::Value::Object(map)) => Some(map),
+            _ => None,
+        }
+    }
+}
+
+/// The request body as it will be sent: kept for retries, or a one-shot stream.
+pub(super) enum Outgoing {
+    Buffered(Bytes),
+    Streaming(Option<ProxyBody>),
+}
+
+/// A body stream that fails once it has carried more than `limit` bytes.
+pub(super) fn limited<S, E>(
+    body: S,
+    limit: usize,
+) -> impl Stream<Item = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let mut seen = 0usize;
+    body.map(move |chunk| {
+        let chunk = chunk.map_err(Into::into)?;
+        seen += chunk.len();
+        if seen > limit {
+            return Err(Box::new(BodyTooLarge) as Box<dyn std::error::Error + Send + Sync>);
+        }
+        Ok(chunk)
+    })
+}
+
+/// Reads a whole body (for requests that may be sent more than once), within `limit`.
+pub(super) async fn collect_limited<S, E>(body: S, limit: usize) -> Result<Bytes, Error>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let mut body = std::pin::pin!(limited(body, limit));
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(chunk) => buffer.extend_from_slice(&chunk),
+            Err(e) if e.is::<BodyTooLarge>() => return Err(too_large(limit)),
+            Err(_) => {
+                return Err(bad_request(
+                    "body_unreadable",
+                    "the request body could not be read",
+                ));
+            }
+        }
+    }
+    Ok(buffer.freeze())
+}
+
+#[derive(Debug)]
+struct BodyTooLarge;
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body too large")
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+pub(super) fn too_large(limit: usize) -> Error {
+    Error::new(
+        ErrorKind::TooLarge,
+        "body_too_large",
+        format!("the request body is larger than {limit} bytes"),
+    )
+}
+
+pub(super) fn upstream_error(e: &SendError, limit: usize, service: &str) -> Error {
+    if let SendError::Failed(e) = e
+        && crate::upstream::has_source(e.as_ref(), |s| s.is::<BodyTooLarge>())
+    {
+        return too_large(limit);
+    }
+    if matches!(e, SendError::Timeout) {
+        Error::new(
+            ErrorKind::UpstreamTimeout,
+            "upstream_timeout",
+            format!("{service} did not answer in time"),
+        )
+    } else {
+        Error::new(
+            ErrorKind::UpstreamFailed,
+            "upstream_unavailable",
+            format!("{service} could not be reached"),
+        )
+    }
+}
+
+pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| bad_request("invalid_header", "Content-Length is not a number"))
+        })
+        .transpose()
+}
+
+impl Proxy {
+    /// Builds the client's response: the upstream's status and headers (hop-by-hop removed),
+    /// the body with the key masked, metered, and — for a cacheable answer — stored.
+    pub(super) async fn deliver(
+        &self,
+        mut upstream: Upstream,
+        secret: &SecretString,
+        exchange: Exchange,
+        cache_key: Option<String>,
+        ttl: Option<u32>,
+    ) -> Result<Response<ProxyBody>, Error> {
+        let mut headers = std::mem::take(&mut upstream.headers);
+        strip_hop_by_hop(&mut headers);
+        let status = upstream.status;
+        let cached_marker = exchange.record.cache;
+        if exchange
+            .reader
+            .as_ref()
+            .is_some_and(UsageReader::alters_body)
+        {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        if let (Some(key), Some(ttl)) = (cache_key, ttl) {
+            upstream.peek(self.cache.max_entry_bytes() + 1).await;
+            if let Some(body) = upstream.complete_body() {
+                let masked = redact_bytes(&body, secret);
+                let now = self.clock.now();
+                self.cache.insert(
+                    key,
+                    CachedResponse {
+                        status,
+                        headers: headers.clone(),
+                        body: masked,
+                        stored_at: now,
+                        expires_at: now
+                            .checked_add(Duration::from_secs(u64::from(ttl)))
+                            .unwrap_or(now),
+                    },
+                );
+            }
+        }
+        if cached_marker != CacheOutcome::None {
+            headers.insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+        }
+        if let Some(expired) = exchange.expired_at {
+            self.sink.expired_key_uses.fetch_add(1, Ordering::Relaxed);
+            if let Ok(value) = HeaderValue::from_str(&format!(
+                "key_expired; expired_at={expired}; injected during the grace period, replace the key"
+            )) {
+                headers.insert(WARNING_HEADER, value);
+            }
+        }
+        let mut finisher = Finisher {
+            exchange: Some(exchange),
+            sink: self.sink.clone(),
+        };
+        let head = upstream.head.take();
+        let rest = upstream.rest.take();
+        let source = futures_util::stream::iter(head.map(Ok))
+            .chain(futures_util::stream::iter(rest).flatten());
+        let masked = redact_stream(source, secret);
+        let metered = masked
+            .map(Some)
+            .chain(futures_util::stream::once(async { None }))
+            .filter_map(move |item| {
+                let out = match item {
+                    Some(Ok(chunk)) => Some(Ok(finisher.feed(chunk))),
+                    Some(Err(e)) => Some(Err(e)),
+                    None => Some(Ok(finisher.flush())),
+                };
+                std::future::ready(out.filter(|r: &Result<Bytes, BoxError>| {
+                    r.as_ref().map_or(true, |b| !b.is_empty())
+                }))
+            });
+        let mut out = Response::builder().status(status);
+        if let Some(h) = out.headers_mut() {
+            *h = headers;
+        }
+        out.body(stream_body(metered))
+            .map_err(|e| Error::internal(format!("cannot build the response: {e}")))
+    }
+
+    pub(super) fn answer_from_cache(
+        &self,
+        hit: &CachedResponse,
+        mut exchange: Exchange,
+    ) -> Response<ProxyBody> {
+        let now = exchange.record.at;
+        exchange.mark_latency();
+        exchange.record.status = hit.status.as_u16();
+        exchange.record.outcome = Outcome::Success;
+        exchange.record.response_bytes = hit.body.len() as u64;
+        self.sink.emit(ProxyEvent::Usage(Box::new(exchange.record)));
+        let mut headers = hit.headers.clone();
+        headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+        let age = keyward_core::usage::until(hit.stored_at, now).as_secs();
+        if let Ok(age) = HeaderValue::from_str(&age.to_string()) {
+            headers.insert(header::AGE, age);
+        }
+        let mut out = Response::new(full_body(hit.body.clone()));
+        *out.status_mut() = hit.status;
+        *out.headers_mut() = headers;
+        out
+    }
+}
