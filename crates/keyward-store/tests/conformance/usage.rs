@@ -1,0 +1,256 @@
+//! Pools, flags and usage: records, sums and queries.
+
+use super::*;
+
+async fn key_flags_and_pool_strategies(store: Arc<dyn Store>) {
+    let r = rng();
+    let a = add(&store, &r, "alpha-vantage", "production", "a", 1_000).await;
+    let b = add(&store, &r, "alpha-vantage", "production", "b", 2_000).await;
+    let before = store.change_marker().await.expect("marker");
+    let flag = |key: &Key, kind, until| KeyFlag {
+        key_id: key.id.clone(),
+        kind,
+        reason: "HTTP 200 with a Note".into(),
+        since: ts(5_000),
+        until,
+    };
+    store
+        .set_key_flags(&[
+            flag(&a, KeyFlagKind::QuotaLimited, Some(ts(9_000))),
+            flag(&b, KeyFlagKind::Rejected, None),
+        ])
+        .await
+        .expect("flag");
+    let marked = store.change_marker().await.expect("marker");
+    assert_ne!(before, marked, "flags reach other instances' snapshots");
+    store
+        .set_key_flags(&[flag(&a, KeyFlagKind::QuotaLimited, Some(ts(12_000)))])
+        .await
+        .expect("re-flag");
+    let flags = store.key_flags().await.expect("flags");
+    assert_eq!(flags.len(), 2);
+    assert_eq!(
+        flags[0].until,
+        Some(ts(12_000)),
+        "a flag is replaced, not duplicated"
+    );
+    assert!(store.clear_key_flag(&b.id).await.expect("clear"));
+    assert!(!store.clear_key_flag(&b.id).await.expect("clear twice"));
+    store.purge_key(&a.id).await.expect("purge");
+    assert!(
+        store.key_flags().await.expect("flags").is_empty(),
+        "purge removes flags"
+    );
+
+    let setting = PoolSetting {
+        service_id: "openai".into(),
+        environment: "production".into(),
+        strategy: PoolStrategy::LeastUsed,
+    };
+    let before = store.change_marker().await.expect("marker");
+    store.set_pool_strategy(&setting, ts(1)).await.expect("set");
+    store
+        .set_pool_strategy(
+            &PoolSetting {
+                strategy: PoolStrategy::QuotaAware,
+                ..setting.clone()
+            },
+            ts(2),
+        )
+        .await
+        .expect("replace");
+    assert_eq!(
+        store.pool_settings().await.expect("pools"),
+        vec![PoolSetting {
+            strategy: PoolStrategy::QuotaAware,
+            ..setting
+        }]
+    );
+    assert_ne!(before, store.change_marker().await.expect("marker"));
+}
+
+async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
+    let r = rng();
+    let key = KeyId::generate(ts(1), &r);
+    let token = AppTokenId::generate(ts(1), &r);
+    const HOUR: i64 = 3_600_000;
+    let base = 1_764_028_800_000; // 2025-11-25T00:00:00Z
+    let records = [
+        usage(base + 1_000, Some(&key), Some(&token), Outcome::Success),
+        usage(
+            base + 61_000,
+            Some(&key),
+            Some(&token),
+            Outcome::UpstreamError,
+        ),
+        usage(base + HOUR + 5, Some(&key), Some(&token), Outcome::Success),
+        usage(base + HOUR + 6, None, None, Outcome::Refused),
+    ];
+    store.record_usage(&records[..2]).await.expect("batch 1");
+    store.record_usage(&records[2..]).await.expect("batch 2");
+    store.record_usage(&[]).await.expect("empty batch");
+
+    let query = |g, key: Option<&KeyId>| {
+        UsageQuery::new(ts(base), ts(base + 2 * HOUR), g, key.cloned(), None, None).expect("query")
+    };
+    let minutes = store
+        .usage(&query(Granularity::Minute, None))
+        .await
+        .expect("minutes");
+    assert_eq!(
+        minutes
+            .iter()
+            .map(|b| (b.start, b.totals.requests, b.totals.errors))
+            .collect::<Vec<_>>(),
+        vec![
+            (ts(base), 1, 0),
+            (ts(base + 60_000), 1, 1),
+            (ts(base + HOUR), 2, 1)
+        ]
+    );
+    let hours = store
+        .usage(&query(Granularity::Hour, Some(&key)))
+        .await
+        .expect("hours");
+    assert_eq!(hours.len(), 2);
+    assert_eq!(
+        hours[0].totals,
+        UsageTotals {
+            requests: 2,
+            errors: 1,
+            cache_hits: 0,
+            input_tokens: 22,
+            cached_tokens: 10,
+            output_tokens: 40,
+            credits: 2,
+            cost_nanos: 3_000,
+        },
+        "cache-write tokens count as input in the hourly sums"
+    );
+    let days = store
+        .usage(&query(Granularity::Day, None))
+        .await
+        .expect("days");
+    assert_eq!(days.len(), 1);
+    assert_eq!(days[0].totals.requests, 4);
+    let by_token = store
+        .usage(
+            &UsageQuery::new(
+                ts(base),
+                ts(base + 2 * HOUR),
+                Granularity::Day,
+                None,
+                Some(token.clone()),
+                None,
+            )
+            .expect("q"),
+        )
+        .await
+        .expect("by token");
+    assert_eq!(by_token[0].totals.requests, 3);
+
+    let mut restored = store
+        .hourly_use_since(ts(base + HOUR))
+        .await
+        .expect("hourly");
+    restored.sort_by_key(|h| matches!(h.subject, Subject::Token(_)));
+    assert_eq!(
+        restored,
+        vec![
+            HourlyUse {
+                subject: Subject::Key(key.clone()),
+                hour: ts(base + HOUR),
+                requests: 1,
+                credits: 1,
+                tokens: 36,
+                cost_nanos: 1_500
+            },
+            HourlyUse {
+                subject: Subject::Token(token.clone()),
+                hour: ts(base + HOUR),
+                requests: 1,
+                credits: 1,
+                tokens: 36,
+                cost_nanos: 1_500
+            },
+        ]
+    );
+
+    assert_eq!(store.prune_usage(ts(base + HOUR)).await.expect("prune"), 2);
+    let minutes = store
+        .usage(&query(Granularity::Minute, None))
+        .await
+        .expect("minutes");
+    assert_eq!(minutes.len(), 1, "pruning removes old records");
+    let hours = store
+        .usage(&query(Granularity::Hour, None))
+        .await
+        .expect("hours");
+    assert_eq!(hours.len(), 2, "hourly sums outlive the records");
+
+    // Big batches go in fixed-size chunks plus a remainder: every row arrives, in every
+    // batch size (the statements for odd sizes are not cached, so memory stays flat).
+    let later = base + 10 * HOUR;
+    for size in [250, 251, 100, 37] {
+        let batch: Vec<_> = (0..size)
+            .map(|n| usage(later + n, Some(&key), None, Outcome::Success))
+            .collect();
+        store.record_usage(&batch).await.expect("big batch");
+    }
+    let big = store
+        .usage(
+            &UsageQuery::new(
+                ts(later),
+                ts(later + HOUR),
+                Granularity::Hour,
+                None,
+                None,
+                None,
+            )
+            .expect("q"),
+        )
+        .await
+        .expect("big batches");
+    assert_eq!(big[0].totals.requests, 250 + 251 + 100 + 37);
+
+    // Split by key: the refusal without a key is left out; by service it counts. (Minutes
+    // come from the records, pruned above before the second hour.)
+    let second = KeyId::generate(ts(2), &r);
+    store
+        .record_usage(&[usage(base + 2_000, Some(&second), None, Outcome::Success)])
+        .await
+        .expect("batch 3");
+    for (granularity, first_key) in [(Granularity::Hour, 3), (Granularity::Minute, 1)] {
+        let by_key = store
+            .usage_grouped(&query(granularity, None), UsageGrouping::Key)
+            .await
+            .expect("by key");
+        let mut per_key: std::collections::BTreeMap<String, u64> = Default::default();
+        for (id, bucket) in &by_key {
+            *per_key.entry(id.clone()).or_default() += bucket.totals.requests;
+        }
+        assert_eq!(
+            per_key,
+            [(key.to_string(), first_key), (second.to_string(), 1)]
+                .into_iter()
+                .collect(),
+            "{granularity:?}"
+        );
+    }
+    let by_service = store
+        .usage_grouped(&query(Granularity::Hour, None), UsageGrouping::Service)
+        .await
+        .expect("by service");
+    assert_eq!(
+        by_service
+            .iter()
+            .map(|(s, b)| (s.as_str(), b.start, b.totals.requests))
+            .collect::<Vec<_>>(),
+        vec![("openai", ts(base), 3), ("openai", ts(base + HOUR), 2)]
+    );
+}
+
+conformance!(
+    key_flags_and_pool_strategies,
+    usage_is_recorded_summed_and_queried,
+);
