@@ -1,9 +1,10 @@
 //! SQLite and PostgreSQL implementations of the store ports in `keyward_core::ports`.
 //!
 //! Architecture invariant: this is the only crate with SQL. The query code is written once
-//! (`queries.rs`) and compiled twice, once per backend module with that backend's types, so
-//! the two cannot drift apart; only connection set-up, transaction start and the migrations
-//! (`migrations/{sqlite,postgres}`) differ per dialect. Both pass `tests/conformance.rs`.
+//! (`queries/`, one file per store trait) and compiled twice, once per backend module with
+//! that backend's types, so the two cannot drift apart; only connection set-up, transaction
+//! start and the migrations (`migrations/{sqlite,postgres}`) differ per dialect. Both pass
+//! `tests/conformance/`.
 
 use std::sync::Arc;
 
