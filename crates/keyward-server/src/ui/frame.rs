@@ -78,18 +78,25 @@ pub async fn category_names(
         .collect())
 }
 
+/// Every page's `<head>`: the title, our stylesheet and our script (nothing inline).
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Keyward" }
+            link rel="stylesheet" href={ "/static/" (ASSETS.css) };
+            script type="module" src={ "/static/" (ASSETS.js) } {}
+        }
+    }
+}
+
 /// A standalone page (sign-in, setup): no navigation.
 pub fn bare(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Keyward" }
-                link rel="stylesheet" href={ "/static/" (ASSETS.css) };
-                script type="module" src={ "/static/" (ASSETS.js) } {}
-            }
+            (head(title))
             body { main id="main" { (body) } }
         }
     }
@@ -137,13 +144,7 @@ pub fn framed(viewer: &Viewer, current: &str, title: &str, content: Markup) -> M
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Keyward" }
-                link rel="stylesheet" href={ "/static/" (ASSETS.css) };
-                script type="module" src={ "/static/" (ASSETS.js) } {}
-            }
+            (head(title))
             body {
                 a class="skip" href="#main" { "Skip to content" }
                 div class="frame" {
