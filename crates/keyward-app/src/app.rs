@@ -45,6 +45,9 @@ pub struct App {
     pub secure_cookies: bool,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Where clients reach Keyward (links in provider answers point there); `None`: the
+    /// request's `Host`.
+    pub public_url: Option<String>,
     /// Whether idle keys get active health probes.
     pub health_probes: bool,
     /// What compliance checks know of each current value (never the value itself).
@@ -65,6 +68,7 @@ pub struct AppOptions {
     pub sessions: keyward_core::session::SessionPolicy,
     pub secure_cookies: bool,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub public_url: Option<String>,
     pub health_probes: bool,
     pub smtp: Option<crate::notifications::mail::Smtp>,
 }
@@ -106,6 +110,7 @@ impl App {
             session_policy: options.sessions,
             secure_cookies: options.secure_cookies,
             trusted_proxies: options.trusted_proxies,
+            public_url: options.public_url,
             health_probes: options.health_probes,
             secret_traits: crate::lifecycle::traits::TraitsCache::default(),
             mailer: options

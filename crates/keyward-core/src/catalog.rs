@@ -95,6 +95,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn built_in_credit_weights_count_per_endpoint_and_symbol() {
+        let services = builtin_services().expect("catalog parses");
+        let twelve = services
+            .iter()
+            .find(|s| s.id == "twelve-data")
+            .expect("twelve-data");
+        let query = |symbols: &str| vec![("symbol".to_owned(), symbols.to_owned())];
+        assert_eq!(twelve.credits("/quote", &query("AAPL")), 1);
+        assert_eq!(twelve.credits("/time_series", &query("AAPL,MSFT,IBM")), 3);
+        assert_eq!(
+            twelve.credits("/income_statement", &query("AAPL,MSFT")),
+            200
+        );
+        assert_eq!(twelve.credits("/quote", &[]), 1, "no symbol counts once");
+        for other in services.iter().filter(|s| s.credits.is_empty()) {
+            assert_eq!(other.credits("/anything", &query("A,B")), 1, "{}", other.id);
+        }
+    }
+
+    #[test]
     fn builtin_catalog_parses_and_every_entry_is_valid() {
         let services = builtin_services().expect("catalog parses");
         assert!(

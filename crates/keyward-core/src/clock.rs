@@ -8,6 +8,12 @@ use std::sync::Mutex;
 
 use jiff::{SignedDuration, Timestamp};
 
+/// How long until `later`, never negative.
+pub fn until(now: Timestamp, later: Timestamp) -> std::time::Duration {
+    let d: SignedDuration = later.duration_since(now);
+    d.try_into().unwrap_or_default()
+}
+
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> Timestamp;
 }

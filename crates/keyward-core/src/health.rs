@@ -135,6 +135,8 @@ pub fn next_probe_at(last_evidence: Timestamp, limits: &[Limit]) -> Timestamp {
 pub struct CallStats {
     pub calls: u64,
     pub failures: u64,
+    /// Error answers no rule of the service explains (never held against the key).
+    pub unclassified: u64,
     pub latency_ms_total: u64,
 }
 
@@ -203,6 +205,13 @@ pub fn assess_key(
         HealthStatus::Healthy
     };
     down.append(&mut degraded);
+    if stats.unclassified > 0 {
+        // Said, but never held against the key: no rule of the service explains them.
+        down.push(format!(
+            "{} of {} answers in the last 5 minutes fit no rule of the service (unclassified)",
+            stats.unclassified, stats.calls
+        ));
+    }
     Assessment {
         status,
         reasons: down,
@@ -320,6 +329,7 @@ mod tests {
         let stats = CallStats {
             calls: 10,
             failures: 2,
+            unclassified: 0,
             latency_ms_total: 1_000,
         };
         let status = |stats: &CallStats, breaker, flag| assess_key(stats, breaker, flag).status;
@@ -333,8 +343,20 @@ mod tests {
         let few = CallStats {
             calls: 3,
             failures: 3,
+            unclassified: 0,
             latency_ms_total: 0,
         };
+        let odd = CallStats {
+            calls: 9,
+            unclassified: 9,
+            ..CallStats::default()
+        };
+        let unexplained = assess_key(&odd, BreakerState::Closed, None);
+        assert_eq!(unexplained.status, Healthy, "not held against the key");
+        assert_eq!(
+            unexplained.reasons,
+            vec!["9 of 9 answers in the last 5 minutes fit no rule of the service (unclassified)"]
+        );
         assert_eq!(status(&few, BreakerState::Closed, None), Healthy);
         assert_eq!(
             status(&CallStats::default(), BreakerState::Open, None),

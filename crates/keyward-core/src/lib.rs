@@ -39,6 +39,7 @@ macro_rules! string_enum {
 }
 
 pub mod access;
+pub mod answer;
 pub mod app_token;
 pub mod approval;
 pub mod audit;
@@ -55,6 +56,7 @@ pub mod label;
 pub mod master_key;
 pub mod mfa;
 pub mod notification;
+pub mod pattern;
 pub mod ports;
 pub mod rotation;
 pub mod secret;

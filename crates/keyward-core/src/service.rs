@@ -207,9 +207,25 @@ pub struct ServiceDefinition {
     /// GET endpoints whose successful answers may be served from the proxy's cache.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cache: Vec<CacheRule>,
-    /// Answers that look successful (HTTP 200) but mean throttled or failed.
+    /// What the provider's answers mean for the key (rejected, quota-limited, throttled,
+    /// failed, outage), first match wins; see [`crate::answer`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<crate::answer::AnswerRule>,
+    /// Legacy form of `answers` for HTTP 200 bodies, still read from stored custom services.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub soft_errors: Vec<SoftErrorRule>,
+    /// Where an error body says how long to wait (dot path, e.g. Gemini's
+    /// `error.details.*.retryDelay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay_field: Option<String>,
+    /// The provider's rate-limit headers: a limit whose remaining count is 0 is spent until
+    /// its reset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limit_headers: Vec<crate::answer::RateLimitHeaders>,
+    /// Other origins the provider's answers link to (e.g. `https://api.massive.com` for
+    /// Polygon): links to them, like links to `base_url`, are rewritten to Keyward.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_origins: Vec<String>,
     /// Provider credits a request spends when not 1 (e.g. Twelve Data's endpoint weights).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credits: Vec<CreditRule>,
@@ -234,38 +250,23 @@ pub enum KeyManagementApi {
 #[serde(rename_all = "snake_case")]
 pub enum UsageFormat {
     /// `usage.prompt_tokens`/`completion_tokens` (Chat Completions) or
-    /// `usage.input_tokens`/`output_tokens` (Responses); also Mistral, Groq.
+    /// `usage.input_tokens`/`output_tokens` (Responses). Streams carry usage only when
+    /// asked (`stream_options.include_usage`), so Keyward asks and strips the extra chunk.
     Openai,
+    /// OpenAI's fields; streams end with a chunk holding `usage` without being asked.
+    Mistral,
+    /// OpenAI's fields; streams carry `x_groq.usage` on the final chunk unasked.
+    Groq,
+    /// `usage.billed_units.{input_tokens,output_tokens}` (what is charged), on the answer
+    /// and on the stream's `message-end` event (`delta.usage`).
+    Cohere,
     /// `usage` on the message, `message_start` and `message_delta` events.
     Anthropic,
     /// `usageMetadata`.
     Gemini,
 }
 
-/// A path pattern: exact (`/query`), or a prefix when it ends in `*` (`/v2/aggs/*`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct PathPattern(pub String);
-
-impl PathPattern {
-    pub fn matches(&self, path: &str) -> bool {
-        match self.0.strip_suffix('*') {
-            Some(prefix) => path.starts_with(prefix),
-            None => path == self.0,
-        }
-    }
-
-    fn validate(&self, what: &str) -> Result<(), Error> {
-        if self.0.starts_with('/') && self.0.len() <= 512 {
-            Ok(())
-        } else {
-            Err(Error::invalid(
-                "invalid_path_pattern",
-                format!("{what} paths must start with `/` and be at most 512 characters"),
-            ))
-        }
-    }
-}
+pub use crate::pattern::PathPattern;
 
 /// Which query parameters (and values) a rule requires; an empty list accepts any value.
 pub type QueryMatch = std::collections::BTreeMap<String, Vec<String>>;
@@ -372,6 +373,97 @@ impl ServiceDefinition {
 }
 
 impl ServiceDefinition {
+    /// Whether judging an answer with `status` to a request for `path` needs its body.
+    pub fn answer_reads_body(&self, status: u16, path: &str) -> bool {
+        self.answers
+            .iter()
+            .any(|r| r.reads_body() && r.applies(status, path))
+            || ((200..300).contains(&status) && !self.soft_errors.is_empty())
+            || (self.retry_delay_field.is_some()
+                && crate::answer::default_class(status) != crate::answer::AnswerClass::Success)
+    }
+
+    /// What an answer means: the first matching rule, then legacy soft errors, then HTTP.
+    /// `body` is what was read of it (`None` when it was not read or was too large).
+    pub fn classify(
+        &self,
+        status: u16,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> crate::answer::Classification {
+        let body = crate::answer::Body::new(body);
+        if let Some(rule) = self.answers.iter().find(|r| r.matches(status, path, &body)) {
+            let detail: Vec<String> = rule
+                .json
+                .iter()
+                .map(crate::answer::JsonCondition::describe)
+                .collect();
+            let mut reason = format!("HTTP {status}");
+            if !detail.is_empty() {
+                reason = format!("{reason} ({})", detail.join(", "));
+            } else if let Some(word) = rule.body_contains.first() {
+                reason = format!("{reason} (“{word}”)");
+            }
+            return crate::answer::Classification {
+                class: rule.means,
+                lapses: rule.lapses,
+                reason,
+            };
+        }
+        if (200..300).contains(&status)
+            && let Some(kind) = body
+                .json()
+                .and_then(serde_json::Value::as_object)
+                .and_then(|object| self.soft_error(object))
+        {
+            return crate::answer::Classification {
+                class: match kind {
+                    SoftErrorKind::Throttled => crate::answer::AnswerClass::QuotaLimited,
+                    SoftErrorKind::Failed => crate::answer::AnswerClass::Failed,
+                },
+                lapses: None,
+                reason: format!("HTTP {status} with an error body"),
+            };
+        }
+        crate::answer::Classification {
+            class: crate::answer::default_class(status),
+            lapses: None,
+            reason: format!("HTTP {status}"),
+        }
+    }
+
+    /// The delay the body asks for (`retry_delay_field`, e.g. Gemini's
+    /// `error.details.*.retryDelay` = `"26s"`).
+    pub fn body_retry_delay(&self, body: &[u8]) -> Option<std::time::Duration> {
+        let field = self.retry_delay_field.as_deref()?;
+        let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let mut found = Vec::new();
+        crate::answer::values_at(&json, field, &mut found);
+        found.into_iter().find_map(|value| match value {
+            serde_json::Value::String(text) => crate::answer::parse_go_duration(text),
+            serde_json::Value::Number(n) => n.as_f64().and_then(crate::answer::seconds),
+            _ => None,
+        })
+    }
+
+    /// How long until a spent limit resets, from the rate-limit headers: the latest reset
+    /// among the limits whose remaining count is 0.
+    pub fn spent_until(
+        &self,
+        header: &dyn Fn(&str) -> Option<String>,
+        now: jiff::Timestamp,
+    ) -> Option<std::time::Duration> {
+        self.rate_limit_headers
+            .iter()
+            .filter(|h| {
+                header(&h.remaining).is_some_and(|v| v.trim().parse::<f64>().ok() == Some(0.0))
+            })
+            .filter_map(|h| crate::answer::reset_wait(&header(&h.reset)?, h.format, now))
+            .max()
+    }
+}
+
+impl ServiceDefinition {
     /// Checks every field; used for custom services and, in tests, for the whole catalog.
     pub fn validate(&self) -> Result<(), Error> {
         label::slug("service id", &self.id)?;
@@ -435,6 +527,44 @@ impl ServiceDefinition {
                 "a soft-error rule's key must be 1–128 characters",
             ));
         }
+        for rule in &self.answers {
+            rule.validate()?;
+        }
+        if self.answers.len() > 64 {
+            return Err(Error::invalid(
+                "invalid_answer_rule",
+                "a service has at most 64 answer rules",
+            ));
+        }
+        if self
+            .retry_delay_field
+            .as_ref()
+            .is_some_and(|f| f.is_empty() || f.len() > 128)
+        {
+            return Err(Error::invalid(
+                "invalid_answer_rule",
+                "retry_delay_field must be a dot path of 1–128 characters",
+            ));
+        }
+        for headers in &self.rate_limit_headers {
+            for name in [&headers.remaining, &headers.reset] {
+                if !http_header_name_ok(name) {
+                    return Err(Error::invalid(
+                        "invalid_rate_limit_header",
+                        "rate-limit header names must be 1–64 characters of letters, digits and `-`",
+                    ));
+                }
+            }
+        }
+        if self.link_origins.len() > 8 {
+            return Err(Error::invalid(
+                "invalid_url",
+                "a service has at most 8 link origins",
+            ));
+        }
+        for origin in &self.link_origins {
+            validate_base_url(origin)?;
+        }
         label::text(
             "where_to_get",
             Some(&self.where_to_get),
@@ -458,6 +588,12 @@ impl ServiceDefinition {
             .map(|p| compile_pattern("public_prefix", p))
             .transpose()
     }
+}
+
+fn http_header_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn compile_pattern(field: &'static str, pattern: &str) -> Result<Regex, Error> {
@@ -526,6 +662,118 @@ pub fn validate_base_url(value: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn service(rules: &str) -> ServiceDefinition {
+        let text = format!(
+            r#"id = "p"
+name = "P"
+category = "other"
+base_url = "https://p.example"
+auth = {{ in = "header", name = "authorization", prefix = "Bearer " }}
+quota_calendar = {{ reset = "daily", time = "00:00", time_zone = "UTC" }}
+retry_delay_field = "error.details.*.retryDelay"
+{rules}"#
+        );
+        toml::from_str(&text).expect("service")
+    }
+
+    #[test]
+    fn rules_match_status_json_and_text_and_fall_back_to_http() {
+        let p = service(
+            r#"answers = [
+  { status = [429], json = [{ path = "error.code", equals = "insufficient_quota" }], means = "quota_limited", lapses = "next_day" },
+  { status = [400], json = [{ path = "error.details.*.reason", equals = "API_KEY_INVALID" }], means = "rejected" },
+  { status = [200], json = [{ path = "code", equals = 429 }, { path = "message", contains = ["current minute"] }], means = "throttled", lapses = "next_minute" },
+  { status = ["2xx"], body_contains = ["You have run over"], means = "quota_limited", lapses = "next_month" },
+]"#,
+        );
+        let class = |status, body: &str| p.classify(status, "/x", Some(body.as_bytes())).class;
+        assert_eq!(
+            class(429, r#"{"error":{"code":"insufficient_quota"}}"#),
+            crate::answer::AnswerClass::QuotaLimited
+        );
+        assert_eq!(
+            class(429, r#"{"error":{"code":"rate_limit_exceeded"}}"#),
+            crate::answer::AnswerClass::Throttled,
+            "HTTP semantics when no rule matches"
+        );
+        assert_eq!(
+            class(
+                400,
+                r#"{"error":{"details":[{"x":1},{"reason":"API_KEY_INVALID"}]}}"#
+            ),
+            crate::answer::AnswerClass::Rejected
+        );
+        assert_eq!(
+            class(400, r#"{"error":{}}"#),
+            crate::answer::AnswerClass::Unclassified
+        );
+        assert_eq!(
+            class(
+                200,
+                r#"{"code":429.0,"message":"You have run out of API credits for the Current Minute."}"#
+            ),
+            crate::answer::AnswerClass::Throttled
+        );
+        assert_eq!(
+            class(200, "You have run over your 500 symbol look up"),
+            crate::answer::AnswerClass::QuotaLimited
+        );
+        assert_eq!(
+            class(200, "not json at all"),
+            crate::answer::AnswerClass::Success
+        );
+        assert_eq!(class(503, ""), crate::answer::AnswerClass::Outage);
+        assert_eq!(class(418, "{"), crate::answer::AnswerClass::Unclassified);
+        assert!(p.answer_reads_body(429, "/x") && p.answer_reads_body(200, "/x"));
+        let reason = p
+            .classify(
+                429,
+                "/x",
+                Some(br#"{"error":{"code":"insufficient_quota"}}"#),
+            )
+            .reason;
+        assert_eq!(reason, "HTTP 429 (error.code insufficient_quota)");
+        assert_eq!(
+            p.body_retry_delay(br#"{"error":{"details":[{"retryDelay":"26s"}]}}"#),
+            Some(std::time::Duration::from_secs(26))
+        );
+    }
+
+    #[test]
+    fn rate_limit_headers_say_when_a_spent_limit_resets() {
+        let mut p = service("");
+        p.rate_limit_headers = vec![
+            crate::answer::RateLimitHeaders {
+                remaining: "x-remaining-requests".into(),
+                reset: "x-reset-requests".into(),
+                format: crate::answer::ResetFormat::Duration,
+            },
+            crate::answer::RateLimitHeaders {
+                remaining: "x-remaining-tokens".into(),
+                reset: "x-reset-tokens".into(),
+                format: crate::answer::ResetFormat::Rfc3339,
+            },
+        ];
+        let now: jiff::Timestamp = "2026-12-06T08:00:00Z".parse().expect("ts");
+        let header = |remaining_requests: &'static str| {
+            move |name: &str| {
+                match name {
+                    "x-remaining-requests" => Some(remaining_requests),
+                    "x-reset-requests" => Some("6m0s"),
+                    "x-remaining-tokens" => Some("15"),
+                    "x-reset-tokens" => Some("2026-12-06T08:00:30Z"),
+                    _ => None,
+                }
+                .map(str::to_owned)
+            }
+        };
+        assert_eq!(
+            p.spent_until(&header("0"), now),
+            Some(std::time::Duration::from_secs(360))
+        );
+        assert_eq!(p.spent_until(&header("3"), now), None);
+    }
 
     #[test]
     fn base_urls_must_be_plain_http() {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
-use jiff::{SignedDuration, Timestamp, ToSpan, ZonedDateTime};
+use jiff::{Timestamp, ToSpan, ZonedDateTime};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -99,6 +99,11 @@ pub struct UsageRecord {
     /// Provider credits spent (requests count 1 unless the service weighs them).
     pub credits: u32,
     pub cost_nanos: u64,
+    /// What the provider's answer meant (`None`: no answer — refused, cached or failed).
+    pub answer: Option<crate::answer::AnswerClass>,
+    /// The model or endpoint has no price: `cost_nanos` is a conservative estimate (the
+    /// service's dearest model or the configured fallback price), never zero for free.
+    pub unpriced: bool,
 }
 
 /// What a key is known to suffer from, learned from provider answers.
@@ -241,6 +246,8 @@ pub struct UsageTotals {
     pub output_tokens: u64,
     pub credits: u64,
     pub cost_nanos: u64,
+    /// Calls to a model or endpoint without a price (charged at a conservative estimate).
+    pub unpriced: u64,
 }
 
 impl std::ops::AddAssign for UsageTotals {
@@ -253,6 +260,7 @@ impl std::ops::AddAssign for UsageTotals {
         self.output_tokens += other.output_tokens;
         self.credits += other.credits;
         self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
+        self.unpriced += other.unpriced;
     }
 }
 
@@ -516,13 +524,13 @@ impl PricingTable {
         Ok(self)
     }
 
-    /// The price of `model`: an exact entry, else the longest entry that is a prefix followed
-    /// by `-` (dated snapshots such as `gpt-5.4-mini-2026-03-17`), else the service's `*`.
-    pub fn price(&self, service: &str, model: &str) -> Option<&ModelPrice> {
+    /// The listed price of `model`: an exact entry, else the longest entry that is a prefix
+    /// followed by `-` (dated snapshots such as `gpt-5.4-mini-2026-03-17`).
+    pub fn listed(&self, service: &str, model: &str) -> Option<&ModelPrice> {
         let models = self.services.get(service)?;
         models
             .iter()
-            .find(|m| m.model == model)
+            .find(|m| m.model == model && m.model != "*")
             .or_else(|| {
                 models
                     .iter()
@@ -533,10 +541,28 @@ impl PricingTable {
                     })
                     .max_by_key(|m| m.model.len())
             })
-            .or_else(|| models.iter().find(|m| m.model == "*"))
     }
 
-    /// The dearest model of a service: what a call to an unknown model is reserved at.
+    /// What a call is charged at, and whether that is an estimate (`unpriced`): the listed
+    /// price; else — so that an unknown model never makes spending free — the service's
+    /// `*` fallback, its dearest model, or the table's global `*`/`*` fallback.
+    pub fn charge(&self, service: &str, model: Option<&str>) -> (Option<&ModelPrice>, bool) {
+        if let Some(listed) = model.and_then(|m| self.listed(service, m)) {
+            return (Some(listed), false);
+        }
+        let models = self.services.get(service);
+        let fallback = models
+            .and_then(|models| models.iter().find(|m| m.model == "*"))
+            .or_else(|| self.dearest(service))
+            .or_else(|| {
+                self.services
+                    .get("*")
+                    .and_then(|models| models.iter().find(|m| m.model == "*"))
+            });
+        (fallback, true)
+    }
+
+    /// The dearest model of a service.
     pub fn dearest(&self, service: &str) -> Option<&ModelPrice> {
         self.services
             .get(service)?
@@ -556,15 +582,80 @@ pub fn nanos_to_usd(nanos: u64) -> f64 {
     usd
 }
 
-/// How long until `later`, never negative.
-pub fn until(now: Timestamp, later: Timestamp) -> std::time::Duration {
-    let d: SignedDuration = later.duration_since(now);
-    d.try_into().unwrap_or_default()
+pub use crate::clock::until;
+
+impl crate::answer::Lapse {
+    /// When the lapse comes, if it can be known: `told` is what the answer itself said.
+    pub fn until(
+        self,
+        calendar: &QuotaCalendar,
+        now: Timestamp,
+        told: Option<std::time::Duration>,
+    ) -> Option<Timestamp> {
+        use crate::answer::Lapse;
+        let window_end = |seconds: u64| {
+            let limit = Limit {
+                max: 1,
+                unit: crate::service::LimitUnit::Requests,
+                window_seconds: seconds,
+            };
+            limit_window(&limit, calendar, now).end
+        };
+        match self {
+            Lapse::RetryAfter => told.and_then(|wait| now.checked_add(wait).ok()),
+            Lapse::NextMinute => Some(window_end(60)),
+            Lapse::NextHour => Some(window_end(3_600)),
+            Lapse::NextDay => Some(match calendar {
+                QuotaCalendar::Rolling => now
+                    .checked_add(std::time::Duration::from_secs(86_400))
+                    .ok()?,
+                _ => window_end(86_400),
+            }),
+            Lapse::NextMonth => Some(window_end(30 * 86_400)),
+            Lapse::Seconds(seconds) => now
+                .checked_add(std::time::Duration::from_secs(seconds))
+                .ok(),
+        }
+        .filter(|until| *until > now)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lapses_follow_the_quota_calendar() {
+        let daily = QuotaCalendar::Daily {
+            time: "00:00".into(),
+            time_zone: "America/New_York".into(),
+        };
+        let now: Timestamp = "2026-12-06T15:30:20Z".parse().expect("ts");
+        assert_eq!(
+            crate::answer::Lapse::NextDay.until(&daily, now, None),
+            Some("2026-12-07T05:00:00Z".parse().expect("ts"))
+        );
+        assert_eq!(
+            crate::answer::Lapse::NextMinute.until(&daily, now, None),
+            Some("2026-12-06T15:31:00Z".parse().expect("ts"))
+        );
+        assert_eq!(
+            crate::answer::Lapse::RetryAfter.until(
+                &daily,
+                now,
+                Some(std::time::Duration::from_secs(40))
+            ),
+            Some("2026-12-06T15:31:00Z".parse().expect("ts"))
+        );
+        assert_eq!(
+            crate::answer::Lapse::RetryAfter.until(&daily, now, None),
+            None
+        );
+        assert_eq!(
+            crate::answer::Lapse::Seconds(600).until(&QuotaCalendar::Rolling, now, None),
+            Some("2026-12-06T15:40:20Z".parse().expect("ts"))
+        );
+    }
     use crate::service::LimitUnit;
 
     fn at(s: &str) -> Timestamp {
@@ -613,7 +704,7 @@ mod tests {
     fn prices_match_dated_models_and_round_up() {
         let table = PricingTable::builtin().expect("pricing");
         let mini = table
-            .price("openai", "gpt-5.4-mini-2026-03-17")
+            .listed("openai", "gpt-5.4-mini-2026-03-17")
             .expect("price");
         assert_eq!(mini.model, "gpt-5.4-mini");
         // 256 uncached + 1,280 cached input, 58 output (fixture 8.1 of PROVIDERS.md):
@@ -627,18 +718,36 @@ mod tests {
         assert_eq!(mini.cost_nanos(&usage), 549_000);
         assert!(
             table
-                .price("openai", "gpt-5.4")
+                .listed("openai", "gpt-5.4")
                 .is_some_and(|p| p.model == "gpt-5.4")
         );
         assert!(
-            table.price("openai", "gpt-5.45").is_none(),
+            table.listed("openai", "gpt-5.45").is_none(),
             "a prefix must end at a dash"
+        );
+        let (fallback, unpriced) = table.charge("openai", Some("gpt-9-turbo"));
+        assert!(unpriced);
+        assert_eq!(
+            fallback.map(|p| p.model.as_str()),
+            Some("gpt-5.5"),
+            "an unknown model is charged at the service's dearest"
+        );
+        assert!(
+            !table.charge("openai", Some("gpt-5.4")).1,
+            "a listed model is priced"
+        );
+        let (mistral, unpriced) = table.charge("mistral", Some("mistral-large-latest"));
+        assert!(unpriced && mistral.is_some_and(|p| p.model == "*"));
+        let (custom, unpriced) = table.charge("my-llm", None);
+        assert!(
+            unpriced && custom.is_some_and(|p| p.output > 0),
+            "a service without prices is charged at the global fallback"
         );
         let overridden = table
             .clone()
             .with_overrides("[[price]]\nservice = \"openai\"\nmodel = \"gpt-5.4-mini\"\ninput = 1\noutput = 2\n")
             .expect("override");
-        let mini = overridden.price("openai", "gpt-5.4-mini").expect("price");
+        let mini = overridden.listed("openai", "gpt-5.4-mini").expect("price");
         assert_eq!(
             (mini.input, mini.cached_input, mini.output),
             (1_000_000, 1_000_000, 2_000_000)

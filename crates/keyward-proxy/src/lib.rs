@@ -9,6 +9,7 @@ mod cache;
 mod forward;
 mod health;
 mod limits;
+mod links;
 mod manage;
 mod meter;
 mod probe;

@@ -108,6 +108,11 @@ impl UsageReader {
         }
     }
 
+    /// Whether the answer was too large to read its usage (passed through unmetered).
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
     /// Whether the body the client gets may differ from the upstream's (so its length does).
     pub fn alters_body(&self) -> bool {
         self.strip_usage_chunk
@@ -131,6 +136,7 @@ impl UsageReader {
         let Some(end) = last_event_end(&self.pending) else {
             if self.pending.len() > SSE_EVENT_MAX {
                 // Not SSE as we know it: stop holding bytes back.
+                self.overflowed = true;
                 return self.pending.split().freeze();
             }
             return Bytes::new();
@@ -207,9 +213,21 @@ impl UsageReader {
     pub fn observe(&mut self, value: &Value) {
         let Value::Object(object) = value else { return };
         match self.format {
-            UsageFormat::Openai => self.observe_openai(object),
+            UsageFormat::Openai | UsageFormat::Mistral => self.observe_openai(object),
+            UsageFormat::Groq => {
+                // Streams: `x_groq.usage` on the final chunk, without being asked.
+                if let Some(Value::Object(x_groq)) = object.get("x_groq")
+                    && let Some(usage) = x_groq.get("usage")
+                {
+                    let mut inner = Map::new();
+                    inner.insert("usage".into(), usage.clone());
+                    self.observe_openai(&inner);
+                }
+                self.observe_openai(object);
+            }
             UsageFormat::Anthropic => self.observe_anthropic(object),
             UsageFormat::Gemini => self.observe_gemini(object),
+            UsageFormat::Cohere => self.observe_cohere(object),
         }
     }
 
@@ -229,33 +247,30 @@ impl UsageReader {
             return;
         };
         let number = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
-        let (prompt, cached, output) = if usage.contains_key("prompt_tokens") {
+        // Chat Completions name them prompt/completion, Responses input/output.
+        let (input, details, output) = if usage.contains_key("prompt_tokens") {
             (
-                number(usage.get("prompt_tokens")),
-                number(
-                    usage
-                        .get("prompt_tokens_details")
-                        .and_then(|d| d.get("cached_tokens")),
-                ),
-                number(usage.get("completion_tokens")),
+                "prompt_tokens",
+                "prompt_tokens_details",
+                "completion_tokens",
             )
         } else {
-            (
-                number(usage.get("input_tokens")),
-                number(
-                    usage
-                        .get("input_tokens_details")
-                        .and_then(|d| d.get("cached_tokens")),
-                ),
-                number(usage.get("output_tokens")),
-            )
+            ("input_tokens", "input_tokens_details", "output_tokens")
         };
-        // The prompt count includes cached tokens, which are billed at their own rate.
+        let details = usage.get(details);
+        let detail = |k: &str| number(details.and_then(|d| d.get(k)));
+        let (prompt, cached, written) = (
+            number(usage.get(input)),
+            detail("cached_tokens"),
+            detail("cache_write_tokens"),
+        );
+        // The prompt count includes cached and cache-write tokens, billed at their own
+        // rates; reasoning tokens are inside the output count and billed as output.
         self.tokens = Some(TokenUsage {
-            input: prompt.saturating_sub(cached),
+            input: prompt.saturating_sub(cached).saturating_sub(written),
             cached_input: cached,
-            cache_write: 0,
-            output,
+            cache_write: written,
+            output: number(usage.get(output)),
         });
     }
 
@@ -284,6 +299,39 @@ impl UsageReader {
             tokens.output = n;
         }
         self.tokens = Some(tokens);
+    }
+
+    fn observe_cohere(&mut self, object: &Map<String, Value>) {
+        // Streams: the `message-end` event carries `delta.usage`.
+        if let Some(Value::Object(delta)) = object.get("delta") {
+            self.observe_cohere(delta);
+        }
+        let Some(Value::Object(usage)) = object.get("usage") else {
+            return;
+        };
+        // Cohere bills `billed_units`; `tokens` also counts template tokens it does not
+        // charge for. The SDK types the counts as floats.
+        let Some(Value::Object(billed)) = usage.get("billed_units") else {
+            return;
+        };
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "token counts, clamped to be non-negative"
+        )]
+        let number = |k: &str| {
+            billed
+                .get(k)
+                .and_then(Value::as_f64)
+                .filter(|n| n.is_finite())
+                .map_or(0, |n| n.max(0.0).round() as u64)
+        };
+        self.tokens = Some(TokenUsage {
+            input: number("input_tokens"),
+            cached_input: 0,
+            cache_write: 0,
+            output: number("output_tokens"),
+        });
     }
 
     fn observe_gemini(&mut self, object: &Map<String, Value>) {
@@ -387,6 +435,16 @@ struct UsageFields {
     response: Option<Value>,
     /// Anthropic `message_start`: the message with its input usage.
     message: Option<Value>,
+    /// Groq streams: `x_groq.usage` on the final chunk.
+    x_groq: Option<Value>,
+    /// Cohere `message-end`: `delta.usage` (only the usage is kept, never the text).
+    delta: Option<DeltaUsage>,
+}
+
+/// The usage inside a stream event's `delta`; the rest of it (generated text) is skipped.
+#[derive(Debug, Default, serde::Deserialize)]
+struct DeltaUsage {
+    usage: Option<Value>,
 }
 
 impl UsageFields {
@@ -399,6 +457,15 @@ impl UsageFields {
             ("usageMetadata", self.usage_metadata),
             ("response", self.response),
             ("message", self.message),
+            ("x_groq", self.x_groq),
+            (
+                "delta",
+                self.delta.and_then(|d| d.usage).map(|usage| {
+                    let mut delta = Map::new();
+                    delta.insert("usage".into(), usage);
+                    Value::Object(delta)
+                }),
+            ),
         ];
         Value::Object(
             parts
@@ -556,6 +623,69 @@ mod tests {
             4,
         );
         assert_eq!(array.tokens.map(|t| (t.input, t.output)), Some((5, 9)));
+    }
+
+    #[test]
+    fn groq_mistral_cohere_and_openai_cache_writes_are_read_as_billed() {
+        let groq = concat!(
+            "data: {\"id\":\"c\",\"model\":\"llama-3.3-70b-versatile\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"x_groq\":{\"id\":\"req_1\"}}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"x_groq\":{\"id\":\"req_1\",\"usage\":{\"prompt_tokens\":35,\"completion_tokens\":120,\"total_tokens\":155,\"queue_time\":0.012}}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let mut reader = UsageReader::new(UsageFormat::Groq, true, false);
+        assert_eq!(read(&mut reader, groq, 17), groq);
+        assert_eq!(reader.tokens.map(|t| (t.input, t.output)), Some((35, 120)));
+        assert_eq!(reader.model.as_deref(), Some("llama-3.3-70b-versatile"));
+
+        let (request, rewritten) = inspect_request(
+            UsageFormat::Mistral,
+            "/v1/chat/completions",
+            br#"{"model":"mistral-small-latest","stream":true}"#,
+        );
+        assert!(
+            request.stream && rewritten.is_none(),
+            "Mistral is never asked for a usage chunk"
+        );
+        let mistral = "data: {\"model\":\"mistral-small-latest\",\"choices\":[{\"delta\":{}}],\"usage\":{\"prompt_tokens\":57,\"completion_tokens\":203,\"total_tokens\":260}}\n\ndata: [DONE]\n\n";
+        let mut reader = UsageReader::new(UsageFormat::Mistral, true, false);
+        read(&mut reader, mistral, 5);
+        assert_eq!(reader.tokens.map(|t| (t.input, t.output)), Some((57, 203)));
+
+        let cohere = concat!(
+            "event: content-delta\ndata: {\"type\":\"content-delta\",\"index\":0,\"delta\":{\"message\":{\"content\":{\"text\":\"Up\"}}}}\n\n",
+            "event: message-end\ndata: {\"type\":\"message-end\",\"delta\":{\"finish_reason\":\"COMPLETE\",\"usage\":{\"billed_units\":{\"input_tokens\":31.0,\"output_tokens\":88.0},\"tokens\":{\"input_tokens\":252.0,\"output_tokens\":88.0},\"cached_tokens\":0}}}\n\n",
+        );
+        let mut streamed = UsageReader::new(UsageFormat::Cohere, true, false);
+        read(&mut streamed, cohere, 9);
+        let mut plain = UsageReader::new(UsageFormat::Cohere, false, false);
+        read(
+            &mut plain,
+            r#"{"id":"x","message":{"content":[{"type":"text","text":"Up"}]},"usage":{"billed_units":{"input_tokens":31,"output_tokens":88},"tokens":{"input_tokens":252,"output_tokens":88}}}"#,
+            13,
+        );
+        let billed = Some(TokenUsage {
+            input: 31,
+            output: 88,
+            ..TokenUsage::default()
+        });
+        assert_eq!((streamed.tokens, plain.tokens), (billed, billed));
+
+        let mut openai = UsageReader::new(UsageFormat::Openai, false, false);
+        read(
+            &mut openai,
+            r#"{"model":"gpt-5.5","usage":{"input_tokens":900,"input_tokens_details":{"cached_tokens":512,"cache_write_tokens":100},"output_tokens":140,"output_tokens_details":{"reasoning_tokens":64}}}"#,
+            50,
+        );
+        assert_eq!(
+            openai.tokens,
+            Some(TokenUsage {
+                input: 288,
+                cached_input: 512,
+                cache_write: 100,
+                output: 140
+            }),
+            "reasoning tokens are inside the output count"
+        );
     }
 
     #[test]

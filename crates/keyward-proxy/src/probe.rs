@@ -5,7 +5,7 @@
 use keyward_core::Error;
 use keyward_core::key::Key;
 use keyward_core::service::ServiceDefinition;
-use keyward_core::usage::{CacheOutcome, KeyFlag, KeyFlagKind, Outcome, TokenUsage, UsageRecord};
+use keyward_core::usage::{CacheOutcome, KeyFlagKind, Outcome, TokenUsage, UsageRecord};
 use secrecy::SecretString;
 
 use crate::forward::ProxyEvent;
@@ -46,24 +46,33 @@ impl Proxy {
         }
         let validation = self.validate(service, value).await?;
         let now = self.clock.now();
-        let failed = matches!(validation.verdict, Verdict::Unreachable)
-            || validation.status.is_some_and(|s| s >= 500);
+        let failed = matches!(
+            validation.answer,
+            None | Some(keyward_core::answer::AnswerClass::Outage)
+        );
         self.health
             .record_call(&key.id, failed, validation.latency_ms, now);
         match validation.verdict {
             Verdict::Rejected => {
-                let flag = KeyFlag {
-                    key_id: key.id.clone(),
-                    kind: KeyFlagKind::Rejected,
-                    reason: format!(
+                self.raise(
+                    &key.id,
+                    KeyFlagKind::Rejected,
+                    format!(
                         "a health probe got HTTP {}",
                         validation.status.unwrap_or_default()
                     ),
-                    since: now,
-                    until: None,
-                };
-                self.health.raise(flag.clone());
-                self.sink.emit(ProxyEvent::Flag(flag));
+                    None,
+                );
+            }
+            Verdict::Throttled => {
+                if let Some((hold, reason)) = &validation.hold {
+                    self.raise(
+                        &key.id,
+                        KeyFlagKind::QuotaLimited,
+                        format!("a health probe got {reason}"),
+                        Some(*hold),
+                    );
+                }
             }
             Verdict::Valid
                 if self
@@ -105,6 +114,8 @@ impl Proxy {
             tokens: TokenUsage::default(),
             credits: u32::try_from(spend.credits).unwrap_or(u32::MAX),
             cost_nanos: 0,
+            answer: validation.answer,
+            unpriced: false,
         })));
         Ok(Some(validation))
     }

@@ -10,7 +10,8 @@ use futures_util::StreamExt;
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use keyward_core::Error;
-use keyward_core::service::{ServiceDefinition, SoftErrorKind};
+use keyward_core::answer::{AnswerClass, retry_after};
+use keyward_core::service::ServiceDefinition;
 use secrecy::SecretString;
 use serde::Serialize;
 
@@ -61,6 +62,12 @@ pub struct Validation {
     /// Whether the request spent quota (some providers have no free "whoami" call).
     pub costs_quota: bool,
     pub latency_ms: u64,
+    /// What the answer meant by the service's rules (`None` when there was no answer).
+    pub answer: Option<AnswerClass>,
+    /// For a quota-limited or throttled key: how long the allowance stays spent, and why
+    /// (the flag's reason). Health probes flag the key with these, as calls do.
+    #[serde(skip)]
+    pub hold: Option<(Duration, String)>,
 }
 
 impl Proxy {
@@ -122,6 +129,8 @@ impl Proxy {
                     message,
                     costs_quota: request.costs_quota,
                     latency_ms: elapsed(started),
+                    answer: None,
+                    hold: None,
                 });
             }
         };
@@ -134,37 +143,58 @@ impl Proxy {
         }
         let latency_ms = elapsed(started);
         let status = parts.status.as_u16();
-        let soft = match serde_json::from_slice(&read) {
-            Ok(serde_json::Value::Object(map)) => service.soft_error(&map),
-            _ => None,
+        let classification = service.classify(status, path, Some(&read));
+        let now = self.clock.now();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
         };
-        let (verdict, message) = judge(&service.name, status, soft);
+        let answer = crate::forward::Answer {
+            told: retry_after(&header, now).or_else(|| service.body_retry_delay(&read)),
+            spent_for: service.spent_until(&header, now),
+            class: classification.class,
+            lapses: classification.lapses,
+            reason: classification.reason,
+        };
+        let hold = matches!(
+            answer.class,
+            AnswerClass::QuotaLimited | AnswerClass::Throttled
+        )
+        .then(|| (self.hold(&answer, service), answer.reason.clone()));
+        let (verdict, message) = judge(&service.name, status, answer.class);
         Ok(Validation {
             verdict,
             status: Some(status),
             message,
             costs_quota: request.costs_quota,
             latency_ms,
+            answer: Some(answer.class),
+            hold,
         })
     }
 }
 
-/// The verdict on an answer's status and soft error.
-fn judge(name: &str, status: u16, soft: Option<SoftErrorKind>) -> (Verdict, String) {
-    match (status, soft) {
-        (401 | 403, _) => (
+/// The verdict on what an answer meant.
+fn judge(name: &str, status: u16, class: AnswerClass) -> (Verdict, String) {
+    match class {
+        AnswerClass::Rejected => (
             Verdict::Rejected,
             format!("{name} rejected this key (HTTP {status})"),
         ),
-        (429, _) | (200..=299, Some(SoftErrorKind::Throttled)) => (
+        AnswerClass::QuotaLimited | AnswerClass::Throttled => (
             Verdict::Throttled,
             format!("{name} knows this key but it is out of allowance right now"),
         ),
-        (200..=299, Some(SoftErrorKind::Failed)) => (
+        AnswerClass::Success if (200..300).contains(&status) => {
+            (Verdict::Valid, format!("{name} accepted this key"))
+        }
+        AnswerClass::Failed if (200..300).contains(&status) => (
             Verdict::Inconclusive,
             format!("{name} answered with an error; the key may be invalid"),
         ),
-        (200..=299, None) => (Verdict::Valid, format!("{name} accepted this key")),
         _ => (
             Verdict::Inconclusive,
             format!("{name} answered HTTP {status}; try again later"),
@@ -177,16 +207,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn answers_are_judged_by_status_and_soft_error() {
-        let v = |status, soft| judge("P", status, soft).0;
-        assert_eq!(v(200, None), Verdict::Valid);
-        assert_eq!(v(204, None), Verdict::Valid);
-        assert_eq!(v(401, None), Verdict::Rejected);
-        assert_eq!(v(403, Some(SoftErrorKind::Failed)), Verdict::Rejected);
-        assert_eq!(v(429, None), Verdict::Throttled);
-        assert_eq!(v(200, Some(SoftErrorKind::Throttled)), Verdict::Throttled);
-        assert_eq!(v(200, Some(SoftErrorKind::Failed)), Verdict::Inconclusive);
-        assert_eq!(v(500, None), Verdict::Inconclusive);
-        assert_eq!(v(302, None), Verdict::Inconclusive);
+    fn verdicts_follow_what_the_answer_meant() {
+        use AnswerClass::*;
+        let v = |status, class| judge("P", status, class).0;
+        assert_eq!(v(200, Success), Verdict::Valid);
+        assert_eq!(v(204, Success), Verdict::Valid);
+        assert_eq!(v(400, Rejected), Verdict::Rejected, "Gemini's bad key");
+        assert_eq!(
+            v(200, Rejected),
+            Verdict::Rejected,
+            "Alpha Vantage's bad key"
+        );
+        assert_eq!(v(429, Throttled), Verdict::Throttled);
+        assert_eq!(v(200, QuotaLimited), Verdict::Throttled);
+        assert_eq!(v(200, Failed), Verdict::Inconclusive);
+        assert_eq!(v(500, Outage), Verdict::Inconclusive);
+        assert_eq!(v(302, Success), Verdict::Inconclusive);
+        assert_eq!(v(418, Unclassified), Verdict::Inconclusive);
     }
 }

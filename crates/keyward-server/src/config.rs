@@ -45,6 +45,7 @@ const KNOWN_KEYS: &[&str] = &[
     "secure_cookies",
     "health_probes",
     "trusted_proxies",
+    "public_url",
     "pricing_file",
     "log_format",
     "log",
@@ -180,6 +181,10 @@ pub struct RawSettings {
     pub health_probes: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_proxies: Option<String>,
+    /// Where clients reach Keyward (`https://keyward.example.com`, with a path prefix if a
+    /// reverse proxy adds one): links in provider answers are rewritten to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
     /// A TOML file of `[[price]]` entries laid over the built-in LLM price table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing_file: Option<PathBuf>,
@@ -271,6 +276,8 @@ pub struct Settings {
     pub health_probes: bool,
     /// Reverse proxies whose `X-Forwarded-For` is believed (CIDRs); none by default.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Where clients reach Keyward, without a trailing `/`; `None`: the request's `Host`.
+    pub public_url: Option<String>,
     /// LLM prices: the built-in table plus `pricing_file`.
     pub pricing: PricingTable,
     pub log_format: LogFormat,
@@ -298,6 +305,7 @@ impl Settings {
             sessions: self.sessions,
             secure_cookies: self.secure_cookies,
             trusted_proxies: self.trusted_proxies.clone(),
+            public_url: self.public_url.clone(),
             health_probes: self.health_probes,
             smtp: self.smtp.clone(),
         }
@@ -663,6 +671,15 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         )?)),
     };
     let secure_cookies = flag("secure_cookies", raw.secure_cookies.as_deref(), false)?;
+    let public_url = raw
+        .public_url
+        .as_deref()
+        .map(|url| {
+            keyward_core::service::validate_base_url(url)
+                .map(|()| url.trim_end_matches('/').to_owned())
+                .map_err(|e| ConfigError(format!("public_url: {}", e.message)))
+        })
+        .transpose()?;
     let health_probes = flag("health_probes", raw.health_probes.as_deref(), true)?;
     let trusted_proxies = raw
         .trusted_proxies
@@ -721,6 +738,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         secure_cookies,
         health_probes,
         trusted_proxies,
+        public_url,
         pricing,
         log_format,
         log: raw.log.unwrap_or_else(|| "info".to_owned()),

@@ -81,6 +81,18 @@ impl Metrics {
                 "Priced cost of proxied calls in billionths of a US dollar, by service"
             );
             metrics::describe_counter!(
+                "keyward_proxy_answers_total",
+                "Provider answers by service and what the service's rules say they mean (success, rejected, quota_limited, throttled, failed, outage, unclassified)"
+            );
+            metrics::describe_counter!(
+                "keyward_proxy_unpriced_calls_total",
+                "Calls to a model or endpoint without a listed price, charged at the conservative fallback, by service"
+            );
+            metrics::describe_counter!(
+                "keyward_proxy_uninspected_bodies_total",
+                "LLM answers too large to read their usage: passed through and not metered"
+            );
+            metrics::describe_counter!(
                 "keyward_usage_write_failures_total",
                 "Usage batches the store refused (the events in them are lost)"
             );
@@ -107,6 +119,18 @@ impl Metrics {
                     "cache" => r.cache.as_str(),
                 )
                 .increment(1);
+                if let Some(answer) = r.answer {
+                    metrics::counter!(
+                        "keyward_proxy_answers_total",
+                        "service" => service.clone(),
+                        "answer" => answer.as_str(),
+                    )
+                    .increment(1);
+                }
+                if r.unpriced {
+                    metrics::counter!("keyward_proxy_unpriced_calls_total", "service" => service.clone())
+                        .increment(1);
+                }
                 if r.outcome == Outcome::Refused {
                     let code = r.error_code.clone().unwrap_or_else(|| "unknown".to_owned());
                     metrics::counter!("keyward_proxy_refusals_total", "code" => code).increment(1);
@@ -152,6 +176,8 @@ impl Metrics {
             metrics::gauge!("keyward_proxy_cache_bytes").set(gauges.cache_bytes as f64);
             metrics::counter!("keyward_proxy_expired_key_uses_total")
                 .absolute(gauges.expired_key_uses);
+            metrics::counter!("keyward_proxy_uninspected_bodies_total")
+                .absolute(gauges.uninspected_bodies);
         });
         self.handle.render()
     }
@@ -161,6 +187,7 @@ impl Metrics {
 mod tests {
     use super::*;
     use jiff::Timestamp;
+    use keyward_core::answer::AnswerClass;
     use keyward_core::usage::{CacheOutcome, TokenUsage};
 
     fn record(service: &str, outcome: Outcome) -> UsageRecord {
@@ -188,6 +215,8 @@ mod tests {
             },
             credits: 1,
             cost_nanos: 8250,
+            answer: (outcome == Outcome::Success).then_some(AnswerClass::Success),
+            unpriced: outcome == Outcome::Success,
         }
     }
 
@@ -208,6 +237,7 @@ mod tests {
             cache_entries: 3,
             cache_bytes: 4096,
             expired_key_uses: 2,
+            uninspected_bodies: 3,
         });
         for line in [
             r#"keyward_proxy_requests_total{service="openai",outcome="success",cache="miss"} 1"#,
@@ -219,6 +249,9 @@ mod tests {
             "keyward_proxy_events_dropped_total 7",
             "keyward_proxy_cache_bytes 4096",
             "keyward_proxy_expired_key_uses_total 2",
+            r#"keyward_proxy_answers_total{service="openai",answer="success"} 1"#,
+            r#"keyward_proxy_unpriced_calls_total{service="openai"} 1"#,
+            "keyward_proxy_uninspected_bodies_total 3",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

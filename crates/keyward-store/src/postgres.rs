@@ -95,6 +95,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "creators",
         include_str!("../migrations/postgres/0016_creators.sql"),
     ),
+    (
+        17,
+        "provider_answers",
+        include_str!("../migrations/postgres/0017_provider_answers.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

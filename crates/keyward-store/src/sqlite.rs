@@ -98,6 +98,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "creators",
         include_str!("../migrations/sqlite/0016_creators.sql"),
     ),
+    (
+        17,
+        "provider_answers",
+        include_str!("../migrations/sqlite/0017_provider_answers.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

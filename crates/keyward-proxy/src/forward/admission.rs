@@ -67,6 +67,11 @@ impl Proxy {
     {
         let now = exchange.record.at;
         let service = snapshot.service(&inbound.service)?;
+        exchange.links = crate::links::LinkRewriter::new(
+            std::iter::once(service.base_url.as_str())
+                .chain(service.link_origins.iter().map(String::as_str)),
+            &format!("{}/proxy/{}", inbound.public_url, service.id),
+        );
         let presented = find_token(service, &inbound.headers, inbound.query.as_deref())
             .ok_or_else(|| Error::new(ErrorKind::Unauthenticated, "missing_token", format!(
                 "send your Keyward app token where the {} SDK sends its key, or in X-Keyward-Token", service.name
@@ -180,16 +185,14 @@ impl Proxy {
         }))
     }
 
-    /// The most a call can cost: its model's price (or the service's dearest, for a model
-    /// Keyward has no price for) for every input byte as a token and the full output
+    /// The most a call can cost: its model's price (or the conservative fallback for a
+    /// model Keyward has no price for) for every input byte as a token and the full output
     /// allowance.
     fn max_cost(&self, route: &Route<'_>, request: &LlmRequest, input_bytes: u64) -> u64 {
-        let pricing = &self.sink.pricing;
-        request
-            .model
-            .as_deref()
-            .and_then(|m| pricing.price(&route.service.id, m))
-            .or_else(|| pricing.dearest(&route.service.id))
+        self.sink
+            .pricing
+            .charge(&route.service.id, request.model.as_deref())
+            .0
             .map_or(0, |p| p.max_cost_nanos(input_bytes, request.max_output))
     }
 }

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use http::header::{self, HeaderMap};
+use keyward_core::answer::{AnswerClass, Lapse, retry_after};
 use keyward_core::guided_rotation::RotationTraffic;
 use keyward_core::key::{KeyVersion, SealContext};
-use keyward_core::service::SoftErrorKind;
+use keyward_core::service::ServiceDefinition;
 use keyward_core::usage::{KeyFlagKind, Outcome, Subject};
 use keyward_core::{Error, ErrorKind};
 
@@ -58,21 +59,25 @@ enum Verdict {
     Retry(Duration),
 }
 
-/// `retry-after-ms` (OpenAI) or `retry-after` in seconds.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let number = |name: &str| {
-        headers
-            .get(name)?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|n| n.is_finite() && *n >= 0.0)
-    };
-    number("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| number("retry-after").map(Duration::from_secs_f64))
+/// What an upstream answer means, with what it said about waiting.
+#[derive(Debug, Clone)]
+pub(crate) struct Answer {
+    pub(crate) class: AnswerClass,
+    pub(crate) lapses: Option<Lapse>,
+    /// The flag's reason: the status and the matching rule (never the body).
+    pub(crate) reason: String,
+    /// What the answer said about waiting: `Retry-After`, `retry-after-ms`, a body delay.
+    pub(crate) told: Option<Duration>,
+    /// How long the rate-limit headers say a spent limit stays spent.
+    pub(crate) spent_for: Option<Duration>,
+}
+
+/// Whether an answer is a stream of server-sent events.
+pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
 }
 
 impl Proxy {
@@ -177,13 +182,15 @@ impl Proxy {
             };
             exchange.mark_latency();
             let status = response.0.status;
+            let mut upstream = Upstream::new(response);
+            let answer = self.read_answer(&mut upstream, route.service, &path).await;
             self.health.record_call(
                 &key.key.id,
-                status.is_server_error(),
+                answer.class == AnswerClass::Outage,
                 attempt_ms,
                 self.clock.now(),
             );
-            if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
+            if answer.class == AnswerClass::Rejected
                 && !second
                 && value_to_try(&key, true, canary).is_some()
             {
@@ -207,10 +214,7 @@ impl Proxy {
                 second = true;
                 continue;
             }
-            let mut upstream = Upstream::new(response);
-            let verdict = self
-                .judge(&mut upstream, &key, &route, last, ordered.len(), attempt)
-                .await;
+            let verdict = self.judge(&answer, &key, route.service, last, ordered.len(), attempt);
             if let Verdict::Retry(wait) = verdict
                 && let Ok(next) = {
                     if !wait.is_zero() {
@@ -225,8 +229,7 @@ impl Proxy {
                 continue;
             }
             // A key the provider accepts again is no longer flagged as rejected.
-            if status.is_success()
-                && !upstream.soft_error
+            if answer.class == AnswerClass::Success
                 && self
                     .health
                     .flag(&key.key.id, key.flag.as_ref(), self.clock.now())
@@ -251,12 +254,11 @@ impl Proxy {
                     .emit(ProxyEvent::Rotation(key.key.id.clone(), traffic));
             }
             exchange.record.status = status.as_u16();
-            exchange.record.outcome = if upstream.soft_error {
-                Outcome::SoftError
-            } else if status.is_success() || status.is_redirection() {
-                Outcome::Success
-            } else {
-                Outcome::UpstreamError
+            exchange.record.answer = Some(answer.class);
+            exchange.record.outcome = match answer.class {
+                AnswerClass::Success => Outcome::Success,
+                _ if status.is_success() => Outcome::SoftError,
+                _ => Outcome::UpstreamError,
             };
             if let Some(reservation) = key_reservation.take() {
                 exchange.reservations.push(reservation);
@@ -273,7 +275,7 @@ impl Proxy {
             let store_in_cache = cache_key.filter(|_| {
                 may_store
                     && status == StatusCode::OK
-                    && !upstream.soft_error
+                    && answer.class == AnswerClass::Success
                     && storable(&upstream.headers)
             });
             return Ok(Delivery::Upstream {
@@ -406,78 +408,161 @@ impl Proxy {
         Err(first_refusal.unwrap_or_else(|| Error::internal("no key was tried")))
     }
 
-    /// Looks at an upstream answer: flags the key when the provider rejected or throttled
-    /// it, and says whether to try again.
-    async fn judge(
+    /// Reads what an answer means by the service's rules, reading the body ahead first
+    /// when a rule for this status looks at it (never for an event stream, which must not
+    /// be held back).
+    async fn read_answer(
         &self,
         upstream: &mut Upstream,
+        service: &ServiceDefinition,
+        path: &str,
+    ) -> Answer {
+        let status = upstream.status.as_u16();
+        if !is_event_stream(&upstream.headers) && service.answer_reads_body(status, path) {
+            upstream.peek(self.config.soft_error_peek_bytes).await;
+        }
+        let body = upstream.complete_body();
+        let now = self.clock.now();
+        let headers = &upstream.headers;
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let classification = service.classify(status, path, body.as_deref());
+        let told = if classification.class == AnswerClass::Success {
+            None
+        } else {
+            retry_after(&header, now)
+                .or_else(|| body.as_deref().and_then(|b| service.body_retry_delay(b)))
+        };
+        Answer {
+            spent_for: service.spent_until(&header, now),
+            told,
+            class: classification.class,
+            lapses: classification.lapses,
+            reason: classification.reason,
+        }
+    }
+
+    /// Acts on what an answer means: flags the key as the provider's rules say, and says
+    /// whether to try again (after a wait, or at once with the next key).
+    fn judge(
+        &self,
+        answer: &Answer,
         key: &LiveKey,
-        route: &Route<'_>,
+        service: &ServiceDefinition,
         last: bool,
         pool_size: usize,
         attempt: usize,
     ) -> Verdict {
-        let status = upstream.status;
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            self.raise(
-                key,
-                KeyFlagKind::Rejected,
-                format!("the provider answered HTTP {}", status.as_u16()),
-                None,
-            );
-            return if !last && pool_size > 1 {
+        let fail_over = || {
+            if !last && pool_size > 1 {
                 Verdict::Retry(Duration::ZERO)
             } else {
                 Verdict::Deliver
-            };
-        }
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            let told = retry_after(&upstream.headers);
-            let wait = told.unwrap_or_else(|| self.backoff(attempt));
-            if status == StatusCode::TOO_MANY_REQUESTS
-                && told.is_none_or(|w| w > self.config.retry_wait_cap)
-            {
-                let hold = told.unwrap_or(self.config.quota_hold);
+            }
+        };
+        match answer.class {
+            AnswerClass::Success => {
+                // A limit the headers say is spent for longer than a retry would wait
+                // (Groq's daily request cap) holds the key until it resets.
+                if let Some(wait) = answer.spent_for.filter(|w| *w > self.config.retry_wait_cap) {
+                    self.raise(
+                        &key.key.id,
+                        KeyFlagKind::QuotaLimited,
+                        "the provider's rate-limit headers say the allowance is spent".into(),
+                        Some(wait),
+                    );
+                }
+                Verdict::Deliver
+            }
+            AnswerClass::Rejected => {
                 self.raise(
-                    key,
+                    &key.key.id,
+                    KeyFlagKind::Rejected,
+                    answer.reason.clone(),
+                    None,
+                );
+                fail_over()
+            }
+            AnswerClass::QuotaLimited => {
+                let hold = self.hold(answer, service);
+                self.raise(
+                    &key.key.id,
                     KeyFlagKind::QuotaLimited,
-                    "the provider answered HTTP 429".into(),
+                    answer.reason.clone(),
                     Some(hold),
                 );
+                fail_over()
             }
-            if last {
-                return Verdict::Deliver;
-            }
-            if wait <= self.config.retry_wait_cap {
-                return Verdict::Retry(wait);
-            }
-            return if pool_size > 1 {
-                Verdict::Retry(Duration::ZERO)
-            } else {
-                Verdict::Deliver
-            };
-        }
-        if status == StatusCode::OK && !route.service.soft_errors.is_empty() {
-            upstream.peek(self.config.soft_error_peek_bytes).await;
-            if let Some(kind) = upstream
-                .complete_json()
-                .and_then(|body| route.service.soft_error(&body))
-            {
-                upstream.soft_error = true;
-                if kind == SoftErrorKind::Throttled {
-                    self.raise(
-                        key,
-                        KeyFlagKind::QuotaLimited,
-                        "the provider answered HTTP 200 with a throttling notice".into(),
-                        Some(self.config.quota_hold),
-                    );
-                    if !last && pool_size > 1 {
-                        return Verdict::Retry(Duration::ZERO);
+            AnswerClass::Throttled => match self.wait_for(answer, service) {
+                Some(wait) if wait <= self.config.retry_wait_cap => {
+                    if last {
+                        Verdict::Deliver
+                    } else {
+                        Verdict::Retry(wait)
                     }
                 }
+                Some(wait) => {
+                    self.raise(
+                        &key.key.id,
+                        KeyFlagKind::QuotaLimited,
+                        answer.reason.clone(),
+                        Some(wait),
+                    );
+                    fail_over()
+                }
+                None => {
+                    self.raise(
+                        &key.key.id,
+                        KeyFlagKind::QuotaLimited,
+                        answer.reason.clone(),
+                        Some(self.config.quota_hold),
+                    );
+                    if last {
+                        Verdict::Deliver
+                    } else {
+                        Verdict::Retry(self.backoff(attempt))
+                    }
+                }
+            },
+            AnswerClass::Outage => {
+                let wait = answer.told.unwrap_or_else(|| self.backoff(attempt));
+                if last {
+                    Verdict::Deliver
+                } else if wait <= self.config.retry_wait_cap {
+                    Verdict::Retry(wait)
+                } else {
+                    fail_over()
+                }
             }
+            AnswerClass::Failed | AnswerClass::Unclassified => Verdict::Deliver,
         }
-        Verdict::Deliver
+    }
+
+    /// How long a quota-limited key is held: until the quota lapses, or the configured hold
+    /// when nothing says.
+    pub(crate) fn hold(&self, answer: &Answer, service: &ServiceDefinition) -> Duration {
+        self.wait_for(answer, service)
+            .unwrap_or(self.config.quota_hold)
+    }
+
+    /// When a throttle or quota lapses: the rule's lapse (by the service's quota calendar),
+    /// else what the answer said — or later, if the rate-limit headers say a limit stays
+    /// spent longer (Groq's daily request cap behind a short `retry-after`).
+    fn wait_for(&self, answer: &Answer, service: &ServiceDefinition) -> Option<Duration> {
+        let now = self.clock.now();
+        let said = answer
+            .lapses
+            .and_then(|lapse| lapse.until(&service.quota_calendar, now, answer.told))
+            .map(|until| keyward_core::usage::until(now, until))
+            .or(answer.told);
+        match (said, answer.spent_for) {
+            (Some(said), Some(spent)) => Some(said.max(spent)),
+            (said, spent) => said.or(spent),
+        }
     }
 
     /// Whether a request tries `key`'s canary value first: `percent`% of them do.
@@ -516,19 +601,14 @@ mod tests {
     use http::{HeaderMap, HeaderValue, Method};
 
     #[test]
-    fn retry_after_and_idempotency() {
+    fn idempotency_and_event_streams() {
         let mut headers = HeaderMap::new();
-        headers.insert("retry-after", HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        headers.insert("retry-after-ms", HeaderValue::from_static("250"));
-        assert_eq!(
-            retry_after(&headers),
-            Some(Duration::from_millis(250)),
-            "OpenAI's millisecond header wins"
+        assert!(!is_event_stream(&headers));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
         );
-        headers.insert("retry-after-ms", HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after(&HeaderMap::new()), None);
+        assert!(is_event_stream(&headers));
         assert!(
             is_idempotent(&Method::GET)
                 && is_idempotent(&Method::PUT)

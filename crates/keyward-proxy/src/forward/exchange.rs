@@ -19,6 +19,7 @@ use secrecy::SecretString;
 use super::proxy::{Inbound, Proxy, ProxyEvent, Sink};
 use super::rewrite::{bad_request, strip_hop_by_hop};
 use crate::cache::CachedResponse;
+use crate::links::{LinkRewriter, rewrite_stream};
 use crate::meter::UsageReader;
 use crate::quota::Reservation;
 use crate::redact::{redact_bytes, redact_stream};
@@ -38,6 +39,8 @@ pub(super) struct Exchange {
     pub(super) reader: Option<UsageReader>,
     /// The key used had expired at this time (injected inside the grace period).
     pub(super) expired_at: Option<jiff::Timestamp>,
+    /// Turns links to the provider into links through Keyward.
+    pub(super) links: Option<LinkRewriter>,
 }
 
 impl Exchange {
@@ -67,11 +70,14 @@ impl Exchange {
                 tokens: TokenUsage::default(),
                 credits: 0,
                 cost_nanos: 0,
+                answer: None,
+                unpriced: false,
             },
             started: Instant::now(),
             reservations: Vec::new(),
             reader: None,
             expired_at: None,
+            links: None,
         }
     }
 
@@ -127,13 +133,16 @@ impl Drop for Finisher {
             if let Some(model) = reader.model.take() {
                 exchange.record.model = Some(model);
             }
+            if reader.overflowed() {
+                self.sink.uninspected_bodies.fetch_add(1, Ordering::Relaxed);
+            }
             if let Some(tokens) = reader.tokens {
                 exchange.record.tokens = tokens;
-                let price = exchange
-                    .record
-                    .model
-                    .as_deref()
-                    .and_then(|m| self.sink.pricing.price(&exchange.record.service_id, m));
+                let (price, unpriced) = self.sink.pricing.charge(
+                    &exchange.record.service_id,
+                    exchange.record.model.as_deref(),
+                );
+                exchange.record.unpriced = unpriced;
                 exchange.record.cost_nanos = price.map_or(0, |p| p.cost_nanos(&tokens));
                 if let Some(key) = &exchange.record.key_id {
                     self.sink.meters.charge_tokens(key, tokens.total());
@@ -170,7 +179,6 @@ pub(super) struct Upstream {
     pub(super) rest: Option<UpstreamStream>,
     /// Whether `head` is the whole body.
     pub(super) complete: bool,
-    pub(super) soft_error: bool,
 }
 
 impl Upstream {
@@ -183,7 +191,6 @@ impl Upstream {
             head: None,
             rest: Some(Box::pin(body)),
             complete: false,
-            soft_error: false,
         }
     }
 
@@ -218,13 +225,6 @@ impl Upstream {
 
     pub(super) fn complete_body(&self) -> Option<Bytes> {
         self.complete.then(|| self.head.clone().unwrap_or_default())
-    }
-
-    pub(super) fn complete_json(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
-        match serde_json::from_slice(&self.complete_body()?) {
-            Ok(serde_json::Value::Object(map)) => Some(map),
-            _ => None,
-        }
     }
 }
 
@@ -317,6 +317,51 @@ pub(super) fn upstream_error(e: &SendError, limit: usize, service: &str) -> Erro
     }
 }
 
+/// How much of an answer that may hold links is read ahead to rewrite it whole (and keep
+/// its `Content-Length`); a longer one is rewritten as it streams.
+const LINK_PEEK_BYTES: usize = 256 * 1024;
+
+/// Whether an answer's body may hold links worth rewriting: JSON and text, never an event
+/// stream (held back, it would stall) or binary data.
+fn has_links_to_rewrite(headers: &HeaderMap) -> bool {
+    let Some(kind) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+    else {
+        return false;
+    };
+    !kind.starts_with("text/event-stream")
+        && (kind.starts_with("application/json")
+            || kind.contains("+json")
+            || kind.starts_with("text/"))
+}
+
+/// `Link`, `Location` and `Content-Location` with their links rewritten.
+fn rewrite_link_headers(headers: &mut HeaderMap, rewriter: &LinkRewriter) {
+    for name in [header::LINK, header::LOCATION, header::CONTENT_LOCATION] {
+        let rewritten: Vec<HeaderValue> = headers
+            .get_all(&name)
+            .iter()
+            .map(|value| {
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|text| rewriter.header(text))
+                    .and_then(|text| HeaderValue::from_str(&text).ok())
+                    .unwrap_or_else(|| value.clone())
+            })
+            .collect();
+        if rewritten.is_empty() {
+            continue;
+        }
+        headers.remove(&name);
+        for value in rewritten {
+            headers.append(&name, value);
+        }
+    }
+}
+
 pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     headers
         .get(header::CONTENT_LENGTH)
@@ -373,6 +418,26 @@ impl Proxy {
         if cached_marker != CacheOutcome::None {
             headers.insert(CACHE_HEADER, HeaderValue::from_static("miss"));
         }
+        let links = exchange.links.clone();
+        let mut stream_links = None;
+        if let Some(rewriter) = &links {
+            rewrite_link_headers(&mut headers, rewriter);
+            if has_links_to_rewrite(&headers) {
+                upstream.peek(LINK_PEEK_BYTES).await;
+                if let Some(body) = upstream.complete_body() {
+                    // A whole body: rewritten at once, its length told exactly (the key is
+                    // masked on the way out, below, as for every body).
+                    if let Some(rewritten) = rewriter.rewrite(&body) {
+                        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+                        upstream.head = Some(Bytes::from(rewritten));
+                    }
+                } else {
+                    // Too long to hold: rewritten as it streams; its length may change.
+                    headers.remove(header::CONTENT_LENGTH);
+                    stream_links = Some(rewriter.clone());
+                }
+            }
+        }
         if let Some(expired) = exchange.expired_at {
             self.sink.expired_key_uses.fetch_add(1, Ordering::Relaxed);
             if let Ok(value) = HeaderValue::from_str(&format!(
@@ -390,7 +455,12 @@ impl Proxy {
         let source = futures_util::stream::iter(head.map(Ok))
             .chain(futures_util::stream::iter(rest).flatten());
         let masked = redact_stream(source, secret);
-        let metered = masked
+        let linked: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>> =
+            match stream_links {
+                Some(rewriter) => Box::pin(rewrite_stream(masked, rewriter)),
+                None => Box::pin(masked),
+            };
+        let metered = linked
             .map(Some)
             .chain(futures_util::stream::once(async { None }))
             .filter_map(move |item| {
@@ -420,15 +490,25 @@ impl Proxy {
         exchange.mark_latency();
         exchange.record.status = hit.status.as_u16();
         exchange.record.outcome = Outcome::Success;
-        exchange.record.response_bytes = hit.body.len() as u64;
-        self.sink.emit(ProxyEvent::Usage(Box::new(exchange.record)));
         let mut headers = hit.headers.clone();
         headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+        let mut body = hit.body.clone();
+        if let Some(rewriter) = &exchange.links {
+            rewrite_link_headers(&mut headers, rewriter);
+            if has_links_to_rewrite(&headers)
+                && let Some(rewritten) = rewriter.rewrite(&body)
+            {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+                body = Bytes::from(rewritten);
+            }
+        }
+        exchange.record.response_bytes = body.len() as u64;
+        self.sink.emit(ProxyEvent::Usage(Box::new(exchange.record)));
         let age = keyward_core::usage::until(hit.stored_at, now).as_secs();
         if let Ok(age) = HeaderValue::from_str(&age.to_string()) {
             headers.insert(header::AGE, age);
         }
-        let mut out = Response::new(full_body(hit.body.clone()));
+        let mut out = Response::new(full_body(body));
         *out.status_mut() = hit.status;
         *out.headers_mut() = headers;
         out

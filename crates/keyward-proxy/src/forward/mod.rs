@@ -22,6 +22,7 @@ mod proxy;
 mod rewrite;
 
 use admission::Admission;
+pub(crate) use attempts::Answer;
 pub use exchange::{CACHE_HEADER, WARNING_HEADER};
 use exchange::{Delivery, Exchange};
 pub use proxy::{EVENT_CHANNEL_CAPACITY, Inbound, Proxy, ProxyConfig, ProxyEvent, ProxyGauges};
@@ -39,6 +40,12 @@ impl Proxy {
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
+        let mut inbound = inbound;
+        if let Some(path) =
+            crate::links::undo_joined_link(&inbound.path, &inbound.public_url, &inbound.service)
+        {
+            inbound.path = path;
+        }
         let mut exchange = Exchange::new(&inbound, self.clock.now());
         match self.handle(inbound, &mut exchange).await {
             Ok(Delivery::Cached(hit)) => Ok(self.answer_from_cache(&hit, exchange)),

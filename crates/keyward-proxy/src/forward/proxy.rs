@@ -18,7 +18,7 @@ use crate::cache::ResponseCache;
 use crate::health::KeyHealth;
 use crate::quota::Meters;
 use crate::upstream::UpstreamClient;
-use crate::{LiveKey, Snapshot, TokenRateLimits};
+use crate::{Snapshot, TokenRateLimits};
 
 /// A request as it reached `/proxy/{service}/{path}`.
 #[derive(Debug)]
@@ -35,6 +35,9 @@ pub struct Inbound<B> {
     /// The serving lane (thread) the request arrived on: its upstream connections are that
     /// lane's own, so their I/O never wakes another thread. Taken modulo `lanes`.
     pub lane: usize,
+    /// Where the client reaches Keyward (`https://keyward.example`, maybe with a path
+    /// prefix): links in answers are rewritten to `{public_url}/proxy/{service}/…`.
+    pub public_url: String,
 }
 
 /// Tunables of the data plane.
@@ -107,6 +110,8 @@ pub struct ProxyGauges {
     pub cache_bytes: u64,
     /// Calls answered with a key past its expiry, inside the grace period.
     pub expired_key_uses: u64,
+    /// LLM answers too large to read their usage: passed through, not metered.
+    pub uninspected_bodies: u64,
 }
 
 /// Bound of the event channel: when the writer falls this far behind, events are dropped
@@ -119,6 +124,7 @@ pub(crate) struct Sink {
     pub(super) events: tokio::sync::mpsc::Sender<ProxyEvent>,
     pub(super) dropped: AtomicU64,
     pub(super) expired_key_uses: AtomicU64,
+    pub(super) uninspected_bodies: AtomicU64,
     pub(crate) meters: Arc<Meters>,
     pub(super) pricing: PricingTable,
 }
@@ -181,6 +187,7 @@ impl Proxy {
                 events,
                 dropped: AtomicU64::new(0),
                 expired_key_uses: AtomicU64::new(0),
+                uninspected_bodies: AtomicU64::new(0),
                 meters: Arc::new(Meters::default()),
                 pricing,
             }),
@@ -223,6 +230,7 @@ impl Proxy {
             cache_entries: self.cache.entry_count(),
             cache_bytes: self.cache.weighted_size(),
             expired_key_uses: self.sink.expired_key_uses.load(Ordering::Relaxed),
+            uninspected_bodies: self.sink.uninspected_bodies.load(Ordering::Relaxed),
         }
     }
 
@@ -272,16 +280,16 @@ impl Proxy {
             .clone()
     }
 
-    pub(super) fn raise(
+    pub(crate) fn raise(
         &self,
-        key: &LiveKey,
+        key: &keyward_core::id::KeyId,
         kind: KeyFlagKind,
         reason: String,
         hold: Option<Duration>,
     ) {
         let now = self.clock.now();
         let flag = KeyFlag {
-            key_id: key.key.id.clone(),
+            key_id: key.clone(),
             kind,
             reason,
             since: now,

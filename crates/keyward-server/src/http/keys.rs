@@ -455,11 +455,16 @@ impl std::fmt::Debug for ValidateSecretRequest {
 /// What the service said to its validation request. Never carries the provider's body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ValidationBody {
-    /// valid, rejected (401/403), throttled (429 or a quota soft error), inconclusive,
-    /// unreachable.
+    /// valid, rejected, throttled (throttled or out of quota), inconclusive, unreachable —
+    /// by the service's answer rules, which know each provider's way of saying it.
     pub verdict: String,
     /// The provider's HTTP status, when it answered.
     pub status: Option<u16>,
+    /// What the answer meant by the service's rules: success, rejected, quota_limited,
+    /// throttled, failed, outage or unclassified (absent: no answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub answer: Option<&'static str>,
     pub message: String,
     /// Whether the request spent quota on the provider's side.
     pub costs_quota: bool,
@@ -471,6 +476,7 @@ impl From<keyward_proxy::Validation> for ValidationBody {
         Self {
             verdict: v.verdict.as_str().to_owned(),
             status: v.status,
+            answer: v.answer.map(keyward_core::answer::AnswerClass::as_str),
             message: v.message,
             costs_quota: v.costs_quota,
             latency_ms: v.latency_ms,

@@ -47,6 +47,9 @@ pub struct UsageTotalsBody {
     pub output_tokens: u64,
     pub credits: u64,
     pub cost_usd: f64,
+    /// Calls to a model without a listed price: their cost is a conservative estimate
+    /// (the service's fallback or dearest price), never zero.
+    pub unpriced: u64,
 }
 
 impl From<UsageTotals> for UsageTotalsBody {
@@ -60,6 +63,7 @@ impl From<UsageTotals> for UsageTotalsBody {
             output_tokens: t.output_tokens,
             credits: t.credits,
             cost_usd: nanos_to_usd(t.cost_nanos),
+            unpriced: t.unpriced,
         }
     }
 }

@@ -382,3 +382,51 @@ async fn a_graceful_shutdown_writes_the_usage_still_queued() {
         CALLS as f64 * usage::OPENAI_COST,
     );
 }
+
+#[tokio::test]
+async fn a_model_without_a_price_is_charged_at_the_dearest_never_free_and_counted_as_unpriced() {
+    let s = Llms::start().await;
+    let ask = |model: &str| {
+        s.app
+            .client
+            .post(s.url("anthropic/v1/messages"))
+            .header("x-api-key", &s.token)
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    // Opus is Anthropic's dearest listed model; an unknown one costs what Opus would.
+    assert_eq!(
+        ask("claude-opus-4-5").await.unwrap().status(),
+        StatusCode::OK
+    );
+    let priced = s.usage(&format!("key={}", s.anthropic_key), 1).await;
+    assert_eq!(priced["unpriced"], 0, "{priced}");
+    assert_eq!(ask("claude-next-9").await.unwrap().status(), StatusCode::OK);
+    let both = s.usage(&format!("key={}", s.anthropic_key), 2).await;
+    assert_eq!(both["unpriced"], 1, "{both}");
+    let (priced_cost, both_cost) = (
+        priced["cost_usd"].as_f64().unwrap(),
+        both["cost_usd"].as_f64().unwrap(),
+    );
+    assert!(priced_cost > 0.0);
+    assert!(
+        (both_cost - 2.0 * priced_cost).abs() < 1e-12,
+        "the unpriced call cost {} (Opus: {priced_cost})",
+        both_cost - priced_cost
+    );
+    let metrics = s
+        .app
+        .client
+        .get(format!("{}/metrics", s.app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keyward_proxy_unpriced_calls_total{service=\"anthropic\"} 1"),
+        "{metrics}"
+    );
+}

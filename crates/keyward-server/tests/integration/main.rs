@@ -33,6 +33,7 @@ mod llm;
 mod matrix;
 mod mfa;
 mod notifications;
+mod providers;
 mod proxy;
 mod revocation;
 mod rotation_policy;

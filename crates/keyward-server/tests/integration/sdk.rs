@@ -1,8 +1,10 @@
 //! The official `openai` and `anthropic` Python SDKs, unmodified, pointed at Keyward with an
 //! app token: normal and streamed calls reach a fake provider that accepts only the real
-//! keys, and the streamed and normal calls record the same cost.
+//! keys, and the streamed and normal calls record the same cost. Likewise Google's
+//! `google-genai` and four market-data clients (`alpha_vantage`, `polygon-api-client`,
+//! `finnhub-python`, `twelvedata`), changing only their base URL and key.
 //!
-//! Needs a Python with both SDKs (`tests/sdk/requirements.txt`): `KEYWARD_TEST_PYTHON`, or
+//! Needs a Python with these packages (`tests/sdk/requirements.txt`): `KEYWARD_TEST_PYTHON`, or
 //! `python3`. `.ci/run` installs them into a venv; elsewhere the test skips loudly.
 
 use std::path::Path;
@@ -96,4 +98,194 @@ async fn official_python_sdks_work_unmodified_through_the_proxy() {
             "streamed + plain = 2 × ${cost} from the pricing table, recorded ${recorded}"
         );
     }
+}
+
+/// Keys the client-library fakes accept, one per service.
+const GEMINI_KEY: &str = "AIzaSyA-gemini-real-key-0123456789abcdef";
+const AV_REAL: &str = "AVREALKEY0123456";
+const POLYGON_REAL: &str = "polygonRealKey0123456789abcdefgh";
+const FINNHUB_REAL: &str = "finnhubrealkey012345";
+const TWELVE_REAL: &str = "twelvedatarealkey0123456789abcde";
+
+/// One fake for Gemini, Alpha Vantage, Polygon, Finnhub and Twelve Data, answering as
+/// PROVIDERS.md records and only to the real keys, each where its provider expects it.
+async fn market_and_gemini_fake() -> String {
+    use axum::extract::Request;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+
+    fn query(request: &Request, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+    fn header(request: &Request, name: &str) -> Option<String> {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+    let app = axum::Router::new().fallback(|request: Request| async move {
+        // The Finnhub client joins `API_URL` and `/quote` with a slash of its own; the
+        // provider, like most servers, reads `//` as `/`.
+        let path = request.uri().path().replace("//", "/");
+        let denied = (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "bad key"}))).into_response();
+        // google-genai 3.x calls `v1`; older clients and the REST docs use `v1beta`.
+        if path.starts_with("/v1beta/models/gemini-2.5-pro:") || path.starts_with("/v1/models/gemini-2.5-pro:") {
+            if header(&request, "x-goog-api-key").as_deref() != Some(GEMINI_KEY) {
+                return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                    "details": [{"reason": "API_KEY_INVALID"}]}}))).into_response();
+            }
+            let usage = json!({"promptTokenCount": 812, "cachedContentTokenCount": 512,
+                "candidatesTokenCount": 64, "thoughtsTokenCount": 120, "totalTokenCount": 996});
+            let chunk = |text: &str, usage: Value| json!({"candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
+                "finishReason": "STOP", "index": 0}], "usageMetadata": usage, "modelVersion": "gemini-2.5-pro"});
+            if path.ends_with(":streamGenerateContent") {
+                let body = format!(
+                    "data: {}\r\n\r\ndata: {}\r\n\r\n",
+                    chunk("Bull", json!({"promptTokenCount": 812, "candidatesTokenCount": 1})),
+                    chunk("ish", usage)
+                );
+                return ([("content-type", "text/event-stream")], body).into_response();
+            }
+            return axum::Json(chunk("Bullish", usage)).into_response();
+        }
+        match path.as_str() {
+            "/query" => {
+                if query(&request, "apikey").as_deref() != Some(AV_REAL) {
+                    return axum::Json(json!({"Error Message": "the parameter apikey is invalid or missing."})).into_response();
+                }
+                if query(&request, "symbol").as_deref() == Some("MSFT") {
+                    return axum::Json(json!({"Information": "Thank you for using Alpha Vantage! Please consider spreading out your free API requests more sparingly (1 request per second). You may subscribe to any of the premium plans at https://www.alphavantage.co/premium/ to lift the free key rate limit (25 requests per day)"})).into_response();
+                }
+                axum::Json(json!({"Meta Data": {"1. Information": "Daily Prices", "2. Symbol": "IBM"},
+                    "Time Series (Daily)": {"2026-12-04": {"1. open": "240.00", "4. close": "241.10", "5. volume": "100"}}}))
+                    .into_response()
+            }
+            "/v3/reference/tickers" => {
+                if header(&request, "authorization") != Some(format!("Bearer {POLYGON_REAL}")) {
+                    return denied;
+                }
+                // Page 1 links to page 2 on the provider's own host, as Polygon does.
+                if query(&request, "cursor").as_deref() == Some("page2") {
+                    axum::Json(json!({"results": [{"ticker": "AAPL"}], "status": "OK"})).into_response()
+                } else {
+                    axum::Json(json!({"results": [{"ticker": "A"}], "status": "OK",
+                        "next_url": "https://api.polygon.io/v3/reference/tickers?cursor=page2"})).into_response()
+                }
+            }
+            "/api/v1/quote" => {
+                if query(&request, "token").as_deref() != Some(FINNHUB_REAL) {
+                    return denied;
+                }
+                axum::Json(json!({"c": 241.1, "d": 1.2, "dp": 0.5, "h": 242.0, "l": 239.0, "o": 240.0, "pc": 239.9, "t": 1764892800}))
+                    .into_response()
+            }
+            // The Twelve Data client loads indicator metadata when it starts.
+            "/technical_indicators" => axum::Json(json!({})).into_response(),
+            "/price" => {
+                if query(&request, "apikey").as_deref() != Some(TWELVE_REAL) {
+                    return axum::Json(json!({"code": 401, "message": "**apikey** parameter is incorrect or not specified.", "status": "error"})).into_response();
+                }
+                axum::Json(json!({"price": "241.10000"})).into_response()
+            }
+            _ => StatusCode::NOT_FOUND.into_response(),
+        }
+    });
+    crate::helpers::serve_fake(app).await
+}
+
+#[tokio::test]
+async fn client_libraries_from_pypi_work_by_changing_only_base_url_and_key() {
+    let python = python();
+    let check = Command::new(&python)
+        .args([
+            "-c",
+            "import google.genai, alpha_vantage, polygon, finnhub, twelvedata",
+        ])
+        .output();
+    if !check.as_ref().is_ok_and(|o| o.status.success()) {
+        service_missing(
+            "the google-genai, alpha_vantage, polygon-api-client, finnhub-python and twelvedata Python packages",
+            "pip install -r crates/keyward-server/tests/sdk/requirements.txt and set KEYWARD_TEST_PYTHON",
+        );
+        return;
+    }
+    let Some(app) = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite).await else {
+        return;
+    };
+    let fake = market_and_gemini_fake().await;
+    let services = [
+        "gemini",
+        "alpha-vantage",
+        "polygon",
+        "finnhub",
+        "twelve-data",
+    ];
+    let mut keys = std::collections::HashMap::new();
+    for (service, secret) in
+        services
+            .iter()
+            .zip([GEMINI_KEY, AV_REAL, POLYGON_REAL, FINNHUB_REAL, TWELVE_REAL])
+    {
+        app.point_service(service, &fake).await;
+        let key = app.create_key(service, "production", "sdk", secret).await;
+        keys.insert(*service, key["id"].as_str().unwrap().to_owned());
+    }
+    let token = app
+        .app_token(
+            json!({"name": "libraries", "services": services, "environments": ["production"]}),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/client_libraries.py");
+    let base = app.base.clone();
+    let secret_token = token.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .env("KEYWARD_URL", base)
+            .env("KEYWARD_APP_TOKEN", secret_token)
+            .env_remove("GOOGLE_API_KEY")
+            .env_remove("GEMINI_API_KEY")
+            .env_remove("POLYGON_API_KEY")
+            .env("NO_PROXY", "*")
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the client-library script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        seen,
+        json!({
+            "gemini_plain": "Bullish", "gemini_plain_usage": [812, 64], "gemini_streamed": "Bullish",
+            "alpha_vantage_close": "241.10", "alpha_vantage_symbol": "IBM", "alpha_vantage_throttle": true,
+            "polygon_tickers": ["A", "AAPL"],
+            "finnhub_quote": 241.1,
+            "twelve_data_price": "241.10000",
+        })
+    );
+    // The streamed and plain Gemini calls cost the same, thinking tokens billed as output.
+    let totals = app.usage_until(&format!("key={}", keys["gemini"]), 2).await["totals"].clone();
+    assert_eq!(totals["errors"], 0, "{totals}");
+    assert_eq!(totals["output_tokens"], 2 * (64 + 120), "{totals}");
+    assert_eq!(totals["unpriced"], 0, "{totals}");
+    // Alpha Vantage's throttle notice flagged its key until the next reset.
+    let (_, av) = app
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/keys/{}", keys["alpha-vantage"]),
+            None,
+        )
+        .await;
+    assert_eq!(av["flag"]["kind"], "quota_limited", "{av}");
 }

@@ -144,8 +144,10 @@ async fn a_candidate_key_is_validated_where_the_service_expects_it_and_nothing_i
     assert_eq!(last.path, "/query");
     assert!(last.query.contains("function=GLOBAL_QUOTE"), "{last:?}");
     assert!(last.query.contains(&format!("apikey={AV_KEY}")), "{last:?}");
+    // Alpha Vantage refuses a key with HTTP 200 and "the parameter apikey is invalid".
     let (_, body) = validate(&app, "alpha-vantage", "ZZZZZZZZ12345678").await;
-    assert_eq!(body["verdict"], "inconclusive", "{body}");
+    assert_eq!(body["verdict"], "rejected", "{body}");
+    assert_eq!(body["answer"], "rejected", "{body}");
 
     assert_eq!(app.key_count().await, 0, "validation stores nothing");
 

@@ -46,9 +46,10 @@ impl HealthStore for ThisStore {
     }
 
     async fn recent_calls(&self, since: Timestamp) -> Result<Vec<KeyCalls>, Error> {
-        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+        let rows: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
             "SELECT key_id, service_id, CAST(COUNT(*) AS BIGINT), \
-                    CAST(SUM(CASE WHEN outcome = 'failed' OR status >= 500 THEN 1 ELSE 0 END) AS BIGINT), \
+                    CAST(SUM(CASE WHEN outcome = 'failed' OR answer = 'outage' OR (answer IS NULL AND status >= 500) THEN 1 ELSE 0 END) AS BIGINT), \
+                    CAST(SUM(CASE WHEN answer = 'unclassified' THEN 1 ELSE 0 END) AS BIGINT), \
                     CAST(SUM(latency_ms) AS BIGINT) \
              FROM usage_records \
              WHERE at >= $1 AND key_id IS NOT NULL AND outcome <> 'refused' AND cache <> 'hit' \
@@ -59,18 +60,21 @@ impl HealthStore for ThisStore {
         .await
         .map_err(|e| db_error(e, None))?;
         rows.into_iter()
-            .map(|(key, service_id, calls, failures, latency)| {
-                let count = |what: &str, n: i64| u64::try_from(n).map_err(|e| corrupt(what, e));
-                Ok(KeyCalls {
-                    key_id: parse("key id", &key)?,
-                    service_id,
-                    stats: CallStats {
-                        calls: count("calls", calls)?,
-                        failures: count("failures", failures)?,
-                        latency_ms_total: count("latency", latency)?,
-                    },
-                })
-            })
+            .map(
+                |(key, service_id, calls, failures, unclassified, latency)| {
+                    let count = |what: &str, n: i64| u64::try_from(n).map_err(|e| corrupt(what, e));
+                    Ok(KeyCalls {
+                        key_id: parse("key id", &key)?,
+                        service_id,
+                        stats: CallStats {
+                            calls: count("calls", calls)?,
+                            failures: count("failures", failures)?,
+                            unclassified: count("unclassified", unclassified)?,
+                            latency_ms_total: count("latency", latency)?,
+                        },
+                    })
+                },
+            )
             .collect()
     }
 

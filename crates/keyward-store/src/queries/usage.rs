@@ -12,7 +12,7 @@ fn from_db_int(value: i64) -> u64 {
 }
 
 /// The sums a usage query returns, in the column order of `USAGE_SUMS`.
-type SumsRow = (i64, i64, i64, i64, i64, i64, i64, i64, i64);
+type SumsRow = (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64);
 
 /// The usage sums query: minutes from the records, hours and days from the hourly sums;
 /// per bucket, or per `group` column (rows without one, e.g. refusals before a key was
@@ -24,7 +24,7 @@ fn usage_sql(query: &UsageQuery, group: Option<&str>) -> String {
              CAST(COALESCE({errors}, 0) AS BIGINT), CAST(COALESCE({hits}, 0) AS BIGINT), \
              CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT), \
              CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(credits), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT)"
+             CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT), CAST(COALESCE(SUM(unpriced), 0) AS BIGINT)"
         )
     };
     let (select, table, time) = if query.granularity == keyward_core::usage::Granularity::Minute {
@@ -87,6 +87,7 @@ fn totals(row: &SumsRow) -> UsageTotals {
         output_tokens: from_db_int(row.6),
         credits: from_db_int(row.7),
         cost_nanos: from_db_int(row.8),
+        unpriced: from_db_int(row.9),
     }
 }
 
@@ -101,10 +102,11 @@ struct HourlySums {
     output_tokens: i64,
     credits: i64,
     cost_nanos: i64,
+    unpriced: i64,
 }
 
 const HOUR_MS: i64 = 3_600_000;
-/// Rows per multi-row usage insert (22 binds each; SQLite allows 32,766 per statement).
+/// Rows per multi-row usage insert (24 binds each; SQLite allows 32,766 per statement).
 const USAGE_ROWS_PER_INSERT: usize = 100;
 
 #[async_trait]
@@ -121,7 +123,7 @@ impl UsageStore for ThisStore {
             let mut insert = QueryBuilder::<Db>::new(
                 "INSERT INTO usage_records (at, token_id, key_id, service_id, environment, method, endpoint, status, \
                  outcome, error_code, latency_ms, request_bytes, response_bytes, cache, retries, model, input_tokens, \
-                 cached_tokens, cache_write_tokens, output_tokens, credits, cost_nanos) ",
+                 cached_tokens, cache_write_tokens, output_tokens, credits, cost_nanos, answer, unpriced) ",
             );
             // Placeholders come from the builder: `?` for SQLite, whose `$N` parameters are
             // named and looked up one by one (measured: with `$N`, binding 2,200 of them made
@@ -148,7 +150,9 @@ impl UsageStore for ThisStore {
                     .push_bind(db_int(r.tokens.cache_write))
                     .push_bind(db_int(r.tokens.output))
                     .push_bind(i64::from(r.credits))
-                    .push_bind(db_int(r.cost_nanos));
+                    .push_bind(db_int(r.cost_nanos))
+                    .push_bind(r.answer.map(keyward_core::answer::AnswerClass::as_str))
+                    .push_bind(i64::from(r.unpriced));
             });
             insert
                 .build()
@@ -174,18 +178,20 @@ impl UsageStore for ThisStore {
             sums.output_tokens += db_int(r.tokens.output);
             sums.credits += i64::from(r.credits);
             sums.cost_nanos = sums.cost_nanos.saturating_add(db_int(r.cost_nanos));
+            sums.unpriced += i64::from(r.unpriced);
         }
         for ((hour, service, key, token), s) in hourly {
             sqlx::query(
                 "INSERT INTO usage_hourly (hour, service_id, key_id, token_id, requests, errors, cache_hits, input_tokens, \
-                 cached_tokens, output_tokens, credits, cost_nanos) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 cached_tokens, output_tokens, credits, cost_nanos, unpriced) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                  ON CONFLICT (hour, service_id, key_id, token_id) DO UPDATE SET \
                  requests = usage_hourly.requests + excluded.requests, errors = usage_hourly.errors + excluded.errors, \
                  cache_hits = usage_hourly.cache_hits + excluded.cache_hits, \
                  input_tokens = usage_hourly.input_tokens + excluded.input_tokens, \
                  cached_tokens = usage_hourly.cached_tokens + excluded.cached_tokens, \
                  output_tokens = usage_hourly.output_tokens + excluded.output_tokens, \
-                 credits = usage_hourly.credits + excluded.credits, cost_nanos = usage_hourly.cost_nanos + excluded.cost_nanos",
+                 credits = usage_hourly.credits + excluded.credits, cost_nanos = usage_hourly.cost_nanos + excluded.cost_nanos, \
+                 unpriced = usage_hourly.unpriced + excluded.unpriced",
             )
             .bind(hour)
             .bind(service)
@@ -199,6 +205,7 @@ impl UsageStore for ThisStore {
             .bind(s.output_tokens)
             .bind(s.credits)
             .bind(s.cost_nanos)
+            .bind(s.unpriced)
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, None))?;
@@ -231,14 +238,14 @@ impl UsageStore for ThisStore {
             UsageGrouping::Service => "service_id",
             UsageGrouping::Token => "token_id",
         };
-        let rows: Vec<(String, i64, i64, i64, i64, i64, i64, i64, i64, i64)> =
+        let rows: Vec<(String, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64)> =
             bind_usage(query, usage_sql(query, Some(column)))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| db_error(e, None))?;
         rows.into_iter()
-            .map(|(group, a, b, c, d, e, f, g, h, i)| {
-                let row: SumsRow = (a, b, c, d, e, f, g, h, i);
+            .map(|(group, a, b, c, d, e, f, g, h, i, j)| {
+                let row: SumsRow = (a, b, c, d, e, f, g, h, i, j);
                 Ok((
                     group,
                     UsageBucket {

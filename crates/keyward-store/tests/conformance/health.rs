@@ -41,6 +41,7 @@ async fn probes_are_claimed_once_per_interval(store: Arc<dyn Store>) {
 }
 
 async fn recent_calls_count_upstream_failures_and_health_states_change_once(store: Arc<dyn Store>) {
+    use keyward_core::answer::AnswerClass;
     use keyward_core::health::{CallStats, HealthState, HealthStatus, KeyCalls};
     let r = rng();
     let key = add(&store, &r, "openai", "production", "health", 1).await;
@@ -62,6 +63,18 @@ async fn recent_calls_count_upstream_failures_and_health_states_change_once(stor
             failed(base + 2, 0, Outcome::Failed),
             failed(base + 3, 401, Outcome::UpstreamError),
             failed(base + 4, 0, Outcome::Refused),
+            UsageRecord {
+                answer: Some(AnswerClass::Unclassified),
+                ..failed(base + 7, 418, Outcome::UpstreamError)
+            },
+            UsageRecord {
+                answer: Some(AnswerClass::Outage),
+                ..failed(base + 8, 200, Outcome::SoftError)
+            },
+            UsageRecord {
+                answer: Some(AnswerClass::Failed),
+                ..failed(base + 9, 503, Outcome::UpstreamError)
+            },
             cached,
             usage(base + 6, None, None, Outcome::Success),
         ])
@@ -73,12 +86,14 @@ async fn recent_calls_count_upstream_failures_and_health_states_change_once(stor
             key_id: key.id.clone(),
             service_id: "openai".into(),
             stats: CallStats {
-                calls: 4,
-                failures: 2,
-                latency_ms_total: 12 + 100 * 3,
+                calls: 7,
+                failures: 3,
+                unclassified: 1,
+                latency_ms_total: 12 + 100 * 6,
             },
         }],
-        "refusals, cache hits and older calls are not counted; 401 is not a failure"
+        "refusals, cache hits and older calls are not counted; 401 is not a failure; \
+         an outage the rules found counts whatever its status, a 503 the rules call failed does not"
     );
 
     let subject = format!("key:{}", key.id);

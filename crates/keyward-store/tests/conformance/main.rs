@@ -144,6 +144,8 @@ fn usage(
         },
         credits: 1,
         cost_nanos: 1_500,
+        answer: None,
+        unpriced: false,
     }
 }
 

@@ -76,7 +76,11 @@ async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
     const HOUR: i64 = 3_600_000;
     let base = 1_764_028_800_000; // 2025-11-25T00:00:00Z
     let records = [
-        usage(base + 1_000, Some(&key), Some(&token), Outcome::Success),
+        UsageRecord {
+            unpriced: true,
+            answer: Some(keyward_core::answer::AnswerClass::Success),
+            ..usage(base + 1_000, Some(&key), Some(&token), Outcome::Success)
+        },
         usage(
             base + 61_000,
             Some(&key),
@@ -124,8 +128,17 @@ async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
             output_tokens: 40,
             credits: 2,
             cost_nanos: 3_000,
+            unpriced: 1,
         },
         "cache-write tokens count as input in the hourly sums"
+    );
+    assert_eq!(
+        minutes
+            .iter()
+            .map(|b| b.totals.unpriced)
+            .collect::<Vec<_>>(),
+        vec![1, 0, 0],
+        "unpriced calls are counted by minute too"
     );
     let days = store
         .usage(&query(Granularity::Day, None))
