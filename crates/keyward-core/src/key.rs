@@ -62,7 +62,41 @@ pub struct Revocation {
     pub at: Timestamp,
     pub by: String,
     pub reason: String,
+    /// Whether the provider now refuses the old value, once someone said it was revoked
+    /// there too.
+    pub check: Option<RevocationCheck>,
 }
+
+/// What the provider said to the revoked value, asked with the service's validation request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RevocationCheck {
+    pub outcome: RevocationOutcome,
+    /// The provider's HTTP status, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub at: Timestamp,
+}
+
+/// The verdict on a value revoked at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationOutcome {
+    /// The provider rejects the old value: it is dead everywhere.
+    RevokedVerified,
+    /// The provider still accepts it: whoever holds it can still use it. Revoke it there.
+    StillLive,
+    /// The provider's answer proves neither (throttled, an outage, no answer): ask again.
+    Inconclusive,
+    /// The key's allowance cannot afford a request now (the probe budget): ask again later.
+    Deferred,
+    /// The service has no validation request to ask with.
+    Unverifiable,
+}
+
+string_enum!(RevocationOutcome {
+    RevokedVerified = "revoked_verified", StillLive = "still_live", Inconclusive = "inconclusive",
+    Deferred = "deferred", Unverifiable = "unverifiable"
+}, "invalid_revocation_outcome", "revocation outcome");
 
 /// Metadata of a stored key. Holds no secret material; safe to log and return.
 #[derive(Debug, Clone, PartialEq, Eq)]

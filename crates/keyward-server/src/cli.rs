@@ -74,6 +74,10 @@ enum KeysCommand {
         /// Why (recorded in the audit trail and the review).
         #[arg(long)]
         reason: String,
+        /// The value was revoked at the provider too: ask the provider whether it now
+        /// refuses it (within the key's probe budget) and say what it answered.
+        #[arg(long)]
+        at_provider: bool,
     },
 }
 
@@ -227,14 +231,23 @@ async fn run(cli: Cli) -> Result<(), String> {
             let settings = load_settings(config_file, FlagOverrides::default())?;
             master_key(&settings, command).await
         }
-        Command::Keys(KeysCommand::Revoke { key_id, reason }) => {
+        Command::Keys(KeysCommand::Revoke {
+            key_id,
+            reason,
+            at_provider,
+        }) => {
             let settings = load_settings(config_file, FlagOverrides::default())?;
-            keys_revoke(&settings, &key_id, &reason).await
+            keys_revoke(&settings, &key_id, &reason, at_provider).await
         }
     }
 }
 
-async fn keys_revoke(settings: &Settings, key_id: &str, reason: &str) -> Result<(), String> {
+async fn keys_revoke(
+    settings: &Settings,
+    key_id: &str,
+    reason: &str,
+    at_provider: bool,
+) -> Result<(), String> {
     let id: keyward_core::id::KeyId = key_id.parse().map_err(|_| {
         format!(
             "`{}` is not a key id",
@@ -243,7 +256,7 @@ async fn keys_revoke(settings: &Settings, key_id: &str, reason: &str) -> Result<
     })?;
     let app = open_app(settings).await?;
     let revoked = app
-        .revoke_key(&Actor::system("cli"), &id, reason)
+        .revoke_key(&Actor::system("cli"), &id, reason, at_provider)
         .await
         .map_err(|e| e.message);
     app.close().await;
@@ -253,6 +266,9 @@ async fn keys_revoke(settings: &Settings, key_id: &str, reason: &str) -> Result<
          The act is filed for review in the approvals inbox.",
         key.id, key.alias, key.service_id, key.environment
     );
+    if let Some(check) = key.revoked.as_ref().and_then(|r| r.check.as_ref()) {
+        println!("at the provider: {}", check.outcome.as_str());
+    }
     Ok(())
 }
 

@@ -214,6 +214,12 @@ fn pages() -> Vec<Route> {
             post(key::revoke),
         ),
         page(
+            M::POST,
+            "/keys/{id}/revocation/verify",
+            p(P::KeysWrite),
+            post(key::verify_revocation),
+        ),
+        page(
             M::GET,
             "/keys/{id}/reveal",
             p(P::KeysReveal),
@@ -419,6 +425,12 @@ fn api() -> Vec<Route> {
             "/api/v1/keys/{id}/revoke",
             p(P::KeysWrite),
             post(http::keys::revoke_key),
+        ),
+        api_route(
+            M::POST,
+            "/api/v1/keys/{id}/revocation/verify",
+            p(P::KeysWrite),
+            post(http::keys::verify_revocation),
         ),
         api_route(
             M::POST,

@@ -76,8 +76,16 @@ impl App {
     /// Emergency revocation: stops every use of the key at once — on this instance before
     /// answering, on others within their next snapshot poll (half a second) — with no
     /// approval to wait for, and files the act for review. Irreversible; needs `keys_write`
-    /// and a reason. The proxy then answers `key_revoked`.
-    pub async fn revoke_key(&self, actor: &Actor, id: &KeyId, reason: &str) -> Result<Key, Error> {
+    /// and a reason. The proxy then answers `key_revoked`. When the value was `at_provider`
+    /// revoked too, the provider is asked at once whether it refuses it now
+    /// ([`App::verify_revocation`]).
+    pub async fn revoke_key(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        reason: &str,
+        at_provider: bool,
+    ) -> Result<Key, Error> {
         let reason = reveal_reason(reason)?;
         let key = self.key_for(actor, Permission::KeysWrite, id).await?;
         key.ensure_not_deleted()?;
@@ -103,6 +111,7 @@ impl App {
             at: self.now(),
             by: actor.name.clone(),
             reason: reason.clone(),
+            check: None,
         };
         let key = self
             .break_glass(actor, change, ApprovalAction::Revoke, &reason, key, |k| {
@@ -110,6 +119,66 @@ impl App {
             })
             .await?;
         tracing::warn!(key = %id, actor = %actor.name, "key revoked in an emergency");
+        if at_provider {
+            return self.verify_revocation(actor, id).await;
+        }
+        Ok(key)
+    }
+
+    /// Asks the provider whether a revoked key's value is dead there too (the user says it
+    /// was revoked at the provider): the service's validation request, sent with the old
+    /// value within the key's probe budget (its own allowance, as health probes are), and
+    /// the answer — `revoked_verified`, `still_live`, or why it could not tell — kept on
+    /// the key and audited. Asking again replaces the last answer.
+    pub async fn verify_revocation(&self, actor: &Actor, id: &KeyId) -> Result<Key, Error> {
+        use keyward_core::key::{RevocationCheck, RevocationOutcome};
+        let mut key = self.key_for(actor, Permission::KeysWrite, id).await?;
+        key.ensure_not_deleted()?;
+        if key.revoked.is_none() {
+            return Err(Error::conflict(
+                "key_not_revoked",
+                format!("key {id} is not revoked; revoke it first"),
+            ));
+        }
+        let change = Change::new(
+            "key.revocation.verify",
+            self.subject_of(&key).await?,
+            Permission::KeysWrite,
+            json!({}),
+        );
+        let admitted = self.admit(actor, change).await?;
+        let service = self.catalog().await?.require(&key.service_id)?.clone();
+        let (outcome, status) = if service.validation.is_none() {
+            (RevocationOutcome::Unverifiable, None)
+        } else {
+            let value = self.version_value(&key.id, key.current_version).await?;
+            let probed = self.proxy.probe(&service, &key, &value).await?;
+            drop(value);
+            match probed {
+                None => (RevocationOutcome::Deferred, None),
+                Some(answer) => (
+                    match answer.verdict {
+                        keyward_proxy::Verdict::Rejected => RevocationOutcome::RevokedVerified,
+                        keyward_proxy::Verdict::Valid => RevocationOutcome::StillLive,
+                        _ => RevocationOutcome::Inconclusive,
+                    },
+                    answer.status,
+                ),
+            }
+        };
+        let before = key.updated_at;
+        if let Some(revocation) = key.revoked.as_mut() {
+            revocation.check = Some(RevocationCheck {
+                outcome,
+                status,
+                at: self.now(),
+            });
+        }
+        let admitted = admitted.detail("outcome", outcome.as_str());
+        let key = self.save(actor, admitted, key, before).await?;
+        if outcome == RevocationOutcome::StillLive {
+            tracing::warn!(key = %id, "a revoked key's value still works at the provider");
+        }
         Ok(key)
     }
 }

@@ -303,6 +303,15 @@ pub struct RevocationBody {
     pub at: Timestamp,
     pub by: String,
     pub reason: String,
+    /// Whether the provider refuses the old value now: `revoked_verified`, `still_live`,
+    /// `inconclusive`, `deferred` (no allowance for the check now) or `unverifiable`
+    /// (the service has no validation request). Absent until checked.
+    #[schema(value_type = Option<String>)]
+    pub provider_check: Option<&'static str>,
+    /// The provider's HTTP status to the check.
+    pub provider_status: Option<u16>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub checked_at: Option<Timestamp>,
 }
 
 /// A key as every answer shows it, with its rotation status from `rotation`.
@@ -334,6 +343,9 @@ fn key_response_in(
             at: r.at,
             by: r.by,
             reason: r.reason,
+            provider_check: r.check.as_ref().map(|c| c.outcome.as_str()),
+            provider_status: r.check.as_ref().and_then(|c| c.status),
+            checked_at: r.check.as_ref().map(|c| c.at),
         }),
         id: key.id.to_string(),
         service: key.service_id,
@@ -839,6 +851,10 @@ pub async fn disable_key(
 pub struct RevokeRequest {
     /// Why (4–500 characters); recorded in the audit trail and the review.
     pub reason: String,
+    /// The value was revoked at the provider too: ask the provider now whether it refuses
+    /// it (`revocation.provider_check`).
+    #[serde(default)]
+    pub revoked_at_provider: bool,
 }
 
 /// Emergency revocation: stop every use of the key now (all instances within a second),
@@ -853,8 +869,28 @@ pub async fn revoke_key(
     ApiJson(req): ApiJson<RevokeRequest>,
 ) -> ApiResult<Json<KeyResponse>> {
     let key = app
-        .revoke_key(auth.actor(), &key_id(&id)?, &req.reason)
+        .revoke_key(
+            auth.actor(),
+            &key_id(&id)?,
+            &req.reason,
+            req.revoked_at_provider,
+        )
         .await?;
+    Ok(Json(key_response(&app, key).await?))
+}
+
+/// After revoking a key at the provider: ask the provider (with the service's validation
+/// request, within the key's probe budget) whether it now refuses the old value. The answer
+/// is kept on the key as `revocation.provider_check` and audited.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revocation/verify", tag = "keys", params(("id" = String, Path)),
+    responses((status = 200, body = KeyResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "key_deleted, key_not_revoked")),
+    security(("bearer" = [])))]
+pub async fn verify_revocation(
+    auth: Authorized<perm::KeysWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<KeyResponse>> {
+    let key = app.verify_revocation(auth.actor(), &key_id(&id)?).await?;
     Ok(Json(key_response(&app, key).await?))
 }
 

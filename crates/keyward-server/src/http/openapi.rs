@@ -20,7 +20,7 @@ use super::{
     paths(
         keys::create_key, keys::list_keys, keys::list_deleted_keys, keys::get_key, keys::update_key,
         keys::enable_key, keys::disable_key, keys::list_versions, keys::add_version, keys::delete_key,
-        keys::restore_key, keys::purge_key, keys::reveal_key, keys::validate_secret, keys::validate_key, keys::key_impact, keys::revoke_key, keys::get_rotation_policy, keys::set_rotation_policy,
+        keys::restore_key, keys::purge_key, keys::reveal_key, keys::validate_secret, keys::validate_key, keys::key_impact, keys::revoke_key, keys::verify_revocation, keys::get_rotation_policy, keys::set_rotation_policy,
         catalog::list_services, catalog::get_service, catalog::create_service, catalog::update_service,
         catalog::list_categories, catalog::create_category, catalog::list_environments, catalog::create_environment,
         app_tokens::create_app_token, app_tokens::list_app_tokens, app_tokens::get_app_token, app_tokens::revoke_app_token,

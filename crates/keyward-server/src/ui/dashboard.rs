@@ -150,6 +150,12 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
         *by_category.entry(category).or_default() += 1;
     }
     let active = rows.iter().filter(|r| r.status == "active").count();
+    // Calls to models without a listed price this week: charged at a conservative estimate.
+    let unpriced: u64 = week
+        .values()
+        .flatten()
+        .map(|bucket| bucket.totals.unpriced)
+        .sum();
     let revealed = if actor.access.reach(Permission::AuditRead).is_everywhere() {
         Some(
             app.audit_events(
@@ -184,6 +190,10 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
         section class="cards" aria-label="Totals" {
             div class="card" { div class="label" { "Keys" } div class="value" data-total-keys { (rows.len()) } }
             div class="card" { div class="label" { "Active" } div class="value" { (active) } }
+            div class={ "card" @if unpriced > 0 { " signal" } }
+                title="Calls to a model without a listed price in the last 7 days: charged at the service's fallback or dearest price, never free" {
+                div class="label" { "Unpriced calls (7 days)" } div class="value" data-unpriced-calls { (unpriced) }
+            }
             @for (category, count) in &by_category {
                 div class="card" { div class="label" { (category) } div class="value" { (count) } }
             }

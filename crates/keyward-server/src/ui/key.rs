@@ -72,6 +72,10 @@ fn notice_text(notice: Option<&str>) -> Option<(&'static str, bool)> {
             "Revoked: no instance injects this key any more. Revoke it at the provider too, and add a new key.",
             true,
         ),
+        "revocation_checked" => (
+            "The provider was asked about the revoked value; its answer is under “At the provider”.",
+            false,
+        ),
         "rotated" => (
             "Rotated: the new value is the current version; the old one is kept as previous.",
             false,
@@ -235,6 +239,15 @@ async fn detail_markup(
                 dt { "Proxy URL" } dd class="mono" { (proxy_url) }
                 @if let Some(r) = &key.revoked {
                     dt { "Revoked" } dd class="warn" { (relative(now, Some(r.at))) " by " (r.by) ": " (r.reason) }
+                    dt { "At the provider" } dd data-revocation=(r.check.as_ref().map_or("unchecked", |c| c.outcome.as_str())) {
+                        (revocation_check_words(r.check.as_ref(), now))
+                        @if can_write && !deleted {
+                            form class="inline" method="post" action={ "/keys/" (key.id) "/revocation/verify" } {
+                                input type="hidden" name="csrf" value=(viewer.csrf);
+                                button type="submit" class="quiet" { "Check at the provider" }
+                            }
+                        }
+                    }
                 }
                 @if let Some(flag) = &flag {
                     dt { "Warning" } dd class="warn" { (flag_word(flag.kind)) ": " (flag.reason) }
@@ -1108,6 +1121,51 @@ pub async fn revoke_form(
     }
 }
 
+/// What the provider said to a revoked value, in words.
+fn revocation_check_words(
+    check: Option<&keyward_core::key::RevocationCheck>,
+    now: jiff::Timestamp,
+) -> String {
+    use keyward_core::key::RevocationOutcome as O;
+    let Some(check) = check else {
+        return "not checked: revoke the value at the provider, then check".to_owned();
+    };
+    let words = match check.outcome {
+        O::RevokedVerified => "the provider refuses the old value: revoked everywhere",
+        O::StillLive => "the provider STILL ACCEPTS the old value: revoke it at the provider",
+        O::Inconclusive => "the provider's answer proved nothing; check again",
+        O::Deferred => "the key's allowance could not afford a check; check again later",
+        O::Unverifiable => "this service has no validation request to check with",
+    };
+    format!(
+        "{words} (checked {})",
+        relative(now, Some(check.at)).into_string()
+    )
+}
+
+/// Asks the provider whether a revoked key's old value is dead there too.
+pub async fn verify_revocation(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let (viewer, _) = match form_post(request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
+    let result = async {
+        let key_id = parse_id(&id)?;
+        app.verify_revocation(&viewer.caller.actor, &key_id).await
+    }
+    .await;
+    match result {
+        Ok(key) => {
+            Redirect::to(&format!("/keys/{}?notice=revocation_checked", key.id)).into_response()
+        }
+        Err(e) => error_page(&viewer, "/", "Check at the provider", e),
+    }
+}
+
 async fn revoke_markup(
     app: &App,
     viewer: &Viewer,
@@ -1134,6 +1192,12 @@ async fn revoke_markup(
                     label for="reason" { "Reason" }
                     input id="reason" name="reason" type="text" required minlength="4" maxlength="500" value=(reason);
                 }
+                p {
+                    label class="check" {
+                        input name="at_provider" type="checkbox" value="yes";
+                        " I revoked it at the provider too — ask the provider now whether the old value is dead"
+                    }
+                }
                 button type="submit" class="danger" { "Revoke " (key.alias) " now" }
                 " " a href={ "/keys/" (key.id) } { "Cancel" }
             }
@@ -1155,9 +1219,11 @@ pub async fn revoke(
         .unwrap_or_default()
         .trim()
         .to_owned();
+    let at_provider = field(&fields, "at_provider") == Some("yes");
     let result = async {
         let key_id = parse_id(&id)?;
-        app.revoke_key(&viewer.caller.actor, &key_id, &reason).await
+        app.revoke_key(&viewer.caller.actor, &key_id, &reason, at_provider)
+            .await
     }
     .await;
     match result {

@@ -227,3 +227,157 @@ async fn a_revoked_key_stays_revoked_and_the_cli_revokes_too() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not a key id"));
 }
+
+/// An OpenAI that accepts the key until it is revoked there (`revoked` set).
+async fn revocable_provider() -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<std::sync::atomic::AtomicUsize>,
+    String,
+) {
+    use axum::response::IntoResponse;
+    let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (flag, count) = (revoked.clone(), calls.clone());
+    let app = axum::Router::new().fallback(move || {
+        let (flag, count) = (flag.clone(), count.clone());
+        async move {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                (
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    axum::Json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}})),
+                )
+                    .into_response()
+            } else {
+                axum::Json(json!({"object": "list", "data": []})).into_response()
+            }
+        }
+    });
+    (revoked, calls, crate::helpers::serve_fake(app).await)
+}
+
+#[tokio::test]
+async fn revocation_at_the_provider_is_verified_within_the_probe_budget() {
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let (revoked_there, calls, base) = revocable_provider().await;
+    app.point_service("openai", &base).await;
+    let key = app
+        .create_key("openai", "production", "leaked", OPENAI_KEY)
+        .await;
+    let id = key["id"].as_str().unwrap().to_owned();
+
+    // Revoked in Keyward, said to be revoked at the provider — but the provider still
+    // accepts it: the key says so.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{id}/revoke"),
+            Some(json!({"reason": "leaked in a public repo", "revoked_at_provider": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "revoked");
+    assert_eq!(body["revocation"]["provider_check"], "still_live", "{body}");
+    assert_eq!(body["revocation"]["provider_status"], 200);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Revoked at the provider for real: asking again verifies it.
+    revoked_there.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{id}/revocation/verify"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["revocation"]["provider_check"], "revoked_verified",
+        "{body}"
+    );
+    assert_eq!(body["revocation"]["provider_status"], 401);
+    let (_, read) = app
+        .call(Method::GET, &format!("/api/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(read["revocation"], body["revocation"], "kept on the key");
+    let (_, trail) = app
+        .call(
+            Method::GET,
+            "/api/v1/audit?action=key.revocation.verify",
+            None,
+        )
+        .await;
+    let outcomes: Vec<&str> = trail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["details"]["outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{trail}");
+    assert!(
+        outcomes.contains(&"still_live") && outcomes.contains(&"revoked_verified"),
+        "{trail}"
+    );
+
+    // A key whose allowance is spent is not probed: the check is deferred, nothing sent.
+    let other = app
+        .create_key(
+            "openai",
+            "production",
+            "one-a-day",
+            &format!("{OPENAI_KEY}x"),
+        )
+        .await;
+    let other_id = other["id"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/keys/{other_id}"),
+            Some(json!({"limits": [{"max": 1, "unit": "requests", "window_seconds": 86400}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, first) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{other_id}/revoke"),
+            Some(json!({"reason": "rotating away", "revoked_at_provider": true})),
+        )
+        .await;
+    assert_eq!(
+        first["revocation"]["provider_check"], "revoked_verified",
+        "{first}"
+    );
+    let before = calls.load(std::sync::atomic::Ordering::SeqCst);
+    let (_, again) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{other_id}/revocation/verify"),
+            None,
+        )
+        .await;
+    assert_eq!(again["revocation"]["provider_check"], "deferred", "{again}");
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "nothing was sent"
+    );
+
+    // Only revoked keys can be checked.
+    let live = app
+        .create_key("openai", "production", "live", &format!("{OPENAI_KEY}y"))
+        .await;
+    let refused = app
+        .call(
+            Method::POST,
+            &format!(
+                "/api/v1/keys/{}/revocation/verify",
+                live["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_error(&refused, StatusCode::CONFLICT, "key_not_revoked");
+}

@@ -797,6 +797,19 @@ async fn a_key_is_revoked_from_its_page_after_seeing_what_depends_on_it() {
         detail.contains("pasted in a chat") && !detail.contains("/revoke\""),
         "{detail}"
     );
+    assert!(detail.contains("data-revocation=\"unchecked\""), "{detail}");
+
+    // Asking the provider from the page (here it cannot be reached: nothing is proven).
+    app.point_service("openai", "http://127.0.0.1:9").await;
+    let (status, location, _) =
+        post_form(&app, &ada, &format!("/keys/{id}/revocation/verify"), &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location, format!("/keys/{id}?notice=revocation_checked"));
+    let (_, _, detail) = get_page(&app, &ada.cookie, &format!("/keys/{id}")).await;
+    assert!(
+        detail.contains("data-revocation=\"inconclusive\""),
+        "{detail}"
+    );
 }
 
 #[tokio::test]

@@ -5,3 +5,7 @@
 ALTER TABLE usage_records ADD COLUMN answer TEXT;
 ALTER TABLE usage_records ADD COLUMN unpriced INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE usage_hourly ADD COLUMN unpriced INTEGER NOT NULL DEFAULT 0;
+
+-- An emergency revocation's check at the provider, as JSON ({"outcome","status","at"}):
+-- whether the old value is now refused there (revoked_verified) or still accepted (still_live).
+ALTER TABLE keys ADD COLUMN revocation_check TEXT;

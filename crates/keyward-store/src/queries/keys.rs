@@ -10,8 +10,8 @@ impl KeyStore for ThisStore {
             sqlx::query(
                 "INSERT INTO keys (id, service_id, environment, alias, alias_lower, description, owner, tags, criticality, enabled, \
                  expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by, controls, \
-                 revoked_at, revoked_by, revoke_reason, rotated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+                 revoked_at, revoked_by, revoke_reason, rotated_at, revocation_check) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
             )
             .bind(key.id.as_str())
             .bind(&key.service_id)
@@ -37,6 +37,7 @@ impl KeyStore for ThisStore {
             .bind(key.revoked.as_ref().map(|r| r.by.clone()))
             .bind(key.revoked.as_ref().map(|r| r.reason.clone()))
             .bind(millis(key.rotated_at))
+            .bind(revocation_check_json(key)?)
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, Some(ALIAS_TAKEN)))?;
@@ -169,7 +170,7 @@ impl KeyStore for ThisStore {
         let updated = sqlx::query(
             "UPDATE keys SET alias = $1, alias_lower = $2, description = $3, owner = $4, tags = $5, criticality = $6, \
              enabled = $7, expires_at = $8, updated_at = $9, deleted_at = $10, deleted_by = $11, controls = $14, \
-             revoked_at = $15, revoked_by = $16, revoke_reason = $17 \
+             revoked_at = $15, revoked_by = $16, revoke_reason = $17, revocation_check = $18 \
              WHERE id = $12 AND updated_at = $13",
         )
         .bind(&key.alias)
@@ -189,6 +190,7 @@ impl KeyStore for ThisStore {
         .bind(key.revoked.as_ref().map(|r| millis(r.at)))
         .bind(key.revoked.as_ref().map(|r| r.by.clone()))
         .bind(key.revoked.as_ref().map(|r| r.reason.clone()))
+        .bind(revocation_check_json(key)?)
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error(e, Some(ALIAS_TAKEN)))?;

@@ -69,7 +69,7 @@ mod vault;
 
 const KEY_COLUMNS: &str = "id, service_id, environment, alias, description, owner, tags, criticality, enabled, \
     expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by, controls, \
-    revoked_at, revoked_by, revoke_reason, rotated_at";
+    revoked_at, revoked_by, revoke_reason, rotated_at, revocation_check";
 
 /// A key's limits and budget, stored as one JSON column.
 #[derive(serde::Serialize, serde::Deserialize, Default)]
@@ -120,6 +120,18 @@ fn parse<T: FromStr<Err = Error>>(what: &str, text: &str) -> Result<T, Error> {
     text.parse().map_err(|e: Error| corrupt(what, e.message))
 }
 
+/// A key's revocation check as stored (JSON), if any.
+fn revocation_check_json(key: &Key) -> Result<Option<String>, Error> {
+    key.revoked
+        .as_ref()
+        .and_then(|r| r.check.as_ref())
+        .map(|check| {
+            serde_json::to_string(check)
+                .map_err(|e| Error::internal(format!("cannot store a revocation check: {e}")))
+        })
+        .transpose()
+}
+
 fn key_from_row(row: &DbRow) -> Result<Key, Error> {
     let tags: String = get(row, "tags")?;
     let controls: Controls = serde_json::from_str(&get::<String>(row, "controls")?)
@@ -148,6 +160,11 @@ fn key_from_row(row: &DbRow) -> Result<Key, Error> {
                 at,
                 by: get::<Option<String>>(row, "revoked_by")?.unwrap_or_default(),
                 reason: get::<Option<String>>(row, "revoke_reason")?.unwrap_or_default(),
+                check: get::<Option<String>>(row, "revocation_check")?
+                    .map(|text| {
+                        serde_json::from_str(&text).map_err(|e| corrupt("revocation check", e))
+                    })
+                    .transpose()?,
             }),
             None => None,
         },

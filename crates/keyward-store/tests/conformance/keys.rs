@@ -577,6 +577,11 @@ async fn revocations_round_trip_and_listings_see_them(store: Arc<dyn Store>) {
         at: ts(5),
         by: "olga".into(),
         reason: "leaked".into(),
+        check: Some(keyward_core::key::RevocationCheck {
+            outcome: keyward_core::key::RevocationOutcome::StillLive,
+            status: Some(200),
+            at: ts(5),
+        }),
     });
     revoked.updated_at = ts(5);
     store
