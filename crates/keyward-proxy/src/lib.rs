@@ -7,6 +7,8 @@
 
 mod cache;
 mod forward;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod health;
 mod limits;
 mod links;

@@ -72,6 +72,7 @@ impl Proxy {
                 .chain(service.link_origins.iter().map(String::as_str)),
             &format!("{}/proxy/{}", inbound.public_url, service.id),
         );
+        exchange.links_in_streams = !service.link_origins.is_empty();
         let presented = find_token(service, &inbound.headers, inbound.query.as_deref())
             .ok_or_else(|| Error::new(ErrorKind::Unauthenticated, "missing_token", format!(
                 "send your Keyward app token where the {} SDK sends its key, or in X-Keyward-Token", service.name

@@ -41,6 +41,10 @@ pub(super) struct Exchange {
     pub(super) expired_at: Option<jiff::Timestamp>,
     /// Turns links to the provider into links through Keyward.
     pub(super) links: Option<LinkRewriter>,
+    /// Whether bodies too long to read whole are rewritten as they stream (their length
+    /// then changes, so `Content-Length` goes): only for services known to link to
+    /// themselves (`link_origins`, e.g. Polygon's `next_url` at the end of a long page).
+    pub(super) links_in_streams: bool,
 }
 
 impl Exchange {
@@ -78,6 +82,7 @@ impl Exchange {
             reader: None,
             expired_at: None,
             links: None,
+            links_in_streams: false,
         }
     }
 
@@ -179,6 +184,9 @@ pub(super) struct Upstream {
     pub(super) rest: Option<UpstreamStream>,
     /// Whether `head` is the whole body.
     pub(super) complete: bool,
+    /// The error that broke the body off while it was read ahead: the client must see the
+    /// break too, never a shorter body that looks whole.
+    pub(super) broken: Option<BoxError>,
 }
 
 impl Upstream {
@@ -191,6 +199,7 @@ impl Upstream {
             head: None,
             rest: Some(Box::pin(body)),
             complete: false,
+            broken: None,
         }
     }
 
@@ -212,7 +221,11 @@ impl Upstream {
         while buffer.len() <= limit {
             match rest.next().await {
                 Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
-                Some(Err(_)) => break,
+                Some(Err(e)) => {
+                    self.broken = Some(e);
+                    self.rest = None;
+                    break;
+                }
                 None => {
                     self.complete = true;
                     self.rest = None;
@@ -431,7 +444,7 @@ impl Proxy {
                         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
                         upstream.head = Some(Bytes::from(rewritten));
                     }
-                } else {
+                } else if exchange.links_in_streams {
                     // Too long to hold: rewritten as it streams; its length may change.
                     headers.remove(header::CONTENT_LENGTH);
                     stream_links = Some(rewriter.clone());
@@ -451,8 +464,10 @@ impl Proxy {
             sink: self.sink.clone(),
         };
         let head = upstream.head.take();
+        let broken = upstream.broken.take();
         let rest = upstream.rest.take();
         let source = futures_util::stream::iter(head.map(Ok))
+            .chain(futures_util::stream::iter(broken.map(Err)))
             .chain(futures_util::stream::iter(rest).flatten());
         let masked = redact_stream(source, secret);
         let linked: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>> =

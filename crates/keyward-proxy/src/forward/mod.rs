@@ -27,7 +27,7 @@ pub use exchange::{CACHE_HEADER, WARNING_HEADER};
 use exchange::{Delivery, Exchange};
 pub use proxy::{EVENT_CHANNEL_CAPACITY, Inbound, Proxy, ProxyConfig, ProxyEvent, ProxyGauges};
 pub use rewrite::{ENVIRONMENT_HEADER, TOKEN_HEADER};
-pub(crate) use rewrite::{upstream_headers, upstream_url};
+pub(crate) use rewrite::{check_path, client_query, upstream_headers, upstream_url};
 
 use crate::upstream::ProxyBody;
 

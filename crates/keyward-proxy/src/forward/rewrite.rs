@@ -54,7 +54,7 @@ const CREDENTIAL_HEADERS: [&str; 7] = [
 
 /// The client's query minus every credential parameter: what cache keys, credit weights and
 /// cache rules look at.
-pub(super) fn client_query(
+pub(crate) fn client_query(
     service: &ServiceDefinition,
     query: Option<&str>,
 ) -> Vec<(String, String)> {
@@ -119,16 +119,17 @@ fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> &'a str {
 }
 
 /// Rejects paths that could escape the service's base URL: dot segments (also
-/// percent-encoded, once or twice), backslashes, control characters, and anything that is
-/// not a plain absolute path.
-pub(super) fn check_path(path: &str) -> Result<(), Error> {
+/// percent-encoded, once or twice), backslashes, control characters, `?` and `#` (which
+/// would end the path once joined: `/..#`), and anything that is not a plain absolute path.
+pub(crate) fn check_path(path: &str) -> Result<(), Error> {
     let refuse = || {
         bad_request(
             "invalid_path",
             "the path must be a plain absolute path without `..` segments",
         )
     };
-    if !path.starts_with('/') || path.starts_with("//") {
+    // `?` and `#` end a path in a URL: `/..#` would be the dot segment `..` once joined.
+    if !path.starts_with('/') || path.starts_with("//") || path.contains(['?', '#']) {
         return Err(refuse());
     }
     let mut decoded = path.to_owned();
@@ -178,7 +179,8 @@ fn percent_decode(text: &str) -> String {
 /// The upstream URL: the service's base URL, the client's path, the client's query without
 /// credential parameters (`kept`, from [`client_query`]), plus the real key if this service
 /// takes it in the query.
-/// Whatever the input, the result's scheme, host and port are the base URL's.
+/// Whatever the input, the result's scheme, host and port are the base URL's, and its path
+/// stays under the base URL's path (found by fuzzing: `/..#` once climbed out of it).
 pub(crate) fn upstream_url(
     service: &ServiceDefinition,
     path: &str,
@@ -191,9 +193,11 @@ pub(crate) fn upstream_url(
     let joined = format!("{}{}", service.base_url.trim_end_matches('/'), path);
     let mut url = url::Url::parse(&joined)
         .map_err(|_| bad_request("invalid_path", "the path is not valid in a URL"))?;
+    let prefix = base.path().trim_end_matches('/');
     if url.scheme() != base.scheme()
         || url.host() != base.host()
         || url.port_or_known_default() != base.port_or_known_default()
+        || !(url.path() == prefix || url.path().starts_with(&format!("{prefix}/")))
     {
         return Err(bad_request(
             "invalid_path",
@@ -309,6 +313,9 @@ mod tests {
             "/v1/.%2e/x",
             "/a/./b",
             "/x%00y",
+            // Found by cargo fuzz: the fragment ended the path, leaving a dot segment.
+            "/..#",
+            "/..?x",
         ] {
             assert!(
                 upstream_url(&openai, evil, &[], &secret()).is_err(),

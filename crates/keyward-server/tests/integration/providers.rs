@@ -1204,3 +1204,155 @@ async fn the_token_goes_where_every_sdk_puts_a_key_and_the_real_key_where_the_pr
     let documented: usize = services.iter().map(|s| 1 + s.alternate_auth.len()).sum();
     assert_eq!(places, documented, "every documented placement was tried");
 }
+
+#[tokio::test]
+async fn enormous_and_truncated_answers_pass_through_without_stalling_anyone() {
+    use axum::body::Body;
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    // 9 MiB of JSON from an LLM (beyond what the usage reader keeps), 1 MiB from Alpha
+    // Vantage (beyond what the answer rules read), and a body cut off mid-way.
+    let big_llm = Arc::new(format!(
+        "{{\"pad\":\"{}\",\"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":1}}}}",
+        "x".repeat(9 * 1024 * 1024)
+    ));
+    let big_av = Arc::new(format!(
+        "{{\"Information\":\"{}\"}}",
+        "rate limit ".repeat(100_000)
+    ));
+    let (llm, av) = (big_llm.clone(), big_av.clone());
+    let fake = axum::Router::new().fallback(move |request: Request| {
+        let (llm, av) = (llm.clone(), av.clone());
+        async move {
+            match request.uri().path() {
+                "/v1/chat/completions" => {
+                    ([("content-type", "application/json")], (*llm).clone()).into_response()
+                }
+                "/query" => ([("content-type", "application/json")], (*av).clone()).into_response(),
+                "/v1/truncated" => {
+                    // Headers and half a body go out; then the connection breaks.
+                    let body = futures_util::stream::unfold(0, |step| async move {
+                        match step {
+                            0 => Some((Ok("{\"usage\":{\"prompt_tok"), 1)),
+                            1 => {
+                                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                                Some((Err(std::io::Error::other("connection reset")), 2))
+                            }
+                            _ => None,
+                        }
+                    });
+                    (
+                        [("content-type", "application/json")],
+                        Body::from_stream(body),
+                    )
+                        .into_response()
+                }
+                _ => axum::Json(json!({"object": "list", "data": []})).into_response(),
+            }
+        }
+    });
+    let base = serve_fake(fake).await;
+    for service in ["openai", "alpha-vantage"] {
+        app.point_service(service, &base).await;
+        app.create_key(service, "production", "big", &real_key(service))
+            .await;
+    }
+    let token = app
+        .app_token(json!({"name": "big", "services": ["openai", "alpha-vantage"], "environments": ["production"]}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = std::time::Instant::now();
+    let slow_reader = {
+        let (client, url, token) = (
+            app.client.clone(),
+            format!("{}/proxy/openai/v1/chat/completions", app.base),
+            token.clone(),
+        );
+        tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"model": "gpt-5.4-mini", "messages": []}))
+                .send()
+                .await
+                .unwrap();
+            assert!(response.headers().get("content-length").is_some());
+            response.text().await.unwrap()
+        })
+    };
+    // Meanwhile other calls are served.
+    for _ in 0..5 {
+        let small = app
+            .client
+            .get(format!("{}/proxy/openai/v1/models", app.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(small.status(), StatusCode::OK);
+    }
+    let quick = started.elapsed();
+    assert_eq!(
+        slow_reader.await.unwrap(),
+        *big_llm,
+        "every byte, unchanged"
+    );
+    assert!(quick < std::time::Duration::from_secs(30), "{quick:?}");
+
+    let av = app
+        .client
+        .get(format!(
+            "{}/proxy/alpha-vantage/query?function=GLOBAL_QUOTE&symbol=IBM",
+            app.base
+        ))
+        .header("x-keyward-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(av.status(), StatusCode::OK);
+    assert_eq!(
+        av.text().await.unwrap(),
+        *big_av,
+        "too large to judge: passed on as it is"
+    );
+
+    // A body that breaks off breaks off for the client too (never a shorter body that
+    // looks whole), whether before or after the headers reached it.
+    let cut = app
+        .client
+        .get(format!("{}/proxy/openai/v1/truncated", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await;
+    match cut {
+        Err(_) => {}
+        Ok(response) => assert!(
+            response.text().await.is_err(),
+            "a truncated body looked whole"
+        ),
+    }
+    // The proxy keeps serving.
+    let after = app
+        .client
+        .get(format!("{}/proxy/openai/v1/models", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::OK);
+    let mut counted_uninspected = false;
+    for _ in 0..100 {
+        if metrics(&app)
+            .await
+            .contains("keyward_proxy_uninspected_bodies_total 1")
+        {
+            counted_uninspected = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(counted_uninspected, "{}", metrics(&app).await);
+}
