@@ -27,7 +27,9 @@ pub use exchange::{CACHE_HEADER, WARNING_HEADER};
 use exchange::{Delivery, Exchange};
 pub use proxy::{EVENT_CHANNEL_CAPACITY, Inbound, Proxy, ProxyConfig, ProxyEvent, ProxyGauges};
 pub use rewrite::{ENVIRONMENT_HEADER, TOKEN_HEADER};
-pub(crate) use rewrite::{check_path, client_query, upstream_headers, upstream_url};
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use rewrite::{check_path, client_query};
+pub(crate) use rewrite::{upstream_headers, upstream_url};
 
 use crate::upstream::ProxyBody;
 
