@@ -222,8 +222,10 @@ pub struct ServiceDefinition {
     /// its reset.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limit_headers: Vec<crate::answer::RateLimitHeaders>,
-    /// Other origins the provider's answers link to (e.g. `https://api.massive.com` for
-    /// Polygon): links to them, like links to `base_url`, are rewritten to Keyward.
+    /// Set when the provider's answers link to itself (Polygon's `next_url`): JSON and text
+    /// bodies are then rewritten too, links to `base_url` and to these origins (e.g.
+    /// `https://api.massive.com`) leading back through Keyward. `Link`/`Location` headers
+    /// are rewritten for every service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub link_origins: Vec<String>,
     /// Provider credits a request spends when not 1 (e.g. Twelve Data's endpoint weights).

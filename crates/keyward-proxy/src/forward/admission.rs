@@ -58,7 +58,7 @@ impl Proxy {
     pub(super) async fn admit<'s, S, E>(
         &self,
         snapshot: &'s Snapshot,
-        inbound: Inbound<S>,
+        mut inbound: Inbound<S>,
         exchange: &mut Exchange,
     ) -> Result<Admission<'s>, Error>
     where
@@ -67,12 +67,7 @@ impl Proxy {
     {
         let now = exchange.record.at;
         let service = snapshot.service(&inbound.service)?;
-        exchange.links = crate::links::LinkRewriter::new(
-            std::iter::once(service.base_url.as_str())
-                .chain(service.link_origins.iter().map(String::as_str)),
-            &format!("{}/proxy/{}", inbound.public_url, service.id),
-        );
-        exchange.links_in_streams = !service.link_origins.is_empty();
+        exchange.public_url = std::mem::take(&mut inbound.public_url);
         let presented = find_token(service, &inbound.headers, inbound.query.as_deref())
             .ok_or_else(|| Error::new(ErrorKind::Unauthenticated, "missing_token", format!(
                 "send your Keyward app token where the {} SDK sends its key, or in X-Keyward-Token", service.name
@@ -115,6 +110,7 @@ impl Proxy {
             exchange.record.cache = CacheOutcome::Miss;
             if may_read && let Some(hit) = self.cache.get(key, now) {
                 exchange.record.cache = CacheOutcome::Hit;
+                exchange.plan_links(route.service, &hit.headers);
                 return Ok(Admission::Cached(hit));
             }
         }

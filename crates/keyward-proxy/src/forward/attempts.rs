@@ -278,6 +278,7 @@ impl Proxy {
                     && answer.class == AnswerClass::Success
                     && storable(&upstream.headers)
             });
+            exchange.plan_links(route.service, &upstream.headers);
             return Ok(Delivery::Upstream {
                 upstream,
                 secret,

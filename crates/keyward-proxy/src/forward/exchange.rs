@@ -24,6 +24,7 @@ use crate::meter::UsageReader;
 use crate::quota::Reservation;
 use crate::redact::{redact_bytes, redact_stream};
 use crate::upstream::{BoxError, ProxyBody, SendError, full_body, stream_body};
+use keyward_core::service::ServiceDefinition;
 
 /// `hit` or `miss` on answers to cacheable requests.
 pub const CACHE_HEADER: &str = "x-keyward-cache";
@@ -39,12 +40,13 @@ pub(super) struct Exchange {
     pub(super) reader: Option<UsageReader>,
     /// The key used had expired at this time (injected inside the grace period).
     pub(super) expired_at: Option<jiff::Timestamp>,
-    /// Turns links to the provider into links through Keyward.
+    /// Where the client reaches Keyward: links to the provider are rewritten to it.
+    pub(super) public_url: String,
+    /// Turns links to the provider into links through Keyward, when the answer may hold
+    /// some (see [`Exchange::plan_links`]).
     pub(super) links: Option<LinkRewriter>,
-    /// Whether bodies too long to read whole are rewritten as they stream (their length
-    /// then changes, so `Content-Length` goes): only for services known to link to
-    /// themselves (`link_origins`, e.g. Polygon's `next_url` at the end of a long page).
-    pub(super) links_in_streams: bool,
+    /// Whether the answer's body is rewritten too (not only its headers).
+    pub(super) links_in_body: bool,
 }
 
 impl Exchange {
@@ -81,8 +83,28 @@ impl Exchange {
             reservations: Vec::new(),
             reader: None,
             expired_at: None,
+            public_url: String::new(),
             links: None,
-            links_in_streams: false,
+            links_in_body: false,
+        }
+    }
+
+    /// Prepares link rewriting for an answer with these headers, only when it may hold
+    /// links: a `Link`/`Location` header (any service), or a JSON or text body from a
+    /// service the catalog says links to itself (`link_origins`: Polygon's `next_url`).
+    /// Scanning every body of every service cost about a tenth of the proxy's CPU per
+    /// request (measured with `benches/proxy.rs`), for providers that never send links.
+    pub(super) fn plan_links(&mut self, service: &ServiceDefinition, headers: &HeaderMap) {
+        let in_headers = [header::LINK, header::LOCATION, header::CONTENT_LOCATION]
+            .iter()
+            .any(|name| headers.contains_key(name));
+        self.links_in_body = !service.link_origins.is_empty() && has_links_to_rewrite(headers);
+        if in_headers || self.links_in_body {
+            self.links = LinkRewriter::new(
+                std::iter::once(service.base_url.as_str())
+                    .chain(service.link_origins.iter().map(String::as_str)),
+                &format!("{}/proxy/{}", self.public_url, service.id),
+            );
         }
     }
 
@@ -434,11 +456,10 @@ impl Proxy {
         if cached_marker != CacheOutcome::None {
             headers.insert(CACHE_HEADER, HeaderValue::from_static("miss"));
         }
-        let links = exchange.links.clone();
         let mut stream_links = None;
-        if let Some(rewriter) = &links {
+        if let Some(rewriter) = &exchange.links {
             rewrite_link_headers(&mut headers, rewriter);
-            if has_links_to_rewrite(&headers) {
+            if exchange.links_in_body {
                 upstream.peek(LINK_PEEK_BYTES).await;
                 if let Some(body) = upstream.complete_body() {
                     // A whole body: rewritten at once, its length told exactly (the key is
@@ -447,7 +468,7 @@ impl Proxy {
                         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
                         upstream.head = Some(Bytes::from(rewritten));
                     }
-                } else if exchange.links_in_streams {
+                } else {
                     // Too long to hold: rewritten as it streams; its length may change.
                     headers.remove(header::CONTENT_LENGTH);
                     stream_links = Some(rewriter.clone());
@@ -513,7 +534,7 @@ impl Proxy {
         let mut body = hit.body.clone();
         if let Some(rewriter) = &exchange.links {
             rewrite_link_headers(&mut headers, rewriter);
-            if has_links_to_rewrite(&headers)
+            if exchange.links_in_body
                 && let Some(rewritten) = rewriter.rewrite(&body)
             {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
