@@ -373,7 +373,10 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
 }
 
 /// `retry-after-ms` (OpenAI), then `retry-after` in seconds or as an HTTP date.
-pub fn retry_after(header: &dyn Fn(&str) -> Option<String>, now: Timestamp) -> Option<Duration> {
+pub fn retry_after<'h>(
+    header: &dyn Fn(&str) -> Option<&'h str>,
+    now: Timestamp,
+) -> Option<Duration> {
     let number = |name: &str| header(name)?.trim().parse::<f64>().ok().and_then(seconds);
     if let Some(ms) = number("retry-after-ms") {
         return Some(ms / 1000);
@@ -405,12 +408,7 @@ mod tests {
         }
         let now: Timestamp = "2026-12-06T08:49:30Z".parse().expect("ts");
         let headers = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, v)| (*v).to_owned())
-            }
+            move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
         };
         assert_eq!(
             retry_after(&headers(&[("retry-after", "7")]), now),

@@ -427,10 +427,16 @@ impl ServiceDefinition {
                 reason: format!("HTTP {status} with an error body"),
             };
         }
+        let class = crate::answer::default_class(status);
         crate::answer::Classification {
-            class: crate::answer::default_class(status),
+            class,
             lapses: None,
-            reason: format!("HTTP {status}"),
+            // No allocation for the common case: a success needs no reason.
+            reason: if class == crate::answer::AnswerClass::Success {
+                String::new()
+            } else {
+                format!("HTTP {status}")
+            },
         }
     }
 
@@ -450,9 +456,9 @@ impl ServiceDefinition {
 
     /// How long until a spent limit resets, from the rate-limit headers: the latest reset
     /// among the limits whose remaining count is 0.
-    pub fn spent_until(
+    pub fn spent_until<'h>(
         &self,
-        header: &dyn Fn(&str) -> Option<String>,
+        header: &dyn Fn(&str) -> Option<&'h str>,
         now: jiff::Timestamp,
     ) -> Option<std::time::Duration> {
         self.rate_limit_headers
@@ -460,7 +466,7 @@ impl ServiceDefinition {
             .filter(|h| {
                 header(&h.remaining).is_some_and(|v| v.trim().parse::<f64>().ok() == Some(0.0))
             })
-            .filter_map(|h| crate::answer::reset_wait(&header(&h.reset)?, h.format, now))
+            .filter_map(|h| crate::answer::reset_wait(header(&h.reset)?, h.format, now))
             .max()
     }
 }
@@ -759,15 +765,12 @@ retry_delay_field = "error.details.*.retryDelay"
         ];
         let now: jiff::Timestamp = "2026-12-06T08:00:00Z".parse().expect("ts");
         let header = |remaining_requests: &'static str| {
-            move |name: &str| {
-                match name {
-                    "x-remaining-requests" => Some(remaining_requests),
-                    "x-reset-requests" => Some("6m0s"),
-                    "x-remaining-tokens" => Some("15"),
-                    "x-reset-tokens" => Some("2026-12-06T08:00:30Z"),
-                    _ => None,
-                }
-                .map(str::to_owned)
+            move |name: &str| match name {
+                "x-remaining-requests" => Some(remaining_requests),
+                "x-reset-requests" => Some("6m0s"),
+                "x-remaining-tokens" => Some("15"),
+                "x-reset-tokens" => Some("2026-12-06T08:00:30Z"),
+                _ => None,
             }
         };
         assert_eq!(

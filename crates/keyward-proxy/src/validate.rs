@@ -145,13 +145,7 @@ impl Proxy {
         let status = parts.status.as_u16();
         let classification = service.classify(status, path, Some(&read));
         let now = self.clock.now();
-        let header = |name: &str| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let answer = crate::forward::Answer {
             told: retry_after(&header, now).or_else(|| service.body_retry_delay(&read)),
             spent_for: service.spent_until(&header, now),

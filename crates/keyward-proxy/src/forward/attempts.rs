@@ -1,8 +1,9 @@
 //! The attempt loop: the pool in the order to try (strategy, health, quota), a key picked
-//! within its limits and budget, the real value unsealed and injected, the answer judged —
-//! a rotation's other value after a rejected new one, a retry after `Retry-After` or a
-//! jittered backoff, failover to the next key on 401/403, 429 and 5xx — and the key flagged
-//! as the provider's answer says. Only a request safe to repeat is tried more than once.
+//! within its limits and budget, the real value unsealed and injected, the answer read by
+//! the service's rules and acted on — a rotation's other value after a rejected new one, a
+//! retry after `Retry-After` or a jittered backoff, failover to the next key for a rejected,
+//! exhausted or long-throttled key — and the key flagged as the provider's answer says.
+//! Only a request safe to repeat is tried more than once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -425,12 +426,7 @@ impl Proxy {
         let body = upstream.complete_body();
         let now = self.clock.now();
         let headers = &upstream.headers;
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let classification = service.classify(status, path, body.as_deref());
         let told = if classification.class == AnswerClass::Success {
             None
