@@ -45,9 +45,6 @@ pub struct App {
     pub secure_cookies: bool,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Where clients reach Keyward (links in provider answers point there); `None`: the
-    /// request's `Host`.
-    pub public_url: Option<String>,
     /// Whether idle keys get active health probes.
     pub health_probes: bool,
     /// What compliance checks know of each current value (never the value itself).
@@ -87,6 +84,7 @@ impl App {
             random.clone(),
             ProxyConfig {
                 expiry_grace: options.expiry_grace,
+                public_url: options.public_url.clone(),
                 ..ProxyConfig::default()
             },
             options.pricing,
@@ -110,7 +108,6 @@ impl App {
             session_policy: options.sessions,
             secure_cookies: options.secure_cookies,
             trusted_proxies: options.trusted_proxies,
-            public_url: options.public_url,
             health_probes: options.health_probes,
             secret_traits: crate::lifecycle::traits::TraitsCache::default(),
             mailer: options

@@ -127,8 +127,29 @@ pub fn undo_joined_link(path: &str, public_url: &str, service: &str) -> Option<S
         .and_then(|(_, rest)| rest.find('/').map(|at| &rest[at..]))
         .unwrap_or("")
         .trim_end_matches('/');
-    let prefix = format!("{public_path}/proxy/{service}/");
-    path.strip_prefix(&prefix).map(|rest| format!("/{rest}"))
+    // No allocation unless the path really repeats the prefix (every call passes here).
+    let rest = path
+        .strip_prefix(public_path)?
+        .strip_prefix("/proxy/")?
+        .strip_prefix(service)?
+        .strip_prefix('/')?;
+    Some(format!("/{rest}"))
+}
+
+/// `http://` and the request's `Host`, when it is a plain host name or address (anything
+/// else could smuggle text into the links Keyward writes); empty otherwise, which leaves
+/// links relative to Keyward's own origin.
+pub fn origin_of_host(host: Option<&http::HeaderValue>) -> String {
+    host.and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                })
+        })
+        .map(|h| format!("http://{h}"))
+        .unwrap_or_default()
 }
 
 /// Wraps a body stream so every link in it is rewritten, across chunk boundaries.

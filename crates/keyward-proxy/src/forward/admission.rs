@@ -58,7 +58,7 @@ impl Proxy {
     pub(super) async fn admit<'s, S, E>(
         &self,
         snapshot: &'s Snapshot,
-        mut inbound: Inbound<S>,
+        inbound: Inbound<S>,
         exchange: &mut Exchange,
     ) -> Result<Admission<'s>, Error>
     where
@@ -67,7 +67,9 @@ impl Proxy {
     {
         let now = exchange.record.at;
         let service = snapshot.service(&inbound.service)?;
-        exchange.public_url = std::mem::take(&mut inbound.public_url);
+        // Only the Host's bytes (a reference count): a URL is written only for an answer
+        // with links to rewrite.
+        exchange.host = inbound.headers.get(http::header::HOST).cloned();
         let presented = find_token(service, &inbound.headers, inbound.query.as_deref())
             .ok_or_else(|| Error::new(ErrorKind::Unauthenticated, "missing_token", format!(
                 "send your Keyward app token where the {} SDK sends its key, or in X-Keyward-Token", service.name
@@ -110,7 +112,11 @@ impl Proxy {
             exchange.record.cache = CacheOutcome::Miss;
             if may_read && let Some(hit) = self.cache.get(key, now) {
                 exchange.record.cache = CacheOutcome::Hit;
-                exchange.plan_links(route.service, &hit.headers);
+                exchange.plan_links(
+                    route.service,
+                    &hit.headers,
+                    self.config.public_url.as_deref(),
+                );
                 return Ok(Admission::Cached(hit));
             }
         }

@@ -279,7 +279,11 @@ impl Proxy {
                     && answer.class == AnswerClass::Success
                     && storable(&upstream.headers)
             });
-            exchange.plan_links(route.service, &upstream.headers);
+            exchange.plan_links(
+                route.service,
+                &upstream.headers,
+                self.config.public_url.as_deref(),
+            );
             return Ok(Delivery::Upstream {
                 upstream,
                 secret,

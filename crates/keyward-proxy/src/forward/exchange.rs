@@ -40,8 +40,8 @@ pub(super) struct Exchange {
     pub(super) reader: Option<UsageReader>,
     /// The key used had expired at this time (injected inside the grace period).
     pub(super) expired_at: Option<jiff::Timestamp>,
-    /// Where the client reaches Keyward: links to the provider are rewritten to it.
-    pub(super) public_url: String,
+    /// The request's `Host`: where the client reaches Keyward, unless `public_url` is set.
+    pub(super) host: Option<HeaderValue>,
     /// Turns links to the provider into links through Keyward, when the answer may hold
     /// some (see [`Exchange::plan_links`]).
     pub(super) links: Option<LinkRewriter>,
@@ -83,7 +83,7 @@ impl Exchange {
             reservations: Vec::new(),
             reader: None,
             expired_at: None,
-            public_url: String::new(),
+            host: None,
             links: None,
             links_in_body: false,
         }
@@ -94,16 +94,25 @@ impl Exchange {
     /// service the catalog says links to itself (`link_origins`: Polygon's `next_url`).
     /// Scanning every body of every service cost about a tenth of the proxy's CPU per
     /// request (measured with `benches/proxy.rs`), for providers that never send links.
-    pub(super) fn plan_links(&mut self, service: &ServiceDefinition, headers: &HeaderMap) {
+    pub(super) fn plan_links(
+        &mut self,
+        service: &ServiceDefinition,
+        headers: &HeaderMap,
+        public_url: Option<&str>,
+    ) {
         let in_headers = [header::LINK, header::LOCATION, header::CONTENT_LOCATION]
             .iter()
             .any(|name| headers.contains_key(name));
         self.links_in_body = !service.link_origins.is_empty() && has_links_to_rewrite(headers);
         if in_headers || self.links_in_body {
+            let public = match public_url {
+                Some(url) => url.to_owned(),
+                None => crate::links::origin_of_host(self.host.as_ref()),
+            };
             self.links = LinkRewriter::new(
                 std::iter::once(service.base_url.as_str())
                     .chain(service.link_origins.iter().map(String::as_str)),
-                &format!("{}/proxy/{}", self.public_url, service.id),
+                &format!("{public}/proxy/{}", service.id),
             );
         }
     }

@@ -43,9 +43,11 @@ impl Proxy {
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
         let mut inbound = inbound;
-        if let Some(path) =
-            crate::links::undo_joined_link(&inbound.path, &inbound.public_url, &inbound.service)
-        {
+        if let Some(path) = crate::links::undo_joined_link(
+            &inbound.path,
+            self.config.public_url.as_deref().unwrap_or_default(),
+            &inbound.service,
+        ) {
             inbound.path = path;
         }
         let mut exchange = Exchange::new(&inbound, self.clock.now());

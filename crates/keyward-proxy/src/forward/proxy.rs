@@ -35,9 +35,6 @@ pub struct Inbound<B> {
     /// The serving lane (thread) the request arrived on: its upstream connections are that
     /// lane's own, so their I/O never wakes another thread. Taken modulo `lanes`.
     pub lane: usize,
-    /// Where the client reaches Keyward (`https://keyward.example`, maybe with a path
-    /// prefix): links in answers are rewritten to `{public_url}/proxy/{service}/…`.
-    pub public_url: String,
 }
 
 /// Tunables of the data plane.
@@ -68,6 +65,10 @@ pub struct ProxyConfig {
     /// How long past its `expires_at` a key is still injected (with a warning header and a
     /// metric); zero: an expired key is refused at once.
     pub expiry_grace: Duration,
+    /// Where clients reach Keyward (`https://keyward.example`, maybe with a path prefix,
+    /// no trailing `/`): links in answers are rewritten to `{public_url}/proxy/{service}/…`.
+    /// `None`: `http://` and the request's `Host`.
+    pub public_url: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -85,6 +86,7 @@ impl Default for ProxyConfig {
             soft_error_peek_bytes: 64 * 1024,
             lanes: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             expiry_grace: Duration::ZERO,
+            public_url: None,
         }
     }
 }

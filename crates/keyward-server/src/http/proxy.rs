@@ -38,9 +38,7 @@ pub async fn proxy(
         Some((service, path)) => (service.to_owned(), format!("/{path}")),
         None => (rest.to_owned(), "/".to_owned()),
     };
-    let public_url = public_url(app, &parts.headers);
     let inbound = Inbound {
-        public_url,
         method: parts.method,
         service,
         path,
@@ -56,24 +54,4 @@ pub async fn proxy(
             .into_response()
             .map(|body| body.map_err(Into::into).boxed_unsync()),
     }
-}
-
-/// Where this client reaches Keyward: the configured `public_url`, else `http://` and the
-/// request's `Host` when it is a plain host name or address (anything else could smuggle
-/// text into the links Keyward writes), else nothing to rewrite links to.
-fn public_url(app: &App, headers: &axum::http::HeaderMap) -> String {
-    if let Some(url) = &app.public_url {
-        return url.clone();
-    }
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.len() <= 255
-                && h.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
-                })
-        });
-    host.map(|h| format!("http://{h}")).unwrap_or_default()
 }

@@ -252,6 +252,7 @@ async fn start(
         smtp_url: raw.smtp_url.clone(),
         smtp_from: raw.smtp_from.clone(),
         health_probes: raw.health_probes.clone(),
+        public_url: raw.public_url.clone(),
         ..Default::default()
     })
     .unwrap();

@@ -1356,3 +1356,65 @@ async fn enormous_and_truncated_answers_pass_through_without_stalling_anyone() {
     }
     assert!(counted_uninspected, "{}", metrics(&app).await);
 }
+
+#[tokio::test]
+async fn behind_a_reverse_proxy_links_lead_to_the_public_url_and_joined_links_still_work() {
+    let settings = keyward_server::config::RawSettings {
+        public_url: Some("https://keyward.example.com/gw/".into()),
+        ..Default::default()
+    };
+    let Some(app) = TestApp::spawn_with(Backend::Sqlite, settings).await else {
+        return;
+    };
+    let (provider, base) = Provider::start().await;
+    app.point_service("polygon", &base).await;
+    app.create_key("polygon", "production", "main", &real_key("polygon"))
+        .await;
+    let token = app
+        .app_token(json!({"name": "gw", "services": ["polygon"], "environments": ["production"]}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    provider.answer_with(Canned {
+        status: 200,
+        headers: vec![("location", "https://api.polygon.io/v3/moved")],
+        content_type: "application/json",
+        body: r#"{"status":"OK","results":[],"next_url":"https://api.polygon.io/v3/reference/tickers?cursor=c2"}"#,
+    });
+    let page = app
+        .client
+        .get(format!(
+            "{}/proxy/polygon/v3/reference/tickers?market=stocks",
+            app.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        page.headers()["location"],
+        "https://keyward.example.com/gw/proxy/polygon/v3/moved"
+    );
+    let body: Value = page.json().await.unwrap();
+    assert_eq!(
+        body["next_url"],
+        "https://keyward.example.com/gw/proxy/polygon/v3/reference/tickers?cursor=c2"
+    );
+    // A client that keeps only the link's path and joins it onto its base URL (the Polygon
+    // SDK does) arrives, after the reverse proxy drops `/gw`, at the repeated prefix.
+    let joined = app
+        .client
+        .get(format!(
+            "{}/proxy/polygon/gw/proxy/polygon/v3/reference/tickers?cursor=c2",
+            app.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(joined.status(), StatusCode::OK);
+    let seen = provider.last();
+    assert_eq!(seen.path, "/v3/reference/tickers");
+    assert_eq!(seen.query, "cursor=c2");
+}
