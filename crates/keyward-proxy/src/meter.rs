@@ -4,6 +4,7 @@
 //! record the same usage and cost.
 
 use bytes::{Bytes, BytesMut};
+use keyward_core::answer::AnswerClass;
 use keyward_core::service::UsageFormat;
 use keyward_core::usage::TokenUsage;
 use serde_json::{Map, Value};
@@ -93,6 +94,9 @@ pub struct UsageReader {
     overflowed: bool,
     pub tokens: Option<TokenUsage>,
     pub model: Option<String>,
+    /// An error the provider sent inside a successful stream (Anthropic's `event: error`,
+    /// e.g. `overloaded_error` mid-answer): what the answer really meant.
+    pub stream_error: Option<AnswerClass>,
 }
 
 impl UsageReader {
@@ -105,6 +109,7 @@ impl UsageReader {
             overflowed: false,
             tokens: None,
             model: None,
+            stream_error: None,
         }
     }
 
@@ -225,7 +230,12 @@ impl UsageReader {
                 }
                 self.observe_openai(object);
             }
-            UsageFormat::Anthropic => self.observe_anthropic(object),
+            UsageFormat::Anthropic => {
+                if let Some(Value::Object(error)) = object.get("error") {
+                    self.stream_error = Some(anthropic_error_class(error));
+                }
+                self.observe_anthropic(object);
+            }
             UsageFormat::Gemini => self.observe_gemini(object),
             UsageFormat::Cohere => self.observe_cohere(object),
         }
@@ -352,6 +362,17 @@ impl UsageReader {
     }
 }
 
+/// What an Anthropic error object means (its `type`, as the errors page lists them).
+fn anthropic_error_class(error: &Map<String, Value>) -> AnswerClass {
+    match error.get("type").and_then(Value::as_str) {
+        Some("overloaded_error" | "api_error" | "timeout_error") => AnswerClass::Outage,
+        Some("rate_limit_error") => AnswerClass::Throttled,
+        Some("authentication_error" | "permission_error") => AnswerClass::Rejected,
+        Some("billing_error") => AnswerClass::QuotaLimited,
+        _ => AnswerClass::Failed,
+    }
+}
+
 /// The end (exclusive) of the last complete event in `buffer`: after a blank line.
 fn last_event_end(buffer: &[u8]) -> Option<usize> {
     let mut end = None;
@@ -439,6 +460,8 @@ struct UsageFields {
     x_groq: Option<Value>,
     /// Cohere `message-end`: `delta.usage` (only the usage is kept, never the text).
     delta: Option<DeltaUsage>,
+    /// Anthropic `event: error` inside a stream.
+    error: Option<Value>,
 }
 
 /// The usage inside a stream event's `delta`; the rest of it (generated text) is skipped.
@@ -458,6 +481,7 @@ impl UsageFields {
             ("response", self.response),
             ("message", self.message),
             ("x_groq", self.x_groq),
+            ("error", self.error),
             (
                 "delta",
                 self.delta.and_then(|d| d.usage).map(|usage| {
@@ -686,6 +710,21 @@ mod tests {
             }),
             "reasoning tokens are inside the output count"
         );
+    }
+
+    #[test]
+    fn an_error_inside_a_successful_stream_is_what_the_answer_meant() {
+        let stream = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-6\",\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n",
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+        );
+        let mut reader = UsageReader::new(UsageFormat::Anthropic, true, false);
+        assert_eq!(read(&mut reader, stream, 6), stream, "passed through");
+        assert_eq!(reader.stream_error, Some(AnswerClass::Outage));
+        assert_eq!(reader.tokens.map(|t| t.input), Some(9));
+        let mut fine = UsageReader::new(UsageFormat::Anthropic, true, false);
+        read(&mut fine, "event: ping\ndata: {\"type\":\"ping\"}\n\n", 3);
+        assert_eq!(fine.stream_error, None);
     }
 
     #[test]

@@ -172,6 +172,15 @@ impl Drop for Finisher {
             if reader.overflowed() {
                 self.sink.uninspected_bodies.fetch_add(1, Ordering::Relaxed);
             }
+            // A stream that began as a success and then carried the provider's error
+            // (Anthropic's `event: error`) counts as what the error meant, in health and
+            // metrics; it is already on its way to the client, unchanged.
+            if let Some(class) = reader.stream_error
+                && exchange.record.answer == Some(keyward_core::answer::AnswerClass::Success)
+            {
+                exchange.record.answer = Some(class);
+                exchange.record.outcome = keyward_core::usage::Outcome::SoftError;
+            }
             if let Some(tokens) = reader.tokens {
                 exchange.record.tokens = tokens;
                 let (price, unpriced) = self.sink.pricing.charge(
