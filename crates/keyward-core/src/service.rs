@@ -54,17 +54,21 @@ pub enum KeyPlacement {
     Query { name: String },
 }
 
+/// A header or query parameter name the catalog may use: 1–64 letters, digits, `-`, `_`, `.`.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 impl KeyPlacement {
     fn validate(&self) -> Result<(), Error> {
         let name = match self {
             Self::Header { name, .. } | Self::Query { name } => name,
         };
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if ok {
+        if plain_name(name) {
             Ok(())
         } else {
             Err(Error::invalid(
@@ -556,10 +560,10 @@ impl ServiceDefinition {
         }
         for headers in &self.rate_limit_headers {
             for name in [&headers.remaining, &headers.reset] {
-                if !http_header_name_ok(name) {
+                if !plain_name(name) {
                     return Err(Error::invalid(
                         "invalid_rate_limit_header",
-                        "rate-limit header names must be 1–64 characters of letters, digits and `-`",
+                        "rate-limit header names must be 1–64 characters of letters, digits, `-`, `_` and `.`",
                     ));
                 }
             }
@@ -596,12 +600,6 @@ impl ServiceDefinition {
             .map(|p| compile_pattern("public_prefix", p))
             .transpose()
     }
-}
-
-fn http_header_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn compile_pattern(field: &'static str, pattern: &str) -> Result<Regex, Error> {

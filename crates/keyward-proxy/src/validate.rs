@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use keyward_core::Error;
-use keyward_core::answer::{AnswerClass, retry_after};
+use keyward_core::answer::AnswerClass;
 use keyward_core::service::ServiceDefinition;
 use secrecy::SecretString;
 use serde::Serialize;
@@ -143,16 +143,14 @@ impl Proxy {
         }
         let latency_ms = elapsed(started);
         let status = parts.status.as_u16();
-        let classification = service.classify(status, path, Some(&read));
-        let now = self.clock.now();
-        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let answer = crate::forward::Answer {
-            told: retry_after(&header, now).or_else(|| service.body_retry_delay(&read)),
-            spent_for: service.spent_until(&header, now),
-            class: classification.class,
-            lapses: classification.lapses,
-            reason: classification.reason,
-        };
+        let answer = crate::forward::Answer::read(
+            service,
+            status,
+            path,
+            &parts.headers,
+            Some(&read),
+            self.clock.now(),
+        );
         let hold = matches!(
             answer.class,
             AnswerClass::QuotaLimited | AnswerClass::Throttled

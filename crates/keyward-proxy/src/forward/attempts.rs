@@ -73,6 +73,34 @@ pub(crate) struct Answer {
     pub(crate) spent_for: Option<Duration>,
 }
 
+impl Answer {
+    /// What an answer with `status`, `headers` and (what was read of) `body`, to a request
+    /// for `path`, means by the service's rules — for calls, validations and probes alike.
+    pub(crate) fn read(
+        service: &ServiceDefinition,
+        status: u16,
+        path: &str,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+        now: jiff::Timestamp,
+    ) -> Self {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let classification = service.classify(status, path, body);
+        let told = if classification.class == AnswerClass::Success {
+            None
+        } else {
+            retry_after(&header, now).or_else(|| body.and_then(|b| service.body_retry_delay(b)))
+        };
+        Answer {
+            spent_for: service.spent_until(&header, now),
+            told,
+            class: classification.class,
+            lapses: classification.lapses,
+            reason: classification.reason,
+        }
+    }
+}
+
 /// Whether an answer is a stream of server-sent events.
 pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
@@ -428,23 +456,14 @@ impl Proxy {
             upstream.peek(self.config.soft_error_peek_bytes).await;
         }
         let body = upstream.complete_body();
-        let now = self.clock.now();
-        let headers = &upstream.headers;
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let classification = service.classify(status, path, body.as_deref());
-        let told = if classification.class == AnswerClass::Success {
-            None
-        } else {
-            retry_after(&header, now)
-                .or_else(|| body.as_deref().and_then(|b| service.body_retry_delay(b)))
-        };
-        Answer {
-            spent_for: service.spent_until(&header, now),
-            told,
-            class: classification.class,
-            lapses: classification.lapses,
-            reason: classification.reason,
-        }
+        Answer::read(
+            service,
+            status,
+            path,
+            &upstream.headers,
+            body.as_deref(),
+            self.clock.now(),
+        )
     }
 
     /// Acts on what an answer means: flags the key as the provider's rules say, and says

@@ -20,9 +20,10 @@ fn python() -> String {
     std::env::var("KEYWARD_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
 
-fn sdks_installed(python: &str) -> Result<(), String> {
+/// Whether `python` can import `modules` (`"openai, anthropic"`); else the missing one.
+fn sdks_installed(python: &str, modules: &str) -> Result<(), String> {
     let check = Command::new(python)
-        .args(["-c", "import openai, anthropic"])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .map_err(|e| format!("{python}: {e}"))?;
     if check.status.success() {
@@ -34,10 +35,49 @@ fn sdks_installed(python: &str) -> Result<(), String> {
     }
 }
 
+/// Runs `tests/sdk/{script}` with Keyward's URL and an app token (and none of the
+/// variables that would lead a client elsewhere), and returns what it printed as JSON.
+async fn run_script(python: String, script: &str, base: &str, token: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let (base, token) = (base.to_owned(), token.to_owned());
+    let output = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(python);
+        command
+            .arg(path)
+            .env("KEYWARD_URL", base)
+            .env("KEYWARD_APP_TOKEN", token)
+            .env("NO_PROXY", "*");
+        // The clients must not find a real key or another base URL in the environment.
+        for name in [
+            "OPENAI_API_KEY",
+            "ANTHROPIC_API_KEY",
+            "OPENAI_BASE_URL",
+            "ANTHROPIC_BASE_URL",
+            "GOOGLE_API_KEY",
+            "GEMINI_API_KEY",
+            "POLYGON_API_KEY",
+        ] {
+            command.env_remove(name);
+        }
+        command.output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 #[tokio::test]
 async fn official_python_sdks_work_unmodified_through_the_proxy() {
     let python = python();
-    if let Err(why) = sdks_installed(&python) {
+    if let Err(why) = sdks_installed(&python, "openai, anthropic") {
         service_missing(
             "the openai and anthropic Python SDKs",
             &format!(
@@ -47,30 +87,7 @@ async fn official_python_sdks_work_unmodified_through_the_proxy() {
         return;
     }
     let s = Llms::start().await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/official_sdks.py");
-    let (base, token) = (s.app.base.clone(), s.token.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .env("KEYWARD_URL", base)
-            .env("KEYWARD_APP_TOKEN", token)
-            // The SDKs must not find a real key or proxy in the environment.
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("ANTHROPIC_API_KEY")
-            .env_remove("OPENAI_BASE_URL")
-            .env_remove("ANTHROPIC_BASE_URL")
-            .env("NO_PROXY", "*")
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "the SDK script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = run_script(python, "official_sdks.py", &s.app.base, &s.token).await;
     assert_eq!(
         seen,
         json!({
@@ -199,16 +216,15 @@ async fn market_and_gemini_fake() -> String {
 #[tokio::test]
 async fn client_libraries_from_pypi_work_by_changing_only_base_url_and_key() {
     let python = python();
-    let check = Command::new(&python)
-        .args([
-            "-c",
-            "import google.genai, alpha_vantage, polygon, finnhub, twelvedata",
-        ])
-        .output();
-    if !check.as_ref().is_ok_and(|o| o.status.success()) {
+    if let Err(why) = sdks_installed(
+        &python,
+        "google.genai, alpha_vantage, polygon, finnhub, twelvedata",
+    ) {
         service_missing(
             "the google-genai, alpha_vantage, polygon-api-client, finnhub-python and twelvedata Python packages",
-            "pip install -r crates/keyward-server/tests/sdk/requirements.txt and set KEYWARD_TEST_PYTHON",
+            &format!(
+                "{why}; pip install -r crates/keyward-server/tests/sdk/requirements.txt and set KEYWARD_TEST_PYTHON"
+            ),
         );
         return;
     }
@@ -241,29 +257,7 @@ async fn client_libraries_from_pypi_work_by_changing_only_base_url_and_key() {
         .as_str()
         .unwrap()
         .to_owned();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/client_libraries.py");
-    let base = app.base.clone();
-    let secret_token = token.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .env("KEYWARD_URL", base)
-            .env("KEYWARD_APP_TOKEN", secret_token)
-            .env_remove("GOOGLE_API_KEY")
-            .env_remove("GEMINI_API_KEY")
-            .env_remove("POLYGON_API_KEY")
-            .env("NO_PROXY", "*")
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "the client-library script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = run_script(python, "client_libraries.py", &app.base, &token).await;
     assert_eq!(
         seen,
         json!({
