@@ -38,7 +38,7 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Randomness>,
     pub recovery_window: RecoveryWindow,
-    /// Usage records older than this many days are pruned (hourly sums are kept).
+    /// Usage records older than this many days are pruned (rollups longer than a minute are kept).
     pub usage_retention_days: u16,
     pub session_policy: keyward_core::session::SessionPolicy,
     /// Whether the session cookie is `Secure` (served over HTTPS).

@@ -1,4 +1,4 @@
-//! Usage: the proxy's events written in batches (records, hourly sums, last use, flags),
+//! Usage: the proxy's events written in batches (records, rollups, last use, flags),
 //! quota and budget counters restored at start-up, usage queries limited to what the caller
 //! may read, and pruning past the retention period.
 
@@ -15,7 +15,7 @@ use crate::actor::Actor;
 use crate::app::App;
 
 impl App {
-    /// Writes a batch of proxy events: usage records (with their hourly sums), the latest
+    /// Writes a batch of proxy events: usage records (with their rollups), the latest
     /// use per key and per token, and key flags raised or cleared.
     pub async fn record_events(&self, events: Vec<ProxyEvent>) -> Result<(), Error> {
         let mut records = Vec::new();
@@ -144,15 +144,19 @@ impl App {
         Ok(out)
     }
 
-    /// Purges keys whose recovery window has passed; run periodically.
-    /// Deletes usage records past the retention period; returns how many.
+    /// Deletes usage records past the retention period, and minute rollups past
+    /// `MINUTE_ROLLUPS_KEPT_DAYS`; returns how many records went.
     pub async fn prune_usage(&self) -> Result<u64, Error> {
-        let cutoff = self
-            .now()
-            .saturating_sub(jiff::SignedDuration::from_hours(
-                i64::from(self.usage_retention_days) * 24,
-            ))
-            .unwrap_or(Timestamp::MIN);
-        self.store.prune_usage(cutoff).await
+        let now = self.now();
+        let days_ago = |days: i64| {
+            now.saturating_sub(jiff::SignedDuration::from_hours(days * 24))
+                .unwrap_or(Timestamp::MIN)
+        };
+        self.store
+            .prune_usage(
+                days_ago(i64::from(self.usage_retention_days)),
+                days_ago(keyward_core::rollup::MINUTE_ROLLUPS_KEPT_DAYS),
+            )
+            .await
     }
 }

@@ -58,6 +58,7 @@ pub mod mfa;
 pub mod notification;
 pub mod pattern;
 pub mod ports;
+pub mod rollup;
 pub mod rotation;
 pub mod secret;
 pub mod service;

@@ -123,16 +123,19 @@ pub trait CatalogStore: Send + Sync {
     async fn set_pool_strategy(&self, setting: &PoolSetting, now: Timestamp) -> Result<()>;
 }
 
-/// Metering: the proxy's usage records, their hourly sums, and queries over both.
+/// Metering: the proxy's usage records, their rollups (`crate::rollup`), and queries over
+/// the rollups.
 #[async_trait]
 pub trait UsageStore: Send + Sync {
-    /// Stores a batch of records and adds them to the hourly sums, in one transaction.
+    /// Stores a batch of records and adds their rollups to the stored ones, in one
+    /// transaction.
     async fn record_usage(&self, records: &[UsageRecord]) -> Result<()>;
-    /// Buckets of `query.granularity` in `[from, to)`, oldest first, empty buckets left out.
-    /// Minutes come from the records, hours and days from the hourly sums.
+    /// Buckets of `query.granularity` in `[from, to)`, oldest first, empty buckets left out,
+    /// from the rollups of that granularity.
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageBucket>>;
-    /// The same buckets per key, service or app token (`(id, bucket)`, ordered by id, then
-    /// time): sparklines and "by key" tables in one query instead of one per key.
+    /// The same buckets per value of one dimension (`(value, bucket)`, ordered by value,
+    /// then time; calls without that dimension left out): sparklines and "by key" tables in
+    /// one query instead of one per key.
     async fn usage_grouped(
         &self,
         query: &UsageQuery,
@@ -141,8 +144,13 @@ pub trait UsageStore: Send + Sync {
     /// Hourly consumption per key and per token since `since`: what quota and budget
     /// counters are restored from at start-up.
     async fn hourly_use_since(&self, since: Timestamp) -> Result<Vec<HourlyUse>>;
-    /// Deletes records (not hourly sums) older than `before`; returns how many.
-    async fn prune_usage(&self, before: Timestamp) -> Result<u64>;
+    /// Deletes records older than `records_before` and minute rollups older than
+    /// `minutes_before` (longer rollups stay); returns how many records went.
+    async fn prune_usage(
+        &self,
+        records_before: Timestamp,
+        minutes_before: Timestamp,
+    ) -> Result<u64>;
 }
 
 #[async_trait]

@@ -67,7 +67,7 @@ string_enum!(Outcome { Success = "success", UpstreamError = "upstream_error", So
 string_enum!(CacheOutcome { None = "none", Hit = "hit", Miss = "miss" }, "invalid_cache_outcome", "cache outcome");
 string_enum!(PoolStrategy { RoundRobin = "round_robin", LeastUsed = "least_used", QuotaAware = "quota_aware" }, "invalid_strategy", "pool strategy");
 string_enum!(KeyFlagKind { Rejected = "rejected", QuotaLimited = "quota_limited" }, "invalid_flag", "key flag");
-string_enum!(Granularity { Minute = "minute", Hour = "hour", Day = "day" }, "invalid_granularity", "granularity");
+string_enum!(Granularity { Minute = "minute", Hour = "hour", Day = "day", Week = "week", Month = "month" }, "invalid_granularity", "granularity");
 
 /// Everything one call through the proxy consumed. Written in batches off the request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +104,11 @@ pub struct UsageRecord {
     /// The model or endpoint has no price: `cost_nanos` is a conservative estimate (the
     /// service's dearest model or the configured fallback price), never zero for free.
     pub unpriced: bool,
+    /// Where the call came from (the client's address as the proxy saw it); rollups keep
+    /// only its network.
+    pub source: Option<std::net::IpAddr>,
+    /// On a cache hit: the provider credits the original call spent, which this one did not.
+    pub saved_credits: u32,
 }
 
 /// What a key is known to suffer from, learned from provider answers.
@@ -154,29 +159,77 @@ pub struct PoolSetting {
     pub strategy: PoolStrategy,
 }
 
-/// What usage sums can be split by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What usage sums can be split by: the dimensions of a rollup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UsageGrouping {
     Key,
     Service,
     Token,
+    Model,
+    Environment,
+    Network,
 }
 
-/// Time buckets of a usage query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+string_enum!(UsageGrouping { Key = "key", Service = "service", Token = "token", Model = "model", Environment = "environment", Network = "network" }, "invalid_group_by", "usage grouping");
+
+/// Time buckets of usage rollups and queries, in UTC: weeks start on Monday, months on the
+/// first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Granularity {
-    Minute,
-    Hour,
-    Day,
+    Minute = 0,
+    Hour = 1,
+    Day = 2,
+    Week = 3,
+    Month = 4,
 }
 
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+const WEEK_MS: i64 = 7 * DAY_MS;
+/// 1970-01-05, the first Monday after the Unix epoch.
+const FIRST_MONDAY_MS: i64 = 4 * DAY_MS;
+
 impl Granularity {
-    pub fn millis(self) -> i64 {
+    /// Length of a bucket; months are not fixed (`None`).
+    fn fixed_millis(self) -> Option<i64> {
         match self {
-            Self::Minute => 60_000,
-            Self::Hour => 3_600_000,
-            Self::Day => 86_400_000,
+            Self::Minute => Some(MINUTE_MS),
+            Self::Hour => Some(HOUR_MS),
+            Self::Day => Some(DAY_MS),
+            Self::Week => Some(WEEK_MS),
+            Self::Month => None,
+        }
+    }
+
+    /// The start of the bucket holding `at`.
+    pub fn bucket_start(self, at: Timestamp) -> Timestamp {
+        let ms = at.as_millisecond();
+        let start = match self.fixed_millis() {
+            Some(step) if self == Self::Week => {
+                (ms - FIRST_MONDAY_MS).div_euclid(step) * step + FIRST_MONDAY_MS
+            }
+            Some(step) => ms.div_euclid(step) * step,
+            None => {
+                let date = at.to_zoned_datetime(TimeZone::UTC).date().first_of_month();
+                return date
+                    .to_zoned_datetime(TimeZone::UTC)
+                    .map_or(at, |z| z.timestamp());
+            }
+        };
+        Timestamp::from_millisecond(start).unwrap_or(at)
+    }
+
+    /// The start of the bucket after the one starting at `start`.
+    pub fn next_bucket(self, start: Timestamp) -> Timestamp {
+        match self.fixed_millis() {
+            Some(step) => Timestamp::from_millisecond(start.as_millisecond().saturating_add(step))
+                .unwrap_or(Timestamp::MAX),
+            None => start
+                .to_zoned_datetime(TimeZone::UTC)
+                .checked_add(1.month())
+                .map_or(Timestamp::MAX, |z| z.timestamp()),
         }
     }
 }
@@ -193,6 +246,10 @@ pub struct UsageQuery {
     pub key_id: Option<KeyId>,
     pub token_id: Option<AppTokenId>,
     pub service_id: Option<String>,
+    /// Narrowing by the other rollup dimensions (model, environment, source network).
+    pub model: Option<String>,
+    pub environment: Option<String>,
+    pub network: Option<String>,
 }
 
 impl UsageQuery {
@@ -205,13 +262,26 @@ impl UsageQuery {
         token_id: Option<AppTokenId>,
         service_id: Option<String>,
     ) -> Result<Self, Error> {
-        let step = granularity.millis();
-        let start = from.as_millisecond().div_euclid(step) * step;
-        let end = (to.as_millisecond() + step - 1).div_euclid(step) * step;
-        if end <= start {
+        if to <= from {
             return Err(Error::invalid("invalid_range", "`to` must be after `from`"));
         }
-        if (end - start) / step > USAGE_BUCKETS_MAX {
+        let start = granularity.bucket_start(from);
+        let mut end = granularity.bucket_start(to);
+        if end < to {
+            end = granularity.next_bucket(end);
+        }
+        let buckets = match granularity.fixed_millis() {
+            Some(step) => (end.as_millisecond() - start.as_millisecond()) / step,
+            None => {
+                let (a, b) = (
+                    start.to_zoned_datetime(TimeZone::UTC),
+                    end.to_zoned_datetime(TimeZone::UTC),
+                );
+                (i64::from(b.year()) - i64::from(a.year())) * 12 + i64::from(b.month())
+                    - i64::from(a.month())
+            }
+        };
+        if buckets > USAGE_BUCKETS_MAX {
             return Err(Error::invalid(
                 "range_too_large",
                 format!(
@@ -220,18 +290,77 @@ impl UsageQuery {
                 ),
             ));
         }
-        let at = |ms| {
-            Timestamp::from_millisecond(ms)
-                .map_err(|e| Error::invalid("invalid_range", e.to_string()))
-        };
         Ok(Self {
-            from: at(start)?,
-            to: at(end)?,
+            from: start,
+            to: end,
             granularity,
             key_id,
             token_id,
             service_id,
+            model: None,
+            environment: None,
+            network: None,
         })
+    }
+}
+
+/// Upper bounds (inclusive, milliseconds) of the latency histogram's buckets; one more
+/// bucket holds everything slower.
+pub const LATENCY_BOUNDS_MS: [u32; 11] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000,
+];
+
+/// Calls per latency bucket: mergeable by addition across instances and time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LatencyHistogram(pub [u64; LATENCY_BOUNDS_MS.len() + 1]);
+
+impl LatencyHistogram {
+    pub fn add(&mut self, latency_ms: u32) {
+        let slot = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|&bound| latency_ms <= bound)
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        self.0[slot] += 1;
+    }
+
+    pub fn merge(&mut self, other: &Self) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The `q`-quantile (0–1) in milliseconds, interpolated linearly inside its bucket; the
+    /// open last bucket answers its lower bound. `None` with no calls.
+    pub fn quantile(&self, q: f64) -> Option<u32> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
+        let mut seen = 0u64;
+        for (slot, &count) in self.0.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            if (seen + count) as f64 >= rank {
+                let low = if slot == 0 {
+                    0
+                } else {
+                    LATENCY_BOUNDS_MS[slot - 1]
+                };
+                let Some(&high) = LATENCY_BOUNDS_MS.get(slot) else {
+                    return Some(low);
+                };
+                let within = (rank - seen as f64) / count as f64;
+                return Some(low + ((f64::from(high - low)) * within).round() as u32);
+            }
+            seen += count;
+        }
+        LATENCY_BOUNDS_MS.last().copied()
     }
 }
 
@@ -248,6 +377,17 @@ pub struct UsageTotals {
     pub cost_nanos: u64,
     /// Calls to a model or endpoint without a price (charged at a conservative estimate).
     pub unpriced: u64,
+    /// Answers the provider meant as "this key is refused".
+    pub rejected: u64,
+    /// Answers that said a quota or rate limit was reached.
+    pub throttled: u64,
+    /// Provider outages and calls that reached no one.
+    pub outages: u64,
+    /// Provider credits cache hits did not spend.
+    pub saved_credits: u64,
+    /// Sum of latencies of the calls in `latency` (for the mean).
+    pub latency_ms_sum: u64,
+    pub latency: LatencyHistogram,
 }
 
 impl std::ops::AddAssign for UsageTotals {
@@ -261,6 +401,12 @@ impl std::ops::AddAssign for UsageTotals {
         self.credits += other.credits;
         self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
         self.unpriced += other.unpriced;
+        self.rejected += other.rejected;
+        self.throttled += other.throttled;
+        self.outages += other.outages;
+        self.saved_credits += other.saved_credits;
+        self.latency_ms_sum += other.latency_ms_sum;
+        self.latency.merge(&other.latency);
     }
 }
 
@@ -623,6 +769,60 @@ impl crate::answer::Lapse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_align_to_utc_weeks_from_monday_and_calendar_months() {
+        let at: Timestamp = "2026-03-01T23:59:59Z".parse().unwrap(); // a Sunday
+        let start = |g: Granularity| g.bucket_start(at).to_string();
+        assert_eq!(start(Granularity::Minute), "2026-03-01T23:59:00Z");
+        assert_eq!(start(Granularity::Day), "2026-03-01T00:00:00Z");
+        assert_eq!(start(Granularity::Week), "2026-02-23T00:00:00Z");
+        assert_eq!(start(Granularity::Month), "2026-03-01T00:00:00Z");
+        let feb: Timestamp = "2026-02-01T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            Granularity::Month.next_bucket(feb).to_string(),
+            "2026-03-01T00:00:00Z"
+        );
+        // A query's range is widened to whole buckets and months are counted as months.
+        let q = UsageQuery::new(
+            "2025-01-15T00:00:00Z".parse().unwrap(),
+            "2026-12-06T10:00:00Z".parse().unwrap(),
+            Granularity::Month,
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(q.from.to_string(), "2025-01-01T00:00:00Z");
+        assert_eq!(q.to.to_string(), "2027-01-01T00:00:00Z");
+        let too_many = UsageQuery::new(
+            "2020-01-01T00:00:00Z".parse().unwrap(),
+            "2026-01-01T00:00:00Z".parse().unwrap(),
+            Granularity::Minute,
+            None,
+            None,
+            None,
+        );
+        assert_eq!(too_many.unwrap_err().code, "range_too_large");
+        let inverted = UsageQuery::new(feb, feb, Granularity::Day, None, None, None);
+        assert_eq!(inverted.unwrap_err().code, "invalid_range");
+    }
+
+    #[test]
+    fn histogram_quantiles_interpolate_within_buckets() {
+        let mut h = LatencyHistogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for ms in [5, 5, 60, 80, 90, 95, 99, 100, 200, 40_000] {
+            h.add(ms);
+        }
+        assert_eq!(h.count(), 10);
+        // The 5th of 10 falls in the (50, 100] bucket, which holds calls 3–8.
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((50..=100).contains(&p50), "{p50}");
+        // The slowest call is past every bound: its lower bound answers.
+        assert_eq!(h.quantile(1.0), Some(30_000));
+        assert!(h.quantile(0.0).unwrap() <= 10);
+    }
 
     #[test]
     fn lapses_follow_the_quota_calendar() {

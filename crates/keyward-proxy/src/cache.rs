@@ -17,6 +17,8 @@ pub struct CachedResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Provider credits the call that fetched this answer spent: what each hit saves.
+    pub credits: u32,
     pub stored_at: Timestamp,
     pub expires_at: Timestamp,
 }
@@ -146,6 +148,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: Bytes::from_static(body),
+            credits: 1,
             stored_at: ts(0),
             expires_at: ts(expires),
         }

@@ -116,6 +116,8 @@ impl Proxy {
             cost_nanos: 0,
             answer: validation.answer,
             unpriced: false,
+            source: None,
+            saved_credits: 0,
         })));
         Ok(Some(validation))
     }

@@ -6,7 +6,7 @@
 //!   bucket has room and is charged with the real count when the answer is read.
 //! - Longer limits count in calendar windows (`limit_window`: e.g. the day from midnight
 //!   US/Eastern) and budgets in their period. These survive a restart: at start-up the
-//!   counters are seeded from the store's hourly sums ([`Meters::seed`]).
+//!   counters are seeded from the store's hourly rollups ([`Meters::seed`]).
 //! - Budgets reserve a call's maximum cost before it is sent and settle the real cost after
 //!   (or release the reservation if it failed). Check-and-reserve happens under one lock, so
 //!   concurrent calls can never together commit more than the budget: a call is admitted
@@ -289,7 +289,7 @@ impl Meters {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Restores long-window counters and budgets from the store's hourly sums. Counters that
+    /// Restores long-window counters and budgets from the store's hourly rollups. Counters that
     /// already exist are not touched (they have seen everything since start-up).
     pub fn seed(&self, uses: Vec<HourlyUse>) {
         let mut state = self.lock();

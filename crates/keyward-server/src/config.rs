@@ -257,7 +257,7 @@ pub struct Settings {
     pub redis_url: Option<SecretString>,
     pub master_key: MasterKeySource,
     pub recovery_window: RecoveryWindow,
-    /// Days usage records are kept (1–3650); hourly sums are kept regardless.
+    /// Days usage records are kept (1–3650); minute rollups 8 days; longer rollups are kept regardless.
     pub usage_retention_days: u16,
     /// How long past `expires_at` the proxy still injects a key, with a warning (0–10080
     /// minutes; default 0: expired keys are refused at once).

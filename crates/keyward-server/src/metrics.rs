@@ -262,6 +262,8 @@ mod tests {
             cost_nanos: 8250,
             answer: (outcome == Outcome::Success).then_some(AnswerClass::Success),
             unpriced: outcome == Outcome::Success,
+            source: None,
+            saved_credits: 0,
         }
     }
 

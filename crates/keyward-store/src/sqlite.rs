@@ -103,6 +103,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "provider_answers",
         include_str!("../migrations/sqlite/0017_provider_answers.sql"),
     ),
+    (
+        18,
+        "usage_rollups",
+        include_str!("../migrations/sqlite/0018_usage_rollups.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

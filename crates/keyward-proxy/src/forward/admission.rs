@@ -112,6 +112,7 @@ impl Proxy {
             exchange.record.cache = CacheOutcome::Miss;
             if may_read && let Some(hit) = self.cache.get(key, now) {
                 exchange.record.cache = CacheOutcome::Hit;
+                exchange.record.saved_credits = hit.credits;
                 exchange.plan_links(
                     route.service,
                     &hit.headers,

@@ -78,6 +78,8 @@ impl Exchange {
                 cost_nanos: 0,
                 answer: None,
                 unpriced: false,
+                source: Some(inbound.source),
+                saved_credits: 0,
             },
             started: Instant::now(),
             reservations: Vec::new(),
@@ -463,6 +465,7 @@ impl Proxy {
                         status,
                         headers: headers.clone(),
                         body: masked,
+                        credits: exchange.record.credits,
                         stored_at: now,
                         expires_at: now
                             .checked_add(Duration::from_secs(u64::from(ttl)))

@@ -205,7 +205,7 @@ impl Proxy {
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
     }
 
-    /// Restores quota and budget counters from the store's hourly sums (at start-up).
+    /// Restores quota and budget counters from the store's hourly rollups (at start-up).
     pub fn seed_meters(&self, uses: Vec<keyward_core::usage::HourlyUse>) {
         self.sink.meters.seed(uses);
     }

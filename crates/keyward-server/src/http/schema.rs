@@ -153,7 +153,7 @@ pub fn approval_status_schema() -> Object {
 
 /// A usage series' bucket size.
 pub fn granularity_schema() -> Object {
-    one_of(&["minute", "hour", "day"])
+    one_of(&["minute", "hour", "day", "week", "month"])
 }
 
 /// A budget's period.

@@ -25,7 +25,8 @@ pub struct UsageParams {
     /// End, exclusive (RFC 3339); default: now.
     #[param(format = DateTime)]
     pub to: Option<String>,
-    /// `minute`, `hour` (default) or `day`; at most 2,000 buckets.
+    /// `minute` (kept 8 days), `hour` (default), `day`, `week` (from Monday) or `month`, in
+    /// UTC; at most 2,000 buckets.
     #[param(schema_with = super::schema::granularity_schema)]
     pub granularity: Option<String>,
     /// Only this key.
@@ -50,6 +51,20 @@ pub struct UsageTotalsBody {
     /// Calls to a model without a listed price: their cost is a conservative estimate
     /// (the service's fallback or dearest price), never zero.
     pub unpriced: u64,
+    /// Answers meaning the provider refused the key.
+    pub rejected: u64,
+    /// Answers meaning a quota or rate limit was reached.
+    pub throttled: u64,
+    /// Provider outages and calls that reached no one.
+    pub outages: u64,
+    /// Share of calls that succeeded (0–1); absent without calls.
+    pub success_rate: Option<f64>,
+    /// Provider credits that cache hits did not spend.
+    pub saved_credits: u64,
+    /// Median and 95th-percentile latency of answered calls, from a histogram (accurate to
+    /// its bucket bounds: 10, 25, 50, 100, 250, 500 ms, 1, 2.5, 5, 10, 30 s).
+    pub latency_p50_ms: Option<u32>,
+    pub latency_p95_ms: Option<u32>,
 }
 
 impl From<UsageTotals> for UsageTotalsBody {
@@ -64,6 +79,13 @@ impl From<UsageTotals> for UsageTotalsBody {
             credits: t.credits,
             cost_usd: nanos_to_usd(t.cost_nanos),
             unpriced: t.unpriced,
+            rejected: t.rejected,
+            throttled: t.throttled,
+            outages: t.outages,
+            success_rate: t.success_rate(),
+            saved_credits: t.saved_credits,
+            latency_p50_ms: t.latency.quantile(0.5),
+            latency_p95_ms: t.latency.quantile(0.95),
         }
     }
 }

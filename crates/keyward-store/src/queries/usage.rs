@@ -1,4 +1,4 @@
-//! `UsageStore`: usage records, hourly sums, pools and last use.
+//! `UsageStore`: usage records, their rollups, and the queries over them.
 
 use super::*;
 
@@ -11,103 +11,158 @@ fn from_db_int(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-/// The sums a usage query returns, in the column order of `USAGE_SUMS`.
-type SumsRow = (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64);
+/// The summed measures of a rollup row, in the order `totals_from` reads them.
+const MEASURES: [&str; 26] = [
+    "requests",
+    "errors",
+    "cache_hits",
+    "saved_credits",
+    "rejected",
+    "throttled",
+    "outages",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "credits",
+    "cost_nanos",
+    "unpriced",
+    "latency_ms_sum",
+    "lat_0",
+    "lat_1",
+    "lat_2",
+    "lat_3",
+    "lat_4",
+    "lat_5",
+    "lat_6",
+    "lat_7",
+    "lat_8",
+    "lat_9",
+    "lat_10",
+    "lat_11",
+];
 
-/// The usage sums query: minutes from the records, hours and days from the hourly sums;
-/// per bucket, or per `group` column (rows without one, e.g. refusals before a key was
-/// chosen, are left out) and bucket. Binds: from, to, bucket size, key, token, service.
-fn usage_sql(query: &UsageQuery, group: Option<&str>) -> String {
-    let sums = |time: &str, requests: &str, errors: &str, hits: &str| {
-        format!(
-            "SELECT ({time} / $3) * $3 AS bucket, CAST(COALESCE({requests}, 0) AS BIGINT), \
-             CAST(COALESCE({errors}, 0) AS BIGINT), CAST(COALESCE({hits}, 0) AS BIGINT), \
-             CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(credits), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT), CAST(COALESCE(SUM(unpriced), 0) AS BIGINT)"
-        )
-    };
-    let (select, table, time) = if query.granularity == keyward_core::usage::Granularity::Minute {
-        (
-            sums(
-                "at",
-                "COUNT(*)",
-                "SUM(CASE WHEN outcome <> 'success' THEN 1 ELSE 0 END)",
-                "SUM(CASE WHEN cache = 'hit' THEN 1 ELSE 0 END)",
-            ),
-            "usage_records",
-            "at",
-        )
-    } else {
-        (
-            sums("hour", "SUM(requests)", "SUM(errors)", "SUM(cache_hits)"),
-            "usage_hourly",
-            "hour",
-        )
-    };
-    let filter = format!(
-        "FROM {table} WHERE {time} >= $1 AND {time} < $2 \
-         AND ($4 IS NULL OR key_id = $4) AND ($5 IS NULL OR token_id = $5) AND ($6 IS NULL OR service_id = $6)"
-    );
-    match group {
-        None => format!("{select} {filter} GROUP BY bucket ORDER BY bucket"),
-        Some(column) => {
-            let select = select.replacen("SELECT ", &format!("SELECT {column}, "), 1);
-            format!(
-                "{select} {filter} AND {column} IS NOT NULL AND {column} <> '' \
-                 GROUP BY {column}, bucket ORDER BY {column}, bucket"
-            )
-        }
+/// The rollup dimension a grouping splits by.
+fn dimension(by: UsageGrouping) -> &'static str {
+    match by {
+        UsageGrouping::Key => "key_id",
+        UsageGrouping::Service => "service_id",
+        UsageGrouping::Token => "token_id",
+        UsageGrouping::Model => "model",
+        UsageGrouping::Environment => "environment",
+        UsageGrouping::Network => "network",
     }
 }
 
-fn bind_usage<Row>(
+/// The usage sums query over the rollups of the query's granularity: per bucket, or per
+/// `group` column (rows without one, e.g. refusals before a key was chosen, are left out)
+/// and bucket. Binds: grain, from, to, key, token, service, model, environment, network.
+fn usage_sql(group: Option<&str>) -> String {
+    let sums: Vec<String> = MEASURES
+        .iter()
+        .map(|m| format!("CAST(SUM({m}) AS BIGINT)"))
+        .collect();
+    let sums = sums.join(", ");
+    let filter = "FROM usage_rollups WHERE grain = $1 AND bucket >= $2 AND bucket < $3 \
+         AND ($4 IS NULL OR key_id = $4) AND ($5 IS NULL OR token_id = $5) AND ($6 IS NULL OR service_id = $6) \
+         AND ($7 IS NULL OR model = $7) AND ($8 IS NULL OR environment = $8) AND ($9 IS NULL OR network = $9)";
+    match group {
+        None => format!("SELECT bucket, {sums} {filter} GROUP BY bucket ORDER BY bucket"),
+        Some(column) => format!(
+            "SELECT {column}, bucket, {sums} {filter} AND {column} <> '' \
+             GROUP BY {column}, bucket ORDER BY {column}, bucket"
+        ),
+    }
+}
+
+fn bind_usage(
     query: &UsageQuery,
     sql: String,
-) -> sqlx::query::QueryAs<'static, Db, Row, <Db as sqlx::Database>::Arguments>
-where
-    Row: for<'r> sqlx::FromRow<'r, DbRow>,
-{
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+) -> sqlx::query::Query<'static, Db, <Db as sqlx::Database>::Arguments> {
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(query.granularity as i16)
         .bind(millis(query.from))
         .bind(millis(query.to))
-        .bind(query.granularity.millis())
         .bind(query.key_id.as_ref().map(|k| k.as_str().to_owned()))
         .bind(query.token_id.as_ref().map(|t| t.as_str().to_owned()))
         .bind(query.service_id.clone())
+        .bind(query.model.clone())
+        .bind(query.environment.clone())
+        .bind(query.network.clone())
 }
 
-fn totals(row: &SumsRow) -> UsageTotals {
-    UsageTotals {
-        requests: from_db_int(row.1),
-        errors: from_db_int(row.2),
-        cache_hits: from_db_int(row.3),
-        input_tokens: from_db_int(row.4),
-        cached_tokens: from_db_int(row.5),
-        output_tokens: from_db_int(row.6),
-        credits: from_db_int(row.7),
-        cost_nanos: from_db_int(row.8),
-        unpriced: from_db_int(row.9),
+/// Reads the measures of `MEASURES` from the columns starting at `first`.
+fn totals_from(row: &DbRow, first: usize) -> Result<UsageTotals, Error> {
+    let at = |i: usize| -> Result<u64, Error> {
+        let value: Option<i64> = row
+            .try_get(first + i)
+            .map_err(|e| corrupt("usage sums", e))?;
+        Ok(from_db_int(value.unwrap_or(0)))
+    };
+    let mut latency = keyward_core::usage::LatencyHistogram::default();
+    for (i, slot) in latency.0.iter_mut().enumerate() {
+        *slot = at(14 + i)?;
     }
+    Ok(UsageTotals {
+        requests: at(0)?,
+        errors: at(1)?,
+        cache_hits: at(2)?,
+        saved_credits: at(3)?,
+        rejected: at(4)?,
+        throttled: at(5)?,
+        outages: at(6)?,
+        input_tokens: at(7)?,
+        cached_tokens: at(8)?,
+        output_tokens: at(9)?,
+        credits: at(10)?,
+        cost_nanos: at(11)?,
+        unpriced: at(12)?,
+        latency_ms_sum: at(13)?,
+        latency,
+    })
 }
 
-/// One hourly-sum row being accumulated from a batch.
-#[derive(Default)]
-struct HourlySums {
-    requests: i64,
-    errors: i64,
-    cache_hits: i64,
-    input_tokens: i64,
-    cached_tokens: i64,
-    output_tokens: i64,
-    credits: i64,
-    cost_nanos: i64,
-    unpriced: i64,
+/// The measures of one rollup, in `MEASURES` order.
+fn measures(t: &UsageTotals) -> [i64; 26] {
+    let mut out = [0i64; 26];
+    let head = [
+        t.requests,
+        t.errors,
+        t.cache_hits,
+        t.saved_credits,
+        t.rejected,
+        t.throttled,
+        t.outages,
+        t.input_tokens,
+        t.cached_tokens,
+        t.output_tokens,
+        t.credits,
+        t.cost_nanos,
+        t.unpriced,
+        t.latency_ms_sum,
+    ];
+    for (slot, value) in out.iter_mut().zip(head.iter().chain(t.latency.0.iter())) {
+        *slot = db_int(*value);
+    }
+    out
 }
 
-const HOUR_MS: i64 = 3_600_000;
 /// Rows per multi-row usage insert (24 binds each; SQLite allows 32,766 per statement).
 const USAGE_ROWS_PER_INSERT: usize = 100;
+/// Rows per multi-row rollup upsert (34 binds each).
+const ROLLUP_ROWS_PER_UPSERT: usize = 50;
+
+/// `INSERT … ON CONFLICT DO UPDATE` adding each measure to the stored row: rollups of the
+/// same bucket written by several instances (or batches) add up.
+fn rollup_upsert_tail() -> String {
+    let sets: Vec<String> = MEASURES
+        .iter()
+        .map(|m| format!("{m} = usage_rollups.{m} + excluded.{m}"))
+        .collect();
+    format!(
+        " ON CONFLICT (grain, bucket, key_id, token_id, service_id, model, environment, network) DO UPDATE SET {}",
+        sets.join(", ")
+    )
+}
 
 #[async_trait]
 impl UsageStore for ThisStore {
@@ -161,68 +216,47 @@ impl UsageStore for ThisStore {
                 .await
                 .map_err(|e| db_error(e, None))?;
         }
-        let mut hourly: std::collections::BTreeMap<(i64, &str, &str, &str), HourlySums> =
-            std::collections::BTreeMap::new();
-        for r in records {
-            let hour = millis(r.at).div_euclid(HOUR_MS) * HOUR_MS;
-            let key = r.key_id.as_ref().map_or("", |k| k.as_str());
-            let token = r.token_id.as_ref().map_or("", |t| t.as_str());
-            let sums = hourly
-                .entry((hour, r.service_id.as_str(), key, token))
-                .or_default();
-            sums.requests += 1;
-            sums.errors += i64::from(r.outcome != Outcome::Success);
-            sums.cache_hits += i64::from(r.cache == keyward_core::usage::CacheOutcome::Hit);
-            sums.input_tokens += db_int(r.tokens.input.saturating_add(r.tokens.cache_write));
-            sums.cached_tokens += db_int(r.tokens.cached_input);
-            sums.output_tokens += db_int(r.tokens.output);
-            sums.credits += i64::from(r.credits);
-            sums.cost_nanos = sums.cost_nanos.saturating_add(db_int(r.cost_nanos));
-            sums.unpriced += i64::from(r.unpriced);
-        }
-        for ((hour, service, key, token), s) in hourly {
-            sqlx::query(
-                "INSERT INTO usage_hourly (hour, service_id, key_id, token_id, requests, errors, cache_hits, input_tokens, \
-                 cached_tokens, output_tokens, credits, cost_nanos, unpriced) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                 ON CONFLICT (hour, service_id, key_id, token_id) DO UPDATE SET \
-                 requests = usage_hourly.requests + excluded.requests, errors = usage_hourly.errors + excluded.errors, \
-                 cache_hits = usage_hourly.cache_hits + excluded.cache_hits, \
-                 input_tokens = usage_hourly.input_tokens + excluded.input_tokens, \
-                 cached_tokens = usage_hourly.cached_tokens + excluded.cached_tokens, \
-                 output_tokens = usage_hourly.output_tokens + excluded.output_tokens, \
-                 credits = usage_hourly.credits + excluded.credits, cost_nanos = usage_hourly.cost_nanos + excluded.cost_nanos, \
-                 unpriced = usage_hourly.unpriced + excluded.unpriced",
-            )
-            .bind(hour)
-            .bind(service)
-            .bind(key)
-            .bind(token)
-            .bind(s.requests)
-            .bind(s.errors)
-            .bind(s.cache_hits)
-            .bind(s.input_tokens)
-            .bind(s.cached_tokens)
-            .bind(s.output_tokens)
-            .bind(s.credits)
-            .bind(s.cost_nanos)
-            .bind(s.unpriced)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error(e, None))?;
+        let rollups = keyward_core::rollup::rollups(records);
+        let tail = rollup_upsert_tail();
+        for chunk in rollups.chunks(ROLLUP_ROWS_PER_UPSERT) {
+            let mut upsert = QueryBuilder::<Db>::new(format!(
+                "INSERT INTO usage_rollups (grain, bucket, key_id, token_id, service_id, model, environment, network, {}) ",
+                MEASURES.join(", ")
+            ));
+            upsert.push_values(chunk, |mut row, r| {
+                row.push_bind(r.granularity as i16)
+                    .push_bind(millis(r.bucket))
+                    .push_bind(r.dims.key_id.clone())
+                    .push_bind(r.dims.token_id.clone())
+                    .push_bind(r.dims.service_id.clone())
+                    .push_bind(r.dims.model.clone())
+                    .push_bind(r.dims.environment.clone())
+                    .push_bind(r.dims.network.clone());
+                for value in measures(&r.totals) {
+                    row.push_bind(value);
+                }
+            });
+            upsert.push(&tail);
+            upsert
+                .build()
+                .persistent(chunk.len() == ROLLUP_ROWS_PER_UPSERT)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
         }
         commit(tx).await
     }
 
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageBucket>, Error> {
-        let rows: Vec<SumsRow> = bind_usage(query, usage_sql(query, None))
+        let rows = bind_usage(query, usage_sql(None))
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, None))?;
         rows.iter()
             .map(|row| {
                 Ok(UsageBucket {
-                    start: timestamp(row.0)?,
-                    totals: totals(row),
+                    start: timestamp(row.try_get(0).map_err(|e| corrupt("bucket", e))?)?,
+                    totals: totals_from(row, 1)?,
                 })
             })
             .collect()
@@ -233,24 +267,18 @@ impl UsageStore for ThisStore {
         query: &UsageQuery,
         by: UsageGrouping,
     ) -> Result<Vec<(String, UsageBucket)>, Error> {
-        let column = match by {
-            UsageGrouping::Key => "key_id",
-            UsageGrouping::Service => "service_id",
-            UsageGrouping::Token => "token_id",
-        };
-        let rows: Vec<(String, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64)> =
-            bind_usage(query, usage_sql(query, Some(column)))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| db_error(e, None))?;
-        rows.into_iter()
-            .map(|(group, a, b, c, d, e, f, g, h, i, j)| {
-                let row: SumsRow = (a, b, c, d, e, f, g, h, i, j);
+        let rows = bind_usage(query, usage_sql(Some(dimension(by))))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        rows.iter()
+            .map(|row| {
+                let group: String = row.try_get(0).map_err(|e| corrupt("usage group", e))?;
                 Ok((
                     group,
                     UsageBucket {
-                        start: timestamp(row.0)?,
-                        totals: totals(&row),
+                        start: timestamp(row.try_get(1).map_err(|e| corrupt("bucket", e))?)?,
+                        totals: totals_from(row, 2)?,
                     },
                 ))
             })
@@ -261,13 +289,15 @@ impl UsageStore for ThisStore {
         let mut out = Vec::new();
         for column in ["key_id", "token_id"] {
             let sql = format!(
-                "SELECT {column}, hour, CAST(SUM(requests) AS BIGINT), CAST(SUM(credits) AS BIGINT), \
+                "SELECT {column}, bucket, CAST(SUM(requests) AS BIGINT), CAST(SUM(credits) AS BIGINT), \
                  CAST(SUM(input_tokens + cached_tokens + output_tokens) AS BIGINT), CAST(SUM(cost_nanos) AS BIGINT) \
-                 FROM usage_hourly WHERE hour >= $1 AND {column} <> '' GROUP BY {column}, hour"
+                 FROM usage_rollups WHERE grain = 1 AND bucket >= $1 AND {column} <> '' GROUP BY {column}, bucket"
             );
             let rows: Vec<(String, i64, i64, i64, i64, i64)> =
                 sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(millis(since).div_euclid(HOUR_MS) * HOUR_MS)
+                    .bind(millis(
+                        keyward_core::usage::Granularity::Hour.bucket_start(since),
+                    ))
                     .fetch_all(&self.pool)
                     .await
                     .map_err(|e| db_error(e, None))?;
@@ -290,10 +320,19 @@ impl UsageStore for ThisStore {
         Ok(out)
     }
 
-    async fn prune_usage(&self, before: Timestamp) -> Result<u64, Error> {
+    async fn prune_usage(
+        &self,
+        records_before: Timestamp,
+        minutes_before: Timestamp,
+    ) -> Result<u64, Error> {
         let mut tx = self.begin_write().await?;
         let deleted = sqlx::query("DELETE FROM usage_records WHERE at < $1")
-            .bind(millis(before))
+            .bind(millis(records_before))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        sqlx::query("DELETE FROM usage_rollups WHERE grain = 0 AND bucket < $1")
+            .bind(millis(minutes_before))
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, None))?;

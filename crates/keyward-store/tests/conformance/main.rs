@@ -146,6 +146,8 @@ fn usage(
         cost_nanos: 1_500,
         answer: None,
         unpriced: false,
+        source: None,
+        saved_credits: 0,
     }
 }
 

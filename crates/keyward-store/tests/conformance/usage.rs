@@ -78,15 +78,20 @@ async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
     let records = [
         UsageRecord {
             unpriced: true,
+            source: Some("203.0.113.40".parse().expect("ip")),
             answer: Some(keyward_core::answer::AnswerClass::Success),
+            latency_ms: 180,
             ..usage(base + 1_000, Some(&key), Some(&token), Outcome::Success)
         },
-        usage(
-            base + 61_000,
-            Some(&key),
-            Some(&token),
-            Outcome::UpstreamError,
-        ),
+        UsageRecord {
+            answer: Some(keyward_core::answer::AnswerClass::Rejected),
+            ..usage(
+                base + 61_000,
+                Some(&key),
+                Some(&token),
+                Outcome::UpstreamError,
+            )
+        },
         usage(base + HOUR + 5, Some(&key), Some(&token), Outcome::Success),
         usage(base + HOUR + 6, None, None, Outcome::Refused),
     ];
@@ -117,6 +122,9 @@ async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
         .await
         .expect("hours");
     assert_eq!(hours.len(), 2);
+    let mut latency = keyward_core::usage::LatencyHistogram::default();
+    latency.add(180);
+    latency.add(12);
     assert_eq!(
         hours[0].totals,
         UsageTotals {
@@ -129,8 +137,14 @@ async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
             credits: 2,
             cost_nanos: 3_000,
             unpriced: 1,
+            rejected: 1,
+            throttled: 0,
+            outages: 0,
+            saved_credits: 0,
+            latency_ms_sum: 192,
+            latency,
         },
-        "cache-write tokens count as input in the hourly sums"
+        "cache-write tokens count as input in the hourly sums; latency merges as a histogram"
     );
     assert_eq!(
         minutes
@@ -189,17 +203,66 @@ async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
         ]
     );
 
-    assert_eq!(store.prune_usage(ts(base + HOUR)).await.expect("prune"), 2);
+    // Week and month buckets: 2025-11-25 is a Tuesday, in the week from Monday the 24th.
+    for (granularity, start) in [
+        (Granularity::Week, "2025-11-24T00:00:00Z"),
+        (Granularity::Month, "2025-11-01T00:00:00Z"),
+    ] {
+        let long = store
+            .usage(&query(granularity, None))
+            .await
+            .expect("long buckets");
+        assert_eq!(long.len(), 1, "{granularity:?}");
+        assert_eq!(long[0].start.to_string(), start);
+        assert_eq!(long[0].totals.requests, 4);
+    }
+    // The other dimensions: the first call's network, every call's model and environment.
+    let by_network = store
+        .usage_grouped(&query(Granularity::Day, None), UsageGrouping::Network)
+        .await
+        .expect("by network");
+    assert_eq!(
+        by_network
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.totals.requests))
+            .collect::<Vec<_>>(),
+        vec![("203.0.113.0/24", 1)]
+    );
+    let by_model = store
+        .usage_grouped(&query(Granularity::Day, None), UsageGrouping::Model)
+        .await
+        .expect("by model");
+    assert_eq!(by_model.len(), 1);
+    assert_eq!(by_model[0].0, "gpt-5.4-mini");
+    let mut narrowed = query(Granularity::Hour, None);
+    narrowed.environment = Some("staging".into());
+    assert!(store.usage(&narrowed).await.expect("staging").is_empty());
+    narrowed.environment = Some("production".into());
+    narrowed.network = Some("203.0.113.0/24".into());
+    assert_eq!(
+        store.usage(&narrowed).await.expect("network")[0]
+            .totals
+            .requests,
+        1
+    );
+
+    assert_eq!(
+        store
+            .prune_usage(ts(base + HOUR), ts(base + HOUR))
+            .await
+            .expect("prune"),
+        2
+    );
     let minutes = store
         .usage(&query(Granularity::Minute, None))
         .await
         .expect("minutes");
-    assert_eq!(minutes.len(), 1, "pruning removes old records");
+    assert_eq!(minutes.len(), 1, "pruning removes old minute rollups");
     let hours = store
         .usage(&query(Granularity::Hour, None))
         .await
         .expect("hours");
-    assert_eq!(hours.len(), 2, "hourly sums outlive the records");
+    assert_eq!(hours.len(), 2, "hourly rollups outlive the records");
 
     // Big batches go in fixed-size chunks plus a remainder: every row arrives, in every
     // batch size (the statements for odd sizes are not cached, so memory stays flat).
@@ -226,8 +289,8 @@ async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
         .expect("big batches");
     assert_eq!(big[0].totals.requests, 250 + 251 + 100 + 37);
 
-    // Split by key: the refusal without a key is left out; by service it counts. (Minutes
-    // come from the records, pruned above before the second hour.)
+    // Split by key: the refusal without a key is left out; by service it counts. (Minute
+    // rollups were pruned above before the second hour.)
     let second = KeyId::generate(ts(2), &r);
     store
         .record_usage(&[usage(base + 2_000, Some(&second), None, Outcome::Success)])
@@ -267,3 +330,109 @@ conformance!(
     key_flags_and_pool_strategies,
     usage_is_recorded_summed_and_queried,
 );
+
+/// Migration 0018 turns `usage_hourly` into hour/day/week/month rollups and the last eight
+/// days of records into minute rollups: replayed here against a recreated old table.
+async fn hourly_sums_and_recent_records_become_rollups(db: &TestDatabase, store: Arc<dyn Store>) {
+    let migration = match db {
+        TestDatabase::Sqlite { .. } => {
+            include_str!("../../migrations/sqlite/0018_usage_rollups.sql")
+        }
+        TestDatabase::Postgres { .. } => {
+            include_str!("../../migrations/postgres/0018_usage_rollups.sql")
+        }
+    };
+    let (_, backfill) = migration
+        .split_once("CREATE INDEX usage_rollups_token ON usage_rollups (token_id, grain, bucket);")
+        .expect("the migration creates the table, then backfills");
+    let base = 1_764_028_800_000_i64; // 2025-11-25T00:00:00Z, a Tuesday
+    db.execute_raw(&format!(
+        "CREATE TABLE usage_hourly (hour BIGINT NOT NULL, service_id TEXT NOT NULL, key_id TEXT NOT NULL, \
+         token_id TEXT NOT NULL, requests BIGINT NOT NULL, errors BIGINT NOT NULL, cache_hits BIGINT NOT NULL, \
+         input_tokens BIGINT NOT NULL, cached_tokens BIGINT NOT NULL, output_tokens BIGINT NOT NULL, \
+         credits BIGINT NOT NULL, cost_nanos BIGINT NOT NULL, unpriced INTEGER NOT NULL DEFAULT 0); \
+         INSERT INTO usage_hourly VALUES ({a}, 'openai', 'key_a', '', 3, 1, 0, 10, 0, 5, 3, 900, 1); \
+         INSERT INTO usage_hourly VALUES ({b}, 'openai', 'key_a', '', 2, 0, 1, 10, 0, 5, 2, 100, 0); \
+         INSERT INTO usage_records (at, token_id, key_id, service_id, environment, method, endpoint, status, outcome, \
+         error_code, latency_ms, request_bytes, response_bytes, cache, retries, model, input_tokens, cached_tokens, \
+         cache_write_tokens, output_tokens, credits, cost_nanos, answer, unpriced) VALUES \
+         ({b}, NULL, 'key_a', 'openai', 'production', 'POST', '/v1/chat', 401, 'upstream_error', NULL, 70, 1, 1, \
+         'none', 0, 'gpt-4o', 1, 0, 0, 0, 1, 0, 'rejected', 0)",
+        a = base + 3_600_000,
+        b = base + 8 * 86_400_000,
+    ))
+    .await;
+    db.execute_raw(backfill).await;
+    let query = |g| {
+        UsageQuery::new(
+            ts(base - 86_400_000 * 40),
+            ts(base + 86_400_000 * 40),
+            g,
+            None,
+            None,
+            None,
+        )
+        .expect("query")
+    };
+    let sums = |buckets: Vec<keyward_core::usage::UsageBucket>| {
+        buckets
+            .iter()
+            .map(|b| (b.start.to_string(), b.totals.requests, b.totals.cost_nanos))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        sums(store.usage(&query(Granularity::Week)).await.expect("weeks")),
+        vec![
+            ("2025-11-24T00:00:00Z".to_owned(), 3, 900),
+            ("2025-12-01T00:00:00Z".to_owned(), 2, 100)
+        ]
+    );
+    assert_eq!(
+        sums(
+            store
+                .usage(&query(Granularity::Month))
+                .await
+                .expect("months")
+        ),
+        vec![
+            ("2025-11-01T00:00:00Z".to_owned(), 3, 900),
+            ("2025-12-01T00:00:00Z".to_owned(), 2, 100)
+        ]
+    );
+    let hours = store
+        .usage(
+            &UsageQuery::new(
+                ts(base),
+                ts(base + 9 * 86_400_000),
+                Granularity::Hour,
+                None,
+                None,
+                None,
+            )
+            .expect("query"),
+        )
+        .await
+        .expect("hours");
+    assert_eq!(hours.len(), 2);
+    let recent = store
+        .usage(
+            &UsageQuery::new(
+                ts(base + 8 * 86_400_000),
+                ts(base + 8 * 86_400_000 + 60_000),
+                Granularity::Minute,
+                None,
+                None,
+                None,
+            )
+            .expect("query"),
+        )
+        .await
+        .expect("minutes");
+    assert_eq!(recent.len(), 1, "the recent record became a minute rollup");
+    assert_eq!(
+        (recent[0].totals.rejected, recent[0].totals.latency.count()),
+        (1, 1)
+    );
+}
+
+conformance_with_db!(hourly_sums_and_recent_records_become_rollups);
