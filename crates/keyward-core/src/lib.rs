@@ -39,10 +39,12 @@ macro_rules! string_enum {
 }
 
 pub mod access;
+pub mod anomaly;
 pub mod answer;
 pub mod app_token;
 pub mod approval;
 pub mod audit;
+pub mod backtest;
 pub mod budget;
 pub mod catalog;
 pub mod clock;
@@ -53,6 +55,7 @@ pub mod health;
 pub mod id;
 pub mod key;
 pub mod label;
+pub mod market;
 pub mod master_key;
 pub mod mfa;
 pub mod notification;
