@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use jiff::civil::{Date, Weekday};
+use jiff::civil::Weekday;
 use serde::Serialize;
 
 use crate::market::{DayKind, MarketCalendar, MarketMoment};
@@ -94,8 +94,10 @@ struct Rules {
     fast_min: f64,
     /// … and an hour this much in total.
     slow_min: f64,
-    /// … and this many times the usual.
+    /// … and this many times the usual peak (five minutes) …
     ratio: f64,
+    /// … or total (an hour).
+    slow_ratio: f64,
     /// Robust deviations above the median.
     k: f64,
     drop: bool,
@@ -108,9 +110,10 @@ impl SeriesKind {
     fn rules(self) -> Rules {
         match self {
             Self::Requests => Rules {
-                fast_min: 20.0,
+                fast_min: 15.0,
                 slow_min: 30.0,
-                ratio: 3.0,
+                ratio: 2.5,
+                slow_ratio: 2.2,
                 k: 5.0,
                 drop: true,
                 off_hours: true,
@@ -118,8 +121,9 @@ impl SeriesKind {
             },
             Self::Errors => Rules {
                 fast_min: 10.0,
-                slow_min: 10.0,
+                slow_min: 6.0,
                 ratio: 3.0,
+                slow_ratio: 3.0,
                 k: 5.0,
                 drop: false,
                 off_hours: false,
@@ -127,17 +131,20 @@ impl SeriesKind {
             },
             Self::Rejections => Rules {
                 fast_min: 5.0,
-                slow_min: 5.0,
+                slow_min: 4.0,
                 ratio: 3.0,
-                k: 3.0,
+                slow_ratio: 3.0,
+                k: 4.0,
                 drop: false,
                 off_hours: false,
                 counts: true,
             },
+            // Cents, not fractions of them: a few cheap calls at night are not an alert.
             Self::Cost => Rules {
-                fast_min: 0.0,
-                slow_min: 0.0,
+                fast_min: 0.02,
+                slow_min: 0.10,
                 ratio: 3.0,
+                slow_ratio: 2.2,
                 k: 5.0,
                 drop: false,
                 off_hours: false,
@@ -212,6 +219,10 @@ const QUIET_MS: i64 = 30 * 60_000;
 /// A drop needs the hour to usually hold this many calls, and to fall below this share.
 const DROP_MIN_USUAL: f64 = 60.0;
 const DROP_SHARE: f64 = 0.3;
+/// Robust deviations below the median a drop needs (besides the share).
+const DROP_K: f64 = 3.0;
+/// How much busier a month's last two trading days may be before anything is unusual.
+const MONTH_END_ALLOWANCE: f64 = 1.3;
 
 /// The kind of day a slot pools: each trading weekday on its own, closed days together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -247,7 +258,10 @@ struct Slot {
 /// The hour being accumulated.
 #[derive(Debug, Clone)]
 struct Hour {
-    date: Date,
+    /// Hours since the Unix epoch: New York's offsets are whole hours, so this is its
+    /// hour too — and, unlike date and clock hour, it tells apart the two 01:00s of the
+    /// night daylight saving ends.
+    epoch_hour: i64,
     clock_hour: u8,
     moment: MarketMoment,
     peak: f64,
@@ -266,6 +280,28 @@ struct Band {
     max: f64,
     samples: usize,
     pooled: bool,
+    /// For counts: the least count a Poisson process at the usual rate reaches with
+    /// probability below 10⁻⁷ — what keeps small counts (3 rejections where 0 or 1 is
+    /// usual) from alerting by chance.
+    poisson_floor: f64,
+}
+
+/// The smallest `x` with P(X ≥ x) < 10⁻⁷ for X ~ Poisson(λ) (a normal approximation with
+/// z = 5.2 above λ = 50).
+pub fn poisson_floor(lambda: f64) -> f64 {
+    const TAIL: f64 = 1e-7;
+    if lambda > 50.0 {
+        return (lambda + 5.2 * lambda.sqrt()).ceil();
+    }
+    let mut pmf = (-lambda).exp();
+    let mut cdf = pmf;
+    let mut x = 0.0;
+    while 1.0 - cdf >= TAIL && x < 400.0 {
+        x += 1.0;
+        pmf *= lambda / x;
+        cdf += pmf;
+    }
+    x + 1.0
 }
 
 impl Band {
@@ -276,8 +312,11 @@ impl Band {
         let median = median(values);
         let deviations: Vec<f64> = values.iter().map(|v| (v - median).abs()).collect();
         let mad = 1.4826 * self::median(&deviations);
+        // Counts vary at least like a Poisson process and, day to day, by a share of their
+        // level; money by a larger share. A floor keeps a lucky run of similar days from
+        // making the band razor-thin.
         let floor = if counts {
-            median.sqrt() + 1.0
+            (median.sqrt() + 1.0).max(0.15 * median)
         } else {
             0.25 * median
         };
@@ -289,15 +328,31 @@ impl Band {
             max: values.iter().copied().fold(0.0, f64::max),
             samples: values.len(),
             pooled,
+            poisson_floor: if counts {
+                let mean = values.iter().sum::<f64>() / values.len() as f64;
+                poisson_floor(median.max(mean))
+            } else {
+                0.0
+            },
         })
     }
 
     /// Whether `value` is far above: over the minimum, the ratio and k deviations.
-    fn exceeded_by(&self, value: f64, min: f64, rules: &Rules) -> bool {
+    fn exceeded_by(&self, value: f64, min: f64, ratio: f64, k: f64) -> bool {
         value >= min
-            && value >= rules.ratio * self.median
-            && value > self.median + rules.k * self.scale
+            && value >= self.poisson_floor
+            && value >= ratio * self.median
+            && value > self.median + k * self.scale
             && value > 0.0
+    }
+
+    /// "3.2× the usual; usual …" or, where the usual is nothing, just the range.
+    fn times_usual(&self, value: f64) -> String {
+        if self.median > 0.0 {
+            format!(", {:.1}× the usual", value / self.median)
+        } else {
+            String::new()
+        }
     }
 
     fn score(&self, value: f64) -> f64 {
@@ -371,16 +426,17 @@ impl SeriesDetector {
         let moment = self.calendar.moment(at);
         let mut verdicts = Vec::new();
         // An hour ends: learn it (unless an alert was open) and judge its total.
+        let epoch_hour = ms.div_euclid(3_600_000);
         let same_hour = self
             .hour
             .as_ref()
-            .is_some_and(|h| h.date == moment.date && h.clock_hour == moment.clock_hour);
+            .is_some_and(|h| h.epoch_hour == epoch_hour);
         if !same_hour {
             if let Some(done) = self.hour.take() {
                 verdicts.push(self.close_hour(done, ms));
             }
             self.hour = Some(Hour {
-                date: moment.date,
+                epoch_hour,
                 clock_hour: moment.clock_hour,
                 moment,
                 peak: 0.0,
@@ -421,7 +477,25 @@ impl SeriesDetector {
             .unwrap_or(Verdict::Normal)
     }
 
-    fn slot_band(&self, moment: &MarketMoment, totals: bool) -> Option<Band> {
+    /// The bands a moment is judged against: its hour of the market's day — and on an early
+    /// close also its hour on the clock, because a series that follows the clock (a chat
+    /// app) is not shifted by the market's close: there an alert needs both to agree.
+    /// `None` while either is still learning.
+    fn bands(&self, moment: &MarketMoment, totals: bool) -> Option<Vec<Band>> {
+        let mut bands = vec![self.slot_band(moment, moment.market_hour, totals)?];
+        if moment.clock_hour != moment.market_hour {
+            bands.push(self.slot_band(moment, moment.clock_hour, totals)?);
+        }
+        if moment.month_end {
+            for band in &mut bands {
+                band.median *= MONTH_END_ALLOWANCE;
+                band.scale *= MONTH_END_ALLOWANCE;
+            }
+        }
+        Some(bands)
+    }
+
+    fn slot_band(&self, moment: &MarketMoment, hour: u8, totals: bool) -> Option<Band> {
         let class = DayClass::of(moment);
         let pick = |slot: &Slot| -> Vec<f64> {
             if totals {
@@ -430,11 +504,7 @@ impl SeriesDetector {
                 slot.peaks.iter().copied().collect()
             }
         };
-        let own = self
-            .slots
-            .get(&(class, moment.market_hour))
-            .map(pick)
-            .unwrap_or_default();
+        let own = self.slots.get(&(class, hour)).map(pick).unwrap_or_default();
         let enough = match class {
             DayClass::Trading(_) => OWN_WEEKDAY_SAMPLES,
             DayClass::Closed => MIN_SAMPLES,
@@ -444,7 +514,7 @@ impl SeriesDetector {
         }
         if let DayClass::Trading(_) = class {
             let pooled: Vec<f64> = (0..5)
-                .filter_map(|d| self.slots.get(&(DayClass::Trading(d), moment.market_hour)))
+                .filter_map(|d| self.slots.get(&(DayClass::Trading(d), hour)))
                 .flat_map(pick)
                 .collect();
             return Band::of(&pooled, self.rules.counts, true);
@@ -453,14 +523,17 @@ impl SeriesDetector {
     }
 
     fn judge_window(&mut self, moment: &MarketMoment, sum: f64, at: Timestamp) -> Verdict {
-        let Some(band) = self.slot_band(moment, false) else {
+        let Some(bands) = self.bands(moment, false) else {
             return Verdict::Learning;
         };
+        let band = &bands[0];
         let ms = at.as_millisecond();
-        if self.rules.off_hours
-            && band.samples >= OFF_HOURS_SAMPLES
-            && band.max <= 1.0
+        let rules = self.rules;
+        if rules.off_hours
             && sum >= OFF_HOURS_MIN
+            && bands
+                .iter()
+                .all(|b| b.samples >= OFF_HOURS_SAMPLES && b.max <= 1.0)
         {
             let reason = format!(
                 "{} in 5 min at {}, an hour this series has not been used in ({} days seen, at most {} per 5 min)",
@@ -469,26 +542,23 @@ impl SeriesDetector {
                 band.samples,
                 band.max.round()
             );
-            return self.raise(
-                Episode::Rise,
-                Signal::OffHours,
-                at,
-                band.score(sum),
-                reason,
-                ms,
-            );
+            let score = band.score(sum);
+            return self.raise(Episode::Rise, Signal::OffHours, at, score, reason, ms);
         }
-        if band.exceeded_by(sum, self.rules.fast_min, &self.rules) {
+        if bands
+            .iter()
+            .all(|b| b.exceeded_by(sum, rules.fast_min, rules.ratio, rules.k))
+        {
             let reason = format!(
                 "{} in 5 min; usual for {} is {}",
                 self.kind.amount(sum),
                 when(moment, band.pooled),
                 self.kind.range(band.low, band.high)
             );
-            let signal = self.kind.rise_signal();
-            return self.raise(Episode::Rise, signal, at, band.score(sum), reason, ms);
+            let (signal, score) = (self.kind.rise_signal(), band.score(sum));
+            return self.raise(Episode::Rise, signal, at, score, reason, ms);
         }
-        if self.open.contains_key(&Episode::Rise) && sum > band.high {
+        if self.open.contains_key(&Episode::Rise) && bands.iter().all(|b| sum > b.high) {
             // Still above everything seen: the episode stays open.
             self.open.insert(Episode::Rise, ms);
             return Verdict::Ongoing;
@@ -499,44 +569,56 @@ impl SeriesDetector {
     fn close_hour(&mut self, done: Hour, now_ms: i64) -> Verdict {
         let at = Timestamp::from_millisecond(now_ms).unwrap_or(Timestamp::UNIX_EPOCH);
         let mut verdict = Verdict::Learning;
-        if let Some(band) = self.slot_band(&done.moment, true) {
+        let rules = self.rules;
+        if let Some(bands) = self.bands(&done.moment, true) {
             verdict = Verdict::Normal;
+            let band = &bands[0];
             let total = done.total;
             let hour_name = format!("the hour from {:02}:00 ET", done.clock_hour);
             // An hour during which an alert was open was announced already.
-            if !done.tainted && band.exceeded_by(total, self.rules.slow_min, &self.rules) {
+            let rose = !done.tainted
+                && bands
+                    .iter()
+                    .all(|b| b.exceeded_by(total, rules.slow_min, rules.slow_ratio, rules.k));
+            let fell = rules.drop
+                && bands.iter().all(|b| {
+                    b.median >= DROP_MIN_USUAL
+                        && total <= DROP_SHARE * b.median
+                        && total < b.median - DROP_K * b.scale
+                });
+            if rose {
                 let reason = format!(
-                    "{} in {hour_name}, {:.1}× the usual; usual for {} is {}",
+                    "{} in {hour_name}{}; usual for {} is {}",
                     self.kind.amount(total),
-                    total / band.median.max(f64::EPSILON),
+                    band.times_usual(total),
                     when(&done.moment, band.pooled),
                     self.kind.range(band.low, band.high)
                 );
-                let signal = self.kind.rise_signal();
-                verdict = self.raise(Episode::Rise, signal, at, band.score(total), reason, now_ms);
-            } else if self.rules.drop
-                && band.median >= DROP_MIN_USUAL
-                && total <= DROP_SHARE * band.median
-                && total < band.median - self.rules.k * band.scale
-            {
+                let (signal, score) = (self.kind.rise_signal(), band.score(total));
+                verdict = self.raise(Episode::Rise, signal, at, score, reason, now_ms);
+            } else if fell {
                 let reason = format!(
                     "{} in {hour_name}; usual for {} is {}",
                     self.kind.amount(total),
                     when(&done.moment, band.pooled),
                     self.kind.range(band.low, band.high)
                 );
+                let score = band.score(total);
                 verdict = self.raise(
                     Episode::Fall,
                     Signal::RequestDrop,
                     at,
-                    band.score(total),
+                    score,
                     reason,
                     now_ms,
                 );
             }
         }
+        // Early closes are too rare to learn and would skew whichever hours they joined;
+        // month-ends are judged with an allowance instead of being learned.
         let abnormal = matches!(verdict, Verdict::Alert(_) | Verdict::Ongoing);
-        if !done.tainted && !abnormal {
+        let learnable = done.moment.kind != DayKind::EarlyClose && !done.moment.month_end;
+        if !done.tainted && !abnormal && learnable {
             let class = DayClass::of(&done.moment);
             let slot = self
                 .slots
@@ -682,6 +764,26 @@ mod tests {
         assert!(alerts.is_empty(), "normal weeks raise nothing: {alerts:?}");
         assert!(learning > 0, "the first days are spent learning");
         detector
+    }
+
+    #[test]
+    fn poisson_floors_grow_with_the_rate() {
+        assert_eq!(
+            poisson_floor(0.0),
+            1.0,
+            "where nothing is usual, one call is news"
+        );
+        assert!(
+            (7.0..=9.0).contains(&poisson_floor(0.5)),
+            "{}",
+            poisson_floor(0.5)
+        );
+        assert!(
+            (25.0..=32.0).contains(&poisson_floor(10.0)),
+            "{}",
+            poisson_floor(10.0)
+        );
+        assert!(poisson_floor(10_000.0) < 10_600.0);
     }
 
     #[test]

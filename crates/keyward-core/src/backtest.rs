@@ -193,9 +193,24 @@ pub struct Scores {
     pub by_label: std::collections::BTreeMap<String, (usize, usize)>,
 }
 
+/// One labelled anomaly and when it was first alerted.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelledWindow {
+    pub label: String,
+    pub start: Timestamp,
+    /// The start of the window's last step.
+    pub end: Timestamp,
+    pub first_alert: Option<Timestamp>,
+}
+
+/// How long after a window's end an alert still counts for it: the hourly rules judge an
+/// hour when it ends, so an anomaly inside one hour is told at the next hour's start.
+pub const GRACE_MS: i64 = 60 * 60_000;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Backtest {
     pub alerts: Vec<BacktestAlert>,
+    pub windows: Vec<LabelledWindow>,
     /// Steps the detector spent learning (no baseline for that hour yet).
     pub learning_steps: usize,
     pub steps: usize,
@@ -225,10 +240,11 @@ fn windows(labels: &[Option<String>]) -> Vec<Window> {
     out
 }
 
-/// Runs a fresh detector over the series.
+/// Runs a fresh detector over the series. With labels, an alert inside a window — or
+/// within [`GRACE_MS`] after it — counts for that window; any other alert is false.
 pub fn backtest(series: &Series, kind: SeriesKind, calendar: Arc<MarketCalendar>) -> Backtest {
     let mut detector = SeriesDetector::new(kind, calendar);
-    let mut alerts = Vec::new();
+    let mut alerts: Vec<BacktestAlert> = Vec::new();
     let mut alert_steps = Vec::new();
     let mut learning_steps = 0;
     for (step, &value) in series.values.iter().enumerate() {
@@ -236,7 +252,7 @@ pub fn backtest(series: &Series, kind: SeriesKind, calendar: Arc<MarketCalendar>
             Verdict::Alert(finding) => {
                 alerts.push(BacktestAlert {
                     finding,
-                    label: series.labels[step].clone(),
+                    label: None,
                 });
                 alert_steps.push(step);
             }
@@ -244,49 +260,68 @@ pub fn backtest(series: &Series, kind: SeriesKind, calendar: Arc<MarketCalendar>
             Verdict::Normal | Verdict::Ongoing => {}
         }
     }
-    let scores = series.labelled.then(|| {
-        let windows = windows(&series.labels);
-        let mut scores = Scores {
-            windows: windows.len(),
-            alerts: alerts.len(),
-            ..Scores::default()
-        };
-        let mut delays = Vec::new();
-        for w in &windows {
-            let entry = scores.by_label.entry(w.label.clone()).or_default();
-            entry.0 += 1;
-            if let Some(first) = alert_steps.iter().find(|&&s| s >= w.start && s <= w.end) {
-                entry.1 += 1;
-                scores.detected += 1;
-                delays.push((first - w.start) as f64 * series.step_ms as f64 / 1000.0);
+    let grace = usize::try_from(GRACE_MS / series.step_ms.max(1)).unwrap_or(0);
+    let found = windows(&series.labels);
+    let mut labelled = Vec::with_capacity(found.len());
+    let mut delays = Vec::new();
+    let mut by_label: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for w in &found {
+        let entry = by_label.entry(w.label.clone()).or_default();
+        entry.0 += 1;
+        let mut first = None;
+        for (alert, &step) in alerts.iter_mut().zip(&alert_steps) {
+            if step >= w.start && step <= w.end.saturating_add(grace) {
+                alert.label.get_or_insert_with(|| w.label.clone());
+                first.get_or_insert(step);
             }
         }
-        scores.false_alerts = alerts.iter().filter(|a| a.label.is_none()).count();
-        let true_alerts = scores.alerts - scores.false_alerts;
-        scores.precision = if scores.alerts == 0 {
-            1.0
-        } else {
-            true_alerts as f64 / scores.alerts as f64
-        };
-        scores.recall = if scores.windows == 0 {
-            1.0
-        } else {
-            scores.detected as f64 / scores.windows as f64
-        };
-        if !delays.is_empty() {
-            scores.mean_delay_seconds = delays.iter().sum::<f64>() / delays.len() as f64;
-            scores.worst_delay_seconds = delays.iter().copied().fold(0.0, f64::max);
+        if let Some(step) = first {
+            entry.1 += 1;
+            delays.push((step - w.start) as f64 * series.step_ms as f64 / 1000.0);
         }
+        labelled.push(LabelledWindow {
+            label: w.label.clone(),
+            start: series.at(w.start),
+            end: series.at(w.end),
+            first_alert: first.map(|step| series.at(step)),
+        });
+    }
+    let scores = series.labelled.then(|| {
+        let detected = delays.len();
+        let false_alerts = alerts.iter().filter(|a| a.label.is_none()).count();
         let days = series.values.len() as f64 * series.step_ms as f64 / 86_400_000.0;
-        scores.false_alerts_per_30_days = if days > 0.0 {
-            scores.false_alerts as f64 * 30.0 / days
-        } else {
-            0.0
-        };
-        scores
+        Scores {
+            windows: found.len(),
+            detected,
+            alerts: alerts.len(),
+            false_alerts,
+            precision: if alerts.is_empty() {
+                1.0
+            } else {
+                (alerts.len() - false_alerts) as f64 / alerts.len() as f64
+            },
+            recall: if found.is_empty() {
+                1.0
+            } else {
+                detected as f64 / found.len() as f64
+            },
+            mean_delay_seconds: if delays.is_empty() {
+                0.0
+            } else {
+                delays.iter().sum::<f64>() / delays.len() as f64
+            },
+            worst_delay_seconds: delays.iter().copied().fold(0.0, f64::max),
+            false_alerts_per_30_days: if days > 0.0 {
+                false_alerts as f64 * 30.0 / days
+            } else {
+                0.0
+            },
+            by_label,
+        }
     });
     Backtest {
         alerts,
+        windows: labelled,
         learning_steps,
         steps: series.values.len(),
         scores,

@@ -51,6 +51,8 @@ pub struct MarketMoment {
     pub clock_hour: u8,
     /// The hour of a regular trading day this one behaves like (0–23).
     pub market_hour: u8,
+    /// One of the month's last two trading days (busier: rebalancing, reporting).
+    pub month_end: bool,
 }
 
 impl MarketMoment {
@@ -118,7 +120,23 @@ impl MarketCalendar {
             kind,
             clock_hour,
             market_hour,
+            month_end: self.is_month_end(date),
         }
+    }
+
+    /// Whether `date` trades and at most one trading day follows it in its month.
+    pub fn is_month_end(&self, date: Date) -> bool {
+        let trades = |d: Date| matches!(self.day_kind(d), DayKind::Trading | DayKind::EarlyClose);
+        if !trades(date) {
+            return false;
+        }
+        let mut later = 0;
+        let mut day = date;
+        while let Some(next) = day.tomorrow().ok().filter(|d| d.month() == date.month()) {
+            later += usize::from(trades(next));
+            day = next;
+        }
+        later < 2
     }
 
     /// The regular session's open and close on `date`, or `None` when it does not trade.

@@ -1,4 +1,5 @@
-//! The command line: `keyward serve`, `admin create`, `token create`, `master-key …`.
+//! The command line: `keyward serve`, `admin create`, `token create`, `master-key …`,
+//! `keys revoke`, `audit verify`, `anomaly backtest`.
 //!
 //! Everything a command prints goes through this module; errors are one line on stderr and
 //! a non-zero exit status.
@@ -62,6 +63,30 @@ enum Command {
     /// Act on stored keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The anomaly detector outside the server.
+    #[command(subcommand)]
+    Anomaly(AnomalyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AnomalyCommand {
+    /// Run the detector over a series and print each alert; with labels, also precision,
+    /// recall and detection delay.
+    ///
+    /// FILE is CSV: `timestamp,value[,label]` (RFC 3339 or Unix seconds; any regular step;
+    /// a label other than empty, `0` or `normal` marks the step as part of an anomaly).
+    /// Steps missing a whole number of steps count as zero; anything else irregular is an
+    /// error naming the line.
+    Backtest {
+        file: PathBuf,
+        /// What the values are: requests, errors, rejections or cost (USD).
+        #[arg(long, default_value = "requests")]
+        series: String,
+        /// One JSON object per alert (`timestamp`, `signal`, `score`, `reason`), then one
+        /// with the scores when the file is labelled.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,7 +264,81 @@ async fn run(cli: Cli) -> Result<(), String> {
             let settings = load_settings(config_file, FlagOverrides::default())?;
             keys_revoke(&settings, &key_id, &reason, at_provider).await
         }
+        Command::Anomaly(AnomalyCommand::Backtest { file, series, json }) => {
+            anomaly_backtest(&file, &series, json)
+        }
     }
+}
+
+/// `keyward anomaly backtest`: needs no settings, vault or database.
+fn anomaly_backtest(file: &std::path::Path, series: &str, json: bool) -> Result<(), String> {
+    use keyward_core::anomaly::SeriesKind;
+    use keyward_core::backtest::{Series, backtest};
+    let kind: SeriesKind = series.parse().map_err(|e: keyward_core::Error| e.message)?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let series = Series::parse(&text).map_err(|e| format!("{}: {}", file.display(), e.message))?;
+    let calendar = keyward_core::market::MarketCalendar::nyse().map_err(|e| e.message)?;
+    let result = backtest(&series, kind, Arc::new(calendar));
+    if json {
+        for alert in &result.alerts {
+            println!(
+                "{}",
+                serde_json::to_string(&alert.finding).map_err(|e| e.to_string())?
+            );
+        }
+        if let Some(scores) = &result.scores {
+            println!(
+                "{}",
+                serde_json::json!({ "scores": scores, "steps": result.steps, "learning_steps": result.learning_steps })
+            );
+        }
+        return Ok(());
+    }
+    for alert in &result.alerts {
+        let mark = match (&result.scores, &alert.label) {
+            (None, _) => String::new(),
+            (Some(_), Some(label)) => format!("  [{label}]"),
+            (Some(_), None) => "  [false alert]".to_owned(),
+        };
+        println!(
+            "{}  {:<16} score {:>7.1}  {}{mark}",
+            alert.finding.at, alert.finding.signal, alert.finding.score, alert.finding.reason
+        );
+    }
+    println!(
+        "{} alert{} over {} steps of {} s ({} learning{})",
+        result.alerts.len(),
+        if result.alerts.len() == 1 { "" } else { "s" },
+        result.steps,
+        series.step_ms / 1000,
+        result.learning_steps,
+        if series.filled > 0 {
+            format!(", {} missing steps counted as zero", series.filled)
+        } else {
+            String::new()
+        }
+    );
+    if let Some(s) = &result.scores {
+        println!(
+            "precision {:.3}  recall {:.3}  ({} of {} anomalies found; {} false alert{}, {:.2} per 30 days)",
+            s.precision,
+            s.recall,
+            s.detected,
+            s.windows,
+            s.false_alerts,
+            if s.false_alerts == 1 { "" } else { "s" },
+            s.false_alerts_per_30_days
+        );
+        println!(
+            "detection delay: mean {:.0} s, worst {:.0} s",
+            s.mean_delay_seconds, s.worst_delay_seconds
+        );
+        for (label, (windows, found)) in &s.by_label {
+            println!("  {label:<20} {found}/{windows}");
+        }
+    }
+    Ok(())
 }
 
 async fn keys_revoke(
