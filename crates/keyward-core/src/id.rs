@@ -113,6 +113,14 @@ prefixed_id!(
     /// One notification on its way to one webhook.
     DeliveryId, "dlv_", "delivery"
 );
+prefixed_id!(
+    /// An anomaly alert about a key or an app token.
+    AlertId, "alr_", "alert"
+);
+prefixed_id!(
+    /// A mute of alerts about a key or an app token.
+    MuteId, "mut_", "mute"
+);
 
 #[cfg(test)]
 mod tests {

@@ -39,6 +39,7 @@ macro_rules! string_enum {
 }
 
 pub mod access;
+pub mod alert;
 pub mod anomaly;
 pub mod answer;
 pub mod app_token;

@@ -379,6 +379,44 @@ pub trait NotificationStore: Send + Sync {
     async fn deliveries(&self, webhook_id: &WebhookId, limit: u32) -> Result<Vec<Delivery>>;
 }
 
+/// What storing a finding did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlertWrite {
+    /// A new alert.
+    Opened,
+    /// An unresolved alert about the same subject and signal exists: its `last_seen_at`
+    /// moved, no new alert.
+    Refreshed(crate::id::AlertId),
+}
+
+/// Anomaly alerts and mutes.
+#[async_trait]
+pub trait AlertStore: Send + Sync {
+    /// Stores `alert` unless an unresolved one about the same subject and signal exists
+    /// (then that one is refreshed): at most one unresolved alert per subject and signal,
+    /// also when several instances find the same anomaly at once.
+    async fn insert_alert(&self, alert: &crate::alert::Alert) -> Result<AlertWrite>;
+    async fn alert(&self, id: &crate::id::AlertId) -> Result<Option<crate::alert::Alert>>;
+    /// Alerts matching `filter`, newest first, after the cursor `before` (an alert id).
+    async fn alerts(
+        &self,
+        filter: &crate::alert::AlertFilter,
+        before: Option<&crate::id::AlertId>,
+        limit: u32,
+    ) -> Result<Vec<crate::alert::Alert>>;
+    /// Moves an alert from one of `from` to `alert.status`, storing its notes
+    /// (compare-and-set); `false` if its status was not one of `from`.
+    async fn update_alert_status(
+        &self,
+        alert: &crate::alert::Alert,
+        from: &[crate::alert::AlertStatus],
+    ) -> Result<bool>;
+    async fn insert_mute(&self, mute: &crate::alert::AlertMute) -> Result<()>;
+    /// Mutes still in force at `now`.
+    async fn mutes(&self, now: Timestamp) -> Result<Vec<crate::alert::AlertMute>>;
+    async fn delete_mute(&self, id: &crate::id::MuteId) -> Result<bool>;
+}
+
 /// Second factors. Every "use" method is a compare-and-set, so two instances (or two
 /// racing requests) cannot both accept the same TOTP step or recovery code.
 #[async_trait]
@@ -454,6 +492,7 @@ pub trait Store:
     + RotationStore
     + NotificationStore
     + HealthStore
+    + AlertStore
     + std::fmt::Debug
 {
     /// `sqlite` or `postgres`.

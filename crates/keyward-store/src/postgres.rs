@@ -105,6 +105,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_rollups",
         include_str!("../migrations/postgres/0018_usage_rollups.sql"),
     ),
+    (
+        19,
+        "alerts",
+        include_str!("../migrations/postgres/0019_alerts.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -108,6 +108,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_rollups",
         include_str!("../migrations/sqlite/0018_usage_rollups.sql"),
     ),
+    (
+        19,
+        "alerts",
+        include_str!("../migrations/sqlite/0019_alerts.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

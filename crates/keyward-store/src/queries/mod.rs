@@ -52,6 +52,7 @@ use sqlx::{QueryBuilder, Row, SqlSafeStr};
 use crate::{corrupt, db_error};
 
 mod access;
+mod alerts;
 mod app_tokens;
 mod approvals;
 mod audit;

@@ -203,6 +203,7 @@ macro_rules! conformance_with_db {
 }
 
 mod access;
+mod alerts;
 mod approvals;
 mod audit;
 mod catalog;
