@@ -52,6 +52,8 @@ pub struct App {
     /// Sends notification e-mail, when SMTP is configured.
     pub(crate) mailer: Option<crate::notifications::mail::Mailer>,
     pub(crate) builtin: Vec<ServiceDefinition>,
+    /// The anomaly detectors over every key's and token's usage (`App::watch_usage`).
+    pub(crate) watch: tokio::sync::Mutex<crate::alerts::watch::Watch>,
 }
 
 /// The settings the management operations need.
@@ -116,6 +118,7 @@ impl App {
                 .map(crate::notifications::mail::Mailer::new)
                 .transpose()?,
             builtin: builtin_services()?,
+            watch: tokio::sync::Mutex::new(crate::alerts::watch::Watch::new()?),
         })
     }
 

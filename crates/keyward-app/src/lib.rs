@@ -1,7 +1,8 @@
 //! Keyward's use cases, one module per thing users do, over the store ports and the data
 //! plane: [`keys`], [`app_tokens`], [`catalog`], [`usage`], [`identity`] (users, sessions,
 //! MFA, first-run setup, access), [`approvals`], [`audit`], [`lifecycle`] (rotation policy,
-//! guided rotation, health, compliance), [`notifications`] and the [`vault`] (master key).
+//! guided rotation, health, compliance), [`alerts`] (the anomaly watcher and its alerts),
+//! [`notifications`] and the [`vault`] (master key).
 //!
 //! Architecture invariant: nothing of HTTP, HTML or the command line lives here — no axum,
 //! maud, clap, hyper server, tower-http or status codes (`tests/dependencies.rs` checks the
@@ -9,6 +10,7 @@
 //! these use cases; refusals are `keyward_core::Error`s whose kind the edges translate.
 
 pub mod actor;
+pub mod alerts;
 pub mod app;
 pub mod app_tokens;
 pub mod approvals;

@@ -22,12 +22,15 @@ pub enum NotificationKind {
     KeyRevoked,
     HealthChanged,
     ApprovalRequested,
+    /// The anomaly detector opened an alert about a key or an app token.
+    AnomalyDetected,
 }
 
 string_enum!(NotificationKind {
     RotationDue = "rotation_due", RotationOverdue = "rotation_overdue", RotationStep = "rotation_step",
     KeyExpiring = "key_expiring", KeyExpired = "key_expired", KeyRevoked = "key_revoked",
-    HealthChanged = "health_changed", ApprovalRequested = "approval_requested"
+    HealthChanged = "health_changed", ApprovalRequested = "approval_requested",
+    AnomalyDetected = "anomaly_detected"
 }, "invalid_notification_kind", "notification kind");
 
 /// A subscriber: where to send, and what it wants. Either a webhook an admin registered

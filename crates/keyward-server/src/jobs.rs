@@ -31,7 +31,8 @@ pub struct JobSettings {
 
 impl Jobs {
     /// Starts every loop: hourly purges and pruning, audit checkpoints, the snapshot's
-    /// freshness check, guided rotations, notifications, health, the audit webhook (when
+    /// freshness check, guided rotations, notifications, health, the anomaly watcher, the
+    /// audit webhook (when
     /// configured) and the writer of the proxy's events.
     pub fn start(app: &Arc<App>, metrics: &Arc<Metrics>, settings: JobSettings) -> Self {
         let mut loops = vec![
@@ -44,6 +45,7 @@ impl Jobs {
             tokio::spawn(rotation_loop(app.clone())),
             tokio::spawn(notification_loop(app.clone())),
             tokio::spawn(health_loop(app.clone())),
+            tokio::spawn(watch_loop(app.clone())),
         ];
         if let Some(url) = settings.audit_webhook_url {
             loops.push(tokio::spawn(audit_webhook_loop(
@@ -103,6 +105,19 @@ async fn notification_loop(app: Arc<App>) {
         }
         if let Err(e) = app.deliver_notifications(&client).await {
             tracing::warn!(error = %e, "could not deliver notifications; will retry");
+        }
+    }
+}
+
+/// Every second: judge the minutes of usage that have settled (`App::watch_usage`) and
+/// raise alerts. The first call replays the minute rollups kept, to learn.
+async fn watch_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.watch_usage().await {
+            tracing::warn!(error = %e, "could not watch usage for anomalies; will retry");
         }
     }
 }

@@ -570,6 +570,49 @@ fn api() -> Vec<Route> {
             p(P::KeysWrite),
             delete(http::keys::clear_key_flag),
         ),
+        // alerts
+        api_route(
+            M::GET,
+            "/api/v1/alerts",
+            p(P::KeysRead),
+            get(http::alerts::list_alerts),
+        ),
+        api_route(
+            M::GET,
+            "/api/v1/alerts/{id}",
+            p(P::KeysRead),
+            get(http::alerts::get_alert),
+        ),
+        api_route(
+            M::POST,
+            "/api/v1/alerts/{id}/acknowledge",
+            p(P::KeysWrite),
+            post(http::alerts::acknowledge_alert),
+        ),
+        api_route(
+            M::POST,
+            "/api/v1/alerts/{id}/resolve",
+            p(P::KeysWrite),
+            post(http::alerts::resolve_alert),
+        ),
+        api_route(
+            M::GET,
+            "/api/v1/alert-mutes",
+            p(P::KeysRead),
+            get(http::alerts::list_mutes),
+        ),
+        api_route(
+            M::POST,
+            "/api/v1/alert-mutes",
+            p(P::KeysWrite),
+            post(http::alerts::create_mute),
+        ),
+        api_route(
+            M::DELETE,
+            "/api/v1/alert-mutes/{id}",
+            p(P::KeysWrite),
+            delete(http::alerts::delete_mute),
+        ),
         // pools and usage
         api_route(
             M::GET,

@@ -18,6 +18,7 @@ use keyward_proxy::ProxyBody;
 use keyward_app::App;
 
 pub(crate) mod access;
+pub(crate) mod alerts;
 pub(crate) mod app_tokens;
 pub(crate) mod approvals;
 pub(crate) mod audit;

@@ -10,8 +10,8 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 
 use super::auth::Guard;
 use super::{
-    access, app_tokens, approvals, audit, catalog, compliance, health, keys, mfa, rotations,
-    sessions, usage, users, webhooks,
+    access, alerts, app_tokens, approvals, audit, catalog, compliance, health, keys, mfa,
+    rotations, sessions, usage, users, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -43,6 +43,8 @@ use super::{
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::delete_webhook, webhooks::list_deliveries,
         webhooks::get_subscription, webhooks::put_subscription, webhooks::delete_subscription,
         health::health, health::key_health, compliance::compliance, compliance::key_compliance,
+        alerts::list_alerts, alerts::get_alert, alerts::acknowledge_alert, alerts::resolve_alert,
+        alerts::create_mute, alerts::list_mutes, alerts::delete_mute,
     ),
     modifiers(&BearerAuth),
     tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),
@@ -56,6 +58,7 @@ use super::{
         (name = "compliance", description = "Key strength and compliance checks"),
         (name = "health", description = "Key and service health: real traffic, provider flags, circuit breakers, probes"),
         (name = "notifications", description = "Webhooks for rotation, expiry, revocation, health and approval events; signed with HMAC-SHA256"),
+        (name = "alerts", description = "What the anomaly detector found about keys and app tokens: acknowledge, resolve, mute"),
         (name = "rotations", description = "Guided rotations: pending, validated, canary, promoted with a dual-key window, retired, revoked-verified"))
 )]
 #[derive(Debug)]

@@ -29,7 +29,7 @@ pub struct CreateWebhookRequest {
     /// refused unless `allow_private_network`.
     pub url: String,
     /// rotation_due, rotation_overdue, rotation_step, key_expiring, key_expired,
-    /// key_revoked, health_changed, approval_requested; empty or absent: all.
+    /// key_revoked, health_changed, approval_requested, anomaly_detected; empty or absent: all.
     #[serde(default)]
     pub kinds: Vec<String>,
     /// Only events about keys in these categories; empty or absent: all.

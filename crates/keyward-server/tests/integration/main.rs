@@ -16,6 +16,7 @@ mod fake_llm;
 mod helpers;
 
 mod access;
+mod alerts;
 mod anomaly;
 mod app_tokens;
 mod approvals;

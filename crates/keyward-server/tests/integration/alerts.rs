@@ -1,0 +1,302 @@
+//! The anomaly watcher on an injected clock: a week of a market-data token's usual traffic
+//! (seeded into the store as the proxy would have written it), then a ten-fold spike of
+//! real calls through the proxy raises one alert within five minutes, announced to a
+//! webhook and in the audit trail; it is acknowledged and resolved with comments, and a
+//! mute silences the next one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use jiff::{SignedDuration, Timestamp};
+use keyward_core::ManualClock;
+use keyward_core::usage::{CacheOutcome, Outcome, TokenUsage, UsageRecord};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, audit_actions, serve_fake};
+use crate::notifications::Receiver;
+
+const FINNHUB_KEY: &str = "abcdefghij0123456789";
+
+/// A usage record as the proxy writes one for a successful Finnhub call.
+fn call(at: Timestamp, key: &str, token: &str) -> UsageRecord {
+    UsageRecord {
+        at,
+        token_id: Some(token.parse().unwrap()),
+        key_id: Some(key.parse().unwrap()),
+        service_id: "finnhub".into(),
+        environment: Some("production".into()),
+        method: "GET".into(),
+        endpoint: "/api/v1/quote".into(),
+        status: 200,
+        outcome: Outcome::Success,
+        error_code: None,
+        latency_ms: 40,
+        request_bytes: 0,
+        response_bytes: 120,
+        cache: CacheOutcome::Miss,
+        retries: 0,
+        model: None,
+        tokens: TokenUsage::default(),
+        credits: 1,
+        cost_nanos: 0,
+        answer: Some(keyward_core::answer::AnswerClass::Success),
+        unpriced: false,
+        source: Some("203.0.113.7".parse().unwrap()),
+        saved_credits: 0,
+    }
+}
+
+async fn alerts(app: &TestApp, query: &str) -> Vec<Value> {
+    let (status, body) = app
+        .call(Method::GET, &format!("/api/v1/alerts?{query}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["alerts"].as_array().unwrap().clone()
+}
+
+/// Lets the watcher judge what has settled by the clock (its own loop may get there first).
+async fn watch(app: &TestApp) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.app.watch_usage().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_spike_raises_one_alert_within_five_minutes_that_is_announced_acknowledged_and_resolved()
+{
+    // Monday 2026-11-30, midnight in New York.
+    let start: Timestamp = "2026-11-30T05:00:00Z".parse().unwrap();
+    let clock = Arc::new(ManualClock::new(start));
+    let app = TestApp::spawn_with_clock(Backend::Sqlite, Default::default(), clock.clone())
+        .await
+        .unwrap();
+    let upstream = serve_fake(
+        axum::Router::new()
+            .fallback(|| async { axum::Json(json!({"c": 189.5, "d": 0.4, "t": 1796655600})) }),
+    )
+    .await;
+    app.point_service("finnhub", &upstream).await;
+    let key = app
+        .create_key("finnhub", "production", "quotes", FINNHUB_KEY)
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let created = app
+        .app_token(
+            json!({"name": "pulse", "services": ["finnhub"], "environments": ["production"]}),
+        )
+        .await;
+    let (token_id, token) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["token"].as_str().unwrap().to_owned(),
+    );
+    let (receiver, url) = Receiver::start(Vec::new()).await;
+    let (status, hook) = app
+        .call(
+            Method::POST,
+            "/api/v1/webhooks",
+            Some(json!({"url": url, "kinds": ["anomaly_detected"], "allow_private_network": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+
+    // Six trading days (Monday to the next Monday) of two calls a minute in the session,
+    // and Tuesday's until 11:00.
+    let store = app.db().store().await;
+    let mut history = Vec::new();
+    for day in [0, 1, 2, 3, 4, 7, 8] {
+        let end = if day == 8 { 11 * 60 } else { 16 * 60 };
+        for minute in (9 * 60 + 30)..end {
+            let at = start
+                .checked_add(SignedDuration::from_mins(day * 1440 + minute))
+                .unwrap();
+            history.push(call(at, &key, &token_id));
+            history.push(call(
+                at.checked_add(SignedDuration::from_secs(20)).unwrap(),
+                &key,
+                &token_id,
+            ));
+        }
+    }
+    store.record_usage(&history).await.unwrap();
+
+    // Tuesday 2026-12-08, 10:50 ET: the watcher catches up on the week, quietly.
+    let tuesday = |minute: i64| {
+        "2026-12-08T16:00:00Z"
+            .parse::<Timestamp>()
+            .unwrap()
+            .checked_add(SignedDuration::from_mins(minute))
+            .unwrap()
+    };
+    clock.set(tuesday(-10));
+    for _ in 0..10 {
+        app.app.watch_usage().await.unwrap();
+    }
+    assert!(
+        alerts(&app, "").await.is_empty(),
+        "a normal week raises nothing"
+    );
+
+    // From 11:00 ET, twenty calls a minute through the proxy: ten times the usual.
+    let proxy = |i: i64| {
+        app.client
+            .get(format!(
+                "{}/proxy/finnhub/api/v1/quote?symbol=S{i}",
+                app.base
+            ))
+            .header("x-keyward-token", &token)
+            .send()
+    };
+    let mut alerted_at = None;
+    for minute in 0..10 {
+        clock.set(
+            tuesday(minute)
+                .checked_add(SignedDuration::from_secs(10))
+                .unwrap(),
+        );
+        for i in 0..20 {
+            let answer = proxy(minute * 100 + i).await.unwrap();
+            assert_eq!(answer.status(), StatusCode::OK);
+        }
+        clock.set(
+            tuesday(minute + 1)
+                .checked_add(SignedDuration::from_secs(5))
+                .unwrap(),
+        );
+        watch(&app).await;
+        let found = alerts(&app, "status=open").await;
+        if !found.is_empty() {
+            alerted_at = Some(minute + 1);
+            break;
+        }
+    }
+    let alerted_at = alerted_at.expect("the spike raised an alert");
+    assert!(
+        alerted_at <= 5,
+        "alerted {alerted_at} minutes after the spike began"
+    );
+    let open = alerts(&app, "status=open").await;
+    assert_eq!(
+        open.len(),
+        2,
+        "one for the key, one for the token: {open:?}"
+    );
+    let by_token = alerts(&app, &format!("token={token_id}")).await;
+    assert_eq!(by_token.len(), 1);
+    let alert = &by_token[0];
+    assert_eq!(alert["signal"], "request_spike");
+    assert_eq!(alert["subject_kind"], "token");
+    let reason = alert["reason"].as_str().unwrap();
+    assert!(reason.contains("requests in 5 min; usual for"), "{reason}");
+    assert!(reason.contains("11:00 ET is"), "{reason}");
+
+    // Announced once per alert, signed like every notification.
+    let delivered = receiver.wait_for(2).await;
+    assert!(delivered.iter().all(|d| d.event == "anomaly_detected"));
+    let body: Value = serde_json::from_slice(&delivered[0].body).unwrap();
+    assert!(body.to_string().contains("request_spike"), "{body}");
+
+    // More of the spike refreshes the alerts instead of opening new ones.
+    clock.set(
+        tuesday(alerted_at + 1)
+            .checked_add(SignedDuration::from_secs(10))
+            .unwrap(),
+    );
+    for i in 0..30 {
+        proxy(5_000 + i).await.unwrap();
+    }
+    clock.set(
+        tuesday(alerted_at + 2)
+            .checked_add(SignedDuration::from_secs(5))
+            .unwrap(),
+    );
+    watch(&app).await;
+    assert_eq!(alerts(&app, "").await.len(), 2);
+
+    // Acknowledged, then resolved, each with a comment and audited.
+    let id = alert["id"].as_str().unwrap();
+    let (status, acked) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/alerts/{id}/acknowledge"),
+            Some(json!({"comment": "load test by the data team?"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{acked}");
+    assert_eq!(acked["status"], "acknowledged");
+    assert_eq!(
+        acked["acknowledged"]["comment"],
+        "load test by the data team?"
+    );
+    let (status, again) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/alerts/{id}/acknowledge"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    let (status, resolved) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/alerts/{id}/resolve"),
+            Some(json!({"comment": "confirmed: a backfill"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resolved}");
+    assert_eq!(resolved["status"], "resolved");
+    let (_, trail) = app.call(Method::GET, "/api/v1/audit?limit=200", None).await;
+    let actions = audit_actions(&trail);
+    for action in ["alert.raised", "alert.acknowledge", "alert.resolve"] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} in {actions:?}"
+        );
+    }
+
+    // A mute on the token keeps the next spike quiet; a bad mute is refused.
+    let (status, bad) = app
+        .call(
+            Method::POST,
+            "/api/v1/alert-mutes",
+            Some(json!({"token": token_id, "minutes": 0, "reason": "backfill"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    assert_eq!(bad["error"]["code"], "invalid_mute");
+    let (status, mute) = app
+        .call(
+            Method::POST,
+            "/api/v1/alert-mutes",
+            Some(json!({"token": token_id, "signal": "request_spike", "minutes": 600, "reason": "backfill all day"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{mute}");
+    let (_, mutes) = app.call(Method::GET, "/api/v1/alert-mutes", None).await;
+    assert_eq!(mutes.as_array().unwrap().len(), 1);
+    // An hour later, a new spike: only the key's alert (still open) sees it.
+    for minute in 60..66 {
+        clock.set(
+            tuesday(minute)
+                .checked_add(SignedDuration::from_secs(10))
+                .unwrap(),
+        );
+        for i in 0..25 {
+            proxy(minute * 100 + i).await.unwrap();
+        }
+        clock.set(
+            tuesday(minute + 1)
+                .checked_add(SignedDuration::from_secs(5))
+                .unwrap(),
+        );
+        watch(&app).await;
+    }
+    assert!(
+        alerts(&app, &format!("token={token_id}&status=open"))
+            .await
+            .is_empty(),
+        "muted"
+    );
+}
