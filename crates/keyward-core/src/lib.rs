@@ -51,6 +51,7 @@ pub mod catalog;
 pub mod clock;
 pub mod compliance;
 pub mod error;
+pub mod forecast;
 pub mod guided_rotation;
 pub mod health;
 pub mod id;
