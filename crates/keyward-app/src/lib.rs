@@ -16,6 +16,7 @@ pub mod app_tokens;
 pub mod approvals;
 pub mod audit;
 pub mod catalog;
+pub mod forecasts;
 pub mod identity;
 pub mod keys;
 pub mod lifecycle;

@@ -632,6 +632,12 @@ fn api() -> Vec<Route> {
             p(P::KeysRead),
             get(http::usage::usage),
         ),
+        api_route(
+            M::GET,
+            "/api/v1/forecasts",
+            p(P::KeysRead),
+            get(http::usage::forecasts),
+        ),
         // catalog
         api_route(
             M::GET,

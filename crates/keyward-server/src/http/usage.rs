@@ -232,3 +232,91 @@ pub async fn set_pool(
         strategy: p.strategy.as_str().to_owned(),
     }))
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ForecastBody {
+    /// `key` or `token`.
+    pub subject_kind: String,
+    pub subject_id: String,
+    /// The key's alias or the token's name.
+    pub name: String,
+    /// `quota` or `budget`.
+    pub allowance: String,
+    /// A quota's unit: requests, credits, tokens or symbols.
+    pub unit: Option<String>,
+    /// A quota's window in seconds (86,400: a day by the service's quota calendar).
+    pub window_seconds: Option<u64>,
+    /// A budget's period: day or month.
+    pub period: Option<String>,
+    /// Used in the current window (a budget in USD), from the shared sums.
+    pub used: f64,
+    pub limit: f64,
+    pub used_share: f64,
+    #[schema(value_type = String, format = DateTime)]
+    pub window_start: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub window_end: Timestamp,
+    /// When it runs out at the current pace; absent when it lasts the window.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub runs_out_at: Option<Timestamp>,
+    /// What will have been used by the window's end at this pace.
+    pub projected: f64,
+    /// Today's pace against the usual for these hours (1 = usual).
+    pub pace: f64,
+}
+
+/// Every quota (an hour or longer) and budget of the keys — and the budgets of the app
+/// tokens — the caller may read: used so far in the current window and when it runs out at
+/// the current pace (usual use per hour of the market's day, scaled by the last hours).
+/// Soonest first.
+#[utoipa::path(get, path = "/api/v1/forecasts", tag = "usage",
+    responses((status = 200, body = Vec<ForecastBody>), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn forecasts(
+    auth: Authorized<perm::KeysRead>,
+    State(app): State<Arc<App>>,
+) -> ApiResult<Json<Vec<ForecastBody>>> {
+    use keyward_app::forecasts::Allowance;
+    let all = app.forecasts(auth.actor()).await?;
+    Ok(Json(
+        all.into_iter()
+            .map(|f| {
+                let used_share = f.used_share();
+                let text = |v: serde_json::Result<serde_json::Value>| {
+                    v.ok().and_then(|v| v.as_str().map(str::to_owned))
+                };
+                let (allowance, unit, window_seconds, period) = match f.allowance {
+                    Allowance::Quota {
+                        unit,
+                        window_seconds,
+                    } => (
+                        "quota",
+                        text(serde_json::to_value(unit)),
+                        Some(window_seconds),
+                        None,
+                    ),
+                    Allowance::Budget { period } => {
+                        ("budget", None, None, text(serde_json::to_value(period)))
+                    }
+                };
+                ForecastBody {
+                    subject_kind: f.subject.kind().to_owned(),
+                    subject_id: f.subject.id().to_owned(),
+                    name: f.name,
+                    allowance: allowance.to_owned(),
+                    unit,
+                    window_seconds,
+                    period,
+                    used: f.forecast.used,
+                    limit: f.forecast.limit,
+                    used_share,
+                    window_start: f.window_start,
+                    window_end: f.forecast.window_end,
+                    runs_out_at: f.forecast.runs_out_at,
+                    projected: f.forecast.projected,
+                    pace: f.forecast.pace,
+                }
+            })
+            .collect(),
+    ))
+}

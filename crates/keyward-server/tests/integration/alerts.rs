@@ -300,3 +300,82 @@ async fn a_spike_raises_one_alert_within_five_minutes_that_is_announced_acknowle
         "muted"
     );
 }
+
+#[tokio::test]
+async fn forecasts_say_when_a_daily_quota_runs_out_from_the_shared_sums() {
+    // Wednesday 2026-12-02, 09:00 in New York: before the session opens.
+    let now: Timestamp = "2026-12-02T14:00:00Z".parse().unwrap();
+    let clock = Arc::new(ManualClock::new(now));
+    let app = TestApp::spawn_with_clock(Backend::Sqlite, Default::default(), clock.clone())
+        .await
+        .unwrap();
+    let (status, key) = app
+        .call(
+            Method::POST,
+            "/api/v1/keys",
+            Some(
+                json!({"service": "finnhub", "environment": "production", "alias": "quotes",
+                        "secret": FINNHUB_KEY,
+                        "limits": [{"max": 500, "unit": "requests", "window_seconds": 86400}]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let key = key["id"].as_str().unwrap().to_owned();
+    let created = app
+        .app_token(
+            json!({"name": "pulse", "services": ["finnhub"], "environments": ["production"],
+                          "budget": {"limit_usd": 5.0, "period": "day"}}),
+        )
+        .await;
+    let token_id = created["id"].as_str().unwrap().to_owned();
+    // Two weeks of 100 calls an hour in the session (hours 09–15 ET), as every instance's
+    // writer would have added them to the rollups.
+    let store = app.db().store().await;
+    let mut history = Vec::new();
+    let mut hour: Timestamp = "2026-11-18T05:00:00Z".parse().unwrap();
+    let calendar = keyward_core::market::MarketCalendar::nyse().unwrap();
+    while hour < now {
+        let m = calendar.moment(hour);
+        if m.trades() && (9..16).contains(&m.market_hour) {
+            for n in 0..100 {
+                let at = hour.checked_add(SignedDuration::from_secs(n * 30)).unwrap();
+                history.push(call(at, &key, &token_id));
+            }
+        }
+        hour = hour.checked_add(SignedDuration::from_hours(1)).unwrap();
+    }
+    store.record_usage(&history).await.unwrap();
+
+    let (status, forecasts) = app.call(Method::GET, "/api/v1/forecasts", None).await;
+    assert_eq!(status, StatusCode::OK, "{forecasts}");
+    let all = forecasts.as_array().unwrap();
+    assert_eq!(all.len(), 2, "{forecasts}");
+    let quota = &all[0];
+    assert_eq!(quota["subject_id"], key.as_str());
+    assert_eq!(
+        (quota["allowance"].as_str(), quota["unit"].as_str()),
+        (Some("quota"), Some("requests"))
+    );
+    // Finnhub's quota is rolling: UTC days. 09:00 ET is 14:00Z; nothing used yet today.
+    assert_eq!(quota["window_start"], "2026-12-02T00:00:00Z");
+    assert_eq!(quota["used"], 0.0);
+    let runs_out: Timestamp = quota["runs_out_at"].as_str().unwrap().parse().unwrap();
+    // About 100 an hour from 09:00 ET: five hours, so about 14:00 ET (19:00Z).
+    assert!(
+        ("2026-12-02T18:00:00Z".parse::<Timestamp>().unwrap()
+            ..="2026-12-02T21:00:00Z".parse().unwrap())
+            .contains(&runs_out),
+        "{quota}"
+    );
+    let budget = &all[1];
+    assert_eq!(
+        (budget["subject_kind"].as_str(), budget["period"].as_str()),
+        (Some("token"), Some("day"))
+    );
+    assert_eq!(budget["limit"], 5.0);
+    assert!(
+        budget["runs_out_at"].is_null(),
+        "free calls never spend the budget: {budget}"
+    );
+}
