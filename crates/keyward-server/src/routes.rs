@@ -139,7 +139,7 @@ fn pages() -> Vec<Route> {
     use Guard::{Enrolling, Public, SignedIn};
     use Method as M;
     use Permission as P;
-    use ui::{add_key, admin, dashboard, key, mfa, rotate, sign_in, tokens, usage};
+    use ui::{add_key, admin, alerts, dashboard, key, mfa, rotate, sign_in, tokens, usage};
     let p = Guard::Permission;
     vec![
         page(M::GET, "/login", Public, get(sign_in::login_form)),
@@ -274,6 +274,13 @@ fn pages() -> Vec<Route> {
             post(tokens::revoke),
         ),
         page(M::GET, "/usage", p(P::KeysRead), get(usage::page)),
+        page(M::GET, "/alerts", p(P::KeysRead), get(alerts::page_alerts)),
+        page(
+            M::POST,
+            "/alerts/{id}/note",
+            p(P::KeysWrite),
+            post(alerts::note),
+        ),
         page(M::GET, "/approvals", SignedIn, get(admin::approvals)),
         page(
             M::POST,

@@ -180,6 +180,17 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
     let environments = app.environments().await?;
     let health = app.health(actor).await?;
     let compliance = app.compliance(actor).await?;
+    let open_alerts = app
+        .alerts(
+            actor,
+            &keyward_core::alert::AlertFilter {
+                status: Some(keyward_core::alert::AlertStatus::Open),
+                ..Default::default()
+            },
+            None,
+            5,
+        )
+        .await?;
     let filtered = !(f.q.is_empty()
         && f.category.is_empty()
         && f.service.is_empty()
@@ -199,6 +210,13 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
             }
         }
         (security_panel(now, &rows, revealed.as_deref(), &compliance))
+        section class="alerts-panel" aria-labelledby="alerts-title" data-open-alerts=(open_alerts.len()) {
+            div class="heading" {
+                h2 id="alerts-title" { "Open alerts" }
+                a class="button quiet small" href="/alerts" { "All alerts" }
+            }
+            (super::alerts::alert_table(viewer, &open_alerts, now, "/"))
+        }
         (health_panel(&health))
         section aria-labelledby="keys-title" {
             div class="heading" {

@@ -103,11 +103,12 @@ pub fn bare(title: &str, body: Markup) -> Markup {
 }
 
 /// The sidebar sections, in the order of the UI guide.
-const SECTIONS: [(&str, &str); 9] = [
+const SECTIONS: [(&str, &str); 10] = [
     ("Dashboard", "/"),
     ("Add a key", "/keys/new"),
     ("Deleted keys", "/keys/deleted"),
     ("Usage", "/usage"),
+    ("Alerts", "/alerts"),
     ("Approvals", "/approvals"),
     ("Audit log", "/audit"),
     ("App tokens", "/app-tokens"),

@@ -15,6 +15,7 @@ use axum::response::Response;
 
 pub(crate) mod add_key;
 pub(crate) mod admin;
+pub(crate) mod alerts;
 pub mod approval;
 pub(crate) mod assets;
 mod chart;

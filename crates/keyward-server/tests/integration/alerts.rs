@@ -215,6 +215,37 @@ async fn a_spike_raises_one_alert_within_five_minutes_that_is_announced_acknowle
     watch(&app).await;
     assert_eq!(alerts(&app, "").await.len(), 2);
 
+    // The key's alert is on the dashboard and acknowledged from there, with a comment.
+    let (_, ada, _) =
+        crate::browser::enrolled_user(&app, "ada", keyward_core::access::Role::Admin).await;
+    let (status, _, dashboard) = crate::ui::get_page(&app, &ada.cookie, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(dashboard.contains("data-open-alerts=\"2\""), "{dashboard}");
+    let key_alert = alerts(&app, &format!("key={key}")).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, location, _) = crate::ui::post_form(
+        &app,
+        &ada,
+        &format!("/alerts/{key_alert}/note"),
+        &[
+            ("to", "acknowledged"),
+            ("comment", "checking with the data team"),
+            ("next", "/"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location, "/");
+    let (_, acked) = app
+        .call(Method::GET, &format!("/api/v1/alerts/{key_alert}"), None)
+        .await;
+    assert_eq!(acked["status"], "acknowledged");
+    assert_eq!(acked["acknowledged"]["by"], "ada");
+    let (_, _, page) = crate::ui::get_page(&app, &ada.cookie, "/alerts?view=acknowledged").await;
+    assert!(page.contains("checking with the data team"), "{page}");
+
     // Acknowledged, then resolved, each with a comment and audited.
     let id = alert["id"].as_str().unwrap();
     let (status, acked) = app

@@ -304,6 +304,8 @@ async fn every_page_carries_the_csp_and_a_viewer_is_offered_no_action() {
         "/keys/deleted".into(),
         "/app-tokens".into(),
         "/usage?days=90".into(),
+        "/alerts".into(),
+        "/alerts?view=all".into(),
         "/approvals".into(),
         "/approvals?view=decided".into(),
         "/audit?action=key".into(),
