@@ -113,6 +113,37 @@ impl App {
         self.store.usage(query).await
     }
 
+    /// Usage split by one dimension: by key, the keys the actor may read; by anything else,
+    /// for one key they may read or for someone who reads everywhere (as [`App::usage`]).
+    pub async fn usage_grouped(
+        &self,
+        actor: &Actor,
+        query: &UsageQuery,
+        by: UsageGrouping,
+    ) -> Result<Vec<(String, Vec<UsageBucket>)>, Error> {
+        if by == UsageGrouping::Key && query.key_id.is_none() {
+            return Ok(self.usage_by_key(actor, query).await?.into_iter().collect());
+        }
+        match &query.key_id {
+            Some(key) => {
+                self.key(actor, key).await?;
+            }
+            None if !actor.access.reach(Permission::KeysRead).is_everywhere() => {
+                return Err(Error::new(
+                    ErrorKind::Forbidden,
+                    "out_of_scope",
+                    "your grants cover only part of the vault: ask for one key's usage (`key=`) or group by key",
+                ));
+            }
+            None => {}
+        }
+        let mut out: std::collections::BTreeMap<String, Vec<UsageBucket>> = Default::default();
+        for (group, bucket) in self.store.usage_grouped(query, by).await? {
+            out.entry(group).or_default().push(bucket);
+        }
+        Ok(out.into_iter().collect())
+    }
+
     /// Usage per key (sparklines, "by key" tables): all keys for someone who reads
     /// everywhere, otherwise only the keys their grants let them read.
     pub async fn usage_by_key(

@@ -35,6 +35,17 @@ pub struct UsageParams {
     pub token: Option<String>,
     /// Only this service.
     pub service: Option<String>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Only this environment.
+    pub environment: Option<String>,
+    /// Only calls from this source network (`203.0.113.0/24`, `2001:db8:1::/48`).
+    pub network: Option<String>,
+    /// Split by key, token, service, model, environment or network (`groups` in the
+    /// answer; by key, only keys the caller may read).
+    pub group_by: Option<String>,
+    /// `json` (default) or `csv`: one row per bucket (and group), for spreadsheets.
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -108,6 +119,63 @@ pub struct UsageResponse {
     /// Buckets with at least one call, oldest first.
     pub buckets: Vec<UsageBucketBody>,
     pub totals: UsageTotalsBody,
+    /// With `group_by`: each value's buckets and totals (`buckets` then hold the sums over
+    /// every group).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<UsageGroupBody>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageGroupBody {
+    /// The key id, token id, service, model, environment or network.
+    pub group: String,
+    pub buckets: Vec<UsageBucketBody>,
+    pub totals: UsageTotalsBody,
+}
+
+const CSV_HEADER: &str = "group,start,requests,errors,success_rate,rejected,throttled,outages,cache_hits,saved_credits,input_tokens,cached_tokens,output_tokens,credits,cost_usd,unpriced,latency_p50_ms,latency_p95_ms\n";
+
+/// A CSV field: quoted when it holds a comma, a quote or a line break; a leading `=`, `+`,
+/// `-` or `@` is prefixed with `'` so a spreadsheet does not run it as a formula.
+fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+fn csv_row(out: &mut String, group: &str, start: Timestamp, t: &UsageTotals) {
+    use std::fmt::Write as _;
+    let opt = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{},{start},{},{},{},{},{},{},{},{},{},{},{},{},{:.9},{},{},{}",
+        csv_field(group),
+        t.requests,
+        t.errors,
+        t.success_rate()
+            .map(|r| format!("{r:.4}"))
+            .unwrap_or_default(),
+        t.rejected,
+        t.throttled,
+        t.outages,
+        t.cache_hits,
+        t.saved_credits,
+        t.input_tokens,
+        t.cached_tokens,
+        t.output_tokens,
+        t.credits,
+        nanos_to_usd(t.cost_nanos),
+        t.unpriced,
+        opt(t.latency.quantile(0.5)),
+        opt(t.latency.quantile(0.95)),
+    );
 }
 
 pub(super) fn instant(field: &str, text: &str) -> Result<Timestamp, keyward_core::Error> {
@@ -119,15 +187,20 @@ pub(super) fn instant(field: &str, text: &str) -> Result<Timestamp, keyward_core
     })
 }
 
-/// Metered calls through the proxy, in time buckets, optionally for one key, token or service.
+/// Metered calls through the proxy, in time buckets, optionally for one key, token,
+/// service, model, environment or network, optionally split by one of them; as JSON or CSV.
 #[utoipa::path(get, path = "/api/v1/usage", tag = "usage", params(UsageParams),
-    responses((status = 200, body = UsageResponse), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = UsageResponse, content_type = "application/json"),
+        (status = 200, body = String, content_type = "text/csv", description = "with format=csv"),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "invalid_time, invalid_range, range_too_large, invalid_granularity, invalid_group_by, invalid_format, invalid_key_id, invalid_token_id")),
     security(("bearer" = [])))]
 pub async fn usage(
     auth: Authorized<perm::KeysRead>,
     State(app): State<Arc<App>>,
     ApiQuery(params): ApiQuery<UsageParams>,
-) -> ApiResult<Json<UsageResponse>> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let to = match params.to.as_deref() {
         Some(t) => instant("to", t)?,
         None => app.now(),
@@ -153,25 +226,103 @@ pub async fn usage(
         .map_err(|_| {
             keyward_core::Error::invalid("invalid_token_id", "token is not an app token id")
         })?;
-    let query = UsageQuery::new(from, to, granularity, key, token, params.service)?;
-    let buckets = app.usage(auth.actor(), &query).await?;
-    let mut totals = UsageTotals::default();
-    for b in &buckets {
-        totals += b.totals;
+    let csv = match params.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => {
+            return Err(
+                keyward_core::Error::invalid("invalid_format", "format is json or csv").into(),
+            );
+        }
+    };
+    let group_by: Option<keyward_core::usage::UsageGrouping> =
+        params.group_by.as_deref().map(str::parse).transpose()?;
+    let mut query = UsageQuery::new(from, to, granularity, key, token, params.service)?;
+    query.model = params.model;
+    query.environment = params.environment;
+    query.network = params.network;
+    let groups = match group_by {
+        Some(by) => Some(app.usage_grouped(auth.actor(), &query, by).await?),
+        None => None,
+    };
+    let buckets = match &groups {
+        // The sums over every group, bucket by bucket.
+        Some(groups) => {
+            let mut sums: std::collections::BTreeMap<Timestamp, UsageTotals> = Default::default();
+            for (_, buckets) in groups {
+                for b in buckets {
+                    *sums.entry(b.start).or_default() += b.totals;
+                }
+            }
+            sums.into_iter()
+                .map(|(start, totals)| keyward_core::usage::UsageBucket { start, totals })
+                .collect()
+        }
+        None => app.usage(auth.actor(), &query).await?,
+    };
+    let sum = |buckets: &[keyward_core::usage::UsageBucket]| {
+        let mut totals = UsageTotals::default();
+        for b in buckets {
+            totals += b.totals;
+        }
+        totals
+    };
+    if csv {
+        let mut out = String::from(CSV_HEADER);
+        match &groups {
+            Some(groups) => {
+                for (group, buckets) in groups {
+                    for b in buckets {
+                        csv_row(&mut out, group, b.start, &b.totals);
+                    }
+                }
+            }
+            None => {
+                for b in &buckets {
+                    csv_row(&mut out, "", b.start, &b.totals);
+                }
+            }
+        }
+        return Ok((
+            [
+                (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"keyward-usage.csv\"",
+                ),
+            ],
+            out,
+        )
+            .into_response());
     }
-    Ok(Json(UsageResponse {
-        from: query.from,
-        to: query.to,
-        granularity: granularity.as_str().to_owned(),
-        buckets: buckets
+    let body = |buckets: Vec<keyward_core::usage::UsageBucket>| -> Vec<UsageBucketBody> {
+        buckets
             .into_iter()
             .map(|b| UsageBucketBody {
                 start: b.start,
                 totals: b.totals.into(),
             })
-            .collect(),
+            .collect()
+    };
+    let totals = sum(&buckets);
+    Ok(Json(UsageResponse {
+        from: query.from,
+        to: query.to,
+        granularity: granularity.as_str().to_owned(),
+        buckets: body(buckets),
         totals: totals.into(),
-    }))
+        groups: groups.map(|groups| {
+            groups
+                .into_iter()
+                .map(|(group, buckets)| UsageGroupBody {
+                    group,
+                    totals: sum(&buckets).into(),
+                    buckets: body(buckets),
+                })
+                .collect()
+        }),
+    })
+    .into_response())
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -319,4 +470,18 @@ pub async fn forecasts(
             })
             .collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_fields_are_quoted_and_never_formulas() {
+        assert_eq!(csv_field("gpt-4o"), "gpt-4o");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_field("@sum"), "'@sum");
+    }
 }

@@ -399,6 +399,59 @@ async fn forecasts_say_when_a_daily_quota_runs_out_from_the_shared_sums() {
             .contains(&runs_out),
         "{quota}"
     );
+    // The same sums as a usage view split by key, and as CSV; bad choices are refused.
+    let view = "from=2026-11-18T00:00:00Z&to=2026-12-02T00:00:00Z&granularity=week";
+    let (status, usage) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/usage?{view}&group_by=key"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    let groups = usage["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0]["group"], key.as_str());
+    assert_eq!(groups[0]["totals"]["requests"], usage["totals"]["requests"]);
+    assert_eq!(usage["totals"]["success_rate"], 1.0);
+    // Every call took 40 ms: the histogram places the median inside (25, 50] ms.
+    let p50 = usage["totals"]["latency_p50_ms"].as_u64().unwrap();
+    assert!((25..=50).contains(&p50), "{p50}");
+    let csv = app
+        .client
+        .get(format!(
+            "{}/api/v1/usage?{view}&group_by=network&format=csv",
+            app.base
+        ))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), StatusCode::OK);
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let text = csv.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("group,start,requests,errors,success_rate"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("203.0.113.0/24,2026-11-"), "{text}");
+    for (query, code) in [
+        ("group_by=colour", "invalid_group_by"),
+        ("format=xml", "invalid_format"),
+    ] {
+        let (status, body) = app
+            .call(Method::GET, &format!("/api/v1/usage?{view}&{query}"), None)
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["code"], code);
+    }
+
     let budget = &all[1];
     assert_eq!(
         (budget["subject_kind"].as_str(), budget["period"].as_str()),
