@@ -190,8 +190,8 @@ pub(super) fn instant(field: &str, text: &str) -> Result<Timestamp, keyward_core
 /// Metered calls through the proxy, in time buckets, optionally for one key, token,
 /// service, model, environment or network, optionally split by one of them; as JSON or CSV.
 #[utoipa::path(get, path = "/api/v1/usage", tag = "usage", params(UsageParams),
-    responses((status = 200, body = UsageResponse, content_type = "application/json"),
-        (status = 200, body = String, content_type = "text/csv", description = "with format=csv"),
+    responses((status = 200, description = "JSON, or CSV with format=csv",
+            content((UsageResponse = "application/json"), (String = "text/csv"))),
         (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody, description = "invalid_time, invalid_range, range_too_large, invalid_granularity, invalid_group_by, invalid_format, invalid_key_id, invalid_token_id")),
     security(("bearer" = [])))]
