@@ -114,7 +114,8 @@ pub async fn create_role(
 #[serde(deny_unknown_fields)]
 pub struct UpdateRoleRequest {
     pub description: Option<String>,
-    #[schema(schema_with = super::schema::permissions_schema)]
+    /// The new set; absent or `null`: unchanged.
+    #[schema(schema_with = super::schema::optional_permissions_schema)]
     pub permissions: Option<PermissionSet>,
 }
 

@@ -12,8 +12,22 @@ pub fn role_schema() -> utoipa::openapi::schema::Object {
 
 /// The schema of a permission set: names from `Permission::ALL` (for `schema_with`).
 pub fn permissions_schema() -> utoipa::openapi::schema::Array {
+    permissions(false)
+}
+
+/// Permissions, or `null` for "unchanged" (an update).
+pub fn optional_permissions_schema() -> utoipa::openapi::schema::Array {
+    permissions(true)
+}
+
+fn permissions(nullable: bool) -> utoipa::openapi::schema::Array {
     use keyward_core::access::Permission;
-    utoipa::openapi::schema::ArrayBuilder::new()
+    let array = if nullable {
+        ArrayBuilder::new().schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+    } else {
+        ArrayBuilder::new()
+    };
+    array
         .items(
             utoipa::openapi::schema::ObjectBuilder::new()
                 .schema_type(utoipa::openapi::schema::Type::String)
