@@ -97,20 +97,22 @@ impl App {
         actor: &Actor,
         query: &UsageQuery,
     ) -> Result<Vec<UsageBucket>, Error> {
-        match &query.key_id {
-            Some(key) => {
-                self.key(actor, key).await?;
-            }
-            None if !actor.access.reach(Permission::KeysRead).is_everywhere() => {
-                return Err(Error::new(
-                    ErrorKind::Forbidden,
-                    "out_of_scope",
-                    "your grants cover only part of the vault: ask for one key's usage (`key=`)",
-                ));
-            }
-            None => {}
-        }
+        self.ensure_usage_reach(actor, query).await?;
         self.store.usage(query).await
+    }
+
+    /// Sums over many keys would tell about keys outside a grant's scope: a query is for
+    /// one key the actor may read, or by someone who reads everywhere.
+    async fn ensure_usage_reach(&self, actor: &Actor, query: &UsageQuery) -> Result<(), Error> {
+        match &query.key_id {
+            Some(key) => self.key(actor, key).await.map(drop),
+            None if !actor.access.reach(Permission::KeysRead).is_everywhere() => Err(Error::new(
+                ErrorKind::Forbidden,
+                "out_of_scope",
+                "your grants cover only part of the vault: ask for one key's usage (`key=`) or split it by key",
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Usage split by one dimension: by key, the keys the actor may read; by anything else,
@@ -124,19 +126,7 @@ impl App {
         if by == UsageGrouping::Key && query.key_id.is_none() {
             return Ok(self.usage_by_key(actor, query).await?.into_iter().collect());
         }
-        match &query.key_id {
-            Some(key) => {
-                self.key(actor, key).await?;
-            }
-            None if !actor.access.reach(Permission::KeysRead).is_everywhere() => {
-                return Err(Error::new(
-                    ErrorKind::Forbidden,
-                    "out_of_scope",
-                    "your grants cover only part of the vault: ask for one key's usage (`key=`) or group by key",
-                ));
-            }
-            None => {}
-        }
+        self.ensure_usage_reach(actor, query).await?;
         let mut out: std::collections::BTreeMap<String, Vec<UsageBucket>> = Default::default();
         for (group, bucket) in self.store.usage_grouped(query, by).await? {
             out.entry(group).or_default().push(bucket);

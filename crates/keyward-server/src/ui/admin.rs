@@ -34,7 +34,8 @@ const VIEWS: [(&str, &str); 3] = [
     ("decided", "Decided"),
 ];
 
-fn tabs(base: &str, current: &str, views: &[(&str, &str)]) -> Markup {
+/// The view switcher above a list (`?view=`), the current one marked.
+pub(crate) fn tabs(base: &str, current: &str, views: &[(&str, &str)]) -> Markup {
     html! {
         nav class="filters" aria-label="Views" {
             @for (id, label) in views {

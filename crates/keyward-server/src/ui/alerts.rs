@@ -49,15 +49,7 @@ pub async fn page_alerts(
         Err(e) => return error_page(&viewer, "/alerts", "Alerts", e),
     };
     let content = html! {
-        nav class="filters" aria-label="Views" {
-            @for (id, label) in VIEWS {
-                @if id == view {
-                    a class="button small" aria-current="page" href={ "/alerts?view=" (id) } { (label) }
-                } @else {
-                    a class="button quiet small" href={ "/alerts?view=" (id) } { (label) }
-                }
-            }
-        }
+        (super::admin::tabs("/alerts", &view, &VIEWS))
         (alert_table(&viewer, &alerts, app.now(), &format!("/alerts?view={view}")))
     };
     page(
