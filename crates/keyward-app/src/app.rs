@@ -176,8 +176,15 @@ impl App {
         let alternates = self.rotation_alternates().await?;
         let flags = self.store.key_flags().await?;
         let pools = self.store.pool_settings().await?;
+        let containments = self.store.containments().await?;
         self.proxy.install(Snapshot::build(
-            &catalog, tokens, keys, alternates, flags, &pools,
+            &catalog,
+            tokens,
+            keys,
+            alternates,
+            flags,
+            &pools,
+            &containments,
         ));
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! one signal) for a while.
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::anomaly::{Finding, Signal};
@@ -63,7 +63,7 @@ pub enum AlertStatus {
 
 string_enum!(AlertStatus { Open = "open", Acknowledged = "acknowledged", Resolved = "resolved" }, "invalid_alert_status", "alert status");
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Warning,
@@ -106,6 +106,8 @@ pub struct Alert {
     pub last_seen_at: Timestamp,
     pub acknowledged: Option<AlertNote>,
     pub resolved: Option<AlertNote>,
+    /// How far the graduated response (`crate::response`) has gone.
+    pub stage: crate::response::Stage,
 }
 
 impl Alert {
@@ -122,6 +124,7 @@ impl Alert {
             last_seen_at: now,
             acknowledged: None,
             resolved: None,
+            stage: crate::response::Stage::Alerted,
         }
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use jiff::civil::Weekday;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::market::{DayKind, MarketCalendar, MarketMoment};
 
@@ -43,7 +43,7 @@ pub enum SeriesKind {
 string_enum!(SeriesKind { Requests = "requests", Errors = "errors", Rejections = "rejections", Cost = "cost" }, "invalid_series", "series");
 
 /// Why an alert was raised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Signal {
     RequestSpike,

@@ -29,6 +29,9 @@ pub enum ApprovalAction {
     Revoke,
     Export,
     AccessChange,
+    /// Lifting a freeze the graduated response (or a person) put on a key or app token:
+    /// always needs an approval, one from an owner or admin when no rule says more.
+    Unfreeze,
 }
 
 string_enum!(ApprovalAction {
@@ -40,6 +43,7 @@ string_enum!(ApprovalAction {
     Revoke = "revoke",
     Export = "export",
     AccessChange = "access_change",
+    Unfreeze = "unfreeze",
 }, "invalid_action", "approval action");
 
 /// Exactly what would execute.
@@ -153,6 +157,13 @@ impl ApprovalPolicy {
             .map(|r| Requirement {
                 approvals: r.approvals,
                 approver_roles: r.approver_roles.clone(),
+            })
+            .or_else(|| {
+                // A freeze is lifted by four eyes even where no rule asks for it.
+                (action == ApprovalAction::Unfreeze).then(|| Requirement {
+                    approvals: 1,
+                    approver_roles: vec![Role::Owner, Role::Admin],
+                })
             })
     }
 
@@ -484,6 +495,35 @@ mod tests {
             t(0),
             SignedDuration::from_hours(1),
         )
+    }
+
+    #[test]
+    fn lifting_a_freeze_needs_an_approval_even_without_a_rule() {
+        let none = ApprovalPolicy::default();
+        assert_eq!(
+            none.requirement(ApprovalAction::Unfreeze, None, None),
+            Some(Requirement {
+                approvals: 1,
+                approver_roles: vec![Role::Owner, Role::Admin],
+            })
+        );
+        assert_eq!(none.requirement(ApprovalAction::Delete, None, None), None);
+        let stricter = ApprovalPolicy {
+            rules: vec![ApprovalRule {
+                actions: vec![ApprovalAction::Unfreeze],
+                categories: None,
+                criticalities: None,
+                approvals: 2,
+                approver_roles: vec![Role::Owner],
+            }],
+            ttl_hours: 24,
+        };
+        assert_eq!(
+            stricter
+                .requirement(ApprovalAction::Unfreeze, None, None)
+                .map(|r| r.approvals),
+            Some(2)
+        );
     }
 
     #[test]

@@ -24,13 +24,15 @@ pub enum NotificationKind {
     ApprovalRequested,
     /// The anomaly detector opened an alert about a key or an app token.
     AnomalyDetected,
+    /// The graduated response throttled or froze a key or token over an open alert.
+    AlertEscalated,
 }
 
 string_enum!(NotificationKind {
     RotationDue = "rotation_due", RotationOverdue = "rotation_overdue", RotationStep = "rotation_step",
     KeyExpiring = "key_expiring", KeyExpired = "key_expired", KeyRevoked = "key_revoked",
     HealthChanged = "health_changed", ApprovalRequested = "approval_requested",
-    AnomalyDetected = "anomaly_detected"
+    AnomalyDetected = "anomaly_detected", AlertEscalated = "alert_escalated"
 }, "invalid_notification_kind", "notification kind");
 
 /// A subscriber: where to send, and what it wants. Either a webhook an admin registered

@@ -415,6 +415,24 @@ pub trait AlertStore: Send + Sync {
     /// Mutes still in force at `now`.
     async fn mutes(&self, now: Timestamp) -> Result<Vec<crate::alert::AlertMute>>;
     async fn delete_mute(&self, id: &crate::id::MuteId) -> Result<bool>;
+    /// Moves an alert's response from `from` to `to` (compare-and-set, so of several
+    /// instances escalating at once exactly one acts); `false` if it had moved already.
+    async fn advance_alert_stage(
+        &self,
+        id: &crate::id::AlertId,
+        from: crate::response::Stage,
+        to: crate::response::Stage,
+    ) -> Result<bool>;
+    /// Puts a measure in force unless one of its kind already is on the subject (`false`
+    /// then). Moves the change marker, so every instance's proxy picks it up.
+    async fn contain(&self, containment: &crate::response::Containment) -> Result<bool>;
+    async fn containments(&self) -> Result<Vec<crate::response::Containment>>;
+    /// Lifts the subject's measure of this kind (`throttle` or `freeze`); `false` if none.
+    async fn lift_containment(
+        &self,
+        subject: &crate::alert::AlertSubject,
+        measure: &str,
+    ) -> Result<bool>;
 }
 
 /// Second factors. Every "use" method is a compare-and-set, so two instances (or two

@@ -2,16 +2,18 @@
 //! which app token is presented, whether it may call this service from this address in
 //! this environment, and which key to inject.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use jiff::Timestamp;
+use keyward_core::alert::AlertSubject;
 use keyward_core::app_token::{AppToken, AppTokenStatus};
 use keyward_core::catalog::ServiceCatalog;
-use keyward_core::id::KeyId;
+use keyward_core::id::{AppTokenId, KeyId};
 use keyward_core::key::{Key, KeyStatus, KeyVersion};
+use keyward_core::response::{Containment, Measure};
 use keyward_core::service::ServiceDefinition;
 use keyward_core::usage::{KeyFlag, PoolSetting, PoolStrategy};
 use keyward_core::{Error, ErrorKind};
@@ -26,6 +28,8 @@ pub struct LiveKey {
     pub alternate: Option<Alternate>,
     /// The flag stored for this key when the snapshot was built.
     pub flag: Option<KeyFlag>,
+    /// Frozen by the graduated response (or by hand): never injected.
+    pub frozen: bool,
 }
 
 /// A key's second value during a guided rotation (still sealed). Either way a value the
@@ -66,6 +70,7 @@ pub struct Snapshot {
     /// By public id, the part of the token that is not secret.
     tokens: HashMap<String, Arc<AppToken>>,
     pools: HashMap<(String, String), Pool>,
+    frozen_tokens: HashSet<AppTokenId>,
 }
 
 fn denied(code: &'static str, message: impl Into<String>) -> Error {
@@ -76,6 +81,10 @@ fn forbidden(code: &'static str, message: impl Into<String>) -> Error {
     Error::new(ErrorKind::Forbidden, code, message)
 }
 
+fn frozen(message: impl Into<String>) -> Error {
+    forbidden("frozen", message)
+}
+
 impl Snapshot {
     pub fn build(
         catalog: &ServiceCatalog,
@@ -84,7 +93,25 @@ impl Snapshot {
         mut alternates: HashMap<KeyId, Alternate>,
         flags: Vec<KeyFlag>,
         pool_settings: &[PoolSetting],
+        containments: &[Containment],
     ) -> Self {
+        let mut frozen_keys = HashSet::new();
+        let mut frozen_tokens = HashSet::new();
+        let mut throttles = HashMap::new();
+        for c in containments {
+            match (&c.subject, c.measure) {
+                (AlertSubject::Key(id), Measure::Freeze) => {
+                    frozen_keys.insert(id.clone());
+                }
+                (AlertSubject::Token(id), Measure::Freeze) => {
+                    frozen_tokens.insert(id.clone());
+                }
+                (AlertSubject::Token(id), Measure::Throttle(limit)) => {
+                    throttles.insert(id.clone(), limit);
+                }
+                (AlertSubject::Key(_), Measure::Throttle(_)) => {}
+            }
+        }
         let mut flags: HashMap<KeyId, KeyFlag> =
             flags.into_iter().map(|f| (f.key_id.clone(), f)).collect();
         let mut pools: HashMap<(String, String), Pool> = HashMap::new();
@@ -96,6 +123,7 @@ impl Snapshot {
                 .or_default()
                 .keys
                 .push(Arc::new(LiveKey {
+                    frozen: frozen_keys.contains(&key.id),
                     key,
                     current,
                     alternate,
@@ -113,9 +141,17 @@ impl Snapshot {
             services: catalog.iter().map(|s| (s.id.clone(), s.clone())).collect(),
             tokens: tokens
                 .into_iter()
-                .map(|t| (t.public_id.clone(), Arc::new(t)))
+                .map(|mut t| {
+                    // A throttle is the token's rate limit while it lasts (a share of the
+                    // configured one, so always the stricter).
+                    if let Some(limit) = throttles.get(&t.id) {
+                        t.rate_limit = Some(*limit);
+                    }
+                    (t.public_id.clone(), Arc::new(t))
+                })
                 .collect(),
             pools,
+            frozen_tokens,
         }
     }
 
@@ -173,6 +209,12 @@ impl Snapshot {
                 format!("app token {} may not be used from {source}", record.id),
             ));
         }
+        if self.frozen_tokens.contains(&record.id) {
+            return Err(frozen(format!(
+                "app token {} is frozen after an alert; lifting the freeze needs an approval",
+                record.id
+            )));
+        }
         Ok(record.clone())
     }
 
@@ -226,6 +268,7 @@ impl Snapshot {
         let active: Vec<&Arc<LiveKey>> = candidates
             .iter()
             .copied()
+            .filter(|k| !k.frozen)
             .filter(|k| match k.key.status(now) {
                 KeyStatus::Active => true,
                 // Expired, but inside the configured grace period: still injected (with a
@@ -238,6 +281,11 @@ impl Snapshot {
             })
             .collect();
         if active.is_empty() {
+            if candidates.iter().any(|k| k.frozen) {
+                return Err(frozen(format!(
+                    "the {service_id} key for {environment} is frozen after an alert; lifting the freeze needs an approval"
+                )));
+            }
             let revoked = candidates
                 .iter()
                 .any(|k| k.key.status(now) == KeyStatus::Revoked);
@@ -385,6 +433,7 @@ mod tests {
             HashMap::new(),
             vec![],
             &[],
+            &[],
         );
         assert!(snapshot.authenticate(&secret, ts(2), HOME).is_ok());
         let code = |s: &str| {
@@ -423,6 +472,7 @@ mod tests {
             vec![(a.clone(), va), (b.clone(), vb), (off, voff), (old, vold)],
             HashMap::new(),
             vec![],
+            &[],
             &[],
         );
 
@@ -498,5 +548,70 @@ mod tests {
                 b.id
             );
         }
+    }
+
+    fn containment(subject: AlertSubject, measure: Measure) -> Containment {
+        Containment {
+            subject,
+            measure,
+            alert: None,
+            reason: "test".into(),
+            by: "t".into(),
+            at: ts(0),
+        }
+    }
+
+    #[test]
+    fn frozen_keys_and_tokens_are_refused_and_a_throttle_is_the_tokens_rate_limit() {
+        let (token, secret) = app_token(&["openai", "finnhub"], &["production"]);
+        let (cold, cold_secret) = app_token(&["openai"], &["production"]);
+        let (slow, slow_secret) = app_token(&["openai"], &["production"]);
+        let (a, va) = key("openai", "production", 1);
+        let (b, vb) = key("openai", "production", 2);
+        let (c, vc) = key("finnhub", "production", 3);
+        let limit = keyward_core::app_token::RateLimit {
+            requests: 2,
+            per_seconds: 60,
+        };
+        let snapshot = Snapshot::build(
+            &catalog(),
+            vec![token, cold.clone(), slow.clone()],
+            vec![(a.clone(), va), (b.clone(), vb), (c.clone(), vc)],
+            HashMap::new(),
+            vec![],
+            &[],
+            &[
+                containment(AlertSubject::Key(a.id.clone()), Measure::Freeze),
+                containment(AlertSubject::Key(c.id.clone()), Measure::Freeze),
+                containment(AlertSubject::Token(cold.id.clone()), Measure::Freeze),
+                containment(
+                    AlertSubject::Token(slow.id.clone()),
+                    Measure::Throttle(limit),
+                ),
+            ],
+        );
+        let err = snapshot
+            .authenticate(&cold_secret, ts(2), HOME)
+            .expect_err("frozen");
+        assert_eq!((err.kind, err.code), (ErrorKind::Forbidden, "frozen"));
+        let slow = snapshot
+            .authenticate(&slow_secret, ts(2), HOME)
+            .expect("throttled, not frozen");
+        assert_eq!(slow.rate_limit, Some(limit));
+        let token = snapshot.authenticate(&secret, ts(2), HOME).expect("token");
+        for _ in 0..3 {
+            let route = snapshot
+                .route(token.clone(), "openai", None, ts(5), NO_GRACE)
+                .expect("the pool's other key");
+            assert_eq!(route.candidates.len(), 1);
+            assert_eq!(
+                route.candidates[0].key.id, b.id,
+                "the frozen key is never injected"
+            );
+        }
+        let err = snapshot
+            .route(token, "finnhub", None, ts(5), NO_GRACE)
+            .expect_err("only a frozen key");
+        assert_eq!(err.code, "frozen");
     }
 }

@@ -110,7 +110,8 @@ async fn notification_loop(app: Arc<App>) {
 }
 
 /// Every second: judge the minutes of usage that have settled (`App::watch_usage`) and
-/// raise alerts. The first call replays the minute rollups kept, to learn.
+/// raise alerts (the first call replays the minute rollups kept, to learn); then move
+/// open alerts along the response policy (`App::escalate_alerts`).
 async fn watch_loop(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -118,6 +119,9 @@ async fn watch_loop(app: Arc<App>) {
         tick.tick().await;
         if let Err(e) = app.watch_usage().await {
             tracing::warn!(error = %e, "could not watch usage for anomalies; will retry");
+        }
+        if let Err(e) = app.escalate_alerts().await {
+            tracing::warn!(error = %e, "could not escalate open alerts; will retry");
         }
     }
 }

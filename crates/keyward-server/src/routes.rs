@@ -620,6 +620,48 @@ fn api() -> Vec<Route> {
             p(P::KeysWrite),
             delete(http::alerts::delete_mute),
         ),
+        api_route(
+            M::GET,
+            "/api/v1/policies/response",
+            p(P::KeysRead),
+            get(http::alerts::get_response_policy),
+        ),
+        api_route(
+            M::PUT,
+            "/api/v1/policies/response",
+            p(P::AccessWrite),
+            put(http::alerts::set_response_policy),
+        ),
+        api_route(
+            M::GET,
+            "/api/v1/containments",
+            p(P::KeysRead),
+            get(http::alerts::list_containments),
+        ),
+        api_route(
+            M::POST,
+            "/api/v1/keys/{id}/freeze",
+            p(P::KeysWrite),
+            post(http::alerts::freeze_key),
+        ),
+        api_route(
+            M::POST,
+            "/api/v1/keys/{id}/unfreeze",
+            p(P::KeysWrite),
+            post(http::alerts::unfreeze_key),
+        ),
+        api_route(
+            M::POST,
+            "/api/v1/app-tokens/{id}/freeze",
+            p(P::AppTokensWrite),
+            post(http::alerts::freeze_token),
+        ),
+        api_route(
+            M::POST,
+            "/api/v1/app-tokens/{id}/unfreeze",
+            p(P::AppTokensWrite),
+            post(http::alerts::unfreeze_token),
+        ),
         // pools and usage
         api_route(
             M::GET,

@@ -110,6 +110,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "alerts",
         include_str!("../migrations/postgres/0019_alerts.sql"),
     ),
+    (
+        20,
+        "containments",
+        include_str!("../migrations/postgres/0020_containments.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

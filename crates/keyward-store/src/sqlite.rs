@@ -113,6 +113,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "alerts",
         include_str!("../migrations/sqlite/0019_alerts.sql"),
     ),
+    (
+        20,
+        "containments",
+        include_str!("../migrations/sqlite/0020_containments.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 //! and announced (`anomaly_detected`), unless muted; listed within the reader's reach;
 //! acknowledged, resolved and muted through the change pipeline.
 
+pub mod respond;
 pub mod watch;
 
 use jiff::{SignedDuration, Timestamp};
@@ -269,6 +270,9 @@ impl App {
             }
         })
         .await?;
+        if to == AlertStatus::Resolved {
+            self.lift_alert_throttle(actor, &alert).await?;
+        }
         Ok(alert)
     }
 
@@ -287,9 +291,7 @@ impl App {
                 format!("a mute lasts 1 minute to {MUTE_MAX_DAYS} days"),
             ));
         }
-        let reason = keyward_core::label::text("reason", Some(reason), 500)?
-            .filter(|r| r.chars().count() >= 4)
-            .ok_or_else(|| Error::invalid("reason_required", "say why (at least 4 characters)"))?;
+        let reason = respond::reason_of(reason)?;
         match &subject {
             AlertSubject::Key(id) => {
                 self.key(actor, id).await?;

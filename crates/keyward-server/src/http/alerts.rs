@@ -1,5 +1,7 @@
 //! `/api/v1/alerts` (what the anomaly detector found, acknowledged and resolved) and
-//! `/api/v1/alert-mutes` (silencing a key's or token's alerts for a while).
+//! `/api/v1/alert-mutes` (silencing a key's or token's alerts for a while), and the
+//! graduated response: `/api/v1/policies/response`, `/api/v1/containments` (throttles and
+//! freezes in force), freezing and (approval-gated) unfreezing keys and app tokens.
 
 use std::sync::Arc;
 
@@ -9,6 +11,7 @@ use axum::http::StatusCode;
 use jiff::Timestamp;
 use keyward_core::alert::{Alert, AlertFilter, AlertMute, AlertNote, AlertSubject};
 use keyward_core::id::{AlertId, MuteId};
+use keyward_core::response::{Containment, Measure, ResponsePolicy};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -48,6 +51,8 @@ pub struct AlertBody {
     pub last_seen_at: Timestamp,
     pub acknowledged: Option<AlertNoteBody>,
     pub resolved: Option<AlertNoteBody>,
+    /// How far the graduated response went: alerted, throttled or frozen.
+    pub stage: String,
 }
 
 fn note(n: AlertNote) -> AlertNoteBody {
@@ -72,6 +77,7 @@ pub(crate) fn alert_body(a: Alert) -> AlertBody {
         last_seen_at: a.last_seen_at,
         acknowledged: a.acknowledged.map(note),
         resolved: a.resolved.map(note),
+        stage: a.stage.as_str().to_owned(),
     }
 }
 
@@ -309,5 +315,173 @@ pub async fn delete_mute(
         .parse()
         .map_err(|_| keyward_core::Error::not_found("mute_not_found", "no such mute in force"))?;
     app.unmute_alerts(auth.actor(), &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The graduated response policy: when an open alert throttles its token and freezes its
+/// key or token.
+#[utoipa::path(get, path = "/api/v1/policies/response", tag = "alerts",
+    responses((status = 200, body = Object)), security(("bearer" = [])))]
+pub async fn get_response_policy(
+    _auth: Authorized<perm::KeysRead>,
+    State(app): State<Arc<App>>,
+) -> ApiResult<Json<ResponsePolicy>> {
+    Ok(Json(app.response_policy().await?))
+}
+
+/// `{"rules": [{"subjects": ["token"], "categories": ["llm"], "criticalities": ["high",
+/// "critical"], "signals": ["request_spike"], "severities": ["critical"],
+/// "throttle_after_minutes": 0, "throttle_percent": 10, "freeze_after_minutes": 15}]}` —
+/// every condition optional; the strictest matching rule wins; acknowledging an alert
+/// stops its escalation. Changing it passes the approval policy's gate as an access change.
+#[utoipa::path(put, path = "/api/v1/policies/response", tag = "alerts", request_body = Object,
+    responses((status = 200, body = Object), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "invalid_rule")), security(("bearer" = [])))]
+pub async fn set_response_policy(
+    auth: Authorized<perm::AccessWrite>,
+    State(app): State<Arc<App>>,
+    ApiJson(policy): ApiJson<ResponsePolicy>,
+) -> ApiResult<Json<ResponsePolicy>> {
+    Ok(Json(app.set_response_policy(auth.actor(), policy).await?))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContainmentBody {
+    /// `key` or `token`.
+    pub subject_kind: String,
+    pub subject_id: String,
+    /// `throttle` or `freeze`.
+    pub measure: String,
+    /// A throttle's rate limit: requests per `per_seconds`.
+    pub requests: Option<u32>,
+    pub per_seconds: Option<u32>,
+    /// The alert that escalated to it; absent when a person froze it.
+    pub alert: Option<String>,
+    pub reason: String,
+    pub by: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+}
+
+fn containment_body(c: Containment) -> ContainmentBody {
+    let limit = match c.measure {
+        Measure::Throttle(limit) => Some(limit),
+        Measure::Freeze => None,
+    };
+    ContainmentBody {
+        subject_kind: c.subject.kind().to_owned(),
+        subject_id: c.subject.id().to_owned(),
+        measure: c.measure.name().to_owned(),
+        requests: limit.map(|l| l.requests),
+        per_seconds: limit.map(|l| l.per_seconds),
+        alert: c.alert.map(|a| a.to_string()),
+        reason: c.reason,
+        by: c.by,
+        at: c.at,
+    }
+}
+
+/// Throttles and freezes in force on keys and tokens the caller may read.
+#[utoipa::path(get, path = "/api/v1/containments", tag = "alerts",
+    responses((status = 200, body = Vec<ContainmentBody>), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_containments(
+    auth: Authorized<perm::KeysRead>,
+    State(app): State<Arc<App>>,
+) -> ApiResult<Json<Vec<ContainmentBody>>> {
+    let all = app.containments(auth.actor()).await?;
+    Ok(Json(all.into_iter().map(containment_body).collect()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeRequest {
+    /// Why (at least 4 characters).
+    pub reason: String,
+}
+
+fn key_subject(id: &str) -> Result<AlertSubject, keyward_core::Error> {
+    AlertSubject::parse("key", id).map_err(|_| {
+        keyward_core::Error::not_found(
+            "key_not_found",
+            format!("there is no key `{}`", keyward_core::label::printable(id)),
+        )
+    })
+}
+
+fn token_subject(id: &str) -> Result<AlertSubject, keyward_core::Error> {
+    AlertSubject::parse("token", id).map_err(|_| {
+        keyward_core::Error::not_found(
+            "app_token_not_found",
+            format!(
+                "there is no app token `{}`",
+                keyward_core::label::printable(id)
+            ),
+        )
+    })
+}
+
+/// Freeze a key now: every instance refuses to inject it (`403 frozen`) within a second.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/freeze", tag = "alerts", params(("id" = String, Path)),
+    request_body = FreezeRequest,
+    responses((status = 201, body = ContainmentBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "already_frozen"),
+        (status = 422, body = ErrorBody, description = "reason_required")), security(("bearer" = [])))]
+pub async fn freeze_key(
+    auth: Authorized<perm::KeysWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<FreezeRequest>,
+) -> ApiResult<(StatusCode, Json<ContainmentBody>)> {
+    let frozen = app
+        .freeze(auth.actor(), key_subject(&id)?, &req.reason)
+        .await?;
+    Ok((StatusCode::CREATED, Json(containment_body(frozen))))
+}
+
+/// Lift a key's freeze: approval-gated (`unfreeze`; one owner's or admin's approval when
+/// the approval policy says nothing more) — repeat with `X-Keyward-Approval: request`,
+/// then with the approved request's id.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/unfreeze", tag = "alerts", params(("id" = String, Path)),
+    responses((status = 204), (status = 202, body = ErrorBody, description = "approval_requested"),
+        (status = 403, body = ErrorBody, description = "approval_required"),
+        (status = 404, body = ErrorBody, description = "not_frozen")), security(("bearer" = [])))]
+pub async fn unfreeze_key(
+    auth: Authorized<perm::KeysWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    app.unfreeze(auth.actor(), key_subject(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Freeze an app token now: every instance refuses it (`403 frozen`) within a second.
+#[utoipa::path(post, path = "/api/v1/app-tokens/{id}/freeze", tag = "alerts", params(("id" = String, Path)),
+    request_body = FreezeRequest,
+    responses((status = 201, body = ContainmentBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "already_frozen"),
+        (status = 422, body = ErrorBody, description = "reason_required")), security(("bearer" = [])))]
+pub async fn freeze_token(
+    auth: Authorized<perm::AppTokensWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<FreezeRequest>,
+) -> ApiResult<(StatusCode, Json<ContainmentBody>)> {
+    let frozen = app
+        .freeze(auth.actor(), token_subject(&id)?, &req.reason)
+        .await?;
+    Ok((StatusCode::CREATED, Json(containment_body(frozen))))
+}
+
+/// Lift an app token's freeze (and its throttle): approval-gated like a key's.
+#[utoipa::path(post, path = "/api/v1/app-tokens/{id}/unfreeze", tag = "alerts", params(("id" = String, Path)),
+    responses((status = 204), (status = 202, body = ErrorBody, description = "approval_requested"),
+        (status = 403, body = ErrorBody, description = "approval_required"),
+        (status = 404, body = ErrorBody, description = "not_frozen")), security(("bearer" = [])))]
+pub async fn unfreeze_token(
+    auth: Authorized<perm::AppTokensWrite>,
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    app.unfreeze(auth.actor(), token_subject(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }

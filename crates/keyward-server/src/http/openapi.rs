@@ -45,6 +45,8 @@ use super::{
         health::health, health::key_health, compliance::compliance, compliance::key_compliance,
         usage::forecasts, alerts::list_alerts, alerts::get_alert, alerts::acknowledge_alert, alerts::resolve_alert,
         alerts::create_mute, alerts::list_mutes, alerts::delete_mute,
+        alerts::get_response_policy, alerts::set_response_policy, alerts::list_containments,
+        alerts::freeze_key, alerts::unfreeze_key, alerts::freeze_token, alerts::unfreeze_token,
     ),
     modifiers(&BearerAuth),
     tags((name = "keys", description = "Stored API keys and their versions"), (name = "catalog", description = "Services, categories, environments"),

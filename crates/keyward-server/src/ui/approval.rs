@@ -98,7 +98,10 @@ pub fn continue_at(request: &ApprovalRequest) -> Option<String> {
                 format!("/keys/{key}?approval={id}&form=rotation#rotation")
             }
             ApprovalAction::Rotate => format!("/keys/{key}?approval={id}&form=rotate#rotate"),
-            ApprovalAction::Revoke | ApprovalAction::Export | ApprovalAction::AccessChange => {
+            ApprovalAction::Revoke
+            | ApprovalAction::Export
+            | ApprovalAction::AccessChange
+            | ApprovalAction::Unfreeze => {
                 return None;
             }
         });

@@ -14,7 +14,10 @@ use keyward_core::usage::{CacheOutcome, Outcome, TokenUsage, UsageRecord};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, audit_actions, serve_fake};
+use keyward_core::access::Role;
+
+use crate::approvals::act;
+use crate::helpers::{Backend, TestApp, assert_error, audit_actions, serve_fake};
 use crate::notifications::Receiver;
 
 const FINNHUB_KEY: &str = "abcdefghij0123456789";
@@ -62,9 +65,20 @@ async fn watch(app: &TestApp) {
     app.app.watch_usage().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_spike_raises_one_alert_within_five_minutes_that_is_announced_acknowledged_and_resolved()
-{
+/// Tuesday 2026-12-08, `minute` minutes after 11:00 ET.
+fn tuesday(minute: i64) -> Timestamp {
+    "2026-12-08T16:00:00Z"
+        .parse::<Timestamp>()
+        .unwrap()
+        .checked_add(SignedDuration::from_mins(minute))
+        .unwrap()
+}
+
+/// A server on an injected clock with a Finnhub key and a market-data token that has a
+/// week of usual traffic behind it: two calls a minute in every session since Monday
+/// 2026-11-30 and on Tuesday 2026-12-08 until 11:00 ET, which the watcher has learned
+/// (clock at 10:50 ET). Returns the app, its clock, the key id, the token's id and secret.
+async fn watched_token() -> (TestApp, Arc<ManualClock>, String, String, String) {
     // Monday 2026-11-30, midnight in New York.
     let start: Timestamp = "2026-11-30T05:00:00Z".parse().unwrap();
     let clock = Arc::new(ManualClock::new(start));
@@ -92,18 +106,6 @@ async fn a_spike_raises_one_alert_within_five_minutes_that_is_announced_acknowle
         created["id"].as_str().unwrap().to_owned(),
         created["token"].as_str().unwrap().to_owned(),
     );
-    let (receiver, url) = Receiver::start(Vec::new()).await;
-    let (status, hook) = app
-        .call(
-            Method::POST,
-            "/api/v1/webhooks",
-            Some(json!({"url": url, "kinds": ["anomaly_detected"], "allow_private_network": true})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{hook}");
-
-    // Six trading days (Monday to the next Monday) of two calls a minute in the session,
-    // and Tuesday's until 11:00.
     let store = app.db().store().await;
     let mut history = Vec::new();
     for day in [0, 1, 2, 3, 4, 7, 8] {
@@ -121,15 +123,7 @@ async fn a_spike_raises_one_alert_within_five_minutes_that_is_announced_acknowle
         }
     }
     store.record_usage(&history).await.unwrap();
-
-    // Tuesday 2026-12-08, 10:50 ET: the watcher catches up on the week, quietly.
-    let tuesday = |minute: i64| {
-        "2026-12-08T16:00:00Z"
-            .parse::<Timestamp>()
-            .unwrap()
-            .checked_add(SignedDuration::from_mins(minute))
-            .unwrap()
-    };
+    // The watcher catches up on the week, quietly.
     clock.set(tuesday(-10));
     for _ in 0..10 {
         app.app.watch_usage().await.unwrap();
@@ -138,8 +132,58 @@ async fn a_spike_raises_one_alert_within_five_minutes_that_is_announced_acknowle
         alerts(&app, "").await.is_empty(),
         "a normal week raises nothing"
     );
+    (app, clock, key, token_id, token)
+}
 
-    // From 11:00 ET, twenty calls a minute through the proxy: ten times the usual.
+/// One quote through the proxy at `base` (an instance) with the app token.
+async fn quote(app: &TestApp, base: &str, token: &str, i: i64) -> reqwest::Response {
+    app.client
+        .get(format!("{base}/proxy/finnhub/api/v1/quote?symbol=S{i}"))
+        .header("x-keyward-token", token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Ten times the usual — twenty calls a minute from 11:00 ET — until an alert opens;
+/// returns the minute it did (after the spike began).
+async fn spike(app: &TestApp, clock: &ManualClock, token: &str) -> i64 {
+    for minute in 0..10 {
+        clock.set(
+            tuesday(minute)
+                .checked_add(SignedDuration::from_secs(10))
+                .unwrap(),
+        );
+        for i in 0..20 {
+            let answer = quote(app, &app.base, token, minute * 100 + i).await;
+            assert_eq!(answer.status(), StatusCode::OK);
+        }
+        clock.set(
+            tuesday(minute + 1)
+                .checked_add(SignedDuration::from_secs(5))
+                .unwrap(),
+        );
+        watch(app).await;
+        if !alerts(app, "status=open").await.is_empty() {
+            return minute + 1;
+        }
+    }
+    panic!("the spike raised no alert in ten minutes");
+}
+
+#[tokio::test]
+async fn a_spike_raises_one_alert_within_five_minutes_that_is_announced_acknowledged_and_resolved()
+{
+    let (app, clock, key, token_id, token) = watched_token().await;
+    let (receiver, url) = Receiver::start(Vec::new()).await;
+    let (status, hook) = app
+        .call(
+            Method::POST,
+            "/api/v1/webhooks",
+            Some(json!({"url": url, "kinds": ["anomaly_detected"], "allow_private_network": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
     let proxy = |i: i64| {
         app.client
             .get(format!(
@@ -149,30 +193,7 @@ async fn a_spike_raises_one_alert_within_five_minutes_that_is_announced_acknowle
             .header("x-keyward-token", &token)
             .send()
     };
-    let mut alerted_at = None;
-    for minute in 0..10 {
-        clock.set(
-            tuesday(minute)
-                .checked_add(SignedDuration::from_secs(10))
-                .unwrap(),
-        );
-        for i in 0..20 {
-            let answer = proxy(minute * 100 + i).await.unwrap();
-            assert_eq!(answer.status(), StatusCode::OK);
-        }
-        clock.set(
-            tuesday(minute + 1)
-                .checked_add(SignedDuration::from_secs(5))
-                .unwrap(),
-        );
-        watch(&app).await;
-        let found = alerts(&app, "status=open").await;
-        if !found.is_empty() {
-            alerted_at = Some(minute + 1);
-            break;
-        }
-    }
-    let alerted_at = alerted_at.expect("the spike raised an alert");
+    let alerted_at = spike(&app, &clock, &token).await;
     assert!(
         alerted_at <= 5,
         "alerted {alerted_at} minutes after the spike began"
@@ -461,5 +482,176 @@ async fn forecasts_say_when_a_daily_quota_runs_out_from_the_shared_sums() {
     assert!(
         budget["runs_out_at"].is_null(),
         "free calls never spend the budget: {budget}"
+    );
+}
+
+/// Polls `base` (an instance) until a quote with `token` answers `status` (every instance
+/// re-reads the vault every half second), for at most five seconds.
+async fn until_answer(app: &TestApp, base: &str, token: &str, status: StatusCode) -> Value {
+    for attempt in 0..50 {
+        let answer = quote(app, base, token, 9_000 + attempt).await;
+        if answer.status() == status {
+            return answer.json().await.unwrap_or(Value::Null);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{base} never answered {status}");
+}
+
+#[tokio::test]
+async fn under_a_response_policy_a_spike_throttles_then_freezes_the_token_everywhere_and_unfreezing_needs_another_persons_approval()
+ {
+    let (app, clock, key, token_id, token) = watched_token().await;
+    let sibling = app.sibling().await;
+    let (status, policy) = app
+        .call(
+            Method::PUT,
+            "/api/v1/policies/response",
+            Some(
+                json!({"rules": [{"subjects": ["token"], "signals": ["request_spike"],
+                "throttle_after_minutes": 0, "throttle_percent": 10, "freeze_after_minutes": 10}]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{policy}");
+    let (status, bad) = app
+        .call(
+            Method::PUT,
+            "/api/v1/policies/response",
+            Some(json!({"rules": [{"throttle_after_minutes": 30, "freeze_after_minutes": 5}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    assert_eq!(bad["error"]["code"], "invalid_rule");
+    let (receiver, url) = Receiver::start(Vec::new()).await;
+    let (status, hook) = app
+        .call(
+            Method::POST,
+            "/api/v1/webhooks",
+            Some(json!({"url": url, "kinds": ["alert_escalated"], "allow_private_network": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    // Both instances serve the token before anything happens.
+    until_answer(&app, &sibling.base, &token, StatusCode::OK).await;
+
+    let alerted_at = spike(&app, &clock, &token).await;
+    assert!(alerted_at <= 5, "alerted after {alerted_at} minutes");
+    let alert = alerts(&app, &format!("token={token_id}")).await[0].clone();
+    let alert_id = alert["id"].as_str().unwrap().to_owned();
+
+    // At once: the token is throttled to a tenth of its busiest usual hour (120 an hour is
+    // 2 a minute; a tenth rounds up to 1 a minute), on this instance and the other.
+    app.app.escalate_alerts().await.unwrap();
+    let (_, alert) = app
+        .call(Method::GET, &format!("/api/v1/alerts/{alert_id}"), None)
+        .await;
+    assert_eq!(alert["stage"], "throttled");
+    let (_, held) = app.call(Method::GET, "/api/v1/containments", None).await;
+    let held = held.as_array().unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (
+            held[0]["measure"].as_str(),
+            held[0]["subject_id"].as_str(),
+            held[0]["alert"].as_str(),
+            held[0]["requests"].as_u64(),
+            held[0]["per_seconds"].as_u64()
+        ),
+        (
+            Some("throttle"),
+            Some(token_id.as_str()),
+            Some(alert_id.as_str()),
+            Some(1),
+            Some(60)
+        )
+    );
+    for base in [&app.base, &sibling.base] {
+        let limited = until_answer(&app, base, &token, StatusCode::TOO_MANY_REQUESTS).await;
+        assert_eq!(limited["error"]["code"], "rate_limited", "{limited}");
+    }
+    // The key was not in the policy: its own alert stays an alert.
+    let (_, key_alerts) = app
+        .call(Method::GET, &format!("/api/v1/alerts?key={key}"), None)
+        .await;
+    assert_eq!(key_alerts["alerts"][0]["stage"], "alerted");
+
+    // Ten minutes on, still unanswered: frozen, refused by every instance.
+    clock.set(tuesday(alerted_at + 10));
+    app.app.escalate_alerts().await.unwrap();
+    for base in [&app.base, &sibling.base] {
+        let refused = until_answer(&app, base, &token, StatusCode::FORBIDDEN).await;
+        assert_eq!(refused["error"]["code"], "frozen", "{refused}");
+    }
+    let (_, alert) = app
+        .call(Method::GET, &format!("/api/v1/alerts/{alert_id}"), None)
+        .await;
+    assert_eq!(alert["stage"], "frozen");
+    // Each step audited with the alert, and announced once.
+    let (_, trail) = app.call(Method::GET, "/api/v1/audit?limit=200", None).await;
+    let steps: Vec<&Value> = trail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "alert.escalated")
+        .collect();
+    assert_eq!(steps.len(), 2, "{trail}");
+    assert!(
+        steps
+            .iter()
+            .all(|e| e["details"]["alert"] == alert_id.as_str()),
+        "{steps:?}"
+    );
+    let delivered = receiver.wait_for(2).await;
+    assert!(delivered.iter().all(|d| d.event == "alert_escalated"));
+    // Escalating again changes nothing.
+    assert_eq!(app.app.escalate_alerts().await.unwrap(), 0);
+
+    // Lifting the freeze: refused without an approval, filed as a request, not approvable
+    // by the requester, approved by someone else, then done once by the requester.
+    let (_, ada, _) = crate::browser::enrolled_user(&app, "ada", Role::Admin).await;
+    let (_, bob, _) = crate::browser::enrolled_user(&app, "bob", Role::Owner).await;
+    let path = format!("/api/v1/app-tokens/{token_id}/unfreeze");
+    let refused = act(&app, &ada, Method::POST, &path, None, None).await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "approval_required");
+    let (status, asked) = act(
+        &app,
+        &ada,
+        Method::POST,
+        &path,
+        None,
+        Some(("request", "the spike was a backfill by the data team")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{asked}");
+    let approval = asked["error"]["reference"].as_str().unwrap().to_owned();
+    let approve = format!("/api/v1/approvals/{approval}/approve");
+    let own = act(&app, &ada, Method::POST, &approve, None, None).await;
+    assert_error(&own, StatusCode::FORBIDDEN, "self_approval");
+    until_answer(&app, &app.base, &token, StatusCode::FORBIDDEN).await;
+    let (status, decided) = act(
+        &app,
+        &bob,
+        Method::POST,
+        &approve,
+        Some(json!({"comment": "confirmed with the data team"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{decided}");
+    let (status, done) = act(&app, &ada, Method::POST, &path, None, Some((&approval, ""))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{done}");
+    for base in [&app.base, &sibling.base] {
+        until_answer(&app, base, &token, StatusCode::OK).await;
+    }
+    let (_, held) = app.call(Method::GET, "/api/v1/containments", None).await;
+    assert_eq!(held, json!([]));
+    let again = act(&app, &ada, Method::POST, &path, None, None).await;
+    assert_error(&again, StatusCode::NOT_FOUND, "not_frozen");
+    let (_, trail) = app.call(Method::GET, "/api/v1/audit?limit=200", None).await;
+    let actions = audit_actions(&trail);
+    assert!(
+        actions.iter().any(|a| a == "containment.unfreeze"),
+        "{actions:?}"
     );
 }

@@ -17,8 +17,9 @@ use crate::helpers::{Backend, OPENAI_KEY, TestApp, assert_error};
 const OTHER_OPENAI_KEY: &str =
     "sk-proj-Zyxwvutsrqponmlkjihgfedcba9876543210ZYXWVUTSRQPONMLKJIHGFEDCBA_-9876543210ABCD";
 
-/// A request with a session, optionally carrying approval headers.
-async fn act(
+/// A request with a session, optionally carrying approval headers (`X-Keyward-Approval`
+/// and `X-Keyward-Reason`).
+pub(crate) async fn act(
     app: &TestApp,
     b: &Browser,
     method: Method,

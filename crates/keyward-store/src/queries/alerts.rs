@@ -5,9 +5,10 @@ use super::*;
 use keyward_core::alert::{Alert, AlertFilter, AlertMute, AlertNote, AlertStatus, AlertSubject};
 use keyward_core::id::{AlertId, MuteId};
 use keyward_core::ports::{AlertStore, AlertWrite};
+use keyward_core::response::{Containment, Measure, Stage};
 
 const ALERT_COLUMNS: &str = "id, subject_kind, subject_id, signal, severity, status, score, reason, opened_at, \
-     last_seen_at, acknowledged_by, acknowledged_at, acknowledged_comment, resolved_by, resolved_at, resolved_comment";
+     last_seen_at, acknowledged_by, acknowledged_at, acknowledged_comment, resolved_by, resolved_at, resolved_comment, stage";
 const MUTE_COLUMNS: &str =
     "id, subject_kind, subject_id, signal, until, reason, created_by, created_at";
 
@@ -41,6 +42,44 @@ fn alert_row(r: &DbRow) -> Result<Alert, Error> {
         last_seen_at: timestamp(get(r, "last_seen_at")?)?,
         acknowledged: note(r, "acknowledged")?,
         resolved: note(r, "resolved")?,
+        stage: parse("alert stage", &get::<String>(r, "stage")?)?,
+    })
+}
+
+const CONTAINMENT_COLUMNS: &str = "subject_kind, subject_id, measure, requests, per_seconds, alert_id, reason, created_by, created_at";
+
+fn containment_row(r: &DbRow) -> Result<Containment, Error> {
+    let measure = match get::<String>(r, "measure")?.as_str() {
+        "freeze" => Measure::Freeze,
+        "throttle" => {
+            let count = |name: &str| -> Result<u32, Error> {
+                get::<Option<i64>>(r, name)?
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        corrupt("throttle", format!("{name} is missing or out of range"))
+                    })
+            };
+            Measure::Throttle(keyward_core::app_token::RateLimit {
+                requests: count("requests")?,
+                per_seconds: count("per_seconds")?,
+            })
+        }
+        other => return Err(corrupt("containment measure", other.to_owned())),
+    };
+    Ok(Containment {
+        subject: AlertSubject::parse(
+            &get::<String>(r, "subject_kind")?,
+            &get::<String>(r, "subject_id")?,
+        )
+        .map_err(|e| corrupt("containment subject", e.message))?,
+        measure,
+        alert: get::<Option<String>>(r, "alert_id")?
+            .map(|a| parse("alert id", &a))
+            .transpose()?,
+        reason: get(r, "reason")?,
+        by: get(r, "created_by")?,
+        at: timestamp(get(r, "created_at")?)?,
     })
 }
 
@@ -67,7 +106,7 @@ impl AlertStore for ThisStore {
     async fn insert_alert(&self, a: &Alert) -> Result<AlertWrite, Error> {
         let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, NULL, NULL, NULL) \
+            "INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, NULL, NULL, NULL, $11) \
              ON CONFLICT (subject_kind, subject_id, signal) WHERE status <> 'resolved' DO NOTHING"
         )))
         .bind(a.id.as_str())
@@ -80,6 +119,7 @@ impl AlertStore for ThisStore {
         .bind(&a.reason)
         .bind(millis(a.opened_at))
         .bind(millis(a.last_seen_at))
+        .bind(a.stage.as_str())
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error(e, None))?;
@@ -207,6 +247,80 @@ impl AlertStore for ThisStore {
         .iter()
         .map(mute_row)
         .collect()
+    }
+
+    async fn advance_alert_stage(
+        &self,
+        id: &AlertId,
+        from: Stage,
+        to: Stage,
+    ) -> Result<bool, Error> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("UPDATE alerts SET stage = $1 WHERE id = $2 AND stage = $3")
+            .bind(to.as_str())
+            .bind(id.as_str())
+            .bind(from.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        commit(tx).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn contain(&self, c: &Containment) -> Result<bool, Error> {
+        let (requests, per_seconds) = match c.measure {
+            Measure::Throttle(limit) => (
+                Some(i64::from(limit.requests)),
+                Some(i64::from(limit.per_seconds)),
+            ),
+            Measure::Freeze => (None, None),
+        };
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO containments ({CONTAINMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (subject_kind, subject_id, measure) DO NOTHING"
+        )))
+        .bind(c.subject.kind())
+        .bind(c.subject.id())
+        .bind(c.measure.name())
+        .bind(requests)
+        .bind(per_seconds)
+        .bind(c.alert.as_ref().map(|a| a.as_str()))
+        .bind(&c.reason)
+        .bind(&c.by)
+        .bind(millis(c.at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        commit(tx).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn containments(&self) -> Result<Vec<Containment>, Error> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONTAINMENT_COLUMNS} FROM containments ORDER BY created_at, subject_id, measure"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?
+        .iter()
+        .map(containment_row)
+        .collect()
+    }
+
+    async fn lift_containment(&self, subject: &AlertSubject, measure: &str) -> Result<bool, Error> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "DELETE FROM containments WHERE subject_kind = $1 AND subject_id = $2 AND measure = $3",
+        )
+        .bind(subject.kind())
+        .bind(subject.id())
+        .bind(measure)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        commit(tx).await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn delete_mute(&self, id: &MuteId) -> Result<bool, Error> {

@@ -334,7 +334,22 @@ fn count(r: &DbRow, column: &str) -> Result<u64, Error> {
 }
 
 /// The change marker's columns.
-type MarkerRow = (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64);
+type MarkerRow = (
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+);
 
 #[async_trait]
 impl Store for ThisStore {
@@ -383,13 +398,16 @@ impl Store for ThisStore {
                     (SELECT CAST(COALESCE(SUM((since + COALESCE(until, 0)) % 1000000007), 0) AS BIGINT) FROM key_flags), \
                     (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM pool_strategies), \
                     (SELECT COUNT(*) FROM rotations), \
-                    (SELECT CAST(COALESCE(SUM(revision), 0) AS BIGINT) FROM rotations)",
+                    (SELECT CAST(COALESCE(SUM(revision), 0) AS BIGINT) FROM rotations), \
+                    (SELECT COUNT(*) FROM containments), \
+                    (SELECT CAST(COALESCE(SUM((created_at + COALESCE(requests, 0)) % 1000000007), 0) AS BIGINT) FROM containments)",
         )
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error(e, None))?;
         Ok(vec![
             row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11,
+            row.12, row.13,
         ])
     }
 

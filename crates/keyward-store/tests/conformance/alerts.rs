@@ -3,8 +3,11 @@
 use super::*;
 use keyward_core::alert::{Alert, AlertFilter, AlertMute, AlertNote, AlertStatus, AlertSubject};
 use keyward_core::anomaly::{Finding, Signal};
+use keyward_core::app_token::RateLimit;
+use keyward_core::id::AppTokenId;
 use keyward_core::id::{AlertId, MuteId};
 use keyward_core::ports::AlertWrite;
+use keyward_core::response::{Containment, Measure, Stage};
 
 fn finding(signal: Signal, at: i64) -> Finding {
     Finding {
@@ -153,4 +156,89 @@ async fn one_unresolved_alert_per_subject_and_signal(store: Arc<dyn Store>) {
     assert!(!store.delete_mute(&mute.id).await.expect("delete twice"));
 }
 
-conformance!(one_unresolved_alert_per_subject_and_signal);
+async fn an_alert_escalates_once_and_its_measures_move_the_change_marker(store: Arc<dyn Store>) {
+    let r = rng();
+    let token = AlertSubject::Token(AppTokenId::generate(ts(1), &r));
+    let alert = Alert::open(
+        AlertId::generate(ts(10), &r),
+        token.clone(),
+        &finding(Signal::RequestSpike, 10),
+        ts(10),
+    );
+    store.insert_alert(&alert).await.expect("insert");
+    // Two instances race to throttle: one wins.
+    assert!(
+        store
+            .advance_alert_stage(&alert.id, Stage::Alerted, Stage::Throttled)
+            .await
+            .expect("advance")
+    );
+    assert!(
+        !store
+            .advance_alert_stage(&alert.id, Stage::Alerted, Stage::Throttled)
+            .await
+            .expect("lost race")
+    );
+    assert_eq!(
+        store
+            .alert(&alert.id)
+            .await
+            .expect("read")
+            .expect("there")
+            .stage,
+        Stage::Throttled
+    );
+
+    let marker = store.change_marker().await.expect("marker");
+    let throttle = Containment {
+        subject: token.clone(),
+        measure: Measure::Throttle(RateLimit {
+            requests: 3,
+            per_seconds: 60,
+        }),
+        alert: Some(alert.id.clone()),
+        reason: "request_spike: 412 requests in 5 min".into(),
+        by: "anomaly-response".into(),
+        at: ts(20),
+    };
+    assert!(store.contain(&throttle).await.expect("contain"));
+    assert!(
+        !store.contain(&throttle).await.expect("twice"),
+        "one of each kind per subject"
+    );
+    let throttled = store.change_marker().await.expect("marker");
+    assert_ne!(marker, throttled, "a throttle reaches every proxy");
+    let freeze = Containment {
+        measure: Measure::Freeze,
+        at: ts(30),
+        by: "ada".into(),
+        alert: None,
+        ..throttle.clone()
+    };
+    assert!(store.contain(&freeze).await.expect("freeze"));
+    let frozen = store.change_marker().await.expect("marker");
+    assert_ne!(frozen, throttled);
+    assert_eq!(
+        store.containments().await.expect("list"),
+        vec![throttle.clone(), freeze.clone()]
+    );
+    assert!(
+        store
+            .lift_containment(&token, "freeze")
+            .await
+            .expect("lift")
+    );
+    assert!(
+        !store
+            .lift_containment(&token, "freeze")
+            .await
+            .expect("again")
+    );
+    assert_eq!(store.containments().await.expect("list"), vec![throttle]);
+    assert_ne!(store.change_marker().await.expect("marker"), frozen);
+}
+
+conformance!(
+    one_unresolved_alert_per_subject_and_signal,
+    an_alert_escalates_once_and_its_measures_move_the_change_marker,
+);
