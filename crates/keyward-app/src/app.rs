@@ -47,6 +47,8 @@ pub struct App {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Whether idle keys get active health probes.
     pub health_probes: bool,
+    /// How long before a quota or budget runs out it is announced (zero: never).
+    pub forecast_lead: std::time::Duration,
     /// What compliance checks know of each current value (never the value itself).
     pub(crate) secret_traits: crate::lifecycle::traits::TraitsCache,
     /// Sends notification e-mail, when SMTP is configured.
@@ -63,6 +65,8 @@ pub struct AppOptions {
     pub usage_retention_days: u16,
     /// How long past its expiry a key is still injected (with a warning).
     pub expiry_grace: std::time::Duration,
+    /// How long before a quota or budget runs out it is announced (zero: never).
+    pub forecast_lead: std::time::Duration,
     pub pricing: PricingTable,
     pub sessions: keyward_core::session::SessionPolicy,
     pub secure_cookies: bool,
@@ -111,6 +115,7 @@ impl App {
             secure_cookies: options.secure_cookies,
             trusted_proxies: options.trusted_proxies,
             health_probes: options.health_probes,
+            forecast_lead: options.forecast_lead,
             secret_traits: crate::lifecycle::traits::TraitsCache::default(),
             mailer: options
                 .smtp

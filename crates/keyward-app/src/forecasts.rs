@@ -14,13 +14,14 @@ use keyward_core::key::{KeyFilter, PageRequest};
 use keyward_core::market::MarketCalendar;
 use keyward_core::service::LimitUnit;
 use keyward_core::usage::{
-    CALENDAR_LIMIT_MIN_SECONDS, Granularity, UsageGrouping, UsageQuery, UsageTotals, budget_window,
-    limit_window,
+    CALENDAR_LIMIT_MIN_SECONDS, Granularity, UsageQuery, UsageTotals, budget_window, limit_window,
 };
 use serde::Serialize;
 
 use crate::actor::Actor;
 use crate::app::App;
+use crate::notifications::about::About;
+use keyward_core::notification::NotificationKind;
 
 /// What runs out: a quota in a unit, or a budget in dollars.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -57,6 +58,16 @@ impl AllowanceForecast {
     }
 }
 
+/// An allowance to forecast, before its subject's sums are read.
+struct Wanted {
+    subject: AlertSubject,
+    name: String,
+    allowance: Allowance,
+    unit: Option<LimitUnit>,
+    limit: f64,
+    window: keyward_core::usage::Window,
+}
+
 fn amount(unit: Option<LimitUnit>, t: &UsageTotals) -> f64 {
     match unit {
         Some(LimitUnit::Requests | LimitUnit::Symbols) => t.requests as f64,
@@ -71,57 +82,29 @@ impl App {
     /// Forecasts for the keys (and, with app-token reading, the tokens) the actor may read,
     /// soonest to run out first.
     pub async fn forecasts(&self, actor: &Actor) -> Result<Vec<AllowanceForecast>, Error> {
+        self.forecasts_of(actor, None).await
+    }
+
+    /// Forecasts for one key's quotas and budget.
+    pub async fn key_forecasts(
+        &self,
+        actor: &Actor,
+        key: &keyward_core::id::KeyId,
+    ) -> Result<Vec<AllowanceForecast>, Error> {
+        self.key(actor, key).await?;
+        self.forecasts_of(actor, Some(key)).await
+    }
+
+    async fn forecasts_of(
+        &self,
+        actor: &Actor,
+        only: Option<&keyward_core::id::KeyId>,
+    ) -> Result<Vec<AllowanceForecast>, Error> {
         let now = self.now();
-        let calendar = MarketCalendar::nyse()?;
         let catalog = self.catalog().await?;
-        // Hourly sums per key and per token, back to the longest window's start (a month)
-        // and the pace's fortnight.
-        let since = now
-            .checked_sub(SignedDuration::from_hours(24 * 32))
-            .unwrap_or(now);
-        let query = UsageQuery::new(since, now, Granularity::Hour, None, None, None)?;
-        let mut hours: HashMap<AlertSubject, Vec<(Timestamp, UsageTotals)>> = HashMap::new();
-        for by in [UsageGrouping::Key, UsageGrouping::Token] {
-            for (id, bucket) in self.store.usage_grouped(&query, by).await? {
-                let subject = match by {
-                    UsageGrouping::Key => id.parse().map(AlertSubject::Key),
-                    _ => id.parse().map(AlertSubject::Token),
-                };
-                if let Ok(subject) = subject {
-                    hours
-                        .entry(subject)
-                        .or_default()
-                        .push((bucket.start, bucket.totals));
-                }
-            }
-        }
-        let forecast = |subject: &AlertSubject,
-                        name: &str,
-                        allowance: Allowance,
-                        unit: Option<LimitUnit>,
-                        limit: f64,
-                        window: keyward_core::usage::Window| {
-            let series: Vec<(Timestamp, f64)> = hours
-                .get(subject)
-                .map(|h| h.iter().map(|(at, t)| (*at, amount(unit, t))).collect())
-                .unwrap_or_default();
-            let used: f64 = series
-                .iter()
-                .filter(|(at, _)| *at >= window.start && *at < window.end)
-                .map(|(_, a)| a)
-                .sum();
-            let pace = Pace::learn(&calendar, &series, now);
-            let factor = pace.factor(&calendar, &series, now);
-            AllowanceForecast {
-                subject: subject.clone(),
-                name: name.to_owned(),
-                allowance,
-                window_start: window.start,
-                forecast: project(&calendar, &pace, factor, used, limit, now, window.end),
-            }
-        };
-        let mut out = Vec::new();
-        let keys = self
+        // First what there is to forecast: only those subjects' sums are read.
+        let mut wanted: Vec<Wanted> = Vec::new();
+        let mut page = self
             .list_keys(
                 actor,
                 KeyFilter::default(),
@@ -129,9 +112,12 @@ impl App {
                 PageRequest::new(None, Some(PageRequest::MAX_LIMIT))?,
             )
             .await?;
-        let mut page = keys;
         loop {
-            for key in &page.items {
+            for key in page
+                .items
+                .iter()
+                .filter(|k| only.is_none_or(|id| *id == k.id))
+            {
                 let subject = AlertSubject::Key(key.id.clone());
                 let Some(service) = catalog.get(&key.service_id) else {
                     continue;
@@ -141,30 +127,29 @@ impl App {
                     .iter()
                     .filter(|l| l.window_seconds >= CALENDAR_LIMIT_MIN_SECONDS)
                 {
-                    let window = limit_window(limit, &service.quota_calendar, now);
-                    out.push(forecast(
-                        &subject,
-                        &key.alias,
-                        Allowance::Quota {
+                    wanted.push(Wanted {
+                        subject: subject.clone(),
+                        name: key.alias.clone(),
+                        allowance: Allowance::Quota {
                             unit: limit.unit,
                             window_seconds: limit.window_seconds,
                         },
-                        Some(limit.unit),
-                        limit.max as f64,
-                        window,
-                    ));
+                        unit: Some(limit.unit),
+                        limit: limit.max as f64,
+                        window: limit_window(limit, &service.quota_calendar, now),
+                    });
                 }
                 if let Some(budget) = &key.budget {
-                    out.push(forecast(
-                        &subject,
-                        &key.alias,
-                        Allowance::Budget {
+                    wanted.push(Wanted {
+                        subject: subject.clone(),
+                        name: key.alias.clone(),
+                        allowance: Allowance::Budget {
                             period: budget.period,
                         },
-                        None,
-                        budget.limit_micros as f64 / 1e6,
-                        budget_window(budget, now),
-                    ));
+                        unit: None,
+                        limit: budget.limit_micros as f64 / 1e6,
+                        window: budget_window(budget, now),
+                    });
                 }
             }
             let Some(next) = page.next.clone() else { break };
@@ -178,24 +163,150 @@ impl App {
                 .await?;
         }
         // Tokens the actor may read (none without app-token reading).
-        if actor.access.reach(Permission::AppTokensRead) != keyward_core::access::Reach::Nowhere {
+        if only.is_none()
+            && actor.access.reach(Permission::AppTokensRead) != keyward_core::access::Reach::Nowhere
+        {
             let tokens = self.app_tokens(actor).await?;
             for token in tokens.iter().filter(|t| t.revoked_at.is_none()) {
                 if let Some(budget) = &token.budget {
-                    out.push(forecast(
-                        &AlertSubject::Token(token.id.clone()),
-                        &token.name,
-                        Allowance::Budget {
+                    wanted.push(Wanted {
+                        subject: AlertSubject::Token(token.id.clone()),
+                        name: token.name.clone(),
+                        allowance: Allowance::Budget {
                             period: budget.period,
                         },
-                        None,
-                        budget.limit_micros as f64 / 1e6,
-                        budget_window(budget, now),
-                    ));
+                        unit: None,
+                        limit: budget.limit_micros as f64 / 1e6,
+                        window: budget_window(budget, now),
+                    });
                 }
             }
         }
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let calendar = MarketCalendar::nyse()?;
+        // Each subject's hourly sums back to the longest window's start (a month) and the
+        // pace's fortnight, read once per subject.
+        let since = now
+            .checked_sub(SignedDuration::from_hours(24 * 32))
+            .unwrap_or(now);
+        let mut hours: HashMap<AlertSubject, Vec<(Timestamp, UsageTotals)>> = HashMap::new();
+        for w in &wanted {
+            if hours.contains_key(&w.subject) {
+                continue;
+            }
+            let (key, token) = match &w.subject {
+                AlertSubject::Key(id) => (Some(id.clone()), None),
+                AlertSubject::Token(id) => (None, Some(id.clone())),
+            };
+            let query = UsageQuery::new(since, now, Granularity::Hour, key, token, None)?;
+            let series = self
+                .store
+                .usage(&query)
+                .await?
+                .into_iter()
+                .map(|b| (b.start, b.totals))
+                .collect();
+            hours.insert(w.subject.clone(), series);
+        }
+        let mut out: Vec<AllowanceForecast> = wanted
+            .into_iter()
+            .map(|w| {
+                let series: Vec<(Timestamp, f64)> = hours
+                    .get(&w.subject)
+                    .map(|h| h.iter().map(|(at, t)| (*at, amount(w.unit, t))).collect())
+                    .unwrap_or_default();
+                let used: f64 = series
+                    .iter()
+                    .filter(|(at, _)| *at >= w.window.start && *at < w.window.end)
+                    .map(|(_, a)| a)
+                    .sum();
+                let pace = Pace::learn(&calendar, &series, now);
+                let factor = pace.factor(&calendar, &series, now);
+                AllowanceForecast {
+                    forecast: project(&calendar, &pace, factor, used, w.limit, now, w.window.end),
+                    subject: w.subject,
+                    name: w.name,
+                    allowance: w.allowance,
+                    window_start: w.window.start,
+                }
+            })
+            .collect();
         out.sort_by_key(|f| f.forecast.runs_out_at.unwrap_or(Timestamp::MAX));
         Ok(out)
+    }
+}
+
+impl App {
+    /// Announces every quota and budget that runs out within the lead time at the current
+    /// pace — once per allowance and window (the notification's dedupe key), on whichever
+    /// instance gets there first. Returns how many were due.
+    pub async fn announce_forecasts(&self) -> Result<usize, Error> {
+        if self.forecast_lead.is_zero() {
+            return Ok(0);
+        }
+        let now = self.now();
+        let lead = SignedDuration::try_from(self.forecast_lead).unwrap_or(SignedDuration::MAX);
+        let horizon = now.checked_add(lead).unwrap_or(Timestamp::MAX);
+        let catalog = self.catalog().await?;
+        let mut due = 0;
+        for f in self
+            .forecasts(&Actor::system("forecaster"))
+            .await?
+            .into_iter()
+            .filter(|f| f.forecast.runs_out_at.is_some_and(|at| at <= horizon))
+        {
+            due += 1;
+            let (kind, what) = match &f.allowance {
+                Allowance::Quota {
+                    unit,
+                    window_seconds,
+                } => (
+                    NotificationKind::QuotaForecast,
+                    serde_json::json!({"unit": unit, "window_seconds": window_seconds}),
+                ),
+                Allowance::Budget { period } => (
+                    NotificationKind::BudgetForecast,
+                    serde_json::json!({"period": period}),
+                ),
+            };
+            let key = match &f.subject {
+                AlertSubject::Key(id) => self.store.key(id).await?,
+                AlertSubject::Token(_) => None,
+            };
+            let category = key
+                .as_ref()
+                .and_then(|k| catalog.get(&k.service_id))
+                .map(|s| s.category.clone());
+            let about = match &key {
+                Some(k) => About::key(category.as_deref(), &k.environment),
+                None => About::default(),
+            };
+            let data = serde_json::json!({
+                "subject": {"kind": f.subject.kind(), "id": f.subject.id(), "name": f.name},
+                "allowance": what,
+                "used": f.forecast.used,
+                "limit": f.forecast.limit,
+                "runs_out_at": f.forecast.runs_out_at,
+                "window_start": f.window_start,
+                "window_end": f.forecast.window_end,
+                "pace": f.forecast.pace,
+            });
+            self.notify(
+                kind,
+                about,
+                format!(
+                    "{}:{}:{}:{}",
+                    kind.as_str(),
+                    f.subject.target(),
+                    what,
+                    f.window_start
+                ),
+                data,
+            )
+            .await;
+        }
+        Ok(due)
     }
 }

@@ -26,13 +26,18 @@ pub enum NotificationKind {
     AnomalyDetected,
     /// The graduated response throttled or froze a key or token over an open alert.
     AlertEscalated,
+    /// A key's quota will run out within the lead time at the current pace.
+    QuotaForecast,
+    /// A key's or app token's budget will run out within the lead time at the current pace.
+    BudgetForecast,
 }
 
 string_enum!(NotificationKind {
     RotationDue = "rotation_due", RotationOverdue = "rotation_overdue", RotationStep = "rotation_step",
     KeyExpiring = "key_expiring", KeyExpired = "key_expired", KeyRevoked = "key_revoked",
     HealthChanged = "health_changed", ApprovalRequested = "approval_requested",
-    AnomalyDetected = "anomaly_detected", AlertEscalated = "alert_escalated"
+    AnomalyDetected = "anomaly_detected", AlertEscalated = "alert_escalated",
+    QuotaForecast = "quota_forecast", BudgetForecast = "budget_forecast"
 }, "invalid_notification_kind", "notification kind");
 
 /// A subscriber: where to send, and what it wants. Either a webhook an admin registered

@@ -36,6 +36,7 @@ const KNOWN_KEYS: &[&str] = &[
     "recovery_window_days",
     "usage_retention_days",
     "expiry_grace_minutes",
+    "forecast_lead_minutes",
     "audit_checkpoint_seconds",
     "audit_webhook_url",
     "smtp_url",
@@ -140,6 +141,12 @@ pub struct RawSettings {
         deserialize_with = "scalar_as_string"
     )]
     pub expiry_grace_minutes: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub forecast_lead_minutes: Option<String>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -262,6 +269,9 @@ pub struct Settings {
     /// How long past `expires_at` the proxy still injects a key, with a warning (0–10080
     /// minutes; default 0: expired keys are refused at once).
     pub expiry_grace: std::time::Duration,
+    /// How long before a quota or budget runs out (at the current pace) it is announced as
+    /// `quota_forecast` / `budget_forecast` (0–10080 minutes; default 120; 0: never).
+    pub forecast_lead: std::time::Duration,
     /// How often the audit chain's head is signed (when it moved).
     pub audit_checkpoint_every: std::time::Duration,
     /// Where every audit entry is also POSTed, as JSON Lines (at least once, in order).
@@ -301,6 +311,7 @@ impl Settings {
             recovery_window: self.recovery_window,
             usage_retention_days: self.usage_retention_days,
             expiry_grace: self.expiry_grace,
+            forecast_lead: self.forecast_lead,
             pricing: self.pricing.clone(),
             sessions: self.sessions,
             secure_cookies: self.secure_cookies,
@@ -600,6 +611,15 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
             0,
         )?),
     );
+    let forecast_lead = std::time::Duration::from_secs(
+        60 * u64::from(bounded(
+            "forecast_lead_minutes",
+            "minutes",
+            raw.forecast_lead_minutes.as_deref(),
+            0..=10_080u32,
+            120,
+        )?),
+    );
     let audit_checkpoint_every = std::time::Duration::from_secs(u64::from(bounded(
         "audit_checkpoint_seconds",
         "seconds",
@@ -731,6 +751,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         recovery_window,
         usage_retention_days,
         expiry_grace,
+        forecast_lead,
         audit_checkpoint_every,
         audit_webhook_url,
         smtp,

@@ -111,9 +111,11 @@ async fn notification_loop(app: Arc<App>) {
 
 /// Every second: judge the minutes of usage that have settled (`App::watch_usage`) and
 /// raise alerts (the first call replays the minute rollups kept, to learn); then move
-/// open alerts along the response policy (`App::escalate_alerts`).
+/// open alerts along the response policy (`App::escalate_alerts`); once a minute, announce
+/// quotas and budgets about to run out (`App::announce_forecasts`).
 async fn watch_loop(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut forecast_tick = tokio::time::Instant::now();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -122,6 +124,13 @@ async fn watch_loop(app: Arc<App>) {
         }
         if let Err(e) = app.escalate_alerts().await {
             tracing::warn!(error = %e, "could not escalate open alerts; will retry");
+        }
+        // Forecasts move with the hour's sums: once a minute is enough.
+        if forecast_tick.elapsed() >= Duration::from_secs(60) {
+            forecast_tick = tokio::time::Instant::now();
+            if let Err(e) = app.announce_forecasts().await {
+                tracing::warn!(error = %e, "could not announce forecasts; will retry");
+            }
         }
     }
 }

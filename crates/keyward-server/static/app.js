@@ -136,3 +136,28 @@ for (const guide of document.querySelectorAll("[data-guide-for]")) {
   select.addEventListener("change", show);
   show();
 }
+
+// Panels that keep themselves current: <section id="…" data-live="SECONDS"> is refetched
+// from the same page every SECONDS and swapped for its new version — unless the page is
+// hidden or someone is using a form inside it (a half-typed comment is never lost).
+const live = [...document.querySelectorAll("[data-live][id]")];
+if (live.length) {
+  const every = Math.max(5, Math.min(...live.map((p) => Number(p.dataset.live) || 30)));
+  setInterval(async () => {
+    if (document.hidden) return;
+    let text;
+    try {
+      const answer = await fetch(location.href, { headers: { accept: "text/html" }, credentials: "same-origin" });
+      if (!answer.ok || answer.redirected) return;
+      text = await answer.text();
+    } catch {
+      return;
+    }
+    const fresh = new DOMParser().parseFromString(text, "text/html");
+    for (const panel of document.querySelectorAll("[data-live][id]")) {
+      if (panel.contains(document.activeElement) && document.activeElement !== document.body) continue;
+      const next = fresh.getElementById(panel.id);
+      if (next) panel.replaceWith(document.importNode(next, true));
+    }
+  }, every * 1000);
+}

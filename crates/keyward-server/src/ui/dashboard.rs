@@ -108,6 +108,16 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
         )
         .await?;
     let rotation = app.rotation_context().await?;
+    // Quotas of an hour or longer and budgets from the sums every instance shares; a key
+    // with only shorter limits falls back to this instance's meters.
+    let forecasts = app.forecasts(actor).await?;
+    let mut shared_quota: BTreeMap<String, f64> = BTreeMap::new();
+    for f in &forecasts {
+        if let keyward_core::alert::AlertSubject::Key(id) = &f.subject {
+            let share = shared_quota.entry(id.to_string()).or_default();
+            *share = share.max(f.used_share().min(1.0));
+        }
+    }
     let write = actor.access.reach(Permission::KeysWrite);
     let rotate = actor.access.reach(Permission::KeysRotate);
     let mut rows = Vec::new();
@@ -127,7 +137,10 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
                 .iter()
                 .map(|(_, t)| t.requests)
                 .collect(),
-            quota: app.proxy.quota_used(&key.id),
+            quota: shared_quota
+                .get(key.id.as_str())
+                .copied()
+                .or_else(|| app.proxy.quota_used(&key.id)),
             can_write: write.covers(&category, &key.environment),
             can_rotate: rotate.covers(&category, &key.environment),
             rotation: rotation.status(&key),
@@ -210,7 +223,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
             }
         }
         (security_panel(now, &rows, revealed.as_deref(), &compliance))
-        section class="alerts-panel" aria-labelledby="alerts-title" data-open-alerts=(open_alerts.len()) {
+        section id="open-alerts" class="alerts-panel" aria-labelledby="alerts-title" data-open-alerts=(open_alerts.len()) data-live="15" {
             div class="heading" {
                 h2 id="alerts-title" { "Open alerts" }
                 a class="button quiet small" href="/alerts" { "All alerts" }
@@ -218,6 +231,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
             (super::alerts::alert_table(viewer, &open_alerts, now, "/"))
         }
         (health_panel(&health))
+        (allowances_panel(&forecasts, now))
         section aria-labelledby="keys-title" {
             div class="heading" {
                 h2 id="keys-title" { "Keys" }
@@ -418,12 +432,42 @@ fn failed_check_words(id: &str) -> &str {
 }
 
 /// Each service's health from its active keys, and the keys that are not healthy.
+/// Quotas and budgets that matter now: used 70 % or more, or running out within their
+/// window at today's pace (the rest are on the analytics page).
+fn allowances_panel(
+    forecasts: &[keyward_app::forecasts::AllowanceForecast],
+    now: Timestamp,
+) -> Markup {
+    let pressing: Vec<keyward_app::forecasts::AllowanceForecast> = forecasts
+        .iter()
+        .filter(|f| f.used_share() >= 0.7 || f.forecast.runs_out_at.is_some())
+        .take(5)
+        .cloned()
+        .collect();
+    html! {
+        section id="allowances" class="allowances" aria-labelledby="allowances-title" data-live="30" data-pressing=(pressing.len()) {
+            div class="heading" {
+                h2 id="allowances-title" { "Quotas and budgets" }
+                a class="button quiet small" href="/usage#allowances" { "All of them" }
+            }
+            @if pressing.is_empty() {
+                p class="muted" {
+                    @if forecasts.is_empty() { "No quota of an hour or longer and no budget to watch." }
+                    @else { "All " (forecasts.len()) " quotas and budgets last their window at today's pace." }
+                }
+            } @else {
+                (super::usage::forecasts_table(&pressing, now))
+            }
+        }
+    }
+}
+
 fn health_panel(report: &keyward_app::lifecycle::health::HealthReport) -> Markup {
     if report.services.is_empty() {
         return html! {};
     }
     html! {
-        section class="health" aria-labelledby="health-title" {
+        section id="health" class="health" aria-labelledby="health-title" data-live="15" {
             h2 id="health-title" { "Health" }
             div class="cards" {
                 @for s in &report.services {

@@ -107,7 +107,7 @@ const SECTIONS: [(&str, &str); 10] = [
     ("Dashboard", "/"),
     ("Add a key", "/keys/new"),
     ("Deleted keys", "/keys/deleted"),
-    ("Usage", "/usage"),
+    ("Analytics", "/usage"),
     ("Alerts", "/alerts"),
     ("Approvals", "/approvals"),
     ("Audit log", "/audit"),

@@ -138,7 +138,7 @@ async fn detail_markup(
             &UsageQuery::new(
                 now - jiff::SignedDuration::from_hours(24 * 30),
                 now,
-                Granularity::Hour,
+                Granularity::Day,
                 Some(id.clone()),
                 None,
                 None,
@@ -151,6 +151,7 @@ async fn detail_markup(
             sum += *t;
             sum
         });
+    let forecasts = app.key_forecasts(actor, &id).await?;
     let impact = app.impact(actor, &id).await?;
     let trail = if actor.access.reach(Permission::AuditRead).is_everywhere() {
         app.audit_events(
@@ -304,6 +305,10 @@ async fn detail_markup(
                 div class="card" { div class="label" { "Tokens (in/out)" } div class="value small" { (total.input_tokens) " / " (total.output_tokens) } }
             }
             div class="panel" { (daily_bars(&days, "Requests per day")) }
+            @if !forecasts.is_empty() {
+                h3 id="allowances" { "Quotas and budget" }
+                (super::usage::forecasts_table(&forecasts, now))
+            }
         }
         div class="columns" {
             section aria-labelledby="details-title" {

@@ -358,9 +358,23 @@ async fn forecasts_say_when_a_daily_quota_runs_out_from_the_shared_sums() {
     // Wednesday 2026-12-02, 09:00 in New York: before the session opens.
     let now: Timestamp = "2026-12-02T14:00:00Z".parse().unwrap();
     let clock = Arc::new(ManualClock::new(now));
-    let app = TestApp::spawn_with_clock(Backend::Sqlite, Default::default(), clock.clone())
+    // Announced six hours ahead.
+    let settings = keyward_server::config::RawSettings {
+        forecast_lead_minutes: Some("360".into()),
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with_clock(Backend::Sqlite, settings, clock.clone())
         .await
         .unwrap();
+    let (receiver, url) = Receiver::start(Vec::new()).await;
+    let (status, hook) = app
+        .call(
+            Method::POST,
+            "/api/v1/webhooks",
+            Some(json!({"url": url, "kinds": ["quota_forecast", "budget_forecast"], "allow_private_network": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
     let (status, key) = app
         .call(
             Method::POST,
@@ -472,6 +486,39 @@ async fn forecasts_say_when_a_daily_quota_runs_out_from_the_shared_sums() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(body["error"]["code"], code);
     }
+
+    // Running out in about five hours, within the six-hour lead: announced once, however
+    // often the forecasts are looked at.
+    assert_eq!(app.app.announce_forecasts().await.unwrap(), 1);
+    assert_eq!(app.app.announce_forecasts().await.unwrap(), 1);
+    let delivered = receiver.wait_for(1).await;
+    assert_eq!(delivered[0].event, "quota_forecast");
+    let body: Value = serde_json::from_slice(&delivered[0].body).unwrap();
+    assert!(body.to_string().contains(&key), "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 1, "not twice");
+
+    // The same forecast on the analytics page, the dashboard and the key's page; the
+    // analytics page draws its charts and links its CSV.
+    let (_, ada, _) =
+        crate::browser::enrolled_user(&app, "ada", keyward_core::access::Role::Admin).await;
+    for view in ["day", "week", "month", "quarter"] {
+        let (status, _, page) =
+            crate::ui::get_page(&app, &ada.cookie, &format!("/usage?view={view}")).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        for chart in ["requests", "latency", "cost", "saved"] {
+            assert!(
+                page.contains(&format!("data-chart=\"{chart}\"")),
+                "{view}: {chart}"
+            );
+        }
+        assert!(page.contains("data-forecasts=\"2\""), "{view}: {page}");
+        assert!(page.contains("format=csv"), "{view}");
+    }
+    let (_, _, dashboard) = crate::ui::get_page(&app, &ada.cookie, "/").await;
+    assert!(dashboard.contains("data-pressing=\"1\""), "{dashboard}");
+    let (_, _, key_page) = crate::ui::get_page(&app, &ada.cookie, &format!("/keys/{key}")).await;
+    assert!(key_page.contains("data-forecasts=\"1\""), "{key_page}");
 
     let budget = &all[1];
     assert_eq!(

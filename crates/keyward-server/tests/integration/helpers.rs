@@ -249,6 +249,7 @@ async fn start(
         session_absolute_hours: raw.session_absolute_hours.clone(),
         trusted_proxies: raw.trusted_proxies.clone(),
         expiry_grace_minutes: raw.expiry_grace_minutes.clone(),
+        forecast_lead_minutes: raw.forecast_lead_minutes.clone(),
         smtp_url: raw.smtp_url.clone(),
         smtp_from: raw.smtp_from.clone(),
         health_probes: raw.health_probes.clone(),
