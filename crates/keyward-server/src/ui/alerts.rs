@@ -82,6 +82,9 @@ pub fn alert_table(viewer: &Viewer, alerts: &[Alert], now: jiff::Timestamp, back
                                 td data-label="Opened" { (relative(now, Some(a.opened_at))) }
                                 td data-label="Status" {
                                     span class={ "badge " (a.status.as_str()) } { (a.status.as_str()) }
+                                    @if a.stage != keyward_core::response::Stage::Alerted {
+                                        " " span class="badge expired" data-stage=(a.stage.as_str()) { (a.stage.as_str()) }
+                                    }
                                     @if let Some(note) = a.resolved.as_ref().or(a.acknowledged.as_ref()) {
                                         " " span class="muted small" { "by " (note.by) @if let Some(c) = &note.comment { ": " (c) } }
                                     }

@@ -702,3 +702,161 @@ async fn under_a_response_policy_a_spike_throttles_then_freezes_the_token_everyw
         "{actions:?}"
     );
 }
+
+/// Whether the page is wider than the window (something would scroll sideways).
+async fn overflows(chrome: &crate::chrome::Chrome) -> bool {
+    chrome
+        .client
+        .execute(
+            "return document.documentElement.scrollWidth > window.innerWidth + 1;",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_bool()
+        .unwrap_or(true)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_chromium_the_analytics_page_draws_its_charts_and_an_alert_is_acknowledged_from_the_dashboard()
+ {
+    use fantoccini::Locator;
+    let Some(chrome) = crate::chrome::Chrome::start(1280, 900).await else {
+        return;
+    };
+    let (app, clock, _key, _token_id, token) = watched_token().await;
+    spike(&app, &clock, &token).await;
+    let (_, _, phone) = crate::browser::enrolled_user(&app, "ada", Role::Admin).await;
+    // The next TOTP step (the enrolment used this one's code).
+    clock.set(
+        app.app
+            .now()
+            .checked_add(SignedDuration::from_secs(30))
+            .unwrap(),
+    );
+    let c = &chrome.client;
+    c.goto(&format!("{}/login", app.base)).await.unwrap();
+    for (field, value) in [
+        ("username", "ada".to_owned()),
+        ("password", crate::browser::PASSWORD.to_owned()),
+        ("code", crate::browser::code_now(&app, &phone)),
+    ] {
+        c.find(Locator::Id(field))
+            .await
+            .unwrap()
+            .send_keys(&value)
+            .await
+            .unwrap();
+    }
+    c.find(Locator::Css("main form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_element(Locator::Css("#open-alerts"))
+        .await
+        .unwrap_or_else(|_| panic!("not signed in"));
+
+    // The week: requests, latency, cost and cache charts, each saying what it shows.
+    c.goto(&format!("{}/usage?view=week", app.base))
+        .await
+        .unwrap();
+    let charts = c
+        .find_all(Locator::Css("figure[data-chart] svg[role=img]"))
+        .await
+        .unwrap();
+    assert_eq!(charts.len(), 4);
+    let words = charts[0].attr("aria-label").await.unwrap().unwrap();
+    assert!(words.starts_with("Requests per day: "), "{words}");
+    let bars = c
+        .find_all(Locator::Css("figure[data-chart=requests] rect.ok"))
+        .await
+        .unwrap();
+    assert_eq!(bars.len(), 8, "a bar for each day of the week and today");
+    let p50 = c
+        .find(Locator::Css("figure[data-chart=latency] polyline.p50"))
+        .await
+        .unwrap()
+        .attr("points")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(p50.contains(','), "a median line: {p50:?}");
+    chrome.screenshot("analytics-1280").await;
+    c.set_window_size(390, 844).await.unwrap();
+    chrome.screenshot("analytics-390").await;
+    let wide = c
+        .execute(
+            "return [...document.querySelectorAll('main *')].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        !overflows(&chrome).await,
+        "the analytics page fits a phone: {wide}"
+    );
+    c.set_window_size(1280, 900).await.unwrap();
+
+    // The dashboard's open alerts: acknowledged there, with a comment.
+    c.goto(&app.base).await.unwrap();
+    let panel = c.find(Locator::Css("#open-alerts")).await.unwrap();
+    assert_eq!(
+        panel.attr("data-open-alerts").await.unwrap().as_deref(),
+        Some("2")
+    );
+    chrome.screenshot("dashboard-alerts-1280").await;
+    let first = c.find(Locator::Css("#open-alerts tbody tr")).await.unwrap();
+    let row = first.attr("id").await.unwrap().unwrap();
+    let alert_id = row.trim_start_matches("alert-").to_owned();
+    first
+        .find(Locator::Css("input[name=comment]"))
+        .await
+        .unwrap()
+        .send_keys("looking at it: a backfill?")
+        .await
+        .unwrap();
+    first
+        .find(Locator::Css("button[value=acknowledged]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let mut status = Value::Null;
+    for _ in 0..50 {
+        status = app
+            .call(Method::GET, &format!("/api/v1/alerts/{alert_id}"), None)
+            .await
+            .1;
+        if status["status"] == "acknowledged" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status["status"], "acknowledged", "{status}");
+    assert_eq!(status["acknowledged"]["by"], "ada");
+    assert_eq!(
+        status["acknowledged"]["comment"],
+        "looking at it: a backfill?"
+    );
+    let panel = c.find(Locator::Css("#open-alerts")).await.unwrap();
+    assert_eq!(
+        panel.attr("data-open-alerts").await.unwrap().as_deref(),
+        Some("1"),
+        "back on the dashboard, one still open"
+    );
+    c.set_window_size(390, 844).await.unwrap();
+    assert!(!overflows(&chrome).await, "the dashboard fits a phone");
+    chrome.screenshot("dashboard-alerts-390").await;
+    let violations: Vec<String> = chrome
+        .console()
+        .await
+        .into_iter()
+        .filter(|m| m.contains("Content Security Policy") || m.contains("Refused to"))
+        .collect();
+    assert!(violations.is_empty(), "CSP violations: {violations:?}");
+    chrome.close().await;
+}
