@@ -56,6 +56,8 @@ pub struct App {
     pub(crate) builtin: Vec<ServiceDefinition>,
     /// The anomaly detectors over every key's and token's usage (`App::watch_usage`).
     pub(crate) watch: tokio::sync::Mutex<crate::alerts::watch::Watch>,
+    /// The last forecasts computed, and when (`App::forecasts`).
+    pub(crate) forecasts: crate::forecasts::ForecastCache,
 }
 
 /// The settings the management operations need.
@@ -124,6 +126,7 @@ impl App {
                 .transpose()?,
             builtin: builtin_services()?,
             watch: tokio::sync::Mutex::new(crate::alerts::watch::Watch::new()?),
+            forecasts: crate::forecasts::ForecastCache::default(),
         })
     }
 
@@ -182,6 +185,8 @@ impl App {
         let flags = self.store.key_flags().await?;
         let pools = self.store.pool_settings().await?;
         let containments = self.store.containments().await?;
+        // Keys, limits or budgets may have changed: forecasts are computed afresh.
+        *self.forecasts.lock().await = None;
         self.proxy.install(Snapshot::build(
             &catalog,
             tokens,

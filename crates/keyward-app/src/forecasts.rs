@@ -4,6 +4,7 @@
 //! current pace (`keyward_core::forecast`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use keyward_core::Error;
@@ -58,6 +59,12 @@ impl AllowanceForecast {
     }
 }
 
+/// The last forecasts computed on this instance, and when.
+pub type ForecastCache = tokio::sync::Mutex<Option<(Timestamp, Arc<Vec<AllowanceForecast>>)>>;
+
+/// How long a computed set of forecasts is shown before it is computed again.
+pub const FORECASTS_FRESH: SignedDuration = SignedDuration::from_secs(30);
+
 /// An allowance to forecast, before its subject's sums are read.
 struct Wanted {
     subject: AlertSubject,
@@ -82,7 +89,23 @@ impl App {
     /// Forecasts for the keys (and, with app-token reading, the tokens) the actor may read,
     /// soonest to run out first.
     pub async fn forecasts(&self, actor: &Actor) -> Result<Vec<AllowanceForecast>, Error> {
-        self.forecasts_of(actor, None).await
+        let all = self.all_forecasts().await?;
+        let tokens =
+            actor.access.reach(Permission::AppTokensRead) != keyward_core::access::Reach::Nowhere;
+        let keys: Option<std::collections::HashSet<keyward_core::id::KeyId>> =
+            if actor.access.reach(Permission::KeysRead).is_everywhere() {
+                None
+            } else {
+                Some(self.readable_key_ids(actor).await?)
+            };
+        Ok(all
+            .iter()
+            .filter(|f| match &f.subject {
+                AlertSubject::Key(id) => keys.as_ref().is_none_or(|k| k.contains(id)),
+                AlertSubject::Token(_) => tokens,
+            })
+            .cloned()
+            .collect())
     }
 
     /// Forecasts for one key's quotas and budget.
@@ -92,14 +115,63 @@ impl App {
         key: &keyward_core::id::KeyId,
     ) -> Result<Vec<AllowanceForecast>, Error> {
         self.key(actor, key).await?;
-        self.forecasts_of(actor, Some(key)).await
+        let all = self.all_forecasts().await?;
+        Ok(all
+            .iter()
+            .filter(|f| f.subject == AlertSubject::Key(key.clone()))
+            .cloned()
+            .collect())
     }
 
-    async fn forecasts_of(
+    /// Every allowance's forecast, computed at most every [`FORECASTS_FRESH`] per instance:
+    /// a forecast moves with the hour's sums, and pages that show them (the dashboard
+    /// refreshes itself) would otherwise read every subject's month of hourly rollups on
+    /// each view.
+    async fn all_forecasts(&self) -> Result<Arc<Vec<AllowanceForecast>>, Error> {
+        let now = self.now();
+        let mut cached = self.forecasts.lock().await;
+        if let Some((at, all)) = cached.as_ref()
+            && now >= *at
+            && now.duration_since(*at) < FORECASTS_FRESH
+        {
+            return Ok(all.clone());
+        }
+        let all = Arc::new(self.compute_forecasts().await?);
+        *cached = Some((now, all.clone()));
+        Ok(all)
+    }
+
+    async fn readable_key_ids(
         &self,
         actor: &Actor,
-        only: Option<&keyward_core::id::KeyId>,
-    ) -> Result<Vec<AllowanceForecast>, Error> {
+    ) -> Result<std::collections::HashSet<keyward_core::id::KeyId>, Error> {
+        let mut ids = std::collections::HashSet::new();
+        let mut page = self
+            .list_keys(
+                actor,
+                KeyFilter::default(),
+                None,
+                PageRequest::new(None, Some(PageRequest::MAX_LIMIT))?,
+            )
+            .await?;
+        loop {
+            ids.extend(page.items.iter().map(|k| k.id.clone()));
+            let Some(next) = page.next.clone() else {
+                return Ok(ids);
+            };
+            page = self
+                .list_keys(
+                    actor,
+                    KeyFilter::default(),
+                    None,
+                    PageRequest::new(Some(next), Some(PageRequest::MAX_LIMIT))?,
+                )
+                .await?;
+        }
+    }
+
+    async fn compute_forecasts(&self) -> Result<Vec<AllowanceForecast>, Error> {
+        let actor = &Actor::system("forecaster");
         let now = self.now();
         let catalog = self.catalog().await?;
         // First what there is to forecast: only those subjects' sums are read.
@@ -113,11 +185,7 @@ impl App {
             )
             .await?;
         loop {
-            for key in page
-                .items
-                .iter()
-                .filter(|k| only.is_none_or(|id| *id == k.id))
-            {
+            for key in &page.items {
                 let subject = AlertSubject::Key(key.id.clone());
                 let Some(service) = catalog.get(&key.service_id) else {
                     continue;
@@ -163,8 +231,6 @@ impl App {
                 .await?;
         }
         // Tokens the actor may read (none without app-token reading).
-        if only.is_none()
-            && actor.access.reach(Permission::AppTokensRead) != keyward_core::access::Reach::Nowhere
         {
             let tokens = self.app_tokens(actor).await?;
             for token in tokens.iter().filter(|t| t.revoked_at.is_none()) {
@@ -186,11 +252,16 @@ impl App {
             return Ok(Vec::new());
         }
         let calendar = MarketCalendar::nyse()?;
-        // Each subject's hourly sums back to the longest window's start (a month) and the
-        // pace's fortnight, read once per subject.
-        let since = now
-            .checked_sub(SignedDuration::from_hours(24 * 32))
+        // Each subject's hourly sums back to its earliest window's start and the pace's
+        // fortnight, read once per subject.
+        let fortnight = now
+            .checked_sub(SignedDuration::from_hours(24 * 15))
             .unwrap_or(now);
+        let mut since_of: HashMap<AlertSubject, Timestamp> = HashMap::new();
+        for w in &wanted {
+            let since = since_of.entry(w.subject.clone()).or_insert(fortnight);
+            *since = (*since).min(w.window.start);
+        }
         let mut hours: HashMap<AlertSubject, Vec<(Timestamp, UsageTotals)>> = HashMap::new();
         for w in &wanted {
             if hours.contains_key(&w.subject) {
@@ -200,6 +271,7 @@ impl App {
                 AlertSubject::Key(id) => (Some(id.clone()), None),
                 AlertSubject::Token(id) => (None, Some(id.clone())),
             };
+            let since = since_of.get(&w.subject).copied().unwrap_or(fortnight);
             let query = UsageQuery::new(since, now, Granularity::Hour, key, token, None)?;
             let series = self
                 .store

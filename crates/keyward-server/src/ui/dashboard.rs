@@ -97,10 +97,11 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
     let week = app
         .usage_by_key(
             actor,
+            // Day rollups: the sparklines are daily (a seventh of the hourly rows' work).
             &UsageQuery::new(
                 now - SignedDuration::from_hours(24 * 7),
                 now,
-                Granularity::Hour,
+                Granularity::Day,
                 None,
                 None,
                 None,
