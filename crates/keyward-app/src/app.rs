@@ -58,6 +58,8 @@ pub struct App {
     pub(crate) watch: tokio::sync::Mutex<crate::alerts::watch::Watch>,
     /// The last forecasts computed, and when (`App::forecasts`).
     pub(crate) forecasts: crate::forecasts::ForecastCache,
+    /// Token sightings this instance has stored (`App::watch_sightings`).
+    pub(crate) known_sightings: crate::alerts::sightings::KnownSightings,
 }
 
 /// The settings the management operations need.
@@ -127,6 +129,7 @@ impl App {
             builtin: builtin_services()?,
             watch: tokio::sync::Mutex::new(crate::alerts::watch::Watch::new()?),
             forecasts: crate::forecasts::ForecastCache::default(),
+            known_sightings: crate::alerts::sightings::KnownSightings::default(),
         })
     }
 

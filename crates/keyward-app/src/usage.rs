@@ -75,6 +75,10 @@ impl App {
         }
         let rotations: Vec<(KeyId, RotationTraffic)> = rotations.into_iter().collect();
         self.store.add_rotation_traffic(&rotations).await?;
+        // The usage is written whatever the watcher makes of it.
+        if let Err(e) = self.watch_sightings(&records).await {
+            tracing::warn!(error = %e, "could not judge new networks, models and endpoints; the calls are recorded");
+        }
         Ok(())
     }
 

@@ -69,6 +69,7 @@ pub mod rotation;
 pub mod secret;
 pub mod service;
 pub mod session;
+pub mod sighting;
 pub mod throttle;
 pub mod token;
 pub mod usage;

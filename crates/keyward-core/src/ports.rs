@@ -433,6 +433,18 @@ pub trait AlertStore: Send + Sync {
         subject: &crate::alert::AlertSubject,
         measure: &str,
     ) -> Result<bool>;
+    /// Stores what tokens were seen doing; returns the sightings that were new (inserted
+    /// here: of several instances seeing the same new thing, one gets it back).
+    async fn record_sightings(
+        &self,
+        sightings: &[crate::sighting::Sighting],
+    ) -> Result<Vec<crate::sighting::Sighting>>;
+    /// Everything a token was seen doing of one kind, with when each was first seen.
+    async fn token_sightings(
+        &self,
+        token: &crate::id::AppTokenId,
+        kind: crate::sighting::SightingKind,
+    ) -> Result<Vec<(String, Timestamp)>>;
 }
 
 /// Second factors. Every "use" method is a compare-and-set, so two instances (or two

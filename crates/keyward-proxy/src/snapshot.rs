@@ -218,6 +218,25 @@ impl Snapshot {
         Ok(record.clone())
     }
 
+    /// The disabled key a refused call (`key_disabled`) asked for, for the usage record: a
+    /// key that should be idle is still wanted by someone (`dormant_key_use`).
+    pub fn dormant_key(
+        &self,
+        token: &AppToken,
+        service_id: &str,
+        environment: Option<&str>,
+        now: Timestamp,
+    ) -> Option<KeyId> {
+        let environment = environment.or(token.environments.first().map(String::as_str))?;
+        self.pools
+            .get(&(service_id.to_owned(), environment.to_owned()))?
+            .keys
+            .iter()
+            .filter(|k| token.key_ids.is_empty() || token.key_ids.contains(&k.key.id))
+            .find(|k| k.key.status(now) == KeyStatus::Disabled)
+            .map(|k| k.key.id.clone())
+    }
+
     /// Picks the key for a token calling `service_id`, in the requested environment or the
     /// token's default (its first).
     pub fn route<'a>(

@@ -115,6 +115,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "containments",
         include_str!("../migrations/postgres/0020_containments.sql"),
     ),
+    (
+        21,
+        "token_sightings",
+        include_str!("../migrations/postgres/0021_token_sightings.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

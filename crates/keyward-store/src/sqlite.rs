@@ -118,6 +118,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "containments",
         include_str!("../migrations/sqlite/0020_containments.sql"),
     ),
+    (
+        21,
+        "token_sightings",
+        include_str!("../migrations/sqlite/0021_token_sightings.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -3,6 +3,7 @@
 //! acknowledged, resolved and muted through the change pipeline.
 
 pub mod respond;
+pub mod sightings;
 pub mod watch;
 
 use jiff::{SignedDuration, Timestamp};

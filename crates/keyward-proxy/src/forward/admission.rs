@@ -83,13 +83,22 @@ impl Proxy {
                 })?),
                 None => None,
             };
-        let route = snapshot.route(
-            token,
+        let route = match snapshot.route(
+            token.clone(),
             &inbound.service,
             environment,
             now,
             self.config.expiry_grace,
-        )?;
+        ) {
+            Ok(route) => route,
+            Err(e) => {
+                if e.code == "key_disabled" {
+                    exchange.record.key_id =
+                        snapshot.dormant_key(&token, &inbound.service, environment, now);
+                }
+                return Err(e);
+            }
+        };
         exchange.record.environment = Some(route.environment.clone());
         self.rate_limits.check(&route.token)?;
         if let Some(length) = content_length(&inbound.headers)?

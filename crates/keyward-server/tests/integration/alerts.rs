@@ -860,3 +860,140 @@ async fn in_chromium_the_analytics_page_draws_its_charts_and_an_alert_is_acknowl
     assert!(violations.is_empty(), "CSP violations: {violations:?}");
     chrome.close().await;
 }
+
+#[tokio::test]
+async fn a_settled_token_calling_from_a_new_network_or_endpoint_and_any_call_for_a_disabled_key_raise_alerts()
+ {
+    let start: Timestamp = "2026-12-01T15:00:00Z".parse().unwrap();
+    let clock = Arc::new(ManualClock::new(start));
+    let settings = keyward_server::config::RawSettings {
+        trusted_proxies: Some("127.0.0.1/32".into()),
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with_clock(Backend::Sqlite, settings, clock.clone())
+        .await
+        .unwrap();
+    let upstream =
+        serve_fake(axum::Router::new().fallback(|| async { axum::Json(json!({"c": 189.5})) }))
+            .await;
+    app.point_service("finnhub", &upstream).await;
+    let key = app
+        .create_key("finnhub", "production", "quotes", FINNHUB_KEY)
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token_for = |name: &str| {
+        let app = &app;
+        let name = name.to_owned();
+        async move {
+            let created = app
+                .app_token(
+                    json!({"name": name, "services": ["finnhub"], "environments": ["production"]}),
+                )
+                .await;
+            (
+                created["id"].as_str().unwrap().to_owned(),
+                created["token"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (token_id, token) = token_for("pulse").await;
+    let call = |token: &str, from: &str, path: &str| {
+        app.client
+            .get(format!("{}/proxy/finnhub{path}", app.base))
+            .header("x-keyward-token", token)
+            .header("x-forwarded-for", from)
+            .send()
+    };
+    // Waits until the writer has judged what was sent (it writes every quarter second).
+    let open = |query: String| {
+        let app = &app;
+        async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            alerts(app, &format!("status=open&{query}")).await
+        }
+    };
+
+    // A day of the token's habits: quotes from the office network.
+    for symbol in ["AAPL", "MSFT"] {
+        let answer = call(
+            &token,
+            "203.0.113.7",
+            &format!("/api/v1/quote?symbol={symbol}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+    // Learning: a second network within the first day is a habit, not an alert.
+    call(&token, "203.0.113.200", "/api/v1/quote?symbol=IBM")
+        .await
+        .unwrap();
+    assert!(open(format!("token={token_id}")).await.is_empty());
+
+    // A day later: the usual is quiet, a new network and a new endpoint are not.
+    clock.set(start.checked_add(SignedDuration::from_hours(25)).unwrap());
+    call(&token, "203.0.113.9", "/api/v1/quote?symbol=NVDA")
+        .await
+        .unwrap();
+    assert!(open(format!("token={token_id}")).await.is_empty());
+    call(&token, "198.51.100.23", "/api/v1/quote?symbol=NVDA")
+        .await
+        .unwrap();
+    let found = open(format!("token={token_id}&signal=new_network")).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["severity"], "critical");
+    assert_eq!(
+        found[0]["reason"],
+        "first call from 198.51.100.0/24; this token calls from 203.0.113.0/24"
+    );
+    call(&token, "203.0.113.7", "/api/v1/stock/profile2?symbol=NVDA")
+        .await
+        .unwrap();
+    let found = open(format!("token={token_id}&signal=new_endpoint")).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let reason = found[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(
+            "first call to finnhub /api/v1/stock/profile2; this token calls finnhub /api/v1/quote"
+        ),
+        "{reason}"
+    );
+    // Seen again: the alert is not repeated.
+    call(&token, "198.51.100.23", "/api/v1/quote?symbol=NVDA")
+        .await
+        .unwrap();
+    assert_eq!(open(format!("token={token_id}")).await.len(), 2);
+
+    // A new token is still learning: its second network is no alert.
+    let (fresh_id, fresh) = token_for("fresh").await;
+    call(&fresh, "203.0.113.7", "/api/v1/quote?symbol=AAPL")
+        .await
+        .unwrap();
+    call(&fresh, "192.0.2.1", "/api/v1/quote?symbol=AAPL")
+        .await
+        .unwrap();
+    assert!(open(format!("token={fresh_id}")).await.is_empty());
+
+    // The key is disabled: a call for it is refused, and its use is an alert about the key.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{key}/disable"),
+            Some(json!({"reason": "moving to the new plan"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let refused = call(&token, "203.0.113.7", "/api/v1/quote?symbol=AAPL")
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let found = open(format!("key={key}&signal=dormant_key_use")).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let reason = found[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&token_id) && reason.contains("while it is disabled"),
+        "{reason}"
+    );
+}

@@ -3,9 +3,11 @@
 
 use super::*;
 use keyward_core::alert::{Alert, AlertFilter, AlertMute, AlertNote, AlertStatus, AlertSubject};
+use keyward_core::id::AppTokenId;
 use keyward_core::id::{AlertId, MuteId};
 use keyward_core::ports::{AlertStore, AlertWrite};
 use keyward_core::response::{Containment, Measure, Stage};
+use keyward_core::sighting::{Sighting, SightingKind};
 
 const ALERT_COLUMNS: &str = "id, subject_kind, subject_id, signal, severity, status, score, reason, opened_at, \
      last_seen_at, acknowledged_by, acknowledged_at, acknowledged_comment, resolved_by, resolved_at, resolved_comment, stage";
@@ -321,6 +323,48 @@ impl AlertStore for ThisStore {
         .map_err(|e| db_error(e, None))?;
         commit(tx).await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn record_sightings(&self, sightings: &[Sighting]) -> Result<Vec<Sighting>, Error> {
+        let mut tx = self.begin_write().await?;
+        let mut new = Vec::new();
+        for s in sightings {
+            let done = sqlx::query(
+                "INSERT INTO token_sightings (token_id, kind, value, first_seen) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (token_id, kind, value) DO NOTHING",
+            )
+            .bind(s.token.as_str())
+            .bind(s.kind.as_str())
+            .bind(&s.value)
+            .bind(millis(s.at))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+            if done.rows_affected() == 1 {
+                new.push(s.clone());
+            }
+        }
+        commit(tx).await?;
+        Ok(new)
+    }
+
+    async fn token_sightings(
+        &self,
+        token: &AppTokenId,
+        kind: SightingKind,
+    ) -> Result<Vec<(String, Timestamp)>, Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT value, first_seen FROM token_sightings WHERE token_id = $1 AND kind = $2 \
+             ORDER BY first_seen, value",
+        )
+        .bind(token.as_str())
+        .bind(kind.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.into_iter()
+            .map(|(value, at)| Ok((value, timestamp(at)?)))
+            .collect()
     }
 
     async fn delete_mute(&self, id: &MuteId) -> Result<bool, Error> {

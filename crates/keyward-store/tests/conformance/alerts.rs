@@ -8,6 +8,7 @@ use keyward_core::id::AppTokenId;
 use keyward_core::id::{AlertId, MuteId};
 use keyward_core::ports::AlertWrite;
 use keyward_core::response::{Containment, Measure, Stage};
+use keyward_core::sighting::{Sighting, SightingKind};
 
 fn finding(signal: Signal, at: i64) -> Finding {
     Finding {
@@ -238,7 +239,46 @@ async fn an_alert_escalates_once_and_its_measures_move_the_change_marker(store: 
     assert_ne!(store.change_marker().await.expect("marker"), frozen);
 }
 
+async fn a_sighting_is_new_once(store: Arc<dyn Store>) {
+    let r = rng();
+    let token = AppTokenId::generate(ts(1), &r);
+    let seen = |value: &str, at: i64| Sighting {
+        token: token.clone(),
+        kind: SightingKind::Network,
+        value: value.into(),
+        at: ts(at),
+    };
+    let first = vec![seen("203.0.113.0/24", 10), seen("198.51.100.0/24", 20)];
+    assert_eq!(store.record_sightings(&first).await.expect("record"), first);
+    // Another instance saw one of them too, and one more: only the new one comes back.
+    let again = vec![seen("203.0.113.0/24", 30), seen("192.0.2.0/24", 40)];
+    assert_eq!(
+        store.record_sightings(&again).await.expect("again"),
+        vec![seen("192.0.2.0/24", 40)]
+    );
+    let history = store
+        .token_sightings(&token, SightingKind::Network)
+        .await
+        .expect("history");
+    assert_eq!(
+        history,
+        vec![
+            ("203.0.113.0/24".to_owned(), ts(10)),
+            ("198.51.100.0/24".to_owned(), ts(20)),
+            ("192.0.2.0/24".to_owned(), ts(40)),
+        ]
+    );
+    assert!(
+        store
+            .token_sightings(&token, SightingKind::Model)
+            .await
+            .expect("none")
+            .is_empty()
+    );
+}
+
 conformance!(
+    a_sighting_is_new_once,
     one_unresolved_alert_per_subject_and_signal,
     an_alert_escalates_once_and_its_measures_move_the_change_marker,
 );
