@@ -22,6 +22,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod notifications;
 pub mod pipeline;
+pub mod recommendations;
 pub mod usage;
 pub mod vault;
 

@@ -63,6 +63,7 @@ pub mod mfa;
 pub mod notification;
 pub mod pattern;
 pub mod ports;
+pub mod recommend;
 pub mod response;
 pub mod rollup;
 pub mod rotation;

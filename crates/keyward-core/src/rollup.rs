@@ -48,6 +48,7 @@ impl UsageTotals {
         self.requests += 1;
         self.errors += u64::from(r.outcome != Outcome::Success);
         self.cache_hits += u64::from(r.cache == CacheOutcome::Hit);
+        self.cache_misses += u64::from(r.cache == CacheOutcome::Miss);
         self.saved_credits += u64::from(r.saved_credits);
         self.input_tokens += r.tokens.input.saturating_add(r.tokens.cache_write);
         self.cached_tokens += r.tokens.cached_input;

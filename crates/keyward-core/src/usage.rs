@@ -385,6 +385,9 @@ pub struct UsageTotals {
     pub outages: u64,
     /// Provider credits cache hits did not spend.
     pub saved_credits: u64,
+    /// Cacheable calls the provider answered (the cache had nothing fresh): what more
+    /// caching could save.
+    pub cache_misses: u64,
     /// Sum of latencies of the calls in `latency` (for the mean).
     pub latency_ms_sum: u64,
     pub latency: LatencyHistogram,
@@ -405,6 +408,7 @@ impl std::ops::AddAssign for UsageTotals {
         self.throttled += other.throttled;
         self.outages += other.outages;
         self.saved_credits += other.saved_credits;
+        self.cache_misses += other.cache_misses;
         self.latency_ms_sum += other.latency_ms_sum;
         self.latency.merge(&other.latency);
     }

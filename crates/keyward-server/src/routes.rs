@@ -274,6 +274,12 @@ fn pages() -> Vec<Route> {
             post(tokens::revoke),
         ),
         page(M::GET, "/usage", p(P::KeysRead), get(usage::page)),
+        page(
+            M::GET,
+            "/recommendations",
+            p(P::KeysRead),
+            get(usage::recommendations_page),
+        ),
         page(M::GET, "/alerts", p(P::KeysRead), get(alerts::page_alerts)),
         page(
             M::POST,
@@ -686,6 +692,12 @@ fn api() -> Vec<Route> {
             "/api/v1/forecasts",
             p(P::KeysRead),
             get(http::usage::forecasts),
+        ),
+        api_route(
+            M::GET,
+            "/api/v1/recommendations",
+            p(P::KeysRead),
+            get(http::usage::recommendations),
         ),
         // catalog
         api_route(

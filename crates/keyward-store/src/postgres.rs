@@ -120,6 +120,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "token_sightings",
         include_str!("../migrations/postgres/0021_token_sightings.sql"),
     ),
+    (
+        22,
+        "cache_misses",
+        include_str!("../migrations/postgres/0022_cache_misses.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

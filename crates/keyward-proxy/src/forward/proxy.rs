@@ -270,6 +270,11 @@ impl Proxy {
         Some((1.0 - free).clamp(0.0, 1.0))
     }
 
+    /// The price table calls are charged by.
+    pub fn pricing(&self) -> &keyward_core::usage::PricingTable {
+        &self.sink.pricing
+    }
+
     /// Budget spent and reserved in the current period, in nano-dollars.
     pub fn spending(&self, subject: &Subject) -> Option<(u64, u64)> {
         self.sink.meters.spending(subject)

@@ -43,7 +43,7 @@ use super::{
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::delete_webhook, webhooks::list_deliveries,
         webhooks::get_subscription, webhooks::put_subscription, webhooks::delete_subscription,
         health::health, health::key_health, compliance::compliance, compliance::key_compliance,
-        usage::forecasts, alerts::list_alerts, alerts::get_alert, alerts::acknowledge_alert, alerts::resolve_alert,
+        usage::forecasts, usage::recommendations, alerts::list_alerts, alerts::get_alert, alerts::acknowledge_alert, alerts::resolve_alert,
         alerts::create_mute, alerts::list_mutes, alerts::delete_mute,
         alerts::get_response_policy, alerts::set_response_policy, alerts::list_containments,
         alerts::freeze_key, alerts::unfreeze_key, alerts::freeze_token, alerts::unfreeze_token,

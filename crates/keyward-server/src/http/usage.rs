@@ -485,3 +485,52 @@ mod tests {
         assert_eq!(csv_field("@sum"), "'@sum");
     }
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecommendationBody {
+    /// unused_key, plan_too_small, plan_too_large, uncached, cheaper_model, shared_value or
+    /// unpriced.
+    pub kind: String,
+    /// The key it is about, if one.
+    pub key_id: Option<String>,
+    /// The key's alias, or the service and model.
+    pub about: String,
+    pub detail: String,
+    /// Dollars a month it would save (an estimate).
+    pub monthly_saving_usd: Option<f64>,
+    /// low, medium or high.
+    pub risk: Option<String>,
+}
+
+/// What the last 30 days say could be cheaper or safer: keys unused for 30 days, plans too
+/// small or too large for their use, cacheable calls the provider answered, a cheaper model
+/// of the same provider at the same token counts, one value in several environments, calls
+/// without a price. Riskiest and biggest savings first.
+#[utoipa::path(get, path = "/api/v1/recommendations", tag = "usage",
+    responses((status = 200, body = Vec<RecommendationBody>), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn recommendations(
+    auth: Authorized<perm::KeysRead>,
+    State(app): State<Arc<App>>,
+) -> ApiResult<Json<Vec<RecommendationBody>>> {
+    let all = app.recommendations(auth.actor()).await?;
+    Ok(Json(
+        all.into_iter()
+            .map(|r| RecommendationBody {
+                kind: r.kind.as_str().to_owned(),
+                key_id: r.key.map(|k| k.to_string()),
+                about: r.about,
+                detail: r.detail,
+                monthly_saving_usd: r.monthly_saving_usd,
+                risk: r.risk.map(|risk| {
+                    match risk {
+                        keyward_core::recommend::Risk::Low => "low",
+                        keyward_core::recommend::Risk::Medium => "medium",
+                        keyward_core::recommend::Risk::High => "high",
+                    }
+                    .to_owned()
+                }),
+            })
+            .collect(),
+    ))
+}

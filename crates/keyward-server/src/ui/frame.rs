@@ -103,11 +103,12 @@ pub fn bare(title: &str, body: Markup) -> Markup {
 }
 
 /// The sidebar sections, in the order of the UI guide.
-const SECTIONS: [(&str, &str); 10] = [
+const SECTIONS: [(&str, &str); 11] = [
     ("Dashboard", "/"),
     ("Add a key", "/keys/new"),
     ("Deleted keys", "/keys/deleted"),
     ("Analytics", "/usage"),
+    ("Recommendations", "/recommendations"),
     ("Alerts", "/alerts"),
     ("Approvals", "/approvals"),
     ("Audit log", "/audit"),

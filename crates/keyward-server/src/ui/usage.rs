@@ -363,3 +363,56 @@ pub async fn page(
         Err(e) => error_page(&viewer, "/usage", "Analytics", e),
     }
 }
+
+/// `/recommendations`: what the last 30 days say could be cheaper or safer, with the
+/// estimated monthly saving or the risk.
+pub async fn recommendations_page(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
+    let found = match app.recommendations(&viewer.caller.actor).await {
+        Ok(found) => found,
+        Err(e) => return error_page(&viewer, "/recommendations", "Recommendations", e),
+    };
+    let total: f64 = found.iter().filter_map(|r| r.monthly_saving_usd).sum();
+    let content = html! {
+        p class="muted" {
+            "From the last 30 days of usage. "
+            @if total > 0.0 { "Together these could save about " strong { (format!("${total:.2}")) } " a month." }
+        }
+        @if found.is_empty() {
+            div class="table-wrap" { p class="empty" { "Nothing to recommend: every key is used, fits its plan and holds its own value." } }
+        } @else {
+            div class="table-wrap" {
+                table data-recommendations=(found.len()) {
+                    thead { tr {
+                        th scope="col" { "About" } th scope="col" { "What" }
+                        th scope="col" { "Why" } th scope="col" class="num" { "Saving a month" } th scope="col" { "Risk" }
+                    } }
+                    tbody {
+                        @for r in &found {
+                            tr data-kind=(r.kind.as_str()) {
+                                td {
+                                    @if let Some(id) = &r.key { a href={ "/keys/" (id) } { (r.about) } }
+                                    @else { code { (r.about) } }
+                                }
+                                td { (r.kind.as_str().replace('_', " ")) }
+                                td { (r.detail) }
+                                td class="num" { @if let Some(s) = r.monthly_saving_usd { (format!("${s:.2}")) } @else { "—" } }
+                                td {
+                                    @match r.risk {
+                                        Some(keyward_core::recommend::Risk::High) => span class="badge expired" { "high" },
+                                        Some(keyward_core::recommend::Risk::Medium) => span class="badge expiring" { "medium" },
+                                        Some(keyward_core::recommend::Risk::Low) => span class="badge disabled" { "low" },
+                                        None => span class="muted" { "—" },
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    html_page(
+        StatusCode::OK,
+        framed(&viewer, "/recommendations", "Recommendations", content),
+    )
+}

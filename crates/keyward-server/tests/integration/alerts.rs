@@ -520,6 +520,29 @@ async fn forecasts_say_when_a_daily_quota_runs_out_from_the_shared_sums() {
     let (_, _, key_page) = crate::ui::get_page(&app, &ada.cookie, &format!("/keys/{key}")).await;
     assert!(key_page.contains("data-forecasts=\"1\""), "{key_page}");
 
+    // 700 calls a day against a quota of 500: the plan is too small, said in the API and
+    // on the page.
+    let (status, found) = app.call(Method::GET, "/api/v1/recommendations", None).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let small = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "plan_too_small")
+        .unwrap_or_else(|| panic!("{found}"));
+    assert_eq!(small["key_id"], key.as_str());
+    assert_eq!(small["risk"], "high");
+    assert!(
+        small["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("reached 90 % of its 500 requests a day on "),
+        "{small}"
+    );
+    let (status, _, page) = crate::ui::get_page(&app, &ada.cookie, "/recommendations").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("data-kind=\"plan_too_small\""), "{page}");
+
     let budget = &all[1];
     assert_eq!(
         (budget["subject_kind"].as_str(), budget["period"].as_str()),

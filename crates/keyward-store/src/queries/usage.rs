@@ -12,7 +12,7 @@ fn from_db_int(value: i64) -> u64 {
 }
 
 /// The summed measures of a rollup row, in the order `totals_from` reads them.
-const MEASURES: [&str; 26] = [
+const MEASURES: [&str; 27] = [
     "requests",
     "errors",
     "cache_hits",
@@ -39,6 +39,7 @@ const MEASURES: [&str; 26] = [
     "lat_9",
     "lat_10",
     "lat_11",
+    "cache_misses",
 ];
 
 /// The rollup dimension a grouping splits by.
@@ -141,12 +142,13 @@ fn totals_from(row: &DbRow, first: usize) -> Result<UsageTotals, Error> {
         unpriced: at(12)?,
         latency_ms_sum: at(13)?,
         latency,
+        cache_misses: at(26)?,
     })
 }
 
 /// The measures of one rollup, in `MEASURES` order.
-fn measures(t: &UsageTotals) -> [i64; 26] {
-    let mut out = [0i64; 26];
+fn measures(t: &UsageTotals) -> [i64; 27] {
+    let mut out = [0i64; 27];
     let head = [
         t.requests,
         t.errors,
@@ -163,7 +165,11 @@ fn measures(t: &UsageTotals) -> [i64; 26] {
         t.unpriced,
         t.latency_ms_sum,
     ];
-    for (slot, value) in out.iter_mut().zip(head.iter().chain(t.latency.0.iter())) {
+    for (slot, value) in out.iter_mut().zip(
+        head.iter()
+            .chain(t.latency.0.iter())
+            .chain([t.cache_misses].iter()),
+    ) {
         *slot = db_int(*value);
     }
     out
@@ -171,7 +177,7 @@ fn measures(t: &UsageTotals) -> [i64; 26] {
 
 /// Rows per multi-row usage insert (24 binds each; SQLite allows 32,766 per statement).
 const USAGE_ROWS_PER_INSERT: usize = 100;
-/// Rows per multi-row rollup upsert (34 binds each).
+/// Rows per multi-row rollup upsert (35 binds each).
 const ROLLUP_ROWS_PER_UPSERT: usize = 50;
 
 /// `INSERT … ON CONFLICT DO UPDATE` adding each measure to the stored row: rollups of the

@@ -141,6 +141,7 @@ async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
             throttled: 0,
             outages: 0,
             saved_credits: 0,
+            cache_misses: 0,
             latency_ms_sum: 192,
             latency,
         },
