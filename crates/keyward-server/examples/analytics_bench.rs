@@ -124,6 +124,13 @@ async fn measure(client: &reqwest::Client, url: &str, cookie: &str, samples: usi
 #[tokio::main]
 async fn main() {
     let a = args();
+    // `RUST_LOG=sqlx::query=info` shows each statement with its time: where a page's time goes.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let dir = tempfile::tempdir().unwrap();
     let raw = RawSettings {
         listen: Some("127.0.0.1:0".into()),

@@ -99,8 +99,13 @@ fn usage_statement(
     }
     let sql = match group {
         None => format!("SELECT bucket, {sums} {filter} GROUP BY bucket ORDER BY bucket"),
+        // The range first, then the grouping: left to itself the planner walks the index
+        // that leads with the grouped column (it delivers rows in group order) through every
+        // grain and bucket of every key — 140 ms instead of a few for a week by key at
+        // 2 M records on SQLite.
         Some(column) => format!(
-            "SELECT {column}, bucket, {sums} {filter} AND {column} <> '' \
+            "WITH r AS MATERIALIZED (SELECT * {filter}) \
+             SELECT {column}, bucket, {sums} FROM r WHERE {column} <> '' \
              GROUP BY {column}, bucket ORDER BY {column}, bucket"
         ),
     };
