@@ -57,9 +57,15 @@ pub struct App {
     /// The anomaly detectors over every key's and token's usage (`App::watch_usage`).
     pub(crate) watch: tokio::sync::Mutex<crate::alerts::watch::Watch>,
     /// The last forecasts computed, and when (`App::forecasts`).
-    pub(crate) forecasts: crate::forecasts::ForecastCache,
+    pub(crate) forecasts: crate::allowance::ForecastCache,
     /// Token sightings this instance has stored (`App::watch_sightings`).
-    pub(crate) known_sightings: crate::alerts::sightings::KnownSightings,
+    pub(crate) known_sightings: std::sync::Mutex<
+        std::collections::HashSet<(
+            keyward_core::id::AppTokenId,
+            keyward_core::sighting::SightingKind,
+            String,
+        )>,
+    >,
 }
 
 /// The settings the management operations need.
@@ -128,8 +134,8 @@ impl App {
                 .transpose()?,
             builtin: builtin_services()?,
             watch: tokio::sync::Mutex::new(crate::alerts::watch::Watch::new()?),
-            forecasts: crate::forecasts::ForecastCache::default(),
-            known_sightings: crate::alerts::sightings::KnownSightings::default(),
+            forecasts: crate::allowance::ForecastCache::default(),
+            known_sightings: std::sync::Mutex::default(),
         })
     }
 

@@ -10,57 +10,19 @@ use jiff::{SignedDuration, Timestamp};
 use keyward_core::Error;
 use keyward_core::access::Permission;
 use keyward_core::alert::AlertSubject;
-use keyward_core::forecast::{Forecast, Pace, project};
+use keyward_core::forecast::{Pace, project};
 use keyward_core::key::{KeyFilter, PageRequest};
 use keyward_core::market::MarketCalendar;
 use keyward_core::service::LimitUnit;
 use keyward_core::usage::{
     CALENDAR_LIMIT_MIN_SECONDS, Granularity, UsageQuery, UsageTotals, budget_window, limit_window,
 };
-use serde::Serialize;
 
 use crate::actor::Actor;
+pub use crate::allowance::{Allowance, AllowanceForecast};
 use crate::app::App;
 use crate::notifications::about::About;
 use keyward_core::notification::NotificationKind;
-
-/// What runs out: a quota in a unit, or a budget in dollars.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Allowance {
-    Quota {
-        unit: LimitUnit,
-        window_seconds: u64,
-    },
-    Budget {
-        period: keyward_core::budget::BudgetPeriod,
-    },
-}
-
-/// One allowance of one key or token, and its forecast.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AllowanceForecast {
-    pub subject: AlertSubject,
-    /// The key's alias or the token's name.
-    pub name: String,
-    pub allowance: Allowance,
-    pub window_start: Timestamp,
-    pub forecast: Forecast,
-}
-
-impl AllowanceForecast {
-    /// Share of the allowance used (0–1+).
-    pub fn used_share(&self) -> f64 {
-        if self.forecast.limit > 0.0 {
-            self.forecast.used / self.forecast.limit
-        } else {
-            0.0
-        }
-    }
-}
-
-/// The last forecasts computed on this instance, and when.
-pub type ForecastCache = tokio::sync::Mutex<Option<(Timestamp, Arc<Vec<AllowanceForecast>>)>>;
 
 /// How long a computed set of forecasts is shown before it is computed again.
 pub const FORECASTS_FRESH: SignedDuration = SignedDuration::from_secs(30);

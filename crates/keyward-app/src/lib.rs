@@ -11,6 +11,7 @@
 
 pub mod actor;
 pub mod alerts;
+pub mod allowance;
 pub mod app;
 pub mod app_tokens;
 pub mod approvals;

@@ -84,6 +84,18 @@ impl Severity {
     }
 }
 
+/// How far the graduated response (`crate::response`) has gone for one alert.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    #[default]
+    Alerted,
+    Throttled,
+    Frozen,
+}
+
+string_enum!(Stage { Alerted = "alerted", Throttled = "throttled", Frozen = "frozen" }, "invalid_stage", "response stage");
+
 /// Who did something to an alert, when, and what they said.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AlertNote {
@@ -107,7 +119,7 @@ pub struct Alert {
     pub acknowledged: Option<AlertNote>,
     pub resolved: Option<AlertNote>,
     /// How far the graduated response (`crate::response`) has gone.
-    pub stage: crate::response::Stage,
+    pub stage: Stage,
 }
 
 impl Alert {
@@ -124,7 +136,7 @@ impl Alert {
             last_seen_at: now,
             acknowledged: None,
             resolved: None,
-            stage: crate::response::Stage::Alerted,
+            stage: Stage::Alerted,
         }
     }
 }

@@ -10,6 +10,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+pub use crate::alert::Stage;
 use crate::alert::{Alert, AlertStatus, AlertSubject, Severity};
 use crate::anomaly::Signal;
 use crate::app_token::RateLimit;
@@ -85,18 +86,6 @@ pub struct Escalation {
     pub throttle_percent: u8,
     pub freeze_after: Option<SignedDuration>,
 }
-
-/// How far a response has gone for one alert.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    #[default]
-    Alerted,
-    Throttled,
-    Frozen,
-}
-
-string_enum!(Stage { Alerted = "alerted", Throttled = "throttled", Frozen = "frozen" }, "invalid_stage", "response stage");
 
 impl ResponsePolicy {
     pub fn validate(self) -> Result<Self, Error> {

@@ -4,13 +4,10 @@
 //! be idle, still wanted by someone (`dormant_key_use`). The store inserts each sighting
 //! once, so of several instances only one raises the alert.
 
-use std::collections::HashSet;
-
 use keyward_core::Error;
 use keyward_core::alert::AlertSubject;
 use keyward_core::anomaly::{Finding, Signal};
-use keyward_core::id::AppTokenId;
-use keyward_core::sighting::{SIGHTING_LEARN, SightingKind, finding, sightings};
+use keyward_core::sighting::{SIGHTING_LEARN, finding, sightings};
 use keyward_core::usage::UsageRecord;
 
 use crate::app::App;
@@ -18,9 +15,6 @@ use crate::app::App;
 /// Sightings this instance knows are stored (so most batches ask the store nothing);
 /// forgotten wholesale past this many.
 const KNOWN_MAX: usize = 100_000;
-
-/// What this instance has already stored.
-pub type KnownSightings = std::sync::Mutex<HashSet<(AppTokenId, SightingKind, String)>>;
 
 impl App {
     /// Judges a batch of calls for new networks, models and endpoints per token and for
