@@ -11,7 +11,6 @@ use keyward_core::Error;
 use keyward_core::access::Permission;
 use keyward_core::alert::AlertSubject;
 use keyward_core::forecast::{Pace, project};
-use keyward_core::key::{KeyFilter, PageRequest};
 use keyward_core::market::MarketCalendar;
 use keyward_core::service::LimitUnit;
 use keyward_core::usage::{
@@ -107,29 +106,12 @@ impl App {
         &self,
         actor: &Actor,
     ) -> Result<std::collections::HashSet<keyward_core::id::KeyId>, Error> {
-        let mut ids = std::collections::HashSet::new();
-        let mut page = self
-            .list_keys(
-                actor,
-                KeyFilter::default(),
-                None,
-                PageRequest::new(None, Some(PageRequest::MAX_LIMIT))?,
-            )
-            .await?;
-        loop {
-            ids.extend(page.items.iter().map(|k| k.id.clone()));
-            let Some(next) = page.next.clone() else {
-                return Ok(ids);
-            };
-            page = self
-                .list_keys(
-                    actor,
-                    KeyFilter::default(),
-                    None,
-                    PageRequest::new(Some(next), Some(PageRequest::MAX_LIMIT))?,
-                )
-                .await?;
-        }
+        Ok(self
+            .all_keys(actor)
+            .await?
+            .into_iter()
+            .map(|k| k.id)
+            .collect())
     }
 
     async fn compute_forecasts(&self) -> Result<Vec<AllowanceForecast>, Error> {
@@ -138,76 +120,55 @@ impl App {
         let catalog = self.catalog().await?;
         // First what there is to forecast: only those subjects' sums are read.
         let mut wanted: Vec<Wanted> = Vec::new();
-        let mut page = self
-            .list_keys(
-                actor,
-                KeyFilter::default(),
-                None,
-                PageRequest::new(None, Some(PageRequest::MAX_LIMIT))?,
-            )
-            .await?;
-        loop {
-            for key in &page.items {
-                let subject = AlertSubject::Key(key.id.clone());
-                let Some(service) = catalog.get(&key.service_id) else {
-                    continue;
-                };
-                for limit in key
-                    .limits
-                    .iter()
-                    .filter(|l| l.window_seconds >= CALENDAR_LIMIT_MIN_SECONDS)
-                {
-                    wanted.push(Wanted {
-                        subject: subject.clone(),
-                        name: key.alias.clone(),
-                        allowance: Allowance::Quota {
-                            unit: limit.unit,
-                            window_seconds: limit.window_seconds,
-                        },
-                        unit: Some(limit.unit),
-                        limit: limit.max as f64,
-                        window: limit_window(limit, &service.quota_calendar, now),
-                    });
-                }
-                if let Some(budget) = &key.budget {
-                    wanted.push(Wanted {
-                        subject: subject.clone(),
-                        name: key.alias.clone(),
-                        allowance: Allowance::Budget {
-                            period: budget.period,
-                        },
-                        unit: None,
-                        limit: budget.limit_micros as f64 / 1e6,
-                        window: budget_window(budget, now),
-                    });
-                }
+        for key in &self.all_keys(actor).await? {
+            let subject = AlertSubject::Key(key.id.clone());
+            let Some(service) = catalog.get(&key.service_id) else {
+                continue;
+            };
+            for limit in key
+                .limits
+                .iter()
+                .filter(|l| l.window_seconds >= CALENDAR_LIMIT_MIN_SECONDS)
+            {
+                wanted.push(Wanted {
+                    subject: subject.clone(),
+                    name: key.alias.clone(),
+                    allowance: Allowance::Quota {
+                        unit: limit.unit,
+                        window_seconds: limit.window_seconds,
+                    },
+                    unit: Some(limit.unit),
+                    limit: limit.max as f64,
+                    window: limit_window(limit, &service.quota_calendar, now),
+                });
             }
-            let Some(next) = page.next.clone() else { break };
-            page = self
-                .list_keys(
-                    actor,
-                    KeyFilter::default(),
-                    None,
-                    PageRequest::new(Some(next), Some(PageRequest::MAX_LIMIT))?,
-                )
-                .await?;
+            if let Some(budget) = &key.budget {
+                wanted.push(Wanted {
+                    subject: subject.clone(),
+                    name: key.alias.clone(),
+                    allowance: Allowance::Budget {
+                        period: budget.period,
+                    },
+                    unit: None,
+                    limit: budget.limit_micros as f64 / 1e6,
+                    window: budget_window(budget, now),
+                });
+            }
         }
-        // Tokens the actor may read (none without app-token reading).
-        {
-            let tokens = self.app_tokens(actor).await?;
-            for token in tokens.iter().filter(|t| t.revoked_at.is_none()) {
-                if let Some(budget) = &token.budget {
-                    wanted.push(Wanted {
-                        subject: AlertSubject::Token(token.id.clone()),
-                        name: token.name.clone(),
-                        allowance: Allowance::Budget {
-                            period: budget.period,
-                        },
-                        unit: None,
-                        limit: budget.limit_micros as f64 / 1e6,
-                        window: budget_window(budget, now),
-                    });
-                }
+        // Every token's budget (computed for the whole vault; readers are filtered after).
+        let tokens = self.app_tokens(actor).await?;
+        for token in tokens.iter().filter(|t| t.revoked_at.is_none()) {
+            if let Some(budget) = &token.budget {
+                wanted.push(Wanted {
+                    subject: AlertSubject::Token(token.id.clone()),
+                    name: token.name.clone(),
+                    allowance: Allowance::Budget {
+                        period: budget.period,
+                    },
+                    unit: None,
+                    limit: budget.limit_micros as f64 / 1e6,
+                    window: budget_window(budget, now),
+                });
             }
         }
         if wanted.is_empty() {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use jiff::SignedDuration;
 use keyward_core::Error;
 use keyward_core::access::Permission;
-use keyward_core::key::{Key, KeyFilter, PageRequest};
+use keyward_core::key::Key;
 use keyward_core::recommend::{KeyMonth, LOOKBACK_DAYS, ModelMonth, Recommendation, recommend};
 use keyward_core::usage::{Granularity, UsageGrouping, UsageQuery, UsageTotals};
 
@@ -24,27 +24,12 @@ impl App {
         );
         let query = UsageQuery::new(from, now, Granularity::Day, None, None, None)?;
         let per_key = self.usage_by_key(actor, &query).await?;
-        let mut keys: Vec<Key> = Vec::new();
-        let mut page = self
-            .list_keys(
-                actor,
-                KeyFilter::default(),
-                None,
-                PageRequest::new(None, Some(PageRequest::MAX_LIMIT))?,
-            )
-            .await?;
-        loop {
-            keys.extend(page.items.into_iter().filter(|k| k.deleted_at.is_none()));
-            let Some(next) = page.next else { break };
-            page = self
-                .list_keys(
-                    actor,
-                    KeyFilter::default(),
-                    None,
-                    PageRequest::new(Some(next), Some(PageRequest::MAX_LIMIT))?,
-                )
-                .await?;
-        }
+        let keys: Vec<Key> = self
+            .all_keys(actor)
+            .await?
+            .into_iter()
+            .filter(|k| k.deleted_at.is_none())
+            .collect();
         let same_value: HashMap<String, Vec<String>> = self
             .compliance(actor)
             .await?

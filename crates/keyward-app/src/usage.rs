@@ -6,7 +6,6 @@ use jiff::Timestamp;
 use keyward_core::access::Permission;
 use keyward_core::guided_rotation::RotationTraffic;
 use keyward_core::id::{AppTokenId, KeyId};
-use keyward_core::key::{KeyFilter, PageRequest};
 use keyward_core::usage::{KeyFlag, Outcome, UsageBucket, UsageGrouping, UsageQuery};
 use keyward_core::{Error, ErrorKind};
 use keyward_proxy::ProxyEvent;
@@ -150,15 +149,9 @@ impl App {
             if actor.access.reach(Permission::KeysRead).is_everywhere() {
                 None
             } else {
-                let keys = self
-                    .list_keys(
-                        actor,
-                        KeyFilter::default(),
-                        None,
-                        PageRequest::new(None, Some(PageRequest::MAX_LIMIT))?,
-                    )
-                    .await?;
-                Some(keys.items.into_iter().map(|k| k.id.to_string()).collect())
+                // Every page: a grant may cover more keys than one page holds.
+                let keys = self.all_keys(actor).await?;
+                Some(keys.into_iter().map(|k| k.id.to_string()).collect())
             };
         let mut out: std::collections::BTreeMap<String, Vec<UsageBucket>> = Default::default();
         for (key, bucket) in rows {

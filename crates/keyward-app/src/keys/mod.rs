@@ -220,6 +220,28 @@ impl App {
         ))
     }
 
+    /// Every key the actor may read (the listing's filter defaults), page after page:
+    /// for views that judge the whole vault (forecasts, recommendations).
+    pub async fn all_keys(&self, actor: &Actor) -> Result<Vec<Key>, Error> {
+        let mut keys = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .list_keys(
+                    actor,
+                    KeyFilter::default(),
+                    None,
+                    PageRequest::new(cursor, Some(PageRequest::MAX_LIMIT))?,
+                )
+                .await?;
+            keys.extend(page.items);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(keys),
+            }
+        }
+    }
+
     /// Filters by category become the category's list of services; only keys `actor` may
     /// read are listed.
     pub async fn list_keys(
