@@ -26,7 +26,8 @@ use crate::service::{Category, Environment, ServiceDefinition};
 use crate::session::Session;
 use crate::token::ManagementToken;
 use crate::usage::{
-    HourlyUse, KeyFlag, PoolSetting, UsageBucket, UsageGrouping, UsageQuery, UsageRecord,
+    HourlyUse, KeyFlag, PoolSetting, UsageBucket, UsageGrouping, UsageHeadline, UsageQuery,
+    UsageRecord,
 };
 use crate::user::User;
 
@@ -141,6 +142,13 @@ pub trait UsageStore: Send + Sync {
         query: &UsageQuery,
         by: UsageGrouping,
     ) -> Result<Vec<(String, UsageBucket)>>;
+    /// Like `usage_grouped`, but only the headline figures (`UsageHeadline`): for views
+    /// that show no more than requests, failures and cost per group.
+    async fn usage_headlines(
+        &self,
+        query: &UsageQuery,
+        by: UsageGrouping,
+    ) -> Result<Vec<(String, UsageHeadline)>>;
     /// Hourly consumption per key and per token since `since`: what quota and budget
     /// counters are restored from at start-up.
     async fn hourly_use_since(&self, since: Timestamp) -> Result<Vec<HourlyUse>>;

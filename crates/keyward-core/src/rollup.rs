@@ -168,6 +168,35 @@ pub fn rollups(records: &[UsageRecord]) -> Vec<Rollup> {
     out
 }
 
+/// The rollups collapsed to the key, service and environment (app token, model and network
+/// left empty): the key-level rows the store keeps beside the full ones, so questions that
+/// split no further than the key read one row per key and bucket. In the same fixed order.
+pub fn by_key(rollups: &[Rollup]) -> Vec<Rollup> {
+    let mut sums: HashMap<(Granularity, Timestamp, RollupDims), UsageTotals> = HashMap::new();
+    for r in rollups {
+        let dims = RollupDims {
+            key_id: r.dims.key_id.clone(),
+            service_id: r.dims.service_id.clone(),
+            environment: r.dims.environment.clone(),
+            ..RollupDims::default()
+        };
+        *sums.entry((r.granularity, r.bucket, dims)).or_default() += r.totals;
+    }
+    let mut out: Vec<Rollup> = sums
+        .into_iter()
+        .map(|((granularity, bucket, dims), totals)| Rollup {
+            granularity,
+            bucket,
+            dims,
+            totals,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (a.granularity as u8, a.bucket, &a.dims).cmp(&(b.granularity as u8, b.bucket, &b.dims))
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +286,33 @@ mod tests {
             "2026-12-07T00:00:00Z",
             "weeks start on Monday"
         );
+    }
+
+    #[test]
+    fn key_level_rollups_collapse_tokens_models_and_networks() {
+        let base = 1_796_655_570_000;
+        let mut other_model = record(base + 1_000, 60);
+        other_model.model = Some("gpt-4o-mini".into());
+        other_model.source = Some("198.51.100.7".parse().unwrap());
+        let mut other_env = record(base + 2_000, 60);
+        other_env.environment = Some("staging".into());
+        let full = rollups(&[record(base, 40), other_model, other_env]);
+        let keyed = by_key(&full);
+        let days: Vec<&Rollup> = keyed
+            .iter()
+            .filter(|r| r.granularity == Granularity::Day)
+            .collect();
+        assert_eq!(days.len(), 2, "one row per environment: {days:?}");
+        let production = days
+            .iter()
+            .find(|r| r.dims.environment == "production")
+            .unwrap();
+        assert_eq!(production.totals.requests, 2);
+        assert_eq!(production.totals.latency.count(), 2);
+        assert_eq!(production.dims.model, "");
+        assert_eq!(production.dims.network, "");
+        let sum = |rows: &[Rollup]| -> u64 { rows.iter().map(|r| r.totals.requests).sum() };
+        assert_eq!(sum(&keyed), sum(&full), "nothing lost or counted twice");
     }
 
     #[test]

@@ -139,7 +139,7 @@ fn pages() -> Vec<Route> {
     use Guard::{Enrolling, Public, SignedIn};
     use Method as M;
     use Permission as P;
-    use ui::{add_key, admin, alerts, dashboard, key, mfa, rotate, sign_in, tokens, usage};
+    use ui::{add_key, admin, alerts, dashboard, freeze, key, mfa, rotate, sign_in, tokens, usage};
     let p = Guard::Permission;
     vec![
         page(M::GET, "/login", Public, get(sign_in::login_form)),
@@ -254,6 +254,42 @@ fn pages() -> Vec<Route> {
             "/keys/{id}/purge",
             p(P::KeysPurge),
             post(key::purge),
+        ),
+        page(
+            M::GET,
+            "/keys/{id}/freeze",
+            p(P::KeysWrite),
+            get(freeze::key_form),
+        ),
+        page(
+            M::POST,
+            "/keys/{id}/freeze",
+            p(P::KeysWrite),
+            post(freeze::freeze_key),
+        ),
+        page(
+            M::POST,
+            "/keys/{id}/unfreeze",
+            p(P::KeysWrite),
+            post(freeze::unfreeze_key),
+        ),
+        page(
+            M::GET,
+            "/app-tokens/{id}/freeze",
+            p(P::AppTokensWrite),
+            get(freeze::token_form),
+        ),
+        page(
+            M::POST,
+            "/app-tokens/{id}/freeze",
+            p(P::AppTokensWrite),
+            post(freeze::freeze_token),
+        ),
+        page(
+            M::POST,
+            "/app-tokens/{id}/unfreeze",
+            p(P::AppTokensWrite),
+            post(freeze::unfreeze_token),
         ),
         page(
             M::GET,

@@ -125,6 +125,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "cache_misses",
         include_str!("../migrations/postgres/0022_cache_misses.sql"),
     ),
+    (
+        23,
+        "usage_key_rollups",
+        include_str!("../migrations/postgres/0023_usage_key_rollups.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

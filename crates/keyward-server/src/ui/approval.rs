@@ -98,10 +98,8 @@ pub fn continue_at(request: &ApprovalRequest) -> Option<String> {
                 format!("/keys/{key}?approval={id}&form=rotation#rotation")
             }
             ApprovalAction::Rotate => format!("/keys/{key}?approval={id}&form=rotate#rotate"),
-            ApprovalAction::Revoke
-            | ApprovalAction::Export
-            | ApprovalAction::AccessChange
-            | ApprovalAction::Unfreeze => {
+            ApprovalAction::Unfreeze => format!("/keys/{key}/freeze?approval={id}"),
+            ApprovalAction::Revoke | ApprovalAction::Export | ApprovalAction::AccessChange => {
                 return None;
             }
         });
@@ -113,6 +111,9 @@ pub fn continue_at(request: &ApprovalRequest) -> Option<String> {
         (ApprovalAction::AccessChange, t) if t.starts_with("user") => {
             Some(format!("/users?approval={id}"))
         }
+        (ApprovalAction::Unfreeze, t) => t
+            .strip_prefix("app_token:")
+            .map(|token| format!("/app-tokens/{token}/freeze?approval={id}")),
         _ => None,
     }
 }

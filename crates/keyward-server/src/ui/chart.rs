@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use jiff::Timestamp;
-use keyward_core::usage::{Granularity, UsageBucket, UsageTotals};
+use keyward_core::usage::{Granularity, UsageBucket, UsageHeadline, UsageTotals};
 use maud::{Markup, html};
 
 /// Width and height of a chart's drawing (scaled to the panel by the stylesheet).
@@ -35,6 +35,21 @@ pub fn daily(
                     sum
                 });
             (Timestamp::from_millisecond(start).unwrap_or(now), totals)
+        })
+        .collect()
+}
+
+/// Requests on each of the last `days` UTC days (oldest first) from headline rows.
+pub fn daily_requests(rows: &[UsageHeadline], now: Timestamp, days: usize) -> Vec<u64> {
+    let today = now.as_millisecond().div_euclid(DAY_MS) * DAY_MS;
+    (0..days)
+        .rev()
+        .map(|back| {
+            let start = today - i64::try_from(back).unwrap_or(0) * DAY_MS;
+            rows.iter()
+                .filter(|r| r.start.as_millisecond().div_euclid(DAY_MS) * DAY_MS == start)
+                .map(|r| r.requests)
+                .sum()
         })
         .collect()
 }

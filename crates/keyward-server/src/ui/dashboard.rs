@@ -16,7 +16,7 @@ use keyward_core::usage::{Granularity, KeyFlag, KeyFlagKind, UsageQuery};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::chart::{daily, quota_meter, sparkline};
+use super::chart::{daily_requests, quota_meter, sparkline};
 use super::frame::{Viewer, error_page, framed};
 use super::parts::{display_status, flag_word, relative, status_badge};
 use keyward_app::App;
@@ -95,7 +95,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
     let names = super::frame::category_names(app).await?;
     let now = app.now();
     let week = app
-        .usage_by_key(
+        .usage_headlines_by_key(
             actor,
             // Day rollups: the sparklines are daily (a seventh of the hourly rows' work).
             &UsageQuery::new(
@@ -134,10 +134,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
             .map(|s| s.category.clone())
             .unwrap_or_default();
         rows.push(Row {
-            week: daily(buckets, now, 7)
-                .iter()
-                .map(|(_, t)| t.requests)
-                .collect(),
+            week: daily_requests(buckets, now, 7),
             quota: shared_quota
                 .get(key.id.as_str())
                 .copied()
@@ -165,11 +162,7 @@ async fn page_for(app: &App, viewer: &Viewer, f: &Filters) -> Result<Markup, key
     }
     let active = rows.iter().filter(|r| r.status == "active").count();
     // Calls to models without a listed price this week: charged at a conservative estimate.
-    let unpriced: u64 = week
-        .values()
-        .flatten()
-        .map(|bucket| bucket.totals.unpriced)
-        .sum();
+    let unpriced: u64 = week.values().flatten().map(|day| day.unpriced).sum();
     let revealed = if actor.access.reach(Permission::AuditRead).is_everywhere() {
         Some(
             app.audit_events(

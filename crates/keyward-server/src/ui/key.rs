@@ -84,6 +84,11 @@ fn notice_text(notice: Option<&str>) -> Option<(&'static str, bool)> {
             "Approval requested: the operation runs once someone approves it.",
             false,
         ),
+        "frozen" => (
+            "Frozen: no instance injects this key until the freeze is lifted (with an approval).",
+            true,
+        ),
+        "unfrozen" => ("Freeze lifted: the proxy uses this key again.", false),
         _ => return None,
     })
 }
@@ -216,6 +221,16 @@ async fn detail_markup(
         Vec::new()
     };
     let proxy_url = format!("/proxy/{}/", key.service_id);
+    let subject = keyward_core::alert::AlertSubject::Key(key.id.clone());
+    let measures: Vec<keyward_core::response::Containment> = app
+        .containments(actor)
+        .await?
+        .into_iter()
+        .filter(|c| c.subject == subject)
+        .collect();
+    let frozen = measures
+        .iter()
+        .any(|c| c.measure == keyward_core::response::Measure::Freeze);
     let content = html! {
         @if let Some((text, bad)) = notice_text(notice) {
             p class={ "flash" @if bad { " error" } } role="status" { (text) }
@@ -253,6 +268,9 @@ async fn detail_markup(
                 @if let Some(flag) = &flag {
                     dt { "Warning" } dd class="warn" { (flag_word(flag.kind)) ": " (flag.reason) }
                 }
+                @for c in &measures {
+                    dt { "Response" } dd class="warn" data-containment=(c.measure.name()) { (super::freeze::measure_words(c, now)) }
+                }
             }
             @if !deleted {
                 div class="actions" {
@@ -275,6 +293,11 @@ async fn detail_markup(
                         a class="button quiet" href={ "/keys/" (key.id) "/reveal" } { "Reveal…" }
                     }
                     @if can_write && key.revoked.is_none() {
+                        @if frozen {
+                            a class="button" href={ "/keys/" (key.id) "/freeze" } { "Lift the freeze…" }
+                        } @else {
+                            a class="button danger" href={ "/keys/" (key.id) "/freeze" } { "Freeze…" }
+                        }
                         a class="button danger" href={ "/keys/" (key.id) "/revoke" } { "Revoke…" }
                     }
                     @if can_delete {

@@ -21,6 +21,7 @@ pub(crate) mod assets;
 mod chart;
 pub(crate) mod dashboard;
 pub(crate) mod frame;
+pub(crate) mod freeze;
 pub(crate) mod guard;
 pub(crate) mod key;
 pub(crate) mod key_form;

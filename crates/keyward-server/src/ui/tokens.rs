@@ -8,7 +8,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use keyward_core::Error;
 use keyward_core::access::Permission;
+use keyward_core::alert::AlertSubject;
 use keyward_core::app_token::{AppToken, AppTokenDraft, AppTokenStatus, BudgetPeriod, RateLimit};
+use keyward_core::response::{Containment, Measure};
 use maud::{Markup, html};
 use secrecy::ExposeSecret;
 
@@ -46,6 +48,13 @@ async fn list_markup(
         .collect();
     services.sort_by_key(|(_, name)| name.to_lowercase());
     let environments = app.environments().await?;
+    let measures = app.containments(actor).await?;
+    let measures_of = |t: &AppToken| -> Vec<&Containment> {
+        measures
+            .iter()
+            .filter(|c| matches!(&c.subject, AlertSubject::Token(id) if *id == t.id))
+            .collect()
+    };
     Ok(html! {
         @if let Some(e) = error { p class="flash error" role="alert" { "The token was not created: " (e.message) } }
         section aria-labelledby="tokens-title" {
@@ -63,7 +72,9 @@ async fn list_markup(
                         tbody {
                             @for t in &tokens {
                                 @let status = t.status(now);
-                                tr {
+                                @let in_force = measures_of(t);
+                                @let frozen = in_force.iter().any(|c| c.measure == Measure::Freeze);
+                                tr id={ "token-" (t.id) } {
                                     td data-label="Name" { (t.name) " " span class="mono muted" { (t.public_id) } }
                                     td data-label="Services" { (t.services.join(", ")) }
                                     td data-label="Environments" { (t.environments.join(", ")) }
@@ -71,10 +82,16 @@ async fn list_markup(
                                         @if let Some(r) = &t.rate_limit { (r.requests) " / " (r.per_seconds) " s" }
                                         @if let Some(b) = &t.budget { " · " (usd(b.limit_micros.saturating_mul(1_000))) " per " (if b.period == BudgetPeriod::Day { "day" } else { "month" }) }
                                     }
-                                    td data-label="Status" { span class={ "badge " (status_word(status)) } { (status_word(status)) } }
+                                    td data-label="Status" {
+                                        span class={ "badge " (status_word(status)) } { (status_word(status)) }
+                                        @for c in &in_force {
+                                            " " span class={ "badge " (c.measure.name()) } data-containment=(c.measure.name()) title=(c.reason) { (c.measure.name()) }
+                                        }
+                                    }
                                     td data-label="Last used" { (relative(now, t.last_used_at)) }
                                     td class="actions" {
                                         @if can_write && status == AppTokenStatus::Active {
+                                            a class="button quiet small" href={ "/app-tokens/" (t.id) "/freeze" } { @if frozen { "Lift freeze…" } @else { "Freeze…" } }
                                             form method="post" action={ "/app-tokens/" (t.id) "/revoke" } {
                                                 input type="hidden" name="csrf" value=(viewer.csrf);
                                                 button type="submit" class="quiet small" { "Revoke" }

@@ -285,3 +285,159 @@ async fn an_account_or_token_the_requester_made_cannot_approve() {
         .await;
     assert!(key["deleted_at"].is_null(), "{key}");
 }
+
+/// A key frozen from its page stays frozen until someone else approves lifting it; the
+/// requester completes the lift from the page the inbox links to. An app token the same way.
+#[tokio::test]
+async fn a_freeze_is_set_from_the_page_and_lifted_only_under_someone_elses_approval() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let key = app
+        .create_key("openai", "production", "main", OPENAI_KEY)
+        .await;
+    let id = key["id"].as_str().unwrap().to_owned();
+    let token = app
+        .app_token(json!({"name": "web", "services": ["openai"], "environments": ["production"]}))
+        .await;
+    let token_id = token["id"].as_str().unwrap().to_owned();
+    let (_, kim, _) = enrolled_user(&app, "kim", Role::Admin).await;
+    let (_, otto, _) = enrolled_user(&app, "otto", Role::Owner).await;
+
+    let (status, _, page) = get_page(&app, &kim.cookie, &format!("/keys/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Freeze…"), "{page}");
+    // A reason is required, and a refusal keeps what was typed.
+    let freeze = format!("/keys/{id}/freeze");
+    let (status, _, html) = post_form(&app, &kim, &freeze, &[("reason", "x")]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{html}");
+    assert!(html.contains("reason_required"), "{html}");
+    let (status, location, html) =
+        post_form(&app, &kim, &freeze, &[("reason", "seen in a public repo")]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    assert_eq!(location, format!("/keys/{id}?notice=frozen"));
+    let (_, _, page) = get_page(&app, &kim.cookie, &location).await;
+    assert!(page.contains("data-containment=\"freeze\""), "{page}");
+    assert!(page.contains("seen in a public repo"), "{page}");
+    assert!(page.contains("Lift the freeze…"), "{page}");
+    let (_, containments) = app.call(Method::GET, "/api/v1/containments", None).await;
+    assert_eq!(containments[0]["measure"], "freeze", "{containments}");
+    assert_eq!(containments[0]["by"], "kim", "{containments}");
+
+    // Lifting: refused for want of approval, the page offers to ask.
+    let unfreeze = format!("/keys/{id}/unfreeze");
+    let (status, _, html) = post_form(&app, &kim, &unfreeze, &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+    assert!(html.contains("Request approval"), "{html}");
+    let (status, _, html) = post_form(
+        &app,
+        &kim,
+        &unfreeze,
+        &[
+            ("approval", "request"),
+            ("reason", "rotated at the provider"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("Approval requested"), "{html}");
+    let (_, _, inbox) = get_page(&app, &otto.cookie, "/approvals").await;
+    let request = first_approval(&inbox);
+    // The requester cannot approve their own request.
+    let (status, _, _) = post_form(
+        &app,
+        &kim,
+        &format!("/approvals/{request}/decide"),
+        &[("comment", "mine"), ("decision", "approve")],
+    )
+    .await;
+    assert_ne!(status, StatusCode::SEE_OTHER);
+    let (status, _, _) = post_form(
+        &app,
+        &otto,
+        &format!("/approvals/{request}/decide"),
+        &[("comment", "checked the rotation"), ("decision", "approve")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, _, mine) = get_page(&app, &kim.cookie, "/approvals?view=mine").await;
+    let continue_at = format!("/keys/{id}/freeze?approval={request}");
+    assert!(mine.contains(&continue_at), "{mine}");
+    let (_, _, page) = get_page(&app, &kim.cookie, &continue_at).await;
+    assert!(
+        page.contains(&format!("name=\"approval\" value=\"{request}\"")),
+        "{page}"
+    );
+    let (status, location, html) =
+        post_form(&app, &kim, &unfreeze, &[("approval", &request)]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    assert_eq!(location, format!("/keys/{id}?notice=unfrozen"));
+    let (_, containments) = app.call(Method::GET, "/api/v1/containments", None).await;
+    assert_eq!(containments, json!([]));
+    // Used once: the same approval does not lift a second freeze.
+    let (status, _, _) = post_form(&app, &kim, &freeze, &[("reason", "again, to test")]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _, html) = post_form(&app, &kim, &unfreeze, &[("approval", &request)]).await;
+    assert_ne!(status, StatusCode::SEE_OTHER, "{html}");
+
+    // An app token: frozen from its freeze page, shown on the list, lifted the same way.
+    let (status, location, html) = post_form(
+        &app,
+        &kim,
+        &format!("/app-tokens/{token_id}/freeze"),
+        &[("reason", "calls from an unknown network")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    assert_eq!(location, format!("/app-tokens#token-{token_id}"));
+    let (_, _, list) = get_page(&app, &kim.cookie, "/app-tokens").await;
+    assert!(list.contains("data-containment=\"freeze\""), "{list}");
+    assert!(list.contains("Lift freeze…"), "{list}");
+    let (status, _, html) = post_form(
+        &app,
+        &kim,
+        &format!("/app-tokens/{token_id}/unfreeze"),
+        &[
+            ("approval", "request"),
+            ("reason", "network is our new office"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let (_, _, inbox) = get_page(&app, &otto.cookie, "/approvals").await;
+    let token_request = first_approval(&inbox);
+    let (status, _, _) = post_form(
+        &app,
+        &otto,
+        &format!("/approvals/{token_request}/decide"),
+        &[("comment", "known office"), ("decision", "approve")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, _, mine) = get_page(&app, &kim.cookie, "/approvals?view=mine").await;
+    assert!(
+        mine.contains(&format!(
+            "/app-tokens/{token_id}/freeze?approval={token_request}"
+        )),
+        "{mine}"
+    );
+    let (status, location, html) = post_form(
+        &app,
+        &kim,
+        &format!("/app-tokens/{token_id}/unfreeze"),
+        &[("approval", &token_request)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    assert_eq!(location, format!("/app-tokens#token-{token_id}"));
+    let (_, containments) = app.call(Method::GET, "/api/v1/containments", None).await;
+    let left: Vec<&str> = containments
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["subject_kind"].as_str())
+        .collect();
+    assert_eq!(
+        left,
+        ["key"],
+        "only the key's second freeze: {containments}"
+    );
+}

@@ -42,8 +42,8 @@ use keyward_core::service::{Category, Environment, ServiceDefinition};
 use keyward_core::session::Session;
 use keyward_core::token::ManagementToken;
 use keyward_core::usage::{
-    HourlyUse, KeyFlag, PoolSetting, Subject, UsageBucket, UsageGrouping, UsageQuery, UsageRecord,
-    UsageTotals,
+    HourlyUse, KeyFlag, PoolSetting, Subject, UsageBucket, UsageGrouping, UsageHeadline,
+    UsageQuery, UsageRecord, UsageTotals,
 };
 use keyward_core::user::User;
 use sqlx::migrate::{Migration, MigrationType, Migrator};

@@ -80,20 +80,29 @@ fn usage_filters(query: &UsageQuery) -> Vec<(&'static str, String)> {
     .collect()
 }
 
-/// The sums per bucket (and per value of `group`) for `query`, its statement built from
-/// the filters it sets (at most 64 shapes, each cached once per connection).
+/// The headline measures (`UsageHeadline`), in the order `usage_headlines` reads them.
+const HEADLINE_MEASURES: [&str; 4] = ["requests", "errors", "cost_nanos", "unpriced"];
+
+/// The sums of `measures` per bucket (and per value of `group`) for `query`, its statement
+/// built from the filters it sets (a few dozen shapes, each cached once per connection),
+/// over the key-level rollups whenever the query splits no further than the key.
 fn usage_statement(
     query: &UsageQuery,
     group: Option<&str>,
+    measures: &[&str],
 ) -> sqlx::query::Query<'static, Db, <Db as sqlx::Database>::Arguments> {
-    let sums: Vec<String> = MEASURES
+    let sums: Vec<String> = measures
         .iter()
         .map(|m| format!("CAST(SUM({m}) AS BIGINT)"))
         .collect();
     let sums = sums.join(", ");
+    let columns = measures.join(", ");
     let filters = usage_filters(query);
-    let mut filter =
-        "FROM usage_rollups WHERE grain = $1 AND bucket >= $2 AND bucket < $3".to_owned();
+    let table = RollupTable::for_query(&filters, group);
+    let mut filter = format!(
+        "FROM {} WHERE grain = $1 AND bucket >= $2 AND bucket < $3",
+        table.name()
+    );
     for (i, (column, _)) in filters.iter().enumerate() {
         filter.push_str(&format!(" AND {column} = ${}", i + 4));
     }
@@ -104,7 +113,7 @@ fn usage_statement(
         // grain and bucket of every key — 140 ms instead of a few for a week by key at
         // 2 M records on SQLite.
         Some(column) => format!(
-            "WITH r AS MATERIALIZED (SELECT * {filter}) \
+            "WITH r AS MATERIALIZED (SELECT {column}, bucket, {columns} {filter}) \
              SELECT {column}, bucket, {sums} FROM r WHERE {column} <> '' \
              GROUP BY {column}, bucket ORDER BY {column}, bucket"
         ),
@@ -185,17 +194,107 @@ const USAGE_ROWS_PER_INSERT: usize = 100;
 /// Rows per multi-row rollup upsert (35 binds each).
 const ROLLUP_ROWS_PER_UPSERT: usize = 50;
 
-/// `INSERT … ON CONFLICT DO UPDATE` adding each measure to the stored row: rollups of the
-/// same bucket written by several instances (or batches) add up.
-fn rollup_upsert_tail() -> String {
-    let sets: Vec<String> = MEASURES
-        .iter()
-        .map(|m| format!("{m} = usage_rollups.{m} + excluded.{m}"))
-        .collect();
-    format!(
-        " ON CONFLICT (grain, bucket, key_id, token_id, service_id, model, environment, network) DO UPDATE SET {}",
-        sets.join(", ")
-    )
+/// The two rollup tables: the full one, and the one collapsed to the key (with the service
+/// and environment a key belongs to) that questions splitting no further read instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RollupTable {
+    Full,
+    ByKey,
+}
+
+impl RollupTable {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Full => "usage_rollups",
+            Self::ByKey => "usage_key_rollups",
+        }
+    }
+
+    fn dimensions(self) -> &'static [&'static str] {
+        match self {
+            Self::Full => &[
+                "key_id",
+                "token_id",
+                "service_id",
+                "model",
+                "environment",
+                "network",
+            ],
+            Self::ByKey => &["key_id", "service_id", "environment"],
+        }
+    }
+
+    /// The table a query reads: the key-level one when every filter and the grouping are
+    /// dimensions it keeps (it holds the same sums in far fewer rows).
+    fn for_query(filters: &[(&'static str, String)], group: Option<&str>) -> Self {
+        let kept = |column: &str| Self::ByKey.dimensions().contains(&column);
+        if filters.iter().all(|(column, _)| kept(column)) && group.is_none_or(kept) {
+            Self::ByKey
+        } else {
+            Self::Full
+        }
+    }
+
+    /// `INSERT … ON CONFLICT DO UPDATE` adding each measure to the stored row: rollups of
+    /// the same bucket written by several instances (or batches) add up.
+    fn upsert_head_and_tail(self) -> (String, String) {
+        let table = self.name();
+        let dims = self.dimensions().join(", ");
+        let sets: Vec<String> = MEASURES
+            .iter()
+            .map(|m| format!("{m} = {table}.{m} + excluded.{m}"))
+            .collect();
+        (
+            format!(
+                "INSERT INTO {table} (grain, bucket, {dims}, {}) ",
+                MEASURES.join(", ")
+            ),
+            format!(
+                " ON CONFLICT (grain, bucket, {dims}) DO UPDATE SET {}",
+                sets.join(", ")
+            ),
+        )
+    }
+
+    /// Adds `rollups` to this table, in fixed-size chunks so the prepared statement is
+    /// reused.
+    async fn add(
+        self,
+        tx: &mut sqlx::Transaction<'_, Db>,
+        rollups: &[keyward_core::rollup::Rollup],
+    ) -> Result<(), Error> {
+        let (head, tail) = self.upsert_head_and_tail();
+        for chunk in rollups.chunks(ROLLUP_ROWS_PER_UPSERT) {
+            let mut upsert = QueryBuilder::<Db>::new(&head);
+            upsert.push_values(chunk, |mut row, r| {
+                row.push_bind(r.granularity as i16)
+                    .push_bind(millis(r.bucket))
+                    .push_bind(r.dims.key_id.clone());
+                if self == Self::Full {
+                    row.push_bind(r.dims.token_id.clone());
+                }
+                row.push_bind(r.dims.service_id.clone());
+                if self == Self::Full {
+                    row.push_bind(r.dims.model.clone());
+                }
+                row.push_bind(r.dims.environment.clone());
+                if self == Self::Full {
+                    row.push_bind(r.dims.network.clone());
+                }
+                for value in measures(&r.totals) {
+                    row.push_bind(value);
+                }
+            });
+            upsert.push(&tail);
+            upsert
+                .build()
+                .persistent(chunk.len() == ROLLUP_ROWS_PER_UPSERT)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -251,38 +350,15 @@ impl UsageStore for ThisStore {
                 .map_err(|e| db_error(e, None))?;
         }
         let rollups = keyward_core::rollup::rollups(records);
-        let tail = rollup_upsert_tail();
-        for chunk in rollups.chunks(ROLLUP_ROWS_PER_UPSERT) {
-            let mut upsert = QueryBuilder::<Db>::new(format!(
-                "INSERT INTO usage_rollups (grain, bucket, key_id, token_id, service_id, model, environment, network, {}) ",
-                MEASURES.join(", ")
-            ));
-            upsert.push_values(chunk, |mut row, r| {
-                row.push_bind(r.granularity as i16)
-                    .push_bind(millis(r.bucket))
-                    .push_bind(r.dims.key_id.clone())
-                    .push_bind(r.dims.token_id.clone())
-                    .push_bind(r.dims.service_id.clone())
-                    .push_bind(r.dims.model.clone())
-                    .push_bind(r.dims.environment.clone())
-                    .push_bind(r.dims.network.clone());
-                for value in measures(&r.totals) {
-                    row.push_bind(value);
-                }
-            });
-            upsert.push(&tail);
-            upsert
-                .build()
-                .persistent(chunk.len() == ROLLUP_ROWS_PER_UPSERT)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db_error(e, None))?;
-        }
+        RollupTable::Full.add(&mut tx, &rollups).await?;
+        RollupTable::ByKey
+            .add(&mut tx, &keyward_core::rollup::by_key(&rollups))
+            .await?;
         commit(tx).await
     }
 
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageBucket>, Error> {
-        let rows = usage_statement(query, None)
+        let rows = usage_statement(query, None, &MEASURES)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, None))?;
@@ -301,7 +377,7 @@ impl UsageStore for ThisStore {
         query: &UsageQuery,
         by: UsageGrouping,
     ) -> Result<Vec<(String, UsageBucket)>, Error> {
-        let rows = usage_statement(query, Some(dimension(by)))
+        let rows = usage_statement(query, Some(dimension(by)), &MEASURES)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, None))?;
@@ -319,13 +395,45 @@ impl UsageStore for ThisStore {
             .collect()
     }
 
+    async fn usage_headlines(
+        &self,
+        query: &UsageQuery,
+        by: UsageGrouping,
+    ) -> Result<Vec<(String, UsageHeadline)>, Error> {
+        let rows = usage_statement(query, Some(dimension(by)), &HEADLINE_MEASURES)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        rows.iter()
+            .map(|row| {
+                let group: String = row.try_get(0).map_err(|e| corrupt("usage group", e))?;
+                let at = |i: usize| -> Result<u64, Error> {
+                    let value: Option<i64> =
+                        row.try_get(i).map_err(|e| corrupt("usage sums", e))?;
+                    Ok(from_db_int(value.unwrap_or(0)))
+                };
+                Ok((
+                    group,
+                    UsageHeadline {
+                        start: timestamp(row.try_get(1).map_err(|e| corrupt("bucket", e))?)?,
+                        requests: at(2)?,
+                        errors: at(3)?,
+                        cost_nanos: at(4)?,
+                        unpriced: at(5)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     async fn hourly_use_since(&self, since: Timestamp) -> Result<Vec<HourlyUse>, Error> {
         let mut out = Vec::new();
         for column in ["key_id", "token_id"] {
+            let table = RollupTable::for_query(&[], Some(column)).name();
             let sql = format!(
                 "SELECT {column}, bucket, CAST(SUM(requests) AS BIGINT), CAST(SUM(credits) AS BIGINT), \
                  CAST(SUM(input_tokens + cached_tokens + output_tokens) AS BIGINT), CAST(SUM(cost_nanos) AS BIGINT) \
-                 FROM usage_rollups WHERE grain = 1 AND bucket >= $1 AND {column} <> '' GROUP BY {column}, bucket"
+                 FROM {table} WHERE grain = 1 AND bucket >= $1 AND {column} <> '' GROUP BY {column}, bucket"
             );
             let rows: Vec<(String, i64, i64, i64, i64, i64)> =
                 sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -365,11 +473,17 @@ impl UsageStore for ThisStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, None))?;
-        sqlx::query("DELETE FROM usage_rollups WHERE grain = 0 AND bucket < $1")
-            .bind(millis(minutes_before))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error(e, None))?;
+        for table in [RollupTable::Full, RollupTable::ByKey] {
+            let sql = format!(
+                "DELETE FROM {} WHERE grain = 0 AND bucket < $1",
+                table.name()
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(millis(minutes_before))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        }
         commit(tx).await?;
         Ok(deleted.rows_affected())
     }

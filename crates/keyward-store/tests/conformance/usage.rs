@@ -176,6 +176,20 @@ async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
         .await
         .expect("by token");
     assert_eq!(by_token[0].totals.requests, 3);
+    // The key-level rows (a key's own sums) and the full rows (here narrowed by model, which
+    // every call of the key has) hold the same figures, measure for measure.
+    for granularity in [Granularity::Minute, Granularity::Hour, Granularity::Month] {
+        let mut by_model = query(granularity, Some(&key));
+        by_model.model = Some("gpt-5.4-mini".into());
+        assert_eq!(
+            store
+                .usage(&query(granularity, Some(&key)))
+                .await
+                .expect("key level"),
+            store.usage(&by_model).await.expect("full rows"),
+            "{granularity:?}"
+        );
+    }
 
     let mut restored = store
         .hourly_use_since(ts(base + HOUR))
@@ -306,6 +320,39 @@ async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
         for (id, bucket) in &by_key {
             *per_key.entry(id.clone()).or_default() += bucket.totals.requests;
         }
+        // The headline figures are the same sums, row for row.
+        let headlines = store
+            .usage_headlines(&query(granularity, None), UsageGrouping::Key)
+            .await
+            .expect("headlines by key");
+        assert_eq!(
+            headlines
+                .iter()
+                .map(|(id, h)| (
+                    id.clone(),
+                    h.start,
+                    h.requests,
+                    h.errors,
+                    h.cost_nanos,
+                    h.unpriced
+                ))
+                .collect::<Vec<_>>(),
+            by_key
+                .iter()
+                .map(|(id, b)| {
+                    let t = b.totals;
+                    (
+                        id.clone(),
+                        b.start,
+                        t.requests,
+                        t.errors,
+                        t.cost_nanos,
+                        t.unpriced,
+                    )
+                })
+                .collect::<Vec<_>>(),
+            "{granularity:?}"
+        );
         assert_eq!(
             per_key,
             [(key.to_string(), first_key), (second.to_string(), 1)]
@@ -364,6 +411,21 @@ async fn hourly_sums_and_recent_records_become_rollups(db: &TestDatabase, store:
     ))
     .await;
     db.execute_raw(backfill).await;
+    // Then 0023's: the key-level rollups from the full ones (what unfiltered sums read).
+    let key_level = match db {
+        TestDatabase::Sqlite { .. } => {
+            include_str!("../../migrations/sqlite/0023_usage_key_rollups.sql")
+        }
+        TestDatabase::Postgres { .. } => {
+            include_str!("../../migrations/postgres/0023_usage_key_rollups.sql")
+        }
+    };
+    let (_, key_backfill) = key_level
+        .split_once(
+            "CREATE INDEX usage_key_rollups_key ON usage_key_rollups (key_id, grain, bucket);",
+        )
+        .expect("the migration creates the table, then backfills");
+    db.execute_raw(key_backfill).await;
     let query = |g| {
         UsageQuery::new(
             ts(base - 86_400_000 * 40),
