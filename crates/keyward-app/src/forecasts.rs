@@ -38,9 +38,7 @@ struct Wanted {
 
 fn amount(unit: Option<LimitUnit>, t: &UsageTotals) -> f64 {
     match unit {
-        Some(LimitUnit::Requests | LimitUnit::Symbols) => t.requests as f64,
-        Some(LimitUnit::Credits) => t.credits as f64,
-        Some(LimitUnit::Tokens) => (t.input_tokens + t.cached_tokens + t.output_tokens) as f64,
+        Some(unit) => unit.spent(t) as f64,
         // Budgets: dollars.
         None => t.cost_nanos as f64 / 1e9,
     }

@@ -51,12 +51,7 @@ fn plan_words(plan: &keyward_core::service::PlanLimits) -> String {
         .limits
         .iter()
         .map(|l| {
-            let unit = match l.unit {
-                keyward_core::service::LimitUnit::Requests => "requests",
-                keyward_core::service::LimitUnit::Credits => "credits",
-                keyward_core::service::LimitUnit::Tokens => "tokens",
-                keyward_core::service::LimitUnit::Symbols => "symbols",
-            };
+            let unit = l.unit.as_str();
             let window = match l.window_seconds {
                 1 => "second".to_owned(),
                 60 => "minute".to_owned(),

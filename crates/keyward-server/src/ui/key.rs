@@ -14,13 +14,14 @@ use keyward_core::access::Permission;
 use keyward_core::audit::AuditFilter;
 use keyward_core::id::KeyId;
 use keyward_core::key::{Criticality, Key, KeyChanges, KeyFilter, KeyStatus, PageRequest};
-use keyward_core::usage::{Granularity, UsageQuery};
+use keyward_core::service::Limit;
+use keyward_core::usage::{Granularity, UsageQuery, UsageTotals};
 use maud::{Markup, html};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::approval;
-use super::chart::{daily, daily_bars, quota_meter, short_day, usd};
+use super::chart::{daily, daily_bars, quota_meter, short_day, usd, value_bars};
 use super::frame::{Viewer, error_page, field, framed, page};
 use super::guard::form_post;
 use super::key_form::{Refused, Typed, expiry_of, field_of, parse_id, tags_of};
@@ -151,11 +152,10 @@ async fn detail_markup(
         )
         .await?;
     let days = daily(&buckets, now, 30);
-    let total: keyward_core::usage::UsageTotals =
-        days.iter().fold(Default::default(), |mut sum, (_, t)| {
-            sum += *t;
-            sum
-        });
+    let total: UsageTotals = days.iter().fold(Default::default(), |mut sum, (_, t)| {
+        sum += *t;
+        sum
+    });
     let forecasts = app.key_forecasts(actor, &id).await?;
     let impact = app.impact(actor, &id).await?;
     let trail = if actor.access.reach(Permission::AuditRead).is_everywhere() {
@@ -328,6 +328,12 @@ async fn detail_markup(
                 div class="card" { div class="label" { "Tokens (in/out)" } div class="value small" { (total.input_tokens) " / " (total.output_tokens) } }
             }
             div class="panel" { (daily_bars(&days, "Requests per day")) }
+            @for limit in key.limits.iter().filter(|l| l.window_seconds == 86_400) {
+                div class="panel" data-quota-history=(limit.unit.as_str()) {
+                    h3 { "Daily quota: " (limit.max) " " (limit.unit.as_str()) }
+                    (daily_quota_use(&days, limit))
+                }
+            }
             @if !forecasts.is_empty() {
                 h3 id="allowances" { "Quotas and budget" }
                 (super::usage::forecasts_table(&forecasts, now))
@@ -402,6 +408,33 @@ async fn detail_markup(
         }
     };
     Ok((key.alias.clone(), content))
+}
+
+/// Each UTC day's use of a daily quota against its limit (the dashed line), in the quota's
+/// own unit: how close the key came on its busiest days.
+fn daily_quota_use(days: &[(jiff::Timestamp, UsageTotals)], limit: &Limit) -> Markup {
+    let series: Vec<(jiff::Timestamp, f64)> = days
+        .iter()
+        .map(|(day, t)| (*day, limit.unit.spent(t) as f64))
+        .collect();
+    let busiest = series.iter().map(|(_, v)| *v).fold(0.0_f64, f64::max);
+    let full = series
+        .iter()
+        .filter(|(_, v)| *v >= limit.max as f64)
+        .count();
+    let words = format!(
+        "{} per UTC day against a limit of {}: at most {busiest:.0}, at the limit on {full} of {} days",
+        limit.unit.as_str(),
+        limit.max,
+        series.len()
+    );
+    value_bars(
+        &series,
+        Granularity::Day,
+        "quota",
+        Some(limit.max as f64),
+        &words,
+    )
 }
 
 /// The key's health: status and why, the last five minutes of calls, the circuit, probes.

@@ -17,7 +17,6 @@ use keyward_app::forecasts::{Allowance, AllowanceForecast};
 use keyward_core::alert::AlertSubject;
 use keyward_core::budget::BudgetPeriod;
 use keyward_core::key::{KeyFilter, PageRequest};
-use keyward_core::service::LimitUnit;
 use keyward_core::usage::{Granularity, UsageBucket, UsageGrouping, UsageQuery, UsageTotals};
 use keyward_core::{Error, ErrorKind};
 use maud::{Markup, html};
@@ -98,13 +97,7 @@ fn allowance_words(f: &AllowanceForecast) -> String {
                 s if s % 86_400 == 0 => format!("per {} days", s / 86_400),
                 s => format!("per {} h", s / 3_600),
             };
-            let unit = match unit {
-                LimitUnit::Requests => "requests",
-                LimitUnit::Credits => "credits",
-                LimitUnit::Tokens => "tokens",
-                LimitUnit::Symbols => "symbols",
-            };
-            format!("{} {unit} {per}", f.forecast.limit)
+            format!("{} {} {per}", f.forecast.limit, unit.as_str())
         }
         Allowance::Budget { period } => {
             let period = match period {

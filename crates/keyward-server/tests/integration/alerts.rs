@@ -519,6 +519,21 @@ async fn forecasts_say_when_a_daily_quota_runs_out_from_the_shared_sums() {
     assert!(dashboard.contains("data-pressing=\"1\""), "{dashboard}");
     let (_, _, key_page) = crate::ui::get_page(&app, &ada.cookie, &format!("/keys/{key}")).await;
     assert!(key_page.contains("data-forecasts=\"1\""), "{key_page}");
+    // And each day's use of the daily quota against its limit, over the 30 days.
+    assert!(
+        key_page.contains("data-quota-history=\"requests\""),
+        "{key_page}"
+    );
+    let words = key_page
+        .split("requests per UTC day against a limit of 500: at most 700, at the limit on ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{key_page}"));
+    let full_days: u32 = words.split(' ').next().unwrap().parse().unwrap();
+    assert!((8..=11).contains(&full_days), "{full_days}");
+    assert!(
+        words.starts_with(&format!("{full_days} of 30 days")),
+        "{words}"
+    );
 
     // 700 calls a day against a quota of 500: the plan is too small, said in the API and
     // on the page.
