@@ -196,16 +196,43 @@ impl App {
         let containments = self.store.containments().await?;
         // Keys, limits or budgets may have changed: forecasts are computed afresh.
         *self.forecasts.lock().await = None;
-        self.proxy.install(Snapshot::build(
-            &catalog,
-            tokens,
-            keys,
-            alternates,
-            flags,
-            &pools,
-            &containments,
-        ));
+        let recoverable = self.recoverable_keys().await?;
+        self.proxy.install(
+            Snapshot::build(
+                &catalog,
+                tokens,
+                keys,
+                alternates,
+                flags,
+                &pools,
+                &containments,
+            )
+            .with_recoverable(recoverable),
+        );
         Ok(())
+    }
+
+    /// Every deleted key not yet purged (those are in their recovery window).
+    async fn recoverable_keys(&self) -> Result<Vec<keyward_core::key::Key>, Error> {
+        let filter = keyward_core::key::KeyFilter {
+            status: Some(keyward_core::key::KeyStatus::Deleted),
+            ..Default::default()
+        };
+        let now = self.now();
+        let mut keys = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = keyward_core::key::PageRequest::new(
+                cursor,
+                Some(keyward_core::key::PageRequest::MAX_LIMIT),
+            )?;
+            let found = self.store.list_keys(&filter, &page, now).await?;
+            keys.extend(found.items);
+            match found.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(keys),
+            }
+        }
     }
 
     /// Rebuilds the snapshot if the store changed since `last` (e.g. through another

@@ -38,7 +38,7 @@ struct Wanted {
 
 fn amount(unit: Option<LimitUnit>, t: &UsageTotals) -> f64 {
     match unit {
-        Some(unit) => unit.spent(t) as f64,
+        Some(unit) => t.spent(unit) as f64,
         // Budgets: dollars.
         None => t.cost_nanos as f64 / 1e9,
     }

@@ -110,16 +110,6 @@ pub enum LimitUnit {
 }
 
 impl LimitUnit {
-    /// How much of this unit a set of calls spent (symbols are counted per request, as the
-    /// proxy meters them).
-    pub fn spent(self, t: &crate::usage::UsageTotals) -> u64 {
-        match self {
-            Self::Requests | Self::Symbols => t.requests,
-            Self::Credits => t.credits,
-            Self::Tokens => t.input_tokens + t.cached_tokens + t.output_tokens,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Requests => "requests",

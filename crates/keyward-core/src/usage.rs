@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::budget::{Budget, BudgetPeriod};
 use crate::id::{AppTokenId, KeyId};
-use crate::service::{Limit, QuotaCalendar};
+use crate::service::{Limit, LimitUnit, QuotaCalendar};
 
 /// Token counts of one LLM call, split by how each kind is billed. `input` excludes cached
 /// and cache-write tokens (OpenAI and Gemini include cached tokens in their prompt count;
@@ -361,6 +361,18 @@ impl LatencyHistogram {
             seen += count;
         }
         LATENCY_BOUNDS_MS.last().copied()
+    }
+}
+
+impl UsageTotals {
+    /// How much of a limit's unit these calls spent (symbols are counted per request, as
+    /// the proxy meters them).
+    pub fn spent(&self, unit: LimitUnit) -> u64 {
+        match unit {
+            LimitUnit::Requests | LimitUnit::Symbols => self.requests,
+            LimitUnit::Credits => self.credits,
+            LimitUnit::Tokens => self.input_tokens + self.cached_tokens + self.output_tokens,
+        }
     }
 }
 
@@ -873,7 +885,6 @@ mod tests {
             Some("2026-12-06T15:40:20Z".parse().expect("ts"))
         );
     }
-    use crate::service::LimitUnit;
 
     fn at(s: &str) -> Timestamp {
         s.parse().expect("timestamp")

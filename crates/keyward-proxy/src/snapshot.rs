@@ -71,6 +71,10 @@ pub struct Snapshot {
     tokens: HashMap<String, Arc<AppToken>>,
     pools: HashMap<(String, String), Pool>,
     frozen_tokens: HashSet<AppTokenId>,
+    /// Deleted keys still in their recovery window, per service and environment, most
+    /// recently deleted first: never injected, but a call that finds no key where one of
+    /// them was is someone still wanting it (`dormant_key_use`).
+    recoverable: HashMap<(String, String), Vec<KeyId>>,
 }
 
 fn denied(code: &'static str, message: impl Into<String>) -> Error {
@@ -152,7 +156,21 @@ impl Snapshot {
                 .collect(),
             pools,
             frozen_tokens,
+            recoverable: HashMap::new(),
         }
+    }
+
+    /// The deleted keys still in their recovery window (`Snapshot::dormant_key`).
+    #[must_use]
+    pub fn with_recoverable(mut self, mut deleted: Vec<Key>) -> Self {
+        deleted.sort_by_key(|k| std::cmp::Reverse(k.deleted_at));
+        for key in deleted {
+            self.recoverable
+                .entry((key.service_id, key.environment))
+                .or_default()
+                .push(key.id);
+        }
+        self
     }
 
     /// A live key by id.
@@ -218,23 +236,37 @@ impl Snapshot {
         Ok(record.clone())
     }
 
-    /// The disabled key a refused call (`key_disabled`) asked for, for the usage record: a
+    /// The idle key a refused call asked for, for the usage record: the disabled key behind
+    /// `key_disabled`, or the deleted (still recoverable) key behind `no_key_available`. A
     /// key that should be idle is still wanted by someone (`dormant_key_use`).
     pub fn dormant_key(
         &self,
+        refusal: &str,
         token: &AppToken,
         service_id: &str,
         environment: Option<&str>,
         now: Timestamp,
     ) -> Option<KeyId> {
         let environment = environment.or(token.environments.first().map(String::as_str))?;
-        self.pools
-            .get(&(service_id.to_owned(), environment.to_owned()))?
-            .keys
-            .iter()
-            .filter(|k| token.key_ids.is_empty() || token.key_ids.contains(&k.key.id))
-            .find(|k| k.key.status(now) == KeyStatus::Disabled)
-            .map(|k| k.key.id.clone())
+        let pool = (service_id.to_owned(), environment.to_owned());
+        let wanted = |id: &KeyId| token.key_ids.is_empty() || token.key_ids.contains(id);
+        match refusal {
+            "key_disabled" => self
+                .pools
+                .get(&pool)?
+                .keys
+                .iter()
+                .filter(|k| wanted(&k.key.id))
+                .find(|k| k.key.status(now) == KeyStatus::Disabled)
+                .map(|k| k.key.id.clone()),
+            "no_key_available" => self
+                .recoverable
+                .get(&pool)?
+                .iter()
+                .find(|id| wanted(id))
+                .cloned(),
+            _ => None,
+        }
     }
 
     /// Picks the key for a token calling `service_id`, in the requested environment or the

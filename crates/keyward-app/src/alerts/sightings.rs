@@ -53,10 +53,12 @@ impl App {
                 ));
             }
         }
-        for r in records
-            .iter()
-            .filter(|r| r.error_code.as_deref() == Some("key_disabled"))
-        {
+        for r in records {
+            let state = match r.error_code.as_deref() {
+                Some("key_disabled") => "disabled",
+                Some("no_key_available") => "deleted (in its recovery window)",
+                _ => continue,
+            };
             if let Some(key) = &r.key_id {
                 let by = r
                     .token_id
@@ -69,7 +71,7 @@ impl App {
                         at: r.at,
                         score: 1.0,
                         reason: format!(
-                            "{by} asked for this key while it is disabled ({} {}; refused)",
+                            "{by} asked for this key while it is {state} ({} {}; refused)",
                             r.method, r.endpoint
                         ),
                     },

@@ -92,10 +92,8 @@ impl Proxy {
         ) {
             Ok(route) => route,
             Err(e) => {
-                if e.code == "key_disabled" {
-                    exchange.record.key_id =
-                        snapshot.dormant_key(&token, &inbound.service, environment, now);
-                }
+                exchange.record.key_id =
+                    snapshot.dormant_key(e.code, &token, &inbound.service, environment, now);
                 return Err(e);
             }
         };

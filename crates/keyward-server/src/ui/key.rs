@@ -415,7 +415,7 @@ async fn detail_markup(
 fn daily_quota_use(days: &[(jiff::Timestamp, UsageTotals)], limit: &Limit) -> Markup {
     let series: Vec<(jiff::Timestamp, f64)> = days
         .iter()
-        .map(|(day, t)| (*day, limit.unit.spent(t) as f64))
+        .map(|(day, t)| (*day, t.spent(limit.unit) as f64))
         .collect();
     let busiest = series.iter().map(|(_, v)| *v).fold(0.0_f64, f64::max);
     let full = series

@@ -900,7 +900,7 @@ async fn in_chromium_the_analytics_page_draws_its_charts_and_an_alert_is_acknowl
 }
 
 #[tokio::test]
-async fn a_settled_token_calling_from_a_new_network_or_endpoint_and_any_call_for_a_disabled_key_raise_alerts()
+async fn a_settled_token_calling_from_a_new_network_or_endpoint_and_any_call_for_a_disabled_or_deleted_key_raise_alerts()
  {
     let start: Timestamp = "2026-12-01T15:00:00Z".parse().unwrap();
     let clock = Arc::new(ManualClock::new(start));
@@ -1032,6 +1032,33 @@ async fn a_settled_token_calling_from_a_new_network_or_endpoint_and_any_call_for
     let reason = found[0]["reason"].as_str().unwrap();
     assert!(
         reason.contains(&token_id) && reason.contains("while it is disabled"),
+        "{reason}"
+    );
+
+    // Deleted, in its recovery window: a call finds no key, and wanting it is an alert too.
+    let alert = found[0]["id"].as_str().unwrap();
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/alerts/{alert}/resolve"),
+            Some(json!({"comment": "the app moved to the new plan"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .call(Method::DELETE, &format!("/api/v1/keys/{key}"), None)
+        .await;
+    assert!(status.is_success(), "{body}");
+    let refused = call(&token, "203.0.113.7", "/api/v1/quote?symbol=AAPL")
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    let found = open(format!("key={key}&signal=dormant_key_use")).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let reason = found[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&token_id)
+            && reason.contains("while it is deleted (in its recovery window)"),
         "{reason}"
     );
 }
