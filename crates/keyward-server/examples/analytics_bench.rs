@@ -390,6 +390,8 @@ async fn main() {
     // on the machine these figures come from): a server has run it within the hour after a
     // bulk load. Without it PostgreSQL plans against the empty tables' statistics.
     app.maintain_store().await.unwrap();
+    // A long seed outlasts the viewer's idle session: sign in again.
+    let cookie = sign_in(&client, &base).await;
     println!(
         "seeded {} records in {:.1} s ({:.0} records/s)",
         a.records,
