@@ -3,13 +3,15 @@
 //! ```text
 //! cargo run --release -p keyward-server --example analytics_bench -- \
 //!     [--database-url URL] [--records 10000000] [--keys 1000] [--days 60] [--samples 30]
-//!     [--data-dir DIR [--measure-only]]
+//!     [--data-dir DIR [--measure-only [--settle SECONDS]]]
 //! ```
 //!
 //! `--data-dir` keeps the vault (its master key, and the SQLite database unless
 //! `--database-url` names another) in DIR instead of a temporary directory; a later run with
 //! the same DIR (and URL) and `--measure-only` measures that seeded vault again without
-//! setting it up or seeding it — for figures taken on a quiet machine after a long seed.
+//! setting it up or seeding it — for figures taken on a quiet machine after a long seed —
+//! after waiting `--settle` seconds (default 60) for the start-up work (quota counters
+//! restored, the detectors' replay of the minute rollups) to finish.
 //!
 //! Starts the real server on a fresh database (SQLite in a temporary directory by default,
 //! or the PostgreSQL URL given — it must be an empty database), adds `--keys` Finnhub and
@@ -47,6 +49,7 @@ struct Args {
     samples: usize,
     data_dir: Option<std::path::PathBuf>,
     measure_only: bool,
+    settle_seconds: u64,
 }
 
 fn args() -> Args {
@@ -58,6 +61,7 @@ fn args() -> Args {
         samples: 30,
         data_dir: None,
         measure_only: false,
+        settle_seconds: 60,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +72,7 @@ fn args() -> Args {
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
             "--data-dir" => a.data_dir = Some(value.into()),
+            "--settle" => a.settle_seconds = value.parse().expect("--settle SECONDS"),
             "--database-url" => a.database_url = Some(value),
             "--records" => a.records = value.parse().expect("--records N"),
             "--keys" => a.keys = value.parse().expect("--keys N"),
@@ -206,6 +211,7 @@ async fn main() {
     let measured_key = dir.join("bench-key");
     if a.measure_only {
         let key = std::fs::read_to_string(&measured_key).expect("a seeded --data-dir");
+        tokio::time::sleep(Duration::from_secs(a.settle_seconds)).await;
         let cookie = sign_in(&client, &base).await;
         println!("\n{:<36} {:>22}", "measured (seeded vault)", "p50 / p95");
         for (name, path) in probes(&key, Timestamp::now()) {
