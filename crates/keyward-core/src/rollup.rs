@@ -152,25 +152,12 @@ pub fn rollups(records: &[UsageRecord]) -> Vec<Rollup> {
                 .or_default() += totals;
         }
     }
-    let mut out: Vec<Rollup> = sums
-        .into_iter()
-        .map(|((granularity, bucket, dims), totals)| Rollup {
-            granularity,
-            bucket,
-            dims,
-            totals,
-        })
-        .collect();
-    // A fixed order, so concurrent writers take row locks in the same order.
-    out.sort_by(|a, b| {
-        (a.granularity as u8, a.bucket, &a.dims).cmp(&(b.granularity as u8, b.bucket, &b.dims))
-    });
-    out
+    in_write_order(sums)
 }
 
 /// The rollups collapsed to the key, service and environment (app token, model and network
 /// left empty): the key-level rows the store keeps beside the full ones, so questions that
-/// split no further than the key read one row per key and bucket. In the same fixed order.
+/// split no further than the key read one row per key and bucket.
 pub fn by_key(rollups: &[Rollup]) -> Vec<Rollup> {
     let mut sums: HashMap<(Granularity, Timestamp, RollupDims), UsageTotals> = HashMap::new();
     for r in rollups {
@@ -182,6 +169,11 @@ pub fn by_key(rollups: &[Rollup]) -> Vec<Rollup> {
         };
         *sums.entry((r.granularity, r.bucket, dims)).or_default() += r.totals;
     }
+    in_write_order(sums)
+}
+
+/// Summed rollups in a fixed order, so concurrent writers take row locks in the same order.
+fn in_write_order(sums: HashMap<(Granularity, Timestamp, RollupDims), UsageTotals>) -> Vec<Rollup> {
     let mut out: Vec<Rollup> = sums
         .into_iter()
         .map(|((granularity, bucket, dims), totals)| Rollup {

@@ -128,14 +128,39 @@ fn usage_statement(
     statement
 }
 
+/// One summed measure (NULL where nothing was summed).
+fn sum_at(row: &DbRow, column: usize) -> Result<u64, Error> {
+    let value: Option<i64> = row.try_get(column).map_err(|e| corrupt("usage sums", e))?;
+    Ok(from_db_int(value.unwrap_or(0)))
+}
+
+impl ThisStore {
+    /// The rows of a grouped usage statement as (group, what `read` makes of the sums
+    /// from column 2 on, given the bucket's start).
+    async fn grouped<T>(
+        &self,
+        query: &UsageQuery,
+        by: UsageGrouping,
+        measures: &[&str],
+        read: impl Fn(&DbRow, Timestamp) -> Result<T, Error>,
+    ) -> Result<Vec<(String, T)>, Error> {
+        let rows = usage_statement(query, Some(dimension(by)), measures)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        rows.iter()
+            .map(|row| {
+                let group: String = row.try_get(0).map_err(|e| corrupt("usage group", e))?;
+                let start = timestamp(row.try_get(1).map_err(|e| corrupt("bucket", e))?)?;
+                Ok((group, read(row, start)?))
+            })
+            .collect()
+    }
+}
+
 /// Reads the measures of `MEASURES` from the columns starting at `first`.
 fn totals_from(row: &DbRow, first: usize) -> Result<UsageTotals, Error> {
-    let at = |i: usize| -> Result<u64, Error> {
-        let value: Option<i64> = row
-            .try_get(first + i)
-            .map_err(|e| corrupt("usage sums", e))?;
-        Ok(from_db_int(value.unwrap_or(0)))
-    };
+    let at = |i: usize| sum_at(row, first + i);
     let mut latency = keyward_core::usage::LatencyHistogram::default();
     for (i, slot) in latency.0.iter_mut().enumerate() {
         *slot = at(14 + i)?;
@@ -377,22 +402,13 @@ impl UsageStore for ThisStore {
         query: &UsageQuery,
         by: UsageGrouping,
     ) -> Result<Vec<(String, UsageBucket)>, Error> {
-        let rows = usage_statement(query, Some(dimension(by)), &MEASURES)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error(e, None))?;
-        rows.iter()
-            .map(|row| {
-                let group: String = row.try_get(0).map_err(|e| corrupt("usage group", e))?;
-                Ok((
-                    group,
-                    UsageBucket {
-                        start: timestamp(row.try_get(1).map_err(|e| corrupt("bucket", e))?)?,
-                        totals: totals_from(row, 2)?,
-                    },
-                ))
+        self.grouped(query, by, &MEASURES, |row, start| {
+            Ok(UsageBucket {
+                start,
+                totals: totals_from(row, 2)?,
             })
-            .collect()
+        })
+        .await
     }
 
     async fn usage_headlines(
@@ -400,30 +416,16 @@ impl UsageStore for ThisStore {
         query: &UsageQuery,
         by: UsageGrouping,
     ) -> Result<Vec<(String, UsageHeadline)>, Error> {
-        let rows = usage_statement(query, Some(dimension(by)), &HEADLINE_MEASURES)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error(e, None))?;
-        rows.iter()
-            .map(|row| {
-                let group: String = row.try_get(0).map_err(|e| corrupt("usage group", e))?;
-                let at = |i: usize| -> Result<u64, Error> {
-                    let value: Option<i64> =
-                        row.try_get(i).map_err(|e| corrupt("usage sums", e))?;
-                    Ok(from_db_int(value.unwrap_or(0)))
-                };
-                Ok((
-                    group,
-                    UsageHeadline {
-                        start: timestamp(row.try_get(1).map_err(|e| corrupt("bucket", e))?)?,
-                        requests: at(2)?,
-                        errors: at(3)?,
-                        cost_nanos: at(4)?,
-                        unpriced: at(5)?,
-                    },
-                ))
+        self.grouped(query, by, &HEADLINE_MEASURES, |row, start| {
+            Ok(UsageHeadline {
+                start,
+                requests: sum_at(row, 2)?,
+                errors: sum_at(row, 3)?,
+                cost_nanos: sum_at(row, 4)?,
+                unpriced: sum_at(row, 5)?,
             })
-            .collect()
+        })
+        .await
     }
 
     async fn hourly_use_since(&self, since: Timestamp) -> Result<Vec<HourlyUse>, Error> {
