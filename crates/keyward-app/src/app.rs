@@ -77,6 +77,9 @@ pub struct AppOptions {
     pub expiry_grace: std::time::Duration,
     /// How long before a quota or budget runs out it is announced (zero: never).
     pub forecast_lead: std::time::Duration,
+    /// How long the proxy goes on injecting keys without confirming its snapshot is current
+    /// (`None`: the proxy's default, 10 s).
+    pub max_snapshot_staleness: Option<std::time::Duration>,
     pub pricing: PricingTable,
     pub sessions: keyward_core::session::SessionPolicy,
     pub secure_cookies: bool,
@@ -100,6 +103,9 @@ impl App {
             random.clone(),
             ProxyConfig {
                 expiry_grace: options.expiry_grace,
+                max_snapshot_staleness: options
+                    .max_snapshot_staleness
+                    .unwrap_or(ProxyConfig::default().max_snapshot_staleness),
                 public_url: options.public_url.clone(),
                 ..ProxyConfig::default()
             },
@@ -235,20 +241,27 @@ impl App {
         }
     }
 
-    /// Rebuilds the snapshot if the store changed since `last` (e.g. through another
-    /// instance sharing the database). The marker is read before the rebuild, so a change
-    /// that lands during it is caught by the next poll.
-    pub async fn refresh_proxy_if_changed(
-        &self,
-        last: &mut Option<Vec<i64>>,
-    ) -> Result<bool, Error> {
-        let marker = self.store.change_marker().await?;
-        if last.as_ref() == Some(&marker) {
+    /// Rebuilds the snapshot if the store's change number moved since `last` (a change made
+    /// through another instance, or `None`: resync in full), and either way confirms the
+    /// snapshot current — an instance that cannot confirm it for long stops injecting keys.
+    /// The number is read before the rebuild, so a change committed during it is caught by
+    /// the next check.
+    pub async fn refresh_proxy_if_changed(&self, last: &mut Option<i64>) -> Result<bool, Error> {
+        let number = self.store.change_number().await?;
+        if *last == Some(number) {
+            self.proxy.confirm_current();
             return Ok(false);
         }
         self.refresh_proxy().await?;
-        *last = Some(marker);
+        *last = Some(number);
         Ok(true)
+    }
+
+    /// A listener told of every change committed by any instance, where the store has one.
+    pub async fn change_listener(
+        &self,
+    ) -> Result<Option<Box<dyn keyward_core::ports::ChangeListener>>, Error> {
+        self.store.change_listener().await
     }
 
     /// Refuses an actor without `permission` over the whole vault: for use cases that are

@@ -539,10 +539,15 @@ pub trait Store:
     async fn initialized(&self) -> Result<bool>;
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<()>;
-    /// A cheap fingerprint of everything the proxy snapshot is built from (keys, versions,
-    /// app tokens, custom services, base-URL overrides): it differs after any change made by
-    /// any instance. Polled every second to keep every instance's snapshot fresh.
-    async fn change_marker(&self) -> Result<Vec<i64>>;
+    /// The change number: moved by every committed transaction that changes what the proxy
+    /// snapshot is built from (keys, versions, app tokens, custom services, base-URL
+    /// overrides, flags, pool strategies, rotations, throttles and freezes) — never by a
+    /// last-use stamp. It only grows, in commit order, so a snapshot built after reading `n`
+    /// holds every change numbered up to `n`. One row: cheap to read every second.
+    async fn change_number(&self) -> Result<i64>;
+    /// A listener told at once when the change number moves (PostgreSQL `LISTEN`), or
+    /// `None` where the backend has none (SQLite: poll [`Store::change_number`]).
+    async fn change_listener(&self) -> Result<Option<Box<dyn ChangeListener>>>;
     /// Refreshes the query planner's statistics (`ANALYZE`; SQLite `PRAGMA optimize`) so
     /// filtered listings stay index-driven after bulk imports. Run after imports and hourly.
     async fn maintain(&self) -> Result<()>;
@@ -550,4 +555,23 @@ pub trait Store:
     async fn ping(&self) -> Result<()>;
     /// Closes connections (SQLite checkpoints its WAL).
     async fn close(&self);
+}
+
+/// What a [`ChangeListener`] heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeSignal {
+    /// The change number moved (read it: notifications carry nothing).
+    Changed,
+    /// The connection was lost and is being made again: notifications sent meanwhile are
+    /// gone, so the listener's owner must resync in full.
+    Lost,
+}
+
+/// Notifications of committed changes, from one connection kept for them.
+#[async_trait]
+pub trait ChangeListener: Send + std::fmt::Debug {
+    /// Waits for the next notification. Cancel-safe: dropping the future (a timeout) loses
+    /// nothing. An error means the connection could not be made again; calling again
+    /// retries.
+    async fn next(&mut self) -> Result<ChangeSignal>;
 }

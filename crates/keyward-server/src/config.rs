@@ -37,6 +37,7 @@ const KNOWN_KEYS: &[&str] = &[
     "usage_retention_days",
     "expiry_grace_minutes",
     "forecast_lead_minutes",
+    "max_snapshot_staleness_seconds",
     "audit_checkpoint_seconds",
     "audit_webhook_url",
     "smtp_url",
@@ -147,6 +148,12 @@ pub struct RawSettings {
         deserialize_with = "scalar_as_string"
     )]
     pub forecast_lead_minutes: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub max_snapshot_staleness_seconds: Option<String>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -272,6 +279,10 @@ pub struct Settings {
     /// How long before a quota or budget runs out (at the current pace) it is announced as
     /// `quota_forecast` / `budget_forecast` (0–10080 minutes; default 120; 0: never).
     pub forecast_lead: std::time::Duration,
+    /// How long the proxy keeps injecting keys while it cannot confirm its view of the vault
+    /// is current (the database unreachable): then it refuses calls `store_unavailable`
+    /// until it can (1–3600 seconds; default 10).
+    pub max_snapshot_staleness: std::time::Duration,
     /// How often the audit chain's head is signed (when it moved).
     pub audit_checkpoint_every: std::time::Duration,
     /// Where every audit entry is also POSTed, as JSON Lines (at least once, in order).
@@ -312,6 +323,7 @@ impl Settings {
             usage_retention_days: self.usage_retention_days,
             expiry_grace: self.expiry_grace,
             forecast_lead: self.forecast_lead,
+            max_snapshot_staleness: Some(self.max_snapshot_staleness),
             pricing: self.pricing.clone(),
             sessions: self.sessions,
             secure_cookies: self.secure_cookies,
@@ -620,6 +632,13 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
             120,
         )?),
     );
+    let max_snapshot_staleness = std::time::Duration::from_secs(u64::from(bounded(
+        "max_snapshot_staleness_seconds",
+        "seconds",
+        raw.max_snapshot_staleness_seconds.as_deref(),
+        1..=3600u32,
+        10,
+    )?));
     let audit_checkpoint_every = std::time::Duration::from_secs(u64::from(bounded(
         "audit_checkpoint_seconds",
         "seconds",
@@ -752,6 +771,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         usage_retention_days,
         expiry_grace,
         forecast_lead,
+        max_snapshot_staleness,
         audit_checkpoint_every,
         audit_webhook_url,
         smtp,

@@ -235,18 +235,83 @@ async fn rotation_loop(app: Arc<App>) {
     }
 }
 
-/// Keeps the proxy snapshot current with changes made by other instances: polls the
-/// store's change marker twice a second and rebuilds only when it moved, so a revocation
-/// anywhere takes effect everywhere within a second. (Changes made through
-/// this instance are applied before their API call returns.)
+/// How often the change number is read to confirm the snapshot is current while a listener
+/// hears nothing (and how soon a lost listener is made again). Well inside the default
+/// `max_snapshot_staleness` (10 s), so a healthy instance never comes near it.
+const CONFIRM_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the change number is read where the store cannot notify (SQLite): one row.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// How the snapshot loop hears of changes.
+enum Feed {
+    /// Told at once of every commit (PostgreSQL `LISTEN`), confirmed every second.
+    Listening(Box<dyn keyward_core::ports::ChangeListener>),
+    /// The store cannot notify: the change number is read four times a second.
+    Polling,
+    /// The listener could not be made yet: poll every second and try again.
+    Unconnected,
+}
+
+/// Keeps the proxy snapshot current with changes made by other instances: rebuilds when the
+/// store's change number moved — at once when the store notifies, else within a quarter of
+/// a second — and confirms it current at least every second, so a revocation anywhere
+/// takes effect everywhere within a second. After a lost listener connection it resyncs in
+/// full (notifications sent meanwhile are gone). While the store cannot be reached nothing
+/// confirms the snapshot, and past `max_snapshot_staleness` the proxy refuses calls until
+/// it can. (Changes made through this instance are applied before their API call returns.)
 async fn snapshot_loop(app: Arc<App>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut feed = Feed::Unconnected;
     let mut last = None;
+    let mut failing = false;
     loop {
-        tick.tick().await;
-        if let Err(e) = app.refresh_proxy_if_changed(&mut last).await {
-            tracing::warn!(error = %e, "could not check for changes; the proxy keeps its current snapshot");
+        match &mut feed {
+            Feed::Listening(listener) => {
+                match tokio::time::timeout(CONFIRM_EVERY, listener.next()).await {
+                    // Quiet for a second (the number is read to confirm), or told of a change.
+                    Err(_) | Ok(Ok(keyward_core::ports::ChangeSignal::Changed)) => {}
+                    Ok(Ok(keyward_core::ports::ChangeSignal::Lost)) => {
+                        tracing::info!(
+                            "the change listener lost its connection; resyncing in full"
+                        );
+                        last = None;
+                    }
+                    Ok(Err(e)) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "the change listener cannot reconnect yet");
+                        }
+                        last = None;
+                        tokio::time::sleep(CONFIRM_EVERY).await;
+                    }
+                }
+            }
+            Feed::Polling => tokio::time::sleep(POLL_EVERY).await,
+            Feed::Unconnected => match app.change_listener().await {
+                Ok(Some(listener)) => {
+                    feed = Feed::Listening(listener);
+                    last = None;
+                }
+                Ok(None) => feed = Feed::Polling,
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot listen for changes yet; polling");
+                    }
+                    tokio::time::sleep(CONFIRM_EVERY).await;
+                }
+            },
+        }
+        match app.refresh_proxy_if_changed(&mut last).await {
+            Ok(_) if failing => {
+                tracing::info!("the store answers again; the proxy's snapshot is current");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot confirm the proxy's snapshot is current; it keeps serving until max_snapshot_staleness, then refuses calls");
+                }
+                failing = true;
+            }
         }
     }
 }

@@ -92,6 +92,14 @@ impl Metrics {
                 "keyward_proxy_uninspected_bodies_total",
                 "LLM answers too large to read their usage: passed through and not metered"
             );
+            metrics::describe_gauge!(
+                "keyward_snapshot_age_seconds",
+                "Seconds since this instance last confirmed its view of the vault matches the store (-1: never)"
+            );
+            metrics::describe_gauge!(
+                "keyward_snapshot_stale",
+                "1 while the view went unconfirmed past max_snapshot_staleness and proxied calls are refused"
+            );
             metrics::describe_counter!(
                 "keyward_usage_write_failures_total",
                 "Usage batches the store refused (the events in them are lost)"
@@ -223,6 +231,10 @@ impl Metrics {
                 .absolute(gauges.expired_key_uses);
             metrics::counter!("keyward_proxy_uninspected_bodies_total")
                 .absolute(gauges.uninspected_bodies);
+            metrics::gauge!("keyward_snapshot_age_seconds")
+                .set(gauges.snapshot_age.map_or(-1.0, |age| age.as_secs_f64()));
+            metrics::gauge!("keyward_snapshot_stale")
+                .set(f64::from(u8::from(gauges.snapshot_stale)));
         });
         self.handle.render()
     }
@@ -285,6 +297,8 @@ mod tests {
             cache_bytes: 4096,
             expired_key_uses: 2,
             uninspected_bodies: 3,
+            snapshot_age: Some(std::time::Duration::from_millis(1500)),
+            snapshot_stale: false,
         });
         for line in [
             r#"keyward_proxy_requests_total{service="openai",outcome="success",cache="miss"} 1"#,
@@ -299,6 +313,8 @@ mod tests {
             r#"keyward_proxy_answers_total{service="openai",answer="success"} 1"#,
             r#"keyward_proxy_unpriced_calls_total{service="openai"} 1"#,
             "keyward_proxy_uninspected_bodies_total 3",
+            "keyward_snapshot_age_seconds 1.5",
+            "keyward_snapshot_stale 0",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -130,6 +130,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_key_rollups",
         include_str!("../migrations/postgres/0023_usage_key_rollups.sql"),
     ),
+    (
+        24,
+        "change feed",
+        include_str!("../migrations/postgres/0024_change_feed.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -169,6 +174,46 @@ impl PostgresStore {
 
     fn backend_name() -> &'static str {
         "postgres"
+    }
+
+    /// A connection kept to `LISTEN` on the change feed's channel (migration 0024).
+    async fn listen_for_changes(
+        &self,
+    ) -> Result<Option<Box<dyn keyward_core::ports::ChangeListener>>, Error> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        listener
+            .listen(CHANGE_CHANNEL)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(Some(Box::new(PgChanges { listener })))
+    }
+}
+
+/// The channel migration 0024's trigger notifies at every commit that moves the change feed.
+const CHANGE_CHANNEL: &str = "keyward_changes";
+
+/// Change notifications from PostgreSQL. sqlx reconnects the listener by itself; `try_recv`
+/// says when it had to (`Ok(None)`), because whatever was sent meanwhile is lost.
+struct PgChanges {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl std::fmt::Debug for PgChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgChanges")
+    }
+}
+
+#[async_trait::async_trait]
+impl keyward_core::ports::ChangeListener for PgChanges {
+    async fn next(&mut self) -> Result<keyward_core::ports::ChangeSignal, Error> {
+        match self.listener.try_recv().await {
+            Ok(Some(_)) => Ok(keyward_core::ports::ChangeSignal::Changed),
+            Ok(None) => Ok(keyward_core::ports::ChangeSignal::Lost),
+            Err(e) => Err(db_error(e, None)),
+        }
     }
 }
 

@@ -133,6 +133,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_key_rollups",
         include_str!("../migrations/sqlite/0023_usage_key_rollups.sql"),
     ),
+    (
+        24,
+        "change feed",
+        include_str!("../migrations/sqlite/0024_change_feed.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -177,6 +182,14 @@ impl SqliteStore {
 
     fn backend_name() -> &'static str {
         "sqlite"
+    }
+
+    /// SQLite has no `LISTEN`: instances poll the change number.
+    #[allow(clippy::unused_async)]
+    async fn listen_for_changes(
+        &self,
+    ) -> Result<Option<Box<dyn keyward_core::ports::ChangeListener>>, Error> {
+        Ok(None)
     }
 }
 

@@ -107,6 +107,37 @@ impl TestDatabase {
         store
     }
 
+    /// PostgreSQL: cuts the database off (no new connections, every open one closed) or lets
+    /// it be reached again — an outage as a running instance sees it. Panics on SQLite.
+    pub async fn set_reachable(&self, reachable: bool) {
+        #[expect(clippy::panic, reason = "test fixture")]
+        let Self::Postgres { name, .. } = self else {
+            panic!("only a PostgreSQL database can be cut off")
+        };
+        #[expect(clippy::expect_used, reason = "test fixture")]
+        let mut conn = PgConnection::connect(&postgres_admin_url())
+            .await
+            .expect("connect as admin");
+        #[expect(clippy::expect_used, reason = "test fixture")]
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS {reachable}"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("allow or refuse connections");
+        if !reachable {
+            #[expect(clippy::expect_used, reason = "test fixture")]
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(name)
+            .execute(&mut conn)
+            .await
+            .expect("close the database's connections");
+        }
+        let _ = conn.close().await;
+    }
+
     /// Runs statements directly against the database, behind Keyward's back: for tests that
     /// tamper with stored rows or break a table's writes on purpose.
     pub async fn execute_raw(&self, sql: &str) {

@@ -89,7 +89,7 @@ impl Proxy {
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        let snapshot = self.snapshot();
+        let snapshot = self.current_snapshot()?;
         match self.admit(&snapshot, inbound, exchange).await? {
             Admission::Cached(hit) => Ok(Delivery::Cached(hit)),
             Admission::Send(admitted) => self.attempt(admitted, exchange).await,

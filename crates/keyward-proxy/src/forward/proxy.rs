@@ -69,6 +69,9 @@ pub struct ProxyConfig {
     /// no trailing `/`): links in answers are rewritten to `{public_url}/proxy/{service}/…`.
     /// `None`: `http://` and the request's `Host`.
     pub public_url: Option<String>,
+    /// How long keys are still injected after the snapshot was last confirmed current; past
+    /// it every call is refused `store_unavailable` (the view may hold revoked keys).
+    pub max_snapshot_staleness: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -87,6 +90,7 @@ impl Default for ProxyConfig {
             lanes: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             expiry_grace: Duration::ZERO,
             public_url: None,
+            max_snapshot_staleness: Duration::from_secs(10),
         }
     }
 }
@@ -114,6 +118,10 @@ pub struct ProxyGauges {
     pub expired_key_uses: u64,
     /// LLM answers too large to read their usage: passed through, not metered.
     pub uninspected_bodies: u64,
+    /// Since the snapshot was last confirmed current (`None`: never).
+    pub snapshot_age: Option<Duration>,
+    /// Whether calls are refused because it went unconfirmed too long.
+    pub snapshot_stale: bool,
 }
 
 /// Bound of the event channel: when the writer falls this far behind, events are dropped
@@ -154,6 +162,43 @@ pub struct Proxy {
     pub(crate) health: KeyHealth,
     pub(super) cache: ResponseCache,
     pub(crate) sink: Arc<Sink>,
+    pub(super) currency: Currency,
+}
+
+/// When the snapshot was last known to match the store. Kept on the monotonic clock, not
+/// the injected one: it measures how long this process has gone without hearing from the
+/// store, which neither a wall-clock step nor a test moving business time by days should
+/// open or close.
+#[derive(Debug)]
+pub(super) struct Currency {
+    origin: std::time::Instant,
+    /// Milliseconds after `origin` of the last confirmation; `u64::MAX`: never confirmed.
+    confirmed_ms: AtomicU64,
+}
+
+impl Currency {
+    fn new() -> Self {
+        Self {
+            origin: std::time::Instant::now(),
+            confirmed_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn confirm(&self) {
+        self.confirmed_ms
+            .store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since the last confirmation; `None` if there never was one.
+    fn age(&self) -> Option<Duration> {
+        let confirmed = self.confirmed_ms.load(Ordering::Relaxed);
+        (confirmed != u64::MAX)
+            .then(|| Duration::from_millis(self.elapsed_ms().saturating_sub(confirmed)))
+    }
 }
 
 impl Proxy {
@@ -185,6 +230,7 @@ impl Proxy {
             health: KeyHealth::default(),
             cache: ResponseCache::new(config.cache_max_bytes, config.cache_max_entry_bytes),
             config,
+            currency: Currency::new(),
             sink: Arc::new(Sink {
                 events,
                 dropped: AtomicU64::new(0),
@@ -203,6 +249,36 @@ impl Proxy {
         self.rate_limits.retain(|id| live.contains(id));
         self.health.retain(|k| snapshot.has_key(k));
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+        self.currency.confirm();
+    }
+
+    /// Records that the snapshot was just found to match the store (its change number did
+    /// not move).
+    pub fn confirm_current(&self) {
+        self.currency.confirm();
+    }
+
+    /// How long since the snapshot was last confirmed current (`None`: never installed).
+    pub fn snapshot_age(&self) -> Option<Duration> {
+        self.currency.age()
+    }
+
+    /// Whether the snapshot went unconfirmed for longer than `max_snapshot_staleness`: the
+    /// proxy refuses every call meanwhile.
+    pub fn snapshot_stale(&self) -> bool {
+        self.snapshot_age()
+            .is_none_or(|age| age > self.config.max_snapshot_staleness)
+    }
+
+    /// The snapshot to decide a call with, or `store_unavailable` when it may be out of date:
+    /// better no answer than one from a view that may still hold a revoked key or token.
+    pub(super) fn current_snapshot(&self) -> Result<Arc<Snapshot>, Error> {
+        if self.snapshot_stale() {
+            return Err(Error::unavailable(
+                "Keyward cannot confirm its view of the vault is current (the database is unreachable); calls are refused until it can",
+            ));
+        }
+        Ok(self.snapshot())
     }
 
     /// Restores quota and budget counters from the store's hourly rollups (at start-up).
@@ -233,6 +309,8 @@ impl Proxy {
             cache_bytes: self.cache.weighted_size(),
             expired_key_uses: self.sink.expired_key_uses.load(Ordering::Relaxed),
             uninspected_bodies: self.sink.uninspected_bodies.load(Ordering::Relaxed),
+            snapshot_age: self.snapshot_age(),
+            snapshot_stale: self.snapshot_stale(),
         }
     }
 

@@ -66,6 +66,12 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
 
 pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Response {
     match app.ready().await {
+        Ok(_) if app.proxy.snapshot_stale() => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the proxy could not confirm its view of the vault is current for longer than max_snapshot_staleness; proxied calls are refused until it does",
+        )
+        .into_response(),
         Ok(backend) => {
             Json(serde_json::json!({"status": "ready", "store": backend})).into_response()
         }

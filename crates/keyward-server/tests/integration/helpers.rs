@@ -250,6 +250,7 @@ async fn start(
         trusted_proxies: raw.trusted_proxies.clone(),
         expiry_grace_minutes: raw.expiry_grace_minutes.clone(),
         forecast_lead_minutes: raw.forecast_lead_minutes.clone(),
+        max_snapshot_staleness_seconds: raw.max_snapshot_staleness_seconds.clone(),
         smtp_url: raw.smtp_url.clone(),
         smtp_from: raw.smtp_from.clone(),
         health_probes: raw.health_probes.clone(),

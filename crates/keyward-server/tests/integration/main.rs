@@ -27,6 +27,7 @@ mod compliance;
 mod durability;
 mod email;
 mod expiry;
+mod freshness;
 mod guided_rotation;
 mod health;
 mod keys;

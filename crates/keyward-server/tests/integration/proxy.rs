@@ -531,7 +531,7 @@ async fn revoking_a_token_or_disabling_a_key_takes_effect_at_once() {
 }
 
 /// Two instances share one database; a token revoked through one stops working on the
-/// other within a second (it polls the store's change marker).
+/// other within a second (it hears of it through the store's change feed).
 async fn revocation_reaches_every_instance_within_a_second(backend: Backend) {
     let Some(s) = setup_on(backend).await else {
         return;
@@ -562,7 +562,7 @@ async fn revocation_reaches_every_instance_within_a_second(backend: Backend) {
             break;
         }
         assert_eq!(status, StatusCode::OK);
-        // Generous for a loaded CI machine; the poll interval is 500 ms.
+        // Generous for a loaded CI machine; SQLite's change number is polled every 250 ms.
         assert!(
             revoked_at.elapsed() < std::time::Duration::from_millis(1500),
             "the other instance still accepts the token"

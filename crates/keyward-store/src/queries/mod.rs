@@ -33,9 +33,9 @@ use keyward_core::master_key::{KekUsage, MasterKeyRecord};
 use keyward_core::mfa::MfaEnrolment;
 use keyward_core::notification::{Delivery, Webhook};
 use keyward_core::ports::{
-    AccessStore, AppTokenStore, ApprovalStore, AuditStore, CatalogStore, HealthStore, KeyStore,
-    MfaStore, NotificationStore, RotationStore, SessionStore, Store, TokenStore, UsageStore,
-    UserStore, VaultStore,
+    AccessStore, AppTokenStore, ApprovalStore, AuditStore, CatalogStore, ChangeListener,
+    HealthStore, KeyStore, MfaStore, NotificationStore, RotationStore, SessionStore, Store,
+    TokenStore, UsageStore, UserStore, VaultStore,
 };
 use keyward_core::service::Limit;
 use keyward_core::service::{Category, Environment, ServiceDefinition};
@@ -333,24 +333,6 @@ fn count(r: &DbRow, column: &str) -> Result<u64, Error> {
     u64::try_from(get::<i64>(r, column)?).map_err(|e| corrupt(column, e))
 }
 
-/// The change marker's columns.
-type MarkerRow = (
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-);
-
 #[async_trait]
 impl Store for ThisStore {
     fn backend(&self) -> &'static str {
@@ -383,32 +365,16 @@ impl Store for ThisStore {
             })
     }
 
-    async fn change_marker(&self) -> Result<Vec<i64>, Error> {
-        // Sums, not maxima: an update stamped earlier than the latest (clock skew between
-        // instances) still changes a sum.
-        let row: MarkerRow = sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM keys), \
-                    (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM keys), \
-                    (SELECT COUNT(*) FROM key_versions), \
-                    (SELECT COUNT(*) FROM app_tokens), \
-                    (SELECT CAST(COALESCE(SUM(revoked_at % 1000000007), 0) AS BIGINT) FROM app_tokens), \
-                    (SELECT COUNT(*) FROM custom_services), \
-                    (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM base_url_overrides), \
-                    (SELECT COUNT(*) FROM key_flags), \
-                    (SELECT CAST(COALESCE(SUM((since + COALESCE(until, 0)) % 1000000007), 0) AS BIGINT) FROM key_flags), \
-                    (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM pool_strategies), \
-                    (SELECT COUNT(*) FROM rotations), \
-                    (SELECT CAST(COALESCE(SUM(revision), 0) AS BIGINT) FROM rotations), \
-                    (SELECT COUNT(*) FROM containments), \
-                    (SELECT CAST(COALESCE(SUM((created_at + COALESCE(requests, 0)) % 1000000007), 0) AS BIGINT) FROM containments)",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| db_error(e, None))?;
-        Ok(vec![
-            row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11,
-            row.12, row.13,
-        ])
+    async fn change_number(&self) -> Result<i64, Error> {
+        let (number,): (i64,) = sqlx::query_as("SELECT number FROM change_feed WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(number)
+    }
+
+    async fn change_listener(&self) -> Result<Option<Box<dyn ChangeListener>>, Error> {
+        self.listen_for_changes().await
     }
 
     async fn maintain(&self) -> Result<(), Error> {

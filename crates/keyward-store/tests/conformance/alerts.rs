@@ -157,7 +157,7 @@ async fn one_unresolved_alert_per_subject_and_signal(store: Arc<dyn Store>) {
     assert!(!store.delete_mute(&mute.id).await.expect("delete twice"));
 }
 
-async fn an_alert_escalates_once_and_its_measures_move_the_change_marker(store: Arc<dyn Store>) {
+async fn an_alert_escalates_once_and_its_measures_move_the_change_number(store: Arc<dyn Store>) {
     let r = rng();
     let token = AlertSubject::Token(AppTokenId::generate(ts(1), &r));
     let alert = Alert::open(
@@ -190,7 +190,7 @@ async fn an_alert_escalates_once_and_its_measures_move_the_change_marker(store: 
         Stage::Throttled
     );
 
-    let marker = store.change_marker().await.expect("marker");
+    let marker = store.change_number().await.expect("change number");
     let throttle = Containment {
         subject: token.clone(),
         measure: Measure::Throttle(RateLimit {
@@ -207,7 +207,7 @@ async fn an_alert_escalates_once_and_its_measures_move_the_change_marker(store: 
         !store.contain(&throttle).await.expect("twice"),
         "one of each kind per subject"
     );
-    let throttled = store.change_marker().await.expect("marker");
+    let throttled = store.change_number().await.expect("change number");
     assert_ne!(marker, throttled, "a throttle reaches every proxy");
     let freeze = Containment {
         measure: Measure::Freeze,
@@ -217,7 +217,7 @@ async fn an_alert_escalates_once_and_its_measures_move_the_change_marker(store: 
         ..throttle.clone()
     };
     assert!(store.contain(&freeze).await.expect("freeze"));
-    let frozen = store.change_marker().await.expect("marker");
+    let frozen = store.change_number().await.expect("change number");
     assert_ne!(frozen, throttled);
     assert_eq!(
         store.containments().await.expect("list"),
@@ -236,7 +236,7 @@ async fn an_alert_escalates_once_and_its_measures_move_the_change_marker(store: 
             .expect("again")
     );
     assert_eq!(store.containments().await.expect("list"), vec![throttle]);
-    assert_ne!(store.change_marker().await.expect("marker"), frozen);
+    assert_ne!(store.change_number().await.expect("change number"), frozen);
 }
 
 async fn a_sighting_is_new_once(store: Arc<dyn Store>) {
@@ -280,5 +280,5 @@ async fn a_sighting_is_new_once(store: Arc<dyn Store>) {
 conformance!(
     a_sighting_is_new_once,
     one_unresolved_alert_per_subject_and_signal,
-    an_alert_escalates_once_and_its_measures_move_the_change_marker,
+    an_alert_escalates_once_and_its_measures_move_the_change_number,
 );

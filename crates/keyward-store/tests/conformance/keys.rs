@@ -1,4 +1,4 @@
-//! Keys and versions: migrations, round trips, uniqueness, batches, listings, the change marker, optimistic updates, revocation, purge.
+//! Keys and versions: migrations, round trips, uniqueness, batches, listings, the change number, optimistic updates, revocation, purge.
 
 use super::*;
 
@@ -418,17 +418,23 @@ async fn live_keys_come_with_their_current_version(store: Arc<dyn Store>) {
     );
 }
 
-async fn the_change_marker_moves_with_every_change_the_proxy_cares_about(store: Arc<dyn Store>) {
+async fn the_change_number_grows_with_every_change_the_proxy_cares_about(store: Arc<dyn Store>) {
     use keyward_core::app_token::AppToken;
     use keyward_core::id::AppTokenId;
     let r = rng();
-    let mut last = store.change_marker().await.expect("marker");
-    let mut expect_change = |what: &str, marker: Vec<i64>| {
-        assert_ne!(marker, last, "{what} did not change the marker");
-        last = marker;
+    let mut last = store.change_number().await.expect("change number");
+    let mut expect_change = |what: &str, number: i64| {
+        assert!(
+            number > last,
+            "{what} did not move the change number past {last}: {number}"
+        );
+        last = number;
     };
     let key = add(&store, &r, "openai", "production", "a", 1).await;
-    expect_change("insert", store.change_marker().await.expect("marker"));
+    expect_change(
+        "insert",
+        store.change_number().await.expect("change number"),
+    );
     let mut disabled = key.clone();
     disabled.enabled = false;
     disabled.updated_at = ts(2);
@@ -436,7 +442,10 @@ async fn the_change_marker_moves_with_every_change_the_proxy_cares_about(store: 
         .update_key(&disabled, key.updated_at)
         .await
         .expect("update");
-    expect_change("update", store.change_marker().await.expect("marker"));
+    expect_change(
+        "update",
+        store.change_number().await.expect("change number"),
+    );
     let v2 = KeyVersion {
         version: 2,
         created_at: ts(3),
@@ -454,7 +463,7 @@ async fn the_change_marker_moves_with_every_change_the_proxy_cares_about(store: 
         .expect("version");
     expect_change(
         "pending version",
-        store.change_marker().await.expect("marker"),
+        store.change_number().await.expect("change number"),
     );
     let token = AppToken {
         id: AppTokenId::generate(ts(4), &r),
@@ -474,29 +483,45 @@ async fn the_change_marker_moves_with_every_change_the_proxy_cares_about(store: 
         revoked_at: None,
     };
     store.insert_app_token(&token).await.expect("token");
-    expect_change("app token", store.change_marker().await.expect("marker"));
+    expect_change(
+        "app token",
+        store.change_number().await.expect("change number"),
+    );
     store
         .revoke_app_token(&token.id, ts(5))
         .await
         .expect("revoke");
-    expect_change("revocation", store.change_marker().await.expect("marker"));
+    expect_change(
+        "revocation",
+        store.change_number().await.expect("change number"),
+    );
     store
         .set_base_url_override("openai", Some("http://127.0.0.1:1"), ts(6))
         .await
         .expect("override");
-    expect_change("override", store.change_marker().await.expect("marker"));
+    expect_change(
+        "override",
+        store.change_number().await.expect("change number"),
+    );
     store
         .set_base_url_override("openai", Some("http://127.0.0.1:2"), ts(7))
         .await
         .expect("override");
     expect_change(
         "override change",
-        store.change_marker().await.expect("marker"),
+        store.change_number().await.expect("change number"),
     );
     store.purge_key(&key.id).await.expect("purge");
-    expect_change("purge", store.change_marker().await.expect("marker"));
-    let same = store.change_marker().await.expect("marker");
-    assert_eq!(same, last, "no change, same marker");
+    expect_change("purge", store.change_number().await.expect("change number"));
+    store
+        .record_app_token_use(&[(token.id.clone(), ts(8))])
+        .await
+        .expect("token use");
+    let same = store.change_number().await.expect("change number");
+    assert_eq!(
+        same, last,
+        "no change (a token's last use is none), same number"
+    );
 }
 
 async fn key_use_only_moves_forward_and_survives_metadata_updates(store: Arc<dyn Store>) {
@@ -532,13 +557,13 @@ async fn key_use_only_moves_forward_and_survives_metadata_updates(store: Arc<dyn
             .last_used_at,
         Some(ts(100))
     );
-    let marker = store.change_marker().await.expect("marker");
+    let marker = store.change_number().await.expect("change number");
     store
         .record_key_use(&[(key.id.clone(), ts(300))])
         .await
         .expect("use");
     assert_eq!(
-        store.change_marker().await.expect("marker"),
+        store.change_number().await.expect("change number"),
         marker,
         "use is not a change the snapshot needs"
     );
@@ -706,10 +731,77 @@ conformance!(
     batch_inserts_are_all_or_nothing,
     listings_filter_and_paginate,
     live_keys_come_with_their_current_version,
-    the_change_marker_moves_with_every_change_the_proxy_cares_about,
+    the_change_number_grows_with_every_change_the_proxy_cares_about,
     key_use_only_moves_forward_and_survives_metadata_updates,
     updates_are_optimistic,
     revocations_round_trip_and_listings_see_them,
     new_current_versions_demote_older_ones,
     purging_destroys_keys_and_versions,
 );
+
+/// PostgreSQL announces each commit that moves the change number (none for a last-use
+/// stamp) and says when its listener lost the connection; SQLite has no listener.
+async fn a_listener_hears_every_change_and_says_when_its_connection_was_lost(
+    db: &TestDatabase,
+    store: Arc<dyn Store>,
+) {
+    use keyward_core::ports::ChangeSignal;
+    use std::time::Duration;
+    let Some(mut listener) = store.change_listener().await.expect("listener") else {
+        assert_eq!(store.backend(), "sqlite", "only SQLite polls");
+        return;
+    };
+    let r = rng();
+    let before = store.change_number().await.expect("change number");
+    let key = add(&store, &r, "openai", "production", "a", 1).await;
+    let heard = tokio::time::timeout(Duration::from_secs(5), listener.next())
+        .await
+        .expect("announced within 5 s")
+        .expect("signal");
+    assert_eq!(heard, ChangeSignal::Changed);
+    // A key and its first version in one transaction: one step.
+    assert_eq!(store.change_number().await.expect("number"), before + 1);
+    store
+        .record_key_use(&[(key.id.clone(), ts(50))])
+        .await
+        .expect("use");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.next())
+            .await
+            .is_err(),
+        "a last-use stamp is not announced"
+    );
+    db.execute_raw(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .await;
+    let lost = tokio::time::timeout(Duration::from_secs(5), listener.next())
+        .await
+        .expect("the loss is noticed")
+        .expect("signal");
+    assert_eq!(lost, ChangeSignal::Lost);
+    // Listening again, on a new connection: the next change is heard.
+    let mut disabled = key.clone();
+    disabled.enabled = false;
+    disabled.updated_at = ts(2);
+    let wait =
+        tokio::spawn(
+            async move { tokio::time::timeout(Duration::from_secs(5), listener.next()).await },
+        );
+    // The listener reconnects inside `next`; give it the moment it needs before the change.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store
+        .update_key(&disabled, key.updated_at)
+        .await
+        .expect("update");
+    let heard = wait
+        .await
+        .expect("task")
+        .expect("announced after reconnecting")
+        .expect("signal");
+    assert_eq!(heard, ChangeSignal::Changed);
+    assert_eq!(store.change_number().await.expect("number"), before + 2);
+}
+
+conformance_with_db!(a_listener_hears_every_change_and_says_when_its_connection_was_lost);

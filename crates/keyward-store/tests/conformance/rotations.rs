@@ -84,7 +84,7 @@ async fn guided_rotations_step_by_compare_and_set(store: Arc<dyn Store>) {
         vec![(2, Pending), (1, Current)]
     );
 
-    let marker = store.change_marker().await.expect("marker");
+    let marker = store.change_number().await.expect("change number");
     let record = |probe, at| ProbeRecord {
         probe,
         verdict: "valid".into(),
@@ -101,7 +101,7 @@ async fn guided_rotations_step_by_compare_and_set(store: Arc<dyn Store>) {
     .await;
     assert!(ok);
     assert_ne!(
-        store.change_marker().await.expect("marker"),
+        store.change_number().await.expect("change number"),
         marker,
         "a step moves the marker"
     );

@@ -6,7 +6,7 @@ async fn key_flags_and_pool_strategies(store: Arc<dyn Store>) {
     let r = rng();
     let a = add(&store, &r, "alpha-vantage", "production", "a", 1_000).await;
     let b = add(&store, &r, "alpha-vantage", "production", "b", 2_000).await;
-    let before = store.change_marker().await.expect("marker");
+    let before = store.change_number().await.expect("change number");
     let flag = |key: &Key, kind, until| KeyFlag {
         key_id: key.id.clone(),
         kind,
@@ -21,7 +21,7 @@ async fn key_flags_and_pool_strategies(store: Arc<dyn Store>) {
         ])
         .await
         .expect("flag");
-    let marked = store.change_marker().await.expect("marker");
+    let marked = store.change_number().await.expect("change number");
     assert_ne!(before, marked, "flags reach other instances' snapshots");
     store
         .set_key_flags(&[flag(&a, KeyFlagKind::QuotaLimited, Some(ts(12_000)))])
@@ -47,7 +47,7 @@ async fn key_flags_and_pool_strategies(store: Arc<dyn Store>) {
         environment: "production".into(),
         strategy: PoolStrategy::LeastUsed,
     };
-    let before = store.change_marker().await.expect("marker");
+    let before = store.change_number().await.expect("change number");
     store.set_pool_strategy(&setting, ts(1)).await.expect("set");
     store
         .set_pool_strategy(
@@ -66,7 +66,7 @@ async fn key_flags_and_pool_strategies(store: Arc<dyn Store>) {
             ..setting
         }]
     );
-    assert_ne!(before, store.change_marker().await.expect("marker"));
+    assert_ne!(before, store.change_number().await.expect("change number"));
 }
 
 async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
