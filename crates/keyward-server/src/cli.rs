@@ -376,12 +376,27 @@ async fn serve(settings: Settings) -> Result<(), String> {
     if let Some(path) = &started.created_key_file {
         warn_new_master_key(path);
     }
+    let scheme = if started.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!(
-        "Keyward {} listening on http://{} (store: {})",
+        "Keyward {} listening on {scheme}://{} (store: {})",
         env!("CARGO_PKG_VERSION"),
         started.addr,
         started.app.store_backend()
     );
+    if let Some(tls) = &started.tls {
+        println!(
+            "TLS certificate {} — SHA-256 fingerprint {}",
+            tls.cert_file.display(),
+            tls.fingerprint
+        );
+    }
+    if let Some(redirect) = started.redirect.as_ref().and_then(|r| r.local_addr().ok()) {
+        println!("plain HTTP on {redirect} redirects to HTTPS");
+    }
     if let Some(token) = started
         .app
         .issue_setup_token()
@@ -391,7 +406,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         use secrecy::ExposeSecret;
         let line = "=".repeat(78);
         println!(
-            "\n{line}\nNo users yet. Create the first owner at http://{}/setup with this one-time\n\
+            "\n{line}\nNo users yet. Create the first owner at {scheme}://{}/setup with this one-time\n\
              setup token (a new one is printed at every start until setup is done):\n\n    {}\n\n\
              Headless instead: keyward admin create --username NAME (password on stdin)\n{line}\n",
             started.addr,

@@ -45,6 +45,10 @@ const KNOWN_KEYS: &[&str] = &[
     "session_idle_minutes",
     "session_absolute_hours",
     "secure_cookies",
+    "tls",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_redirect_listen",
     "health_probes",
     "trusted_proxies",
     "public_url",
@@ -187,6 +191,18 @@ pub struct RawSettings {
         deserialize_with = "scalar_as_string"
     )]
     pub secure_cookies: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub tls_redirect_listen: Option<String>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -291,8 +307,13 @@ pub struct Settings {
     pub smtp: Option<Smtp>,
     pub sessions: keyward_core::session::SessionPolicy,
     /// Mark the session cookie `Secure` (and name it `__Host-kw_session`): set when users
-    /// reach Keyward over HTTPS (directly or through a TLS-terminating proxy).
+    /// reach Keyward over HTTPS (directly or through a TLS-terminating proxy); always with
+    /// `tls`.
     pub secure_cookies: bool,
+    /// Serve HTTPS on `listen` (with HSTS): certificate files or a self-signed certificate.
+    pub tls: Option<crate::tls::TlsSource>,
+    /// A plain-HTTP port that only redirects to the HTTPS listener.
+    pub tls_redirect_listen: Option<SocketAddr>,
     /// Send active health probes to idle keys (within each key's probe budget).
     pub health_probes: bool,
     /// Reverse proxies whose `X-Forwarded-For` is believed (CIDRs); none by default.
@@ -709,7 +730,24 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
             12,
         )?)),
     };
-    let secure_cookies = flag("secure_cookies", raw.secure_cookies.as_deref(), false)?;
+    let tls = tls_source(&raw.tls, raw.tls_cert_file, raw.tls_key_file, listen)?;
+    let tls_redirect_listen = match raw.tls_redirect_listen {
+        None => None,
+        Some(_) if tls.is_none() => {
+            return Err(ConfigError(
+                "tls_redirect_listen redirects to HTTPS: it needs tls_cert_file and tls_key_file, or tls = \"self-signed\"".into(),
+            ));
+        }
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+            ConfigError(format!(
+                "tls_redirect_listen `{}` is not HOST:PORT (e.g. 0.0.0.0:80)",
+                keyward_core::label::printable(&text)
+            ))
+        })?),
+    };
+    // Over HTTPS the cookie is always `Secure`.
+    let secure_cookies =
+        tls.is_some() || flag("secure_cookies", raw.secure_cookies.as_deref(), false)?;
     let public_url = raw
         .public_url
         .as_deref()
@@ -777,6 +815,8 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         smtp,
         sessions,
         secure_cookies,
+        tls,
+        tls_redirect_listen,
         health_probes,
         trusted_proxies,
         public_url,
@@ -784,6 +824,51 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         log_format,
         log: raw.log.unwrap_or_else(|| "info".to_owned()),
     })
+}
+
+/// Where the listener's certificate comes from: `tls_cert_file` + `tls_key_file`, or
+/// `tls = "self-signed"` (for the loopback names and the listen address), or neither.
+fn tls_source(
+    mode: &Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    listen: SocketAddr,
+) -> Result<Option<crate::tls::TlsSource>, ConfigError> {
+    let mode = mode.as_deref().map(str::trim);
+    match (mode, cert, key) {
+        (None | Some("off"), None, None) => Ok(None),
+        (None | Some("files"), Some(cert), Some(key)) => {
+            Ok(Some(crate::tls::TlsSource::Files { cert, key }))
+        }
+        (None | Some("files"), Some(_), None) => Err(ConfigError(
+            "tls_cert_file needs tls_key_file (the certificate's private key)".into(),
+        )),
+        (None | Some("files"), None, Some(_)) => Err(ConfigError(
+            "tls_key_file needs tls_cert_file (the certificate chain, leaf first)".into(),
+        )),
+        (Some("self-signed"), None, None) => {
+            let mut names = vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ];
+            let ip = listen.ip();
+            if !ip.is_unspecified() && !ip.is_loopback() {
+                names.push(ip.to_string());
+            }
+            Ok(Some(crate::tls::TlsSource::SelfSigned { names }))
+        }
+        (Some("self-signed" | "off"), _, _) => Err(ConfigError(
+            "tls_cert_file and tls_key_file are used without tls, or with tls = \"files\"".into(),
+        )),
+        (Some("files"), None, None) => Err(ConfigError(
+            "tls = \"files\" needs tls_cert_file and tls_key_file".into(),
+        )),
+        (Some(other), _, _) => Err(ConfigError(format!(
+            "tls must be off, files or self-signed, not `{}`",
+            keyward_core::label::printable(other)
+        ))),
+    }
 }
 
 impl std::fmt::Debug for RawSettings {
@@ -852,6 +937,71 @@ mod tests {
                 ..Default::default()
             })
             .is_err()
+        );
+    }
+
+    #[test]
+    fn tls_settings_pick_a_source_and_make_cookies_secure() {
+        let files = resolve(RawSettings {
+            tls_cert_file: Some("c.pem".into()),
+            tls_key_file: Some("k.pem".into()),
+            tls_redirect_listen: Some("127.0.0.1:8081".into()),
+            ..Default::default()
+        })
+        .expect("files");
+        assert!(matches!(
+            files.tls,
+            Some(crate::tls::TlsSource::Files { .. })
+        ));
+        assert!(files.secure_cookies, "HTTPS means Secure cookies");
+        assert_eq!(files.tls_redirect_listen.map(|a| a.port()), Some(8081));
+        let generated = resolve(RawSettings {
+            tls: Some("self-signed".into()),
+            listen: Some("10.0.0.5:8443".into()),
+            ..Default::default()
+        })
+        .expect("self-signed");
+        assert!(
+            matches!(generated.tls, Some(crate::tls::TlsSource::SelfSigned { ref names }) if names.contains(&"10.0.0.5".to_owned()))
+        );
+        for (raw, says) in [
+            (
+                RawSettings {
+                    tls_cert_file: Some("c.pem".into()),
+                    ..Default::default()
+                },
+                "needs tls_key_file",
+            ),
+            (
+                RawSettings {
+                    tls: Some("self-signed".into()),
+                    tls_key_file: Some("k.pem".into()),
+                    ..Default::default()
+                },
+                "are used without tls",
+            ),
+            (
+                RawSettings {
+                    tls: Some("on".into()),
+                    ..Default::default()
+                },
+                "tls must be off, files or self-signed",
+            ),
+            (
+                RawSettings {
+                    tls_redirect_listen: Some("127.0.0.1:80".into()),
+                    ..Default::default()
+                },
+                "redirects to HTTPS",
+            ),
+        ] {
+            let err = resolve(raw).expect_err(says);
+            assert!(err.0.contains(says), "{}", err.0);
+        }
+        assert!(
+            !resolve(RawSettings::default())
+                .expect("plain")
+                .secure_cookies
         );
     }
 

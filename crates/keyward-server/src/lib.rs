@@ -13,4 +13,5 @@ pub mod jobs;
 pub mod metrics;
 pub mod routes;
 pub mod server;
+pub mod tls;
 pub mod ui;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http;
 use keyward_core::SystemClock;
 use keyward_crypto::OsRandomness;
 use tokio::net::TcpListener;
@@ -25,6 +26,10 @@ pub struct Started {
     pub created_key_file: Option<std::path::PathBuf>,
     pub audit_checkpoint_every: Duration,
     pub audit_webhook_url: Option<secrecy::SecretString>,
+    /// HTTPS on `listener` (with HSTS), when configured.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// The plain-HTTP socket that only redirects to HTTPS.
+    pub redirect: Option<TcpListener>,
 }
 
 pub async fn start(settings: &Settings) -> Result<Started, VaultError> {
@@ -37,6 +42,23 @@ pub async fn start_with_clock(
     clock: Arc<dyn keyward_core::Clock>,
 ) -> Result<Started, VaultError> {
     let random = Arc::new(OsRandomness);
+    // Certificates are checked before the vault opens: a bad file refuses the start at once.
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(|source| {
+            crate::tls::ServerTls::load(
+                source,
+                &settings.data_dir,
+                std::time::SystemTime::UNIX_EPOCH
+                    + Duration::from_millis(
+                        u64::try_from(clock.now().as_millisecond()).unwrap_or_default(),
+                    ),
+            )
+            .map(Arc::new)
+            .map_err(VaultError)
+        })
+        .transpose()?;
     let vault = vault::open(settings.vault_location(), &*random, &*clock).await?;
     let created_key_file = vault.created_key_file.clone();
     let app = Arc::new(App::new(vault, clock, random, settings.app_options())?);
@@ -45,6 +67,14 @@ pub async fn start_with_clock(
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| VaultError(format!("cannot listen on {}: {e}", settings.listen)))?;
+    let redirect = match settings.tls_redirect_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            VaultError(format!(
+                "cannot listen on {addr} (tls_redirect_listen): {e}"
+            ))
+        })?),
+        None => None,
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| VaultError(format!("cannot read the bound address: {e}")))?;
@@ -56,6 +86,8 @@ pub async fn start_with_clock(
         created_key_file,
         audit_checkpoint_every: settings.audit_checkpoint_every,
         audit_webhook_url: settings.audit_webhook_url.clone(),
+        tls,
+        redirect,
     })
 }
 
@@ -77,7 +109,28 @@ impl Started {
         let router = crate::routes::router(self.app.clone(), self.metrics.clone());
         // As many lanes as the proxy has connection pools (one per CPU).
         let lanes = self.app.proxy.lanes();
-        let result = serve_on_lanes(&self.app, router, self.listener, lanes, shutdown).await;
+        let mut helpers = Vec::new();
+        if let Some(tls) = &self.tls {
+            let tls = tls.clone();
+            helpers.push(tokio::spawn(async move {
+                tls.watch(CERTIFICATE_CHECK_EVERY).await;
+            }));
+        }
+        if let Some(redirect) = self.redirect {
+            helpers.push(tokio::spawn(redirect_to_https(redirect, self.addr.port())));
+        }
+        let result = serve_on_lanes(
+            &self.app,
+            router,
+            self.listener,
+            lanes,
+            self.tls.as_ref().map(|tls| tls.config.clone()),
+            shutdown,
+        )
+        .await;
+        for helper in helpers {
+            helper.abort();
+        }
         // Every connection has ended, so every call has sent its events: the jobs write
         // them all before the store closes.
         jobs.stop().await;
@@ -103,6 +156,7 @@ async fn serve_on_lanes(
     router: axum::Router,
     listener: TcpListener,
     lanes: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), VaultError> {
     let mut senders = Vec::with_capacity(lanes);
@@ -116,10 +170,11 @@ async fn serve_on_lanes(
         let (done, finished_here) = tokio::sync::oneshot::channel::<()>();
         let (app, router) = (app.clone(), router.clone());
         let main = tokio::runtime::Handle::current();
+        let tls = tls.clone().map(tokio_rustls::TlsAcceptor::from);
         std::thread::Builder::new()
             .name(format!("keyward-http-{index}"))
             .spawn(move || {
-                runtime.block_on(serve_lane(index, app, router, main, incoming));
+                runtime.block_on(serve_lane(index, app, router, main, tls, incoming));
                 drop(done);
             })
             .map_err(|e| VaultError(format!("cannot start a serving thread: {e}")))?;
@@ -161,18 +216,21 @@ async fn serve_on_lanes(
     Ok(())
 }
 
-/// One serving thread: serves the connections it is dealt until the channel closes, then
-/// lets every open connection finish the request it is serving (graceful shutdown).
+/// One serving thread: serves the connections it is dealt (after the TLS handshake, with
+/// HTTPS) until the channel closes, then lets every open connection finish the request it
+/// is serving (graceful shutdown).
 async fn serve_lane(
     lane: usize,
     app: Arc<App>,
     router: axum::Router,
     main: tokio::runtime::Handle,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut incoming: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let hsts = tls.is_some();
     while let Some((stream, peer)) = incoming.recv().await {
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => stream,
@@ -186,22 +244,124 @@ async fn serve_lane(
         let service = hyper::service::service_fn(move |request| {
             let (app, router, main) = (app.clone(), router.clone(), main.clone());
             async move {
-                Ok::<_, std::convert::Infallible>(
-                    crate::http::dispatch(app, router, main, peer, lane, request).await,
-                )
+                let mut response =
+                    crate::http::dispatch(app, router, main, peer, lane, request).await;
+                if hsts {
+                    response.headers_mut().insert(
+                        http::header::STRICT_TRANSPORT_SECURITY,
+                        http::HeaderValue::from_static(HSTS),
+                    );
+                }
+                Ok::<_, std::convert::Infallible>(response)
             }
         });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new());
+        match &tls {
+            None => {
+                let connection =
+                    graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection =
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     graceful.shutdown().await;
+}
+
+/// Browsers remember for a year to come back over HTTPS only (not for subdomains: that is
+/// the domain owner's call).
+const HSTS: &str = "max-age=31536000";
+
+/// A client that connects and never finishes the handshake is dropped after this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the certificate files are checked for a change.
+const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// The plain-HTTP port: every request is answered `308` to the same path on the HTTPS
+/// listener (same host, the HTTPS port), and nothing else — no page, no API, no proxy.
+async fn redirect_to_https(listener: TcpListener, https_port: u16) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let service = hyper::service::service_fn(
+            move |request: http::Request<hyper::body::Incoming>| async move {
+                Ok::<_, std::convert::Infallible>(https_redirect(&request, https_port))
+            },
+        );
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new());
+        tokio::spawn(async move {
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// `308` to `https://<host>[:port]<path and query>`; a request without a usable `Host` gets
+/// `400`.
+fn https_redirect<B>(request: &http::Request<B>, https_port: u16) -> http::Response<String> {
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        let mut answer =
+            http::Response::new("a Host header is needed to redirect to HTTPS\n".to_owned());
+        *answer.status_mut() = http::StatusCode::BAD_REQUEST;
+        return answer;
+    };
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let location = format!("https://{}{port}{path}", host.host());
+    let mut answer = http::Response::new(String::new());
+    *answer.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(value) = http::HeaderValue::from_str(&location) {
+        answer.headers_mut().insert(http::header::LOCATION, value);
+    }
+    answer
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -407,9 +407,10 @@ impl Process {
                 let _ = writeln!(file, "{line}");
                 if !sent
                     && let Some(addr) = line
-                        .split("listening on http://")
+                        .split("listening on ")
                         .nth(1)
                         .and_then(|r| r.split_whitespace().next())
+                        .and_then(|url| url.split_once("://").map(|(_, addr)| addr))
                 {
                     let _ = tx.send(addr.to_owned());
                     sent = true;

@@ -213,6 +213,7 @@ mod mfa;
 mod notifications;
 mod rotations;
 mod sessions;
+mod tls;
 mod tokens;
 mod usage;
 mod vault;
