@@ -68,6 +68,16 @@ pub struct App {
     >,
 }
 
+/// Where shared limits live.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://` or `rediss://`; secret because it may carry a password.
+    pub url: secrecy::SecretString,
+    /// What this vault's keys in Redis start with.
+    pub prefix: String,
+    pub on_outage: keyward_proxy::shared::OutagePolicy,
+}
+
 /// The settings the management operations need.
 #[derive(Debug, Clone, Default)]
 pub struct AppOptions {
@@ -77,6 +87,8 @@ pub struct AppOptions {
     pub expiry_grace: std::time::Duration,
     /// How long before a quota or budget runs out it is announced (zero: never).
     pub forecast_lead: std::time::Duration,
+    /// Redis for limits, quotas and budgets shared by every instance.
+    pub redis: Option<RedisOptions>,
     /// How long the proxy goes on injecting keys without confirming its snapshot is current
     /// (`None`: the proxy's default, 10 s).
     pub max_snapshot_staleness: Option<std::time::Duration>,
@@ -97,7 +109,7 @@ impl App {
         options: AppOptions,
     ) -> Result<Self, Error> {
         let keyring = Arc::new(vault.keyring);
-        let (proxy, events) = Proxy::new(
+        let (mut proxy, events) = Proxy::new(
             keyring.clone(),
             clock.clone(),
             random.clone(),
@@ -111,6 +123,22 @@ impl App {
             },
             options.pricing,
         )?;
+        if let Some(redis) = &options.redis {
+            use secrecy::ExposeSecret;
+            // Names this instance's budget holds in Redis: fresh at every start, so the
+            // holds of a process that died are never mistaken for this one's.
+            let mut id = [0u8; 8];
+            random.fill(&mut id);
+            let instance = id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            let lanes = proxy.lanes();
+            proxy = proxy.with_shared_limits(Arc::new(keyward_proxy::shared::SharedLimits::new(
+                redis.url.expose_secret(),
+                &redis.prefix,
+                instance,
+                redis.on_outage,
+                lanes,
+            )?));
+        }
         Ok(Self {
             audit: AuditLog::new(vault.store.clone(), vault.audit_keys, clock.clone()),
             passwords: crate::identity::passwords::Passwords::new(

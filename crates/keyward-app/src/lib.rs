@@ -28,7 +28,7 @@ pub mod usage;
 pub mod vault;
 
 pub use actor::Actor;
-pub use app::{App, AppOptions};
+pub use app::{App, AppOptions, RedisOptions};
 pub use identity::access::TokenLimits;
 pub use keys::NewKey;
 pub use keys::impact::Impact;

@@ -17,16 +17,18 @@ mod meter;
 mod probe;
 mod quota;
 mod redact;
+pub mod shared;
 mod snapshot;
 mod upstream;
 mod validate;
 
 pub use forward::{
     CACHE_HEADER, ENVIRONMENT_HEADER, EVENT_CHANNEL_CAPACITY, Inbound, Proxy, ProxyConfig,
-    ProxyEvent, ProxyGauges, TOKEN_HEADER, WARNING_HEADER,
+    ProxyEvent, ProxyGauges, SharedGauges, TOKEN_HEADER, WARNING_HEADER,
 };
 pub use limits::TokenRateLimits;
 pub use manage::CreatedKey;
+pub use quota::{Meters, Spend};
 pub use snapshot::{Alternate, LiveKey, Route, Snapshot};
 pub use upstream::{BoxError, Outbound, ProxyBody};
 pub use validate::{Validation, Verdict};

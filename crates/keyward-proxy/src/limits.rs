@@ -55,9 +55,18 @@ impl<C: RateClock + Clone> TokenRateLimits<C> {
     /// Counts one request against the token's limit, or refuses it with `rate_limited` and
     /// the time until one would pass.
     pub fn check(&self, token: &AppToken) -> Result<(), Error> {
-        let Some(limit) = token.rate_limit else {
+        self.check_share(token, 1)
+    }
+
+    /// Like [`check`](Self::check) with this instance's share of the limit: `1 / instances`
+    /// of the requests (at least one per period) — what each instance allows while the
+    /// shared count in Redis cannot be reached.
+    pub fn check_share(&self, token: &AppToken, instances: u64) -> Result<(), Error> {
+        let Some(mut limit) = token.rate_limit else {
             return Ok(());
         };
+        let share = u32::try_from(instances.max(1)).unwrap_or(u32::MAX);
+        limit.requests = (limit.requests / share).max(1);
         let limiter = {
             let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
             let entry = limiters.entry(token.id.clone()).or_insert_with(|| {

@@ -27,7 +27,7 @@ use keyward_core::usage::{
 };
 
 /// What one call spends against a key's limits before it is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Spend {
     pub requests: u64,
     pub credits: u64,
@@ -338,6 +338,47 @@ impl Meters {
             _ => (day, 1),
         });
         Ok(())
+    }
+
+    /// Counts a call another party admitted (Redis, for every instance) on this instance's
+    /// counters too, without checking: they order the pool (`least_used`, `quota_aware`),
+    /// seed Redis's counters, and decide alone if Redis becomes unreachable.
+    pub fn record(
+        &self,
+        key: &KeyId,
+        limits: &[Limit],
+        calendar: &QuotaCalendar,
+        spend: Spend,
+        now: Timestamp,
+    ) {
+        let mut state = self.lock();
+        let State { keys, history, .. } = &mut *state;
+        let counters = keys.entry(key.clone()).or_default();
+        counters.sync(key, limits, calendar, now, history);
+        for (counter, limit) in counters.counters.iter_mut().zip(&counters.limits) {
+            counter.add(units(limit, spend));
+        }
+        remember(history, &Subject::Key(key.clone()), now, |h| {
+            h.requests += spend.requests;
+            h.credits += spend.credits;
+        });
+        let day = utc_day(now).start;
+        counters.today = Some(match counters.today {
+            Some((start, n)) if start == day => (start, n + 1),
+            _ => (day, 1),
+        });
+    }
+
+    /// What the store's sums (restored at start) and this instance's own use since say
+    /// `subject` used of `unit` in `window`: the seed of a shared counter.
+    pub fn restored_use(&self, subject: &Subject, window: Window, unit: LimitUnit) -> u64 {
+        restored(&self.lock().history, subject, window, pick_for(unit))
+    }
+
+    /// What the store's sums say `subject` spent in `window` (nano-dollars): the seed of a
+    /// shared budget.
+    pub fn restored_cost(&self, subject: &Subject, window: Window) -> u64 {
+        restored(&self.lock().history, subject, window, |h| h.cost_nanos)
     }
 
     /// Charges LLM tokens read from an answer to the key's token limits.

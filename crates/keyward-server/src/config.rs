@@ -27,6 +27,8 @@ const KNOWN_KEYS: &[&str] = &[
     "data_dir",
     "database_url",
     "redis_url",
+    "redis_prefix",
+    "limits_on_redis_outage",
     "master_key_source",
     "master_key_path",
     "master_key",
@@ -96,6 +98,10 @@ pub struct RawSettings {
         deserialize_with = "scalar_as_string"
     )]
     pub redis_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits_on_redis_outage: Option<String>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -285,6 +291,10 @@ pub struct Settings {
     /// Whether `database_url` is the default SQLite file in `data_dir`.
     pub database_is_default: bool,
     pub redis_url: Option<SecretString>,
+    /// What every Redis key of this vault starts with (several vaults may share a Redis).
+    pub redis_prefix: String,
+    /// What quotas and budgets do while Redis cannot be reached.
+    pub limits_on_redis_outage: keyward_proxy::shared::OutagePolicy,
     pub master_key: MasterKeySource,
     pub recovery_window: RecoveryWindow,
     /// Days usage records are kept (1–3650); minute rollups 8 days; longer rollups are kept regardless.
@@ -345,6 +355,11 @@ impl Settings {
             expiry_grace: self.expiry_grace,
             forecast_lead: self.forecast_lead,
             max_snapshot_staleness: Some(self.max_snapshot_staleness),
+            redis: self.redis_url.clone().map(|url| keyward_app::RedisOptions {
+                url,
+                prefix: self.redis_prefix.clone(),
+                on_outage: self.limits_on_redis_outage,
+            }),
             pricing: self.pricing.clone(),
             sessions: self.sessions,
             secure_cookies: self.secure_cookies,
@@ -421,7 +436,7 @@ pub fn load(
     let env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with(ENV_PREFIX))
         .collect();
-    let mut warnings = unknown_variables(&env);
+    let warnings = unknown_variables(&env);
 
     let explicit = config_file.map(Path::to_path_buf).or_else(|| {
         env.iter()
@@ -478,11 +493,6 @@ pub fn load(
         .extract()
         .map_err(|e| ConfigError(clean_figment_error(&e)))?;
     let settings = resolve(raw)?;
-    if settings.redis_url.is_some() {
-        warnings.push(
-            "KEYWARD_REDIS_URL is set but not used yet: limits are kept in-process".to_owned(),
-        );
-    }
     Ok((settings, warnings))
 }
 
@@ -653,6 +663,34 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
             120,
         )?),
     );
+    let redis_prefix = raw.redis_prefix.unwrap_or_else(|| "keyward:".to_owned());
+    if redis_prefix.is_empty()
+        || redis_prefix.len() > 64
+        || !redis_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.'))
+    {
+        return Err(ConfigError(
+            "redis_prefix must be 1–64 letters, digits, `:`, `_`, `-` or `.`".into(),
+        ));
+    }
+    let limits_on_redis_outage = match raw.limits_on_redis_outage.as_deref().map(str::trim) {
+        None | Some("closed") => keyward_proxy::shared::OutagePolicy::Closed,
+        Some("local") => keyward_proxy::shared::OutagePolicy::Local,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "limits_on_redis_outage must be closed or local, not `{}`",
+                keyward_core::label::printable(other)
+            )));
+        }
+    };
+    if let Some(url) = &raw.redis_url
+        && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+    {
+        return Err(ConfigError(
+            "redis_url must be a redis:// or rediss:// (TLS) URL".into(),
+        ));
+    }
     let max_snapshot_staleness = std::time::Duration::from_secs(u64::from(bounded(
         "max_snapshot_staleness_seconds",
         "seconds",
@@ -804,6 +842,8 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         database_url,
         database_is_default,
         redis_url: raw.redis_url.map(SecretString::from),
+        redis_prefix,
+        limits_on_redis_outage,
         master_key,
         recovery_window,
         usage_retention_days,

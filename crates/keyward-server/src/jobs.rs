@@ -47,6 +47,9 @@ impl Jobs {
             tokio::spawn(health_loop(app.clone())),
             tokio::spawn(watch_loop(app.clone())),
         ];
+        if let Some(shared) = app.proxy.shared_limits() {
+            loops.push(tokio::spawn(shared_limits_loop(shared.clone())));
+        }
         if let Some(url) = settings.audit_webhook_url {
             loops.push(tokio::spawn(audit_webhook_loop(
                 app.clone(),
@@ -232,6 +235,22 @@ async fn rotation_loop(app: Arc<App>) {
         if let Err(e) = app.run_rotations().await {
             tracing::warn!(error = %e, "could not check rotations; will retry");
         }
+    }
+}
+
+/// Keeps the Redis-backed limits going: announces this instance every second (which also
+/// ends an outage as soon as Redis answers) and sends queued settlements every 100 ms.
+async fn shared_limits_loop(shared: Arc<keyward_proxy::shared::SharedLimits>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
+    loop {
+        tick.tick().await;
+        if ticks.is_multiple_of(10) {
+            shared.heartbeat().await;
+        }
+        ticks = ticks.wrapping_add(1);
+        shared.flush().await;
     }
 }
 

@@ -100,6 +100,18 @@ impl Metrics {
                 "keyward_snapshot_stale",
                 "1 while the view went unconfirmed past max_snapshot_staleness and proxied calls are refused"
             );
+            metrics::describe_gauge!(
+                "keyward_redis_up",
+                "1 while Redis answers and limits, quotas and budgets are shared; 0 during an outage (absent without redis_url)"
+            );
+            metrics::describe_counter!(
+                "keyward_redis_errors_total",
+                "Calls to Redis that failed, timed out or got an answer Keyward does not expect"
+            );
+            metrics::describe_gauge!(
+                "keyward_redis_live_instances",
+                "Instances Redis saw alive at the last heartbeat (the divisor of a token's rate during an outage)"
+            );
             metrics::describe_counter!(
                 "keyward_usage_write_failures_total",
                 "Usage batches the store refused (the events in them are lost)"
@@ -235,6 +247,11 @@ impl Metrics {
                 .set(gauges.snapshot_age.map_or(-1.0, |age| age.as_secs_f64()));
             metrics::gauge!("keyward_snapshot_stale")
                 .set(f64::from(u8::from(gauges.snapshot_stale)));
+            if let Some(shared) = gauges.shared_limits {
+                metrics::gauge!("keyward_redis_up").set(f64::from(u8::from(shared.up)));
+                metrics::counter!("keyward_redis_errors_total").absolute(shared.errors);
+                metrics::gauge!("keyward_redis_live_instances").set(shared.live_instances as f64);
+            }
         });
         self.handle.render()
     }
@@ -299,6 +316,11 @@ mod tests {
             uninspected_bodies: 3,
             snapshot_age: Some(std::time::Duration::from_millis(1500)),
             snapshot_stale: false,
+            shared_limits: Some(keyward_proxy::SharedGauges {
+                up: false,
+                errors: 4,
+                live_instances: 3,
+            }),
         });
         for line in [
             r#"keyward_proxy_requests_total{service="openai",outcome="success",cache="miss"} 1"#,
@@ -315,6 +337,9 @@ mod tests {
             "keyward_proxy_uninspected_bodies_total 3",
             "keyward_snapshot_age_seconds 1.5",
             "keyward_snapshot_stale 0",
+            "keyward_redis_up 0",
+            "keyward_redis_errors_total 4",
+            "keyward_redis_live_instances 3",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

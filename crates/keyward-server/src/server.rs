@@ -64,6 +64,10 @@ pub async fn start_with_clock(
     let app = Arc::new(App::new(vault, clock, random, settings.app_options())?);
     app.refresh_proxy().await?;
     app.restore_meters().await?;
+    // Learn at once whether Redis answers (an unreachable one is logged, not fatal).
+    if let Some(shared) = app.proxy.shared_limits() {
+        shared.heartbeat().await;
+    }
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| VaultError(format!("cannot listen on {}: {e}", settings.listen)))?;
@@ -134,6 +138,9 @@ impl Started {
         // Every connection has ended, so every call has sent its events: the jobs write
         // them all before the store closes.
         jobs.stop().await;
+        if let Some(shared) = self.app.proxy.shared_limits() {
+            shared.flush().await;
+        }
         if let Err(e) = self.app.sign_checkpoint().await {
             tracing::warn!(error = %e, "could not sign the audit trail's last checkpoint");
         }

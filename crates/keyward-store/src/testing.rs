@@ -35,6 +35,31 @@ pub fn service_missing(service: &str, why: &str) {
     }
 }
 
+/// The Redis used by tests (`KEYWARD_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`), or
+/// `None` (after a loud notice) when nothing answers there and it is not required.
+pub fn redis_url() -> Option<String> {
+    let url = std::env::var("KEYWARD_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let address = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.rsplit('@').next())
+        .map(|rest| rest.split('/').next().unwrap_or(rest).to_owned())
+        .unwrap_or_default();
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&address)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).is_ok()
+        });
+    if reachable {
+        Some(url)
+    } else {
+        service_missing("Redis", &format!("nothing answers at {address}"));
+        None
+    }
+}
+
 /// A database that exists for one test.
 #[derive(Debug)]
 pub enum TestDatabase {

@@ -98,7 +98,11 @@ impl Proxy {
             }
         };
         exchange.record.environment = Some(route.environment.clone());
-        self.rate_limits.check(&route.token)?;
+        // With shared limits the token's rate is counted in Redis, with the key (one round
+        // trip), or alone for a cached answer.
+        if self.shared.is_none() {
+            self.rate_limits.check(&route.token)?;
+        }
         if let Some(length) = content_length(&inbound.headers)?
             && length > self.config.max_request_body as u64
         {
@@ -118,6 +122,16 @@ impl Proxy {
         if let Some(key) = &cache_key {
             exchange.record.cache = CacheOutcome::Miss;
             if may_read && let Some(hit) = self.cache.get(key, now) {
+                if let Some(shared) = &self.shared
+                    && route.token.rate_limit.is_some()
+                {
+                    match shared.rate_only(inbound.lane, &route.token).await {
+                        Some(decided) => decided?,
+                        None => self
+                            .rate_limits
+                            .check_share(&route.token, shared.live_instances())?,
+                    }
+                }
                 exchange.record.cache = CacheOutcome::Hit;
                 exchange.record.saved_credits = hit.credits;
                 exchange.plan_links(
@@ -165,13 +179,17 @@ impl Proxy {
         let max_cost = llm.map_or(0, |_| {
             self.max_cost(&route, &request, exchange.record.request_bytes)
         });
-        if let Some(budget) = route.token.budget {
+        if let Some(budget) = route.token.budget
+            && self.shared.is_none()
+        {
             let reservation = self.sink.meters.reserve(
                 &[(Subject::Token(route.token.id.clone()), budget)],
                 max_cost,
                 now,
             )?;
-            exchange.reservations.push(reservation);
+            exchange
+                .reservations
+                .push(crate::shared::Hold::Local(reservation));
         }
         let spend = Spend {
             requests: 1,

@@ -23,7 +23,8 @@ use super::proxy::{Proxy, ProxyEvent};
 use super::rewrite::{bad_request, upstream_headers, upstream_url};
 use crate::cache::storable;
 use crate::meter::UsageReader;
-use crate::quota::{Reservation, Spend};
+use crate::quota::Spend;
+use crate::shared::{Decision, Hold, KeyPart, OutagePolicy, TokenPart, needs_shared};
 use crate::upstream::full_body;
 use crate::{Alternate, LiveKey, Route};
 
@@ -109,6 +110,16 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
 }
 
+/// Where the key choice stands within one call: the pool's order and how far it went.
+pub(super) struct Pick<'o, 'r> {
+    ordered: &'o [Arc<LiveKey>],
+    cursor: usize,
+    route: &'o Route<'r>,
+    spend: Spend,
+    max_cost: u64,
+    lane: usize,
+}
+
 impl Proxy {
     /// Sends an admitted request, trying keys and values until an answer is worth
     /// delivering (or the attempts run out), and returns it with what delivering needs.
@@ -138,9 +149,19 @@ impl Proxy {
         let client = &self.clients[lane % self.clients.len()];
         let limit = self.config.max_request_body;
         let ordered = self.order(&route, now);
-        let mut cursor = 0;
-        let (mut key, mut key_reservation) =
-            self.pick(&ordered, &mut cursor, &route, spend, max_cost)?;
+        // The token's rate and budget are counted with the first key chosen.
+        let mut token_pending = true;
+        let mut pick = Pick {
+            ordered: &ordered,
+            cursor: 0,
+            route: &route,
+            spend,
+            max_cost,
+            lane,
+        };
+        let (mut key, mut key_reservation) = self
+            .pick(&mut pick, &mut token_pending, &mut exchange.reservations)
+            .await?;
 
         let attempts = if repeatable {
             self.config.max_attempts.max(1)
@@ -199,11 +220,13 @@ impl Proxy {
                         return Err(error);
                     }
                     tokio::time::sleep(self.backoff(attempt)).await;
-                    (key, key_reservation) =
-                        match self.pick(&ordered, &mut cursor, &route, spend, max_cost) {
-                            Ok(next) => next,
-                            Err(_) => return Err(error),
-                        };
+                    (key, key_reservation) = match self
+                        .pick(&mut pick, &mut token_pending, &mut exchange.reservations)
+                        .await
+                    {
+                        Ok(next) => next,
+                        Err(_) => return Err(error),
+                    };
                     canary = self.draws_canary(&key);
                     second = false;
                     continue;
@@ -249,7 +272,8 @@ impl Proxy {
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
                     }
-                    self.pick(&ordered, &mut cursor, &route, spend, max_cost)
+                    self.pick(&mut pick, &mut token_pending, &mut exchange.reservations)
+                        .await
                 }
             {
                 (key, key_reservation) = next;
@@ -362,74 +386,113 @@ impl Proxy {
         healthy
     }
 
-    /// The next key (from `cursor`, wrapping) whose limits and budget admit the call; the
-    /// refusal of the first key tried if none does.
-    fn pick(
+    /// The next key (from the cursor, wrapping) whose limits and budget admit the call; the
+    /// refusal of the first key tried if none does. With shared limits the decision is
+    /// Redis's — one round trip, with the token's rate and budget the first time
+    /// (`token_pending`), whose hold goes to `holds` — unless nothing would be counted, or
+    /// Redis cannot be reached (then the token's rate falls back to this instance's share,
+    /// and quotas and budgets refuse or count here, as `limits_on_redis_outage` says).
+    async fn pick(
         &self,
-        ordered: &[Arc<LiveKey>],
-        cursor: &mut usize,
-        route: &Route<'_>,
-        spend: Spend,
-        max_cost: u64,
-    ) -> Result<(Arc<LiveKey>, Option<Reservation>), Error> {
+        pick: &mut Pick<'_, '_>,
+        token_pending: &mut bool,
+        holds: &mut Vec<Hold>,
+    ) -> Result<(Arc<LiveKey>, Option<Hold>), Error> {
+        let Pick {
+            ordered,
+            route,
+            spend,
+            max_cost,
+            lane,
+            ..
+        } = *pick;
         let now = self.clock.now();
         if ordered.is_empty() {
-            let open: Vec<jiff::Timestamp> = route
-                .candidates
-                .iter()
-                .filter_map(|k| self.health.passive(&k.key.id, now).2)
-                .filter(|until| *until > now)
+            return Err(self.nothing_to_pick(route, now));
+        }
+        let calendar = &route.service.quota_calendar;
+        if let Some(shared) = &self.shared {
+            let count = ordered.len();
+            let rotated: Vec<&Arc<LiveKey>> = (0..count)
+                .map(|i| &ordered[(pick.cursor + i) % count])
                 .collect();
-            if let Some(until) = open.iter().min() {
-                return Err(Error {
-                    retry_after: Some(
-                        keyward_core::usage::until(now, *until).max(Duration::from_secs(1)),
-                    ),
-                    ..Error::new(
-                        ErrorKind::Unavailable,
-                        "circuit_open",
-                        format!(
-                            "every usable {} key for {} failed repeatedly; Keyward tries again shortly",
-                            route.service.name, route.environment
-                        ),
-                    )
-                });
-            }
-            let until = route
-                .candidates
+            let parts: Vec<KeyPart<'_>> = rotated
                 .iter()
-                .filter_map(|k| self.health.flag(&k.key.id, k.flag.as_ref(), now))
-                .filter_map(|f| f.until)
-                .min();
-            let wait = until.map_or(self.config.quota_hold, |u| {
-                keyward_core::usage::until(now, u)
+                .map(|k| KeyPart {
+                    id: &k.key.id,
+                    limits: &k.key.limits,
+                    budget: k.key.budget,
+                })
+                .collect();
+            let token = token_pending.then_some(TokenPart {
+                token: &route.token,
             });
-            return Err(Error::limited(
-                "quota_exhausted",
-                format!(
-                    "every {} key for {} is quota-limited; try again later",
-                    route.service.name, route.environment
-                ),
-                wait.max(Duration::from_secs(1)),
-            ));
+            if needs_shared(token.map(|t| t.token), &parts) {
+                let decided = shared
+                    .decide(
+                        lane,
+                        token,
+                        &parts,
+                        spend,
+                        max_cost,
+                        Some((&self.sink.meters, calendar, now)),
+                    )
+                    .await;
+                match decided {
+                    Some(Decision::Admitted {
+                        chosen,
+                        token_hold,
+                        key_hold,
+                    }) => {
+                        *token_pending = false;
+                        holds.extend(token_hold.map(Hold::Shared));
+                        let index = chosen.unwrap_or(0).min(count - 1);
+                        pick.cursor += index + 1;
+                        let key = rotated[index].clone();
+                        self.sink
+                            .meters
+                            .record(&key.key.id, &key.key.limits, calendar, spend, now);
+                        return Ok((key, key_hold.map(Hold::Shared)));
+                    }
+                    Some(Decision::Refused(e)) => return Err(e),
+                    None => {
+                        let counted = (*token_pending && route.token.budget.is_some())
+                            || parts
+                                .iter()
+                                .any(|k| !k.limits.is_empty() || k.budget.is_some());
+                        if *token_pending {
+                            self.rate_limits
+                                .check_share(&route.token, shared.live_instances())?;
+                        }
+                        if counted && shared.policy() == OutagePolicy::Closed {
+                            return Err(crate::shared::unavailable());
+                        }
+                        if *token_pending && let Some(budget) = route.token.budget {
+                            holds.push(Hold::Local(self.sink.meters.reserve(
+                                &[(Subject::Token(route.token.id.clone()), budget)],
+                                max_cost,
+                                now,
+                            )?));
+                        }
+                    }
+                }
+            }
+            *token_pending = false;
         }
         let mut first_refusal = None;
         for _ in 0..ordered.len() {
-            let key = &ordered[*cursor % ordered.len()];
-            *cursor += 1;
-            let taken = self.sink.meters.take(
-                &key.key.id,
-                &key.key.limits,
-                &route.service.quota_calendar,
-                spend,
-                now,
-            );
+            let key = &ordered[pick.cursor % ordered.len()];
+            pick.cursor += 1;
+            let taken = self
+                .sink
+                .meters
+                .take(&key.key.id, &key.key.limits, calendar, spend, now);
             let reserved = taken.and_then(|()| match key.key.budget {
                 Some(budget) => self
                     .sink
                     .meters
                     .reserve(&[(Subject::Key(key.key.id.clone()), budget)], max_cost, now)
-                    .map(Some),
+                    .map(|r| Some(Hold::Local(r))),
                 None => Ok(None),
             });
             match reserved {
@@ -440,6 +503,49 @@ impl Proxy {
             }
         }
         Err(first_refusal.unwrap_or_else(|| Error::internal("no key was tried")))
+    }
+
+    /// Why no key can be tried: every usable one's circuit is open, or every one is
+    /// quota-limited.
+    fn nothing_to_pick(&self, route: &Route<'_>, now: jiff::Timestamp) -> Error {
+        let open: Vec<jiff::Timestamp> = route
+            .candidates
+            .iter()
+            .filter_map(|k| self.health.passive(&k.key.id, now).2)
+            .filter(|until| *until > now)
+            .collect();
+        if let Some(until) = open.iter().min() {
+            return Error {
+                retry_after: Some(
+                    keyward_core::usage::until(now, *until).max(Duration::from_secs(1)),
+                ),
+                ..Error::new(
+                    ErrorKind::Unavailable,
+                    "circuit_open",
+                    format!(
+                        "every usable {} key for {} failed repeatedly; Keyward tries again shortly",
+                        route.service.name, route.environment
+                    ),
+                )
+            };
+        }
+        let until = route
+            .candidates
+            .iter()
+            .filter_map(|k| self.health.flag(&k.key.id, k.flag.as_ref(), now))
+            .filter_map(|f| f.until)
+            .min();
+        let wait = until.map_or(self.config.quota_hold, |u| {
+            keyward_core::usage::until(now, u)
+        });
+        Error::limited(
+            "quota_exhausted",
+            format!(
+                "every {} key for {} is quota-limited; try again later",
+                route.service.name, route.environment
+            ),
+            wait.max(Duration::from_secs(1)),
+        )
     }
 
     /// Reads what an answer means by the service's rules, reading the body ahead first

@@ -21,7 +21,6 @@ use super::rewrite::{bad_request, strip_hop_by_hop};
 use crate::cache::CachedResponse;
 use crate::links::{LinkRewriter, rewrite_stream};
 use crate::meter::UsageReader;
-use crate::quota::Reservation;
 use crate::redact::{redact_bytes, redact_stream};
 use crate::upstream::{BoxError, ProxyBody, SendError, full_body, stream_body};
 use keyward_core::service::ServiceDefinition;
@@ -36,7 +35,7 @@ pub const WARNING_HEADER: &str = "x-keyward-warning";
 pub(super) struct Exchange {
     pub(super) record: UsageRecord,
     pub(super) started: Instant,
-    pub(super) reservations: Vec<Reservation>,
+    pub(super) reservations: Vec<crate::shared::Hold>,
     pub(super) reader: Option<UsageReader>,
     /// The key used had expired at this time (injected inside the grace period).
     pub(super) expired_at: Option<jiff::Timestamp>,
@@ -196,9 +195,10 @@ impl Drop for Finisher {
                 }
             }
         }
+        let tokens = exchange.record.tokens.total();
         for reservation in exchange.reservations.drain(..) {
             // The token's budget and the key's budget are each charged the call's cost.
-            reservation.settle(exchange.record.cost_nanos);
+            reservation.settle(exchange.record.cost_nanos, tokens);
         }
         self.sink.emit(ProxyEvent::Usage(Box::new(exchange.record)));
     }

@@ -25,7 +25,9 @@ use admission::Admission;
 pub(crate) use attempts::Answer;
 pub use exchange::{CACHE_HEADER, WARNING_HEADER};
 use exchange::{Delivery, Exchange};
-pub use proxy::{EVENT_CHANNEL_CAPACITY, Inbound, Proxy, ProxyConfig, ProxyEvent, ProxyGauges};
+pub use proxy::{
+    EVENT_CHANNEL_CAPACITY, Inbound, Proxy, ProxyConfig, ProxyEvent, ProxyGauges, SharedGauges,
+};
 pub use rewrite::{ENVIRONMENT_HEADER, TOKEN_HEADER};
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use rewrite::{check_path, client_query};

@@ -122,6 +122,16 @@ pub struct ProxyGauges {
     pub snapshot_age: Option<Duration>,
     /// Whether calls are refused because it went unconfirmed too long.
     pub snapshot_stale: bool,
+    /// Redis-backed limits: whether Redis answers, failed calls, live instances.
+    pub shared_limits: Option<SharedGauges>,
+}
+
+/// How the Redis-backed limits are doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedGauges {
+    pub up: bool,
+    pub errors: u64,
+    pub live_instances: u64,
 }
 
 /// Bound of the event channel: when the writer falls this far behind, events are dropped
@@ -163,6 +173,8 @@ pub struct Proxy {
     pub(super) cache: ResponseCache,
     pub(crate) sink: Arc<Sink>,
     pub(super) currency: Currency,
+    /// Limits, quotas and budgets shared with every instance through Redis, if configured.
+    pub(super) shared: Option<Arc<crate::shared::SharedLimits>>,
 }
 
 /// When the snapshot was last known to match the store. Kept on the monotonic clock, not
@@ -231,6 +243,7 @@ impl Proxy {
             cache: ResponseCache::new(config.cache_max_bytes, config.cache_max_entry_bytes),
             config,
             currency: Currency::new(),
+            shared: None,
             sink: Arc::new(Sink {
                 events,
                 dropped: AtomicU64::new(0),
@@ -241,6 +254,18 @@ impl Proxy {
             }),
         };
         Ok((proxy, receiver))
+    }
+
+    /// Shares rate limits, quotas and budgets with every instance through Redis.
+    #[must_use]
+    pub fn with_shared_limits(mut self, shared: Arc<crate::shared::SharedLimits>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// The Redis-backed limits, when configured (for their jobs, `/readyz` and `/metrics`).
+    pub fn shared_limits(&self) -> Option<&Arc<crate::shared::SharedLimits>> {
+        self.shared.as_ref()
     }
 
     /// Replaces the snapshot; requests already running keep the one they started with.
@@ -311,6 +336,11 @@ impl Proxy {
             uninspected_bodies: self.sink.uninspected_bodies.load(Ordering::Relaxed),
             snapshot_age: self.snapshot_age(),
             snapshot_stale: self.snapshot_stale(),
+            shared_limits: self.shared.as_ref().map(|s| SharedGauges {
+                up: s.is_up(),
+                errors: s.errors(),
+                live_instances: s.live_instances(),
+            }),
         }
     }
 

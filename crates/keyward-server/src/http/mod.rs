@@ -73,7 +73,15 @@ pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Response {
         )
         .into_response(),
         Ok(backend) => {
-            Json(serde_json::json!({"status": "ready", "store": backend})).into_response()
+            // A Redis outage does not take the instance out of a load balancer (every
+            // instance shares the same Redis): it is reported, and `/metrics` counts it.
+            let limits = match app.proxy.shared_limits() {
+                None => "local",
+                Some(shared) if shared.is_up() => "shared",
+                Some(_) => "redis_unreachable",
+            };
+            Json(serde_json::json!({"status": "ready", "store": backend, "limits": limits}))
+                .into_response()
         }
         Err(e) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.message).into_response()

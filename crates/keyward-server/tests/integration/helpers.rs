@@ -84,11 +84,16 @@ impl TestApp {
 
     /// A second server on the same database and master key, as another instance would be.
     pub async fn sibling(&self) -> Sibling {
+        self.sibling_with(RawSettings::default()).await
+    }
+
+    /// Like [`TestApp::sibling`], with further settings (e.g. the same Redis).
+    pub async fn sibling_with(&self, extra: RawSettings) -> Sibling {
         let raw = RawSettings {
             listen: self.settings.listen.clone(),
             data_dir: self.settings.data_dir.clone(),
             database_url: self.settings.database_url.clone(),
-            ..Default::default()
+            ..extra
         };
         let (_, base, tx) = start(&raw, Arc::new(keyward_core::SystemClock)).await;
         Sibling {
@@ -251,6 +256,9 @@ async fn start(
         expiry_grace_minutes: raw.expiry_grace_minutes.clone(),
         forecast_lead_minutes: raw.forecast_lead_minutes.clone(),
         max_snapshot_staleness_seconds: raw.max_snapshot_staleness_seconds.clone(),
+        redis_url: raw.redis_url.clone(),
+        redis_prefix: raw.redis_prefix.clone(),
+        limits_on_redis_outage: raw.limits_on_redis_outage.clone(),
         smtp_url: raw.smtp_url.clone(),
         smtp_from: raw.smtp_from.clone(),
         health_probes: raw.health_probes.clone(),

@@ -42,6 +42,7 @@ mod revocation;
 mod rotation_policy;
 mod sdk;
 mod sessions;
+mod shared_limits;
 mod tls;
 mod ui;
 mod ui_approvals;

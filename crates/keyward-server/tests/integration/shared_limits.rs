@@ -1,0 +1,575 @@
+//! Limits shared through Redis: two instances on one database and one Redis behave as one —
+//! a 25-a-day quota lets 25 calls through in total, a token's rate is counted once, a money
+//! budget is overshot by at most one call's maximum under 1,000 concurrent calls spread
+//! over both. An outage is explicit: rates fall back to this instance's share, quotas and
+//! budgets refuse (or count locally when configured), `/readyz` and `/metrics` say so, and
+//! Redis answering again ends it without a restart. Holds of a dead instance expire;
+//! seeding a counter never adds twice.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyward_server::config::RawSettings;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::fake_llm::FakeLlm;
+use crate::helpers::{Backend, OPENAI_KEY, TestApp};
+
+/// Settings for Redis at `url` under a prefix no other test uses.
+fn shared(url: &str, prefix: &str) -> RawSettings {
+    RawSettings {
+        redis_url: Some(url.to_owned()),
+        redis_prefix: Some(prefix.to_owned()),
+        ..Default::default()
+    }
+}
+
+fn fresh_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("kwtest:{nanos}:")
+}
+
+/// Two instances sharing a SQLite file and Redis, a fake OpenAI, a key and a token.
+struct Pair {
+    app: TestApp,
+    other: crate::helpers::Sibling,
+    fake: FakeLlm,
+    key: String,
+}
+
+impl Pair {
+    async fn start(redis: &str) -> Self {
+        let prefix = fresh_prefix();
+        let app = TestApp::spawn_with(Backend::Sqlite, shared(redis, &prefix))
+            .await
+            .unwrap();
+        let other = app.sibling_with(shared(redis, &prefix)).await;
+        let (fake, base) = FakeLlm::start().await;
+        app.point_service("openai", &base).await;
+        let key = app
+            .create_key("openai", "production", "main", OPENAI_KEY)
+            .await;
+        Self {
+            app,
+            other,
+            fake,
+            key: key["id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn token(&self, extra: Value) -> String {
+        let mut request =
+            json!({"name": "shared", "services": ["openai"], "environments": ["production"]});
+        for (k, v) in extra.as_object().unwrap() {
+            request[k] = v.clone();
+        }
+        self.app.app_token(request).await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// A chat call through instance `which` (0 or 1): status and error code.
+    async fn chat(&self, which: usize, token: &str) -> (StatusCode, String) {
+        let base = if which.is_multiple_of(2) {
+            &self.app.base
+        } else {
+            &self.other.base
+        };
+        let answer = self
+            .app
+            .client
+            .post(format!("{base}/proxy/openai/v1/chat/completions"))
+            .bearer_auth(token)
+            .json(&json!({"model": "gpt-5.4-mini", "max_tokens": 100, "messages": [{"role": "user", "content": "NVDA?"}]}))
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        let body: Value = answer.json().await.unwrap_or_default();
+        (
+            status,
+            body["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    }
+}
+
+fn tally(results: &[(StatusCode, String)]) -> (usize, Vec<String>) {
+    let ok = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    let refused = results
+        .iter()
+        .filter(|(s, _)| *s != StatusCode::OK)
+        .map(|(_, code)| code.clone())
+        .collect();
+    (ok, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_count_one_quota_one_rate_and_one_budget() {
+    let Some(redis) = keyward_store::testing::redis_url() else {
+        return;
+    };
+    let pair = Pair::start(&redis).await;
+
+    // A 25-a-day quota: 40 calls alternating between the instances, 25 served in total.
+    let (status, body) = pair
+        .app
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/keys/{}", pair.key),
+            Some(json!({"limits": [{"max": 25, "unit": "requests", "window_seconds": 86400}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let plain = pair.token(json!({})).await;
+    // Both instances see the new limit (the change feed) before the load starts.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut results = Vec::new();
+    for i in 0..40 {
+        results.push(pair.chat(i, &plain).await);
+    }
+    let (served, refused) = tally(&results);
+    assert_eq!(served, 25, "{results:?}");
+    assert!(
+        refused.iter().all(|c| c == "quota_exhausted"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        pair.fake
+            .completions
+            .load(std::sync::atomic::Ordering::SeqCst),
+        25,
+        "the provider saw 25 calls"
+    );
+    eprintln!("shared quota: 40 calls over two instances, {served} served (limit 25)");
+
+    // The limit lifted, a token allowed 20 calls a minute: 60 calls, 20 served.
+    pair.app
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/keys/{}", pair.key),
+            Some(json!({"limits": []})),
+        )
+        .await;
+    let limited = pair
+        .token(json!({"rate_limit": {"requests": 20, "per_seconds": 60}}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut results = Vec::new();
+    for i in 0..60 {
+        results.push(pair.chat(i, &limited).await);
+    }
+    let (served, refused) = tally(&results);
+    assert_eq!(served, 20, "{results:?}");
+    assert!(refused.iter().all(|c| c == "rate_limited"), "{refused:?}");
+    eprintln!("shared rate: 60 calls over two instances, {served} served (limit 20 a minute)");
+
+    // A budget: 1,000 concurrent calls spread over both instances.
+    const BUDGET_USD: f64 = 0.005;
+    let metered = pair
+        .token(json!({"budget": {"limit_usd": BUDGET_USD, "period": "day"}}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = pair
+        .fake
+        .completions
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let calls = (0..1000).map(|i| {
+        let (pair, metered) = (&pair, &metered);
+        async move { pair.chat(i, metered).await }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let (served, refused) = tally(&results);
+    assert!(
+        refused.iter().all(|c| c == "budget_exceeded"),
+        "{refused:?}"
+    );
+    let body = json!({"model": "gpt-5.4-mini", "max_tokens": 100, "messages": [{"role": "user", "content": "NVDA?"}]});
+    let max_cost = (serde_json::to_vec(&body).unwrap().len() as f64 * 0.75 + 100.0 * 4.50) / 1e6;
+    let actual = (5.0 * 0.75 + 100.0 * 4.50) / 1e6;
+    let spent = served as f64 * actual;
+    assert!(served >= 1);
+    assert!(
+        spent <= BUDGET_USD + max_cost,
+        "{served} calls spent ${spent}: over ${BUDGET_USD} + one call's maximum ${max_cost}"
+    );
+    assert_eq!(
+        pair.fake
+            .completions
+            .load(std::sync::atomic::Ordering::SeqCst)
+            - before,
+        served
+    );
+    eprintln!(
+        "shared budget: 1000 concurrent calls over two instances, {served} served, ${spent:.6} spent of ${BUDGET_USD} (overshoot ${:.6}, one call at most ${max_cost:.6})",
+        (spent - BUDGET_USD).max(0.0)
+    );
+}
+
+/// Starts `redis-server` on `port` (nothing persisted); stopped when dropped.
+struct PrivateRedis(std::process::Child);
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn readyz_limits(app: &TestApp) -> String {
+    let body: Value = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["limits"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_explicit_and_ends_without_a_restart() {
+    if keyward_store::testing::redis_url().is_none() {
+        return;
+    }
+    // Nothing listens on the port yet: the start is not refused.
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let app = TestApp::spawn_with(Backend::Sqlite, shared(&url, &fresh_prefix()))
+        .await
+        .unwrap();
+    let (fake, base) = FakeLlm::start().await;
+    app.point_service("openai", &base).await;
+    let quota_key = app
+        .create_key("openai", "production", "main", OPENAI_KEY)
+        .await;
+    app.call(
+        reqwest::Method::PATCH,
+        &format!("/api/v1/keys/{}", quota_key["id"].as_str().unwrap()),
+        Some(json!({"limits": [{"max": 100, "unit": "requests", "window_seconds": 86400}]})),
+    )
+    .await;
+    let token = app
+        .app_token(json!({"name": "t", "services": ["openai"], "environments": ["production"]}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let chat = || {
+        app.client
+            .post(format!("{}/proxy/openai/v1/chat/completions", app.base))
+            .bearer_auth(&token)
+            .json(&json!({"model": "gpt-5.4-mini", "messages": []}))
+            .send()
+    };
+    assert_eq!(readyz_limits(&app).await, "redis_unreachable");
+    let refused = chat().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "limits_unavailable", "{body}");
+    assert_eq!(
+        fake.completions.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("keyward_redis_up 0"), "{metrics}");
+
+    // Redis comes up: within the heartbeat the limits are shared again, no restart.
+    let redis = PrivateRedis::start(port);
+    let started = Instant::now();
+    while readyz_limits(&app).await != "shared" {
+        assert!(started.elapsed() < Duration::from_secs(10), "no recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "redis outage: shared again {} ms after Redis came up",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(chat().await.unwrap().status(), StatusCode::OK);
+
+    // It goes away mid-run: the next metered call is refused, not let through uncounted.
+    drop(redis);
+    let started = Instant::now();
+    loop {
+        let status = chat().await.unwrap().status();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(started.elapsed() < Duration::from_secs(5), "still served");
+    }
+    assert_eq!(readyz_limits(&app).await, "redis_unreachable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_an_outage_rates_fall_back_to_a_share_and_local_quotas_count_here() {
+    if keyward_store::testing::redis_url().is_none() {
+        return;
+    }
+    // A Redis that accepts connections and never answers: a timeout is an outage too.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for stream in silent.incoming().flatten() {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        RawSettings {
+            limits_on_redis_outage: Some("local".into()),
+            ..shared(&url, &fresh_prefix())
+        },
+    )
+    .await
+    .unwrap();
+    let (_fake, base) = FakeLlm::start().await;
+    app.point_service("openai", &base).await;
+    let key = app
+        .create_key("openai", "production", "main", OPENAI_KEY)
+        .await;
+    app.call(
+        reqwest::Method::PATCH,
+        &format!("/api/v1/keys/{}", key["id"].as_str().unwrap()),
+        Some(json!({"limits": [{"max": 3, "unit": "requests", "window_seconds": 86400}]})),
+    )
+    .await;
+    let token = app
+        .app_token(json!({"name": "t", "services": ["openai"], "environments": ["production"], "rate_limit": {"requests": 2, "per_seconds": 60}}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(readyz_limits(&app).await, "redis_unreachable");
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let answer = app
+            .client
+            .post(format!("{}/proxy/openai/v1/chat/completions", app.base))
+            .bearer_auth(&token)
+            .json(&json!({"model": "gpt-5.4-mini", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().await.unwrap_or_default();
+        codes.push((
+            status,
+            body["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ));
+    }
+    // One instance seen alive: its share is the whole rate (2), the quota counted here.
+    assert_eq!(codes[0].0, 200, "{codes:?}");
+    assert_eq!(codes[1].0, 200, "{codes:?}");
+    assert_eq!(codes[2], (429, "rate_limited".to_owned()), "{codes:?}");
+}
+
+#[tokio::test]
+async fn seeding_never_adds_twice_and_a_dead_instance_releases_its_holds() {
+    use keyward_core::app_token::{AppToken, Budget, BudgetPeriod};
+    use keyward_core::id::{AppTokenId, KeyId};
+    use keyward_core::service::{Limit, LimitUnit, QuotaCalendar};
+    use keyward_core::usage::{HourlyUse, Subject};
+    use keyward_proxy::shared::{Decision, KeyPart, OutagePolicy, SharedLimits, TokenPart};
+
+    let Some(redis) = keyward_store::testing::redis_url() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let instance = |name: &str| {
+        Arc::new(
+            SharedLimits::new(&redis, &prefix, name.to_owned(), OutagePolicy::Closed, 1).unwrap(),
+        )
+    };
+    let (a, b) = (instance("a"), instance("b"));
+    a.heartbeat().await;
+    b.heartbeat().await;
+    let now = keyward_core::Timestamp::now();
+    let key = KeyId::generate(now, &keyward_crypto::OsRandomness);
+    let limits = [Limit {
+        max: 12,
+        unit: LimitUnit::Requests,
+        window_seconds: 86_400,
+    }];
+    let calendar = QuotaCalendar::Rolling;
+    // Instance a restored 10 calls from the store, b 20 (say, it read later): the counter
+    // starts from whichever seeded it first, never from both.
+    let seeded = |requests: u64| {
+        let meters = keyward_proxy::Meters::default();
+        meters.seed(vec![HourlyUse {
+            subject: Subject::Key(key.clone()),
+            hour: keyward_core::Timestamp::from_millisecond(
+                now.as_millisecond() / 3_600_000 * 3_600_000,
+            )
+            .unwrap(),
+            requests,
+            credits: 0,
+            tokens: 0,
+            cost_nanos: 0,
+        }]);
+        meters
+    };
+    let (meters_a, meters_b) = (seeded(10), seeded(20));
+    let parts = [KeyPart {
+        id: &key,
+        limits: &limits,
+        budget: None,
+    }];
+    let spend = keyward_proxy::Spend {
+        requests: 1,
+        credits: 0,
+    };
+    let mut admitted = 0;
+    for (shared, meters) in [
+        (&a, &meters_a),
+        (&b, &meters_b),
+        (&a, &meters_a),
+        (&b, &meters_b),
+    ] {
+        match shared
+            .decide(0, None, &parts, spend, 0, Some((meters, &calendar, now)))
+            .await
+            .expect("Redis decides")
+        {
+            Decision::Admitted { .. } => admitted += 1,
+            Decision::Refused(e) => assert_eq!(e.code, "quota_exhausted"),
+        }
+    }
+    assert_eq!(admitted, 2, "seeded once at 10: room for two more of 12");
+
+    // A budget held whole by `a`, which then dies (no more heartbeats).
+    let token = AppToken {
+        id: AppTokenId::generate(now, &keyward_crypto::OsRandomness),
+        public_id: "sharedtoken1".into(),
+        name: "t".into(),
+        secret_hash: vec![0],
+        services: vec!["openai".into()],
+        environments: vec!["production".into()],
+        key_ids: vec![],
+        allowed_networks: vec![],
+        rate_limit: None,
+        budget: Some(Budget {
+            limit_micros: 1000,
+            period: BudgetPeriod::Day,
+        }),
+        created_by: "t".into(),
+        created_at: now,
+        expires_at: None,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let whole = 1_000_000; // nano-dollars: the whole budget
+    let held = a
+        .decide(
+            0,
+            Some(TokenPart { token: &token }),
+            &[],
+            spend,
+            whole,
+            None,
+        )
+        .await
+        .expect("decides");
+    assert!(matches!(held, Decision::Admitted { .. }));
+    let refused = b
+        .decide(
+            0,
+            Some(TokenPart { token: &token }),
+            &[],
+            spend,
+            whole,
+            None,
+        )
+        .await
+        .expect("decides");
+    assert!(matches!(refused, Decision::Refused(ref e) if e.code == "budget_exceeded"));
+    std::mem::forget(held); // `a` dies holding it: no settlement ever comes
+    let started = Instant::now();
+    loop {
+        b.heartbeat().await;
+        match b
+            .decide(
+                0,
+                Some(TokenPart { token: &token }),
+                &[],
+                spend,
+                whole,
+                None,
+            )
+            .await
+            .expect("decides")
+        {
+            Decision::Admitted { .. } => break,
+            Decision::Refused(_) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "the hold never expired"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    eprintln!(
+        "a dead instance's budget hold expired after {} ms (dead after {:?})",
+        started.elapsed().as_millis(),
+        keyward_proxy::shared::DEAD_AFTER
+    );
+}
