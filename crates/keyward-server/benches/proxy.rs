@@ -3,6 +3,9 @@
 //! - **direct**: the client calls the fake upstream itself, with the real key;
 //! - **keyward**: the real `keyward` binary (release build, default settings: SQLite, access
 //!   log on) with an app token — token check, limits, budgets and metering all on;
+//! - **kw+redis** (when Redis answers at `KEYWARD_BENCH_REDIS_URL`, default the local one):
+//!   the same vault with the token's rate and budget and the key's quotas and budget
+//!   decided in Redis (one script per call), with the Redis scripts per request counted;
 //! - **nginx** (when installed): 2 workers, upstream keepalive, setting `Authorization`.
 //!
 //! The upstream is a local fake that answers like OpenAI's chat completions (with usage).
@@ -110,8 +113,9 @@ fn keyward_command(dir: &Path) -> Command {
     cmd
 }
 
-/// Starts the real binary on a fresh vault; returns it and an app token for the upstream.
-fn start_keyward(upstream: &str) -> (Keyward, String) {
+/// Starts the real binary on a fresh vault (limits shared through `redis`, if given);
+/// returns it and an app token for the upstream.
+fn start_keyward(upstream: &str, redis: Option<&str>) -> (Keyward, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = keyward_command(dir.path())
         .args(["token", "create", "--name", "bench", "--role", "owner"])
@@ -124,7 +128,14 @@ fn start_keyward(upstream: &str) -> (Keyward, String) {
     );
     let admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let log = std::fs::File::create(dir.path().join("keyward.log")).unwrap();
-    let mut child = keyward_command(dir.path())
+    let mut serve = keyward_command(dir.path());
+    if let Some(url) = redis {
+        let prefix = format!("kwbench:{}:", std::process::id());
+        serve
+            .env("KEYWARD_REDIS_URL", url)
+            .env("KEYWARD_REDIS_PREFIX", prefix);
+    }
+    let mut child = serve
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(log)
@@ -460,6 +471,26 @@ fn memory_mib(pid: u32) -> (f64, f64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// Scripts Redis has served (`EVALSHA` + `EVAL`), from `redis-cli info commandstats`.
+fn redis_scripts(port: u16) -> Option<u64> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "info", "commandstats"])
+        .output()
+        .ok()?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)
+                    .and_then(|r| r.split(',').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .sum(),
+    )
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
@@ -475,7 +506,22 @@ fn main() {
     let rate = setting("KEYWARD_BENCH_RATE", 2000);
     let scratch = tempfile::tempdir().unwrap();
     let (_upstream_runtime, upstream) = start_upstream();
-    let (keyward, token) = start_keyward(&upstream);
+    let (keyward, token) = start_keyward(&upstream, None);
+    // The same vault setup with limits, quotas and budgets in Redis (skipped, loudly,
+    // without one): `KEYWARD_BENCH_REDIS_URL`, default the local one.
+    let redis_url = std::env::var("KEYWARD_BENCH_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let redis_port = redis_url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+        .unwrap_or(6379);
+    let shared = if std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_ok() {
+        Some(start_keyward(&upstream, Some(&redis_url)))
+    } else {
+        eprintln!("!!!!!!!! Redis not reachable at {redis_url}: no keyward+redis column");
+        None
+    };
     // `KEYWARD_BENCH_SERVE_ONLY=1`: set everything up, print where it is, and wait (an
     // hour) instead of measuring, for profiling the server under a load of one's own.
     if std::env::var("KEYWARD_BENCH_SERVE_ONLY").is_ok() {
@@ -503,6 +549,14 @@ fn main() {
             processes: vec![keyward.child.id()],
         },
     ];
+    if let Some((shared, token)) = &shared {
+        targets.push(Target {
+            name: "kw+redis",
+            url: format!("http://{}/proxy/openai/v1/chat/completions", shared.addr),
+            bearer: token.clone(),
+            processes: vec![shared.child.id()],
+        });
+    }
     match &nginx {
         Some(nginx) => targets.push(Target {
             name: "nginx",
@@ -542,7 +596,18 @@ fn main() {
         let median = seen.get(seen.len() / 2);
         let rps = median.map(|r| r.rps);
         let cpu = median.and_then(|r| r.cpu_per_request);
+        let scripts_before = redis_scripts(redis_port);
         let lat = latency(target, rate, seconds);
+        if target.name == "kw+redis"
+            && let (Some(before), Some(after)) = (scripts_before, redis_scripts(redis_port))
+        {
+            let per = (after - before) as f64 / lat.sent.max(1) as f64;
+            println!(
+                "kw+redis: {} Redis scripts for {} requests at {rate} req/s = {per:.3} per request (one decision each, settlements batched, heartbeats)",
+                after - before,
+                lat.sent
+            );
+        }
         results.push((target.name, rps, cpu, lat));
     }
     let (peak, now) = memory_mib(keyward.child.id());
@@ -603,6 +668,11 @@ fn main() {
         println!("keyward throughput ÷ nginx: {:.2} (target ≥ 1.00)", k / n);
     }
     println!("keyward resident memory: peak {peak:.1} MiB, now {now:.1} MiB (target < 100 MiB)");
+    if let Some((shared, _)) = &shared {
+        let (peak, now) = memory_mib(shared.child.id());
+        println!("keyward+redis resident memory: peak {peak:.1} MiB, now {now:.1} MiB");
+    }
     drop(nginx);
     drop(keyward);
+    drop(shared);
 }

@@ -573,3 +573,97 @@ async fn seeding_never_adds_twice_and_a_dead_instance_releases_its_holds() {
         keyward_proxy::shared::DEAD_AFTER
     );
 }
+
+/// Script calls Redis has served (`EVALSHA` and `EVAL`), from `INFO commandstats`.
+fn script_calls(port: u16) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "info", "commandstats"])
+        .output()
+        .expect("redis-cli is installed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counted_call_costs_one_round_trip_and_an_uncounted_one_none() {
+    if keyward_store::testing::redis_url().is_none() {
+        return;
+    }
+    let port = free_port();
+    let _redis = PrivateRedis::start(port);
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        shared(&format!("redis://127.0.0.1:{port}"), "kw:"),
+    )
+    .await
+    .unwrap();
+    let (_fake, base) = FakeLlm::start().await;
+    app.point_service("openai", &base).await;
+    app.create_key("openai", "production", "main", OPENAI_KEY)
+        .await;
+    let free = app
+        .app_token(json!({"name": "free", "services": ["openai"], "environments": ["production"]}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let counted = app
+        .app_token(
+            json!({"name": "counted", "services": ["openai"], "environments": ["production"],
+                          "rate_limit": {"requests": 100000, "per_seconds": 60},
+                          "budget": {"limit_usd": 1000.0, "period": "day"}}),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = |token: String| {
+        let app = &app;
+        async move {
+            for _ in 0..200 {
+                let status = app
+                    .client
+                    .post(format!("{}/proxy/openai/v1/chat/completions", app.base))
+                    .bearer_auth(&token)
+                    .json(&json!({"model": "gpt-5.4-mini", "max_tokens": 10, "messages": []}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(status, StatusCode::OK);
+            }
+        }
+    };
+    let started = Instant::now();
+    let before = script_calls(port);
+    run(free).await;
+    let free_calls = script_calls(port) - before;
+    // Heartbeats (one a second) are the only scripts meanwhile.
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(
+        free_calls <= seconds,
+        "{free_calls} scripts for 200 calls that count nothing in {seconds} s"
+    );
+    let started = Instant::now();
+    let before = script_calls(port);
+    run(counted).await;
+    // Let the last settlements go out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counted_calls = script_calls(port) - before;
+    let overhead = started.elapsed().as_secs() * 11 + 11; // heartbeats + settlement batches
+    assert!(
+        counted_calls >= 200 && counted_calls <= 200 + overhead,
+        "{counted_calls} scripts for 200 counted calls (settlements and heartbeats at most {overhead})"
+    );
+    eprintln!(
+        "redis round trips: 200 uncounted calls {free_calls} scripts (heartbeats); 200 counted calls {counted_calls} scripts (one decision each + batched settlements + heartbeats)"
+    );
+}
