@@ -23,6 +23,7 @@ mod approvals;
 mod audit;
 mod auth;
 mod catalog;
+mod cluster;
 mod compliance;
 mod durability;
 mod email;
