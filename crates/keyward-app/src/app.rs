@@ -13,7 +13,6 @@ use keyward_core::ports::Store;
 use keyward_core::service::ServiceDefinition;
 use keyward_core::usage::PricingTable;
 use keyward_core::{Clock, Error, ErrorKind, Randomness};
-use keyward_crypto::Keyring;
 use keyward_proxy::{Proxy, ProxyConfig, ProxyEvent, Snapshot};
 
 use crate::actor::Actor;
@@ -24,7 +23,12 @@ use crate::vault::Vault;
 pub struct App {
     /// Only use cases reach the store: the edges go through `App`'s methods.
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) keyring: Arc<Keyring>,
+    pub(crate) keyring: Arc<keyward_crypto::LiveKeyring>,
+    /// The key file this process reads its master keys from (re-read when it changes), and
+    /// what it looked like when last read.
+    pub(crate) key_file: Option<crate::masters::WatchedKeyFile>,
+    /// This process among the instances: its id (fresh at every start) and start time.
+    pub(crate) instance: (String, jiff::Timestamp),
     /// The data plane; its snapshot is rebuilt after every write here.
     pub proxy: Arc<Proxy>,
     /// The proxy's events, until the server's batch writer takes them.
@@ -108,7 +112,7 @@ impl App {
         random: Arc<dyn Randomness>,
         options: AppOptions,
     ) -> Result<Self, Error> {
-        let keyring = Arc::new(vault.keyring);
+        let keyring = Arc::new(keyward_crypto::LiveKeyring::new(vault.keyring));
         let (mut proxy, events) = Proxy::new(
             keyring.clone(),
             clock.clone(),
@@ -123,22 +127,23 @@ impl App {
             },
             options.pricing,
         )?;
+        // Names this process among the instances (its master-key reports, its budget holds
+        // in Redis): fresh at every start, so a process that died is never mistaken for it.
+        let mut id = [0u8; 8];
+        random.fill(&mut id);
+        let instance_id = id.iter().map(|b| format!("{b:02x}")).collect::<String>();
         if let Some(redis) = &options.redis {
             use secrecy::ExposeSecret;
-            // Names this instance's budget holds in Redis: fresh at every start, so the
-            // holds of a process that died are never mistaken for this one's.
-            let mut id = [0u8; 8];
-            random.fill(&mut id);
-            let instance = id.iter().map(|b| format!("{b:02x}")).collect::<String>();
             let lanes = proxy.lanes();
             proxy = proxy.with_shared_limits(Arc::new(keyward_proxy::shared::SharedLimits::new(
                 redis.url.expose_secret(),
                 &redis.prefix,
-                instance,
+                instance_id.clone(),
                 redis.on_outage,
                 lanes,
             )?));
         }
+        let started_at = clock.now();
         Ok(Self {
             audit: AuditLog::new(vault.store.clone(), vault.audit_keys, clock.clone()),
             passwords: crate::identity::passwords::Passwords::new(
@@ -149,6 +154,8 @@ impl App {
             throttle: keyward_core::throttle::ThrottlePolicy::default(),
             store: vault.store,
             keyring,
+            key_file: vault.key_file.map(crate::masters::WatchedKeyFile::new),
+            instance: (instance_id, started_at),
             proxy: Arc::new(proxy),
             events: std::sync::Mutex::new(Some(events)),
             clock,
@@ -280,6 +287,9 @@ impl App {
             self.proxy.confirm_current();
             return Ok(false);
         }
+        // Another current master key (a rotation elsewhere) is followed before new data is
+        // sealed here.
+        self.follow_master_keys().await?;
         self.refresh_proxy().await?;
         *last = Some(number);
         Ok(true)

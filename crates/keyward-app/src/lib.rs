@@ -21,6 +21,7 @@ pub mod forecasts;
 pub mod identity;
 pub mod keys;
 pub mod lifecycle;
+pub mod masters;
 pub mod notifications;
 pub mod pipeline;
 pub mod recommendations;

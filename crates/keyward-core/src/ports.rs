@@ -19,7 +19,7 @@ use crate::guided_rotation::{Rotation, RotationTraffic, VersionMove};
 use crate::health::{HealthState, HealthStatus, KeyCalls};
 use crate::id::{AppTokenId, ApprovalId, GrantId, KeyId, RotationId, TokenId, UserId, WebhookId};
 use crate::key::{Key, KeyFilter, KeyVersion, Page, PageRequest, SealedSecret};
-use crate::master_key::{KekUsage, MasterKeyRecord};
+use crate::master_key::{InstanceReport, KekUsage, MasterKeyRecord};
 use crate::mfa::MfaEnrolment;
 use crate::notification::{Delivery, Webhook};
 use crate::service::{Category, Environment, ServiceDefinition};
@@ -225,6 +225,12 @@ pub trait VaultStore: Send + Sync {
     /// Forgets a KEK; `kek_in_use` while any version still references it, `kek_current`
     /// for the current one.
     async fn remove_master_key(&self, kek_id: &str) -> Result<()>;
+    /// Records (or refreshes) what a running instance holds.
+    async fn report_instance(&self, report: &InstanceReport) -> Result<()>;
+    /// Instances heard from at or after `since`, newest report first.
+    async fn instances_seen_since(&self, since: Timestamp) -> Result<Vec<InstanceReport>>;
+    /// Forgets an instance (it stopped cleanly); reports older than a day are forgotten too.
+    async fn forget_instance(&self, id: &str, older_than: Timestamp) -> Result<()>;
     /// A vault-wide setting (e.g. the passphrase KDF salt).
     async fn setting(&self, name: &str) -> Result<Option<String>>;
     /// Stores `value` unless the setting exists; returns the stored value either way.

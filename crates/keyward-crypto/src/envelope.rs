@@ -55,6 +55,14 @@ impl MasterKey {
         &self.id
     }
 
+    /// Another copy of this key (for a keyring with another current key).
+    fn duplicate(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            key: self.key.clone(),
+        }
+    }
+
     /// The raw key, for writing the key file or printing it once on request.
     pub(crate) fn bytes(&self) -> &[u8; KEY_LEN] {
         &self.key
@@ -70,6 +78,38 @@ impl fmt::Debug for MasterKey {
         f.debug_struct("MasterKey")
             .field("id", &self.id)
             .finish_non_exhaustive()
+    }
+}
+
+/// The keyring a running server uses: replaced whole when its master keys change (a new
+/// key file, another current key after a rotation by another process) while every call
+/// goes on with the keyring it read.
+#[derive(Debug)]
+pub struct LiveKeyring {
+    inner: std::sync::RwLock<std::sync::Arc<Keyring>>,
+}
+
+impl LiveKeyring {
+    pub fn new(keyring: Keyring) -> Self {
+        Self {
+            inner: std::sync::RwLock::new(std::sync::Arc::new(keyring)),
+        }
+    }
+
+    /// The keyring now.
+    pub fn get(&self) -> std::sync::Arc<Keyring> {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the keyring for every call that starts from now on.
+    pub fn replace(&self, keyring: Keyring) {
+        *self
+            .inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(keyring);
     }
 }
 
@@ -122,6 +162,16 @@ impl Keyring {
             .position(|k| k.id == kek_id)
             .ok_or_else(|| CryptoError::UnknownKek(kek_id.to_owned()))?;
         Ok(())
+    }
+
+    /// The same keys with `kek_id` current (a running server following a rotation).
+    pub fn switched(&self, kek_id: &str) -> Result<Self, CryptoError> {
+        let mut keyring = Self {
+            keys: self.keys.iter().map(MasterKey::duplicate).collect(),
+            current: self.current,
+        };
+        keyring.set_current(kek_id)?;
+        Ok(keyring)
     }
 
     fn key(&self, kek_id: &str) -> Result<&MasterKey, CryptoError> {

@@ -15,7 +15,7 @@ mod random;
 pub mod token;
 pub mod totp;
 
-pub use envelope::{ALGORITHM, Keyring, MasterKey, sealed_from_text, sealed_to_text};
+pub use envelope::{ALGORITHM, Keyring, LiveKeyring, MasterKey, sealed_from_text, sealed_to_text};
 pub use error::CryptoError;
 pub use provider::{KeyringFile, derive_from_passphrase, parse_master_key};
 pub use random::OsRandomness;

@@ -114,6 +114,7 @@ fn seed(rt: &tokio::runtime::Runtime, db: &TestDatabase) -> (Arc<App>, KeyId) {
         keyring,
         audit_keys,
         created_key_file: None,
+        key_file: None,
     };
     let options = AppOptions {
         recovery_window: RecoveryWindow::default(),

@@ -158,11 +158,17 @@ enum TokenCommand {
 enum MasterKeyCommand {
     /// Make a new master key current and rewrap every data key under it.
     ///
-    /// Key-file source: a new key is generated and appended to the key file. Env and
-    /// passphrase sources: configure the new key as KEYWARD_MASTER_KEY (or
-    /// KEYWARD_MASTER_PASSPHRASE) and the old one in the matching *_PREVIOUS variable first.
-    /// Stop running servers first, or restart them afterwards.
-    Rotate,
+    /// Key-file source: a new key is generated and appended to the key file; running servers
+    /// re-read it within seconds (copy the file to other machines). Env and passphrase
+    /// sources: configure the new key as KEYWARD_MASTER_KEY (or KEYWARD_MASTER_PASSPHRASE)
+    /// and the old one in the matching *_PREVIOUS variable first, here and on running
+    /// servers (restart them with both). The new key becomes current only once every running
+    /// server holds it; they follow it without a restart.
+    Rotate {
+        /// How long to wait for running servers to hold the new key before refusing.
+        #[arg(long, default_value_t = 30)]
+        wait_seconds: u64,
+    },
     /// Forget an old master key that no longer wraps any data key.
     Retire {
         /// The key id shown by `status`, e.g. kek_3f9a0c1d2e4b5a6f.
@@ -555,12 +561,13 @@ impl RotationProgress for PrintProgress {
 
 async fn master_key(settings: &Settings, command: MasterKeyCommand) -> Result<(), String> {
     match command {
-        MasterKeyCommand::Rotate => {
+        MasterKeyCommand::Rotate { wait_seconds } => {
             let report = vault::rotate(
                 settings.vault_location(),
                 &OsRandomness,
                 &SystemClock,
                 &mut PrintProgress { last: None },
+                std::time::Duration::from_secs(wait_seconds),
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -573,7 +580,10 @@ async fn master_key(settings: &Settings, command: MasterKeyCommand) -> Result<()
                     "master key {kek} no longer wraps anything; retire it with `keyward master-key retire {kek}`"
                 );
             }
-            println!("restart running Keyward servers so they load the new master key");
+            println!(
+                "running Keyward servers wrap new data keys with {} from now on (they follow within seconds; no restart)",
+                report.new_kek
+            );
             Ok(())
         }
         MasterKeyCommand::Retire { kek_id } => {

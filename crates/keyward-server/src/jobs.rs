@@ -46,6 +46,7 @@ impl Jobs {
             tokio::spawn(notification_loop(app.clone())),
             tokio::spawn(health_loop(app.clone())),
             tokio::spawn(watch_loop(app.clone())),
+            tokio::spawn(master_key_loop(app.clone())),
         ];
         if let Some(shared) = app.proxy.shared_limits() {
             loops.push(tokio::spawn(shared_limits_loop(shared.clone())));
@@ -234,6 +235,22 @@ async fn rotation_loop(app: Arc<App>) {
         tick.tick().await;
         if let Err(e) = app.run_rotations().await {
             tracing::warn!(error = %e, "could not check rotations; will retry");
+        }
+    }
+}
+
+/// Follows the master keys (a changed key file, a rotation made elsewhere) and reports what
+/// this instance holds, every 2 s.
+async fn master_key_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.follow_master_keys().await {
+            tracing::warn!(error = %e, "could not check the master keys");
+        }
+        if let Err(e) = app.report_instance().await {
+            tracing::warn!(error = %e, "could not report this instance's master keys");
         }
     }
 }

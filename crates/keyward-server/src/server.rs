@@ -64,6 +64,8 @@ pub async fn start_with_clock(
     let app = Arc::new(App::new(vault, clock, random, settings.app_options())?);
     app.refresh_proxy().await?;
     app.restore_meters().await?;
+    // Listed among the instances before serving: a rotation waits for it from now on.
+    app.report_instance().await?;
     // Learn at once whether Redis answers (an unreachable one is logged, not fatal).
     if let Some(shared) = app.proxy.shared_limits() {
         shared.heartbeat().await;
@@ -140,6 +142,9 @@ impl Started {
         jobs.stop().await;
         if let Some(shared) = self.app.proxy.shared_limits() {
             shared.flush().await;
+        }
+        if let Err(e) = self.app.forget_instance().await {
+            tracing::warn!(error = %e, "could not take this instance off the list");
         }
         if let Err(e) = self.app.sign_checkpoint().await {
             tracing::warn!(error = %e, "could not sign the audit trail's last checkpoint");

@@ -138,6 +138,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "change feed",
         include_str!("../migrations/sqlite/0024_change_feed.sql"),
     ),
+    (
+        25,
+        "instances",
+        include_str!("../migrations/sqlite/0025_instances.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -125,8 +125,8 @@ impl App {
         let secret = TotpSecret::generate(&*self.random);
         let enrolment = MfaEnrolment {
             user_id: user.id.clone(),
-            sealed_secret: secret.seal(&self.keyring, &*self.random, user.id.as_str())?,
-            kek_id: self.keyring.current_id().to_owned(),
+            sealed_secret: secret.seal(&self.keyring.get(), &*self.random, user.id.as_str())?,
+            kek_id: self.keyring.get().current_id().to_owned(),
             created_at: self.now(),
             confirmed_at: None,
             last_step: None,
@@ -169,7 +169,11 @@ impl App {
                     "there is no enrolment to confirm; start one first",
                 )
             })?;
-        let secret = TotpSecret::unseal(&self.keyring, &pending.sealed_secret, user.id.as_str())?;
+        let secret = TotpSecret::unseal(
+            &self.keyring.get(),
+            &pending.sealed_secret,
+            user.id.as_str(),
+        )?;
         let Some(step) = secret.matching_step(code.expose_secret(), unix_secs(self.now())) else {
             return Err(self
                 .refuse_code(actor, &user, &subjects, "wrong_code")
@@ -229,8 +233,11 @@ impl App {
         let now = self.now();
         let (method, refused) = match factor {
             SecondFactor::Totp(code) => {
-                let secret =
-                    TotpSecret::unseal(&self.keyring, &enrolment.sealed_secret, user.id.as_str())?;
+                let secret = TotpSecret::unseal(
+                    &self.keyring.get(),
+                    &enrolment.sealed_secret,
+                    user.id.as_str(),
+                )?;
                 match secret.matching_step(code.expose_secret(), unix_secs(now)) {
                     None => ("totp", Some("wrong_code")),
                     Some(step) if self.store.use_totp_step(&user.id, step).await? => ("totp", None),

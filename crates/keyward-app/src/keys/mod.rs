@@ -83,9 +83,10 @@ impl App {
         secret::check_format(service, &value, new.force)?;
         let hint = secret::hint(service, &value)?;
         let fingerprint = self.audit.fingerprint(&value);
-        let sealed = self
-            .keyring
-            .seal(&*self.random, &value, &SealContext::key_secret(&id, 1))?;
+        let sealed =
+            self.keyring
+                .get()
+                .seal(&*self.random, &value, &SealContext::key_secret(&id, 1))?;
         drop(value);
         let key = Key {
             id: id.clone(),

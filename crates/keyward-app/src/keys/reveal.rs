@@ -48,7 +48,7 @@ impl App {
                     format!("key {id} has no version {wanted}"),
                 )
             })?;
-        let value = self.keyring.unseal(
+        let value = self.keyring.get().unseal(
             &version.sealed,
             &SealContext::key_secret(id, version.version),
         )?;

@@ -131,7 +131,7 @@ impl App {
             version: number,
             state,
             hint: secret::hint(service, value)?,
-            sealed: self.keyring.seal(
+            sealed: self.keyring.get().seal(
                 &*self.random,
                 value,
                 &SealContext::key_secret(id, number),
@@ -154,7 +154,7 @@ impl App {
             .into_iter()
             .find(|v| v.version == number)
             .ok_or_else(|| Error::internal(format!("key {id} has no version {number}")))?;
-        Ok(self.keyring.unseal(
+        Ok(self.keyring.get().unseal(
             &version.sealed,
             &SealContext::key_secret(id, version.version),
         )?)

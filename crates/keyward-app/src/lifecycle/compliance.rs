@@ -152,7 +152,7 @@ impl App {
         if let Some(known) = self.secret_traits.lock().get(&slot) {
             return Ok(known.clone());
         }
-        let value = self.keyring.unseal(
+        let value = self.keyring.get().unseal(
             &version.sealed,
             &SealContext::key_secret(&key.id, version.version),
         )?;

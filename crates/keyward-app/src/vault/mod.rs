@@ -74,6 +74,9 @@ pub struct Vault {
     /// Set when this start created the master key (first run): the caller prints the
     /// warning about keeping it safe.
     pub created_key_file: Option<std::path::PathBuf>,
+    /// The key file the keyring came from (the file source), for a running server to
+    /// re-read when it changes.
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 const PASSPHRASE_SALT: &str = "master_passphrase_salt";
@@ -145,6 +148,10 @@ pub async fn open_store(
         keyring,
         audit_keys,
         created_key_file,
+        key_file: match source {
+            MasterKeySource::File(path) => Some(path.clone()),
+            _ => None,
+        },
     })
 }
 
@@ -314,6 +321,7 @@ pub async fn rotate(
     random: &dyn Randomness,
     clock: &dyn Clock,
     progress: &mut dyn RotationProgress,
+    wait: std::time::Duration,
 ) -> Result<RotationReport, VaultError> {
     let vault = open(location, random, clock).await?;
     let store = vault.store.clone();
@@ -353,6 +361,7 @@ pub async fn rotate(
             "the configured master key is already current. Set the new key as {var} and the current one in {var}_PREVIOUS, then run rotate again"
         )));
     }
+    wait_until_held(&*store, &new_kek, location.master_key, clock, wait).await?;
     if registered.iter().any(|r| r.kek_id == new_kek) {
         store.make_master_key_current(&new_kek).await?;
     } else {
@@ -415,6 +424,61 @@ pub async fn rotate(
     })
 }
 
+/// Running instances seen within [`INSTANCE_LIVE_WITHIN`].
+async fn live_instances(
+    store: &dyn Store,
+    clock: &dyn Clock,
+) -> Result<Vec<keyward_core::master_key::InstanceReport>, VaultError> {
+    let since = clock
+        .now()
+        .checked_sub(keyward_core::master_key::INSTANCE_LIVE_WITHIN)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    Ok(store.instances_seen_since(since).await?)
+}
+
+/// Waits (up to `wait`: a key file is re-read within seconds) until every running instance
+/// holds `kek`; a rotation must not rewrap data keys under a key an instance cannot open.
+/// Refuses, changing nothing, when one still does not.
+async fn wait_until_held(
+    store: &dyn Store,
+    kek: &str,
+    source: &MasterKeySource,
+    clock: &dyn Clock,
+    wait: std::time::Duration,
+) -> Result<(), VaultError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let missing: Vec<String> = live_instances(store, clock)
+            .await?
+            .into_iter()
+            .filter(|i| !i.keks.iter().any(|k| k == kek))
+            .map(|i| format!("{} (started {})", i.id, i.started_at))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let how = match source {
+                MasterKeySource::File(_) => {
+                    "copy the updated key file to their machines (they re-read it within seconds)"
+                }
+                MasterKeySource::Env { .. } => {
+                    "restart them with the new key in KEYWARD_MASTER_KEY and the current one in KEYWARD_MASTER_KEY_PREVIOUS (they keep wrapping with the current one until the rotation)"
+                }
+                MasterKeySource::Passphrase { .. } => {
+                    "restart them with the new passphrase in KEYWARD_MASTER_PASSPHRASE and the current one in KEYWARD_MASTER_PASSPHRASE_PREVIOUS"
+                }
+            };
+            return Err(VaultError(format!(
+                "{} running instance(s) do not hold the new master key {kek}: {}. Give it to them first — {how} — then run rotate again. Nothing was made current or rewrapped.",
+                missing.len(),
+                missing.join(", ")
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 /// Rewraps every TOTP secret not yet under `new_kek` (compare-and-set per user, so a
 /// concurrent re-enrolment is never overwritten).
 async fn rewrap_mfa_secrets(
@@ -460,6 +524,19 @@ pub async fn retire(
     {
         return Err(VaultError(format!(
             "master key {kek_id} still wraps the audit keys; run `keyward master-key rotate` first"
+        )));
+    }
+    let users: Vec<String> = live_instances(&*vault.store, clock)
+        .await?
+        .into_iter()
+        .filter(|i| i.current_kek == kek_id)
+        .map(|i| i.id)
+        .collect();
+    if !users.is_empty() {
+        return Err(VaultError(format!(
+            "master key {kek_id} is still the key {} running instance(s) wrap new data keys with ({}); they follow a rotation within seconds — if one does not, it lacks the new key. Nothing was changed.",
+            users.len(),
+            users.join(", ")
         )));
     }
     let second_factors = vault.store.mfa_wrapped_by(kek_id).await?.len();

@@ -185,7 +185,7 @@ impl Proxy {
             exchange.record.retries = u32::try_from(attempt - 1).unwrap_or(u32::MAX);
             let (version, role) = value_to_try(&key, second, canary)
                 .ok_or_else(|| Error::internal("a key ran out of values to try"))?;
-            let secret = self.keyring.unseal(
+            let secret = self.keyring.get().unseal(
                 &version.sealed,
                 &SealContext::key_secret(&key.key.id, version.version),
             )?;

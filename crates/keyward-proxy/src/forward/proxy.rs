@@ -12,7 +12,7 @@ use keyward_core::guided_rotation::RotationTraffic;
 use keyward_core::id::KeyId;
 use keyward_core::usage::{KeyFlag, KeyFlagKind, PricingTable, Subject, UsageRecord};
 use keyward_core::{Clock, Error};
-use keyward_crypto::Keyring;
+use keyward_crypto::LiveKeyring;
 
 use crate::cache::ResponseCache;
 use crate::health::KeyHealth;
@@ -162,7 +162,7 @@ impl Sink {
 #[derive(Debug)]
 pub struct Proxy {
     pub(super) snapshot: RwLock<Arc<Snapshot>>,
-    pub(super) keyring: Arc<Keyring>,
+    pub(super) keyring: Arc<LiveKeyring>,
     /// One per serving lane (see `Inbound::lane`).
     pub(crate) clients: Vec<UpstreamClient>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -216,7 +216,7 @@ impl Currency {
 impl Proxy {
     /// The proxy and the receiving end of its events (for the batch writer).
     pub fn new(
-        keyring: Arc<Keyring>,
+        keyring: Arc<LiveKeyring>,
         clock: Arc<dyn Clock>,
         random: Arc<dyn keyward_core::Randomness>,
         config: ProxyConfig,

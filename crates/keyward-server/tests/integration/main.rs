@@ -37,6 +37,7 @@ mod llm;
 mod matrix;
 mod mfa;
 mod notifications;
+mod online_rotation;
 mod providers;
 mod proxy;
 mod revocation;

@@ -29,7 +29,7 @@ use keyward_core::key::{
     Key, KeyFilter, KeyStatus, KeyVersion, Page, PageRequest, Revocation, SealedSecret,
     VersionState,
 };
-use keyward_core::master_key::{KekUsage, MasterKeyRecord};
+use keyward_core::master_key::{InstanceReport, KekUsage, MasterKeyRecord};
 use keyward_core::mfa::MfaEnrolment;
 use keyward_core::notification::{Delivery, Webhook};
 use keyward_core::ports::{

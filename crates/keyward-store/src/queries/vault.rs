@@ -163,6 +163,60 @@ impl VaultStore for ThisStore {
         commit(tx).await
     }
 
+    async fn report_instance(&self, report: &InstanceReport) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO instances (id, current_kek, keks, version, started_at, seen_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (id) DO UPDATE SET current_kek = $2, keks = $3, version = $4, seen_at = $6",
+        )
+        .bind(&report.id)
+        .bind(&report.current_kek)
+        .bind(report.keks.join(","))
+        .bind(&report.version)
+        .bind(millis(report.started_at))
+        .bind(millis(report.seen_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        Ok(())
+    }
+
+    async fn instances_seen_since(&self, since: Timestamp) -> Result<Vec<InstanceReport>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, current_kek, keks, version, started_at, seen_at FROM instances WHERE seen_at >= $1 ORDER BY seen_at DESC, id",
+        )
+        .bind(millis(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.iter()
+            .map(|r| {
+                let keks: String = get(r, "keks")?;
+                Ok(InstanceReport {
+                    id: get(r, "id")?,
+                    current_kek: get(r, "current_kek")?,
+                    keks: keks
+                        .split(',')
+                        .filter(|k| !k.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    version: get(r, "version")?,
+                    started_at: timestamp(get(r, "started_at")?)?,
+                    seen_at: timestamp(get(r, "seen_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_instance(&self, id: &str, older_than: Timestamp) -> Result<(), Error> {
+        sqlx::query("DELETE FROM instances WHERE id = $1 OR seen_at < $2")
+            .bind(id)
+            .bind(millis(older_than))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(())
+    }
+
     async fn setting(&self, name: &str) -> Result<Option<String>, Error> {
         let row: Option<(String,)> =
             sqlx::query_as("SELECT value FROM vault_settings WHERE name = $1")

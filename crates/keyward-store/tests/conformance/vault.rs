@@ -127,4 +127,64 @@ async fn master_keys_rewrap_and_retire(store: Arc<dyn Store>) {
     );
 }
 
-conformance!(master_keys_rewrap_and_retire,);
+async fn instances_report_refresh_list_and_are_forgotten(store: Arc<dyn Store>) {
+    use keyward_core::master_key::InstanceReport;
+    let report = |id: &str, current: &str, seen: i64| InstanceReport {
+        id: id.into(),
+        current_kek: current.into(),
+        keks: vec!["kek_a".into(), "kek_b".into()],
+        version: "0.1.0".into(),
+        started_at: ts(1),
+        seen_at: ts(seen),
+    };
+    store
+        .report_instance(&report("one", "kek_a", 100))
+        .await
+        .expect("report");
+    store
+        .report_instance(&report("two", "kek_a", 200))
+        .await
+        .expect("report");
+    // A later report replaces the earlier one (the start time stays).
+    store
+        .report_instance(&report("one", "kek_b", 300))
+        .await
+        .expect("report");
+    let live = store.instances_seen_since(ts(150)).await.expect("list");
+    assert_eq!(live.len(), 2);
+    assert_eq!(live[0].id, "one");
+    assert_eq!(live[0].current_kek, "kek_b");
+    assert_eq!(live[0].keks, ["kek_a", "kek_b"]);
+    assert_eq!(live[1].id, "two");
+    assert_eq!(
+        store
+            .instances_seen_since(ts(250))
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    store.forget_instance("one", ts(0)).await.expect("forget");
+    let left = store.instances_seen_since(ts(0)).await.expect("list");
+    assert_eq!(
+        left.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        ["two"]
+    );
+    // Reports older than the horizon go with any forget.
+    store
+        .forget_instance("nobody", ts(250))
+        .await
+        .expect("forget");
+    assert!(
+        store
+            .instances_seen_since(ts(0))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+conformance!(
+    master_keys_rewrap_and_retire,
+    instances_report_refresh_list_and_are_forgotten,
+);
