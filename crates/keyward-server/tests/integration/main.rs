@@ -38,6 +38,7 @@ mod matrix;
 mod mfa;
 mod notifications;
 mod online_rotation;
+mod postgres_tls;
 mod providers;
 mod proxy;
 mod revocation;
