@@ -86,6 +86,106 @@ pub struct Refusal {
     pub locked: bool,
 }
 
+impl Refusal {
+    /// The longest of `refusals`, or `Ok` when there is none.
+    pub fn worst(refusals: impl Iterator<Item = Self>) -> Result<(), Self> {
+        refusals.max_by_key(|r| r.retry_after).map_or(Ok(()), Err)
+    }
+}
+
+impl ThrottlePolicy {
+    /// The thresholds `subject` is held to.
+    pub fn limits_for(&self, subject: &Subject) -> Limits {
+        match subject {
+            Subject::Account(_) => self.account,
+            Subject::Source(_) => self.source,
+        }
+    }
+}
+
+impl Record {
+    /// Why an attempt is refused now, if it is.
+    pub fn refusal(&self, now: Timestamp) -> Option<Refusal> {
+        (self.blocked_until > now).then(|| Refusal {
+            retry_after: self.blocked_until.duration_since(now),
+            locked: self.locked,
+        })
+    }
+
+    /// The record after one more failure at `now`: a record forgotten long enough starts
+    /// afresh; past `free` failures each waits twice the last; at `lock_after` a soft lock.
+    pub fn after_failure(previous: Option<Self>, limits: &Limits, now: Timestamp) -> Self {
+        let fresh = Self {
+            failures: 0,
+            last_failure: now,
+            blocked_until: now,
+            locked: false,
+        };
+        let mut record = match previous {
+            Some(r)
+                if !(now.duration_since(r.last_failure) >= limits.forget_after
+                    && r.blocked_until <= now) =>
+            {
+                r
+            }
+            _ => fresh,
+        };
+        record.failures += 1;
+        record.last_failure = now;
+        if record.failures >= limits.lock_after {
+            record.locked = true;
+            record.blocked_until = now.checked_add(limits.lock_for).unwrap_or(now);
+        } else if record.failures > limits.free {
+            let doublings = (record.failures - limits.free - 1).min(30);
+            let delay = limits
+                .first_delay
+                .checked_mul(1 << doublings)
+                .unwrap_or(limits.max_delay)
+                .min(limits.max_delay);
+            record.blocked_until = now.checked_add(delay).unwrap_or(now);
+        }
+        record
+    }
+
+    /// Until when the record matters (a shared store may forget it after).
+    pub fn keep_until(&self, limits: &Limits) -> Timestamp {
+        self.last_failure
+            .checked_add(limits.forget_after)
+            .unwrap_or(self.last_failure)
+            .max(self.blocked_until)
+    }
+
+    /// The record as one line of text, for a shared store.
+    pub fn encode(&self) -> String {
+        format!(
+            "{},{},{},{}",
+            self.failures,
+            self.last_failure.as_millisecond(),
+            self.blocked_until.as_millisecond(),
+            u8::from(self.locked)
+        )
+    }
+
+    /// A record from [`Record::encode`]'s text; `None` for anything else.
+    pub fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split(',');
+        let failures = parts.next()?.parse().ok()?;
+        let last = Timestamp::from_millisecond(parts.next()?.parse().ok()?).ok()?;
+        let blocked = Timestamp::from_millisecond(parts.next()?.parse().ok()?).ok()?;
+        let locked = match parts.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
+        parts.next().is_none().then_some(Self {
+            failures,
+            last_failure: last,
+            blocked_until: blocked,
+            locked,
+        })
+    }
+}
+
 /// Failure counts, kept by whoever owns the policy (one per server instance).
 #[derive(Debug, Default)]
 pub struct Attempts {
@@ -95,21 +195,11 @@ pub struct Attempts {
 impl Attempts {
     /// Whether an attempt by all of `subjects` may go ahead now.
     pub fn check(&self, subjects: &[Subject], now: Timestamp) -> Result<(), Refusal> {
-        let mut worst: Option<Refusal> = None;
-        for subject in subjects {
-            if let Some(r) = self.records.get(subject)
-                && r.blocked_until > now
-            {
-                let refusal = Refusal {
-                    retry_after: r.blocked_until.duration_since(now),
-                    locked: r.locked,
-                };
-                if worst.is_none_or(|w| refusal.retry_after > w.retry_after) {
-                    worst = Some(refusal);
-                }
-            }
-        }
-        worst.map_or(Ok(()), Err)
+        Refusal::worst(
+            subjects
+                .iter()
+                .filter_map(|s| self.records.get(s).and_then(|r| r.refusal(now))),
+        )
     }
 
     /// Counts a failure; returns the subjects that became locked by it.
@@ -121,43 +211,12 @@ impl Attempts {
     ) -> Vec<Subject> {
         let mut newly_locked = Vec::new();
         for subject in subjects {
-            let limits = match subject {
-                Subject::Account(_) => policy.account,
-                Subject::Source(_) => policy.source,
-            };
-            let record = self.records.entry(subject.clone()).or_insert(Record {
-                failures: 0,
-                last_failure: now,
-                blocked_until: now,
-                locked: false,
-            });
-            if now.duration_since(record.last_failure) >= limits.forget_after
-                && record.blocked_until <= now
-            {
-                *record = Record {
-                    failures: 0,
-                    last_failure: now,
-                    blocked_until: now,
-                    locked: false,
-                };
+            let previous = self.records.get(subject).copied();
+            let record = Record::after_failure(previous, &policy.limits_for(subject), now);
+            if record.locked && !previous.is_some_and(|p| p.locked) {
+                newly_locked.push(subject.clone());
             }
-            record.failures += 1;
-            record.last_failure = now;
-            if record.failures >= limits.lock_after {
-                if !record.locked {
-                    newly_locked.push(subject.clone());
-                }
-                record.locked = true;
-                record.blocked_until = now.checked_add(limits.lock_for).unwrap_or(now);
-            } else if record.failures > limits.free {
-                let doublings = (record.failures - limits.free - 1).min(30);
-                let delay = limits
-                    .first_delay
-                    .checked_mul(1 << doublings)
-                    .unwrap_or(limits.max_delay)
-                    .min(limits.max_delay);
-                record.blocked_until = now.checked_add(delay).unwrap_or(now);
-            }
+            self.records.insert(subject.clone(), record);
         }
         newly_locked
     }
@@ -199,6 +258,25 @@ mod tests {
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(1_764_000_000 + secs).expect("time")
+    }
+
+    #[test]
+    fn a_record_survives_its_text_form_and_garbage_is_refused() {
+        let policy = ThrottlePolicy::default();
+        let mut record = None;
+        for _ in 0..11 {
+            record = Some(Record::after_failure(record, &policy.account, t(5)));
+        }
+        let record = record.expect("counted");
+        assert!(record.locked);
+        assert_eq!(Record::decode(&record.encode()), Some(record));
+        for garbage in ["", "1,2,3", "1,2,3,2", "a,2,3,0", "1,2,3,0,9"] {
+            assert_eq!(Record::decode(garbage), None, "{garbage}");
+        }
+        assert_eq!(
+            record.keep_until(&policy.account),
+            t(5).checked_add(policy.account.forget_after).expect("time")
+        );
     }
 
     #[test]

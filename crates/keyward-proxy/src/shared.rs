@@ -72,6 +72,7 @@ pub struct SharedLimits {
     admit: redis::Script,
     settle: redis::Script,
     heartbeat: redis::Script,
+    swap: redis::Script,
 }
 
 impl std::fmt::Debug for SharedLimits {
@@ -234,6 +235,7 @@ impl SharedLimits {
             admit: redis::Script::new(ADMIT),
             settle: redis::Script::new(SETTLE),
             heartbeat: redis::Script::new(HEARTBEAT),
+            swap: redis::Script::new(SWAP),
         })
     }
 
@@ -369,6 +371,117 @@ impl SharedLimits {
             self.failed(&e);
             self.requeue(batch);
         }
+    }
+
+    /// The connection of the jobs and management calls (the main runtime's).
+    fn main_lane(&self) -> usize {
+        self.connections.len() - 1
+    }
+
+    /// A small value every instance shares (e.g. a sign-in failure count), by name under
+    /// this vault's prefix. `None` when Redis cannot answer (the caller falls back).
+    pub async fn value(&self, name: &str) -> Option<Option<String>> {
+        if !self.is_up() {
+            return None;
+        }
+        let mut connection = self.connection(self.main_lane()).ok()?;
+        let mut command = redis::cmd("GET");
+        command.arg(self.name(name));
+        match tokio::time::timeout(
+            RESPONSE_TIMEOUT * 2,
+            command.query_async::<Option<String>>(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(e)) => {
+                self.failed(&e);
+                None
+            }
+            Err(_) => {
+                self.failed(&"no answer in time");
+                None
+            }
+        }
+    }
+
+    /// Replaces a shared value if it is still `expected` (`None`: absent) — with `new`
+    /// kept for `ttl`, or removed when `new` is `None`. `Some(false)`: another instance
+    /// changed it first (read again and retry); `None`: Redis cannot answer.
+    pub async fn swap_value(
+        &self,
+        name: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+        ttl: Duration,
+    ) -> Option<bool> {
+        if !self.is_up() {
+            return None;
+        }
+        let mut invocation = self.swap.prepare_invoke();
+        invocation
+            .key(self.name(name))
+            .arg(expected.unwrap_or(""))
+            .arg(new.unwrap_or(""))
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        match self.run::<i64>(self.main_lane(), &invocation).await {
+            Ok(swapped) => Some(swapped == 1),
+            Err(e) => {
+                self.failed(&e);
+                None
+            }
+        }
+    }
+
+    /// Every shared value whose name starts with `prefix` (names without this vault's
+    /// prefix); `None` when Redis cannot answer.
+    pub async fn values(&self, prefix: &str) -> Option<Vec<(String, String)>> {
+        if !self.is_up() {
+            return None;
+        }
+        let mut connection = self.connection(self.main_lane()).ok()?;
+        let pattern = format!("{}*", self.name(prefix));
+        let mut cursor = 0u64;
+        let mut names: Vec<String> = Vec::new();
+        loop {
+            let mut command = redis::cmd("SCAN");
+            command
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500);
+            let page = tokio::time::timeout(
+                RESPONSE_TIMEOUT * 2,
+                command.query_async::<(u64, Vec<String>)>(&mut connection),
+            )
+            .await;
+            match page {
+                Ok(Ok((next, found))) => {
+                    names.extend(found);
+                    cursor = next;
+                    if cursor == 0 {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.failed(&e);
+                    return None;
+                }
+                Err(_) => {
+                    self.failed(&"no answer in time");
+                    return None;
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let short = name.strip_prefix(&self.prefix).unwrap_or(&name).to_owned();
+            if let Some(Some(value)) = self.value(&short).await {
+                out.push((short, value));
+            }
+        }
+        Some(out)
     }
 
     fn requeue(&self, mut batch: Vec<Settlement>) {
@@ -892,6 +1005,19 @@ for i = 1, #KEYS do
   end
 end
 return #KEYS
+";
+
+/// Compare-and-set of one value: KEYS[1] replaced by ARGV[2] (kept ARGV[3] ms; empty:
+/// removed) only if it is still ARGV[1] (empty: absent).
+const SWAP: &str = r"
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
 ";
 
 /// Records this instance as alive (Redis's time), forgets long-gone ones, and counts the

@@ -201,7 +201,7 @@ impl App {
             },
         )
         .await?;
-        self.sign_in_succeeded(&subjects);
+        self.sign_in_succeeded(&subjects).await;
         let user = self.user(&user.id).await?;
         let renewed = self.renew_session(actor, session, &user).await?;
         Ok((renewed, codes.into_iter().map(|(code, _)| code).collect()))
@@ -264,7 +264,7 @@ impl App {
             json!({"method": method}),
         )
         .await?;
-        self.sign_in_succeeded(&subjects);
+        self.sign_in_succeeded(&subjects).await;
         Ok(())
     }
 

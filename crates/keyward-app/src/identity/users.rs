@@ -3,7 +3,7 @@
 
 use keyward_core::audit::{ActorKind, AuditOutcome};
 use keyward_core::id::UserId;
-use keyward_core::throttle::{Attempts, Subject};
+use keyward_core::throttle::{Attempts, Record, Refusal, Subject};
 use keyward_core::user::{User, check_password, validate_username};
 use keyward_core::{Error, ErrorKind, label};
 use secrecy::SecretString;
@@ -31,7 +31,7 @@ impl App {
         action: &str,
     ) -> Result<(), Error> {
         let now = self.now();
-        let Err(refusal) = self.with_attempts(|a| a.check(subjects, now)) else {
+        let Err(refusal) = self.throttle_check(subjects, now).await else {
             return Ok(());
         };
         self.record_audit(
@@ -53,7 +53,7 @@ impl App {
     /// Counts a wrong password or code against `subjects`; new locks are audited.
     pub(crate) async fn count_failure(&self, subjects: &[Subject]) -> Result<(), Error> {
         let now = self.now();
-        let locked = self.with_attempts(|a| a.failure(subjects, now, &self.throttle));
+        let locked = self.throttle_failure(subjects, now).await;
         for subject in locked {
             self.record_audit(
                 &Actor::system("brute-force-protection"),
@@ -68,10 +68,118 @@ impl App {
     }
 
     /// A whole sign-in (or second-factor check) passed: the account's count starts over.
-    pub(crate) fn sign_in_succeeded(&self, subjects: &[Subject]) {
+    pub(crate) async fn sign_in_succeeded(&self, subjects: &[Subject]) {
         if let Some(account) = subjects.first() {
             self.with_attempts(|a| a.success(account));
+            self.forget_shared_attempts(account).await;
         }
+    }
+
+    /// Whether `subjects` may try now: by the counts every instance shares in Redis, or —
+    /// without Redis, or while it cannot answer — by this instance's own.
+    async fn throttle_check(
+        &self,
+        subjects: &[Subject],
+        now: jiff::Timestamp,
+    ) -> Result<(), Refusal> {
+        if let Some(shared) = self.proxy.shared_limits() {
+            let mut refusals = Vec::with_capacity(subjects.len());
+            let mut answered = true;
+            for subject in subjects {
+                match shared.value(&shared_attempt_name(subject)).await {
+                    Some(value) => refusals.extend(
+                        value
+                            .as_deref()
+                            .and_then(Record::decode)
+                            .and_then(|r| r.refusal(now)),
+                    ),
+                    None => {
+                        answered = false;
+                        break;
+                    }
+                }
+            }
+            if answered {
+                return Refusal::worst(refusals.into_iter());
+            }
+        }
+        self.with_attempts(|a| a.check(subjects, now))
+    }
+
+    /// Counts a failure here and, when Redis answers, in the count every instance shares
+    /// (compare-and-set, so two instances counting at once both count); returns the
+    /// subjects it locked.
+    async fn throttle_failure(&self, subjects: &[Subject], now: jiff::Timestamp) -> Vec<Subject> {
+        let local = self.with_attempts(|a| a.failure(subjects, now, &self.throttle));
+        let Some(shared) = self.proxy.shared_limits() else {
+            return local;
+        };
+        let mut locked = Vec::new();
+        for subject in subjects {
+            let limits = self.throttle.limits_for(subject);
+            let name = shared_attempt_name(subject);
+            let mut counted = false;
+            for _ in 0..8 {
+                let Some(current) = shared.value(&name).await else {
+                    break;
+                };
+                let previous = current.as_deref().and_then(Record::decode);
+                let record = Record::after_failure(previous, &limits, now);
+                let keep = record
+                    .keep_until(&limits)
+                    .duration_since(now)
+                    .unsigned_abs()
+                    .max(std::time::Duration::from_secs(1));
+                match shared
+                    .swap_value(&name, current.as_deref(), Some(&record.encode()), keep)
+                    .await
+                {
+                    Some(true) => {
+                        if record.locked && !previous.is_some_and(|p| p.locked) {
+                            locked.push(subject.clone());
+                        }
+                        counted = true;
+                        break;
+                    }
+                    Some(false) => {}
+                    None => break,
+                }
+            }
+            if !counted {
+                // Redis went away: this instance's own count decides meanwhile.
+                return local;
+            }
+        }
+        locked
+    }
+
+    /// Removes a subject's shared count; whether there was one (`false` without Redis).
+    async fn forget_shared_attempts(&self, subject: &Subject) -> bool {
+        let Some(shared) = self.proxy.shared_limits() else {
+            return false;
+        };
+        let name = shared_attempt_name(subject);
+        for _ in 0..8 {
+            let Some(current) = shared.value(&name).await else {
+                return false;
+            };
+            let Some(current) = current else {
+                return false;
+            };
+            if shared
+                .swap_value(
+                    &name,
+                    Some(&current),
+                    None,
+                    std::time::Duration::from_secs(1),
+                )
+                .await
+                != Some(false)
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// Runs `f` on the failure counts (a short, non-async critical section).
@@ -83,9 +191,24 @@ impl App {
         f(&mut attempts)
     }
 
-    /// Accounts and addresses delayed or locked now.
-    pub fn lockouts(&self) -> Vec<(Subject, keyward_core::throttle::Record)> {
+    /// Accounts and addresses delayed or locked now (as every instance counts them, when
+    /// Redis answers).
+    pub async fn lockouts(&self) -> Vec<(Subject, Record)> {
         let now = self.now();
+        if let Some(shared) = self.proxy.shared_limits()
+            && let Some(values) = shared.values("attempt:").await
+        {
+            let mut blocked: Vec<(Subject, Record)> = values
+                .into_iter()
+                .filter_map(|(name, value)| {
+                    let subject = subject_of_shared_attempt(&name)?;
+                    let record = Record::decode(&value)?;
+                    (record.blocked_until > now).then_some((subject, record))
+                })
+                .collect();
+            blocked.sort_by(|a, b| a.0.cmp(&b.0));
+            return blocked;
+        }
         self.with_attempts(|a| {
             a.forget_old(now, &self.throttle);
             a.blocked(now)
@@ -108,7 +231,8 @@ impl App {
                 details,
             ),
             async {
-                if self.with_attempts(|a| a.clear(&subject)) {
+                let here = self.with_attempts(|a| a.clear(&subject));
+                if self.forget_shared_attempts(&subject).await || here {
                     Ok(())
                 } else {
                     Err(Error::not_found(
@@ -119,6 +243,24 @@ impl App {
             },
         )
         .await
+    }
+}
+
+/// Where a subject's failure count lives among the values instances share.
+fn shared_attempt_name(subject: &Subject) -> String {
+    match subject {
+        Subject::Account(name) => format!("attempt:account:{name}"),
+        Subject::Source(address) => format!("attempt:source:{address}"),
+    }
+}
+
+fn subject_of_shared_attempt(name: &str) -> Option<Subject> {
+    let rest = name.strip_prefix("attempt:")?;
+    if let Some(account) = rest.strip_prefix("account:") {
+        Some(Subject::Account(account.to_owned()))
+    } else {
+        rest.strip_prefix("source:")
+            .map(|address| Subject::Source(address.to_owned()))
     }
 }
 
@@ -270,7 +412,7 @@ impl App {
                 // reset only once the factor passed too, so a known password does not
                 // buy unlimited guesses at the code.
                 if !user.mfa_enabled {
-                    self.sign_in_succeeded(&subjects);
+                    self.sign_in_succeeded(&subjects).await;
                 }
                 let actor = Actor::for_user(&user, source);
                 self.record_audit(

@@ -275,6 +275,7 @@ pub async fn list_lockouts(
 ) -> Json<Vec<LockoutBody>> {
     Json(
         app.lockouts()
+            .await
             .into_iter()
             .map(|(subject, r)| {
                 let (kind, value) = match subject {

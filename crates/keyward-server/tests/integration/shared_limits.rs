@@ -667,3 +667,58 @@ async fn a_counted_call_costs_one_round_trip_and_an_uncounted_one_none() {
         "redis round trips: 200 uncounted calls {free_calls} scripts (heartbeats); 200 counted calls {counted_calls} scripts (one decision each + batched settlements + heartbeats)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ins_are_counted_once_across_instances() {
+    let Some(redis) = keyward_store::testing::redis_url() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let app = TestApp::spawn_with(Backend::Sqlite, shared(&redis, &prefix))
+        .await
+        .unwrap();
+    let other = app.sibling_with(shared(&redis, &prefix)).await;
+    let login = |base: String| {
+        let client = app.client.clone();
+        async move {
+            client
+                .post(format!("{base}/api/v1/auth/login"))
+                .json(&json!({"username": "Mallory", "password": "not the password at all"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // Five free failures, spread over both instances (the account's limit, not each one's).
+    for i in 0..5 {
+        let base = if i % 2 == 0 {
+            app.base.clone()
+        } else {
+            other.base.clone()
+        };
+        assert_eq!(login(base).await, StatusCode::UNAUTHORIZED);
+    }
+    // The sixth failure sets a delay that both instances enforce.
+    assert_eq!(login(app.base.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login(other.base.clone()).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(login(app.base.clone()).await, StatusCode::TOO_MANY_REQUESTS);
+    // Admins on either instance see it and can lift it for both.
+    let (status, lockouts) = app
+        .call(reqwest::Method::GET, "/api/v1/auth/lockouts", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(lockouts.to_string().contains("mallory"), "{lockouts}");
+    let lifted = app
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/auth/lockouts/lift",
+            Some(json!({"kind": "account", "value": "mallory"})),
+        )
+        .await;
+    assert!(lifted.0.is_success(), "{lifted:?}");
+    assert_eq!(login(other.base.clone()).await, StatusCode::UNAUTHORIZED);
+}
