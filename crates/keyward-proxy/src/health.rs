@@ -100,6 +100,33 @@ impl KeyHealth {
         }
     }
 
+    /// Keys whose circuit is open here at `now`, and until when.
+    pub fn open_circuits(&self, now: Timestamp) -> Vec<(KeyId, Timestamp)> {
+        self.calls_lock()
+            .iter()
+            .filter_map(|(key, calls)| {
+                calls
+                    .breaker
+                    .open_until
+                    .filter(|until| *until > now)
+                    .map(|until| (key.clone(), until))
+            })
+            .collect()
+    }
+
+    /// Another instance's circuit holds `key` open until `until`: this one keeps it out too
+    /// (and tries it again, half-open, when that ends).
+    pub fn open_elsewhere(&self, key: &KeyId, until: Timestamp) {
+        let mut all = self.calls_lock();
+        let breaker = &mut all.entry(key.clone()).or_default().breaker;
+        if breaker.open_until.is_none_or(|mine| mine < until) {
+            breaker.open_until = Some(until);
+            breaker
+                .last_open
+                .get_or_insert(keyward_core::health::BREAKER_OPEN_FIRST);
+        }
+    }
+
     /// Whether the key's circuit lets a call through now.
     pub fn admits(&self, key: &KeyId, now: Timestamp) -> bool {
         self.calls_lock()

@@ -73,6 +73,7 @@ pub struct SharedLimits {
     settle: redis::Script,
     heartbeat: redis::Script,
     swap: redis::Script,
+    circuits: redis::Script,
 }
 
 impl std::fmt::Debug for SharedLimits {
@@ -236,6 +237,7 @@ impl SharedLimits {
             settle: redis::Script::new(SETTLE),
             heartbeat: redis::Script::new(HEARTBEAT),
             swap: redis::Script::new(SWAP),
+            circuits: redis::Script::new(CIRCUITS),
         })
     }
 
@@ -482,6 +484,30 @@ impl SharedLimits {
             }
         }
         Some(out)
+    }
+
+    /// Publishes the circuits open here (key id → open until, Unix ms) and returns every
+    /// circuit open on any instance, in one round trip (a job, every second).
+    pub async fn exchange_circuits(&self, open: &[(String, i64)]) -> Option<Vec<(String, i64)>> {
+        if !self.is_up() {
+            return None;
+        }
+        let mut invocation = self.circuits.prepare_invoke();
+        invocation.key(self.name("circuits"));
+        for (key, until) in open {
+            invocation.arg(key).arg(*until);
+        }
+        match self.run::<Vec<String>>(self.main_lane(), &invocation).await {
+            Ok(flat) => Some(
+                flat.chunks_exact(2)
+                    .filter_map(|pair| Some((pair[0].clone(), pair[1].parse().ok()?)))
+                    .collect(),
+            ),
+            Err(e) => {
+                self.failed(&e);
+                None
+            }
+        }
     }
 
     fn requeue(&self, mut batch: Vec<Settlement>) {
@@ -1005,6 +1031,29 @@ for i = 1, #KEYS do
   end
 end
 return #KEYS
+";
+
+/// Open circuits shared by instances: one hash of key id → open until (Unix ms). ARGV holds
+/// this instance's open circuits (a later end wins); the answer is every circuit still
+/// open by Redis's clock, ended ones dropped.
+const CIRCUITS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #ARGV, 2 do
+  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') or 0
+  if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+local all = redis.call('HGETALL', KEYS[1])
+local open = {}
+for i = 1, #all, 2 do
+  if (tonumber(all[i + 1]) or 0) <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    table.insert(open, all[i])
+    table.insert(open, all[i + 1])
+  end
+end
+return open
 ";
 
 /// Compare-and-set of one value: KEYS[1] replaced by ARGV[2] (kept ARGV[3] ms; empty:

@@ -49,7 +49,10 @@ impl Jobs {
             tokio::spawn(master_key_loop(app.clone())),
         ];
         if let Some(shared) = app.proxy.shared_limits() {
-            loops.push(tokio::spawn(shared_limits_loop(shared.clone())));
+            loops.push(tokio::spawn(shared_limits_loop(
+                app.clone(),
+                shared.clone(),
+            )));
         }
         if let Some(url) = settings.audit_webhook_url {
             loops.push(tokio::spawn(audit_webhook_loop(
@@ -255,9 +258,10 @@ async fn master_key_loop(app: Arc<App>) {
     }
 }
 
-/// Keeps the Redis-backed limits going: announces this instance every second (which also
-/// ends an outage as soon as Redis answers) and sends queued settlements every 100 ms.
-async fn shared_limits_loop(shared: Arc<keyward_proxy::shared::SharedLimits>) {
+/// Keeps the Redis-backed limits going: announces this instance and shares open circuits
+/// every second (which also ends an outage as soon as Redis answers) and sends queued
+/// settlements every 100 ms.
+async fn shared_limits_loop(app: Arc<App>, shared: Arc<keyward_proxy::shared::SharedLimits>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
@@ -265,6 +269,7 @@ async fn shared_limits_loop(shared: Arc<keyward_proxy::shared::SharedLimits>) {
         tick.tick().await;
         if ticks.is_multiple_of(10) {
             shared.heartbeat().await;
+            app.proxy.share_circuits().await;
         }
         ticks = ticks.wrapping_add(1);
         shared.flush().await;

@@ -263,6 +263,37 @@ impl Proxy {
         self
     }
 
+    /// Shares open circuits with every instance (a job, every second, with Redis): the ones
+    /// open here are published, and a key another instance's circuit holds open is kept
+    /// out here too, so a failing key stops taking traffic everywhere at once.
+    pub async fn share_circuits(&self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let now = self.clock.now();
+        let open: Vec<(String, i64)> = self
+            .health
+            .open_circuits(now)
+            .into_iter()
+            .map(|(key, until)| (key.to_string(), until.as_millisecond()))
+            .collect();
+        let Some(everywhere) = shared.exchange_circuits(&open).await else {
+            return;
+        };
+        let snapshot = self.snapshot();
+        for (key, until) in everywhere {
+            let (Ok(id), Ok(until)) = (
+                key.parse::<KeyId>(),
+                jiff::Timestamp::from_millisecond(until),
+            ) else {
+                continue;
+            };
+            if until > now && snapshot.has_key(&id) {
+                self.health.open_elsewhere(&id, until);
+            }
+        }
+    }
+
     /// The Redis-backed limits, when configured (for their jobs, `/readyz` and `/metrics`).
     pub fn shared_limits(&self) -> Option<&Arc<crate::shared::SharedLimits>> {
         self.shared.as_ref()

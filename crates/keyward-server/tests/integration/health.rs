@@ -163,7 +163,7 @@ async fn a_key_on_a_25_a_day_plan_is_probed_at_most_once_a_day_and_the_probe_is_
 
 /// OpenAI whose `/v1/models` fails with 503 while `outage` is set, and otherwise
 /// accepts only `OPENAI_KEY`.
-async fn openai(outage: Arc<AtomicBool>, calls: Arc<AtomicUsize>) -> String {
+pub(crate) async fn openai(outage: Arc<AtomicBool>, calls: Arc<AtomicUsize>) -> String {
     let app = axum::Router::new().fallback(move |request: Request| {
         let outage = outage.clone();
         let calls = calls.clone();

@@ -722,3 +722,83 @@ async fn failed_sign_ins_are_counted_once_across_instances() {
     assert!(lifted.0.is_success(), "{lifted:?}");
     assert_eq!(login(other.base.clone()).await, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_opened_on_one_instance_keeps_the_key_out_on_the_other() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let Some(redis) = keyward_store::testing::redis_url() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let app = TestApp::spawn_with(Backend::Sqlite, shared(&redis, &prefix))
+        .await
+        .unwrap();
+    let other = app.sibling_with(shared(&redis, &prefix)).await;
+    let (outage, calls) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let base = crate::health::openai(outage.clone(), calls.clone()).await;
+    app.point_service("openai", &base).await;
+    app.create_key("openai", "production", "only", OPENAI_KEY)
+        .await;
+    let token = app
+        .app_token(json!({"name": "t", "services": ["openai"], "environments": ["production"]}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let call = |base: String| {
+        let (client, token) = (app.client.clone(), token.clone());
+        async move {
+            let answer = client
+                .get(format!("{base}/proxy/openai/v1/models"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            let body: Value = answer.json().await.unwrap_or_default();
+            body["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        }
+    };
+    // The provider fails: five failures through the first instance open its circuit.
+    let mut opened = false;
+    for _ in 0..6 {
+        if call(app.base.clone()).await == "circuit_open" {
+            opened = true;
+            break;
+        }
+    }
+    assert!(opened, "the circuit never opened");
+    let sent = calls.load(Ordering::SeqCst);
+    // The other instance never saw a failure itself, yet stops sending within a couple of
+    // heartbeats.
+    let started = Instant::now();
+    loop {
+        let code = call(other.base.clone()).await;
+        if code == "circuit_open" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still sending: {code}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = calls.load(Ordering::SeqCst);
+    assert_eq!(call(other.base.clone()).await, "circuit_open");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "no traffic while open anywhere"
+    );
+    eprintln!(
+        "shared circuit: open on the other instance {} ms later ({} provider calls in all)",
+        started.elapsed().as_millis(),
+        before.max(sent)
+    );
+}
