@@ -77,6 +77,9 @@ pub struct App {
 pub struct RedisOptions {
     /// `redis://` or `rediss://`; secret because it may carry a password.
     pub url: secrecy::SecretString,
+    /// The CA (PEM) a `rediss://` server's certificate must chain to, instead of the
+    /// system's roots.
+    pub ca_pem: Option<Vec<u8>>,
     /// What this vault's keys in Redis start with.
     pub prefix: String,
     pub on_outage: keyward_proxy::shared::OutagePolicy,
@@ -137,6 +140,7 @@ impl App {
             let lanes = proxy.lanes();
             proxy = proxy.with_shared_limits(Arc::new(keyward_proxy::shared::SharedLimits::new(
                 redis.url.expose_secret(),
+                redis.ca_pem.clone(),
                 &redis.prefix,
                 instance_id.clone(),
                 redis.on_outage,

@@ -211,18 +211,32 @@ impl SharedLimits {
     /// error. `lanes` serving lanes get a connection each.
     pub fn new(
         url: &str,
+        ca_pem: Option<Vec<u8>>,
         prefix: &str,
         instance: String,
         policy: OutagePolicy,
         lanes: usize,
     ) -> Result<Self, Error> {
         // The error would quote the URL, which may hold a password: not passed on.
-        let client = redis::Client::open(url).map_err(|_| {
+        let invalid = |_| {
             Error::invalid(
                 "invalid_redis_url",
                 "redis_url must be redis://[user:password@]host[:port][/db] or rediss://… (TLS)",
             )
-        })?;
+        };
+        // `rediss://` checks the server's certificate against the system's roots, or
+        // against `redis_ca_file` when one is given.
+        let client = match ca_pem {
+            Some(root) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                },
+            )
+            .map_err(invalid)?,
+            None => redis::Client::open(url).map_err(invalid)?,
+        };
         Ok(Self {
             client,
             connections: (0..=lanes.max(1)).map(|_| OnceLock::new()).collect(),

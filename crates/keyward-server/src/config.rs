@@ -28,6 +28,7 @@ const KNOWN_KEYS: &[&str] = &[
     "database_url",
     "redis_url",
     "redis_prefix",
+    "redis_ca_file",
     "limits_on_redis_outage",
     "master_key_source",
     "master_key_path",
@@ -100,6 +101,8 @@ pub struct RawSettings {
     pub redis_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits_on_redis_outage: Option<String>,
     #[serde(
@@ -293,6 +296,8 @@ pub struct Settings {
     pub redis_url: Option<SecretString>,
     /// What every Redis key of this vault starts with (several vaults may share a Redis).
     pub redis_prefix: String,
+    /// The CA (PEM) a `rediss://` server's certificate must chain to (read at start).
+    pub redis_ca: Option<Vec<u8>>,
     /// What quotas and budgets do while Redis cannot be reached.
     pub limits_on_redis_outage: keyward_proxy::shared::OutagePolicy,
     pub master_key: MasterKeySource,
@@ -357,6 +362,7 @@ impl Settings {
             max_snapshot_staleness: Some(self.max_snapshot_staleness),
             redis: self.redis_url.clone().map(|url| keyward_app::RedisOptions {
                 url,
+                ca_pem: self.redis_ca.clone(),
                 prefix: self.redis_prefix.clone(),
                 on_outage: self.limits_on_redis_outage,
             }),
@@ -674,6 +680,21 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
             "redis_prefix must be 1–64 letters, digits, `:`, `_`, `-` or `.`".into(),
         ));
     }
+    let redis_ca = match &raw.redis_ca_file {
+        None => None,
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError(format!("cannot read redis_ca_file {}: {e}", path.display()))
+            })?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ConfigError(format!(
+                    "redis_ca_file {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            Some(pem)
+        }
+    };
     let limits_on_redis_outage = match raw.limits_on_redis_outage.as_deref().map(str::trim) {
         None | Some("closed") => keyward_proxy::shared::OutagePolicy::Closed,
         Some("local") => keyward_proxy::shared::OutagePolicy::Local,
@@ -843,6 +864,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         database_is_default,
         redis_url: raw.redis_url.map(SecretString::from),
         redis_prefix,
+        redis_ca,
         limits_on_redis_outage,
         master_key,
         recovery_window,
@@ -978,6 +1000,55 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn redis_settings_are_checked() {
+        let ok = resolve(RawSettings {
+            redis_url: Some("rediss://:pw@redis.internal:6380/0".into()),
+            limits_on_redis_outage: Some("local".into()),
+            ..Default::default()
+        })
+        .expect("redis");
+        assert_eq!(ok.redis_prefix, "keyward:");
+        assert_eq!(
+            ok.limits_on_redis_outage,
+            keyward_proxy::shared::OutagePolicy::Local
+        );
+        for (raw, says) in [
+            (
+                RawSettings {
+                    redis_url: Some("http://redis".into()),
+                    ..Default::default()
+                },
+                "redis:// or rediss://",
+            ),
+            (
+                RawSettings {
+                    redis_prefix: Some("bad prefix!".into()),
+                    ..Default::default()
+                },
+                "redis_prefix must be",
+            ),
+            (
+                RawSettings {
+                    limits_on_redis_outage: Some("open".into()),
+                    ..Default::default()
+                },
+                "closed or local",
+            ),
+            (
+                RawSettings {
+                    redis_ca_file: Some("/nonexistent/ca.pem".into()),
+                    ..Default::default()
+                },
+                "cannot read redis_ca_file /nonexistent/ca.pem",
+            ),
+        ] {
+            let err = resolve(raw).expect_err(says);
+            assert!(err.0.contains(says), "{}", err.0);
+            assert!(!err.0.contains("pw@"), "no password in errors");
+        }
     }
 
     #[test]

@@ -258,6 +258,7 @@ async fn start(
         max_snapshot_staleness_seconds: raw.max_snapshot_staleness_seconds.clone(),
         redis_url: raw.redis_url.clone(),
         redis_prefix: raw.redis_prefix.clone(),
+        redis_ca_file: raw.redis_ca_file.clone(),
         limits_on_redis_outage: raw.limits_on_redis_outage.clone(),
         smtp_url: raw.smtp_url.clone(),
         smtp_from: raw.smtp_from.clone(),

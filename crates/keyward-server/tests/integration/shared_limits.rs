@@ -436,7 +436,15 @@ async fn seeding_never_adds_twice_and_a_dead_instance_releases_its_holds() {
     let prefix = fresh_prefix();
     let instance = |name: &str| {
         Arc::new(
-            SharedLimits::new(&redis, &prefix, name.to_owned(), OutagePolicy::Closed, 1).unwrap(),
+            SharedLimits::new(
+                &redis,
+                None,
+                &prefix,
+                name.to_owned(),
+                OutagePolicy::Closed,
+                1,
+            )
+            .unwrap(),
         )
     };
     let (a, b) = (instance("a"), instance("b"));
@@ -800,5 +808,116 @@ async fn a_circuit_opened_on_one_instance_keeps_the_key_out_on_the_other() {
         "shared circuit: open on the other instance {} ms later ({} provider calls in all)",
         started.elapsed().as_millis(),
         before.max(sent)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_is_verified_and_garbage_is_an_outage() {
+    if keyward_store::testing::redis_url().is_none() {
+        return;
+    }
+    // A CA, and a Redis serving TLS only, with a certificate for 127.0.0.1 signed by it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let file = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_file = file("ca.pem", ca.pem());
+    let cert_file = file("redis.crt", server.pem());
+    let key_file = file("redis.key", server_key.serialize_pem());
+    let port = free_port();
+    let mut child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--tls-cert-file")
+        .arg(&cert_file)
+        .arg("--tls-key-file")
+        .arg(&key_file)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca_file)
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server (TLS) did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("rediss://127.0.0.1:{port}");
+    // Verified against the CA: limits are shared.
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        RawSettings {
+            redis_ca_file: Some(ca_file.clone()),
+            ..shared(&url, &fresh_prefix())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(readyz_limits(&app).await, "shared");
+    // Without the CA the server's certificate is not trusted: an outage, not a silent
+    // downgrade.
+    let untrusting = TestApp::spawn_with(Backend::Sqlite, shared(&url, &fresh_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(readyz_limits(&untrusting).await, "redis_unreachable");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Something that answers, but not as Redis does: counted and treated as an outage.
+    let garbage = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let garbage_url = format!("redis://{}", garbage.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for mut stream in garbage.incoming().flatten() {
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    let confused = TestApp::spawn_with(Backend::Sqlite, shared(&garbage_url, &fresh_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(readyz_limits(&confused).await, "redis_unreachable");
+    let metrics = confused
+        .client
+        .get(format!("{}/metrics", confused.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("keyward_redis_errors_total ") && !l.ends_with(" 0")),
+        "{metrics}"
     );
 }
