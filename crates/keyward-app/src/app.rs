@@ -82,6 +82,8 @@ pub struct RedisOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// What this vault's keys in Redis start with.
     pub prefix: String,
+    /// Bytes of cached answers shared through Redis (0: each instance caches alone).
+    pub cache_max_bytes: u64,
     pub on_outage: keyward_proxy::shared::OutagePolicy,
 }
 
@@ -138,14 +140,16 @@ impl App {
         if let Some(redis) = &options.redis {
             use secrecy::ExposeSecret;
             let lanes = proxy.lanes();
-            proxy = proxy.with_shared_limits(Arc::new(keyward_proxy::shared::SharedLimits::new(
+            let shared = keyward_proxy::shared::SharedLimits::new(
                 redis.url.expose_secret(),
                 redis.ca_pem.clone(),
                 &redis.prefix,
                 instance_id.clone(),
                 redis.on_outage,
                 lanes,
-            )?));
+            )?;
+            shared.share_cache(redis.cache_max_bytes);
+            proxy = proxy.with_shared_limits(Arc::new(shared));
         }
         let started_at = clock.now();
         Ok(Self {

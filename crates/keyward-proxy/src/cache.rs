@@ -23,6 +23,49 @@ pub struct CachedResponse {
     pub expires_at: Timestamp,
 }
 
+impl CachedResponse {
+    /// The entry as bytes for a cache other instances read: a JSON head line (status,
+    /// headers that are text, credits, times in Unix ms), then the body as it is.
+    pub fn encode(&self) -> Vec<u8> {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+            .collect();
+        let head = serde_json::json!({
+            "status": self.status.as_u16(),
+            "headers": headers,
+            "credits": self.credits,
+            "stored_at": self.stored_at.as_millisecond(),
+            "expires_at": self.expires_at.as_millisecond(),
+        });
+        let mut bytes = head.to_string().into_bytes();
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+
+    /// An entry from [`CachedResponse::encode`]'s bytes; `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let split = bytes.iter().position(|b| *b == b'\n')?;
+        let head: serde_json::Value = serde_json::from_slice(&bytes[..split]).ok()?;
+        let mut headers = HeaderMap::new();
+        for pair in head["headers"].as_array()? {
+            let name = header::HeaderName::from_bytes(pair[0].as_str()?.as_bytes()).ok()?;
+            let value = header::HeaderValue::from_str(pair[1].as_str()?).ok()?;
+            headers.append(name, value);
+        }
+        Some(Self {
+            status: StatusCode::from_u16(u16::try_from(head["status"].as_u64()?).ok()?).ok()?,
+            headers,
+            body: Bytes::copy_from_slice(&bytes[split + 1..]),
+            credits: u32::try_from(head["credits"].as_u64()?).ok()?,
+            stored_at: Timestamp::from_millisecond(head["stored_at"].as_i64()?).ok()?,
+            expires_at: Timestamp::from_millisecond(head["expires_at"].as_i64()?).ok()?,
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct ResponseCache {
     entries: moka::sync::Cache<String, Arc<CachedResponse>>,
@@ -81,9 +124,9 @@ impl ResponseCache {
         Some(entry)
     }
 
-    pub fn insert(&self, key: String, entry: CachedResponse) {
+    pub fn insert(&self, key: String, entry: Arc<CachedResponse>) {
         if entry.body.len() <= self.max_entry_bytes {
-            self.entries.insert(key, Arc::new(entry));
+            self.entries.insert(key, entry);
         }
     }
 
@@ -155,6 +198,29 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_survives_its_shared_form_and_garbage_is_refused() {
+        let mut original = entry(b"{\"c\": 1.5}\n\nbinary \x00\xff", 15);
+        original.headers.insert(
+            header::CONTENT_TYPE,
+            "application/json".parse().expect("value"),
+        );
+        original
+            .headers
+            .append("x-ratelimit-remaining", "59".parse().expect("value"));
+        let decoded = CachedResponse::decode(&original.encode()).expect("decodes");
+        assert_eq!(decoded.status, original.status);
+        assert_eq!(decoded.headers, original.headers);
+        assert_eq!(decoded.body, original.body);
+        assert_eq!(
+            (decoded.credits, decoded.stored_at, decoded.expires_at),
+            (1, ts(0), ts(15))
+        );
+        for garbage in [&b""[..], b"no newline", b"{}\nbody", b"[1]\n"] {
+            assert!(CachedResponse::decode(garbage).is_none());
+        }
+    }
+
+    #[test]
     fn entries_expire_by_the_clock_and_respect_the_byte_bounds() {
         let cache = ResponseCache::new(10_000, 1_000);
         let q = |pairs: &[(&str, &str)]| {
@@ -188,16 +254,16 @@ mod tests {
                 &q(&[("function", "GLOBAL_QUOTE"), ("symbol", "IBM")])
             )
         );
-        cache.insert(key.clone(), entry(b"{}", 15));
+        cache.insert(key.clone(), Arc::new(entry(b"{}", 15)));
         assert!(cache.get(&key, ts(14)).is_some());
         assert!(cache.get(&key, ts(15)).is_none(), "expired");
-        cache.insert("big".into(), entry(&[0; 2_000], 15));
+        cache.insert("big".into(), Arc::new(entry(&[0; 2_000], 15)));
         assert!(
             cache.get("big", ts(1)).is_none(),
             "larger than an entry may be"
         );
         for i in 0..100 {
-            cache.insert(format!("k{i}"), entry(&[1; 900], 99));
+            cache.insert(format!("k{i}"), Arc::new(entry(&[1; 900], 99)));
         }
         assert!(cache.weighted_size() <= 10_000, "bounded by bytes");
     }

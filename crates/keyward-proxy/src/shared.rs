@@ -74,6 +74,9 @@ pub struct SharedLimits {
     heartbeat: redis::Script,
     swap: redis::Script,
     circuits: redis::Script,
+    cache_put: redis::Script,
+    /// Bytes the shared response cache may hold (0: answers are cached per instance only).
+    cache_max_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for SharedLimits {
@@ -252,6 +255,8 @@ impl SharedLimits {
             heartbeat: redis::Script::new(HEARTBEAT),
             swap: redis::Script::new(SWAP),
             circuits: redis::Script::new(CIRCUITS),
+            cache_put: redis::Script::new(CACHE_PUT),
+            cache_max_bytes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -521,6 +526,62 @@ impl SharedLimits {
                 self.failed(&e);
                 None
             }
+        }
+    }
+
+    /// Shares cached answers through Redis too, holding at most `max_bytes` (0: off).
+    pub fn share_cache(&self, max_bytes: u64) {
+        self.cache_max_bytes.store(max_bytes, Ordering::Relaxed);
+    }
+
+    /// Whether cached answers are shared.
+    pub fn caches(&self) -> bool {
+        self.cache_max_bytes.load(Ordering::Relaxed) > 0 && self.is_up()
+    }
+
+    /// A cached answer another instance stored (bytes as [`crate::cache::CachedResponse`]
+    /// encodes them); `None` on a miss or when Redis cannot answer.
+    pub async fn cached(&self, lane: usize, key: &str) -> Option<Vec<u8>> {
+        if !self.caches() {
+            return None;
+        }
+        let mut connection = self.connection(lane).ok()?;
+        let mut command = redis::cmd("GET");
+        command.arg(self.name(&format!("cache:{key}")));
+        match tokio::time::timeout(
+            RESPONSE_TIMEOUT * 2,
+            command.query_async::<Option<Vec<u8>>>(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                self.failed(&e);
+                None
+            }
+            Err(_) => {
+                self.failed(&"no answer in time");
+                None
+            }
+        }
+    }
+
+    /// Stores a cached answer for every instance for `ttl`, evicting the entries closest to
+    /// their end while the shared cache would exceed its size.
+    pub async fn store_cached(&self, lane: usize, key: &str, bytes: Vec<u8>, ttl: Duration) {
+        let max = self.cache_max_bytes.load(Ordering::Relaxed);
+        if max == 0 || !self.is_up() || bytes.len() as u64 > max {
+            return;
+        }
+        let mut invocation = self.cache_put.prepare_invoke();
+        invocation
+            .key(self.name(&format!("cache:{key}")))
+            .key(self.name("cache-index"))
+            .arg(bytes)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg(max);
+        if let Err(e) = self.run::<i64>(lane, &invocation).await {
+            self.failed(&e);
         }
     }
 
@@ -1068,6 +1129,38 @@ for i = 1, #all, 2 do
   end
 end
 return open
+";
+
+/// Stores one cached answer: KEYS[1] the entry (ARGV[1], kept ARGV[2] ms), KEYS[2] the index
+/// (entry → expiry, ms), with each entry's size in `KEYS[2]:sizes` and their sum in
+/// `KEYS[2]:total`. Expired entries are dropped first; then, while the total would exceed
+/// ARGV[3] bytes, the entry closest to its end.
+const CACHE_PUT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local sizes = KEYS[2] .. ':sizes'
+local total_key = KEYS[2] .. ':total'
+local function forget(name)
+  local size = tonumber(redis.call('HGET', sizes, name) or '0') or 0
+  redis.call('HDEL', sizes, name)
+  redis.call('ZREM', KEYS[2], name)
+  redis.call('DEL', name)
+  redis.call('DECRBY', total_key, size)
+end
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do forget(name) end
+if redis.call('ZSCORE', KEYS[2], KEYS[1]) then forget(KEYS[1]) end
+local size = string.len(ARGV[1])
+local max = tonumber(ARGV[3])
+while (tonumber(redis.call('GET', total_key) or '0') or 0) + size > max do
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0)
+  if #oldest == 0 then break end
+  forget(oldest[1])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), KEYS[1])
+redis.call('HSET', sizes, KEYS[1], size)
+redis.call('INCRBY', total_key, size)
+return size
 ";
 
 /// Compare-and-set of one value: KEYS[1] replaced by ARGV[2] (kept ARGV[3] ms; empty:

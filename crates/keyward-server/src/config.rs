@@ -29,6 +29,7 @@ const KNOWN_KEYS: &[&str] = &[
     "redis_url",
     "redis_prefix",
     "redis_ca_file",
+    "shared_cache_mib",
     "limits_on_redis_outage",
     "master_key_source",
     "master_key_path",
@@ -103,6 +104,12 @@ pub struct RawSettings {
     pub redis_prefix: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_ca_file: Option<PathBuf>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub shared_cache_mib: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits_on_redis_outage: Option<String>,
     #[serde(
@@ -298,6 +305,8 @@ pub struct Settings {
     pub redis_prefix: String,
     /// The CA (PEM) a `rediss://` server's certificate must chain to (read at start).
     pub redis_ca: Option<Vec<u8>>,
+    /// MiB of cached answers shared through Redis (0: each instance caches alone).
+    pub shared_cache_mib: u32,
     /// What quotas and budgets do while Redis cannot be reached.
     pub limits_on_redis_outage: keyward_proxy::shared::OutagePolicy,
     pub master_key: MasterKeySource,
@@ -363,6 +372,7 @@ impl Settings {
             redis: self.redis_url.clone().map(|url| keyward_app::RedisOptions {
                 url,
                 ca_pem: self.redis_ca.clone(),
+                cache_max_bytes: u64::from(self.shared_cache_mib) * 1024 * 1024,
                 prefix: self.redis_prefix.clone(),
                 on_outage: self.limits_on_redis_outage,
             }),
@@ -695,6 +705,18 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
             Some(pem)
         }
     };
+    let shared_cache_mib = bounded(
+        "shared_cache_mib",
+        "MiB",
+        raw.shared_cache_mib.as_deref(),
+        0..=65_536u32,
+        0,
+    )?;
+    if shared_cache_mib > 0 && raw.redis_url.is_none() {
+        return Err(ConfigError(
+            "shared_cache_mib shares cached answers through Redis: it needs redis_url".into(),
+        ));
+    }
     let limits_on_redis_outage = match raw.limits_on_redis_outage.as_deref().map(str::trim) {
         None | Some("closed") => keyward_proxy::shared::OutagePolicy::Closed,
         Some("local") => keyward_proxy::shared::OutagePolicy::Local,
@@ -865,6 +887,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         redis_url: raw.redis_url.map(SecretString::from),
         redis_prefix,
         redis_ca,
+        shared_cache_mib,
         limits_on_redis_outage,
         master_key,
         recovery_window,

@@ -121,7 +121,12 @@ impl Proxy {
         });
         if let Some(key) = &cache_key {
             exchange.record.cache = CacheOutcome::Miss;
-            if may_read && let Some(hit) = self.cache.get(key, now) {
+            let hit = match self.cache.get(key, now) {
+                Some(hit) if may_read => Some(hit),
+                None if may_read => self.shared_cached(inbound.lane, key, now).await,
+                _ => None,
+            };
+            if let Some(hit) = hit {
                 if let Some(shared) = &self.shared
                     && route.token.rate_limit.is_some()
                 {
@@ -212,6 +217,24 @@ impl Proxy {
             cache_ttl,
             may_store,
         }))
+    }
+
+    /// An answer another instance cached (through Redis, when the shared cache is on),
+    /// kept here too for its remaining time.
+    async fn shared_cached(
+        &self,
+        lane: usize,
+        key: &str,
+        now: jiff::Timestamp,
+    ) -> Option<Arc<CachedResponse>> {
+        let shared = self.shared.as_ref().filter(|s| s.caches())?;
+        let entry = CachedResponse::decode(&shared.cached(lane, key).await?)?;
+        if entry.expires_at <= now {
+            return None;
+        }
+        let entry = Arc::new(entry);
+        self.cache.insert(key.to_owned(), entry.clone());
+        Some(entry)
     }
 
     /// The most a call can cost: its model's price (or the conservative fallback for a

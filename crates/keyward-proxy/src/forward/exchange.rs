@@ -34,6 +34,8 @@ pub const WARNING_HEADER: &str = "x-keyward-warning";
 #[derive(Debug)]
 pub(super) struct Exchange {
     pub(super) record: UsageRecord,
+    /// The serving lane the call arrived on (its own Redis connection).
+    pub(super) lane: usize,
     pub(super) started: Instant,
     pub(super) reservations: Vec<crate::shared::Hold>,
     pub(super) reader: Option<UsageReader>,
@@ -52,6 +54,7 @@ impl Exchange {
     pub(super) fn new<B>(inbound: &Inbound<B>, now: jiff::Timestamp) -> Self {
         let endpoint: String = inbound.path.chars().take(200).collect();
         Self {
+            lane: inbound.lane,
             record: UsageRecord {
                 at: now,
                 token_id: None,
@@ -459,19 +462,30 @@ impl Proxy {
             if let Some(body) = upstream.complete_body() {
                 let masked = redact_bytes(&body, secret);
                 let now = self.clock.now();
-                self.cache.insert(
-                    key,
-                    CachedResponse {
-                        status,
-                        headers: headers.clone(),
-                        body: masked,
-                        credits: exchange.record.credits,
-                        stored_at: now,
-                        expires_at: now
-                            .checked_add(Duration::from_secs(u64::from(ttl)))
-                            .unwrap_or(now),
-                    },
-                );
+                let entry = std::sync::Arc::new(CachedResponse {
+                    status,
+                    headers: headers.clone(),
+                    body: masked,
+                    credits: exchange.record.credits,
+                    stored_at: now,
+                    expires_at: now
+                        .checked_add(Duration::from_secs(u64::from(ttl)))
+                        .unwrap_or(now),
+                });
+                // Other instances read it from Redis (stored off the answer's path; the
+                // body is the masked one).
+                if let Some(shared) = self.shared.as_ref().filter(|s| s.caches())
+                    && entry.body.len() <= self.cache.max_entry_bytes()
+                {
+                    let (shared, bytes, key, lane) =
+                        (shared.clone(), entry.encode(), key.clone(), exchange.lane);
+                    tokio::spawn(async move {
+                        shared
+                            .store_cached(lane, &key, bytes, Duration::from_secs(u64::from(ttl)))
+                            .await;
+                    });
+                }
+                self.cache.insert(key, entry);
             }
         }
         if cached_marker != CacheOutcome::None {

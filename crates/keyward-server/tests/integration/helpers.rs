@@ -259,6 +259,7 @@ async fn start(
         redis_url: raw.redis_url.clone(),
         redis_prefix: raw.redis_prefix.clone(),
         redis_ca_file: raw.redis_ca_file.clone(),
+        shared_cache_mib: raw.shared_cache_mib.clone(),
         limits_on_redis_outage: raw.limits_on_redis_outage.clone(),
         smtp_url: raw.smtp_url.clone(),
         smtp_from: raw.smtp_from.clone(),

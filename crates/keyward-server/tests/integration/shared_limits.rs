@@ -921,3 +921,109 @@ async fn redis_over_tls_is_verified_and_garbage_is_an_outage() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_answer_is_shared_when_the_shared_cache_is_on() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Some(redis) = keyward_store::testing::redis_url() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let settings = || RawSettings {
+        shared_cache_mib: Some("8".into()),
+        ..shared(&redis, &prefix)
+    };
+    let app = TestApp::spawn_with(Backend::Sqlite, settings())
+        .await
+        .unwrap();
+    let other = app.sibling_with(settings()).await;
+    // A Finnhub that counts its calls and echoes the key it was given in the answer.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let finnhub = crate::helpers::serve_fake(axum::Router::new().fallback(
+        move |headers: axum::http::HeaderMap| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let key = headers
+                    .get("x-finnhub-token")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                axum::Json(json!({"c": 123.45, "t": 1_764_000_000, "debug": key}))
+            }
+        },
+    ))
+    .await;
+    const SECRET: &str = "finnhubsecret0123456789";
+    app.point_service("finnhub", &finnhub).await;
+    app.create_key("finnhub", "production", "main", SECRET)
+        .await;
+    let token = app
+        .app_token(json!({"name": "t", "services": ["finnhub"], "environments": ["production"]}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let quote = |base: String| {
+        let (client, token) = (app.client.clone(), token.clone());
+        async move {
+            let answer = client
+                .get(format!("{base}/proxy/finnhub/api/v1/quote?symbol=AAPL"))
+                .header("X-Finnhub-Token", &token)
+                .send()
+                .await
+                .unwrap();
+            let cache = answer
+                .headers()
+                .get("x-keyward-cache")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (answer.status(), cache, answer.text().await.unwrap())
+        }
+    };
+    let (status, cache, first) = quote(app.base.clone()).await;
+    assert_eq!(
+        (status, cache.as_str()),
+        (StatusCode::OK, "miss"),
+        "{first}"
+    );
+    assert!(!first.contains(SECRET), "the key is masked: {first}");
+    // The other instance answers from the shared cache: the provider is not called again.
+    let started = Instant::now();
+    loop {
+        let (status, cache, body) = quote(other.base.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+        if cache == "hit" {
+            assert_eq!(body, first);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never shared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one provider call for both instances"
+    );
+    // What Redis holds is the masked answer, never the key (read through the index: the
+    // entry's name holds the cache key's separators).
+    let value = std::process::Command::new("redis-cli")
+        .args([
+            "-u",
+            &redis,
+            "eval",
+            "return redis.call('GET', redis.call('ZRANGE', KEYS[1], 0, 0)[1])",
+            "1",
+            &format!("{prefix}cache-index"),
+        ])
+        .output()
+        .unwrap();
+    let value = String::from_utf8_lossy(&value.stdout).into_owned();
+    assert!(
+        value.contains("123.45") && !value.contains(SECRET),
+        "{value}"
+    );
+}
