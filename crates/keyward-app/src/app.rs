@@ -26,7 +26,7 @@ pub struct App {
     pub(crate) keyring: Arc<keyward_crypto::LiveKeyring>,
     /// The key file this process reads its master keys from (re-read when it changes), and
     /// what it looked like when last read.
-    pub(crate) key_file: Option<crate::masters::WatchedKeyFile>,
+    pub(crate) key_file: Option<crate::key_file::WatchedKeyFile>,
     /// This process among the instances: its id (fresh at every start) and start time.
     pub(crate) instance: (String, jiff::Timestamp),
     /// The data plane; its snapshot is rebuilt after every write here.
@@ -162,7 +162,7 @@ impl App {
             throttle: keyward_core::throttle::ThrottlePolicy::default(),
             store: vault.store,
             keyring,
-            key_file: vault.key_file.map(crate::masters::WatchedKeyFile::new),
+            key_file: vault.key_file.map(crate::key_file::WatchedKeyFile::new),
             instance: (instance_id, started_at),
             proxy: Arc::new(proxy),
             events: std::sync::Mutex::new(Some(events)),

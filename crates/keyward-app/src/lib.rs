@@ -19,6 +19,7 @@ pub mod audit;
 pub mod catalog;
 pub mod forecasts;
 pub mod identity;
+pub mod key_file;
 pub mod keys;
 pub mod lifecycle;
 pub mod masters;

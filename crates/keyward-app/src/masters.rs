@@ -12,46 +12,11 @@
 //!   the new key before making it current (else they could not open what is rewrapped), and
 //!   `retire` refuses a key a live instance still wraps new data with.
 
-use std::path::PathBuf;
-use std::time::SystemTime;
-
 use keyward_core::Error;
 use keyward_core::master_key::InstanceReport;
 use keyward_crypto::{Keyring, KeyringFile};
 
 use crate::app::App;
-
-/// The key file, and its modification time and size when last read.
-#[derive(Debug)]
-pub struct WatchedKeyFile {
-    path: PathBuf,
-    seen: std::sync::Mutex<Option<(Option<SystemTime>, u64)>>,
-}
-
-impl WatchedKeyFile {
-    pub fn new(path: PathBuf) -> Self {
-        let seen = std::sync::Mutex::new(Some(Self::stamp_of(&path)));
-        Self { path, seen }
-    }
-
-    fn stamp_of(path: &std::path::Path) -> (Option<SystemTime>, u64) {
-        std::fs::metadata(path).map_or((None, 0), |m| (m.modified().ok(), m.len()))
-    }
-
-    /// Whether the file changed since it was last read (and remembers it as read).
-    fn changed(&self) -> bool {
-        let now = Self::stamp_of(&self.path);
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if seen.as_ref() == Some(&now) {
-            return false;
-        }
-        *seen = Some(now);
-        true
-    }
-}
 
 impl App {
     /// Re-reads a changed key file and follows the vault's current master key (see the
