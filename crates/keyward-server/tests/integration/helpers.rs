@@ -256,6 +256,7 @@ async fn start(
         expiry_grace_minutes: raw.expiry_grace_minutes.clone(),
         forecast_lead_minutes: raw.forecast_lead_minutes.clone(),
         max_snapshot_staleness_seconds: raw.max_snapshot_staleness_seconds.clone(),
+        recovery_window_days: raw.recovery_window_days.clone(),
         redis_url: raw.redis_url.clone(),
         redis_prefix: raw.redis_prefix.clone(),
         redis_ca_file: raw.redis_ca_file.clone(),

@@ -41,6 +41,7 @@ mod online_rotation;
 mod postgres_tls;
 mod providers;
 mod proxy;
+mod retention;
 mod revocation;
 mod rotation_policy;
 mod sdk;
