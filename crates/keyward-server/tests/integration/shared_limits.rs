@@ -992,18 +992,26 @@ async fn a_cached_answer_is_shared_when_the_shared_cache_is_on() {
         "{first}"
     );
     assert!(!first.contains(SECRET), "the key is masked: {first}");
-    // The other instance answers from the shared cache: the provider is not called again.
+    // The entry reaches Redis just after the answer (stored off its path)…
     let started = Instant::now();
     loop {
-        let (status, cache, body) = quote(other.base.clone()).await;
-        assert_eq!(status, StatusCode::OK);
-        if cache == "hit" {
-            assert_eq!(body, first);
+        let count = std::process::Command::new("redis-cli")
+            .args(["-u", &redis, "zcard", &format!("{prefix}cache-index")])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&count.stdout).trim() == "1" {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "never shared");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never stored in Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // …and then the other instance answers from it: the provider is not called again.
+    let (status, cache, body) = quote(other.base.clone()).await;
+    assert_eq!((status, cache.as_str()), (StatusCode::OK, "hit"));
+    assert_eq!(body, first);
     assert_eq!(
         calls.load(Ordering::SeqCst),
         1,
