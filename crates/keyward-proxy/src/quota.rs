@@ -241,6 +241,23 @@ fn quota_exhausted(wait: Duration, what: &str) -> Error {
 }
 
 impl KeyCounters {
+    /// Counts one admitted call: against every limit, in the key's history (seeds), and in
+    /// today's requests (`least_used`).
+    fn count(&mut self, key: &KeyId, history: &mut History, spend: Spend, now: Timestamp) {
+        for (counter, limit) in self.counters.iter_mut().zip(&self.limits) {
+            counter.add(units(limit, spend));
+        }
+        remember(history, &Subject::Key(key.clone()), now, |h| {
+            h.requests += spend.requests;
+            h.credits += spend.credits;
+        });
+        let day = utc_day(now).start;
+        self.today = Some(match self.today {
+            Some((start, n)) if start == day => (start, n + 1),
+            _ => (day, 1),
+        });
+    }
+
     fn sync(
         &mut self,
         key: &KeyId,
@@ -325,18 +342,7 @@ impl Meters {
         if let Some(wait) = wait {
             return Err(quota_exhausted(wait, &format!("key {key}")));
         }
-        for (counter, limit) in counters.counters.iter_mut().zip(&counters.limits) {
-            counter.add(units(limit, spend));
-        }
-        remember(history, &Subject::Key(key.clone()), now, |h| {
-            h.requests += spend.requests;
-            h.credits += spend.credits;
-        });
-        let day = utc_day(now).start;
-        counters.today = Some(match counters.today {
-            Some((start, n)) if start == day => (start, n + 1),
-            _ => (day, 1),
-        });
+        counters.count(key, history, spend, now);
         Ok(())
     }
 
@@ -355,18 +361,7 @@ impl Meters {
         let State { keys, history, .. } = &mut *state;
         let counters = keys.entry(key.clone()).or_default();
         counters.sync(key, limits, calendar, now, history);
-        for (counter, limit) in counters.counters.iter_mut().zip(&counters.limits) {
-            counter.add(units(limit, spend));
-        }
-        remember(history, &Subject::Key(key.clone()), now, |h| {
-            h.requests += spend.requests;
-            h.credits += spend.credits;
-        });
-        let day = utc_day(now).start;
-        counters.today = Some(match counters.today {
-            Some((start, n)) if start == day => (start, n + 1),
-            _ => (day, 1),
-        });
+        counters.count(key, history, spend, now);
     }
 
     /// What the store's sums (restored at start) and this instance's own use since say
