@@ -16,6 +16,7 @@ pub mod app;
 pub mod app_tokens;
 pub mod approvals;
 pub mod audit;
+pub mod backup;
 pub mod catalog;
 pub mod forecasts;
 pub mod identity;

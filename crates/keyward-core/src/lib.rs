@@ -46,6 +46,7 @@ pub mod app_token;
 pub mod approval;
 pub mod audit;
 pub mod backtest;
+pub mod backup;
 pub mod budget;
 pub mod catalog;
 pub mod clock;

@@ -545,6 +545,9 @@ pub trait Store:
     async fn initialized(&self) -> Result<bool>;
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<()>;
+    /// Applies pending migrations up to and including `newest` (a restore brings the schema
+    /// to the backup's version, loads it, then migrates the rest).
+    async fn migrate_up_to(&self, newest: i64) -> Result<()>;
     /// The change number: moved by every committed transaction that changes what the proxy
     /// snapshot is built from (keys, versions, app tokens, custom services, base-URL
     /// overrides, flags, pool strategies, rotations, throttles and freezes) — never by a
@@ -557,6 +560,22 @@ pub trait Store:
     /// Refreshes the query planner's statistics (`ANALYZE`; SQLite `PRAGMA optimize`) so
     /// filtered listings stay index-driven after bulk imports. Run after imports and hourly.
     async fn maintain(&self) -> Result<()>;
+    /// Every table a backup holds, read in one consistent snapshot (a read transaction) and
+    /// handed to `sink` a chunk at a time. Sessions, instance reports and the change number
+    /// are left out (they describe running processes, not the vault); raw usage records only
+    /// with `raw_usage`. Returns the newest applied migration.
+    async fn export_tables(
+        &self,
+        raw_usage: bool,
+        sink: &mut dyn crate::backup::ChunkSink,
+    ) -> Result<i64>;
+    /// Whether the store holds a vault (master keys, users, keys or audit entries): a
+    /// restore into it needs `--force`.
+    async fn holds_a_vault(&self) -> Result<bool>;
+    /// Replaces everything with the chunks `source` yields, in one transaction: every table
+    /// a backup holds is emptied, sessions and instance reports too, then the rows are
+    /// inserted. Nothing is kept if any chunk fails. Returns the rows inserted.
+    async fn import_tables(&self, source: &mut dyn crate::backup::ChunkSource) -> Result<u64>;
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> Result<()>;
     /// Closes connections (SQLite checkpoints its WAL).

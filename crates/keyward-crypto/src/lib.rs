@@ -7,6 +7,7 @@
 //! ([`Keyring::unseal`]). Errors never contain plaintext or key bytes.
 
 pub mod audit;
+pub mod backup;
 mod envelope;
 mod error;
 pub mod password;

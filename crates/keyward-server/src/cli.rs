@@ -1,5 +1,5 @@
 //! The command line: `keyward serve`, `admin create`, `token create`, `master-key …`,
-//! `keys revoke`, `audit verify`, `anomaly backtest`.
+//! `keys revoke`, `audit verify`, `backup …`, `anomaly backtest`.
 //!
 //! Everything a command prints goes through this module; errors are one line on stderr and
 //! a non-zero exit status.
@@ -66,6 +66,56 @@ enum Command {
     /// The anomaly detector outside the server.
     #[command(subcommand)]
     Anomaly(AnomalyCommand),
+    /// Encrypted, signed backups of the whole vault: create, verify, restore.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Write an encrypted, signed backup of the whole vault (keys stay sealed; tokens are
+    /// hashes). Encrypted to --recipient (or backup_recipients), else to
+    /// KEYWARD_BACKUP_PASSPHRASE. Audited as backup.create; an approval policy covering
+    /// `export` covers it.
+    Create {
+        /// The file to write (default: backup_dir/keyward-<UTC time>.kwbackup). Never
+        /// overwritten.
+        #[arg(long, value_name = "FILE")]
+        to: Option<PathBuf>,
+        /// An age recipient (age1…) who can open the backup; repeat for several.
+        #[arg(long = "recipient", value_name = "AGE_RECIPIENT")]
+        recipients: Vec<String>,
+        /// Include raw usage records (rollups are always included).
+        #[arg(long)]
+        raw_usage: bool,
+    },
+    /// Check a backup without restoring it: every byte decrypts and authenticates, the
+    /// contents match the manifest, and the manifest is signed by the vault the configured
+    /// master key opens.
+    Verify {
+        file: PathBuf,
+        /// An age identity file (AGE-SECRET-KEY-1…); without it, KEYWARD_BACKUP_PASSPHRASE.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Restore a backup into the configured database, which must hold no vault; then
+    /// drill: every key version is opened in memory with the configured master key and the
+    /// audit chain is verified. SQLite and PostgreSQL backups restore into either.
+    Restore {
+        file: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// Replace the vault in a database that holds one: give that database's URL (as
+        /// configured, or with its password shown as ***).
+        #[arg(long, value_name = "DATABASE_URL")]
+        force: Option<String>,
+    },
+    /// Make an age identity for backups: the secret goes to FILE (mode 0600, keep it apart
+    /// from the backups), the recipient is printed for --recipient / backup_recipients.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -273,7 +323,171 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Anomaly(AnomalyCommand::Backtest { file, series, json }) => {
             anomaly_backtest(&file, &series, json)
         }
+        Command::Backup(BackupCommand::Keygen { out }) => backup_keygen(&out),
+        Command::Backup(command) => {
+            let settings = load_settings(config_file, FlagOverrides::default())?;
+            backup(&settings, command).await
+        }
     }
+}
+
+fn backup_keygen(out: &std::path::Path) -> Result<(), String> {
+    let (identity, recipient) = keyward_app::backup::generate_identity();
+    let text = format!(
+        "# Keyward backup identity: opens backups encrypted to {recipient}\n{}\n",
+        identity.expose_secret()
+    );
+    crate::backups::write_private(out, &text)?;
+    eprintln!(
+        "wrote the identity to {} (keep it apart from the backups; without it they cannot be opened)",
+        out.display()
+    );
+    println!("{recipient}");
+    Ok(())
+}
+
+async fn backup(settings: &Settings, command: BackupCommand) -> Result<(), String> {
+    match command {
+        BackupCommand::Create {
+            to,
+            recipients,
+            raw_usage,
+        } => {
+            let protection = if recipients.is_empty() {
+                settings.backup.protection()?
+            } else {
+                keyward_app::backup::Protection::recipients(&recipients).map_err(|e| e.message)?
+            };
+            let app = open_app(settings).await?;
+            let path =
+                to.unwrap_or_else(|| crate::backups::default_path(&settings.backup.dir, app.now()));
+            let written = crate::backups::write_file(
+                &app,
+                &Actor::system("cli"),
+                protection,
+                raw_usage || settings.backup.raw_usage,
+                &path,
+            )
+            .await;
+            app.close().await;
+            let (manifest, size) = written?;
+            println!(
+                "wrote {} ({size} bytes): {} rows in {} tables, audit chain to #{}, signed by audit key {}",
+                path.display(),
+                manifest.rows(),
+                manifest.tables.values().filter(|rows| **rows > 0).count(),
+                manifest.audit_head.as_ref().map_or(0, |h| h.seq),
+                manifest.signer
+            );
+            Ok(())
+        }
+        BackupCommand::Verify { file, identity } => {
+            let unlock = backup_unlock(settings, identity.as_deref())?;
+            let verified = keyward_app::backup::verify_backup(
+                &file,
+                unlock,
+                &settings.master_key,
+                keyward_app::backup::SCHEMA_VERSION,
+            )
+            .await
+            .map_err(|e| e.message)?;
+            let m = &verified.manifest;
+            println!(
+                "{}: a whole backup of this vault, signed by audit key {}",
+                file.display(),
+                verified.signer
+            );
+            println!(
+                "  taken {} by Keyward {} from {} (schema {}), {} rows{}",
+                jiff::Timestamp::from_millisecond(m.created_at)
+                    .map_or_else(|_| m.created_at.to_string(), |t| t.to_string()),
+                m.keyward_version,
+                m.source_backend,
+                m.schema_version,
+                m.rows(),
+                if m.raw_usage { " (with raw usage)" } else { "" }
+            );
+            if let Some(head) = &m.audit_head {
+                println!(
+                    "  audit chain to #{} ({}), signed checkpoint at #{}",
+                    head.seq,
+                    head.hash,
+                    m.audit_checkpoint.unwrap_or(0)
+                );
+            }
+            Ok(())
+        }
+        BackupCommand::Restore {
+            file,
+            identity,
+            force,
+        } => {
+            let unlock = backup_unlock(settings, identity.as_deref())?;
+            if let Some(named) = &force {
+                let url = settings.database_url.expose_secret();
+                if named != url && *named != keyward_store::redact_url(url) {
+                    return Err(format!(
+                        "--force names {}, but the configured database is {}; name the database to replace",
+                        keyward_store::redact_url(named),
+                        keyward_store::redact_url(url)
+                    ));
+                }
+            }
+            let store = vault::connect(settings.vault_location())
+                .await
+                .map_err(|e| e.to_string())?;
+            let restored = keyward_app::backup::restore_backup(
+                store.clone(),
+                &file,
+                unlock,
+                &settings.master_key,
+                force.is_some(),
+                &OsRandomness,
+                Arc::new(SystemClock),
+            )
+            .await;
+            store.close().await;
+            let report = restored.map_err(|e| e.message)?;
+            println!(
+                "restored {} rows from {} into {} ({} backup, schema {})",
+                report.rows,
+                file.display(),
+                keyward_store::redact_url(settings.database_url.expose_secret()),
+                report.manifest.source_backend,
+                report.manifest.schema_version
+            );
+            println!(
+                "drill: {} key version(s) opened with the master key; audit chain verified ({} entries, {} checkpoints)",
+                report.versions_opened, report.chain.verified, report.chain.checkpoints
+            );
+            println!("sessions are not in backups: everyone signs in again");
+            Ok(())
+        }
+        BackupCommand::Keygen { out } => backup_keygen(&out),
+    }
+}
+
+/// What opens a backup: `--identity FILE`, else the backup passphrase setting.
+fn backup_unlock(
+    settings: &Settings,
+    identity: Option<&std::path::Path>,
+) -> Result<Arc<keyward_app::backup::Unlock>, String> {
+    let unlock = match (identity, &settings.backup.passphrase) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the identity file {}: {e}", path.display()))?;
+            keyward_app::backup::Unlock::identity_file(&SecretString::from(text))
+                .map_err(|e| e.message)?
+        }
+        (None, Some(passphrase)) => keyward_app::backup::Unlock::Passphrase(passphrase.clone()),
+        (None, None) => {
+            return Err(
+                "give --identity FILE (an age identity) or set KEYWARD_BACKUP_PASSPHRASE (or _FILE) to open the backup"
+                    .into(),
+            );
+        }
+    };
+    Ok(Arc::new(unlock))
 }
 
 /// `keyward anomaly backtest`: needs no settings, vault or database.

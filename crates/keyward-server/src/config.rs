@@ -57,6 +57,12 @@ const KNOWN_KEYS: &[&str] = &[
     "trusted_proxies",
     "public_url",
     "pricing_file",
+    "backup_dir",
+    "backup_schedule",
+    "backup_keep",
+    "backup_recipients",
+    "backup_passphrase",
+    "backup_raw_usage",
     "log_format",
     "log",
 ];
@@ -72,6 +78,7 @@ const SECRET_KEYS: &[&str] = &[
     "master_key_previous",
     "master_passphrase",
     "master_passphrase_previous",
+    "backup_passphrase",
 ];
 
 /// Variables that are not settings but are still ours.
@@ -234,6 +241,33 @@ pub struct RawSettings {
     /// A TOML file of `[[price]]` entries laid over the built-in LLM price table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing_file: Option<PathBuf>,
+    /// Where scheduled backups are written (default `<data_dir>/backups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_dir: Option<PathBuf>,
+    /// `off` (default), `hourly`, `daily`, `weekly` or a number of hours (`6h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_schedule: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub backup_keep: Option<String>,
+    /// Comma-separated age recipients (`age1…`) backups are encrypted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_recipients: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub backup_passphrase: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub backup_raw_usage: Option<String>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -346,8 +380,45 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// LLM prices: the built-in table plus `pricing_file`.
     pub pricing: PricingTable,
+    /// Backups: where scheduled ones go, how often, how many are kept, who can open them.
+    pub backup: BackupSettings,
     pub log_format: LogFormat,
     pub log: String,
+}
+
+/// How backups are made (`keyward backup create` and the server's schedule).
+#[derive(Debug, Clone)]
+pub struct BackupSettings {
+    pub dir: PathBuf,
+    /// `None`: no scheduled backups.
+    pub every: Option<std::time::Duration>,
+    /// Scheduled backups kept in `dir` (the oldest beyond it are deleted).
+    pub keep: u32,
+    /// age recipients (`age1…`), checked when the settings load.
+    pub recipients: Vec<String>,
+    /// Used when there are no recipients.
+    pub passphrase: Option<SecretString>,
+    /// Include raw usage records (rollups are always included).
+    pub raw_usage: bool,
+}
+
+impl BackupSettings {
+    /// Who a backup is encrypted to: the recipients, else the passphrase.
+    pub fn protection(&self) -> Result<keyward_app::backup::Protection, String> {
+        if !self.recipients.is_empty() {
+            return keyward_app::backup::Protection::recipients(&self.recipients)
+                .map_err(|e| e.message);
+        }
+        match &self.passphrase {
+            Some(passphrase) => Ok(keyward_app::backup::Protection::Passphrase(
+                passphrase.clone(),
+            )),
+            None => Err(
+                "a backup must be encrypted: give --recipient age1… (or backup_recipients), or set KEYWARD_BACKUP_PASSPHRASE (or _FILE)"
+                    .into(),
+            ),
+        }
+    }
 }
 
 impl Settings {
@@ -811,6 +882,17 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
             12,
         )?)),
     };
+    let backup = backup_settings(
+        BackupRaw {
+            dir: raw.backup_dir,
+            schedule: raw.backup_schedule,
+            keep: raw.backup_keep,
+            recipients: raw.backup_recipients,
+            passphrase: raw.backup_passphrase,
+            raw_usage: raw.backup_raw_usage,
+        },
+        &data_dir,
+    )?;
     let tls = tls_source(&raw.tls, raw.tls_cert_file, raw.tls_key_file, listen)?;
     let tls_redirect_listen = match raw.tls_redirect_listen {
         None => None,
@@ -903,6 +985,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         tls,
         tls_redirect_listen,
         health_probes,
+        backup,
         trusted_proxies,
         public_url,
         pricing,
@@ -969,6 +1052,74 @@ impl std::fmt::Debug for RawSettings {
 }
 
 /// A true/false setting.
+/// The backup settings as given, taken out of [`RawSettings`].
+struct BackupRaw {
+    dir: Option<PathBuf>,
+    schedule: Option<String>,
+    keep: Option<String>,
+    recipients: Option<String>,
+    passphrase: Option<String>,
+    raw_usage: Option<String>,
+}
+
+fn backup_settings(
+    raw: BackupRaw,
+    data_dir: &std::path::Path,
+) -> Result<BackupSettings, ConfigError> {
+    let every = match raw.schedule.as_deref().map(str::trim) {
+        None | Some("off" | "") => None,
+        Some("hourly") => Some(3_600),
+        Some("daily") => Some(86_400),
+        Some("weekly") => Some(7 * 86_400),
+        Some(text) => Some(
+            text.strip_suffix('h')
+                .and_then(|hours| hours.trim().parse::<u64>().ok())
+                .filter(|hours| (1..=24 * 366).contains(hours))
+                .map(|hours| hours * 3_600)
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "backup_schedule must be off, hourly, daily, weekly or a number of hours such as 6h, not `{}`",
+                        keyward_core::label::printable(text)
+                    ))
+                })?,
+        ),
+    }
+    .map(std::time::Duration::from_secs);
+    let recipients: Vec<String> = raw
+        .recipients
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !recipients.is_empty() {
+        keyward_app::backup::Protection::recipients(&recipients)
+            .map_err(|e| ConfigError(format!("backup_recipients: {}", e.message)))?;
+    }
+    let settings = BackupSettings {
+        dir: raw.dir.unwrap_or_else(|| data_dir.join("backups")),
+        every,
+        keep: bounded(
+            "backup_keep",
+            "backups",
+            raw.keep.as_deref(),
+            1..=1000u32,
+            7,
+        )?,
+        recipients,
+        passphrase: raw.passphrase.map(SecretString::from),
+        raw_usage: flag("backup_raw_usage", raw.raw_usage.as_deref(), false)?,
+    };
+    if settings.every.is_some() {
+        settings
+            .protection()
+            .map_err(|e| ConfigError(format!("backup_schedule is set, but {e}")))?;
+    }
+    Ok(settings)
+}
+
 fn flag(name: &str, raw: Option<&str>, default: bool) -> Result<bool, ConfigError> {
     match raw.map(str::trim) {
         None => Ok(default),

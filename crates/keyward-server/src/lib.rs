@@ -6,6 +6,7 @@
 //! it decides nothing: handlers and pages translate requests into use cases and their
 //! answers or refusals back into responses.
 
+pub mod backups;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -17,6 +17,63 @@ mod sqlite;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+/// The newest migration this build knows, the same on both backends (a backup from a newer
+/// schema is refused).
+pub const SCHEMA_VERSION: i64 = sqlite::NEWEST_MIGRATION;
+const _: () = assert!(sqlite::NEWEST_MIGRATION == postgres::NEWEST_MIGRATION);
+
+/// Every table of a vault, parents before children (the order migrations created them).
+pub const BACKED_UP: &[&str] = &[
+    "vault_settings",
+    "master_keys",
+    "categories",
+    "environments",
+    "custom_services",
+    "base_url_overrides",
+    "keys",
+    "key_tags",
+    "key_versions",
+    "management_tokens",
+    "users",
+    "app_tokens",
+    "key_flags",
+    "pool_strategies",
+    "usage_records",
+    "audit_events",
+    "audit_chain_head",
+    "audit_checkpoints",
+    "user_mfa",
+    "mfa_recovery_codes",
+    "custom_roles",
+    "user_grants",
+    "role_networks",
+    "approvals",
+    "rotations",
+    "webhooks",
+    "webhook_deliveries",
+    "key_probes",
+    "health_states",
+    "usage_rollups",
+    "alerts",
+    "alert_mutes",
+    "containments",
+    "token_sightings",
+    "usage_key_rollups",
+];
+
+/// Tables a backup leaves out, and why: they describe running processes, not the vault.
+/// A restore empties the first two, so nobody stays signed in across it.
+pub const LEFT_OUT: &[&str] = &[
+    // Signed-in browsers: everyone signs in again after a restore.
+    "sessions",
+    // Which instance holds which master key right now.
+    "instances",
+    // The change number only grows; the restore's own inserts move it.
+    "change_feed",
+    // The migrations table: the manifest carries the schema version.
+    "_sqlx_migrations",
+];
+
 /// Opens the store a `KEYWARD_DATABASE_URL` names: `sqlite://PATH` or `postgres://…`.
 /// Connects (creating a missing SQLite file) but does not migrate.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, Error> {

@@ -14,6 +14,9 @@ type ThisStore = PostgresStore;
 
 const MAINTAIN_SQL: &str = "ANALYZE";
 
+/// The last migration's version.
+pub(crate) const NEWEST_MIGRATION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -220,6 +223,102 @@ impl keyward_core::ports::ChangeListener for PgChanges {
             Err(e) => Err(db_error(e, None)),
         }
     }
+}
+
+/// A read transaction for a backup: one snapshot of every table, writers undisturbed.
+async fn backup_snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, Db>, Error> {
+    pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| db_error(e, None))
+}
+
+/// A value as the column's type holds it; booleans become 0/1.
+fn backup_read_cell(row: &DbRow, index: usize) -> Result<keyward_core::backup::Cell, Error> {
+    use keyward_core::backup::Cell;
+    use sqlx::{Column, Row, TypeInfo};
+    let column = &row.columns()[index];
+    let get_err = |e| db_error(e, None);
+    let cell = match column.type_info().name() {
+        "INT8" => row
+            .try_get::<Option<i64>, _>(index)
+            .map_err(get_err)?
+            .map(Cell::Integer),
+        "INT4" => row
+            .try_get::<Option<i32>, _>(index)
+            .map_err(get_err)?
+            .map(|v| Cell::Integer(v.into())),
+        "INT2" => row
+            .try_get::<Option<i16>, _>(index)
+            .map_err(get_err)?
+            .map(|v| Cell::Integer(v.into())),
+        "BOOL" => row
+            .try_get::<Option<bool>, _>(index)
+            .map_err(get_err)?
+            .map(|v| Cell::Integer(v.into())),
+        "FLOAT8" => row
+            .try_get::<Option<f64>, _>(index)
+            .map_err(get_err)?
+            .map(Cell::Real),
+        "FLOAT4" => row
+            .try_get::<Option<f32>, _>(index)
+            .map_err(get_err)?
+            .map(|v| Cell::Real(v.into())),
+        "BYTEA" => row
+            .try_get::<Option<Vec<u8>>, _>(index)
+            .map_err(get_err)?
+            .map(Cell::Bytes),
+        "TEXT" | "VARCHAR" => row
+            .try_get::<Option<String>, _>(index)
+            .map_err(get_err)?
+            .map(Cell::Text),
+        other => {
+            return Err(Error::internal(format!(
+                "column `{}` has type {other}, which backups do not carry",
+                column.name()
+            )));
+        }
+    };
+    Ok(cell.unwrap_or(Cell::Null))
+}
+
+/// The table's columns with their declared types (empty when it does not exist).
+async fn backup_column_kinds(
+    tx: &mut sqlx::Transaction<'static, Db>,
+    table: &str,
+) -> Result<Vec<(String, queries::ColumnKind)>, Error> {
+    use queries::ColumnKind as K;
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT column_name::text, data_type::text FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+    )
+    .bind(table)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(|e| db_error(e, None))?;
+    Ok(columns
+        .into_iter()
+        .map(|(name, kind)| {
+            let kind = match kind.as_str() {
+                "bigint" => K::BigInt,
+                "integer" => K::Int,
+                "smallint" => K::SmallInt,
+                "boolean" => K::Bool,
+                "double precision" | "real" => K::Real,
+                "bytea" => K::Bytes,
+                "text" | "character varying" => K::Text,
+                _ => K::Any,
+            };
+            (name, kind)
+        })
+        .collect())
+}
+
+/// After a restore, the raw usage sequence continues after the largest restored id.
+fn backup_tidy_sql() -> &'static [&'static str] {
+    &[
+        "SELECT setval(pg_get_serial_sequence('usage_records', 'id'), \
+       COALESCE((SELECT MAX(id) FROM usage_records), 0) + 1, false)",
+    ]
 }
 
 // The same tree of queries is compiled once per backend, against this file's `Db`, `DbRow`

@@ -21,6 +21,9 @@ type ThisStore = SqliteStore;
 /// Analyses tables whose statistics are stale (bounded work; see SQLite's PRAGMA optimize).
 const MAINTAIN_SQL: &str = "PRAGMA optimize=0x10002";
 
+/// The last migration's version.
+pub(crate) const NEWEST_MIGRATION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -196,6 +199,50 @@ impl SqliteStore {
     ) -> Result<Option<Box<dyn keyward_core::ports::ChangeListener>>, Error> {
         Ok(None)
     }
+}
+
+/// A read transaction for a backup: WAL gives it one snapshot from its first read to its end.
+async fn backup_snapshot(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, Db>, Error> {
+    pool.begin().await.map_err(|e| db_error(e, None))
+}
+
+/// A value as SQLite stores it (its storage class, whatever the column declares).
+fn backup_read_cell(row: &DbRow, index: usize) -> Result<keyward_core::backup::Cell, Error> {
+    use keyward_core::backup::Cell;
+    use sqlx::{Row, TypeInfo, ValueRef};
+    let raw = row.try_get_raw(index).map_err(|e| db_error(e, None))?;
+    if raw.is_null() {
+        return Ok(Cell::Null);
+    }
+    let storage = raw.type_info().name().to_owned();
+    let cell = match storage.as_str() {
+        "INTEGER" => row.try_get_unchecked::<i64, _>(index).map(Cell::Integer),
+        "REAL" => row.try_get_unchecked::<f64, _>(index).map(Cell::Real),
+        "BLOB" => row.try_get_unchecked::<Vec<u8>, _>(index).map(Cell::Bytes),
+        _ => row.try_get_unchecked::<String, _>(index).map(Cell::Text),
+    };
+    cell.map_err(|e| db_error(e, None))
+}
+
+/// The table's columns (empty when it does not exist); SQLite binds any value anywhere.
+async fn backup_column_kinds(
+    tx: &mut sqlx::Transaction<'static, Db>,
+    table: &str,
+) -> Result<Vec<(String, queries::ColumnKind)>, Error> {
+    let names: Vec<(String,)> = sqlx::query_as("SELECT name FROM pragma_table_info($1)")
+        .bind(table)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| db_error(e, None))?;
+    Ok(names
+        .into_iter()
+        .map(|(name,)| (name, queries::ColumnKind::Any))
+        .collect())
+}
+
+/// Nothing to tidy after a restore: an `INTEGER PRIMARY KEY` continues after its largest id.
+fn backup_tidy_sql() -> &'static [&'static str] {
+    &[]
 }
 
 // The same tree of queries is compiled once per backend, against this file's `Db`, `DbRow`

@@ -184,6 +184,42 @@ impl TestDatabase {
         }
     }
 
+    /// Every table in the database's schema (what the backup lists must name).
+    pub async fn table_names(&self) -> Vec<String> {
+        #[expect(clippy::expect_used, reason = "test fixture")]
+        let names: Vec<(String,)> = match self {
+            Self::Sqlite { url, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.expect("connect");
+                sqlx::query_as(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .expect("tables")
+            }
+            Self::Postgres { url, .. } => {
+                let mut conn = PgConnection::connect(url).await.expect("connect");
+                sqlx::query_as(
+                    "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .expect("tables")
+            }
+        };
+        let mut names: Vec<String> = names.into_iter().map(|(n,)| n).collect();
+        names.sort();
+        names
+    }
+
+    /// A fresh database of the same backend.
+    pub async fn another(&self) -> Option<Self> {
+        match self {
+            Self::Sqlite { .. } => Some(Self::sqlite()),
+            Self::Postgres { .. } => Self::postgres().await,
+        }
+    }
+
     /// Statements that make every audit append fail (a trigger that aborts the insert).
     pub fn break_audit_writes_sql(&self) -> &'static str {
         match self {

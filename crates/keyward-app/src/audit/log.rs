@@ -98,6 +98,11 @@ impl AuditLog {
         })
     }
 
+    /// The vault's audit keys (a backup's manifest is signed with the checkpoint key).
+    pub(crate) fn keys(&self) -> &AuditKeys {
+        &self.keys
+    }
+
     /// A keyed fingerprint of a secret for entries that must identify one.
     pub fn fingerprint(&self, secret: &SecretString) -> String {
         self.keys.fingerprint(secret)

@@ -13,8 +13,8 @@ use keyward_core::access::{Permission, Reach};
 use keyward_core::approval::ApprovalAction;
 use keyward_core::id::KeyId;
 use keyward_core::key::{
-    Key, KeyArea, KeyChanges, KeyDraft, KeyDraftInput, KeyFilter, KeyVersion, Page, PageRequest,
-    SealContext, VersionState,
+    Key, KeyArea, KeyChanges, KeyDraft, KeyDraftInput, KeyFilter, KeyStatus, KeyVersion, Page,
+    PageRequest, SealContext, VersionState,
 };
 use keyward_core::{Error, ErrorKind, label, secret};
 use secrecy::SecretString;
@@ -452,11 +452,17 @@ impl App {
         Ok(())
     }
 
+    /// Purges every key deleted longer ago than the recovery window (the server runs it
+    /// hourly). Audited as one `key.purge_expired` entry per run that has something to
+    /// purge; a run with nothing to do writes nothing.
     pub async fn purge_expired(&self) -> Result<usize, Error> {
         let cutoff = self
             .now()
             .saturating_sub(self.recovery_window.duration())
             .unwrap_or(Timestamp::MIN);
+        if !self.any_deleted_before(cutoff).await? {
+            return Ok(0);
+        }
         let change = Change::new(
             "key.purge_expired",
             Subject::vault("keys"),
@@ -475,5 +481,39 @@ impl App {
             tracing::info!(key = %id, "key purged after its recovery window");
         }
         Ok(purged.len())
+    }
+
+    /// Whether a deleted key's recovery window ended before `cutoff` (deleted keys are few:
+    /// they are read a page at a time until one is found).
+    async fn any_deleted_before(&self, cutoff: Timestamp) -> Result<bool, Error> {
+        let filter = KeyFilter {
+            status: Some(KeyStatus::Deleted),
+            ..KeyFilter::default()
+        };
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list_keys(
+                    &filter,
+                    &PageRequest {
+                        after,
+                        limit: PageRequest::MAX_LIMIT,
+                    },
+                    self.now(),
+                )
+                .await?;
+            if page
+                .items
+                .iter()
+                .any(|key| key.deleted_at.is_some_and(|at| at <= cutoff))
+            {
+                return Ok(true);
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(false),
+            }
+        }
     }
 }

@@ -87,13 +87,19 @@ pub async fn open(
     random: &dyn Randomness,
     clock: &dyn Clock,
 ) -> Result<Vault, VaultError> {
+    let store = connect(location).await?;
+    open_store(store, location.master_key, random, clock).await
+}
+
+/// Connects to the store at `location` (creating the default data directory) and reads or
+/// writes nothing: what a restore starts from, which must never create a master key.
+pub async fn connect(location: Location<'_>) -> Result<Arc<dyn Store>, VaultError> {
     if location.database_is_default {
         create_private_dir(location.data_dir)?;
     }
-    let store = keyward_store::open(location.database_url.expose_secret())
+    keyward_store::open(location.database_url.expose_secret())
         .await
-        .map_err(|e| VaultError(format!("cannot open the database: {}", e.message)))?;
-    open_store(store, location.master_key, random, clock).await
+        .map_err(|e| VaultError(format!("cannot open the database: {}", e.message)))
 }
 
 /// The part of [`open`] after connecting; separate so tests can pass their own store.
@@ -219,12 +225,7 @@ async fn load_keyring(
             Ok((Keyring::new(vec![key])?, Some(path.clone()), None))
         }
         MasterKeySource::Env { current, previous } => {
-            let mut keys = previous
-                .iter()
-                .map(parse_master_key)
-                .collect::<Result<Vec<_>, _>>()?;
-            keys.push(parse_master_key(current)?);
-            Ok((Keyring::new(keys)?, None, None))
+            Ok((env_keyring(current, previous)?, None, None))
         }
         MasterKeySource::Passphrase { current, previous } => {
             let stored = if initialized {
@@ -251,12 +252,68 @@ async fn load_keyring(
                     (salt, Some(encoded))
                 }
             };
-            let derive = |p: &SecretString| derive_from_passphrase(p, &salt);
-            let mut keys: Vec<MasterKey> = previous.iter().map(derive).collect::<Result<_, _>>()?;
-            keys.push(derive(current)?);
-            Ok((Keyring::new(keys)?, None, new_salt))
+            Ok((
+                passphrase_keyring(current, previous, &salt)?,
+                None,
+                new_salt,
+            ))
         }
     }
+}
+
+/// The keyring an operator supplies to open a backup of this vault: the configured master
+/// keys, never created (a restore with a missing key file is refused, not "fixed"), a
+/// passphrase stretched with the salt the backup carries.
+pub fn keyring_for_backup(
+    source: &MasterKeySource,
+    passphrase_salt: Option<&str>,
+) -> Result<Keyring, VaultError> {
+    match source {
+        MasterKeySource::File(path) => {
+            let file = KeyringFile::new(path);
+            if !file.exists() {
+                return Err(VaultError(format!(
+                    "the master key file {} is missing; a backup opens only with the master key of the vault it came from: put that file there first",
+                    path.display()
+                )));
+            }
+            Ok(Keyring::new(file.load()?)?)
+        }
+        MasterKeySource::Env { current, previous } => env_keyring(current, previous),
+        MasterKeySource::Passphrase { current, previous } => {
+            let Some(encoded) = passphrase_salt else {
+                return Err(VaultError(
+                    "the backup's vault is not sealed with a passphrase (it holds no salt)".into(),
+                ));
+            };
+            let salt = STANDARD
+                .decode(encoded)
+                .map_err(|_| VaultError("the backup's passphrase salt is corrupted".into()))?;
+            passphrase_keyring(current, previous, &salt)
+        }
+    }
+}
+
+/// `KEYWARD_MASTER_KEY` after `…_PREVIOUS`: the last is current.
+fn env_keyring(current: &SecretString, previous: &[SecretString]) -> Result<Keyring, VaultError> {
+    let mut keys = previous
+        .iter()
+        .map(parse_master_key)
+        .collect::<Result<Vec<_>, _>>()?;
+    keys.push(parse_master_key(current)?);
+    Ok(Keyring::new(keys)?)
+}
+
+/// Passphrases stretched with the vault's salt, the current one last.
+fn passphrase_keyring(
+    current: &SecretString,
+    previous: &[SecretString],
+    salt: &[u8],
+) -> Result<Keyring, VaultError> {
+    let derive = |p: &SecretString| derive_from_passphrase(p, salt);
+    let mut keys: Vec<MasterKey> = previous.iter().map(derive).collect::<Result<_, _>>()?;
+    keys.push(derive(current)?);
+    Ok(Keyring::new(keys)?)
 }
 
 async fn register(

@@ -102,6 +102,11 @@ impl TestApp {
         }
     }
 
+    /// The server's data directory (its master key file is `master.key` in it).
+    pub fn data_dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// The database behind the server, for tests that tamper with it directly.
     pub fn db(&self) -> &TestDatabase {
         &self._db

@@ -22,6 +22,7 @@ mod app_tokens;
 mod approvals;
 mod audit;
 mod auth;
+mod backup;
 mod catalog;
 mod cluster;
 mod compliance;

@@ -56,6 +56,7 @@ mod alerts;
 mod app_tokens;
 mod approvals;
 mod audit;
+mod backup;
 mod catalog;
 mod health;
 mod keys;
@@ -67,6 +68,8 @@ mod tokens;
 mod usage;
 mod users;
 mod vault;
+
+pub(crate) use backup::ColumnKind;
 
 const KEY_COLUMNS: &str = "id, service_id, environment, alias, description, owner, tags, criticality, enabled, \
     expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by, controls, \
@@ -344,8 +347,13 @@ impl Store for ThisStore {
     }
 
     async fn migrate(&self) -> Result<(), Error> {
+        self.migrate_up_to(i64::MAX).await
+    }
+
+    async fn migrate_up_to(&self, newest: i64) -> Result<(), Error> {
         let migrations = MIGRATIONS
             .iter()
+            .filter(|(version, _, _)| *version <= newest)
             .map(|(version, description, sql)| {
                 Migration::new(
                     *version,
@@ -375,6 +383,25 @@ impl Store for ThisStore {
 
     async fn change_listener(&self) -> Result<Option<Box<dyn ChangeListener>>, Error> {
         self.listen_for_changes().await
+    }
+
+    async fn export_tables(
+        &self,
+        raw_usage: bool,
+        sink: &mut dyn keyward_core::backup::ChunkSink,
+    ) -> Result<i64, Error> {
+        self.export_backup_tables(raw_usage, sink).await
+    }
+
+    async fn holds_a_vault(&self) -> Result<bool, Error> {
+        self.store_holds_a_vault().await
+    }
+
+    async fn import_tables(
+        &self,
+        source: &mut dyn keyward_core::backup::ChunkSource,
+    ) -> Result<u64, Error> {
+        self.import_backup_tables(source).await
     }
 
     async fn maintain(&self) -> Result<(), Error> {

@@ -206,6 +206,7 @@ mod access;
 mod alerts;
 mod approvals;
 mod audit;
+mod backup;
 mod catalog;
 mod health;
 mod keys;

@@ -1,0 +1,154 @@
+//! Backup files on disk, for `keyward backup create` and the server's schedule: a backup is
+//! written under a temporary name (mode 0600), synced, then renamed, so a file with a
+//! backup's name is always a whole backup; scheduled ones are named by their UTC time and
+//! the oldest beyond `backup_keep` are deleted.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use keyward_app::backup::Protection;
+use keyward_app::{Actor, App};
+use keyward_core::backup::Manifest;
+
+/// What a scheduled backup's name starts and ends with.
+const PREFIX: &str = "keyward-";
+const SUFFIX: &str = ".kwbackup";
+
+/// `keyward-20261206T221500Z.kwbackup` in `dir`.
+pub fn default_path(dir: &Path, now: jiff::Timestamp) -> PathBuf {
+    dir.join(format!(
+        "{PREFIX}{}{SUFFIX}",
+        now.strftime("%Y%m%dT%H%M%SZ")
+    ))
+}
+
+/// Writes a backup of the vault to `path` (never over an existing file) and returns its
+/// manifest and size in bytes.
+pub async fn write_file(
+    app: &App,
+    actor: &Actor,
+    protection: Protection,
+    raw_usage: bool,
+    path: &Path,
+) -> Result<(Manifest, u64), String> {
+    if path.exists() {
+        return Err(format!(
+            "{} exists already; a backup never overwrites a file",
+            path.display()
+        ));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let partial = path.with_extension("partial");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+    let written = app
+        .create_backup(actor, protection, raw_usage, std::io::BufWriter::new(file))
+        .await;
+    let finished = written
+        .map_err(|e| e.message)
+        .and_then(|(output, manifest)| {
+            let file = output
+                .into_inner()
+                .map_err(|e| format!("cannot write {}: {}", partial.display(), e.error()))?;
+            file.sync_all()
+                .map_err(|e| format!("cannot sync {}: {e}", partial.display()))?;
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            std::fs::rename(&partial, path)
+                .map_err(|e| format!("cannot rename the backup to {}: {e}", path.display()))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+                && let Ok(dir) = std::fs::File::open(dir)
+            {
+                let _ = dir.sync_all();
+            }
+            Ok((manifest, size))
+        });
+    if finished.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    finished
+}
+
+/// Deletes the oldest scheduled backups in `dir` beyond the newest `keep`; returns how many
+/// were deleted. Only files named like scheduled backups are touched.
+pub fn prune(dir: &Path, keep: u32) -> Result<usize, String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(PREFIX) && name.ends_with(SUFFIX))
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep as usize);
+    for name in &names[..excess] {
+        std::fs::remove_file(dir.join(name))
+            .map_err(|e| format!("cannot delete old backup {name}: {e}"))?;
+    }
+    Ok(excess)
+}
+
+/// Writes `text` to a new file readable only by its owner.
+pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_newest_scheduled_backups_and_nothing_else_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "keyward-20261201T000000Z.kwbackup",
+            "keyward-20261202T000000Z.kwbackup",
+            "keyward-20261203T000000Z.kwbackup",
+            "keyward-20261204T000000Z.kwbackup",
+            "mine.kwbackup",
+            "keyward-20261205T000000Z.partial",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(prune(dir.path(), 2).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "keyward-20261203T000000Z.kwbackup",
+                "keyward-20261204T000000Z.kwbackup",
+                "keyward-20261205T000000Z.partial",
+                "mine.kwbackup"
+            ]
+        );
+    }
+
+    #[test]
+    fn scheduled_names_sort_by_time() {
+        let at: jiff::Timestamp = "2026-12-06T22:15:00Z".parse().unwrap();
+        assert_eq!(
+            default_path(Path::new("/b"), at),
+            Path::new("/b/keyward-20261206T221500Z.kwbackup")
+        );
+    }
+}

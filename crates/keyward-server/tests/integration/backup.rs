@@ -1,0 +1,571 @@
+//! Backups through the real binary: `keyward backup create` on a running vault, `verify`,
+//! and `restore` into a fresh SQLite and a fresh PostgreSQL database, compared table by
+//! table with what the backup holds and key by key with the values put in; every kind of
+//! damaged or foreign backup refused with its reason and nothing restored.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use keyward_app::vault::MasterKeySource;
+use keyward_core::backup::{Cell, ChunkSink, Manifest, TableChunk};
+use keyward_core::key::SealContext;
+use keyward_crypto::backup::{BackupReader, BackupWriter, Unlock};
+use keyward_store::testing::TestDatabase;
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use crate::helpers::{Backend, TestApp, command};
+
+/// Key values that must never appear outside the sealed store.
+fn canaries() -> Vec<String> {
+    (0..3)
+        .map(|i| {
+            format!("sk-proj-CANARY{i}backupZZ0123456789abcdefghijklmnopqrstuvwxyz0123456789ABCD")
+        })
+        .collect()
+}
+
+/// A vault with something of everything: keys (one with two versions, one deleted), an app
+/// token, a user, an approval policy, and the audit trail all that wrote.
+async fn seeded_vault() -> TestApp {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let values = canaries();
+    let first = app
+        .create_key("openai", "production", "main", &values[0])
+        .await;
+    let id = first["id"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{id}/versions"),
+            Some(json!({"secret": values[1], "force": true})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let gone = app.create_key("openai", "staging", "old", &values[2]).await;
+    let (status, body) = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/keys/{}", gone["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    app.app_token(
+        json!({"name": "stockpulse", "services": ["openai"], "environments": ["production"]}),
+    )
+    .await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"username": "alice", "password": "correct horse battery staple", "role": "key_manager"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            "/api/v1/policies/approvals",
+            Some(json!({"rules": [{"actions": ["reveal"], "approvals": 1, "approver_roles": ["owner"]}], "ttl_hours": 2})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app
+}
+
+fn run_ok(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The one line a refused command prints, checked to name `reason`.
+fn refused(output: &std::process::Output, reason: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "succeeded: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(reason), "expected `{reason}` in: {stderr}");
+}
+
+/// An age identity file and its recipient, made by `keyward backup keygen`.
+fn identity(app: &TestApp, dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = run_ok(&app.cli(&["backup", "keygen", "--out", path.to_str().unwrap()]));
+    (path, out.trim().to_owned())
+}
+
+/// A fresh place to restore into: a data directory holding only the vault's master key
+/// file (restored from wherever the operator keeps it) and an empty database.
+struct Target {
+    dir: tempfile::TempDir,
+    db: TestDatabase,
+}
+
+impl Target {
+    async fn new(backend: Backend, master_key: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(master_key, dir.path().join("master.key")).unwrap();
+        let db = match backend {
+            Backend::Sqlite => TestDatabase::sqlite(),
+            Backend::Postgres => TestDatabase::postgres().await.unwrap(),
+        };
+        Self { dir, db }
+    }
+
+    fn cli(&self, args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+        let data_dir = self.dir.path().display().to_string();
+        let mut all = vec![
+            ("KEYWARD_DATA_DIR", data_dir.as_str()),
+            ("KEYWARD_DATABASE_URL", self.db.url()),
+        ];
+        all.extend_from_slice(envs);
+        command(self.dir.path(), &all).args(args).output().unwrap()
+    }
+
+    async fn holds_a_vault(&self) -> bool {
+        let store = keyward_store::open(self.db.url()).await.unwrap();
+        let holds = store.holds_a_vault().await.unwrap();
+        store.close().await;
+        holds
+    }
+}
+
+#[derive(Default)]
+struct Collect(Vec<TableChunk>);
+
+#[async_trait]
+impl ChunkSink for Collect {
+    async fn put(&mut self, chunk: TableChunk) -> keyward_core::Result<()> {
+        self.0.push(chunk);
+        Ok(())
+    }
+}
+
+/// Rows per table, each row as text (columns named, so column order does not matter),
+/// sorted.
+fn by_table(chunks: Vec<TableChunk>) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut tables = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for chunk in chunks {
+        let rows = tables.entry(chunk.table.clone()).or_default();
+        for row in chunk.rows {
+            let mut named: Vec<(String, Cell)> = chunk.columns.iter().cloned().zip(row).collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            rows.push(format!("{named:?}"));
+        }
+    }
+    for rows in tables.values_mut() {
+        rows.sort();
+    }
+    tables
+}
+
+fn read_backup(path: &Path, unlock: &Unlock) -> (Vec<TableChunk>, Manifest) {
+    let mut reader = BackupReader::open(std::fs::File::open(path).unwrap(), unlock).unwrap();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = reader.next_chunk().unwrap() {
+        chunks.push(chunk);
+    }
+    (chunks, reader.finish().unwrap().manifest)
+}
+
+fn unlock_with(identity: &Path) -> Unlock {
+    Unlock::identity_file(&SecretString::from(
+        std::fs::read_to_string(identity).unwrap(),
+    ))
+    .unwrap()
+}
+
+/// Every key version's value, opened with the master key file.
+async fn values_in(url: &str, master_key: &Path) -> Vec<String> {
+    let store = keyward_store::open(url).await.unwrap();
+    let vault = keyward_app::vault::open_store(
+        store,
+        &MasterKeySource::File(master_key.to_owned()),
+        &keyward_crypto::OsRandomness,
+        &keyward_core::SystemClock,
+    )
+    .await
+    .unwrap();
+    let mut values = Vec::new();
+    for usage in vault.store.kek_usage().await.unwrap() {
+        for version in vault
+            .store
+            .versions_wrapped_by(&usage.kek_id, u32::MAX)
+            .await
+            .unwrap()
+        {
+            let context = SealContext::key_secret(&version.key_id, version.version);
+            values.push(
+                vault
+                    .keyring
+                    .unseal(&version.sealed, &context)
+                    .unwrap()
+                    .expose_secret()
+                    .to_owned(),
+            );
+        }
+    }
+    vault.store.close().await;
+    values.sort();
+    values
+}
+
+async fn export(url: &str) -> Vec<TableChunk> {
+    let store = keyward_store::open(url).await.unwrap();
+    let mut all = Collect::default();
+    store.export_tables(true, &mut all).await.unwrap();
+    store.close().await;
+    all.0
+}
+
+#[tokio::test]
+async fn a_backup_restores_into_fresh_sqlite_and_postgres_with_everything_identical() {
+    let app = seeded_vault().await;
+    let work = tempfile::tempdir().unwrap();
+    let (id_file, recipient) = identity(&app, work.path(), "backup.identity");
+    let file = work.path().join("vault.kwbackup");
+    let out = run_ok(&app.cli(&[
+        "backup",
+        "create",
+        "--to",
+        file.to_str().unwrap(),
+        "--recipient",
+        &recipient,
+    ]));
+    assert!(out.contains("signed by audit key"), "{out}");
+
+    // The file holds no value, sealed or not, in any form a reader could take it from.
+    let bytes = std::fs::read(&file).unwrap();
+    let unlock = unlock_with(&id_file);
+    let (chunks, manifest) = read_backup(&file, &unlock);
+    let plain = format!("{chunks:?}");
+    for canary in canaries() {
+        assert!(!bytes.windows(canary.len()).any(|w| w == canary.as_bytes()));
+        assert!(!plain.contains(&canary), "a value in the backup's payload");
+    }
+    assert!(manifest.tables["key_versions"] >= 3, "{manifest:?}");
+    assert!(manifest.audit_head.is_some() && manifest.audit_checkpoint.is_some());
+    assert_eq!(
+        manifest.audit_checkpoint,
+        manifest.audit_head.as_ref().map(|h| h.seq)
+    );
+    assert!(!manifest.tables.contains_key("sessions"));
+
+    // The backup is the source, table by table, for everything nothing changes behind our
+    // back (the audit trail and job-written tables go on after it).
+    let source = by_table(export(app.db().url()).await);
+    let backed_up = by_table(chunks.clone());
+    for table in [
+        "keys",
+        "key_versions",
+        "key_tags",
+        "users",
+        "management_tokens",
+        "app_tokens",
+        "vault_settings",
+        "master_keys",
+        "categories",
+        "environments",
+        "approvals",
+    ] {
+        assert_eq!(source.get(table), backed_up.get(table), "{table}");
+    }
+
+    let verified = run_ok(&app.cli(&[
+        "backup",
+        "verify",
+        file.to_str().unwrap(),
+        "--identity",
+        id_file.to_str().unwrap(),
+    ]));
+    assert!(
+        verified.contains("a whole backup of this vault"),
+        "{verified}"
+    );
+
+    let master_key = app.data_dir().join("master.key");
+    let mut expected_values = canaries();
+    expected_values.sort();
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let target = Target::new(backend, &master_key).await;
+        let out = run_ok(&target.cli(
+            &[
+                "backup",
+                "restore",
+                file.to_str().unwrap(),
+                "--identity",
+                id_file.to_str().unwrap(),
+            ],
+            &[],
+        ));
+        assert!(
+            out.contains("drill: 3 key version(s) opened"),
+            "{backend:?}: {out}"
+        );
+
+        // Every table as the backup holds it; the trail has one more entry: the restore.
+        let mut restored = by_table(export(target.db.url()).await);
+        let mut expected = backed_up.clone();
+        let trail = restored.remove("audit_events").unwrap();
+        let before = expected.remove("audit_events").unwrap();
+        restored.remove("audit_chain_head");
+        expected.remove("audit_chain_head");
+        assert_eq!(restored, expected, "{backend:?}");
+        assert_eq!(trail.len(), before.len() + 1);
+        assert!(before.iter().all(|row| trail.contains(row)), "{backend:?}");
+        assert!(trail.iter().any(|row| row.contains("backup.restore")));
+
+        // Every value opens with the master key and is the one put in.
+        assert_eq!(
+            values_in(target.db.url(), &target.dir.path().join("master.key")).await,
+            expected_values
+        );
+
+        // The restored vault serves: the audit chain verifies through the binary too.
+        let audit = run_ok(&target.cli(&["audit", "verify"], &[]));
+        assert!(audit.contains("audit trail intact"), "{audit}");
+    }
+}
+
+/// Runs the binary on `app`'s vault with further environment variables.
+fn cli_with(app: &TestApp, args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let data_dir = app.data_dir().display().to_string();
+    let mut all = vec![
+        ("KEYWARD_DATA_DIR", data_dir.as_str()),
+        ("KEYWARD_DATABASE_URL", app.db().url()),
+    ];
+    all.extend_from_slice(envs);
+    command(app.data_dir(), &all).args(args).output().unwrap()
+}
+
+/// The vault's own audit keys, as only its master key opens them.
+async fn audit_keys_of(app: &TestApp) -> keyward_crypto::audit::AuditKeys {
+    let store = keyward_store::open(app.db().url()).await.unwrap();
+    let vault = keyward_app::vault::open_store(
+        store,
+        &MasterKeySource::File(app.data_dir().join("master.key")),
+        &keyward_crypto::OsRandomness,
+        &keyward_core::SystemClock,
+    )
+    .await
+    .unwrap();
+    vault.store.close().await;
+    vault.audit_keys
+}
+
+/// Writes `chunks` as a new backup to `recipient`, with `manifest` signed by `keys`.
+fn forge(
+    out: &Path,
+    recipient: &str,
+    chunks: Vec<TableChunk>,
+    manifest: Manifest,
+    keys: &keyward_crypto::audit::AuditKeys,
+) {
+    let protection =
+        keyward_crypto::backup::Protection::recipients(&[recipient.to_owned()]).unwrap();
+    let mut writer = BackupWriter::new(std::fs::File::create(out).unwrap(), &protection).unwrap();
+    for chunk in chunks {
+        writer.write_chunk(chunk).unwrap();
+    }
+    writer.finish(manifest, keys).unwrap();
+}
+
+#[tokio::test]
+async fn every_damaged_or_foreign_backup_is_refused_with_its_reason_and_nothing_is_restored() {
+    let app = seeded_vault().await;
+    let work = tempfile::tempdir().unwrap();
+    let (id_file, recipient) = identity(&app, work.path(), "a.identity");
+    let id_arg = id_file.to_str().unwrap().to_owned();
+    let file = work.path().join("a.kwbackup");
+    run_ok(&app.cli(&[
+        "backup",
+        "create",
+        "--to",
+        file.to_str().unwrap(),
+        "--recipient",
+        &recipient,
+    ]));
+    let bytes = std::fs::read(&file).unwrap();
+    let (chunks, manifest) = read_backup(&file, &unlock_with(&id_file));
+    let target = Target::new(Backend::Sqlite, &app.data_dir().join("master.key")).await;
+    let write = |name: &str, bytes: &[u8]| {
+        let path = work.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let restore = |path: &Path, id: &str| {
+        target.cli(
+            &[
+                "backup",
+                "restore",
+                path.to_str().unwrap(),
+                "--identity",
+                id,
+            ],
+            &[],
+        )
+    };
+
+    // Truncated, at any length.
+    for keep in [bytes.len() - 1, bytes.len() / 2, 40] {
+        let cut = write("cut.kwbackup", &bytes[..keep]);
+        refused(&restore(&cut, &id_arg), "damaged");
+    }
+    // One bit edited in the encrypted payload.
+    let mut edited = bytes.clone();
+    let middle = edited.len() / 2;
+    edited[middle] ^= 0x01;
+    refused(
+        &restore(&write("edited.kwbackup", &edited), &id_arg),
+        "damaged or truncated",
+    );
+
+    // Encrypted to someone else.
+    let (other_id, _) = identity(&app, work.path(), "b.identity");
+    refused(
+        &restore(&file, other_id.to_str().unwrap()),
+        "encrypted to another recipient",
+    );
+
+    // Decrypted, edited and encrypted again to the same recipient (anyone holding the
+    // recipient can): the manifest no longer matches.
+    let mut plain = Vec::new();
+    {
+        use std::io::Read;
+        let Unlock::Identities(ids) = unlock_with(&id_file) else {
+            unreachable!()
+        };
+        age::Decryptor::new(bytes.as_slice())
+            .unwrap()
+            .decrypt(ids.iter().map(|i| i as &dyn age::Identity))
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+    }
+    let text = String::from_utf8(plain)
+        .unwrap()
+        .replacen("\"alice\"", "\"mallory\"", 1);
+    let mut rewrapped = Vec::new();
+    {
+        use std::io::Write;
+        let to: age::x25519::Recipient = recipient.parse().unwrap();
+        let mut out = age::Encryptor::with_recipients(std::iter::once(&to as &dyn age::Recipient))
+            .unwrap()
+            .wrap_output(&mut rewrapped)
+            .unwrap();
+        out.write_all(text.as_bytes()).unwrap();
+        out.finish().unwrap();
+    }
+    refused(
+        &restore(&write("rewrapped.kwbackup", &rewrapped), &id_arg),
+        "was edited",
+    );
+
+    // Consistent, but signed by another vault's key.
+    let stranger =
+        keyward_crypto::audit::AuditKeys::generate(&keyward_crypto::OsRandomness).unwrap();
+    let resigned = work.path().join("resigned.kwbackup");
+    forge(
+        &resigned,
+        &recipient,
+        chunks.clone(),
+        manifest.clone(),
+        &stranger,
+    );
+    refused(
+        &restore(&resigned, &id_arg),
+        "not signed by this vault's audit key",
+    );
+
+    // Signed by this vault, but from a newer schema.
+    let keys = audit_keys_of(&app).await;
+    let newer = work.path().join("newer.kwbackup");
+    forge(
+        &newer,
+        &recipient,
+        chunks.clone(),
+        Manifest {
+            schema_version: keyward_store::SCHEMA_VERSION + 1,
+            ..manifest.clone()
+        },
+        &keys,
+    );
+    refused(&restore(&newer, &id_arg), "newer than this Keyward");
+    let verify = target.cli(
+        &[
+            "backup",
+            "verify",
+            newer.to_str().unwrap(),
+            "--identity",
+            &id_arg,
+        ],
+        &[],
+    );
+    refused(&verify, "newer than this Keyward");
+
+    // A whole backup of another vault: this master key does not open it.
+    let other = seeded_vault().await;
+    let foreign = work.path().join("foreign.kwbackup");
+    run_ok(&other.cli(&[
+        "backup",
+        "create",
+        "--to",
+        foreign.to_str().unwrap(),
+        "--recipient",
+        &recipient,
+    ]));
+    refused(&restore(&foreign, &id_arg), "another vault's backup");
+
+    // A passphrase backup with the wrong passphrase.
+    let sealed = work.path().join("passphrase.kwbackup");
+    run_ok(&cli_with(
+        &app,
+        &["backup", "create", "--to", sealed.to_str().unwrap()],
+        &[("KEYWARD_BACKUP_PASSPHRASE", "a long backup passphrase")],
+    ));
+    let wrong = target.cli(
+        &["backup", "restore", sealed.to_str().unwrap()],
+        &[("KEYWARD_BACKUP_PASSPHRASE", "not the passphrase")],
+    );
+    refused(&wrong, "passphrase does not open this backup");
+    assert!(!target.holds_a_vault().await, "something was restored");
+
+    // The right one restores; a second restore over it needs --force naming the database.
+    let good = [("KEYWARD_BACKUP_PASSPHRASE", "a long backup passphrase")];
+    run_ok(&target.cli(&["backup", "restore", sealed.to_str().unwrap()], &good));
+    assert!(target.holds_a_vault().await);
+    refused(
+        &target.cli(&["backup", "restore", sealed.to_str().unwrap()], &good),
+        "already holds a vault",
+    );
+    refused(
+        &target.cli(
+            &[
+                "backup",
+                "restore",
+                sealed.to_str().unwrap(),
+                "--force",
+                "sqlite://elsewhere.db",
+            ],
+            &good,
+        ),
+        "name the database to replace",
+    );
+    let out = run_ok(&target.cli(
+        &[
+            "backup",
+            "restore",
+            sealed.to_str().unwrap(),
+            "--force",
+            target.db.url(),
+        ],
+        &good,
+    ));
+    assert!(out.contains("drill: 3 key version(s) opened"), "{out}");
+}
