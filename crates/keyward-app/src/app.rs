@@ -53,6 +53,8 @@ pub struct App {
     pub health_probes: bool,
     /// How long before a quota or budget runs out it is announced (zero: never).
     pub forecast_lead: std::time::Duration,
+    /// Scheduled backups as configured (`None`: off), for the pages to show.
+    pub backup_schedule: Option<crate::backup::BackupSchedule>,
     /// What compliance checks know of each current value (never the value itself).
     pub(crate) secret_traits: crate::lifecycle::traits::TraitsCache,
     /// Sends notification e-mail, when SMTP is configured.
@@ -108,6 +110,7 @@ pub struct AppOptions {
     pub public_url: Option<String>,
     pub health_probes: bool,
     pub smtp: Option<crate::notifications::mail::Smtp>,
+    pub backup_schedule: Option<crate::backup::BackupSchedule>,
 }
 
 impl App {
@@ -175,6 +178,7 @@ impl App {
             trusted_proxies: options.trusted_proxies,
             health_probes: options.health_probes,
             forecast_lead: options.forecast_lead,
+            backup_schedule: options.backup_schedule,
             secret_traits: crate::lifecycle::traits::TraitsCache::default(),
             mailer: options
                 .smtp

@@ -45,10 +45,10 @@ const AUDIT_KEYS_SETTING: &str = "audit_keys";
 const PASSPHRASE_SALT_SETTING: &str = "master_passphrase_salt";
 
 impl App {
-    /// Writes a backup of the whole vault to `output`. A vault-wide export: it needs
-    /// `audit_export` everywhere and a fresh MFA check, the approval policy may cover it as
-    /// `export`, and the audit entry is written first — so the backup holds its own entry,
-    /// under a checkpoint signed just before the snapshot.
+    /// Writes a backup of the whole vault to `output`. It needs `vault_backup` (owners) and
+    /// a fresh MFA check, the approval policy may cover it as `export`, and the audit entry
+    /// is written first — so the backup holds its own entry, under a checkpoint signed just
+    /// before the snapshot.
     pub async fn create_backup<W: Write + Send + 'static>(
         &self,
         actor: &Actor,
@@ -56,19 +56,22 @@ impl App {
         raw_usage: bool,
         output: W,
     ) -> Result<(W, Manifest), Error> {
-        let protected_by = match &protection {
-            Protection::Recipients(r) => format!("{} age recipient(s)", r.len()),
-            Protection::Passphrase(_) => "a passphrase".to_owned(),
+        // Who can open it is part of what an approval approves.
+        let encrypted_to = match &protection {
+            Protection::Recipients(r) => {
+                serde_json::json!(r.iter().map(ToString::to_string).collect::<Vec<_>>())
+            }
+            Protection::Passphrase(_) => serde_json::json!("passphrase"),
         };
         let change = Change::new(
             "backup.create",
             Subject::vault("vault"),
-            Permission::AuditExport,
-            serde_json::json!({ "raw_usage": raw_usage, "encrypted_to": protected_by }),
+            Permission::VaultBackup,
+            serde_json::json!({ "raw_usage": raw_usage, "encrypted_to": encrypted_to }),
         )
         .approval(
             ApprovalAction::Export,
-            serde_json::json!({ "backup": { "raw_usage": raw_usage } }),
+            serde_json::json!({ "backup": { "raw_usage": raw_usage, "encrypted_to": encrypted_to } }),
         )
         .needs_step_up();
         self.apply(
@@ -438,4 +441,96 @@ async fn drill(
         versions_opened,
         chain,
     })
+}
+
+/// The vault setting that says which schedule slot was last claimed (instances compare and
+/// set it, so each slot is backed up once however many instances run the schedule).
+const SLOT_SETTING: &str = "backup_schedule_slot";
+/// The vault setting holding the last scheduled backup's outcome ([`BackupRecord`]).
+const LAST_SETTING: &str = "backup_last";
+
+/// How scheduled backups are configured, as pages show it (nothing secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSchedule {
+    pub every: std::time::Duration,
+    /// Backups kept in `dir`.
+    pub keep: u32,
+    pub dir: String,
+    /// "2 age recipient(s)" or "a passphrase".
+    pub encrypted_to: String,
+    pub raw_usage: bool,
+}
+
+/// The outcome of the last scheduled backup, kept in the vault so every instance (its
+/// `/metrics`, the settings page) shows the same.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BackupRecord {
+    /// When it finished, Unix milliseconds.
+    pub at: i64,
+    /// The file's name in the backup directory (empty when it failed before naming one).
+    pub file: String,
+    pub bytes: u64,
+    pub rows: u64,
+    pub seconds: f64,
+    /// Why it failed; `None` for a success.
+    pub error: Option<String>,
+    /// When the last successful one finished (this one, or an earlier one).
+    pub last_success_at: Option<i64>,
+}
+
+impl App {
+    /// Whether this instance takes the scheduled backup due now: slots are `every` long
+    /// from the Unix epoch, and the first instance to move the vault's slot setting to the
+    /// current one wins it (a fresh schedule's first slot is taken at once).
+    pub async fn claim_scheduled_backup(&self, every: std::time::Duration) -> Result<bool, Error> {
+        let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
+        let slot = (self.now().as_millisecond() / every_ms).to_string();
+        match self.store.setting(SLOT_SETTING).await? {
+            None => Ok(self.store.setting_or_insert(SLOT_SETTING, &slot).await? == slot),
+            Some(taken) if taken.parse::<i64>().ok() >= slot.parse::<i64>().ok() => Ok(false),
+            Some(taken) => {
+                self.store
+                    .replace_setting(SLOT_SETTING, &taken, &slot)
+                    .await
+            }
+        }
+    }
+
+    /// Keeps the outcome of a scheduled backup (carrying over the last success's time when
+    /// it failed).
+    pub async fn record_scheduled_backup(&self, mut record: BackupRecord) -> Result<(), Error> {
+        let stored = self.store.setting(LAST_SETTING).await?;
+        if record.error.is_none() {
+            record.last_success_at = Some(record.at);
+        } else {
+            record.last_success_at = stored
+                .as_deref()
+                .and_then(|text| serde_json::from_str::<BackupRecord>(text).ok())
+                .and_then(|last| last.last_success_at);
+        }
+        let text = serde_json::to_string(&record)
+            .map_err(|e| Error::internal(format!("cannot encode the backup record: {e}")))?;
+        match stored {
+            None => {
+                self.store.setting_or_insert(LAST_SETTING, &text).await?;
+            }
+            Some(old) => {
+                // Another instance recording at the same moment wins; either outcome is
+                // a true one.
+                self.store
+                    .replace_setting(LAST_SETTING, &old, &text)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last scheduled backup's outcome, if one ran.
+    pub async fn last_scheduled_backup(&self) -> Result<Option<BackupRecord>, Error> {
+        Ok(self
+            .store
+            .setting(LAST_SETTING)
+            .await?
+            .and_then(|text| serde_json::from_str(&text).ok()))
+    }
 }

@@ -51,10 +51,13 @@ pub enum Permission {
     AccessWrite,
     /// Approve or deny others' requests for sensitive operations; review break-glass ones.
     ApprovalsDecide,
+    /// Take a backup of the whole vault (owners only among the built-in roles: it carries
+    /// everything, sealed).
+    VaultBackup,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 17] = [
         Permission::CatalogRead,
         Permission::CatalogWrite,
         Permission::KeysRead,
@@ -71,6 +74,7 @@ impl Permission {
         Permission::UsersWrite,
         Permission::AccessWrite,
         Permission::ApprovalsDecide,
+        Permission::VaultBackup,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +95,7 @@ impl Permission {
             Permission::UsersWrite => "users_write",
             Permission::AccessWrite => "access_write",
             Permission::ApprovalsDecide => "approvals_decide",
+            Permission::VaultBackup => "vault_backup",
         }
     }
 
@@ -112,8 +117,8 @@ impl Permission {
     }
 
     /// Operations a signed-in person may do only shortly after an MFA check (the MFA
-    /// policy says how shortly): reveal, rotate, delete, purge, export, approving, and
-    /// changes to access.
+    /// policy says how shortly): reveal, rotate, delete, purge, export, approving,
+    /// changes to access, and backups.
     pub fn needs_step_up(self) -> bool {
         use Permission::*;
         matches!(
@@ -125,6 +130,7 @@ impl Permission {
                 | AuditExport
                 | AccessWrite
                 | ApprovalsDecide
+                | VaultBackup
         )
     }
 }
@@ -168,7 +174,8 @@ impl Role {
     pub fn allows(self, permission: Permission) -> bool {
         use Permission::*;
         match self {
-            Role::Owner | Role::Admin => true,
+            Role::Owner => true,
+            Role::Admin => permission != VaultBackup,
             Role::KeyManager => matches!(
                 permission,
                 CatalogRead
@@ -475,6 +482,11 @@ mod tests {
             "auditors never see values"
         );
         assert!(!Role::Viewer.allows(Permission::KeysReveal));
+        assert!(Role::Owner.allows(Permission::VaultBackup));
+        assert!(
+            !Role::Admin.allows(Permission::VaultBackup),
+            "a backup carries the whole vault: owners only"
+        );
         for role in Role::ALL {
             assert_eq!(role.as_str().parse::<Role>().ok(), Some(role));
         }

@@ -34,7 +34,21 @@ impl std::fmt::Debug for Protection {
     }
 }
 
+/// The shortest passphrase a backup is encrypted with (age stretches it with scrypt).
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
+
 impl Protection {
+    /// A passphrase of at least [`MIN_PASSPHRASE_CHARS`] characters.
+    pub fn passphrase(passphrase: SecretString) -> Result<Self, Error> {
+        if passphrase.expose_secret().chars().count() < MIN_PASSPHRASE_CHARS {
+            return Err(invalid(
+                "backup_passphrase_too_short",
+                format!("a backup passphrase needs at least {MIN_PASSPHRASE_CHARS} characters"),
+            ));
+        }
+        Ok(Self::Passphrase(passphrase))
+    }
+
     /// Parses `age1…` recipients; the error names the one that is not.
     pub fn recipients(texts: &[String]) -> Result<Self, Error> {
         if texts.is_empty() {

@@ -55,28 +55,101 @@ pub async fn write_file(
     let written = app
         .create_backup(actor, protection, raw_usage, std::io::BufWriter::new(file))
         .await;
-    let finished = written
-        .map_err(|e| e.message)
-        .and_then(|(output, manifest)| {
-            let file = output
-                .into_inner()
-                .map_err(|e| format!("cannot write {}: {}", partial.display(), e.error()))?;
-            file.sync_all()
-                .map_err(|e| format!("cannot sync {}: {e}", partial.display()))?;
-            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-            std::fs::rename(&partial, path)
-                .map_err(|e| format!("cannot rename the backup to {}: {e}", path.display()))?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-                && let Ok(dir) = std::fs::File::open(dir)
-            {
-                let _ = dir.sync_all();
-            }
-            Ok((manifest, size))
-        });
+    let finished = match written {
+        Err(e) => Err(e.message),
+        Ok((output, manifest)) => {
+            let (partial, path) = (partial.clone(), path.to_owned());
+            tokio::task::spawn_blocking(move || finish_file(output, manifest, &partial, &path))
+                .await
+                .unwrap_or_else(|e| Err(format!("the backup could not be finished: {e}")))
+        }
+    };
     if finished.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
     finished
+}
+
+/// Flushes and syncs the written file, then gives it its name (and syncs the directory).
+fn finish_file(
+    output: std::io::BufWriter<std::fs::File>,
+    manifest: Manifest,
+    partial: &Path,
+    path: &Path,
+) -> Result<(Manifest, u64), String> {
+    let file = output
+        .into_inner()
+        .map_err(|e| format!("cannot write {}: {}", partial.display(), e.error()))?;
+    file.sync_all()
+        .map_err(|e| format!("cannot sync {}: {e}", partial.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    std::fs::rename(partial, path)
+        .map_err(|e| format!("cannot rename the backup to {}: {e}", path.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok((manifest, size))
+}
+
+/// A backup answered as a download: written to an unnamed temporary file (gone when
+/// closed; encrypted like any backup), then streamed with its length.
+pub async fn download(
+    app: &App,
+    actor: &Actor,
+    protection: Protection,
+    raw_usage: bool,
+) -> Result<axum::response::Response, keyward_core::Error> {
+    use axum::http::{HeaderValue, header};
+    use std::io::Seek;
+    use tokio::io::AsyncReadExt;
+
+    let unavailable = |e: std::io::Error| {
+        keyward_core::Error::unavailable(format!("cannot stage the backup: {e}"))
+    };
+    let file = tempfile::tempfile().map_err(unavailable)?;
+    let (output, manifest) = app
+        .create_backup(actor, protection, raw_usage, std::io::BufWriter::new(file))
+        .await?;
+    let (file, length) = tokio::task::spawn_blocking(move || {
+        let mut file = output.into_inner().map_err(|e| e.into_error())?;
+        let length = file.stream_position()?;
+        file.rewind()?;
+        Ok::<_, std::io::Error>((file, length))
+    })
+    .await
+    .map_err(|e| keyward_core::Error::internal(format!("the backup could not be staged: {e}")))?
+    .map_err(unavailable)?;
+    let chunks = futures_util::stream::unfold(tokio::fs::File::from_std(file), |mut file| async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(read) => {
+                buffer.truncate(read);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buffer)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    let name = default_path(
+        Path::new(""),
+        jiff::Timestamp::from_millisecond(manifest.created_at).unwrap_or_else(|_| app.now()),
+    );
+    let mut response = axum::response::Response::new(axum::body::Body::from_stream(chunks));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(value) =
+        HeaderValue::from_str(&format!("attachment; filename=\"{}\"", name.display()))
+    {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
 }
 
 /// Deletes the oldest scheduled backups in `dir` beyond the newest `keep`; returns how many

@@ -403,6 +403,21 @@ pub struct BackupSettings {
 }
 
 impl BackupSettings {
+    /// The schedule as pages show it (`None`: no scheduled backups).
+    pub fn schedule(&self) -> Option<keyward_app::backup::BackupSchedule> {
+        Some(keyward_app::backup::BackupSchedule {
+            every: self.every?,
+            keep: self.keep,
+            dir: self.dir.display().to_string(),
+            encrypted_to: if self.recipients.is_empty() {
+                "a passphrase".to_owned()
+            } else {
+                format!("{} age recipient(s)", self.recipients.len())
+            },
+            raw_usage: self.raw_usage,
+        })
+    }
+
     /// Who a backup is encrypted to: the recipients, else the passphrase.
     pub fn protection(&self) -> Result<keyward_app::backup::Protection, String> {
         if !self.recipients.is_empty() {
@@ -410,9 +425,8 @@ impl BackupSettings {
                 .map_err(|e| e.message);
         }
         match &self.passphrase {
-            Some(passphrase) => Ok(keyward_app::backup::Protection::Passphrase(
-                passphrase.clone(),
-            )),
+            Some(passphrase) => keyward_app::backup::Protection::passphrase(passphrase.clone())
+                .map_err(|e| e.message),
             None => Err(
                 "a backup must be encrypted: give --recipient age1… (or backup_recipients), or set KEYWARD_BACKUP_PASSPHRASE (or _FILE)"
                     .into(),
@@ -454,6 +468,7 @@ impl Settings {
             public_url: self.public_url.clone(),
             health_probes: self.health_probes,
             smtp: self.smtp.clone(),
+            backup_schedule: self.backup.schedule(),
         }
     }
 }

@@ -27,6 +27,7 @@ pub struct Jobs {
 pub struct JobSettings {
     pub audit_checkpoint_every: Duration,
     pub audit_webhook_url: Option<SecretString>,
+    pub backup: crate::config::BackupSettings,
 }
 
 impl Jobs {
@@ -47,6 +48,7 @@ impl Jobs {
             tokio::spawn(health_loop(app.clone())),
             tokio::spawn(watch_loop(app.clone())),
             tokio::spawn(master_key_loop(app.clone())),
+            tokio::spawn(backup_loop(app.clone(), metrics.clone(), settings.backup)),
         ];
         if let Some(shared) = app.proxy.shared_limits() {
             loops.push(tokio::spawn(shared_limits_loop(
@@ -86,6 +88,89 @@ impl Jobs {
         {
             tracing::warn!(error = %e, "the usage writer did not finish");
         }
+    }
+}
+
+/// Every 10 s (two settings reads): takes the scheduled backup when this instance wins its
+/// slot (writes it to `backup_dir`, deletes the oldest beyond `backup_keep`, keeps the
+/// outcome in the vault), and shows the vault's last outcome in `/metrics` (whichever
+/// instance made it).
+async fn backup_loop(
+    app: Arc<App>,
+    metrics: Arc<Metrics>,
+    settings: crate::config::BackupSettings,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(every) = settings.every {
+            match app.claim_scheduled_backup(every).await {
+                Ok(true) => scheduled_backup(&app, &settings).await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot claim the scheduled backup"),
+            }
+        }
+        match app.last_scheduled_backup().await {
+            Ok(last) => metrics.backup_status(settings.every.is_some(), last.as_ref()),
+            Err(e) => tracing::warn!(error = %e, "cannot read the last backup's outcome"),
+        }
+    }
+}
+
+async fn scheduled_backup(app: &App, settings: &crate::config::BackupSettings) {
+    let started = std::time::Instant::now();
+    let path = crate::backups::default_path(&settings.dir, app.now());
+    let file = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let written = match settings.protection() {
+        Ok(protection) => {
+            crate::backups::write_file(
+                app,
+                &keyward_app::Actor::system("backup-schedule"),
+                protection,
+                settings.raw_usage,
+                &path,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    let record = match written {
+        Ok((manifest, bytes)) => {
+            tracing::info!(file = %path.display(), bytes, rows = manifest.rows(), "scheduled backup written");
+            match crate::backups::prune(&settings.dir, settings.keep) {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, keep = settings.keep, "old backups deleted"),
+                Err(e) => tracing::warn!(error = %e, "cannot delete old backups"),
+            }
+            keyward_app::backup::BackupRecord {
+                at: app.now().as_millisecond(),
+                file,
+                bytes,
+                rows: manifest.rows(),
+                seconds: started.elapsed().as_secs_f64(),
+                error: None,
+                last_success_at: None,
+            }
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "scheduled backup failed");
+            keyward_app::backup::BackupRecord {
+                at: app.now().as_millisecond(),
+                file: String::new(),
+                bytes: 0,
+                rows: 0,
+                seconds: started.elapsed().as_secs_f64(),
+                error: Some(error),
+                last_success_at: None,
+            }
+        }
+    };
+    if let Err(e) = app.record_scheduled_backup(record).await {
+        tracing::warn!(error = %e, "cannot record the backup's outcome");
     }
 }
 

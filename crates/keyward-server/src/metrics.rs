@@ -112,6 +112,22 @@ impl Metrics {
                 "keyward_redis_live_instances",
                 "Instances Redis saw alive at the last heartbeat (the divisor of a token's rate during an outage)"
             );
+            metrics::describe_gauge!(
+                "keyward_backup_last_success_timestamp_seconds",
+                "When the vault's last scheduled backup succeeded, Unix seconds (0: never; absent without backup_schedule)"
+            );
+            metrics::describe_gauge!(
+                "keyward_backup_last_failed",
+                "1 when the vault's last scheduled backup failed"
+            );
+            metrics::describe_gauge!(
+                "keyward_backup_last_bytes",
+                "Size of the vault's last successful scheduled backup"
+            );
+            metrics::describe_gauge!(
+                "keyward_backup_last_duration_seconds",
+                "How long the vault's last scheduled backup took"
+            );
             metrics::describe_counter!(
                 "keyward_usage_write_failures_total",
                 "Usage batches the store refused (the events in them are lost)"
@@ -223,6 +239,25 @@ impl Metrics {
             for (service, n) in cost {
                 metrics::counter!("keyward_proxy_cost_nanodollars_total", "service" => service.to_owned())
                     .increment(n);
+            }
+        });
+    }
+
+    /// The vault's last scheduled backup, as every instance reads it from the store.
+    pub fn backup_status(&self, scheduled: bool, last: Option<&keyward_app::backup::BackupRecord>) {
+        if !scheduled {
+            return;
+        }
+        #[allow(clippy::cast_precision_loss, reason = "gauges are floats")]
+        self.with(|| {
+            let success = last.and_then(|l| l.last_success_at).unwrap_or(0);
+            metrics::gauge!("keyward_backup_last_success_timestamp_seconds")
+                .set(success as f64 / 1000.0);
+            metrics::gauge!("keyward_backup_last_failed")
+                .set(f64::from(u8::from(last.is_some_and(|l| l.error.is_some()))));
+            if let Some(last) = last.filter(|l| l.error.is_none()) {
+                metrics::gauge!("keyward_backup_last_bytes").set(last.bytes as f64);
+                metrics::gauge!("keyward_backup_last_duration_seconds").set(last.seconds);
             }
         });
     }

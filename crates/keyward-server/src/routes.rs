@@ -360,6 +360,12 @@ fn pages() -> Vec<Route> {
         ),
         page(
             M::POST,
+            "/settings/backup",
+            p(P::VaultBackup),
+            post(admin::download_backup),
+        ),
+        page(
+            M::POST,
             "/settings/notifications",
             SignedIn,
             post(admin::save_subscription),
@@ -1089,6 +1095,12 @@ fn api() -> Vec<Route> {
             "/api/v1/audit/export",
             p(P::AuditExport),
             get(http::audit::export_audit),
+        ),
+        api_route(
+            M::POST,
+            "/api/v1/backups",
+            p(P::VaultBackup),
+            post(http::backups::create_backup),
         ),
         api_route(
             M::GET,

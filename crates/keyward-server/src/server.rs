@@ -26,6 +26,8 @@ pub struct Started {
     pub created_key_file: Option<std::path::PathBuf>,
     pub audit_checkpoint_every: Duration,
     pub audit_webhook_url: Option<secrecy::SecretString>,
+    /// Scheduled backups (run when `every` is set).
+    pub backup: crate::config::BackupSettings,
     /// HTTPS on `listener` (with HSTS), when configured.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// The plain-HTTP socket that only redirects to HTTPS.
@@ -92,6 +94,7 @@ pub async fn start_with_clock(
         created_key_file,
         audit_checkpoint_every: settings.audit_checkpoint_every,
         audit_webhook_url: settings.audit_webhook_url.clone(),
+        backup: settings.backup.clone(),
         tls,
         redirect,
     })
@@ -110,6 +113,7 @@ impl Started {
             crate::jobs::JobSettings {
                 audit_checkpoint_every: self.audit_checkpoint_every,
                 audit_webhook_url: self.audit_webhook_url.clone(),
+                backup: self.backup.clone(),
             },
         );
         let router = crate::routes::router(self.app.clone(), self.metrics.clone());

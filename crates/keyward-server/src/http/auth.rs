@@ -82,7 +82,8 @@ pub mod perm {
         UsersRead,
         UsersWrite,
         AccessWrite,
-        ApprovalsDecide
+        ApprovalsDecide,
+        VaultBackup
     );
 }
 

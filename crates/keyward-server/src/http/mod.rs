@@ -23,6 +23,7 @@ pub(crate) mod app_tokens;
 pub(crate) mod approvals;
 pub(crate) mod audit;
 pub mod auth;
+pub(crate) mod backups;
 pub(crate) mod catalog;
 pub mod client_ip;
 pub(crate) mod compliance;

@@ -10,7 +10,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 
 use super::auth::Guard;
 use super::{
-    access, alerts, app_tokens, approvals, audit, catalog, compliance, health, keys, mfa,
+    access, alerts, app_tokens, approvals, audit, backups, catalog, compliance, health, keys, mfa,
     rotations, sessions, usage, users, webhooks,
 };
 
@@ -25,7 +25,7 @@ use super::{
         catalog::list_categories, catalog::create_category, catalog::list_environments, catalog::create_environment,
         app_tokens::create_app_token, app_tokens::list_app_tokens, app_tokens::get_app_token, app_tokens::revoke_app_token,
         keys::clear_key_flag, usage::usage, usage::list_pools, usage::set_pool,
-        audit::list_audit, audit::export_audit, audit::verify_audit,
+        audit::list_audit, audit::export_audit, audit::verify_audit, backups::create_backup,
         users::setup, users::create_user, users::list_users, users::get_user, users::disable_user, users::enable_user,
         sessions::sign_in, sessions::sign_out, sessions::sign_out_everywhere, sessions::who_am_i,
         sessions::list_sessions, sessions::end_session, sessions::list_lockouts, sessions::lift_lockout,
@@ -53,6 +53,7 @@ use super::{
         (name = "app-tokens", description = "Credentials applications present to the proxy"),
         (name = "usage", description = "Metered calls through the proxy"),
         (name = "audit", description = "The tamper-evident audit trail"),
+        (name = "backups", description = "Encrypted, signed backups of the whole vault"),
         (name = "users", description = "People who sign in"),
         (name = "auth", description = "Signing in and out; sessions; second factors"),
         (name = "access", description = "Roles, scoped grants, network allowlists, management tokens"),

@@ -523,7 +523,7 @@ pub async fn settings(
     viewer: Viewer,
     Query(under): Query<super::approval::UnderApproval>,
 ) -> Response {
-    settings_page(&app, viewer, None, None, under.id()).await
+    settings_page(&app, viewer, None, None, None, under.id()).await
 }
 
 /// What was typed into the MFA policy form when it was refused.
@@ -545,9 +545,14 @@ async fn settings_page(
     viewer: Viewer,
     refused: Option<RefusedSubscription>,
     refused_mfa: Option<RefusedMfaPolicy>,
+    refused_backup: Option<Error>,
     under: Option<&str>,
 ) -> Response {
     let notifications = match notification_panel(app, &viewer, refused.as_ref()).await {
+        Ok(panel) => panel,
+        Err(e) => return error_page(&viewer, "/settings", "Settings", e),
+    };
+    let backups = match backup_panel(app, &viewer, refused_backup.as_ref(), under).await {
         Ok(panel) => panel,
         Err(e) => return error_page(&viewer, "/settings", "Settings", e),
     };
@@ -555,6 +560,7 @@ async fn settings_page(
         .as_ref()
         .map(|r| &r.error)
         .or(refused_mfa.as_ref().map(|r| &r.error))
+        .or(refused_backup.as_ref())
         .map_or(StatusCode::OK, |e| {
             crate::http::error::ApiError::from(e.clone()).status
         });
@@ -650,6 +656,7 @@ async fn settings_page(
             p class="muted small" { "Policies change through the API (" code { "/api/v1/policies/…" } "), with a fresh MFA check and approval where the policy says." }
         }
         }
+        (backups)
         (notifications)
         section class="panel" aria-labelledby="account-title" {
             h2 id="account-title" { "Your sessions" }
@@ -661,6 +668,108 @@ async fn settings_page(
         }
     };
     page(status, framed(&viewer, "/settings", "Settings", content))
+}
+
+/// Backups: the schedule and the last scheduled backup's outcome (for readers of users and
+/// policies), and for owners a form that downloads one now.
+async fn backup_panel(
+    app: &App,
+    viewer: &Viewer,
+    refused: Option<&Error>,
+    under: Option<&str>,
+) -> Result<Markup, Error> {
+    let downloads = viewer.may(Permission::VaultBackup);
+    if !downloads && !viewer.may(Permission::UsersRead) {
+        return Ok(html! {});
+    }
+    let last = app.last_scheduled_backup().await?;
+    let at = |ms: i64| {
+        keyward_core::Timestamp::from_millisecond(ms)
+            .map(super::usage::when)
+            .unwrap_or_default()
+    };
+    Ok(html! {
+        section class="panel" id="backup" aria-labelledby="backup-title" {
+            h2 id="backup-title" { "Backups" }
+            @match &app.backup_schedule {
+                Some(schedule) => {
+                    dl class="facts" {
+                        dt { "Schedule" } dd { "every " (schedule.every.as_secs() / 3600) " h, keeping " (schedule.keep) }
+                        dt { "Written to" } dd class="mono" { (schedule.dir) }
+                        dt { "Encrypted to" } dd { (schedule.encrypted_to) }
+                        @if let Some(last) = &last {
+                            dt { "Last backup" }
+                            @if let Some(error) = &last.error {
+                                dd { span class="badge danger" { "failed" } " " (at(last.at)) ": " (error) }
+                            } @else {
+                                dd { (at(last.at)) " — " span class="mono" { (last.file) } ", " (last.bytes / 1024) " KiB, " (last.rows) " rows" }
+                            }
+                            @if last.error.is_some() {
+                                dt { "Last success" }
+                                dd { (last.last_success_at.map_or_else(|| "never".to_owned(), at)) }
+                            }
+                        }
+                    }
+                }
+                None => {
+                    p class="muted" { "No scheduled backups: set " code { "backup_schedule" } " (and " code { "backup_recipients" } " or " code { "KEYWARD_BACKUP_PASSPHRASE" } "). " code { "keyward backup create" } " takes one from the command line." }
+                }
+            }
+            @if downloads {
+                form method="post" action="/settings/backup" {
+                    input type="hidden" name="csrf" value=(viewer.csrf);
+                    @if let Some(e) = refused.filter(|e| !super::approval::asks_for_approval(Some(e))) {
+                        p class="flash error" role="alert" { "No backup: " (e.message) }
+                    }
+                    p class="muted small" { "A backup of the whole vault: keys stay sealed (they open only with this vault's master key), tokens are hashes. It is encrypted, and signed with the vault's audit key." }
+                    div class="field" {
+                        label for="backup-recipients" { "age recipients (optional)" }
+                        textarea id="backup-recipients" name="recipients" rows="2" placeholder="age1…" {}
+                        span class="help" { "One per line; " code { "keyward backup keygen" } " makes one. Without recipients the passphrase below encrypts it." }
+                    }
+                    div class="field" {
+                        label for="backup-passphrase" { "Passphrase" }
+                        input id="backup-passphrase" name="passphrase" type="password" autocomplete="new-password" minlength="12";
+                        span class="help" { "At least 12 characters; needed to restore it." }
+                    }
+                    label class="check" { input type="checkbox" name="raw_usage" value="1"; " Include raw usage records" }
+                    (super::approval::controls(refused, under, "", false, html! { button type="submit" { "Download backup" } }))
+                }
+            }
+        }
+    })
+}
+
+/// Writes a backup and answers it as a download; a refusal shows the settings page again.
+pub async fn download_backup(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (viewer, fields) = match form_post(request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
+    let recipients: Vec<String> = field(&fields, "recipients")
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let passphrase = field(&fields, "passphrase")
+        .filter(|p| !p.is_empty())
+        .map(|p| secrecy::SecretString::from(p.to_owned()));
+    let raw_usage = field(&fields, "raw_usage").is_some();
+    let result = match crate::http::backups::BackupRequest::protection(&recipients, passphrase) {
+        Ok(protection) => {
+            crate::backups::download(&app, &viewer.caller.actor, protection, raw_usage).await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(download) => download,
+        Err(e) if e.kind == keyward_core::ErrorKind::Accepted => {
+            Redirect::to("/approvals?view=mine").into_response()
+        }
+        Err(error) => settings_page(&app, viewer, None, None, Some(error), None).await,
+    }
 }
 
 /// The signed-in person's e-mail subscription: kinds, categories, address.
@@ -766,6 +875,7 @@ pub async fn save_subscription(State(app): State<Arc<App>>, request: Request) ->
                 Some(RefusedSubscription { fields, error }),
                 None,
                 None,
+                None,
             )
             .await
         }
@@ -835,7 +945,7 @@ pub async fn save_mfa_policy(State(app): State<Arc<App>>, request: Request) -> R
                     .to_owned(),
                 error,
             };
-            settings_page(&app, viewer, None, Some(typed), None).await
+            settings_page(&app, viewer, None, Some(typed), None, None).await
         }
     }
 }

@@ -108,6 +108,7 @@ pub fn continue_at(request: &ApprovalRequest) -> Option<String> {
         (ApprovalAction::AccessChange, "policy:mfa") => {
             Some(format!("/settings?approval={id}#mfa"))
         }
+        (ApprovalAction::Export, "vault") => Some(format!("/settings?approval={id}#backup")),
         (ApprovalAction::AccessChange, t) if t.starts_with("user") => {
             Some(format!("/users?approval={id}"))
         }

@@ -569,3 +569,290 @@ async fn every_damaged_or_foreign_backup_is_refused_with_its_reason_and_nothing_
     ));
     assert!(out.contains("drill: 3 key version(s) opened"), "{out}");
 }
+
+#[tokio::test]
+async fn an_owner_downloads_a_backup_through_the_api_and_admins_cannot() {
+    let app = seeded_vault().await;
+    let download = |token: String, body: serde_json::Value| {
+        let client = app.client.clone();
+        let url = format!("{}/api/v1/backups", app.base);
+        async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let passphrase = "a long download passphrase";
+    let response = download(app.token.clone(), json!({"passphrase": passphrase})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    assert!(
+        response.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment; filename=\"keyward-")
+    );
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let bytes = response.bytes().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("download.kwbackup");
+    std::fs::write(&file, &bytes).unwrap();
+    let (chunks, manifest) = read_backup(&file, &Unlock::Passphrase(passphrase.into()));
+    assert!(manifest.tables["keys"] >= 2);
+    assert_eq!(manifest.signer, audit_keys_of(&app).await.key_id());
+    let plain = format!("{chunks:?}");
+    assert!(canaries().iter().all(|c| !plain.contains(c.as_str())));
+
+    // Its own entry is in the trail it carries, and in the vault's.
+    let (_, trail) = app
+        .call(Method::GET, "/api/v1/audit?action=backup.create", None)
+        .await;
+    assert_eq!(trail["events"].as_array().unwrap().len(), 1, "{trail}");
+    assert_eq!(trail["events"][0]["details"]["encrypted_to"], "passphrase");
+    assert!(plain.contains("backup.create"));
+
+    // Admins hold everything but this; bad requests are refused with a reason.
+    let admin = app.token_with_role(keyward_core::access::Role::Admin).await;
+    let refused = download(admin, json!({"passphrase": passphrase})).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    for (body, code) in [
+        (
+            json!({"passphrase": "short"}),
+            "backup_passphrase_too_short",
+        ),
+        (json!({}), "backup_no_recipient"),
+        (
+            json!({"recipients": ["age1notarecipient"]}),
+            "backup_bad_recipient",
+        ),
+    ] {
+        let response = download(app.token.clone(), body).await;
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{error}");
+    }
+
+    // An approval policy covering exports covers backups.
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            "/api/v1/policies/approvals",
+            Some(json!({"rules": [{"actions": ["export"], "approvals": 1, "approver_roles": ["owner"]}], "ttl_hours": 2})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let gated = download(app.token.clone(), json!({"passphrase": passphrase})).await;
+    assert_eq!(gated.status(), StatusCode::FORBIDDEN);
+    let error: serde_json::Value = gated.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "approval_required", "{error}");
+}
+
+#[tokio::test]
+async fn scheduled_backups_run_once_per_slot_across_instances_and_show_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = || keyward_server::config::RawSettings {
+        backup_schedule: Some("24h".into()),
+        backup_dir: Some(dir.path().to_owned()),
+        backup_passphrase: Some("a long schedule passphrase".into()),
+        ..Default::default()
+    };
+    let Some(app) = TestApp::spawn_with(Backend::Sqlite, settings()).await else {
+        return;
+    };
+    let second = app.sibling_with(settings()).await;
+    let backups = || -> Vec<PathBuf> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "kwbackup"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while backups().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Both instances ran their first tick at start; one won the slot.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let written = backups();
+    assert_eq!(written.len(), 1, "{written:?}");
+    let (_, manifest) = read_backup(
+        &written[0],
+        &Unlock::Passphrase("a long schedule passphrase".into()),
+    );
+    assert!(manifest.rows() > 0);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&written[0]).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "a backup is readable by its owner only");
+
+    // Every instance shows the vault's last backup (whichever wrote it).
+    for base in [&app.base, &second.base] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let metrics = app
+                .client
+                .get(format!("{base}/metrics"))
+                .bearer_auth(&app.token)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let success = metrics
+                .lines()
+                .find(|l| l.starts_with("keyward_backup_last_success_timestamp_seconds "))
+                .and_then(|l| l.split(' ').nth(1))
+                .and_then(|v| v.parse::<f64>().ok());
+            if success.is_some_and(|s| s > 1.0e9) {
+                assert!(
+                    metrics.contains("keyward_backup_last_failed 0"),
+                    "{metrics}"
+                );
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{metrics}");
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Posts the settings page's backup form as `b`; the answer's status, location and bytes.
+async fn post_backup_form(
+    app: &TestApp,
+    b: &crate::browser::Browser,
+    fields: &[(&str, &str)],
+) -> (StatusCode, String, Vec<u8>, String) {
+    let mut all = vec![("csrf", b.csrf.as_str())];
+    all.extend_from_slice(fields);
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/settings/backup", app.base))
+        .header("cookie", &b.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(all)
+                .finish(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|v: &reqwest::header::HeaderValue| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let (location, kind) = (header("location"), header("content-type"));
+    (
+        status,
+        location,
+        response.bytes().await.unwrap().to_vec(),
+        kind,
+    )
+}
+
+#[tokio::test]
+async fn an_owner_downloads_a_backup_from_the_settings_page_under_an_approval() {
+    use crate::browser::enrolled_user;
+    use crate::ui::{approval_id, get_page, post_form};
+    use keyward_core::access::Role;
+    let app = seeded_vault().await;
+    let (_, otto, _) = enrolled_user(&app, "otto", Role::Owner).await;
+    let (_, olga, _) = enrolled_user(&app, "olga", Role::Owner).await;
+    let (_, ada, _) = enrolled_user(&app, "ada", Role::Admin).await;
+
+    // Owners get the form; admins see the schedule but no button.
+    let (_, _, page) = get_page(&app, &otto.cookie, "/settings").await;
+    assert!(page.contains("action=\"/settings/backup\""), "{page}");
+    assert!(page.contains("No scheduled backups"), "{page}");
+    let (_, _, page) = get_page(&app, &ada.cookie, "/settings").await;
+    assert!(page.contains("id=\"backup-title\""));
+    assert!(!page.contains("action=\"/settings/backup\""));
+    let (status, _, _, _) =
+        post_backup_form(&app, &ada, &[("passphrase", "a long page passphrase")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // A refusal keeps the page, saying why.
+    let (status, _, body, _) = post_backup_form(&app, &otto, &[("passphrase", "short")]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(String::from_utf8_lossy(&body).contains("at least 12 characters"));
+
+    // Under a policy for exports: requested, approved by another owner, downloaded once.
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            "/api/v1/policies/approvals",
+            Some(json!({"rules": [{"actions": ["export"], "approvals": 1, "approver_roles": ["owner"]}], "ttl_hours": 2})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let passphrase = ("passphrase", "a long page passphrase");
+    let (status, _, body, _) = post_backup_form(&app, &otto, &[passphrase]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&body).contains("name=\"approval\" value=\"request\""));
+    let (status, location, _, _) = post_backup_form(
+        &app,
+        &otto,
+        &[
+            passphrase,
+            ("reason", "monthly offsite copy"),
+            ("approval", "request"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location, "/approvals?view=mine");
+    let (_, _, inbox) = get_page(&app, &olga.cookie, "/approvals").await;
+    let apr = approval_id(&inbox).expect("the request is in the inbox");
+    let (status, _, html) = post_form(
+        &app,
+        &olga,
+        &format!("/approvals/{apr}/decide"),
+        &[("comment", "ok"), ("decision", "approve")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    let (_, _, mine) = get_page(&app, &otto.cookie, "/approvals?view=mine").await;
+    assert!(
+        mine.contains(&format!("/settings?approval={apr}#backup")),
+        "{mine}"
+    );
+
+    let (status, _, bytes, kind) =
+        post_backup_form(&app, &otto, &[passphrase, ("approval", apr.as_str())]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(kind, "application/octet-stream");
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("page.kwbackup");
+    std::fs::write(&file, &bytes).unwrap();
+    let (_, manifest) = read_backup(&file, &Unlock::Passphrase("a long page passphrase".into()));
+    assert!(manifest.tables["users"] >= 4);
+    let (status, _, _, _) =
+        post_backup_form(&app, &otto, &[passphrase, ("approval", apr.as_str())]).await;
+    assert_ne!(status, StatusCode::OK, "an approval is used once");
+
+    // The trail names who took it.
+    let (_, trail) = app
+        .call(Method::GET, "/api/v1/audit?action=backup.create", None)
+        .await;
+    let events = trail["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["actor"]["name"] == "otto" && e["outcome"] == "success"),
+        "{trail}"
+    );
+}

@@ -271,6 +271,12 @@ async fn start(
         smtp_from: raw.smtp_from.clone(),
         health_probes: raw.health_probes.clone(),
         public_url: raw.public_url.clone(),
+        backup_schedule: raw.backup_schedule.clone(),
+        backup_dir: raw.backup_dir.clone(),
+        backup_keep: raw.backup_keep.clone(),
+        backup_recipients: raw.backup_recipients.clone(),
+        backup_passphrase: raw.backup_passphrase.clone(),
+        backup_raw_usage: raw.backup_raw_usage.clone(),
         ..Default::default()
     })
     .unwrap();
