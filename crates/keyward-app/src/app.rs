@@ -54,7 +54,13 @@ pub struct App {
     /// How long before a quota or budget runs out it is announced (zero: never).
     pub forecast_lead: std::time::Duration,
     /// Scheduled backups as configured (`None`: off), for the pages to show.
-    pub backup_schedule: Option<crate::backup::BackupSchedule>,
+    pub backup_schedule: Option<keyward_core::backup::BackupSchedule>,
+    /// Audit entries younger than this many days are never pruned.
+    pub audit_retention_min_days: u32,
+    /// Hour and day rollups older than this many days are pruned (`None`: kept).
+    pub rollup_retention_days: Option<u32>,
+    /// Finished notification deliveries older than this many days are pruned (`None`: kept).
+    pub notification_log_retention_days: Option<u32>,
     /// What compliance checks know of each current value (never the value itself).
     pub(crate) secret_traits: crate::lifecycle::traits::TraitsCache,
     /// Sends notification e-mail, when SMTP is configured.
@@ -110,7 +116,14 @@ pub struct AppOptions {
     pub public_url: Option<String>,
     pub health_probes: bool,
     pub smtp: Option<crate::notifications::mail::Smtp>,
-    pub backup_schedule: Option<crate::backup::BackupSchedule>,
+    pub backup_schedule: Option<keyward_core::backup::BackupSchedule>,
+    /// Audit entries younger than this are never pruned (at least
+    /// [`keyward_core::audit::AUDIT_RETENTION_FLOOR_DAYS`]).
+    pub audit_retention_min_days: u32,
+    /// Hour and day usage rollups older than this many days are pruned (`None`: kept).
+    pub rollup_retention_days: Option<u32>,
+    /// Finished notification deliveries older than this many days are pruned.
+    pub notification_log_retention_days: Option<u32>,
 }
 
 impl App {
@@ -179,6 +192,11 @@ impl App {
             health_probes: options.health_probes,
             forecast_lead: options.forecast_lead,
             backup_schedule: options.backup_schedule,
+            audit_retention_min_days: options
+                .audit_retention_min_days
+                .max(keyward_core::audit::AUDIT_RETENTION_FLOOR_DAYS),
+            rollup_retention_days: options.rollup_retention_days,
+            notification_log_retention_days: options.notification_log_retention_days,
             secret_traits: crate::lifecycle::traits::TraitsCache::default(),
             mailer: options
                 .smtp

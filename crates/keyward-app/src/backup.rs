@@ -449,17 +449,7 @@ const SLOT_SETTING: &str = "backup_schedule_slot";
 /// The vault setting holding the last scheduled backup's outcome ([`BackupRecord`]).
 const LAST_SETTING: &str = "backup_last";
 
-/// How scheduled backups are configured, as pages show it (nothing secret).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupSchedule {
-    pub every: std::time::Duration,
-    /// Backups kept in `dir`.
-    pub keep: u32,
-    pub dir: String,
-    /// "2 age recipient(s)" or "a passphrase".
-    pub encrypted_to: String,
-    pub raw_usage: bool,
-}
+pub use keyward_core::backup::BackupSchedule;
 
 /// The outcome of the last scheduled backup, kept in the vault so every instance (its
 /// `/metrics`, the settings page) shows the same.

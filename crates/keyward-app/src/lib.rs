@@ -27,6 +27,7 @@ pub mod masters;
 pub mod notifications;
 pub mod pipeline;
 pub mod recommendations;
+pub mod retention;
 pub mod usage;
 pub mod vault;
 

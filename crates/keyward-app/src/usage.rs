@@ -187,19 +187,40 @@ impl App {
         Ok(out)
     }
 
-    /// Deletes usage records past the retention period, and minute rollups past
-    /// `MINUTE_ROLLUPS_KEPT_DAYS`; returns how many records went.
+    /// Deletes usage records past the retention period, minute rollups past
+    /// `MINUTE_ROLLUPS_KEPT_DAYS`, and hour and day rollups past `rollup_retention_days`;
+    /// returns how many records went. A run that removes something is audited
+    /// (`usage.prune`, by the system); the first instance to run it each hour does the work.
     pub async fn prune_usage(&self) -> Result<u64, Error> {
         let now = self.now();
         let days_ago = |days: i64| {
             now.saturating_sub(jiff::SignedDuration::from_hours(days * 24))
                 .unwrap_or(Timestamp::MIN)
         };
-        self.store
+        let records_before = days_ago(i64::from(self.usage_retention_days));
+        let rollups_before = self
+            .rollup_retention_days
+            .map(|days| days_ago(i64::from(days)));
+        let (records, rollups) = self
+            .store
             .prune_usage(
-                days_ago(i64::from(self.usage_retention_days)),
+                records_before,
                 days_ago(keyward_core::rollup::MINUTE_ROLLUPS_KEPT_DAYS),
+                rollups_before,
             )
-            .await
+            .await?;
+        if records > 0 || rollups > 0 {
+            self.record_retention(
+                "usage.prune",
+                "usage",
+                serde_json::json!({
+                    "records": records, "records_before": records_before.to_string(),
+                    "rollup_rows": rollups,
+                    "rollups_before": rollups_before.map(|t| t.to_string()),
+                }),
+            )
+            .await?;
+        }
+        Ok(records)
     }
 }

@@ -248,6 +248,24 @@ pub struct VerifyReport {
     pub first_broken: Option<ChainBreak>,
 }
 
+/// No configuration prunes audit entries younger than this many days.
+pub const AUDIT_RETENTION_FLOOR_DAYS: u32 = 30;
+
+/// The action of the entry that records a prune of the trail; its details say
+/// `through` (the last entry removed), which must match where the kept trail starts.
+pub const PRUNE_ACTION: &str = "audit.prune";
+
+/// The last entry a prune entry says it removed.
+pub fn pruned_through(event: &AuditEvent) -> Option<u64> {
+    if event.entry.action != PRUNE_ACTION || event.entry.outcome != AuditOutcome::Success {
+        return None;
+    }
+    serde_json::from_str::<serde_json::Value>(&event.entry.details)
+        .ok()?
+        .get("through")?
+        .as_u64()
+}
+
 /// Walks entries in sequence order, page by page, and reports the first break.
 #[derive(Debug)]
 pub struct ChainVerifier {
@@ -271,6 +289,29 @@ impl ChainVerifier {
             last_matched_checkpoint: 0,
             broken: None,
         }
+    }
+
+    /// A verifier for a trail whose entries up to `pruned_through` were exported and pruned:
+    /// the walk starts after it, chained to the signed checkpoint there. Without a verified
+    /// checkpoint at exactly that entry the pruned prefix cannot be vouched for, and the
+    /// trail is broken at its first entry.
+    pub fn resuming_after(
+        pruned_through: u64,
+        checkpoints: impl IntoIterator<Item = (u64, [u8; 32])>,
+    ) -> Self {
+        let mut verifier = Self::new(checkpoints);
+        if pruned_through == 0 {
+            return verifier;
+        }
+        match verifier.checkpoints.get(&pruned_through) {
+            Some(hash) => {
+                verifier.prev = *hash;
+                verifier.expected = pruned_through + 1;
+                verifier.last_matched_checkpoint = pruned_through;
+            }
+            None => verifier.break_at(1, BreakKind::Missing),
+        }
+        verifier
     }
 
     pub fn is_broken(&self) -> bool {
@@ -372,6 +413,37 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn a_pruned_prefix_verifies_only_from_a_signed_checkpoint_at_its_end() {
+        let events = chain(10);
+        let at = |seq: u64| parse_hash(&events[seq as usize - 1].hash).expect("hash");
+        let kept = &events[4..];
+        let mut v = ChainVerifier::resuming_after(4, [(4, at(4)), (8, at(8))]);
+        for e in kept {
+            v.push(e);
+        }
+        assert!(v.finish(10).ok);
+        // No checkpoint at the boundary: nothing vouches for what came before.
+        let mut v = ChainVerifier::resuming_after(4, [(8, at(8))]);
+        for e in kept {
+            v.push(e);
+        }
+        let report = v.finish(10);
+        assert_eq!(
+            report.first_broken,
+            Some(ChainBreak {
+                seq: 1,
+                kind: BreakKind::Missing
+            })
+        );
+        // More removed than the boundary says.
+        let mut v = ChainVerifier::resuming_after(4, [(4, at(4)), (8, at(8))]);
+        for e in &events[6..] {
+            v.push(e);
+        }
+        assert_eq!(v.finish(10).first_broken.map(|b| b.seq), Some(5));
     }
 
     fn verify(events: &[AuditEvent], checkpoints: &[(u64, [u8; 32])]) -> VerifyReport {

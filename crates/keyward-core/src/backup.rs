@@ -142,6 +142,18 @@ impl Manifest {
     }
 }
 
+/// How scheduled backups are configured, as pages show it (nothing secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSchedule {
+    pub every: std::time::Duration,
+    /// Backups kept in `dir`.
+    pub keep: u32,
+    pub dir: String,
+    /// "2 age recipient(s)" or "a passphrase".
+    pub encrypted_to: String,
+    pub raw_usage: bool,
+}
+
 /// Where an export sends its chunks (a backup file being written).
 #[async_trait]
 pub trait ChunkSink: Send {

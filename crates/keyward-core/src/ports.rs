@@ -152,13 +152,16 @@ pub trait UsageStore: Send + Sync {
     /// Hourly consumption per key and per token since `since`: what quota and budget
     /// counters are restored from at start-up.
     async fn hourly_use_since(&self, since: Timestamp) -> Result<Vec<HourlyUse>>;
-    /// Deletes records older than `records_before` and minute rollups older than
-    /// `minutes_before` (longer rollups stay); returns how many records went.
+    /// Deletes records older than `records_before`, minute rollups older than
+    /// `minutes_before`, and with `rollups_before` hour and day rollups older than it (week
+    /// and month rollups stay); returns how many records and how many hour and day rollup
+    /// rows went.
     async fn prune_usage(
         &self,
         records_before: Timestamp,
         minutes_before: Timestamp,
-    ) -> Result<u64>;
+        rollups_before: Option<Timestamp>,
+    ) -> Result<(u64, u64)>;
 }
 
 #[async_trait]
@@ -391,6 +394,9 @@ pub trait NotificationStore: Send + Sync {
     async fn save_delivery(&self, delivery: &Delivery) -> Result<()>;
     /// A webhook's deliveries, newest first.
     async fn deliveries(&self, webhook_id: &WebhookId, limit: u32) -> Result<Vec<Delivery>>;
+    /// Deletes finished deliveries (delivered or failed) last touched before `before`;
+    /// pending ones stay whatever their age. Returns how many went.
+    async fn prune_deliveries(&self, before: Timestamp) -> Result<u64>;
 }
 
 /// What storing a finding did.
@@ -516,6 +522,9 @@ pub trait AuditStore: Send + Sync {
     /// For one action, per target: how many successful entries, and the latest one's time
     /// (e.g. how often each key was revealed, and when last).
     async fn audit_action_counts(&self, action: &str) -> Result<Vec<(String, u64, Timestamp)>>;
+    /// Removes entries up to and including `through`, and the checkpoints before it (the one
+    /// at `through` stays: the kept trail is verified from it); returns the entries removed.
+    async fn prune_audit_through(&self, through: u64) -> Result<u64>;
 }
 
 /// Everything a Keyward server needs from its database.

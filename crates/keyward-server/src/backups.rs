@@ -1,7 +1,7 @@
-//! Backup files on disk, for `keyward backup create` and the server's schedule: a backup is
-//! written under a temporary name (mode 0600), synced, then renamed, so a file with a
-//! backup's name is always a whole backup; scheduled ones are named by their UTC time and
-//! the oldest beyond `backup_keep` are deleted.
+//! Backup and audit-archive files on disk, for `keyward backup create`, `keyward audit
+//! prune` and the server's jobs: a file is written under a temporary name (mode 0600),
+//! synced, then renamed, so a file with its final name is always whole; scheduled backups
+//! are named by their UTC time and the oldest beyond `backup_keep` are deleted.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -167,6 +167,71 @@ pub fn prune(dir: &Path, keep: u32) -> Result<usize, String> {
             .map_err(|e| format!("cannot delete old backup {name}: {e}"))?;
     }
     Ok(excess)
+}
+
+/// Where pruned audit entries are exported: created (0600, never over an existing file) on
+/// the first entry, and named only once synced.
+#[derive(Debug)]
+pub struct ArchiveFile {
+    path: PathBuf,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl ArchiveFile {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, out: None }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn partial(&self) -> PathBuf {
+        self.path.with_extension("partial")
+    }
+}
+
+impl keyward_app::retention::AuditArchive for ArchiveFile {
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        if self.out.is_none() {
+            if self.path.exists() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} exists already", self.path.display()),
+                ));
+            }
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(self.partial())?;
+            self.out = Some(std::io::BufWriter::new(file));
+        }
+        let out = self.out.as_mut().ok_or(std::io::ErrorKind::NotFound)?;
+        out.write_all(line.as_bytes())?;
+        out.write_all(b"\n")
+    }
+
+    fn commit(&mut self) -> std::io::Result<()> {
+        let Some(out) = self.out.take() else {
+            return Ok(());
+        };
+        let file = out
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?;
+        file.sync_all()?;
+        std::fs::rename(self.partial(), &self.path)?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
 }
 
 /// Writes `text` to a new file readable only by its owner.

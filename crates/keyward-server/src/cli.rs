@@ -161,6 +161,16 @@ enum AuditCommand {
     /// Walk the hash chain and its signed checkpoints; exit 1 naming the first entry that
     /// was edited, removed or moved.
     Verify,
+    /// Export the entries older than N days to FILE (JSON Lines), then remove them — up to
+    /// the newest signed checkpoint older than that, so the kept trail still verifies.
+    /// Never inside audit_retention_min_days. Audited as audit.prune.
+    Prune {
+        #[arg(long, value_name = "DAYS")]
+        older_than_days: u32,
+        /// Where the removed entries go (a new file; never overwritten).
+        #[arg(long, value_name = "FILE")]
+        archive: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -307,6 +317,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Audit(AuditCommand::Verify) => {
             let settings = load_settings(config_file, FlagOverrides::default())?;
             audit_verify(&settings).await
+        }
+        Command::Audit(AuditCommand::Prune {
+            older_than_days,
+            archive,
+        }) => {
+            let settings = load_settings(config_file, FlagOverrides::default())?;
+            audit_prune(&settings, older_than_days, archive).await
         }
         Command::MasterKey(command) => {
             let settings = load_settings(config_file, FlagOverrides::default())?;
@@ -722,6 +739,37 @@ async fn audit_verify(settings: &Settings) -> Result<(), String> {
             report.verified
         )),
     }
+}
+
+async fn audit_prune(
+    settings: &Settings,
+    older_than_days: u32,
+    archive: PathBuf,
+) -> Result<(), String> {
+    let app = open_app(settings).await?;
+    let before = app
+        .now()
+        .saturating_sub(SignedDuration::from_hours(24 * i64::from(older_than_days)))
+        .unwrap_or(Timestamp::MIN);
+    let mut file = crate::backups::ArchiveFile::new(archive);
+    let pruned = app
+        .prune_audit(&Actor::system("cli"), before, &mut file)
+        .await
+        .map_err(|e| e.message);
+    app.close().await;
+    match pruned? {
+        Some(p) => println!(
+            "exported entries {}–{} to {} and pruned them; the trail verifies from the signed checkpoint at {}",
+            p.from,
+            p.through,
+            file.path().display(),
+            p.through
+        ),
+        None => println!(
+            "nothing to prune: no signed checkpoint older than {older_than_days} days past what is already pruned"
+        ),
+    }
+    Ok(())
 }
 
 async fn token_create(

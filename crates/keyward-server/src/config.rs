@@ -44,6 +44,11 @@ const KNOWN_KEYS: &[&str] = &[
     "max_snapshot_staleness_seconds",
     "audit_checkpoint_seconds",
     "audit_webhook_url",
+    "audit_retention_days",
+    "audit_retention_min_days",
+    "audit_archive_dir",
+    "usage_rollup_retention_days",
+    "notification_log_retention_days",
     "smtp_url",
     "smtp_from",
     "session_idle_minutes",
@@ -241,6 +246,33 @@ pub struct RawSettings {
     /// A TOML file of `[[price]]` entries laid over the built-in LLM price table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing_file: Option<PathBuf>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub audit_retention_days: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub audit_retention_min_days: Option<String>,
+    /// Where pruned audit entries are exported (default `<data_dir>/audit-archive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_archive_dir: Option<PathBuf>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub usage_rollup_retention_days: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub notification_log_retention_days: Option<String>,
     /// Where scheduled backups are written (default `<data_dir>/backups`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_dir: Option<PathBuf>,
@@ -382,8 +414,26 @@ pub struct Settings {
     pub pricing: PricingTable,
     /// Backups: where scheduled ones go, how often, how many are kept, who can open them.
     pub backup: BackupSettings,
+    /// How long the audit trail, usage rollups and notification logs are kept.
+    pub retention: RetentionSettings,
     pub log_format: LogFormat,
     pub log: String,
+}
+
+/// What is kept how long beyond `usage_retention_days` (raw usage records).
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    /// Audit entries older than this are exported to `audit_archive_dir` and pruned hourly
+    /// (`None`: kept for ever).
+    pub audit_days: Option<u32>,
+    /// Audit entries younger than this are never pruned, by the job or by hand.
+    pub audit_min_days: u32,
+    pub audit_archive_dir: PathBuf,
+    /// Hour and day usage rollups older than this are deleted (`None`: kept for ever;
+    /// week and month rollups always are).
+    pub rollup_days: Option<u32>,
+    /// Finished webhook and e-mail deliveries older than this are deleted.
+    pub notification_log_days: u32,
 }
 
 /// How backups are made (`keyward backup create` and the server's schedule).
@@ -469,6 +519,9 @@ impl Settings {
             health_probes: self.health_probes,
             smtp: self.smtp.clone(),
             backup_schedule: self.backup.schedule(),
+            audit_retention_min_days: self.retention.audit_min_days,
+            rollup_retention_days: self.retention.rollup_days,
+            notification_log_retention_days: Some(self.retention.notification_log_days),
         }
     }
 }
@@ -897,6 +950,16 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
             12,
         )?)),
     };
+    let retention = retention_settings(
+        RetentionRaw {
+            audit_days: raw.audit_retention_days.as_deref(),
+            audit_min_days: raw.audit_retention_min_days.as_deref(),
+            audit_archive_dir: raw.audit_archive_dir.as_deref(),
+            rollup_days: raw.usage_rollup_retention_days.as_deref(),
+            notification_log_days: raw.notification_log_retention_days.as_deref(),
+        },
+        &data_dir,
+    )?;
     let backup = backup_settings(
         BackupRaw {
             dir: raw.backup_dir,
@@ -1001,6 +1064,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         tls_redirect_listen,
         health_probes,
         backup,
+        retention,
         trusted_proxies,
         public_url,
         pricing,
@@ -1067,6 +1131,62 @@ impl std::fmt::Debug for RawSettings {
 }
 
 /// A true/false setting.
+/// Hour rollups feed monthly quota windows, budgets and two-week forecast paces.
+const MIN_ROLLUP_RETENTION_DAYS: u32 = 62;
+
+/// The retention settings as given.
+struct RetentionRaw<'a> {
+    audit_days: Option<&'a str>,
+    audit_min_days: Option<&'a str>,
+    audit_archive_dir: Option<&'a std::path::Path>,
+    rollup_days: Option<&'a str>,
+    notification_log_days: Option<&'a str>,
+}
+
+fn retention_settings(
+    raw: RetentionRaw<'_>,
+    data_dir: &std::path::Path,
+) -> Result<RetentionSettings, ConfigError> {
+    let optional_days = |name: &str, text: Option<&str>| -> Result<Option<u32>, ConfigError> {
+        let days = bounded(name, "days (0: keep for ever)", text, 0..=36_500u32, 0)?;
+        Ok((days > 0).then_some(days))
+    };
+    let audit_min_days = bounded(
+        "audit_retention_min_days",
+        "days",
+        raw.audit_min_days,
+        keyward_app::retention::AUDIT_RETENTION_FLOOR_DAYS..=36_500,
+        365,
+    )?;
+    let audit_days = optional_days("audit_retention_days", raw.audit_days)?;
+    if let Some(days) = audit_days.filter(|days| *days < audit_min_days) {
+        return Err(ConfigError(format!(
+            "audit_retention_days ({days}) is below audit_retention_min_days ({audit_min_days}): audit entries are kept at least that long"
+        )));
+    }
+    let rollup_days = optional_days("usage_rollup_retention_days", raw.rollup_days)?;
+    if let Some(days) = rollup_days.filter(|days| *days < MIN_ROLLUP_RETENTION_DAYS) {
+        return Err(ConfigError(format!(
+            "usage_rollup_retention_days ({days}) must be 0 or at least {MIN_ROLLUP_RETENTION_DAYS}: quotas, budgets and forecasts read a month of hourly rollups"
+        )));
+    }
+    Ok(RetentionSettings {
+        audit_days,
+        audit_min_days,
+        audit_archive_dir: raw
+            .audit_archive_dir
+            .map_or_else(|| data_dir.join("audit-archive"), std::path::Path::to_owned),
+        rollup_days,
+        notification_log_days: bounded(
+            "notification_log_retention_days",
+            "days",
+            raw.notification_log_days,
+            1..=36_500u32,
+            90,
+        )?,
+    })
+}
+
 /// The backup settings as given, taken out of [`RawSettings`].
 struct BackupRaw {
     dir: Option<PathBuf>,

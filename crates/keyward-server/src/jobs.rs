@@ -28,6 +28,7 @@ pub struct JobSettings {
     pub audit_checkpoint_every: Duration,
     pub audit_webhook_url: Option<SecretString>,
     pub backup: crate::config::BackupSettings,
+    pub retention: crate::config::RetentionSettings,
 }
 
 impl Jobs {
@@ -37,7 +38,7 @@ impl Jobs {
     /// configured) and the writer of the proxy's events.
     pub fn start(app: &Arc<App>, metrics: &Arc<Metrics>, settings: JobSettings) -> Self {
         let mut loops = vec![
-            tokio::spawn(purge_loop(app.clone())),
+            tokio::spawn(purge_loop(app.clone(), settings.retention)),
             tokio::spawn(checkpoint_loop(
                 app.clone(),
                 settings.audit_checkpoint_every,
@@ -294,12 +295,18 @@ async fn checkpoint_loop(app: Arc<App>, every: Duration) {
     }
 }
 
-async fn purge_loop(app: Arc<App>) {
+async fn purge_loop(app: Arc<App>, retention: crate::config::RetentionSettings) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tick.tick().await;
         if let Err(e) = app.purge_expired().await {
             tracing::warn!(error = %e, "scheduled purge failed; will retry");
+        }
+        if let Some(days) = retention.audit_days {
+            prune_audit(&app, days, &retention.audit_archive_dir).await;
+        }
+        if let Err(e) = app.prune_notification_logs().await {
+            tracing::warn!(error = %e, "pruning old notification deliveries failed; will retry");
         }
         if let Err(e) = app.prune_sessions().await {
             tracing::warn!(error = %e, "pruning ended sessions failed; will retry");
@@ -310,6 +317,34 @@ async fn purge_loop(app: Arc<App>) {
         if let Err(e) = app.maintain_store().await {
             tracing::warn!(error = %e, "store maintenance failed; will retry");
         }
+    }
+}
+
+/// Exports audit entries older than `days` to a new file in `dir`, then prunes them.
+async fn prune_audit(app: &App, days: u32, dir: &std::path::Path) {
+    let now = app.now();
+    let before = now
+        .saturating_sub(jiff::SignedDuration::from_hours(24 * i64::from(days)))
+        .unwrap_or(Timestamp::MIN);
+    let mut archive = crate::backups::ArchiveFile::new(
+        dir.join(format!("audit-{}.jsonl", now.strftime("%Y%m%dT%H%M%SZ"))),
+    );
+    match app
+        .prune_audit(
+            &keyward_app::Actor::system("retention"),
+            before,
+            &mut archive,
+        )
+        .await
+    {
+        Ok(Some(pruned)) => tracing::info!(
+            from = pruned.from,
+            through = pruned.through,
+            archive = %archive.path().display(),
+            "audit entries exported and pruned"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning the audit trail failed; will retry"),
     }
 }
 

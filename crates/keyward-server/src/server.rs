@@ -28,6 +28,8 @@ pub struct Started {
     pub audit_webhook_url: Option<secrecy::SecretString>,
     /// Scheduled backups (run when `every` is set).
     pub backup: crate::config::BackupSettings,
+    /// Audit, rollup and notification log retention (the hourly job).
+    pub retention: crate::config::RetentionSettings,
     /// HTTPS on `listener` (with HSTS), when configured.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// The plain-HTTP socket that only redirects to HTTPS.
@@ -95,6 +97,7 @@ pub async fn start_with_clock(
         audit_checkpoint_every: settings.audit_checkpoint_every,
         audit_webhook_url: settings.audit_webhook_url.clone(),
         backup: settings.backup.clone(),
+        retention: settings.retention.clone(),
         tls,
         redirect,
     })
@@ -114,6 +117,7 @@ impl Started {
                 audit_checkpoint_every: self.audit_checkpoint_every,
                 audit_webhook_url: self.audit_webhook_url.clone(),
                 backup: self.backup.clone(),
+                retention: self.retention.clone(),
             },
         );
         let router = crate::routes::router(self.app.clone(), self.metrics.clone());

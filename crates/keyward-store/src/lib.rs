@@ -74,6 +74,20 @@ pub const LEFT_OUT: &[&str] = &[
     "_sqlx_migrations",
 ];
 
+/// How a restored value is bound: what the target column holds. SQLite takes every value
+/// as it comes (`Any`); PostgreSQL needs the declared type, even for a NULL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ColumnKind {
+    Any,
+    BigInt,
+    Int,
+    SmallInt,
+    Bool,
+    Real,
+    Text,
+    Bytes,
+}
+
 /// Opens the store a `KEYWARD_DATABASE_URL` names: `sqlite://PATH` or `postgres://…`.
 /// Connects (creating a missing SQLite file) but does not migrate.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, Error> {

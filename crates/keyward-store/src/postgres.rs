@@ -285,8 +285,8 @@ fn backup_read_cell(row: &DbRow, index: usize) -> Result<keyward_core::backup::C
 async fn backup_column_kinds(
     tx: &mut sqlx::Transaction<'static, Db>,
     table: &str,
-) -> Result<Vec<(String, queries::ColumnKind)>, Error> {
-    use queries::ColumnKind as K;
+) -> Result<Vec<(String, crate::ColumnKind)>, Error> {
+    use crate::ColumnKind as K;
     let columns: Vec<(String, String)> = sqlx::query_as(
         "SELECT column_name::text, data_type::text FROM information_schema.columns \
          WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",

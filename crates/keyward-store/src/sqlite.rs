@@ -228,7 +228,7 @@ fn backup_read_cell(row: &DbRow, index: usize) -> Result<keyward_core::backup::C
 async fn backup_column_kinds(
     tx: &mut sqlx::Transaction<'static, Db>,
     table: &str,
-) -> Result<Vec<(String, queries::ColumnKind)>, Error> {
+) -> Result<Vec<(String, crate::ColumnKind)>, Error> {
     let names: Vec<(String,)> = sqlx::query_as("SELECT name FROM pragma_table_info($1)")
         .bind(table)
         .fetch_all(&mut **tx)
@@ -236,7 +236,7 @@ async fn backup_column_kinds(
         .map_err(|e| db_error(e, None))?;
     Ok(names
         .into_iter()
-        .map(|(name,)| (name, queries::ColumnKind::Any))
+        .map(|(name,)| (name, crate::ColumnKind::Any))
         .collect())
 }
 

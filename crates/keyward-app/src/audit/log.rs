@@ -166,11 +166,26 @@ impl AuditLog {
                 }
             }
         }
-        let mut verifier = ChainVerifier::new(trusted);
+        // A pruned trail starts after a signed checkpoint, and a prune entry that a later
+        // signed checkpoint covers must say it removed exactly the entries before it.
+        let first_kept = self
+            .store
+            .audit_events(&AuditFilter {
+                after_seq: Some(0),
+                limit: 1,
+                ..AuditFilter::default()
+            })
+            .await?
+            .first()
+            .map_or(1, |e| e.seq);
+        let pruned = first_kept.saturating_sub(1);
+        let last_signed = trusted.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
+        let mut verifier = ChainVerifier::resuming_after(pruned, trusted);
         if let Some(seq) = bad_signature {
             verifier.break_at(seq, BreakKind::BadCheckpoint);
         }
-        let mut after = 0;
+        let mut vouched = pruned == 0;
+        let mut after = pruned;
         loop {
             let page = self
                 .store
@@ -184,10 +199,15 @@ impl AuditLog {
             after = last.seq;
             for event in &page {
                 verifier.push(event);
+                vouched |= event.seq <= last_signed
+                    && keyward_core::audit::pruned_through(event) == Some(pruned);
             }
             if verifier.is_broken() {
                 break;
             }
+        }
+        if !vouched {
+            verifier.break_at(1, BreakKind::Missing);
         }
         let head = self.store.audit_head().await?.map_or(0, |(seq, _)| seq);
         Ok(verifier.finish(head))

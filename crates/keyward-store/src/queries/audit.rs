@@ -190,4 +190,21 @@ impl AuditStore for ThisStore {
             })
             .collect()
     }
+
+    async fn prune_audit_through(&self, through: u64) -> Result<u64, Error> {
+        let through = i64::try_from(through).map_err(|e| corrupt("seq", e))?;
+        let mut tx = self.begin_write().await?;
+        let removed = sqlx::query("DELETE FROM audit_events WHERE seq <= $1")
+            .bind(through)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        sqlx::query("DELETE FROM audit_checkpoints WHERE seq < $1")
+            .bind(through)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        commit(tx).await?;
+        Ok(removed.rows_affected())
+    }
 }

@@ -13,7 +13,7 @@ use keyward_core::backup::{Cell, ChunkSink, ChunkSource, TableChunk};
 use futures_util::TryStreamExt;
 use sqlx::{Column, QueryBuilder, Row};
 
-use crate::{BACKED_UP, LEFT_OUT, db_error};
+use crate::{BACKED_UP, ColumnKind, LEFT_OUT, db_error};
 
 /// Raw usage records: in a backup only when asked for (rollups always are).
 const RAW_USAGE: &str = "usage_records";
@@ -21,24 +21,6 @@ const RAW_USAGE: &str = "usage_records";
 /// Rows per chunk of a backup, and per insert statement while restoring (well inside both
 /// backends' bind-parameter limits at the widest table's ~40 columns).
 const ROWS_PER_CHUNK: usize = 200;
-
-/// How a restored value is bound: what the target column holds. SQLite takes every value
-/// as it comes (`Any`); PostgreSQL needs the declared type, even for a NULL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(
-    dead_code,
-    reason = "compiled once per backend: SQLite's copy only ever uses `Any`"
-)]
-pub(crate) enum ColumnKind {
-    Any,
-    BigInt,
-    Int,
-    SmallInt,
-    Bool,
-    Real,
-    Text,
-    Bytes,
-}
 
 impl ThisStore {
     pub(super) async fn export_backup_tables(

@@ -69,8 +69,6 @@ mod usage;
 mod users;
 mod vault;
 
-pub(crate) use backup::ColumnKind;
-
 const KEY_COLUMNS: &str = "id, service_id, environment, alias, description, owner, tags, criticality, enabled, \
     expires_at, current_version, current_hint, created_by, created_at, updated_at, last_used_at, deleted_at, deleted_by, controls, \
     revoked_at, revoked_by, revoke_reason, rotated_at, revocation_check";

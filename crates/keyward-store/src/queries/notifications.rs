@@ -216,4 +216,15 @@ impl NotificationStore for ThisStore {
         .map_err(|e| db_error(e, None))?;
         rows.iter().map(delivery_row).collect()
     }
+
+    async fn prune_deliveries(&self, before: Timestamp) -> Result<u64, Error> {
+        let deleted = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE status IN ('delivered', 'failed') AND updated_at < $1",
+        )
+        .bind(millis(before))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        Ok(deleted.rows_affected())
+    }
 }

@@ -468,7 +468,8 @@ impl UsageStore for ThisStore {
         &self,
         records_before: Timestamp,
         minutes_before: Timestamp,
-    ) -> Result<u64, Error> {
+        rollups_before: Option<Timestamp>,
+    ) -> Result<(u64, u64), Error> {
         let mut tx = self.begin_write().await?;
         let deleted = sqlx::query("DELETE FROM usage_records WHERE at < $1")
             .bind(millis(records_before))
@@ -486,7 +487,22 @@ impl UsageStore for ThisStore {
                 .await
                 .map_err(|e| db_error(e, None))?;
         }
+        let mut rollups = 0;
+        if let Some(before) = rollups_before {
+            for table in [RollupTable::Full, RollupTable::ByKey] {
+                let sql = format!(
+                    "DELETE FROM {} WHERE grain IN (1, 2) AND bucket < $1",
+                    table.name()
+                );
+                rollups += sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(millis(before))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| db_error(e, None))?
+                    .rows_affected();
+            }
+        }
         commit(tx).await?;
-        Ok(deleted.rows_affected())
+        Ok((deleted.rows_affected(), rollups))
     }
 }

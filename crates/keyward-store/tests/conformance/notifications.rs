@@ -126,6 +126,12 @@ async fn notifications_queue_once_and_lease_to_one_instance(store: Arc<dyn Store
         .expect("claim");
     assert_eq!(lapsed.len(), 1);
     assert_ne!(lapsed[0].id, delivered.id);
+    // Retention: finished deliveries go once old enough; a pending one stays at any age.
+    assert_eq!(store.prune_deliveries(ts(10_030)).await.expect("prune"), 0);
+    assert_eq!(store.prune_deliveries(ts(10_031)).await.expect("prune"), 1);
+    let log = store.deliveries(&hook.id, 10).await.expect("log");
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].status, DeliveryStatus::Pending);
     assert!(store.delete_webhook(&hook.id).await.expect("delete"));
     assert!(
         store

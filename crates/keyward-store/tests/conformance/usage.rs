@@ -263,10 +263,10 @@ async fn usage_is_recorded_summed_and_queried(store: Arc<dyn Store>) {
 
     assert_eq!(
         store
-            .prune_usage(ts(base + HOUR), ts(base + HOUR))
+            .prune_usage(ts(base + HOUR), ts(base + HOUR), None)
             .await
             .expect("prune"),
-        2
+        (2, 0)
     );
     let minutes = store
         .usage(&query(Granularity::Minute, None))
