@@ -5,7 +5,7 @@
 //! dialects (`$n` placeholders work in both). This file holds what several stores share:
 //! row readers and writers, time and number conversions, and the whole `Store`.
 
-use super::{Db, DbRow, MAINTAIN_SQL, MIGRATIONS, ThisStore};
+use super::{Db, DbRow, MAINTAIN_SQL, MIGRATIONS, NEWEST_MIGRATION, ThisStore};
 use keyward_core::Error;
 
 use std::borrow::Cow;
@@ -362,7 +362,10 @@ impl Store for ThisStore {
                 )
             })
             .collect();
+        // Up to an older version, migrations the database already has beyond it are not
+        // "missing" (a forced restore of an older backup into a newer vault's database).
         Migrator::with_migrations(migrations)
+            .set_ignore_missing(newest < NEWEST_MIGRATION)
             .run(&self.pool)
             .await
             .map_err(|e| {
