@@ -18,7 +18,7 @@ bin="${KEYWARD_BIN:-$CARGO_TARGET_DIR/release/keyward}"
 work="$(mktemp -d)"
 trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$((20000 + RANDOM % 20000))
-clean_env() { env -u KEYWARD_DATABASE_URL -u KEYWARD_DATA_DIR "$@"; }
+clean_env() { env -u KEYWARD_DATABASE_URL -u KEYWARD_DATA_DIR -u KEYWARD_BIN "$@"; }
 
 mkdir -p "$work/src"
 (cd "$work/src" && clean_env "$bin" serve --listen "127.0.0.1:$port" >"$work/serve.log" 2>&1) &
@@ -43,13 +43,13 @@ echo "database: $db_bytes bytes; backup: $(stat -c %s "$work/r.kwbackup") bytes 
 echo "create (recipient): ${t_create} s; create (passphrase, scrypt): ${t_pass} s; verify: ${t_verify} s"
 
 mkdir -p "$work/sq/data" && cp "$work/src/data/master.key" "$work/sq/data/"
-t_sqlite=$(timed bash -c "cd '$work/sq' && env -u KEYWARD_DATABASE_URL '$bin' backup restore '$work/r.kwbackup' --identity '$work/id'")
+t_sqlite=$(timed bash -c "cd '$work/sq' && env -u KEYWARD_DATABASE_URL -u KEYWARD_BIN '$bin' backup restore '$work/r.kwbackup' --identity '$work/id'")
 echo "restore into fresh SQLite (with drill): ${t_sqlite} s"
 
 admin="${KEYWARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 name="kw_bench_$RANDOM"
 psql -q "$admin" -c "CREATE DATABASE $name"
 mkdir -p "$work/pg/data" && cp "$work/src/data/master.key" "$work/pg/data/"
-t_pg=$(timed bash -c "cd '$work/pg' && KEYWARD_DATABASE_URL='${admin%/*}/$name' '$bin' backup restore '$work/r.kwbackup' --identity '$work/id'")
+t_pg=$(timed bash -c "cd '$work/pg' && env -u KEYWARD_BIN KEYWARD_DATABASE_URL='${admin%/*}/$name' '$bin' backup restore '$work/r.kwbackup' --identity '$work/id'")
 psql -q "$admin" -c "DROP DATABASE $name"
 echo "restore into fresh PostgreSQL (with drill): ${t_pg} s"

@@ -89,9 +89,14 @@ impl App {
         output: W,
     ) -> Result<(W, Manifest), Error> {
         self.audit.checkpoint().await?;
+        // The encryption is set up before the snapshot is read: a passphrase costs about a
+        // second of scrypt, which must not hold the read transaction open.
+        let mut writer =
+            tokio::task::spawn_blocking(move || BackupWriter::new(output, &protection))
+                .await
+                .map_err(|e| Error::internal(format!("the backup writer failed: {e}")))??;
         let (chunks, mut incoming) = mpsc::channel::<TableChunk>(CHUNKS_IN_FLIGHT);
         let writing = tokio::task::spawn_blocking(move || {
-            let mut writer = BackupWriter::new(output, &protection)?;
             while let Some(chunk) = incoming.blocking_recv() {
                 writer.write_chunk(chunk)?;
             }
