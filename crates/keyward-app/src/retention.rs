@@ -60,17 +60,9 @@ impl App {
                 ),
             ));
         }
-        let first = self
-            .store
-            .audit_events(&AuditFilter {
-                after_seq: Some(0),
-                limit: 1,
-                ..AuditFilter::default()
-            })
-            .await?
-            .first()
-            .map(|e| e.seq);
-        let Some(from) = first else { return Ok(None) };
+        let Some(from) = self.audit.first_seq().await? else {
+            return Ok(None);
+        };
         let boundary = self
             .store
             .audit_checkpoints()

@@ -168,16 +168,7 @@ impl AuditLog {
         }
         // A pruned trail starts after a signed checkpoint, and a prune entry that a later
         // signed checkpoint covers must say it removed exactly the entries before it.
-        let first_kept = self
-            .store
-            .audit_events(&AuditFilter {
-                after_seq: Some(0),
-                limit: 1,
-                ..AuditFilter::default()
-            })
-            .await?
-            .first()
-            .map_or(1, |e| e.seq);
+        let first_kept = self.first_seq().await?.unwrap_or(1);
         let pruned = first_kept.saturating_sub(1);
         let last_signed = trusted.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
         let mut verifier = ChainVerifier::resuming_after(pruned, trusted);
@@ -211,6 +202,20 @@ impl AuditLog {
         }
         let head = self.store.audit_head().await?.map_or(0, |(seq, _)| seq);
         Ok(verifier.finish(head))
+    }
+
+    /// The first entry kept (1 unless the trail was pruned); `None` for an empty trail.
+    pub async fn first_seq(&self) -> Result<Option<u64>, Error> {
+        Ok(self
+            .store
+            .audit_events(&AuditFilter {
+                after_seq: Some(0),
+                limit: 1,
+                ..AuditFilter::default()
+            })
+            .await?
+            .first()
+            .map(|e| e.seq))
     }
 
     pub async fn events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, Error> {
