@@ -27,6 +27,9 @@ pub struct App {
     /// The key file this process reads its master keys from (re-read when it changes), and
     /// what it looked like when last read.
     pub(crate) key_file: Option<crate::key_file::WatchedKeyFile>,
+    /// The PKCS#11 token master keys come from (the pkcs11 source, or a file source still
+    /// holding the token's keys): searched for keys another process generated there.
+    pub(crate) hsm: Option<Arc<keyward_crypto::hsm::Hsm>>,
     /// This process among the instances: its id (fresh at every start) and start time.
     pub(crate) instance: (String, jiff::Timestamp),
     /// The data plane; its snapshot is rebuilt after every write here.
@@ -179,6 +182,7 @@ impl App {
             store: vault.store,
             keyring,
             key_file: vault.key_file.map(crate::key_file::WatchedKeyFile::new),
+            hsm: vault.hsm,
             instance: (instance_id, started_at),
             proxy: Arc::new(proxy),
             events: std::sync::Mutex::new(Some(events)),

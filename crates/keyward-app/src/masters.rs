@@ -5,6 +5,9 @@
 //!   machine (or copied here from the machine that rotated) is held within seconds; every
 //!   key the vault has a record of is proved against its verifier first, and a file that
 //!   fails is logged and ignored.
+//! - The PKCS#11 token (the pkcs11 source) is searched for Keyward's keys every few seconds,
+//!   so a key `keyward master-key rotate` generated there is held within seconds, proved
+//!   the same way.
 //! - When the vault's current master key changes (a rotation: it moves the change feed),
 //!   the instance wraps new data keys with it from then on, provided it holds it.
 //! - Every few seconds it reports its current key and every key it holds
@@ -28,7 +31,7 @@ impl App {
         if let Some(file) = &self.key_file
             && file.changed()
         {
-            match self.read_key_file(&file.path, &records, held.current_id()) {
+            match self.read_key_file(&file.path, &held, &records, held.current_id()) {
                 Ok(keyring) => {
                     let added: Vec<String> = keyring
                         .ids()
@@ -40,6 +43,16 @@ impl App {
                 }
                 Err(message) => {
                     tracing::error!(file = %file.path.display(), error = %message, "the changed master key file cannot be used; keeping the keys held");
+                }
+            }
+        }
+        if let Some(hsm) = &self.hsm {
+            let base = next.as_ref().unwrap_or(&*held);
+            match self.new_token_keys(hsm, base, &records) {
+                Ok(Some(keyring)) => next = Some(keyring),
+                Ok(None) => {}
+                Err(message) => {
+                    tracing::error!(token = hsm.token_label(), error = %message, "the PKCS#11 token's new keys cannot be used; keeping the keys held");
                 }
             }
         }
@@ -63,15 +76,45 @@ impl App {
         Ok(())
     }
 
-    /// The keyring in `path`, each key the vault has a record of proved against its
-    /// verifier, with `current` still current (if the file still holds it).
+    /// `held` with the token's keys it lacks, each key the vault has a record of proved
+    /// against its verifier; `None` when there is nothing new.
+    fn new_token_keys(
+        &self,
+        hsm: &std::sync::Arc<keyward_crypto::hsm::Hsm>,
+        held: &Keyring,
+        records: &[keyward_core::master_key::MasterKeyRecord],
+    ) -> Result<Option<Keyring>, String> {
+        let added: Vec<_> = hsm
+            .master_keys()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|key| !held.contains(key.id()))
+            .collect();
+        if added.is_empty() {
+            return Ok(None);
+        }
+        let ids: Vec<String> = added.iter().map(|k| k.id().to_owned()).collect();
+        let keyring = held.with(added).map_err(|e| e.to_string())?;
+        for record in records.iter().filter(|r| ids.contains(&r.kek_id)) {
+            keyring
+                .check_verifier(&record.kek_id, &record.verifier)
+                .map_err(|_| format!("{} does not open its verifier", record.kek_id))?;
+        }
+        tracing::info!(added = ?ids, token = hsm.token_label(), "found new master keys on the PKCS#11 token");
+        Ok(Some(keyring))
+    }
+
+    /// The keyring in `path` (with the token's keys held), each key the vault has a record
+    /// of proved against its verifier, with `current` still current (if still held).
     fn read_key_file(
         &self,
         path: &std::path::Path,
+        held: &Keyring,
         records: &[keyward_core::master_key::MasterKeyRecord],
         current: &str,
     ) -> Result<Keyring, String> {
-        let keys = KeyringFile::new(path).load().map_err(|e| e.to_string())?;
+        let mut keys = held.token_keys();
+        keys.extend(KeyringFile::new(path).load().map_err(|e| e.to_string())?);
         let mut keyring = Keyring::new(keys).map_err(|e| e.to_string())?;
         for record in records.iter().filter(|r| keyring.contains(&r.kek_id)) {
             keyring
@@ -86,6 +129,11 @@ impl App {
             ));
         }
         Ok(keyring)
+    }
+
+    /// What this instance asked of its PKCS#11 token since start (`None` without one).
+    pub fn hsm_calls(&self) -> Option<keyward_crypto::hsm::HsmCallCounts> {
+        self.hsm.as_ref().map(|hsm| hsm.calls())
     }
 
     /// Says what this instance holds (every few seconds, by a job).

@@ -12,6 +12,8 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
+use std::sync::Arc;
+
 use keyward_core::Randomness;
 use keyward_core::key::{SealContext, SealedSecret};
 use secrecy::SecretString;
@@ -19,6 +21,7 @@ use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::CryptoError;
+use crate::hsm::Hsm;
 
 /// Recorded with every sealed value; anything else is refused when opening.
 pub const ALGORITHM: &str = "aes256gcm+kek-aes256gcm/v1";
@@ -26,11 +29,21 @@ const NONCE_LEN: usize = 12;
 const KEY_LEN: usize = 32;
 const VERIFIER_PLAINTEXT: &[u8] = b"keyward master key verifier v1";
 
-/// A 256-bit master key. Its id is a fingerprint, so the same key always has the same id
-/// and two different keys (practically) never share one.
+/// A 256-bit master key: held in memory (a key file, the environment, a passphrase) or
+/// living in a PKCS#11 token, where it never leaves and wrapping happens on the token. A
+/// memory key's id is a fingerprint of its bytes, a token key's of its `CKA_ID`, so the same
+/// key always has the same id and two different keys (practically) never share one.
 pub struct MasterKey {
     id: String,
-    key: Zeroizing<[u8; KEY_LEN]>,
+    material: Material,
+}
+
+enum Material {
+    Memory(Zeroizing<[u8; KEY_LEN]>),
+    Hsm {
+        hsm: Arc<Hsm>,
+        handle: cryptoki::object::ObjectHandle,
+    },
 }
 
 impl MasterKey {
@@ -42,7 +55,21 @@ impl MasterKey {
         let id = format!("kek_{}", hex::encode(&digest[..8]));
         let key = Zeroizing::new(bytes);
         bytes.zeroize();
-        Self { id, key }
+        Self {
+            id,
+            material: Material::Memory(key),
+        }
+    }
+
+    pub(crate) fn in_hsm(
+        id: String,
+        hsm: Arc<Hsm>,
+        handle: cryptoki::object::ObjectHandle,
+    ) -> Self {
+        Self {
+            id,
+            material: Material::Hsm { hsm, handle },
+        }
     }
 
     pub fn generate(random: &dyn Randomness) -> Self {
@@ -55,21 +82,72 @@ impl MasterKey {
         &self.id
     }
 
+    /// The label of the token this key lives in; `None` for a key held in memory.
+    pub fn token(&self) -> Option<&str> {
+        match &self.material {
+            Material::Memory(_) => None,
+            Material::Hsm { hsm, .. } => Some(hsm.token_label()),
+        }
+    }
+
     /// Another copy of this key (for a keyring with another current key).
     fn duplicate(&self) -> Self {
         Self {
             id: self.id.clone(),
-            key: self.key.clone(),
+            material: match &self.material {
+                Material::Memory(key) => Material::Memory(key.clone()),
+                Material::Hsm { hsm, handle } => Material::Hsm {
+                    hsm: hsm.clone(),
+                    handle: *handle,
+                },
+            },
         }
     }
 
-    /// The raw key, for writing the key file or printing it once on request.
-    pub(crate) fn bytes(&self) -> &[u8; KEY_LEN] {
-        &self.key
+    /// The raw key, for writing the key file or printing it once on request; a token key's
+    /// bytes cannot be read.
+    pub(crate) fn bytes(&self) -> Option<&[u8; KEY_LEN]> {
+        match &self.material {
+            Material::Memory(key) => Some(key),
+            Material::Hsm { .. } => None,
+        }
     }
 
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(&(*self.key).into())
+    /// AES-256-GCM under this key; returns `ciphertext ‖ tag`.
+    fn encrypt(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        msg: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        match &self.material {
+            Material::Memory(key) => Aes256Gcm::new(&(**key).into())
+                .encrypt(&Nonce::from(*nonce), Payload { msg, aad })
+                .map_err(|_| CryptoError::Integrity),
+            Material::Hsm { hsm, handle } => hsm.encrypt(*handle, nonce, aad, msg),
+        }
+    }
+
+    /// Opens `ciphertext ‖ tag` under this key.
+    fn decrypt(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        match &self.material {
+            Material::Memory(key) => Aes256Gcm::new(&(**key).into())
+                .decrypt(
+                    &Nonce::from(*nonce),
+                    Payload {
+                        msg: ciphertext,
+                        aad,
+                    },
+                )
+                .map(Zeroizing::new)
+                .map_err(|_| CryptoError::Integrity),
+            Material::Hsm { hsm, handle } => hsm.decrypt(*handle, nonce, aad, ciphertext),
+        }
     }
 }
 
@@ -77,6 +155,7 @@ impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MasterKey")
             .field("id", &self.id)
+            .field("token", &self.token())
             .finish_non_exhaustive()
     }
 }
@@ -151,6 +230,31 @@ impl Keyring {
 
     pub fn contains(&self, kek_id: &str) -> bool {
         self.keys.iter().any(|k| k.id == kek_id)
+    }
+
+    /// Copies of the keys that live in a PKCS#11 token (kept when a key file is re-read).
+    pub fn token_keys(&self) -> Vec<MasterKey> {
+        self.keys
+            .iter()
+            .filter(|k| k.token().is_some())
+            .map(MasterKey::duplicate)
+            .collect()
+    }
+
+    /// These keys and `more` (newest last), with the same current key: a key added while
+    /// running (another process generated it on the token).
+    pub fn with(&self, more: Vec<MasterKey>) -> Result<Self, CryptoError> {
+        let current = self.current_id().to_owned();
+        let mut keys: Vec<MasterKey> = self.keys.iter().map(MasterKey::duplicate).collect();
+        keys.extend(more);
+        let mut keyring = Self::new(keys)?;
+        keyring.set_current(&current)?;
+        Ok(keyring)
+    }
+
+    /// The token `kek_id` lives in, if it is held and lives in one.
+    pub fn token_of(&self, kek_id: &str) -> Option<&str> {
+        self.key(kek_id).ok().and_then(MasterKey::token)
     }
 
     /// Makes `kek_id` the key new data keys are wrapped with (the vault's record decides
@@ -269,34 +373,15 @@ impl Keyring {
         let kek = self.key(kek_id)?;
         let nonce = random_nonce(random);
         let mut out = nonce.to_vec();
-        out.extend(
-            kek.cipher()
-                .encrypt(
-                    &Nonce::from(nonce),
-                    Payload {
-                        msg: VERIFIER_PLAINTEXT,
-                        aad: kek.id.as_bytes(),
-                    },
-                )
-                .map_err(|_| CryptoError::Integrity)?,
-        );
+        out.extend(kek.encrypt(&nonce, VERIFIER_PLAINTEXT, kek.id.as_bytes())?);
         Ok(out)
     }
 
     pub fn check_verifier(&self, kek_id: &str, verifier: &[u8]) -> Result<(), CryptoError> {
         let kek = self.key(kek_id)?;
         let (nonce, ciphertext) = split_nonce(verifier)?;
-        let plain = kek
-            .cipher()
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: kek.id.as_bytes(),
-                },
-            )
-            .map_err(|_| CryptoError::Integrity)?;
-        if plain == VERIFIER_PLAINTEXT {
+        let plain = kek.decrypt(&nonce, ciphertext, kek.id.as_bytes())?;
+        if plain.as_slice() == VERIFIER_PLAINTEXT {
             Ok(())
         } else {
             Err(CryptoError::Integrity)
@@ -347,43 +432,32 @@ fn wrap(
 ) -> Result<Vec<u8>, CryptoError> {
     let nonce = random_nonce(random);
     let mut out = nonce.to_vec();
-    out.extend(
-        kek.cipher()
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: dek,
-                    aad: wrap_aad(&kek.id, context).as_bytes(),
-                },
-            )
-            .map_err(|_| CryptoError::Integrity)?,
-    );
+    out.extend(kek.encrypt(&nonce, dek, wrap_aad(&kek.id, context).as_bytes())?);
     Ok(out)
 }
 
+/// Opens a wrapped data key. A token key's data keys come from its short-lived cache when
+/// they can (see `hsm::DekCache`): the proxy unwraps on every request.
 fn unwrap(
     kek: &MasterKey,
     wrapped: &[u8],
     context: &SealContext<'_>,
 ) -> Result<Zeroizing<[u8; KEY_LEN]>, CryptoError> {
-    let (nonce, ciphertext) = split_nonce(wrapped)?;
-    let dek = Zeroizing::new(
-        kek.cipher()
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: wrap_aad(&kek.id, context).as_bytes(),
-                },
-            )
-            .map_err(|_| CryptoError::Integrity)?,
-    );
-    let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    if dek.len() != KEY_LEN {
-        return Err(CryptoError::Malformed("data key length"));
+    let aad = wrap_aad(&kek.id, context);
+    let open = || {
+        let (nonce, ciphertext) = split_nonce(wrapped)?;
+        let dek = kek.decrypt(&nonce, ciphertext, aad.as_bytes())?;
+        let mut out = Zeroizing::new([0u8; KEY_LEN]);
+        if dek.len() != KEY_LEN {
+            return Err(CryptoError::Malformed("data key length"));
+        }
+        out.copy_from_slice(&dek);
+        Ok(out)
+    };
+    match &kek.material {
+        Material::Hsm { hsm, .. } => hsm.cached_dek(&kek.id, wrapped, aad.as_bytes(), open),
+        Material::Memory(_) => open(),
     }
-    out.copy_from_slice(&dek);
-    Ok(out)
 }
 
 /// These mirror HashiCorp Vault's barrier tests (`vault/barrier_aes_gcm_test.go`):
@@ -542,7 +616,7 @@ mod tests {
     #[test]
     fn rotation_rewraps_without_touching_the_ciphertext() {
         let old = MasterKey::generate(&OsRandomness);
-        let old_bytes = *old.bytes();
+        let old_bytes = *old.bytes().expect("memory key");
         let old_ring = Keyring::new(vec![old]).expect("ring");
         let id = key_id();
         let ctx = SealContext::key_secret(&id, 3);
@@ -559,7 +633,7 @@ mod tests {
 
         // After rewrap the old KEK is no longer needed: a ring with only the new key opens it.
         let new_only = Keyring::new(vec![MasterKey::from_bytes(
-            *ring.key(&new_id).expect("k").bytes(),
+            *ring.key(&new_id).expect("k").bytes().expect("memory key"),
         )])
         .expect("ring");
         assert_eq!(

@@ -18,6 +18,9 @@ pub enum CryptoError {
     /// Reading or writing the master key file failed.
     #[error("{0}")]
     KeyFile(String),
+    /// The PKCS#11 token could not be used (module, token, PIN, or a failed operation).
+    #[error("{0}")]
+    Hsm(String),
 }
 
 impl From<CryptoError> for keyward_core::Error {
@@ -26,6 +29,17 @@ impl From<CryptoError> for keyward_core::Error {
             CryptoError::UnknownKek(_) => keyward_core::Error::new(
                 keyward_core::ErrorKind::Unavailable,
                 "master_key_unavailable",
+                e.to_string(),
+            ),
+            CryptoError::Hsm(_) => keyward_core::Error::new(
+                keyward_core::ErrorKind::Unavailable,
+                "hsm_unavailable",
+                e.to_string(),
+            ),
+            // Internal (the details go to the log), but with a code that says what broke.
+            CryptoError::Integrity => keyward_core::Error::new(
+                keyward_core::ErrorKind::Internal,
+                "sealed_value_unreadable",
                 e.to_string(),
             ),
             _ => keyward_core::Error::internal(e.to_string()),

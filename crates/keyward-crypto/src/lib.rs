@@ -10,6 +10,7 @@ pub mod audit;
 pub mod backup;
 mod envelope;
 mod error;
+pub mod hsm;
 pub mod password;
 mod provider;
 mod random;

@@ -24,9 +24,16 @@ const FILE_HEADER: &str = "\
 
 impl MasterKey {
     /// The key as base64, for `keyward master-key generate` (printed once, for the
-    /// environment-variable provider).
-    pub fn to_base64(&self) -> SecretString {
-        SecretString::from(STANDARD.encode(self.bytes()))
+    /// environment-variable provider) and the key file. A token key has none: it never
+    /// leaves the token.
+    pub fn to_base64(&self) -> Result<SecretString, CryptoError> {
+        let bytes = self.bytes().ok_or_else(|| {
+            CryptoError::KeyFile(format!(
+                "master key {} lives in a PKCS#11 token and cannot be written out",
+                self.id()
+            ))
+        })?;
+        Ok(SecretString::from(STANDARD.encode(bytes)))
     }
 }
 
@@ -184,7 +191,7 @@ impl KeyringFile {
         let _ = fs::remove_file(&tmp);
         let mut content = Zeroizing::new(String::from(FILE_HEADER));
         for key in keys {
-            content.push_str(key.to_base64().expose_secret());
+            content.push_str(key.to_base64()?.expose_secret());
             content.push('\n');
         }
         let mut file = OpenOptions::new()
@@ -249,9 +256,9 @@ mod tests {
     #[test]
     fn env_style_keys_parse_as_base64_or_hex() {
         let key = MasterKey::generate(&OsRandomness);
-        let parsed = parse_master_key(&key.to_base64()).expect("base64");
+        let parsed = parse_master_key(&key.to_base64().expect("memory key")).expect("base64");
         assert_eq!(parsed.id(), key.id());
-        let hex_form = SecretString::from(hex::encode(key.bytes()));
+        let hex_form = SecretString::from(hex::encode(key.bytes().expect("memory key")));
         assert_eq!(parse_master_key(&hex_form).expect("hex").id(), key.id());
         assert!(parse_master_key(&SecretString::from("short".to_owned())).is_err());
     }

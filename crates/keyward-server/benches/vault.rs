@@ -115,6 +115,7 @@ fn seed(rt: &tokio::runtime::Runtime, db: &TestDatabase) -> (Arc<App>, KeyId) {
         audit_keys,
         created_key_file: None,
         key_file: None,
+        hsm: None,
     };
     let options = AppOptions {
         recovery_window: RecoveryWindow::default(),

@@ -849,7 +849,7 @@ async fn master_key(settings: &Settings, command: MasterKeyCommand) -> Result<()
             Ok(())
         }
         MasterKeyCommand::Retire { kek_id } => {
-            vault::retire(
+            let report = vault::retire(
                 settings.vault_location(),
                 &kek_id,
                 &OsRandomness,
@@ -858,21 +858,25 @@ async fn master_key(settings: &Settings, command: MasterKeyCommand) -> Result<()
             .await
             .map_err(|e| e.to_string())?;
             println!("master key {kek_id} retired");
+            if let Some(note) = report.note {
+                println!("{note}");
+            }
             Ok(())
         }
         MasterKeyCommand::Status => {
             let app = open_app(settings).await?;
             let status = app.master_key_status().await.map_err(|e| e.message)?;
-            for (record, versions) in status {
+            for (record, versions, token) in status {
                 println!(
-                    "{} {:8} wraps {versions} key version(s), registered {}",
+                    "{} {:8} wraps {versions} key version(s), registered {}{}",
                     record.kek_id,
                     if record.current {
                         "current"
                     } else {
                         "previous"
                     },
-                    record.created_at
+                    record.created_at,
+                    token.map_or_else(String::new, |t| format!(", on PKCS#11 token '{t}'"))
                 );
             }
             app.close().await;
@@ -903,7 +907,10 @@ async fn master_key(settings: &Settings, command: MasterKeyCommand) -> Result<()
                 "New master key {} (set it as KEYWARD_MASTER_KEY; store it like a password):",
                 key.id()
             );
-            println!("{}", key.to_base64().expose_secret());
+            println!(
+                "{}",
+                key.to_base64().map_err(|e| e.to_string())?.expose_secret()
+            );
             Ok(())
         }
     }

@@ -37,6 +37,11 @@ const KNOWN_KEYS: &[&str] = &[
     "master_key_previous",
     "master_passphrase",
     "master_passphrase_previous",
+    "pkcs11_module",
+    "pkcs11_token_label",
+    "pkcs11_pin",
+    "pkcs11_key_label",
+    "pkcs11_dek_cache_seconds",
     "recovery_window_days",
     "usage_retention_days",
     "expiry_grace_minutes",
@@ -83,6 +88,7 @@ const SECRET_KEYS: &[&str] = &[
     "master_key_previous",
     "master_passphrase",
     "master_passphrase_previous",
+    "pkcs11_pin",
     "backup_passphrase",
 ];
 
@@ -132,6 +138,35 @@ pub struct RawSettings {
     pub master_key_source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub master_key_path: Option<PathBuf>,
+    /// The PKCS#11 module of the `pkcs11` master-key source (default: SoftHSM2's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// The token holding the master keys; with the `file` source, a token whose keys are
+    /// still held (moving back from the HSM).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub pkcs11_token_label: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub pkcs11_pin: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub pkcs11_key_label: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar_as_string"
+    )]
+    pub pkcs11_dek_cache_seconds: Option<String>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -554,6 +589,55 @@ where
         })
 }
 
+/// The PKCS#11 token settings, when a token is named (`pkcs11_token_label`).
+fn pkcs11_config(
+    module: Option<PathBuf>,
+    token_label: Option<String>,
+    pin: Option<String>,
+    key_label: Option<String>,
+    dek_cache_seconds: Option<&str>,
+) -> Result<Option<keyward_crypto::hsm::Pkcs11Config>, ConfigError> {
+    let Some(token_label) = token_label else {
+        if pin.is_some() || module.is_some() || key_label.is_some() {
+            return Err(ConfigError(
+                "pkcs11_module, pkcs11_pin and pkcs11_key_label need pkcs11_token_label (the token's label)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let pin = pin.ok_or_else(|| {
+        ConfigError(format!(
+            "PKCS#11 token '{}' needs pkcs11_pin (KEYWARD_PKCS11_PIN or KEYWARD_PKCS11_PIN_FILE)",
+            keyward_core::label::printable(&token_label)
+        ))
+    })?;
+    let key_label = key_label.unwrap_or_else(|| keyward_crypto::hsm::DEFAULT_KEY_LABEL.to_owned());
+    if key_label.trim().is_empty() || token_label.trim().is_empty() {
+        return Err(ConfigError(
+            "pkcs11_token_label and pkcs11_key_label must not be empty".into(),
+        ));
+    }
+    let seconds = bounded(
+        "pkcs11_dek_cache_seconds",
+        "seconds",
+        dek_cache_seconds,
+        0..=3600,
+        PKCS11_DEK_CACHE_SECONDS_DEFAULT,
+    )?;
+    Ok(Some(keyward_crypto::hsm::Pkcs11Config {
+        module: module.unwrap_or_else(|| PathBuf::from(keyward_crypto::hsm::SOFTHSM2_MODULE)),
+        token_label,
+        pin: SecretString::from(pin),
+        key_label,
+        dek_cache: std::time::Duration::from_secs(seconds),
+    }))
+}
+
+/// How long a data key unwrapped on the token stays in memory unless
+/// `pkcs11_dek_cache_seconds` says otherwise: long enough that a busy key costs one token
+/// call a minute, short enough that a revoked token login stops serving soon.
+pub const PKCS11_DEK_CACHE_SECONDS_DEFAULT: u64 = 60;
+
 /// How long usage records are kept unless `usage_retention_days` says otherwise.
 pub const USAGE_RETENTION_DAYS_DEFAULT: u16 = 90;
 
@@ -757,11 +841,29 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
             "master key source `{source}` needs {var} (or {var}_FILE)"
         ))
     };
+    let key_file = raw
+        .master_key_path
+        .unwrap_or_else(|| data_dir.join("master.key"));
+    let pkcs11 = pkcs11_config(
+        raw.pkcs11_module,
+        raw.pkcs11_token_label,
+        raw.pkcs11_pin,
+        raw.pkcs11_key_label,
+        raw.pkcs11_dek_cache_seconds.as_deref(),
+    )?;
     let master_key = match source.as_str() {
-        "file" => MasterKeySource::File(
-            raw.master_key_path
-                .unwrap_or_else(|| data_dir.join("master.key")),
-        ),
+        "file" => MasterKeySource::File {
+            path: key_file,
+            hsm: pkcs11,
+        },
+        "pkcs11" => MasterKeySource::Pkcs11 {
+            hsm: pkcs11.ok_or_else(|| {
+                ConfigError(
+                    "master key source `pkcs11` needs pkcs11_token_label and pkcs11_pin (or KEYWARD_PKCS11_PIN_FILE)".into(),
+                )
+            })?,
+            key_file,
+        },
         "env" => MasterKeySource::Env {
             current: SecretString::from(
                 raw.master_key
@@ -778,7 +880,7 @@ pub fn resolve(raw: RawSettings) -> Result<Settings, ConfigError> {
         },
         other => {
             return Err(ConfigError(format!(
-                "master_key_source must be file, env or passphrase, not `{}`",
+                "master_key_source must be file, env, passphrase or pkcs11, not `{}`",
                 keyward_core::label::printable(other)
             )));
         }
@@ -1279,7 +1381,7 @@ mod tests {
         assert_eq!(s.database_url.expose_secret(), "sqlite://data/keyward.db");
         assert!(s.database_is_default);
         assert!(
-            matches!(s.master_key, MasterKeySource::File(ref p) if p == Path::new("data/master.key"))
+            matches!(s.master_key, MasterKeySource::File { path: ref p, hsm: None } if p == Path::new("data/master.key"))
         );
         assert_eq!(s.recovery_window.in_days(), 30);
         assert_eq!(s.usage_retention_days, USAGE_RETENTION_DAYS_DEFAULT);
@@ -1309,6 +1411,73 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn pkcs11_settings_name_a_token_and_a_pin() {
+        let token = || RawSettings {
+            master_key_source: Some("pkcs11".into()),
+            pkcs11_token_label: Some("vault".into()),
+            pkcs11_pin: Some("1234".into()),
+            ..Default::default()
+        };
+        let s = resolve(token()).expect("pkcs11 source");
+        let MasterKeySource::Pkcs11 { hsm, key_file } = &s.master_key else {
+            panic!("not the pkcs11 source: {:?}", s.master_key);
+        };
+        assert_eq!(hsm.module, Path::new(keyward_crypto::hsm::SOFTHSM2_MODULE));
+        assert_eq!(hsm.key_label, keyward_crypto::hsm::DEFAULT_KEY_LABEL);
+        assert_eq!(hsm.dek_cache.as_secs(), PKCS11_DEK_CACHE_SECONDS_DEFAULT);
+        assert_eq!(key_file, Path::new("data/master.key"), "older keys, if any");
+        assert!(
+            !format!("{:?}", s.master_key).contains("1234"),
+            "the PIN is not in debug output"
+        );
+
+        // The file source still holding a token's keys (moving back from the HSM).
+        let back = resolve(RawSettings {
+            master_key_source: Some("file".into()),
+            ..token()
+        })
+        .expect("file source with a token");
+        assert!(matches!(
+            back.master_key,
+            MasterKeySource::File { hsm: Some(_), .. }
+        ));
+
+        for (raw, expected) in [
+            (
+                RawSettings {
+                    pkcs11_token_label: None,
+                    ..token()
+                },
+                "need pkcs11_token_label",
+            ),
+            (
+                RawSettings {
+                    pkcs11_pin: None,
+                    ..token()
+                },
+                "needs pkcs11_pin",
+            ),
+            (
+                RawSettings {
+                    pkcs11_dek_cache_seconds: Some("7200".into()),
+                    ..token()
+                },
+                "pkcs11_dek_cache_seconds must be a whole number of seconds from 0 to 3600",
+            ),
+            (
+                RawSettings {
+                    pkcs11_key_label: Some(" ".into()),
+                    ..token()
+                },
+                "must not be empty",
+            ),
+        ] {
+            let err = resolve(raw).expect_err(expected);
+            assert!(err.0.contains(expected), "{expected}: {}", err.0);
+        }
     }
 
     #[test]

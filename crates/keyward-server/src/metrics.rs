@@ -129,6 +129,14 @@ impl Metrics {
                 "How long the vault's last scheduled backup took"
             );
             metrics::describe_counter!(
+                "keyward_hsm_operations_total",
+                "Operations sent to the PKCS#11 token by kind (encrypt: wrapping, decrypt: unwrapping); absent without a token"
+            );
+            metrics::describe_counter!(
+                "keyward_hsm_data_key_cache_hits_total",
+                "Data keys served from the short-lived in-memory cache instead of the PKCS#11 token"
+            );
+            metrics::describe_counter!(
                 "keyward_usage_write_failures_total",
                 "Usage batches the store refused (the events in them are lost)"
             );
@@ -266,8 +274,13 @@ impl Metrics {
         self.with(|| metrics::counter!("keyward_usage_write_failures_total").increment(1));
     }
 
-    /// The Prometheus text exposition, with the proxy's gauges as of now.
-    pub fn render(&self, gauges: ProxyGauges) -> String {
+    /// The Prometheus text exposition, with the proxy's gauges and the token's counts as
+    /// of now.
+    pub fn render(
+        &self,
+        gauges: ProxyGauges,
+        hsm: Option<keyward_crypto::hsm::HsmCallCounts>,
+    ) -> String {
         #[expect(clippy::cast_precision_loss, reason = "gauges are far below 2^52")]
         self.with(|| {
             metrics::counter!("keyward_proxy_events_dropped_total").absolute(gauges.dropped_events);
@@ -286,6 +299,13 @@ impl Metrics {
                 metrics::gauge!("keyward_redis_up").set(f64::from(u8::from(shared.up)));
                 metrics::counter!("keyward_redis_errors_total").absolute(shared.errors);
                 metrics::gauge!("keyward_redis_live_instances").set(shared.live_instances as f64);
+            }
+            if let Some(hsm) = hsm {
+                metrics::counter!("keyward_hsm_operations_total", "operation" => "encrypt")
+                    .absolute(hsm.encrypt);
+                metrics::counter!("keyward_hsm_operations_total", "operation" => "decrypt")
+                    .absolute(hsm.decrypt);
+                metrics::counter!("keyward_hsm_data_key_cache_hits_total").absolute(hsm.cache_hits);
             }
         });
         self.handle.render()
@@ -342,21 +362,28 @@ mod tests {
             ],
             |s| s == "openai",
         );
-        let text = metrics.render(ProxyGauges {
-            dropped_events: 7,
-            queued_events: 2,
-            cache_entries: 3,
-            cache_bytes: 4096,
-            expired_key_uses: 2,
-            uninspected_bodies: 3,
-            snapshot_age: Some(std::time::Duration::from_millis(1500)),
-            snapshot_stale: false,
-            shared_limits: Some(keyward_proxy::SharedGauges {
-                up: false,
-                errors: 4,
-                live_instances: 3,
+        let text = metrics.render(
+            ProxyGauges {
+                dropped_events: 7,
+                queued_events: 2,
+                cache_entries: 3,
+                cache_bytes: 4096,
+                expired_key_uses: 2,
+                uninspected_bodies: 3,
+                snapshot_age: Some(std::time::Duration::from_millis(1500)),
+                snapshot_stale: false,
+                shared_limits: Some(keyward_proxy::SharedGauges {
+                    up: false,
+                    errors: 4,
+                    live_instances: 3,
+                }),
+            },
+            Some(keyward_crypto::hsm::HsmCallCounts {
+                encrypt: 2,
+                decrypt: 5,
+                cache_hits: 40,
             }),
-        });
+        );
         for line in [
             r#"keyward_proxy_requests_total{service="openai",outcome="success",cache="miss"} 1"#,
             r#"keyward_proxy_requests_total{service="unknown",outcome="success",cache="miss"} 1"#,
@@ -375,6 +402,8 @@ mod tests {
             "keyward_redis_up 0",
             "keyward_redis_errors_total 4",
             "keyward_redis_live_instances 3",
+            r#"keyward_hsm_operations_total{operation="decrypt"} 5"#,
+            "keyward_hsm_data_key_cache_hits_total 40",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -15,14 +15,26 @@ use keyward_core::key::SealContext;
 use keyward_core::master_key::MasterKeyRecord;
 use keyward_core::ports::Store;
 use keyward_core::{Clock, Randomness};
+use keyward_crypto::hsm::{Hsm, Pkcs11Config};
 use keyward_crypto::{Keyring, KeyringFile, MasterKey, derive_from_passphrase, parse_master_key};
 use secrecy::{ExposeSecret, SecretString};
 
 /// Where the master key comes from.
 #[derive(Debug)]
 pub enum MasterKeySource {
-    /// A keyring file Keyward creates (mode 0600) and rotates.
-    File(std::path::PathBuf),
+    /// A keyring file Keyward creates (mode 0600) and rotates. With `hsm`, that token's
+    /// keys are held too, as older keys: how a vault moves from the HSM back to a file.
+    File {
+        path: std::path::PathBuf,
+        hsm: Option<Pkcs11Config>,
+    },
+    /// AES-256 keys generated on a PKCS#11 token, never leaving it; a rotation generates
+    /// another. The key file's keys, when the file exists, are held as older keys: how a
+    /// vault moves from a file to the HSM.
+    Pkcs11 {
+        hsm: Pkcs11Config,
+        key_file: std::path::PathBuf,
+    },
     /// `KEYWARD_MASTER_KEY` (current) and `KEYWARD_MASTER_KEY_PREVIOUS` (comma-separated,
     /// still needed until rotation has rewrapped everything).
     Env {
@@ -77,6 +89,9 @@ pub struct Vault {
     /// The key file the keyring came from (the file source), for a running server to
     /// re-read when it changes.
     pub key_file: Option<std::path::PathBuf>,
+    /// The token keys came from, for a running server to find keys generated there by
+    /// another process (a rotation).
+    pub hsm: Option<Arc<Hsm>>,
 }
 
 const PASSPHRASE_SALT: &str = "master_passphrase_salt";
@@ -117,8 +132,20 @@ pub async fn open_store(
     };
     let sealed_by = records.iter().find(|r| r.current).map(|r| r.kek_id.clone());
 
-    let (mut keyring, created_key_file, new_salt) =
-        load_keyring(&*store, source, sealed_by.as_deref(), initialized, random).await?;
+    let Loaded {
+        mut keyring,
+        created_key_file,
+        new_salt,
+        hsm,
+    } = load_keyring(
+        &*store,
+        source,
+        sealed_by.as_deref(),
+        initialized,
+        random,
+        clock,
+    )
+    .await?;
 
     if let Some(current) = records.iter().find(|r| r.current) {
         verify(&keyring, current, source)?;
@@ -155,9 +182,10 @@ pub async fn open_store(
         audit_keys,
         created_key_file,
         key_file: match source {
-            MasterKeySource::File(path) => Some(path.clone()),
+            MasterKeySource::File { path, .. } => Some(path.clone()),
             _ => None,
         },
+        hsm,
     })
 }
 
@@ -186,31 +214,70 @@ fn verify(
 
 fn describe(source: &MasterKeySource) -> String {
     match source {
-        MasterKeySource::File(path) => format!("key file {}", path.display()),
+        MasterKeySource::File { path, hsm: None } => format!("key file {}", path.display()),
+        MasterKeySource::File {
+            path,
+            hsm: Some(hsm),
+        } => format!(
+            "key file {} and PKCS#11 token '{}'",
+            path.display(),
+            hsm.token_label
+        ),
+        MasterKeySource::Pkcs11 { hsm, key_file } => format!(
+            "PKCS#11 token '{}' (keys labelled '{}') and key file {}",
+            hsm.token_label,
+            hsm.key_label,
+            key_file.display()
+        ),
         MasterKeySource::Env { .. } => "KEYWARD_MASTER_KEY".into(),
         MasterKeySource::Passphrase { .. } => "KEYWARD_MASTER_PASSPHRASE".into(),
     }
 }
 
-/// Returns the keyring, the key file it created (first run only), and a passphrase salt
-/// generated for a new vault (to be stored once the schema exists).
+/// What [`load_keyring`] found.
+struct Loaded {
+    keyring: Keyring,
+    /// The key file this start created (first run only).
+    created_key_file: Option<std::path::PathBuf>,
+    /// A passphrase salt generated for a new vault (stored once the schema exists).
+    new_salt: Option<String>,
+    hsm: Option<Arc<Hsm>>,
+}
+
+impl Loaded {
+    fn held(keyring: Keyring) -> Self {
+        Self {
+            keyring,
+            created_key_file: None,
+            new_salt: None,
+            hsm: None,
+        }
+    }
+}
+
 async fn load_keyring(
     store: &dyn Store,
     source: &MasterKeySource,
     sealed_by: Option<&str>,
     initialized: bool,
     random: &dyn Randomness,
-) -> Result<(Keyring, Option<std::path::PathBuf>, Option<String>), VaultError> {
+    clock: &dyn Clock,
+) -> Result<Loaded, VaultError> {
     match source {
-        MasterKeySource::File(path) => {
+        MasterKeySource::File { path, hsm } => {
+            let (hsm, mut keys) = token_keys(hsm.as_ref())?;
             let file = KeyringFile::new(path);
             if file.exists() {
                 if file.permissions_too_open() {
                     tracing::warn!(path = %path.display(), "the master key file is readable by other users; run `chmod 600` on it");
                 }
-                return Ok((Keyring::new(file.load()?)?, None, None));
+                keys.extend(file.load()?);
+                return Ok(Loaded {
+                    hsm,
+                    ..Loaded::held(Keyring::new(keys)?)
+                });
             }
-            if let Some(kek) = sealed_by {
+            if let Some(kek) = sealed_by.filter(|kek| !keys.iter().any(|k| k.id() == *kek)) {
                 return Err(VaultError(format!(
                     "the master key file {} is missing, but this vault is sealed with master key {kek}. \
                      Keyward refuses to start and will not create a new key (that would make every stored key unreadable). \
@@ -221,11 +288,59 @@ async fn load_keyring(
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 create_private_dir(dir)?;
             }
-            let key = file.create(random)?;
-            Ok((Keyring::new(vec![key])?, Some(path.clone()), None))
+            // New, or moving from the token to a file: the new file key is current only
+            // after `keyward master-key rotate`.
+            keys.push(file.create(random)?);
+            Ok(Loaded {
+                keyring: Keyring::new(keys)?,
+                created_key_file: Some(path.clone()),
+                new_salt: None,
+                hsm,
+            })
+        }
+        MasterKeySource::Pkcs11 { hsm, key_file } => {
+            let file = KeyringFile::new(key_file);
+            let mut keys = if file.exists() {
+                file.load()?
+            } else {
+                Vec::new()
+            };
+            let (hsm, token_keys) = token_keys(Some(hsm))?;
+            let hsm = hsm.ok_or_else(|| VaultError("the PKCS#11 token did not open".into()))?;
+            if token_keys.is_empty() {
+                match sealed_by {
+                    None => {
+                        let key = hsm.generate(random, clock.now())?;
+                        tracing::info!(
+                            kek = key.id(),
+                            token = hsm.token_label(),
+                            label = hsm.key_label(),
+                            "generated the vault's master key on the PKCS#11 token"
+                        );
+                        keys.push(key);
+                    }
+                    Some(kek) if !keys.iter().any(|k| k.id() == kek) => {
+                        return Err(VaultError(format!(
+                            "PKCS#11 token '{}' holds no key labelled '{}', but this vault is sealed with master key {kek}. \
+                             Keyward refuses to start and will not generate a new key (that would make every stored key unreadable). \
+                             Check pkcs11_token_label and pkcs11_key_label, or restore the token.",
+                            hsm.token_label(),
+                            hsm.key_label()
+                        )));
+                    }
+                    // Moving from the key file: the token's first key is generated by
+                    // `keyward master-key rotate`.
+                    Some(_) => {}
+                }
+            }
+            keys.extend(token_keys);
+            Ok(Loaded {
+                hsm: Some(hsm),
+                ..Loaded::held(Keyring::new(keys)?)
+            })
         }
         MasterKeySource::Env { current, previous } => {
-            Ok((env_keyring(current, previous)?, None, None))
+            Ok(Loaded::held(env_keyring(current, previous)?))
         }
         MasterKeySource::Passphrase { current, previous } => {
             let stored = if initialized {
@@ -252,13 +367,24 @@ async fn load_keyring(
                     (salt, Some(encoded))
                 }
             };
-            Ok((
-                passphrase_keyring(current, previous, &salt)?,
-                None,
+            Ok(Loaded {
                 new_salt,
-            ))
+                ..Loaded::held(passphrase_keyring(current, previous, &salt)?)
+            })
         }
     }
+}
+
+/// The token (opened: its PIN checked) and Keyward's keys on it, oldest first.
+fn token_keys(
+    config: Option<&Pkcs11Config>,
+) -> Result<(Option<Arc<Hsm>>, Vec<MasterKey>), VaultError> {
+    let Some(config) = config else {
+        return Ok((None, Vec::new()));
+    };
+    let hsm = Hsm::open(config)?;
+    let keys = hsm.master_keys()?;
+    Ok((Some(hsm), keys))
 }
 
 /// The keyring an operator supplies to open a backup of this vault: the configured master
@@ -269,15 +395,36 @@ pub fn keyring_for_backup(
     passphrase_salt: Option<&str>,
 ) -> Result<Keyring, VaultError> {
     match source {
-        MasterKeySource::File(path) => {
+        MasterKeySource::File { path, hsm } => {
+            let (_, mut keys) = token_keys(hsm.as_ref())?;
             let file = KeyringFile::new(path);
-            if !file.exists() {
+            if file.exists() {
+                keys.extend(file.load()?);
+            } else if keys.is_empty() {
                 return Err(VaultError(format!(
                     "the master key file {} is missing; a backup opens only with the master key of the vault it came from: put that file there first",
                     path.display()
                 )));
             }
-            Ok(Keyring::new(file.load()?)?)
+            Ok(Keyring::new(keys)?)
+        }
+        MasterKeySource::Pkcs11 { hsm, key_file } => {
+            let file = KeyringFile::new(key_file);
+            let mut keys = if file.exists() {
+                file.load()?
+            } else {
+                Vec::new()
+            };
+            keys.extend(token_keys(Some(hsm))?.1);
+            if keys.is_empty() {
+                return Err(VaultError(format!(
+                    "PKCS#11 token '{}' holds no key labelled '{}' and there is no key file {}; a backup opens only with the master key of the vault it came from",
+                    hsm.token_label,
+                    hsm.key_label,
+                    key_file.display()
+                )));
+            }
+            Ok(Keyring::new(keys)?)
         }
         MasterKeySource::Env { current, previous } => env_keyring(current, previous),
         MasterKeySource::Passphrase { current, previous } => {
@@ -389,18 +536,30 @@ pub async fn rotate(
         .map(|r| r.kek_id.clone())
         .ok_or_else(|| VaultError("the vault has no current master key".into()))?;
 
+    // The newest key configured is the one to make current; the file and token sources
+    // make it first, unless an interrupted rotation left one unregistered.
+    let newest_registered = vault
+        .keyring
+        .ids()
+        .last()
+        .is_some_and(|id| registered.iter().any(|r| r.kek_id == id));
     let mut keyring = match &location.master_key {
-        MasterKeySource::File(path) => {
+        MasterKeySource::File { path, .. } => {
             let file = KeyringFile::new(path);
-            let newest_registered = vault
-                .keyring
-                .ids()
-                .last()
-                .is_some_and(|id| registered.iter().any(|r| r.kek_id == id));
             if newest_registered {
                 file.append_new(random)?;
             }
-            Keyring::new(file.load()?)?
+            let mut keys = vault.keyring.token_keys();
+            keys.extend(file.load()?);
+            Keyring::new(keys)?
+        }
+        MasterKeySource::Pkcs11 { .. } if newest_registered => {
+            let hsm = vault
+                .hsm
+                .as_ref()
+                .ok_or_else(|| VaultError("the PKCS#11 token is not open".into()))?;
+            let key = hsm.generate(random, clock.now())?;
+            vault.keyring.with(vec![key])?
         }
         _ => vault.keyring,
     };
@@ -409,7 +568,12 @@ pub async fn rotate(
         .last()
         .map(str::to_owned)
         .ok_or_else(|| VaultError("no master key configured".into()))?;
-    if new_kek == db_current && !matches!(location.master_key, MasterKeySource::File(_)) {
+    if new_kek == db_current
+        && matches!(
+            location.master_key,
+            MasterKeySource::Env { .. } | MasterKeySource::Passphrase { .. }
+        )
+    {
         let var = match location.master_key {
             MasterKeySource::Passphrase { .. } => "KEYWARD_MASTER_PASSPHRASE",
             _ => "KEYWARD_MASTER_KEY",
@@ -516,8 +680,11 @@ async fn wait_until_held(
         }
         if std::time::Instant::now() >= deadline {
             let how = match source {
-                MasterKeySource::File(_) => {
-                    "copy the updated key file to their machines (they re-read it within seconds)"
+                MasterKeySource::File { .. } => {
+                    "copy the updated key file to their machines (they re-read it within seconds); an instance still on the pkcs11 source must be restarted with master_key_source = \"file\" and the token as well"
+                }
+                MasterKeySource::Pkcs11 { .. } => {
+                    "an instance on the pkcs11 source with the same token finds the new key within seconds; restart the others with master_key_source = \"pkcs11\""
                 }
                 MasterKeySource::Env { .. } => {
                     "restart them with the new key in KEYWARD_MASTER_KEY and the current one in KEYWARD_MASTER_KEY_PREVIOUS (they keep wrapping with the current one until the rotation)"
@@ -572,7 +739,7 @@ pub async fn retire(
     kek_id: &str,
     random: &dyn Randomness,
     clock: &dyn Clock,
-) -> Result<(), VaultError> {
+) -> Result<RetireReport, VaultError> {
     let vault = open(location, random, clock).await?;
     if crate::audit::log::keys_sealed_by(&*vault.store)
         .await?
@@ -603,14 +770,40 @@ pub async fn retire(
         )));
     }
     vault.store.remove_master_key(kek_id).await?;
-    if let MasterKeySource::File(path) = &location.master_key {
+    let mut note = None;
+    let key_file = match &location.master_key {
+        MasterKeySource::File { path, .. } => Some(path),
+        MasterKeySource::Pkcs11 { key_file, .. } => Some(key_file),
+        _ => None,
+    };
+    if let Some(token) = vault.keyring.token_of(kek_id) {
+        note = Some(format!(
+            "master key {kek_id} stays on PKCS#11 token '{token}': destroy it with the token's own tools once no backup needs it (a backup opens only with the master key it was sealed under)"
+        ));
+    } else if let Some(path) = key_file {
         let file = KeyringFile::new(path);
-        if file.load()?.iter().any(|k| k.id() == kek_id) {
-            file.remove(kek_id)?;
+        if file.exists() {
+            let held = file.load()?;
+            if held.iter().any(|k| k.id() == kek_id) {
+                if held.len() > 1 {
+                    file.remove(kek_id)?;
+                } else {
+                    note = Some(format!(
+                        "{} now holds only the retired key {kek_id}: keep it with the backups sealed under it, or destroy it",
+                        path.display()
+                    ));
+                }
+            }
         }
     }
     vault.store.close().await;
-    Ok(())
+    Ok(RetireReport { note })
+}
+
+/// What a retirement left for the operator to do.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RetireReport {
+    pub note: Option<String>,
 }
 
 /// What `keyward master-key verify` found.

@@ -101,7 +101,7 @@ pub(crate) async fn metrics(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics.render(app.proxy.gauges()),
+        metrics.render(app.proxy.gauges(), app.hsm_calls()),
     )
         .into_response()
 }

@@ -186,7 +186,10 @@ async fn values_in(url: &str, master_key: &Path) -> Vec<String> {
     let store = keyward_store::open(url).await.unwrap();
     let vault = keyward_app::vault::open_store(
         store,
-        &MasterKeySource::File(master_key.to_owned()),
+        &MasterKeySource::File {
+            path: master_key.to_owned(),
+            hsm: None,
+        },
         &keyward_crypto::OsRandomness,
         &keyward_core::SystemClock,
     )
@@ -349,7 +352,10 @@ async fn audit_keys_of(app: &TestApp) -> keyward_crypto::audit::AuditKeys {
     let store = keyward_store::open(app.db().url()).await.unwrap();
     let vault = keyward_app::vault::open_store(
         store,
-        &MasterKeySource::File(app.data_dir().join("master.key")),
+        &MasterKeySource::File {
+            path: app.data_dir().join("master.key"),
+            hsm: None,
+        },
         &keyward_crypto::OsRandomness,
         &keyward_core::SystemClock,
     )

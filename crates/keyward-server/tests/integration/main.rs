@@ -32,6 +32,7 @@ mod expiry;
 mod freshness;
 mod guided_rotation;
 mod health;
+mod hsm;
 mod keys;
 mod leaks;
 mod llm;

@@ -15,7 +15,7 @@ use crate::fake_llm::FakeLlm;
 use crate::helpers::{OPENAI_KEY, Process, cli_token, command};
 
 /// The current KEK and how many versions each KEK wraps, from `keyward master-key status`.
-fn status(dir: &std::path::Path, envs: &[(&str, &str)]) -> (String, Vec<(String, u64)>) {
+pub(crate) fn status(dir: &std::path::Path, envs: &[(&str, &str)]) -> (String, Vec<(String, u64)>) {
     let out = command(dir, envs)
         .args(["master-key", "status"])
         .output()
