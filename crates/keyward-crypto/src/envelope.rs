@@ -43,6 +43,8 @@ enum Material {
     Hsm {
         hsm: Arc<Hsm>,
         handle: cryptoki::object::ObjectHandle,
+        /// When the key was generated (from its `CKA_ID`).
+        created_at: keyward_core::Timestamp,
     },
 }
 
@@ -65,10 +67,23 @@ impl MasterKey {
         id: String,
         hsm: Arc<Hsm>,
         handle: cryptoki::object::ObjectHandle,
+        created_at: keyward_core::Timestamp,
     ) -> Self {
         Self {
             id,
-            material: Material::Hsm { hsm, handle },
+            material: Material::Hsm {
+                hsm,
+                handle,
+                created_at,
+            },
+        }
+    }
+
+    /// When a token key was generated; `None` for a key held in memory.
+    pub fn generated_at(&self) -> Option<keyward_core::Timestamp> {
+        match &self.material {
+            Material::Memory(_) => None,
+            Material::Hsm { created_at, .. } => Some(*created_at),
         }
     }
 
@@ -96,9 +111,14 @@ impl MasterKey {
             id: self.id.clone(),
             material: match &self.material {
                 Material::Memory(key) => Material::Memory(key.clone()),
-                Material::Hsm { hsm, handle } => Material::Hsm {
+                Material::Hsm {
+                    hsm,
+                    handle,
+                    created_at,
+                } => Material::Hsm {
                     hsm: hsm.clone(),
                     handle: *handle,
+                    created_at: *created_at,
                 },
             },
         }
@@ -124,7 +144,7 @@ impl MasterKey {
             Material::Memory(key) => Aes256Gcm::new(&(**key).into())
                 .encrypt(&Nonce::from(*nonce), Payload { msg, aad })
                 .map_err(|_| CryptoError::Integrity),
-            Material::Hsm { hsm, handle } => hsm.encrypt(*handle, nonce, aad, msg),
+            Material::Hsm { hsm, handle, .. } => hsm.encrypt(*handle, nonce, aad, msg),
         }
     }
 
@@ -146,7 +166,7 @@ impl MasterKey {
                 )
                 .map(Zeroizing::new)
                 .map_err(|_| CryptoError::Integrity),
-            Material::Hsm { hsm, handle } => hsm.decrypt(*handle, nonce, aad, ciphertext),
+            Material::Hsm { hsm, handle, .. } => hsm.decrypt(*handle, nonce, aad, ciphertext),
         }
     }
 }

@@ -223,7 +223,9 @@ impl Hsm {
         keys.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(keys
             .into_iter()
-            .map(|(id, handle)| crate::MasterKey::in_hsm(kek_id_of(&id), self.clone(), handle))
+            .map(|(id, handle)| {
+                crate::MasterKey::in_hsm(kek_id_of(&id), self.clone(), handle, generated_at(&id))
+            })
             .collect())
     }
 
@@ -275,6 +277,7 @@ impl Hsm {
             kek_id_of(&id),
             self.clone(),
             handle,
+            generated_at(&id),
         ))
     }
 
@@ -471,6 +474,17 @@ fn find_token(context: &Pkcs11, module: &Path, label: &str) -> Result<Slot, Cryp
     )))
 }
 
+/// When a key was generated, from the first 8 bytes of its `CKA_ID` (the epoch for an id
+/// Keyward did not make).
+fn generated_at(cka_id: &[u8]) -> Timestamp {
+    cka_id
+        .get(..8)
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+        .and_then(|bytes| i64::try_from(u64::from_be_bytes(bytes)).ok())
+        .and_then(|millis| Timestamp::from_millisecond(millis).ok())
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
 /// The KEK id of a token key: a fingerprint of its `CKA_ID`, shaped like a file key's id.
 fn kek_id_of(cka_id: &[u8]) -> String {
     let mut hasher = Sha256::new();
@@ -489,8 +503,9 @@ struct DekCache {
     entries: Mutex<HashMap<[u8; 32], CachedDek>>,
 }
 
-/// A data key and the moment it stops being served from memory.
-type CachedDek = (Zeroizing<[u8; 32]>, Instant);
+/// A data key and the moment it stops being served from memory. Boxed so that the map
+/// growing moves a pointer, never leaving a copy of the key in freed memory.
+type CachedDek = (Box<Zeroizing<[u8; 32]>>, Instant);
 
 const DEK_CACHE_CAPACITY: usize = 10_000;
 
@@ -517,7 +532,7 @@ impl DekCache {
         }
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let (dek, until) = entries.get(entry)?;
-        (now < *until).then(|| dek.clone())
+        (now < *until).then(|| (**dek).clone())
     }
 
     fn put(&self, entry: [u8; 32], dek: &Zeroizing<[u8; 32]>, now: Instant) {
@@ -531,7 +546,7 @@ impl DekCache {
                 entries.clear();
             }
         }
-        entries.insert(entry, (dek.clone(), now + self.ttl));
+        entries.insert(entry, (Box::new(dek.clone()), now + self.ttl));
     }
 }
 

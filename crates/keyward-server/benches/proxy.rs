@@ -6,6 +6,10 @@
 //! - **kw+redis** (when Redis answers at `KEYWARD_BENCH_REDIS_URL`, default the local one):
 //!   the same vault with the token's rate and budget and the key's quotas and budget
 //!   decided in Redis (one script per call), with the Redis scripts per request counted;
+//! - **kw+hsm** (when SoftHSM2 is installed): the same vault with its master key on a
+//!   SoftHSM2 token (the `pkcs11` source, default data-key cache), and **kw+hsm0** with the
+//!   cache off (`pkcs11_dek_cache_seconds = 0`: one token decrypt per call), with the token
+//!   operations per request counted from `/metrics`;
 //! - **nginx** (when installed): 2 workers, upstream keepalive, setting `Authorization`.
 //!
 //! The upstream is a local fake that answers like OpenAI's chat completions (with usage).
@@ -113,11 +117,65 @@ fn keyward_command(dir: &Path) -> Command {
     cmd
 }
 
-/// Starts the real binary on a fresh vault (limits shared through `redis`, if given);
-/// returns it and an app token for the upstream.
-fn start_keyward(upstream: &str, redis: Option<&str>) -> (Keyward, String) {
+#[path = "../tests/integration/softhsm.rs"]
+mod softhsm;
+
+/// A SoftHSM2 token of its own in `dir` and the settings of the `pkcs11` source for it, or
+/// `None` when SoftHSM2 is not installed.
+fn softhsm_settings(dir: &Path, cache_seconds: u64) -> Option<Vec<(String, String)>> {
+    if !softhsm::installed() {
+        return None;
+    }
+    let conf = softhsm::init_token(dir, "bench", "bench-so-pin", "bench-pin");
+    Some(vec![
+        ("SOFTHSM2_CONF".to_owned(), conf.display().to_string()),
+        ("KEYWARD_MASTER_KEY_SOURCE".to_owned(), "pkcs11".to_owned()),
+        (
+            "KEYWARD_PKCS11_MODULE".to_owned(),
+            softhsm::MODULE.to_owned(),
+        ),
+        ("KEYWARD_PKCS11_TOKEN_LABEL".to_owned(), "bench".to_owned()),
+        ("KEYWARD_PKCS11_PIN".to_owned(), "bench-pin".to_owned()),
+        (
+            "KEYWARD_PKCS11_DEK_CACHE_SECONDS".to_owned(),
+            cache_seconds.to_string(),
+        ),
+    ])
+}
+
+/// The token decrypts Keyward reports in `/metrics` (`None` without a token).
+fn hsm_decrypts(addr: &str) -> Option<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let text = runtime.block_on(async {
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    })?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(r#"keyward_hsm_operations_total{operation="decrypt"}"#))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Starts the real binary on a fresh vault (limits shared through `redis`, if given;
+/// `settings` for both the set-up and the server, e.g. the master-key source); returns it
+/// and an app token for the upstream.
+fn start_keyward(
+    upstream: &str,
+    redis: Option<&str>,
+    settings: &[(String, String)],
+) -> (Keyward, String) {
     let dir = tempfile::tempdir().unwrap();
-    let out = keyward_command(dir.path())
+    let with_settings = |mut cmd: Command| {
+        cmd.envs(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd
+    };
+    let out = with_settings(keyward_command(dir.path()))
         .args(["token", "create", "--name", "bench", "--role", "owner"])
         .output()
         .unwrap();
@@ -128,7 +186,7 @@ fn start_keyward(upstream: &str, redis: Option<&str>) -> (Keyward, String) {
     );
     let admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let log = std::fs::File::create(dir.path().join("keyward.log")).unwrap();
-    let mut serve = keyward_command(dir.path());
+    let mut serve = with_settings(keyward_command(dir.path()));
     if let Some(url) = redis {
         let prefix = format!("kwbench:{}:", std::process::id());
         serve
@@ -506,7 +564,7 @@ fn main() {
     let rate = setting("KEYWARD_BENCH_RATE", 2000);
     let scratch = tempfile::tempdir().unwrap();
     let (_upstream_runtime, upstream) = start_upstream();
-    let (keyward, token) = start_keyward(&upstream, None);
+    let (keyward, token) = start_keyward(&upstream, None, &[]);
     // The same vault setup with limits, quotas and budgets in Redis (skipped, loudly,
     // without one): `KEYWARD_BENCH_REDIS_URL`, default the local one.
     let redis_url = std::env::var("KEYWARD_BENCH_REDIS_URL")
@@ -517,11 +575,25 @@ fn main() {
         .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
         .unwrap_or(6379);
     let shared = if std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_ok() {
-        Some(start_keyward(&upstream, Some(&redis_url)))
+        Some(start_keyward(&upstream, Some(&redis_url), &[]))
     } else {
         eprintln!("!!!!!!!! Redis not reachable at {redis_url}: no keyward+redis column");
         None
     };
+    // The same vault with its master key on a SoftHSM2 token, with the default data-key
+    // cache and without it (skipped, loudly, without SoftHSM2).
+    let hsm_dir = tempfile::tempdir().unwrap();
+    let hsm: Vec<(&'static str, Keyward, String)> = [("kw+hsm", 60), ("kw+hsm0", 0)]
+        .into_iter()
+        .filter_map(|(name, cache)| {
+            let settings = softhsm_settings(&hsm_dir.path().join(name), cache)?;
+            let (keyward, token) = start_keyward(&upstream, None, &settings);
+            Some((name, keyward, token))
+        })
+        .collect();
+    if hsm.is_empty() {
+        eprintln!("!!!!!!!! SoftHSM2 not installed: no kw+hsm columns (apt install softhsm2)");
+    }
     // `KEYWARD_BENCH_SERVE_ONLY=1`: set everything up, print where it is, and wait (an
     // hour) instead of measuring, for profiling the server under a load of one's own.
     if std::env::var("KEYWARD_BENCH_SERVE_ONLY").is_ok() {
@@ -555,6 +627,14 @@ fn main() {
             url: format!("http://{}/proxy/openai/v1/chat/completions", shared.addr),
             bearer: token.clone(),
             processes: vec![shared.child.id()],
+        });
+    }
+    for (name, keyward, token) in &hsm {
+        targets.push(Target {
+            name,
+            url: format!("http://{}/proxy/openai/v1/chat/completions", keyward.addr),
+            bearer: token.clone(),
+            processes: vec![keyward.child.id()],
         });
     }
     match &nginx {
@@ -597,7 +677,23 @@ fn main() {
         let rps = median.map(|r| r.rps);
         let cpu = median.and_then(|r| r.cpu_per_request);
         let scripts_before = redis_scripts(redis_port);
+        let hsm_addr = hsm
+            .iter()
+            .find(|(name, _, _)| *name == target.name)
+            .map(|(_, keyward, _)| keyward.addr.clone());
+        let decrypts_before = hsm_addr.as_deref().and_then(hsm_decrypts);
         let lat = latency(target, rate, seconds);
+        if let (Some(addr), Some(before)) = (&hsm_addr, decrypts_before)
+            && let Some(after) = hsm_decrypts(addr)
+        {
+            println!(
+                "{}: {} token decrypts for {} requests at {rate} req/s = {:.4} per request",
+                target.name,
+                after - before,
+                lat.sent,
+                (after - before) as f64 / lat.sent.max(1) as f64
+            );
+        }
         if target.name == "kw+redis"
             && let (Some(before), Some(after)) = (scripts_before, redis_scripts(redis_port))
         {
@@ -672,7 +768,12 @@ fn main() {
         let (peak, now) = memory_mib(shared.child.id());
         println!("keyward+redis resident memory: peak {peak:.1} MiB, now {now:.1} MiB");
     }
+    for (name, keyward, _) in &hsm {
+        let (peak, now) = memory_mib(keyward.child.id());
+        println!("{name} resident memory: peak {peak:.1} MiB, now {now:.1} MiB");
+    }
     drop(nginx);
     drop(keyward);
     drop(shared);
+    drop(hsm);
 }

@@ -538,36 +538,53 @@ pub async fn rotate(
 
     // The newest key configured is the one to make current; the file and token sources
     // make it first, unless an interrupted rotation left one unregistered.
-    let newest_registered = vault
-        .keyring
-        .ids()
-        .last()
-        .is_some_and(|id| registered.iter().any(|r| r.kek_id == id));
-    let mut keyring = match &location.master_key {
+    let is_registered = |id: &str| registered.iter().any(|r| r.kek_id == id);
+    let (mut keyring, new_kek) = match &location.master_key {
         MasterKeySource::File { path, .. } => {
             let file = KeyringFile::new(path);
-            if newest_registered {
+            if vault.keyring.ids().last().is_some_and(is_registered) {
                 file.append_new(random)?;
             }
             let mut keys = vault.keyring.token_keys();
             keys.extend(file.load()?);
-            Keyring::new(keys)?
+            let keyring = Keyring::new(keys)?;
+            let newest = keyring.current_id().to_owned();
+            (keyring, newest)
         }
-        MasterKeySource::Pkcs11 { .. } if newest_registered => {
-            let hsm = vault
-                .hsm
-                .as_ref()
-                .ok_or_else(|| VaultError("the PKCS#11 token is not open".into()))?;
-            let key = hsm.generate(random, clock.now())?;
-            vault.keyring.with(vec![key])?
+        MasterKeySource::Pkcs11 { .. } => {
+            // A retired token key stays on the token: one is reused only if it was
+            // generated after every key the vault registered (an interrupted rotation).
+            let last_registration = registered.iter().map(|r| r.created_at).max();
+            let left_over = vault
+                .keyring
+                .token_keys()
+                .into_iter()
+                .rev()
+                .find(|k| !is_registered(k.id()) && k.generated_at() > last_registration)
+                .map(|k| k.id().to_owned());
+            match left_over {
+                Some(kek) => (vault.keyring, kek),
+                None => {
+                    let hsm = vault
+                        .hsm
+                        .as_ref()
+                        .ok_or_else(|| VaultError("the PKCS#11 token is not open".into()))?;
+                    let key = hsm.generate(random, clock.now())?;
+                    let kek = key.id().to_owned();
+                    (vault.keyring.with(vec![key])?, kek)
+                }
+            }
         }
-        _ => vault.keyring,
+        _ => {
+            let newest = vault
+                .keyring
+                .ids()
+                .last()
+                .map(str::to_owned)
+                .ok_or_else(|| VaultError("no master key configured".into()))?;
+            (vault.keyring, newest)
+        }
     };
-    let new_kek = keyring
-        .ids()
-        .last()
-        .map(str::to_owned)
-        .ok_or_else(|| VaultError("no master key configured".into()))?;
     if new_kek == db_current
         && matches!(
             location.master_key,

@@ -13,8 +13,7 @@ use serde_json::{Value, json};
 use crate::fake_llm::FakeLlm;
 use crate::helpers::{OPENAI_KEY, Process, cli_token, command};
 use crate::online_rotation::status;
-
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+use crate::softhsm;
 const TOKEN: &str = "keyward-test";
 const PIN: &str = "4872-1190-5563";
 const SO_PIN: &str = "so-9911-2277";
@@ -29,46 +28,14 @@ impl SoftHsm {
     /// `None` (after a loud notice) when SoftHSM2 is not installed and services are not
     /// required; `.ci/run` installs it.
     fn new(dir: &Path) -> Option<Self> {
-        let util = std::process::Command::new("softhsm2-util")
-            .arg("--version")
-            .output();
-        if !Path::new(MODULE).exists() || util.is_err() {
+        if !softhsm::installed() {
             keyward_store::testing::service_missing(
                 "SoftHSM2",
                 "apt-get install -y softhsm2 (the module and softhsm2-util)",
             );
             return None;
         }
-        let tokens = dir.join("softhsm/tokens");
-        std::fs::create_dir_all(&tokens).unwrap();
-        let conf = dir.join("softhsm/softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
-        let init = std::process::Command::new("softhsm2-util")
-            .env("SOFTHSM2_CONF", &conf)
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                TOKEN,
-                "--so-pin",
-                SO_PIN,
-                "--pin",
-                PIN,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            init.status.success(),
-            "{}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+        let conf = softhsm::init_token(dir, TOKEN, SO_PIN, PIN);
         // The PIN comes from a file, as from a Docker or systemd secret.
         let pin_file = dir.join("softhsm/pin");
         std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
@@ -238,6 +205,30 @@ async fn the_token_holds_the_master_key_serves_the_proxy_and_refuses_a_tampered_
         ok && out.contains("1 key version(s) readable"),
         "{out}{err}"
     );
+    // A backup of a vault whose master key is on the token opens (and is proved) with it.
+    let identity = path_text(&dir.path().join("backup.identity"));
+    let (ok, recipient, err) = run(dir.path(), &envs, &["backup", "keygen", "--out", &identity]);
+    assert!(ok, "{err}");
+    let backup = path_text(&dir.path().join("vault.kwbackup"));
+    let (ok, _, err) = run(
+        dir.path(),
+        &envs,
+        &[
+            "backup",
+            "create",
+            "--to",
+            &backup,
+            "--recipient",
+            recipient.trim(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(
+        dir.path(),
+        &envs,
+        &["backup", "verify", &backup, "--identity", &identity],
+    );
+    assert!(ok, "{out}{err}");
 
     // One flipped bit in the wrapped data key, written behind Keyward's back.
     let url = format!("sqlite://{}", dir.path().join("data/keyward.db").display());
@@ -466,9 +457,25 @@ async fn a_vault_moves_from_a_key_file_to_the_token_and_back_while_a_server_runs
         ok && out.contains("1 key version(s) readable, 0 unreadable"),
         "{out}{err}"
     );
+
+    // Onto the token again: the retired token key (still on the token) is not reused.
+    let server = Process::serve(dir.path(), &to_token, "token-again");
+    let (ok, out, err) = run(
+        dir.path(),
+        &to_token,
+        &["master-key", "rotate", "--wait-seconds", "30"],
+    );
+    assert!(ok, "{out}{err}");
+    let (again, _) = status(dir.path(), &to_token);
+    assert!(
+        again != token_kek && again != new_file_kek,
+        "a new token key: {again}"
+    );
+    assert_eq!(proxied(&server, &app_token).await.0, StatusCode::OK);
+    server.stop();
     assert_eq!(
         fake.completions.load(std::sync::atomic::Ordering::SeqCst),
-        6
+        7
     );
 }
 

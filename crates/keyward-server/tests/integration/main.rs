@@ -14,6 +14,7 @@ mod browser_ui;
 mod chrome;
 mod fake_llm;
 mod helpers;
+mod softhsm;
 
 mod access;
 mod alerts;
