@@ -354,7 +354,21 @@ impl App {
     /// Whether the store answers (`/readyz`), and which backend it is.
     pub async fn ready(&self) -> Result<&'static str, Error> {
         self.store.ping().await?;
+        // Without its token an instance can neither seal nor open a data key it has not
+        // cached: it is not ready, whatever the store says.
+        if let Some(hsm) = &self.hsm {
+            hsm.check()?;
+        }
         Ok(self.store.backend())
+    }
+
+    /// Where the master keys are used: `token` (a PKCS#11 token) or `memory`.
+    pub fn master_key_home(&self) -> &'static str {
+        if self.hsm.is_some() {
+            "token"
+        } else {
+            "memory"
+        }
     }
 
     /// `sqlite` or `postgres`.

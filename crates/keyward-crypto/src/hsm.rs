@@ -169,6 +169,11 @@ impl Hsm {
         }
     }
 
+    /// Whether the token answers on a logged-in session (for readiness).
+    pub fn check(&self) -> Result<(), CryptoError> {
+        self.with_session("C_GetSessionInfo", |s| s.get_session_info().map(|_| ()))
+    }
+
     /// Keyward's keys on the token (by label), oldest first. A key that could leave the
     /// token (extractable, or not sensitive) is refused: the point is that it cannot.
     pub fn master_keys(self: &Arc<Self>) -> Result<Vec<crate::MasterKey>, CryptoError> {

@@ -81,8 +81,9 @@ pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Response {
                 Some(shared) if shared.is_up() => "shared",
                 Some(_) => "redis_unreachable",
             };
-            Json(serde_json::json!({"status": "ready", "store": backend, "limits": limits}))
-                .into_response()
+            Json(serde_json::json!({"status": "ready", "store": backend, "limits": limits,
+                "master_key": app.master_key_home()}))
+            .into_response()
         }
         Err(e) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.message).into_response()

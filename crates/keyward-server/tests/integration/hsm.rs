@@ -180,6 +180,13 @@ async fn the_token_holds_the_master_key_serves_the_proxy_and_refuses_a_tampered_
     let (kek, _) = status(dir.path(), &envs);
 
     let server = Process::serve(dir.path(), &envs, "hsm");
+    let ready: Value = reqwest::get(format!("http://{}/readyz", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["master_key"], "token", "{ready}");
     let (fake, fake_base) = FakeLlm::start().await;
     let (key_id, app_token) = key_and_token(&server, &admin, &fake_base).await;
     let (decrypts_before, hits_before) = hsm_counts(&server).await;
