@@ -30,7 +30,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
-use cryptoki::slot::Slot;
+use cryptoki::slot::{Slot, TokenInfo};
 use keyward_core::{Randomness, Timestamp};
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
@@ -133,7 +133,8 @@ impl Hsm {
                 )));
             }
         }
-        let slot = find_token(&context, module, &config.token_label)?;
+        let (slot, token) = find_token(&context, module, &config.token_label)?;
+        refuse_risky_login(&token, &config.token_label)?;
         let hsm = Self {
             context,
             slot,
@@ -447,8 +448,34 @@ fn hsm_error(message: String) -> CryptoError {
     CryptoError::Hsm(message)
 }
 
+/// Refuses to log in where it cannot work or could lock the token: a start that is retried
+/// in a loop (a service manager) must not spend a real HSM's last PIN attempt. SoftHSM2
+/// keeps no counters, so only the token's own flags say this.
+fn refuse_risky_login(token: &TokenInfo, label: &str) -> Result<(), CryptoError> {
+    if token.user_pin_locked() {
+        return Err(hsm_error(format!(
+            "the PKCS#11 PIN for token '{label}' is locked (too many wrong PINs); unlock it with the security officer PIN"
+        )));
+    }
+    if token.user_pin_final_try() {
+        return Err(hsm_error(format!(
+            "token '{label}' allows one more PIN attempt before it locks; Keyward will not spend it. Check pkcs11_pin, then log in once with the token's own tool (which resets the count)"
+        )));
+    }
+    if !token.user_pin_initialized() {
+        return Err(hsm_error(format!(
+            "token '{label}' has no user PIN yet; set one with the token's tool (softhsm2-util --init-token … --pin …)"
+        )));
+    }
+    Ok(())
+}
+
 /// The slot holding the token labelled `label`; the refusal names the tokens there are.
-fn find_token(context: &Pkcs11, module: &Path, label: &str) -> Result<Slot, CryptoError> {
+fn find_token(
+    context: &Pkcs11,
+    module: &Path,
+    label: &str,
+) -> Result<(Slot, TokenInfo), CryptoError> {
     let slots = context.get_slots_with_token().map_err(|e| {
         hsm_error(format!(
             "cannot list the tokens of PKCS#11 module {}: {e}",
@@ -462,7 +489,7 @@ fn find_token(context: &Pkcs11, module: &Path, label: &str) -> Result<Slot, Cryp
         };
         let found = info.label().trim_end();
         if found == label {
-            return Ok(slot);
+            return Ok((slot, info));
         }
         if !found.is_empty() {
             seen.push(format!("'{found}'"));
