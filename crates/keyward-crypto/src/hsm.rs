@@ -170,7 +170,7 @@ impl Hsm {
         }
     }
 
-    /// Whether the token answers on a logged-in session (for readiness).
+    /// Whether the token answers on a pooled session (for readiness).
     pub fn check(&self) -> Result<(), CryptoError> {
         self.with_session("C_GetSessionInfo", |s| s.get_session_info().map(|_| ()))
     }
