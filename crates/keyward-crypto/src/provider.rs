@@ -135,6 +135,16 @@ impl KeyringFile {
         Ok(keys)
     }
 
+    /// All keys in the file, oldest first, or none when there is no file (older keys that
+    /// another source holds while a vault moves off the file).
+    pub fn load_if_present(&self) -> Result<Vec<MasterKey>, CryptoError> {
+        if self.exists() {
+            self.load()
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
     /// Creates the file with one new key. Refuses to overwrite an existing file.
     pub fn create(&self, random: &dyn Randomness) -> Result<MasterKey, CryptoError> {
         if self.exists() {

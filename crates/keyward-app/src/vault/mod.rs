@@ -299,12 +299,7 @@ async fn load_keyring(
             })
         }
         MasterKeySource::Pkcs11 { hsm, key_file } => {
-            let file = KeyringFile::new(key_file);
-            let mut keys = if file.exists() {
-                file.load()?
-            } else {
-                Vec::new()
-            };
+            let mut keys = KeyringFile::new(key_file).load_if_present()?;
             let (hsm, token_keys) = token_keys(Some(hsm))?;
             let hsm = hsm.ok_or_else(|| VaultError("the PKCS#11 token did not open".into()))?;
             if token_keys.is_empty() {
@@ -409,12 +404,7 @@ pub fn keyring_for_backup(
             Ok(Keyring::new(keys)?)
         }
         MasterKeySource::Pkcs11 { hsm, key_file } => {
-            let file = KeyringFile::new(key_file);
-            let mut keys = if file.exists() {
-                file.load()?
-            } else {
-                Vec::new()
-            };
+            let mut keys = KeyringFile::new(key_file).load_if_present()?;
             keys.extend(token_keys(Some(hsm))?.1);
             if keys.is_empty() {
                 return Err(VaultError(format!(
